@@ -1,0 +1,97 @@
+"""The blocklin error hierarchy.
+
+Every error derives from :class:`BlocklinError` and also from the builtin it
+refines, so callers can catch ``ValueError`` or ``OSError`` as usual.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "BlocklinError",
+    "ConfigError",
+    "CorruptChunkError",
+    "ExecutorError",
+    "IncompleteArrayError",
+    "InputDtypeError",
+    "InputValueError",
+    "LockError",
+    "PlanMemoryError",
+    "ShapeMismatchError",
+    "TaskFailedError",
+]
+
+
+class BlocklinError(Exception):
+    """Base class of every error raised by blocklin."""
+
+
+class InputValueError(BlocklinError, ValueError):
+    """An argument has an invalid value (raised before any compute starts)."""
+
+
+class InputDtypeError(BlocklinError, TypeError):
+    """An argument has an unsupported type or dtype."""
+
+
+class ShapeMismatchError(InputValueError):
+    """Operand shapes or block grids do not fit together."""
+
+
+class ConfigError(InputValueError):
+    """A configuration value (executor, work directory, memory limit) is invalid."""
+
+
+class PlanMemoryError(BlocklinError, ValueError):
+    """A stage's projected per-task memory exceeds ``max_task_memory``."""
+
+    def __init__(self, stage: str, projected: int, allowed: int, hint: str = "") -> None:
+        self.stage = stage
+        self.projected = projected
+        self.allowed = allowed
+        msg = (
+            f"stage {stage!r} needs {_fmt_bytes(projected)} per task, over the allowed "
+            f"max_task_memory of {_fmt_bytes(allowed)}"
+        )
+        if hint:
+            msg += f"; {hint}"
+        super().__init__(msg)
+
+
+class CorruptChunkError(BlocklinError, OSError):
+    """A stored chunk failed its checksum or could not be decoded."""
+
+    def __init__(self, array: str, chunk: tuple[int, ...], reason: str) -> None:
+        self.array = array
+        self.chunk = chunk
+        key = ".".join(str(c) for c in chunk)
+        super().__init__(f"corrupt chunk {key} of array {array}: {reason}")
+
+
+class IncompleteArrayError(BlocklinError, OSError):
+    """An array was opened whose producing run has not finished writing it."""
+
+
+class ExecutorError(BlocklinError, RuntimeError):
+    """An executor could not be set up or reached."""
+
+
+class TaskFailedError(BlocklinError, RuntimeError):
+    """A block task failed after the engine's retries were exhausted."""
+
+
+class LockError(BlocklinError, RuntimeError):
+    """Another run holds the lock on the same outputs."""
+
+
+def _fmt_bytes(n: int) -> str:
+    value = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(value) < 1024 or unit == "TiB":
+            return f"{value:.1f} {unit}" if unit != "B" else f"{int(value)} B"
+        value /= 1024
+    raise AssertionError("unreachable")
+
+
+def format_bytes(n: int) -> str:
+    """Format a byte count for messages and reports (``1.5 GiB``)."""
+    return _fmt_bytes(n)

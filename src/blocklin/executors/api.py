@@ -1,0 +1,145 @@
+"""``blocklin.compute``: run one or several lazy results as one plan."""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING, Any
+
+from blocklin.config import default_max_task_memory, default_work_dir, parse_memory
+from blocklin.errors import ConfigError, InputDtypeError
+from blocklin.executors.base import Executor, RunStats, prepare
+from blocklin.executors.lazy import Lazy
+from blocklin.plan.finalize import FinalPlan, finalize
+from blocklin.plan.graph import Plan, jsonable
+from blocklin.storage.blockmatrix import BlockMatrix, provenance_attrs
+from blocklin.storage.chunkio import read_block
+from blocklin.storage.meta import write_meta
+from blocklin.storage.records import done_blocks, fingerprint_from_crcs
+from blocklin.storage.stores import store_for
+from blocklin.types import EXECUTORS, parse_option
+
+if TYPE_CHECKING:
+    from distributed import Client
+
+__all__ = ["compute", "get_executor"]
+
+
+def get_executor(executor: str | Executor = "dask", *, address: str | None = None,
+                 client: Client | None = None, spark: Any = None,
+                 num_workers: int | None = None) -> Executor:
+    """Build an executor from its name and engine handle.
+
+    Raises
+    ------
+    ConfigError
+        For an unknown executor name or a handle that does not fit it.
+    """
+    if not isinstance(executor, str):
+        return executor
+    try:
+        name = parse_option("executor", executor, EXECUTORS)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    if name == "dask":
+        if spark is not None:
+            raise ConfigError("a SparkSession was given with executor='dask'")
+        from blocklin.executors.dask import DaskExecutor
+
+        return DaskExecutor(client=client, address=address, num_workers=num_workers)
+    if client is not None:
+        raise ConfigError("a distributed.Client was given with executor='spark'")
+    from blocklin.executors.spark import SparkExecutor
+
+    return SparkExecutor(spark=spark, master=address)
+
+
+def compute(*results: Lazy, executor: str | Executor = "dask", address: str | None = None,
+            client: Client | None = None, spark: Any = None, resume: bool = False,
+            work_dir: str | None = None, max_task_memory: int | str | None = None,
+            num_workers: int | None = None, stats: RunStats | None = None) -> tuple[Any, ...]:
+    """Compute several lazy results as one plan, sharing passes over common inputs.
+
+    Parameters
+    ----------
+    *results : Lazy
+        Results of blocklin operators.
+    executor : {"dask", "spark"} or Executor
+        Engine. ``dask`` runs on local threads unless ``address`` or ``client`` is
+        given; ``spark`` runs in local mode unless ``address`` (a master URL) or
+        ``spark`` (a SparkSession) is given.
+    resume : bool
+        Skip blocks recorded complete by an earlier run of the same plan.
+    work_dir : str, optional
+        Directory or URL for intermediate arrays (default ``BLOCKLIN_WORK_DIR``).
+        Must be reachable from every worker.
+    max_task_memory : int or str, optional
+        Per-task memory limit; a plan over it is refused before anything runs.
+    stats : RunStats, optional
+        Filled with task counts, blocks read and per-stage timings.
+
+    Returns
+    -------
+    tuple
+        One value per result: numpy arrays for small results, BlockMatrix for large.
+
+    Raises
+    ------
+    PlanMemoryError
+        A stage's projected per-task memory is over the limit.
+    ConfigError
+        Unknown executor or conflicting engine handles.
+    """
+    for r in results:
+        if not isinstance(r, Lazy):
+            raise InputDtypeError(f"compute takes results of blocklin operators; got "
+                                  f"{type(r).__name__}")
+    limit = parse_memory(max_task_memory) if max_task_memory is not None \
+        else default_max_task_memory()
+    plan = Plan().merge(*(r.plan for r in results))
+    final = finalize(plan, limit)
+    engine = get_executor(executor, address=address, client=client, spark=spark,
+                          num_workers=num_workers)
+    work = work_dir or default_work_dir()
+    xplan = prepare(final, work, resume)
+    engine.check(xplan)
+    run = stats if stats is not None else RunStats()
+    run.executor = engine.name
+    run.tasks_skipped = xplan.skipped
+    run.passes = final.report().source_passes()
+    labels = {rt.name: g.label for rt, g in zip(xplan.runtimes, final.groups, strict=True)}
+    t0 = time.perf_counter()
+    engine.execute(xplan, lambda m: run.add(m, labels.get(m["group"], m["group"])))
+    run.seconds = time.perf_counter() - t0
+    _seal_outputs(final, work)
+    return tuple(_present(r, work) for r in results)
+
+
+def _seal_outputs(final: FinalPlan, work_dir: str) -> None:
+    """Write each produced array's metadata, last, once all its blocks are recorded."""
+    for group in final.groups:
+        for stage in group.members:
+            meta = stage.output.resolve(work_dir)
+            store = store_for(meta.url)
+            crcs = done_blocks(store)
+            missing = [t.out for t in stage.tasks if t.out not in crcs]
+            if missing:
+                raise RuntimeError(f"stage {stage.op} finished without blocks {missing[:5]}")
+            inputs = [i.array.fingerprint or i.array.name for i in stage.inputs]
+            attrs = provenance_attrs(stage.op.split("/")[0], params=jsonable(stage.params),
+                                     inputs=inputs, seed=stage.params.get("seed"),
+                                     fingerprint=fingerprint_from_crcs(meta, crcs),
+                                     stage=stage.op)
+            write_meta(store, meta.with_attrs(attrs))
+
+
+def _present(result: Lazy, work_dir: str) -> Any:
+    meta = result.output.resolve(work_dir)
+    if result.kind == "matrix":
+        from blocklin.storage.meta import read_meta
+
+        stored = read_meta(store_for(meta.url))
+        if stored is None:
+            raise FileNotFoundError(f"result array {meta.url} vanished after its run")
+        return BlockMatrix(store_for(meta.url), stored)
+    value = read_block(store_for(meta.url), meta, (0,) * len(meta.shape))
+    return result.present(value) if result.present else value

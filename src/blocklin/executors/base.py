@@ -1,0 +1,130 @@
+"""What every executor shares: pending-task selection for resume, block dependencies.
+
+An executor receives an :class:`ExecutionPlan`: the groups' runtimes and the list of
+pending group tasks with the group tasks each depends on. It maps
+:func:`blocklin.plan.run_task` over them with its engine, respecting dependencies.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from blocklin.plan.finalize import FinalPlan
+from blocklin.plan.graph import Task
+from blocklin.plan.runtime import GroupRuntime, TaskMetrics
+from blocklin.storage.records import clear_records, done_blocks
+from blocklin.storage.stores import store_for
+
+__all__ = ["ExecutionPlan", "Executor", "RunStats", "TaskBatch", "TaskJob", "prepare"]
+
+TaskCallback = Callable[[TaskMetrics], None]
+
+
+@dataclass(frozen=True)
+class TaskBatch:
+    """Member tasks of one group task (None where that member's block is complete)."""
+
+    tasks: tuple[Task | None, ...]
+
+
+@dataclass(frozen=True)
+class TaskJob:
+    group: int
+    pos: int
+    batch: TaskBatch
+    deps: tuple[tuple[int, int], ...]
+
+
+@dataclass(frozen=True)
+class ExecutionPlan:
+    final: FinalPlan
+    runtimes: tuple[GroupRuntime, ...]
+    jobs: tuple[TaskJob, ...]
+    skipped: int
+    work_dir: str
+
+    def key(self, group: int, pos: int) -> tuple[str, int]:
+        return (self.runtimes[group].name, pos)
+
+
+@dataclass
+class RunStats:
+    """Counters of one compute: tasks run and skipped, blocks read, per-stage seconds."""
+
+    executor: str = ""
+    tasks_run: int = 0
+    tasks_skipped: int = 0
+    blocks_read: int = 0
+    bytes_read: int = 0
+    seconds: float = 0.0
+    stage_seconds: dict[str, float] = field(default_factory=dict)
+    stage_tasks: dict[str, int] = field(default_factory=dict)
+    passes: dict[str, float] = field(default_factory=dict)
+
+    def add(self, metrics: TaskMetrics, label: str) -> None:
+        self.tasks_run += 1
+        self.blocks_read += int(metrics.get("blocks_read", 0))
+        self.bytes_read += int(metrics.get("bytes_read", 0))
+        self.stage_seconds[label] = self.stage_seconds.get(label, 0.0) + float(metrics["seconds"])
+        self.stage_tasks[label] = self.stage_tasks.get(label, 0) + 1
+
+
+class Executor(Protocol):
+    """Runs the pending tasks of an execution plan on an engine."""
+
+    name: str
+
+    def check(self, xplan: ExecutionPlan) -> None:
+        """Check the engine against the plan (e.g. worker memory) before anything runs."""
+
+    def execute(self, xplan: ExecutionPlan, on_task_done: TaskCallback) -> None:
+        """Run every job, calling ``on_task_done`` on the driver as each finishes."""
+
+
+def prepare(final: FinalPlan, work_dir: str, resume: bool, blas_threads: int = 1) -> ExecutionPlan:
+    """Resolve locations and select pending tasks (all of them unless ``resume``)."""
+    runtimes = tuple(GroupRuntime.build(g, work_dir, blas_threads) for g in final.groups)
+    # Where each array's blocks come from: array name -> (group, {out block -> task pos}).
+    producers: dict[str, tuple[int, dict[tuple[int, ...], int]]] = {}
+    for gi, g in enumerate(final.groups):
+        for m in g.members:
+            producers[m.output.name] = (gi, {t.out: p for p, t in enumerate(m.tasks)})
+    jobs: list[TaskJob] = []
+    pending: set[tuple[int, int]] = set()
+    skipped = 0
+    for gi, (g, rt) in enumerate(zip(final.groups, runtimes, strict=True)):
+        done_per_member = []
+        for mr in rt.members:
+            store = store_for(mr.output_meta.url)
+            if resume:
+                done_per_member.append(set(done_blocks(store)))
+            else:
+                if mr.output.out_url is not None:
+                    store.delete_prefix("")  # an old result must not mix with new blocks
+                else:
+                    clear_records(store)
+                done_per_member.append(set())
+        for pos in range(g.ntasks):
+            member_tasks = tuple(None if m.tasks[pos].out in done else m.tasks[pos]
+                                 for m, done in zip(g.members, done_per_member, strict=True))
+            if all(t is None for t in member_tasks):
+                skipped += 1
+                continue
+            deps: set[tuple[int, int]] = set()
+            for m, t in zip(g.members, member_tasks, strict=True):
+                if t is None:
+                    continue
+                for p, index in t.reads:
+                    prod = producers.get(m.inputs[p].array.name)
+                    if prod is not None:
+                        deps.add((prod[0], prod[1][index]))
+                for par in m.param_arrays:
+                    prod = producers.get(par.name)
+                    if prod is not None:
+                        deps.update((prod[0], q) for q in prod[1].values())
+            deps &= pending
+            jobs.append(TaskJob(gi, pos, TaskBatch(member_tasks), tuple(sorted(deps))))
+            pending.add((gi, pos))
+    return ExecutionPlan(final, runtimes, tuple(jobs), skipped, work_dir)

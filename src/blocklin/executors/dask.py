@@ -1,0 +1,125 @@
+"""The Dask executor: one dask graph per compute, on local threads or a cluster.
+
+Each group task becomes one dask task calling :func:`blocklin.plan.run_task` with
+its block indices; its dependencies are the tasks writing the blocks it reads. Only
+block indices and a few numbers cross the scheduler, never blocks.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import TYPE_CHECKING, Any
+
+from blocklin.errors import ExecutorError, PlanMemoryError
+from blocklin.executors.base import ExecutionPlan, TaskCallback
+from blocklin.plan.runtime import run_task
+
+if TYPE_CHECKING:
+    from distributed import Client
+
+__all__ = ["DaskExecutor"]
+
+
+class DaskExecutor:
+    """Run plans with dask.
+
+    Parameters
+    ----------
+    client : distributed.Client, optional
+        An existing client; the executor uses it and leaves it open.
+    address : str, optional
+        A scheduler address (``tcp://host:8786``); the executor connects for the
+        duration of each compute and disconnects after.
+    num_workers : int, optional
+        Threads of the embedded local scheduler (default: the CPU count).
+    retries : int
+        Retries of a failed task on a distributed cluster.
+    """
+
+    name = "dask"
+
+    def __init__(self, client: Client | None = None, address: str | None = None,
+                 num_workers: int | None = None, retries: int = 1) -> None:
+        if client is not None and address is not None:
+            raise ExecutorError("give either a distributed client or an address, not both")
+        self.client = client
+        self.address = address
+        self.num_workers = num_workers or os.cpu_count() or 1
+        self.retries = retries
+
+    def _graph(self, xplan: ExecutionPlan) -> tuple[dict[Any, Any], list[Any]]:
+        dsk: dict[Any, Any] = {}
+        for gi, rt in enumerate(xplan.runtimes):
+            dsk[f"blocklin-runtime-{rt.name}-{gi}"] = rt
+        keys = []
+        for job in xplan.jobs:
+            key = xplan.key(job.group, job.pos)
+            rt_key = f"blocklin-runtime-{xplan.runtimes[job.group].name}-{job.group}"
+            deps = [xplan.key(g, p) for g, p in job.deps]
+            dsk[key] = (run_task, rt_key, job.batch.tasks, *deps)
+            keys.append(key)
+        return dsk, keys
+
+    def check(self, xplan: ExecutionPlan) -> None:
+        if self.client is None and self.address is None:
+            return
+        need = max((g.memory for g in xplan.final.groups), default=0)
+        client, owned = self._client()
+        try:
+            info = client.scheduler_info()
+            workers = info.get("workers", {})
+            if not workers:
+                raise ExecutorError(f"the dask cluster at {client.scheduler.address} has no workers")
+            for addr, w in workers.items():
+                limit = w.get("memory_limit") or 0
+                threads = max(1, int(w.get("nthreads", 1)))
+                if limit and limit // threads < need:
+                    raise PlanMemoryError(
+                        f"{xplan.final.groups[0].label} (on worker {addr})", need, limit // threads,
+                        hint="each worker thread may run one task at a time; give workers more "
+                             "memory or fewer threads")
+        finally:
+            if owned:
+                client.close()
+
+    def _client(self) -> tuple[Client, bool]:
+        if self.client is not None:
+            return self.client, False
+        from distributed import Client
+
+        try:
+            return Client(self.address, set_as_default=False, timeout="20s"), True
+        except OSError as exc:
+            raise ExecutorError(f"cannot reach the dask scheduler at {self.address}: {exc}") from exc
+
+    def execute(self, xplan: ExecutionPlan, on_task_done: TaskCallback) -> None:
+        if not xplan.jobs:
+            return
+        dsk, keys = self._graph(xplan)
+        if self.client is None and self.address is None:
+            self._run_threaded(dsk, keys, on_task_done)
+            return
+        from distributed import as_completed
+
+        client, owned = self._client()
+        try:
+            futures = client.get(dsk, keys, sync=False, retries=self.retries)
+            for fut in as_completed(futures):
+                on_task_done(fut.result())
+        finally:
+            if owned:
+                client.close()
+
+    def _run_threaded(self, dsk: dict[Any, Any], keys: list[Any], on_task_done: TaskCallback) -> None:
+        import dask.threaded
+        from dask.callbacks import Callback
+
+        wanted = set(keys)
+
+        class _Done(Callback):  # type: ignore[misc]
+            def _posttask(self, key: Any, result: Any, dsk: Any, state: Any, id: Any) -> None:
+                if key in wanted:
+                    on_task_done(result)
+
+        with _Done():
+            dask.threaded.get(dsk, keys, num_workers=self.num_workers)

@@ -1,0 +1,107 @@
+"""Turning operator arguments into plan inputs."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from blocklin.errors import InputDtypeError, InputValueError
+from blocklin.executors.lazy import Lazy
+from blocklin.plan.graph import Affine, ArrayNode, Plan, StageInput
+from blocklin.storage.blockmatrix import BlockMatrix, Transposed, open_matrix
+
+__all__ = ["MatrixInput", "MatrixView", "as_matrix"]
+
+
+@dataclass(frozen=True)
+class MatrixView:
+    """A stored or planned matrix seen through a lazy per-column affine transform."""
+
+    plan: Plan
+    node: ArrayNode
+    transform: Affine | None
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return (self.node.shape[0], self.node.shape[1])
+
+    @property
+    def dtype(self) -> np.dtype[Any]:
+        return np.dtype("float64")
+
+    @property
+    def chunks(self) -> tuple[int, int]:
+        return (self.node.chunks[0], self.node.chunks[1])
+
+
+@dataclass(frozen=True)
+class MatrixInput:
+    """A matrix operand: the plan producing it (empty for stored ones) and how it is read."""
+
+    plan: Plan
+    input: StageInput
+
+    @property
+    def node(self) -> ArrayNode:
+        return self.input.array
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return (self.node.shape[0], self.node.shape[1])
+
+    @property
+    def dtype(self) -> np.dtype[Any]:
+        if self.input.transform is not None:
+            return np.dtype("float64")
+        return np.dtype(self.node.dtype)
+
+    @property
+    def grid(self) -> tuple[int, int]:
+        g = self.node.grid
+        return (g[0], g[1])
+
+
+def source_node(A: BlockMatrix) -> ArrayNode:
+    return ArrayNode.from_meta(A.meta, A.fingerprint)
+
+
+def as_matrix(x: Any, what: str = "A") -> MatrixInput:
+    """Accept a BlockMatrix, a zarr path, a lazy matrix result or a view.
+
+    Raises
+    ------
+    InputDtypeError
+        For in-memory arrays (store them with ``bl.from_array`` first) and other types.
+    """
+    if isinstance(x, str | os.PathLike):
+        x = open_matrix(x)
+    if isinstance(x, BlockMatrix):
+        return MatrixInput(Plan(), StageInput(source_node(x)))
+    if isinstance(x, MatrixView):
+        return MatrixInput(x.plan, StageInput(x.node, x.transform))
+    if isinstance(x, Lazy):
+        if x.kind != "matrix" or len(x.shape) != 2:
+            raise InputDtypeError(f"{what} must be a matrix; got a small result of shape {x.shape}")
+        return MatrixInput(x.plan, StageInput(x.output))
+    if isinstance(x, Transposed):
+        raise InputValueError(f"{what} is a transpose; only matmul(A.T, B) reads A transposed")
+    if isinstance(x, np.ndarray) or hasattr(x, "__array__"):
+        raise InputDtypeError(f"{what} is an in-memory {type(x).__name__}; store it first with "
+                              "bl.from_array(x, path)")
+    raise InputDtypeError(f"{what} must be a BlockMatrix, a zarr path or a lazy matrix; "
+                          f"got {type(x).__name__}")
+
+
+def row_panel_reads(m: MatrixInput, position: int, row_block: int) -> tuple[tuple[int, tuple[int, ...]], ...]:
+    """Reads of every column block of one row block (a row panel)."""
+    return tuple((position, (row_block, j)) for j in range(m.grid[1]))
+
+
+def hstack_panel(blocks: Any) -> Any:
+    """Join the column blocks of a row panel (no copy for a single block)."""
+    if len(blocks) == 1:
+        return blocks[0]
+    return np.hstack(blocks)

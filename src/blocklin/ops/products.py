@@ -1,0 +1,194 @@
+"""Block products: the Gram matrix AᵀA, AᵀB for row-aligned matrices, and A @ B."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from scipy.linalg import blas
+
+from blocklin.errors import InputDtypeError, ShapeMismatchError
+from blocklin.executors.lazy import Lazy
+from blocklin.plan.graph import StageInput, Task, TaskContext, make_stage
+from blocklin.plan.reduce import SumParts, tree_reduce
+from blocklin.storage.blockmatrix import Transposed
+from blocklin.ops._inputs import MatrixInput, as_matrix, hstack_panel, row_panel_reads
+
+__all__ = ["gram", "matmul"]
+
+
+def _compute_dtype(*dtypes: np.dtype[Any]) -> np.dtype[Any]:
+    dt = np.result_type(*dtypes)
+    return np.dtype("float32") if dt == np.float32 else np.dtype("float64")
+
+
+@dataclass(frozen=True)
+class GramPartial:
+    """AᵢᵀAᵢ of one row panel by a symmetric rank-k update (upper triangle only)."""
+
+    dtype: str
+
+    def __call__(self, ctx: TaskContext, blocks: Sequence[Any]) -> Any:
+        a = np.asarray(hstack_panel(blocks), dtype=self.dtype)
+        syrk = blas.ssyrk if self.dtype == "float32" else blas.dsyrk
+        # a.T is Fortran-ordered, so BLAS reads the C-ordered block in place.
+        c = syrk(1.0, a.T, trans=0, lower=0)
+        return c[None]
+
+
+def _symmetrize(parts: np.ndarray) -> np.ndarray:
+    upper = np.triu(parts[0])
+    return upper + np.triu(upper, 1).T
+
+
+def gram(A: Any) -> Lazy:
+    """The Gram matrix AᵀA, lazily.
+
+    Parameters
+    ----------
+    A : BlockMatrix, path, lazy matrix or view (``center``/``standardize``)
+        An m × n matrix; n × n must fit in a task's memory.
+
+    Returns
+    -------
+    Lazy
+        Computes to an n × n numpy array (symmetric, float64; float32 for float32 A).
+
+    Notes
+    -----
+    One pass over A. Each task applies a symmetric rank-k update (``?syrk``, mn²
+    flops, half a general product) to one row panel; partials are summed in a
+    fixed-order tree of fan-in 8 over row-block index, so the result is bitwise
+    identical on every executor. Per-task memory: one row panel plus two n × n
+    matrices.
+
+    Examples
+    --------
+    >>> G = bl.ops.gram(A)
+    >>> g = G.compute()
+    """
+    m = as_matrix(A)
+    n = m.shape[1]
+    dt = _compute_dtype(m.dtype)
+    tasks = [Task(out=(i, 0, 0), reads=row_panel_reads(m, 0, i)) for i in range(m.grid[0])]
+    extra = n * n * dt.itemsize + (m.node.chunk_nbytes * m.grid[1] if m.grid[1] > 1 else 0)
+    if m.input.transform is not None:
+        extra += m.node.chunks[0] * n * 8
+    stage = make_stage("gram/partial", GramPartial(dt.name), [m.input], tasks,
+                       shape=(m.grid[0], n, n), chunks=(1, n, n), dtype=dt,
+                       params={"dtype": dt.name}, extra_memory=extra)
+    plan, out = tree_reduce(m.plan.add(stage), stage.output, SumParts(), op="gram")
+    return Lazy(plan, out, "small", _symmetrize, label="gram")
+
+
+@dataclass(frozen=True)
+class CrossPartial:
+    """XᵢᵀBᵢ of one row block of two row-aligned matrices."""
+
+    dtype: str
+    nx: int
+
+    def __call__(self, ctx: TaskContext, blocks: Sequence[Any]) -> Any:
+        x = np.asarray(hstack_panel(blocks[: self.nx]), dtype=self.dtype)
+        b = np.asarray(hstack_panel(blocks[self.nx:]), dtype=self.dtype)
+        return (x.T @ b)[None]
+
+
+@dataclass(frozen=True, eq=False)
+class PanelProduct:
+    """One output block of A @ B: a row panel of A times a column panel of B (or all of B)."""
+
+    dtype: str
+    na: int
+    right: np.ndarray | None = None
+
+    def __call__(self, ctx: TaskContext, blocks: Sequence[Any]) -> Any:
+        a = np.asarray(hstack_panel(blocks[: self.na]), dtype=self.dtype)
+        if self.right is not None:
+            return a @ self.right.astype(self.dtype, copy=False)
+        rest = blocks[self.na:]
+        b = rest[0] if len(rest) == 1 else np.vstack(rest)
+        return a @ np.asarray(b, dtype=self.dtype)
+
+
+def _crossprod(X: MatrixInput, B: MatrixInput) -> Lazy:
+    if X.shape[0] != B.shape[0]:
+        raise ShapeMismatchError(f"matmul(A.T, B) needs A and B with the same rows; got "
+                                 f"{X.shape} and {B.shape}")
+    if X.node.chunks[0] != B.node.chunks[0]:
+        raise ShapeMismatchError(
+            f"matmul(A.T, B) needs A and B with the same row blocks; got {X.node.chunks[0]} and "
+            f"{B.node.chunks[0]} rows per block. Store B with bl.from_array(B, path, "
+            f"chunks=({X.node.chunks[0]}, None))")
+    k, n = X.shape[1], B.shape[1]
+    dt = _compute_dtype(X.dtype, B.dtype)
+    nx = X.grid[1]
+    tasks = [Task(out=(i, 0, 0), reads=row_panel_reads(X, 0, i) + row_panel_reads(B, 1, i))
+             for i in range(X.grid[0])]
+    stage = make_stage("matmul_tn/partial", CrossPartial(dt.name, nx), [X.input, B.input], tasks,
+                       shape=(X.grid[0], k, n), chunks=(1, k, n), dtype=dt,
+                       params={"dtype": dt.name}, extra_memory=k * n * dt.itemsize)
+    plan, out = tree_reduce(X.plan.merge(B.plan).add(stage), stage.output, SumParts(),
+                            op="matmul_tn")
+    return Lazy(plan, out, "small", lambda p: p[0], label="matmul_tn")
+
+
+def matmul(A: Any, B: Any, *, out: str | None = None) -> Lazy:
+    """Blocked matrix product, lazily.
+
+    Parameters
+    ----------
+    A : BlockMatrix, path, lazy matrix, view, or ``X.T`` of one
+        Left operand. ``matmul(X.T, B)`` computes XᵀB for X and B sharing row blocks
+        without materializing a transpose.
+    B : BlockMatrix, path, lazy matrix, view, or numpy array
+        Right operand; a numpy array is shipped to every task (keep it small).
+    out : str, optional
+        Where to store A @ B (default: the run's work directory).
+
+    Returns
+    -------
+    Lazy
+        ``XᵀB`` computes to a numpy array; ``A @ B`` to a BlockMatrix with A's row
+        blocks and B's column blocks.
+
+    Notes
+    -----
+    ``XᵀB``: one pass over X and B, a fixed-order tree sum of per-row-block products;
+    per-task memory one row block of each plus k × n. ``A @ B``: one pass over A;
+    each task reads a row panel of A and a column panel of B (or holds the numpy B),
+    so per-task memory is a row panel of A, a column panel of B and an output block.
+    """
+    if isinstance(A, Transposed):
+        if isinstance(B, np.ndarray):
+            raise InputDtypeError("matmul(A.T, B) needs B stored (bl.from_array); to multiply "
+                                  "by a small in-memory matrix compute matmul(B.T, A).T")
+        return _crossprod(as_matrix(A.base, "A"), as_matrix(B, "B"))
+    a = as_matrix(A, "A")
+    if isinstance(B, np.ndarray):
+        if B.ndim != 2 or B.shape[0] != a.shape[1]:
+            raise ShapeMismatchError(f"matmul: A is {a.shape}, B is {B.shape}")
+        if B.dtype.kind not in "fiub":
+            raise InputDtypeError(f"matmul: B must be real-valued; got {B.dtype}")
+        dt = _compute_dtype(a.dtype, B.dtype)
+        tasks = [Task(out=(i, 0), reads=row_panel_reads(a, 0, i)) for i in range(a.grid[0])]
+        stage = make_stage("matmul/panel", PanelProduct(dt.name, a.grid[1], B), [a.input], tasks,
+                           shape=(a.shape[0], B.shape[1]), chunks=(a.node.chunks[0], B.shape[1]),
+                           dtype=dt, params={"dtype": dt.name, "right": B},
+                           extra_memory=B.nbytes, out_url=out)
+        return Lazy(a.plan.add(stage), stage.output, "matrix", label="matmul")
+    b = as_matrix(B, "B")
+    if a.shape[1] != b.shape[0]:
+        raise ShapeMismatchError(f"matmul: A is {a.shape} and B is {b.shape}; inner dimensions "
+                                 "differ")
+    dt = _compute_dtype(a.dtype, b.dtype)
+    tasks = [Task(out=(i, j), reads=row_panel_reads(a, 0, i)
+                  + tuple((1, (kk, j)) for kk in range(b.grid[0])))
+             for i in range(a.grid[0]) for j in range(b.grid[1])]
+    stage = make_stage("matmul/panel", PanelProduct(dt.name, a.grid[1]), [a.input, b.input], tasks,
+                       shape=(a.shape[0], b.shape[1]), chunks=(a.node.chunks[0], b.node.chunks[1]),
+                       dtype=dt, params={"dtype": dt.name},
+                       extra_memory=a.node.chunks[0] * a.shape[1] * dt.itemsize, out_url=out)
+    return Lazy(a.plan.merge(b.plan).add(stage), stage.output, "matrix", label="matmul")

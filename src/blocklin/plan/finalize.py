@@ -1,0 +1,147 @@
+"""Finalizing a plan: fusing stages that share a pass, projecting memory, explaining.
+
+Stages whose tasks read exactly the same source blocks (``gram`` and
+``column_stats`` of one matrix, say) are fused into one group: each group task reads
+its blocks once and runs every member's kernel on them.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+
+from blocklin.errors import PlanMemoryError, format_bytes
+from blocklin.plan.graph import ArrayNode, Plan, Stage
+from blocklin.plan.memory import input_block_bytes, project_task_memory
+
+__all__ = ["FinalPlan", "PlanReport", "StageGroup", "finalize"]
+
+
+@dataclass(frozen=True)
+class StageGroup:
+    """Stages run together, task by task: same task count, same blocks read."""
+
+    name: str
+    members: tuple[Stage, ...]
+    memory: int
+
+    @property
+    def ntasks(self) -> int:
+        return len(self.members[0].tasks)
+
+    @property
+    def label(self) -> str:
+        return " + ".join(m.op for m in self.members)
+
+
+@dataclass(frozen=True)
+class FinalPlan:
+    """A plan ready to run: groups in topological order, checked against the memory limit."""
+
+    plan: Plan
+    groups: tuple[StageGroup, ...]
+    max_task_memory: int
+
+    def report(self) -> PlanReport:
+        return PlanReport.build(self)
+
+
+@dataclass(frozen=True)
+class PlanReport:
+    """What ``explain()`` shows: stages, tasks, passes, projected memory, bytes moved."""
+
+    rows: tuple[tuple[str, int, int, int, int], ...]  # label, tasks, memory, read, written
+    passes: dict[str, float] = field(default_factory=dict)
+    inputs: dict[str, str] = field(default_factory=dict)
+    max_task_memory: int = 0
+
+    @classmethod
+    def build(cls, final: FinalPlan) -> PlanReport:
+        reads: Counter[str] = Counter()
+        nodes: dict[str, ArrayNode] = {}
+        rows = []
+        for g in final.groups:
+            seen = set()
+            read_bytes = 0
+            for m in g.members:
+                for t in m.tasks:
+                    for pos, idx in t.reads:
+                        node = m.inputs[pos].array
+                        key = (node.name, idx)
+                        if key in seen:
+                            continue
+                        seen.add(key)
+                        nodes[node.name] = node
+                        reads[node.name] += 1
+                        read_bytes += input_block_bytes(node) if node.codec else node.chunk_nbytes
+            written = sum(m.output.chunk_nbytes * len(m.tasks) for m in g.members)
+            rows.append((g.label, g.ntasks, g.memory, read_bytes, written))
+        passes = {}
+        labels = {}
+        for name, count in reads.items():
+            node = nodes[name]
+            nblocks = 1
+            for n in node.grid:
+                nblocks *= n
+            passes[name] = count / max(1, nblocks)
+            labels[name] = node.url or node.out_url or f"(intermediate {name})"
+        return cls(tuple(rows), passes, labels, final.max_task_memory)
+
+    def source_passes(self) -> dict[str, float]:
+        """Passes over each stored input array (by URL)."""
+        return {self.inputs[n]: p for n, p in self.passes.items() if not n.startswith("a-")}
+
+    def __str__(self) -> str:
+        width = max([len(r[0]) for r in self.rows] + [5])
+        lines = [f"{'stage':<{width}}  {'tasks':>6}  {'mem/task':>10}  {'read':>10}  {'written':>10}"]
+        for label, ntasks, mem, rd, wr in self.rows:
+            lines.append(f"{label:<{width}}  {ntasks:>6}  {format_bytes(mem):>10}  "
+                         f"{format_bytes(rd):>10}  {format_bytes(wr):>10}")
+        lines.append(f"max_task_memory: {format_bytes(self.max_task_memory)}")
+        lines.append("passes over inputs:")
+        for url, p in self.source_passes().items():
+            lines.append(f"  {url}: {p:g}")
+        return "\n".join(lines)
+
+    __repr__ = __str__
+
+
+def finalize(plan: Plan, max_task_memory: int) -> FinalPlan:
+    """Fuse stages sharing a pass, then refuse any group over ``max_task_memory``.
+
+    Raises
+    ------
+    PlanMemoryError
+        Naming the first stage whose projected per-task memory is over the limit.
+    """
+    groups: list[list[Stage]] = []
+    group_of: dict[str, int] = {}
+    signatures: list[tuple[object, ...]] = []
+    for stage in plan.stages:
+        sig = stage.read_signature()
+        deps = [group_of[d.name] for d in plan.stage_deps(stage)]
+        target = None
+        if stage.tasks and all(len(t.reads) for t in stage.tasks):
+            for gi, gsig in enumerate(signatures):
+                if gsig == sig and all(d < gi for d in deps):
+                    target = gi
+                    break
+        if target is None:
+            groups.append([stage])
+            signatures.append(sig)
+            target = len(groups) - 1
+        else:
+            groups[target].append(stage)
+        group_of[stage.name] = target
+    out = []
+    for members in groups:
+        mem = project_task_memory(members)
+        if mem > max_task_memory:
+            worst = max(members, key=lambda m: project_task_memory([m]))
+            raise PlanMemoryError(
+                worst.op, mem, max_task_memory,
+                hint="store the input with smaller row blocks (bl.from_array(..., "
+                     "chunks=(rows, None))) or raise max_task_memory")
+        name = members[0].name if len(members) == 1 else "g-" + members[0].name[2:]
+        out.append(StageGroup(name=name, members=tuple(members), memory=mem))
+    return FinalPlan(plan=plan, groups=tuple(out), max_task_memory=max_task_memory)

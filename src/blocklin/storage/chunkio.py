@@ -1,0 +1,159 @@
+"""Reading and writing single chunks, verified by their crc32c checksums.
+
+Reads go into per-thread reusable buffers when the caller holds a :class:`BufferPool`
+(block tasks do); the arrays they return are views that stay valid until the pool
+is released.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import numpy as np
+
+from blocklin.errors import CorruptChunkError, IncompleteArrayError
+from blocklin.storage.meta import ArrayMeta
+from blocklin.storage.stores import Store
+from blocklin.types import BlockIndex
+
+__all__ = ["BufferPool", "read_block", "read_region", "write_block"]
+
+
+class BufferPool:
+    """Reusable byte buffers of one thread; ``release()`` makes them available again."""
+
+    _local = threading.local()
+
+    def __init__(self) -> None:
+        self._free: list[bytearray] = []
+        self._used: list[bytearray] = []
+
+    @classmethod
+    def for_thread(cls) -> BufferPool:
+        pool = getattr(cls._local, "pool", None)
+        if pool is None:
+            pool = cls._local.pool = cls()
+        return pool
+
+    def acquire(self, nbytes: int) -> bytearray:
+        # Best fit among free buffers; a fresh one only when none is large enough.
+        fits = [b for b in self._free if len(b) >= nbytes]
+        buf = min(fits, key=len) if fits else (max(self._free, key=len) if self._free else None)
+        if buf is not None:
+            self._free.remove(buf)
+        else:
+            buf = bytearray()
+        if len(buf) < nbytes:
+            buf.extend(bytes(nbytes - len(buf)))
+        self._used.append(buf)
+        return buf
+
+    def release(self) -> None:
+        self._free.extend(self._used)
+        self._used.clear()
+
+    def clear(self) -> None:
+        self._free.clear()
+        self._used.clear()
+
+
+def read_block(store: Store, meta: ArrayMeta, index: BlockIndex,
+               pool: BufferPool | None = None) -> np.ndarray:
+    """Read block ``index`` of an array, checking its checksum.
+
+    With a ``pool`` the result may be a view into a pooled buffer (valid until
+    ``pool.release()``); without one it is an array the caller owns.
+
+    Raises
+    ------
+    CorruptChunkError
+        If the chunk's checksum does not match or it cannot be decoded.
+    """
+    meta.check_index(index)
+    if meta.codec is None:
+        return _read_generic(store, meta, meta.block_slices(index), index)
+    key = meta.chunk_key(index)
+    dtype = meta.np_dtype
+    if pool is None:
+        data = store.get(key)
+        if data is None:
+            return _fill(meta, index)
+        raw = memoryview(data)
+        scratch = None
+    else:
+        buf = pool.acquire(meta.chunk_nbytes + 64)
+        n = store.read_into(key, buf)
+        if n is None:
+            return _fill(meta, index)
+        raw = memoryview(buf)[:n]
+        scratch = pool.acquire(meta.chunk_nbytes)
+    full = meta.codec.decode_view(raw, dtype, meta.chunks, scratch)
+    if isinstance(full, str):
+        raise CorruptChunkError(meta.url, index, full)
+    shape = meta.block_shape(index)
+    block = full[tuple(slice(0, s) for s in shape)]
+    if pool is None and not block.flags.owndata and block.base is not None:
+        # Without a pool the caller owns the result; an uncompressed chunk is a view of
+        # immutable bytes, so copy it into a writable array.
+        block = np.array(block)
+    return block
+
+
+def _fill(meta: ArrayMeta, index: BlockIndex) -> np.ndarray:
+    return np.zeros(meta.block_shape(index), dtype=meta.np_dtype)
+
+
+def _read_generic(store: Store, meta: ArrayMeta, region: tuple[slice, ...],
+                  index: BlockIndex | None) -> np.ndarray:
+    import zarr
+
+    try:
+        arr = zarr.open_array(store.zarr_store(), mode="r")
+        return np.asarray(arr[region])
+    except Exception as exc:
+        if "checksum" in str(exc).lower() or "crc" in str(exc).lower():
+            raise CorruptChunkError(meta.url, index or (), str(exc)) from exc
+        raise
+
+
+def read_region(store: Store, meta: ArrayMeta, region: tuple[slice, ...]) -> np.ndarray:
+    """Read an arbitrary rectangular region (assembled from whole blocks)."""
+    if meta.codec is None:
+        return _read_generic(store, meta, region, None)
+    starts = [r.start or 0 for r in region]
+    stops = [s if r.stop is None else r.stop for r, s in zip(region, meta.shape, strict=True)]
+    out = np.empty([b - a for a, b in zip(starts, stops, strict=True)], dtype=meta.np_dtype)
+    ranges = [range(a // c, -(-b // c)) for a, b, c in zip(starts, stops, meta.chunks, strict=True)]
+    from itertools import product
+
+    for index in product(*ranges):
+        block = read_block(store, meta, index)
+        sl = meta.block_slices(index)
+        src, dst = [], []
+        for s, a, b in zip(sl, starts, stops, strict=True):
+            lo, hi = max(s.start, a), min(s.stop, b)
+            src.append(slice(lo - s.start, hi - s.start))
+            dst.append(slice(lo - a, hi - a))
+        out[tuple(dst)] = block[tuple(src)]
+    return out
+
+
+def write_block(store: Store, meta: ArrayMeta, index: BlockIndex, block: Any) -> int:
+    """Encode and write block ``index``; return the crc32c of the stored chunk.
+
+    Edge blocks are padded to the full chunk shape, as zarr stores them.
+    """
+    if meta.codec is None:
+        raise IncompleteArrayError(f"array {meta.url} uses codecs blocklin does not write")
+    arr = np.asarray(block, dtype=meta.np_dtype)
+    expected = meta.block_shape(index)
+    if arr.shape != expected:
+        raise ValueError(f"block {index} of {meta.url} has shape {arr.shape}, expected {expected}")
+    if expected != meta.chunks:
+        padded = np.zeros(meta.chunks, dtype=meta.np_dtype)
+        padded[tuple(slice(0, s) for s in expected)] = arr
+        arr = padded
+    data, crc = meta.codec.encode(arr)
+    store.put(meta.chunk_key(index), data)
+    return crc

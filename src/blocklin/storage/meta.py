@@ -1,0 +1,145 @@
+"""Array metadata: the block grid, zarr v3 ``zarr.json`` reading and writing."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field, replace
+from itertools import product
+from typing import Any
+
+import numpy as np
+
+from blocklin.errors import InputDtypeError, InputValueError
+from blocklin.storage.codecs import ChunkCodec, codec_from_metadata
+from blocklin.storage.stores import Store
+from blocklin.types import BlockIndex, Shape
+
+__all__ = ["ArrayMeta", "check_numeric_dtype", "read_meta", "write_meta"]
+
+METADATA_KEY = "zarr.json"
+ATTRS_NAMESPACE = "blocklin"
+_SUPPORTED_KINDS = "fiub"
+
+
+def check_numeric_dtype(dtype: Any, what: str = "matrix") -> np.dtype[Any]:
+    """Return ``dtype`` as a numpy dtype if it is a real numeric type, else raise.
+
+    Raises
+    ------
+    InputDtypeError
+        For complex, object, string, datetime or structured dtypes.
+    """
+    try:
+        dt = np.dtype(dtype)
+    except TypeError:
+        raise InputDtypeError(f"{what} has dtype {dtype!r}, which is not a numpy dtype") from None
+    if dt.kind not in _SUPPORTED_KINDS or dt.fields is not None:
+        raise InputDtypeError(
+            f"{what} must hold real numbers (float, int, uint or bool); got dtype {dt}. "
+            "Convert it first, e.g. x.astype('float64')"
+        )
+    return dt
+
+
+@dataclass(frozen=True)
+class ArrayMeta:
+    """Where an array lives and how its blocks are laid out and encoded.
+
+    ``codec`` is None for arrays whose codecs blocklin does not decode itself; those
+    are read through zarr's generic path.
+    """
+
+    url: str
+    shape: Shape
+    chunks: Shape
+    dtype: str
+    codec: ChunkCodec | None = ChunkCodec()
+    attrs: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
+
+    @property
+    def np_dtype(self) -> np.dtype[Any]:
+        return np.dtype(self.dtype)
+
+    @property
+    def grid(self) -> Shape:
+        """Number of blocks along each dimension."""
+        return tuple(-(-s // c) if s else 0 for s, c in zip(self.shape, self.chunks, strict=True))
+
+    def block_slices(self, index: BlockIndex) -> tuple[slice, ...]:
+        """The region of the array covered by block ``index``."""
+        self.check_index(index)
+        return tuple(slice(i * c, min((i + 1) * c, s))
+                     for i, c, s in zip(index, self.chunks, self.shape, strict=True))
+
+    def block_shape(self, index: BlockIndex) -> Shape:
+        return tuple(sl.stop - sl.start for sl in self.block_slices(index))
+
+    def check_index(self, index: BlockIndex) -> None:
+        grid = self.grid
+        if len(index) != len(grid) or any(not 0 <= i < g for i, g in zip(index, grid, strict=True)):
+            raise InputValueError(f"block index {index} is outside the block grid {grid} "
+                                  f"of array {self.url}")
+
+    def indices(self) -> list[BlockIndex]:
+        """All block indices in C order."""
+        return list(product(*(range(g) for g in self.grid)))
+
+    @property
+    def chunk_nbytes(self) -> int:
+        return int(np.prod(self.chunks)) * self.np_dtype.itemsize
+
+    @property
+    def nbytes(self) -> int:
+        return int(np.prod(self.shape)) * self.np_dtype.itemsize
+
+    @staticmethod
+    def chunk_key(index: BlockIndex) -> str:
+        return "c/" + "/".join(str(i) for i in index)
+
+    def with_attrs(self, attrs: dict[str, Any]) -> ArrayMeta:
+        return replace(self, attrs=attrs)
+
+    def to_json(self) -> dict[str, Any]:
+        """zarr v3 array metadata."""
+        dt = self.np_dtype
+        fill: Any = False if dt.kind == "b" else (0.0 if dt.kind == "f" else 0)
+        codec = self.codec or ChunkCodec()
+        return {
+            "zarr_format": 3,
+            "node_type": "array",
+            "shape": list(self.shape),
+            "data_type": dt.name,
+            "chunk_grid": {"name": "regular", "configuration": {"chunk_shape": list(self.chunks)}},
+            "chunk_key_encoding": {"name": "default", "configuration": {"separator": "/"}},
+            "fill_value": fill,
+            "codecs": codec.zarr_codecs(dt.itemsize),
+            "attributes": self.attrs,
+            "storage_transformers": [],
+        }
+
+
+def write_meta(store: Store, meta: ArrayMeta) -> None:
+    """Write ``zarr.json``; called last, so an array without it is not (yet) a result."""
+    store.put(METADATA_KEY, json.dumps(meta.to_json(), indent=1, sort_keys=True).encode())
+
+
+def read_meta(store: Store) -> ArrayMeta | None:
+    """Read an array's metadata, or None if ``store`` holds no zarr v3 array."""
+    raw = store.get(METADATA_KEY)
+    if raw is None:
+        return None
+    doc = json.loads(raw)
+    if doc.get("node_type") != "array":
+        return None
+    grid = doc.get("chunk_grid", {})
+    chunks = grid.get("configuration", {}).get("chunk_shape")
+    codec = codec_from_metadata(doc.get("codecs", []))
+    enc = doc.get("chunk_key_encoding", {})
+    if (grid.get("name") != "regular" or enc.get("name") != "default"
+            or enc.get("configuration", {}).get("separator", "/") != "/"):
+        codec = None
+    dtype = doc["data_type"]
+    if not isinstance(dtype, str):
+        raise InputDtypeError(f"array {store.url} has a data type blocklin cannot read: {dtype}")
+    return ArrayMeta(url=store.url, shape=tuple(doc["shape"]), chunks=tuple(chunks or doc["shape"]),
+                     dtype=dtype, codec=codec, attrs=doc.get("attributes", {}))

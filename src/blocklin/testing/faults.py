@@ -1,0 +1,66 @@
+"""Deterministic fault injection: a kernel that fails after its k-th call.
+
+The call counter lives in files (one created atomically per call), so it counts
+across threads, worker processes and Spark executors alike.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from blocklin.executors.lazy import Lazy
+from blocklin.plan.graph import Kernel, TaskContext
+
+__all__ = ["FailAfter", "InjectedFault", "inject_fault"]
+
+
+class InjectedFault(RuntimeError):
+    """Raised by a kernel wrapped with :class:`FailAfter`."""
+
+
+@dataclass(frozen=True)
+class FailAfter:
+    """Wrap a kernel so that calls after the first ``succeed`` raise.
+
+    ``times`` bounds how many calls fail (``None``: all later ones), so a fault that
+    fails once and then succeeds tests an engine's retry.
+    """
+
+    kernel: Kernel
+    state_dir: str
+    succeed: int
+    times: int | None = None
+
+    def _claim(self) -> int:
+        Path(self.state_dir).mkdir(parents=True, exist_ok=True)
+        n = 0
+        while True:
+            try:
+                fd = os.open(os.path.join(self.state_dir, f"call-{n}"), os.O_CREAT | os.O_EXCL)
+            except FileExistsError:
+                n += 1
+                continue
+            os.close(fd)
+            return n
+
+    def __call__(self, ctx: TaskContext, blocks: Sequence[Any]) -> Any:
+        n = self._claim()
+        failing = n >= self.succeed and (self.times is None or n < self.succeed + self.times)
+        if failing:
+            raise InjectedFault(f"injected fault on call {n} (block {ctx.task.out})")
+        return self.kernel(ctx, blocks)
+
+
+def inject_fault(result: Lazy, op: str, state_dir: str | os.PathLike[str], succeed: int,
+                 times: int | None = None) -> Lazy:
+    """A copy of ``result`` whose stage labelled ``op`` fails after ``succeed`` tasks."""
+    matches = [s for s in result.plan.stages if s.op == op]
+    if len(matches) != 1:
+        raise ValueError(f"expected one stage {op!r}; plan has {[s.op for s in result.plan.stages]}")
+    plan = result.plan.with_kernel(
+        matches[0].name, lambda k: FailAfter(k, os.fspath(state_dir), succeed, times))
+    return Lazy(plan, result.output, result.kind, result.present, result.label)
