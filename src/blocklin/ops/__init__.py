@@ -1,7 +1,23 @@
 """Block operators. Each returns a lazy result; nothing runs until ``compute``."""
 
 from blocklin.ops.products import gram, matmul
+from blocklin.ops.sketch import sketch
 from blocklin.ops.stats import ColumnStats, column_stats
 from blocklin.ops.transforms import center, scale, standardize
+from blocklin.ops.tsqr import QR, SVDFactors, svd, tsqr, tsqr_r
 
-__all__ = ["ColumnStats", "center", "column_stats", "gram", "matmul", "scale", "standardize"]
+__all__ = [
+           "QR",
+           "ColumnStats",
+           "SVDFactors",
+           "center",
+           "column_stats",
+           "gram",
+           "matmul",
+           "scale",
+           "sketch",
+           "standardize",
+           "svd",
+           "tsqr",
+           "tsqr_r",
+]
