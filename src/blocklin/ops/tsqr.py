@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 import numpy as np
+import scipy.linalg
 
 from blocklin.errors import InputValueError, ShapeMismatchError
 from blocklin.executors.lazy import Lazy
@@ -69,6 +70,18 @@ def _panel(blocks: Sequence[Any], widths: tuple[int, ...], nrow_blocks: int) -> 
     return np.asarray(a, dtype=np.float64)
 
 
+def _r_factor(a: np.ndarray) -> np.ndarray:
+    """Householder R (LAPACK geqrf through scipy, as :func:`_qr`, so both passes agree)."""
+    r: np.ndarray = scipy.linalg.qr(a, mode="r", check_finite=False)[0]
+    # scipy returns the full (m, n) R; callers guarantee m >= n.
+    return r[: a.shape[1]]
+
+
+def _qr(a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    q, r = scipy.linalg.qr(a, mode="economic", check_finite=False)
+    return q, r
+
+
 @dataclass(frozen=True, eq=False)
 class LeafInput:
     """How a leaf builds its panel: inputs' column-block counts and an optional ``A X - 1μᵀ``."""
@@ -94,8 +107,7 @@ class LeafR:
 
     def __call__(self, ctx: TaskContext, blocks: Sequence[Any]) -> Any:
         nrb = len(blocks) // sum(self.leaf.widths)
-        r: np.ndarray = np.linalg.qr(self.leaf.panel(blocks, nrb), mode="r")
-        return r[None]
+        return _r_factor(self.leaf.panel(blocks, nrb))[None]
 
 
 @dataclass(frozen=True)
@@ -113,9 +125,8 @@ class TreeQR:
         c = self.c
         stacked = np.vstack([b[0][:c] for b in blocks])
         if not self.with_q:
-            r_only: np.ndarray = np.linalg.qr(stacked, mode="r")
-            return r_only[None]
-        q, r = np.linalg.qr(stacked)
+            return _r_factor(stacked)[None]
+        q, r = _qr(stacked)
         out = np.zeros(((FAN_IN + 1) * c, c))
         out[:c] = r
         out[c:c + q.shape[0]] = q
@@ -169,7 +180,7 @@ class FormQ:
         g = next(k for k, (lo, hi) in enumerate(self.leaves) if lo <= i < hi)
         lo, hi = self.leaves[g]
         nread = (hi - lo) * sum(self.leaf.widths)
-        q, _ = np.linalg.qr(self.leaf.panel(blocks[:nread], hi - lo))
+        q, _ = _qr(self.leaf.panel(blocks[:nread], hi - lo))
         start = (i - lo) * self.chunk_rows
         q = q[start:start + self.chunk_rows]
         for level in range(self.levels):
