@@ -1,0 +1,119 @@
+"""Input handling shared by the estimators: numpy, dask, BlockMatrix or zarr path → BlockMatrix.
+
+In-memory inputs (numpy arrays, array-likes, dask arrays) are validated as
+scikit-learn does (``validate_data``: finite, numeric, 2-D, ``n_features_in_``) and
+written to a private temporary BlockMatrix under the work directory, removed when
+the ``with`` block ends. Stored inputs (BlockMatrix, zarr path) are used in place:
+only their shape and dtype are checked, no pass over the data.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from blocklin.config import default_work_dir
+from blocklin.errors import InputDtypeError, InputValueError, ShapeMismatchError
+from blocklin.storage.blockmatrix import BlockMatrix, from_array, open_matrix
+
+__all__ = ["is_stored", "n_rows", "stored_matrix", "validate_features"]
+
+
+def is_stored(X: Any) -> bool:
+    """True for inputs read in place (BlockMatrix, zarr path)."""
+    return isinstance(X, BlockMatrix | str | os.PathLike)
+
+
+def _is_dask(X: Any) -> bool:
+    try:
+        import dask.array as da
+    except ImportError:  # pragma: no cover - dask is a core dependency
+        return False
+    return isinstance(X, da.Array)
+
+
+def _open(X: Any) -> BlockMatrix:
+    if isinstance(X, BlockMatrix):
+        return X
+    return open_matrix(X)
+
+
+def validate_features(estimator: Any, X: Any, *, reset: bool) -> Any:
+    """Check X like scikit-learn's ``validate_data`` and set/check ``n_features_in_``.
+
+    Returns the validated in-memory array (float64 numpy) or the opened BlockMatrix /
+    the dask array unchanged. Raises ``ValueError``/``TypeError`` subclasses that
+    scikit-learn's checks expect (its own messages for in-memory data).
+    """
+    if is_stored(X) or _is_dask(X):
+        A = _open(X) if is_stored(X) else X
+        if A.ndim != 2:
+            raise InputValueError(f"Expected 2D array, got an array of shape {A.shape}")
+        if np.dtype(A.dtype).kind not in "fiub":
+            raise InputDtypeError(f"X must be real-valued; got dtype {A.dtype}")
+        _check_n_features(estimator, int(A.shape[1]), reset)
+        return A
+    from sklearn.utils.validation import validate_data
+
+    return validate_data(estimator, X, reset=reset, dtype=[np.float64, np.float32],
+                         ensure_min_samples=1)
+
+
+def _check_n_features(estimator: Any, n: int, reset: bool) -> None:
+    if reset:
+        estimator.n_features_in_ = n
+        return
+    expected = getattr(estimator, "n_features_in_", None)
+    if expected is not None and expected != n:
+        raise ShapeMismatchError(f"X has {n} features, but {type(estimator).__name__} is "
+                                 f"expecting {expected} features as input.")
+
+
+def n_rows(X: Any) -> int:
+    """Number of rows of any accepted input."""
+    return int(_open(X).shape[0] if is_stored(X) else X.shape[0])
+
+
+@contextmanager
+def stored_matrix(X: Any, *, work_dir: str | os.PathLike[str] | None = None,
+                  chunks: Any = None, name: str = "X") -> Iterator[BlockMatrix]:
+    """Yield X as a BlockMatrix; in-memory inputs go to a temporary array removed afterwards.
+
+    Parameters
+    ----------
+    X : numpy array, array-like, dask array, BlockMatrix or zarr path
+        Already validated (see :func:`validate_features`). 1-D arrays become a column.
+    work_dir : path, optional
+        Local directory holding the temporary array (default: blocklin's work dir).
+        It must be reachable from the workers when computing on a cluster.
+    chunks : as :func:`blocklin.from_array`
+        Block shape of the temporary array (give a matrix's row chunks to make a
+        label vector row-aligned with it). Stored inputs keep their own.
+    name : str
+        Used in the temporary directory's name.
+
+    Notes
+    -----
+    Writing an in-memory input is one pass over it; a stored input is not touched.
+    The temporary array is removed even if the body raises.
+    """
+    if is_stored(X):
+        yield _open(X)
+        return
+    arr = X if _is_dask(X) else np.asarray(X)
+    if arr.ndim == 1:
+        arr = arr.reshape(-1, 1)
+    base = Path(work_dir) if work_dir is not None else Path(default_work_dir())
+    base.mkdir(parents=True, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=f"input-{name}-", dir=base)
+    try:
+        yield from_array(arr, os.path.join(tmp, f"{name}.zarr"), chunks=chunks)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
