@@ -62,11 +62,14 @@ class RunStats:
     stage_seconds: dict[str, float] = field(default_factory=dict)
     stage_tasks: dict[str, int] = field(default_factory=dict)
     passes: dict[str, float] = field(default_factory=dict)
+    array_reads: dict[str, int] = field(default_factory=dict)
 
     def add(self, metrics: TaskMetrics, label: str) -> None:
         self.tasks_run += 1
         self.blocks_read += int(metrics.get("blocks_read", 0))
         self.bytes_read += int(metrics.get("bytes_read", 0))
+        for url, n in metrics.get("array_reads", {}).items():
+            self.array_reads[url] = self.array_reads.get(url, 0) + int(n)
         self.stage_seconds[label] = self.stage_seconds.get(label, 0.0) + float(metrics["seconds"])
         self.stage_tasks[label] = self.stage_tasks.get(label, 0) + 1
 

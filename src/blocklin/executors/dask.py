@@ -8,6 +8,7 @@ block indices and a few numbers cross the scheduler, never blocks.
 from __future__ import annotations
 
 import os
+import uuid
 from typing import TYPE_CHECKING, Any
 
 from blocklin.errors import ExecutorError, PlanMemoryError
@@ -48,16 +49,23 @@ class DaskExecutor:
         self.retries = retries
 
     def _graph(self, xplan: ExecutionPlan) -> tuple[dict[Any, Any], list[Any]]:
+        # Tasks have side effects (they write blocks), so their dask keys are unique per
+        # run: a cluster must never hand back a result (or an error) of an earlier run.
+        run = uuid.uuid4().hex[:10]
         dsk: dict[Any, Any] = {}
         for gi, rt in enumerate(xplan.runtimes):
-            dsk[f"blocklin-runtime-{rt.name}-{gi}"] = rt
+            dsk[f"blocklin-runtime-{rt.name}-{run}"] = rt
+
+        def key(group: int, pos: int) -> tuple[str, int]:
+            return (f"{xplan.runtimes[group].name}-{run}", pos)
+
         keys = []
         for job in xplan.jobs:
-            key = xplan.key(job.group, job.pos)
-            rt_key = f"blocklin-runtime-{xplan.runtimes[job.group].name}-{job.group}"
-            deps = [xplan.key(g, p) for g, p in job.deps]
-            dsk[key] = (run_task, rt_key, job.batch.tasks, *deps)
-            keys.append(key)
+            k = key(job.group, job.pos)
+            rt_key = f"blocklin-runtime-{xplan.runtimes[job.group].name}-{run}"
+            deps = [key(g, p) for g, p in job.deps]
+            dsk[k] = (run_task, rt_key, job.batch.tasks, *deps)
+            keys.append(k)
         return dsk, keys
 
     def check(self, xplan: ExecutionPlan) -> None:
@@ -104,7 +112,7 @@ class DaskExecutor:
         client, owned = self._client()
         try:
             futures = client.get(dsk, keys, sync=False, retries=self.retries)
-            for fut in as_completed(futures):
+            for fut in as_completed(futures, loop=client.loop):
                 on_task_done(fut.result())
         finally:
             if owned:

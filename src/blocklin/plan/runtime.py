@@ -77,6 +77,7 @@ def run_task(runtime: GroupRuntime, tasks: tuple[Task | None, ...], *deps: Any) 
     params_cache: dict[str, np.ndarray] = {}
     bytes_read = 0
     nread = 0
+    per_array: dict[str, int] = {}
     computed = []
     try:
         with threadpool_limits(limits=runtime.blas_threads, user_api="blas"):
@@ -91,6 +92,7 @@ def run_task(runtime: GroupRuntime, tasks: tuple[Task | None, ...], *deps: Any) 
                         blocks[key] = read_block(store_for(meta.url), meta, index, pool)
                         bytes_read += blocks[key].nbytes
                         nread += 1
+                        per_array[meta.url] = per_array.get(meta.url, 0) + 1
                     block = blocks[key]
                     tmeta = member.transforms[pos]
                     if tmeta is not None:
@@ -108,5 +110,5 @@ def run_task(runtime: GroupRuntime, tasks: tuple[Task | None, ...], *deps: Any) 
     finally:
         blocks.clear()
         pool.release()
-    return {"group": runtime.name, "computed": computed, "blocks_read": nread,
+    return {"group": runtime.name, "computed": computed, "blocks_read": nread, "array_reads": per_array,
             "bytes_read": bytes_read, "seconds": time.perf_counter() - t0}

@@ -101,11 +101,9 @@ class ChunkCodec:
             if stored != computed:
                 return f"crc32c checksum mismatch (stored {stored:08x}, computed {computed:08x})"
             return np.frombuffer(body, dtype=dtype).reshape(shape)
-        if scratch is None:
+        if scratch is None or len(scratch) < nbytes:
             out = np.empty(shape, dtype=dtype)
         else:
-            if len(scratch) < nbytes:
-                scratch.extend(bytes(nbytes - len(scratch)))
             out = np.frombuffer(memoryview(scratch)[:nbytes], dtype=dtype).reshape(shape)
         reason = self.decode_into(raw, out)
         return reason if reason is not None else out

@@ -42,15 +42,10 @@ class Store(ABC):
     def get(self, key: str) -> bytes | None:
         """Return the bytes under ``key``, or None when absent."""
 
-    def read_into(self, key: str, buf: bytearray) -> int | None:
-        """Read ``key`` into ``buf`` (grown if needed); return its length, None if absent."""
+    def read_into(self, key: str, buf: bytearray) -> memoryview | None:
+        """Read ``key``, into ``buf`` when it fits; return a view of the bytes, None if absent."""
         data = self.get(key)
-        if data is None:
-            return None
-        if len(buf) < len(data):
-            buf.extend(bytes(len(data) - len(buf)))
-        buf[: len(data)] = data
-        return len(data)
+        return None if data is None else memoryview(data)
 
     @abstractmethod
     def get_tail(self, key: str, n: int) -> bytes | None:
@@ -104,7 +99,7 @@ class LocalStore(Store):
         except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
             return None
 
-    def read_into(self, key: str, buf: bytearray) -> int | None:
+    def read_into(self, key: str, buf: bytearray) -> memoryview | None:
         # Reading into a reused buffer avoids the page faults of a fresh allocation,
         # which cost more than the read itself (measured 1.2 vs 4.6 GB/s per thread).
         try:
@@ -113,8 +108,8 @@ class LocalStore(Store):
             return None
         with fh:
             size = os.fstat(fh.fileno()).st_size
-            if len(buf) < size:
-                buf.extend(bytes(size - len(buf)))
+            if size > len(buf):
+                return memoryview(fh.read())
             view = memoryview(buf)[:size]
             got = 0
             while got < size:
@@ -122,7 +117,7 @@ class LocalStore(Store):
                 if not n:
                     break
                 got += n
-            return got
+            return view[:got]
 
     def get_tail(self, key: str, n: int) -> bytes | None:
         try:

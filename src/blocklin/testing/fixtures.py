@@ -48,7 +48,7 @@ def dask_client() -> Iterator[Any]:
     from distributed import Client, LocalCluster
 
     with LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
-                      dashboard_address=None, host="127.0.0.1", silence_logs=40) as cluster, \
+                      dashboard_address=":0", host="127.0.0.1", silence_logs=40) as cluster, \
             Client(cluster, set_as_default=False) as client:
         yield client
 

@@ -1,0 +1,38 @@
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+import blocklin as bl
+from blocklin.errors import ConfigError, ExecutorError, PlanMemoryError
+from blocklin.testing import assert_bitwise_equal
+
+
+def test_address_runs_on_cluster(tmp_path: Path, dask_client: Any) -> None:
+    x = np.random.default_rng(0).standard_normal((1000, 10))
+    A = bl.from_array(x, tmp_path / "A.zarr", chunks=(128, None))
+    address = dask_client.scheduler.address
+    g = bl.ops.gram(A).compute(address=address, work_dir=str(tmp_path / "w"))
+    ref = bl.ops.gram(A).compute(work_dir=str(tmp_path / "w2"))
+    assert_bitwise_equal(g, ref)
+
+
+def test_worker_memory_checked_before_running(tmp_path: Path, dask_client: Any) -> None:
+    A = bl.from_array(np.ones((4000, 50)), tmp_path / "A.zarr", chunks=(4000, None))
+    limit = min(w["memory_limit"] for w in dask_client.scheduler_info()["workers"].values())
+    with pytest.raises(PlanMemoryError, match="worker"):
+        # Allowed by the plan's own limit, but not by the workers' memory.
+        bl.ops.matmul(A, np.ones((50, limit // 8 // 4000 + 1))).compute(
+            client=dask_client, work_dir=str(tmp_path / "w"), max_task_memory=10 * limit)
+    assert not (tmp_path / "w").exists()
+
+
+def test_executor_errors(tmp_path: Path) -> None:
+    A = bl.from_array(np.ones((10, 2)), tmp_path / "A.zarr")
+    with pytest.raises(ConfigError, match="executor must be one of"):
+        bl.ops.gram(A).compute(executor="ray")
+    with pytest.raises(ExecutorError, match="cannot reach"):
+        bl.ops.gram(A).compute(address="tcp://127.0.0.1:1", work_dir=str(tmp_path / "w"))
