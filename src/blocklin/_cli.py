@@ -1,0 +1,335 @@
+"""The ``blocklin`` command line: a thin typer layer over public functions.
+
+Exit codes (also in ``blocklin --help``):
+
+====  ==========================================================================
+0     success
+1     unexpected internal error (a bug: rerun with ``--debug`` and report it)
+2     bad usage, spec or input (nothing was run or written)
+3     the outputs are locked by another run (see ``blocklin unlock``)
+4     corrupt or missing data found (``verify``), or a corrupt chunk while running
+5     the executor failed (cluster unreachable, task failed after retries)
+====  ==========================================================================
+
+Errors print as one line on stderr (``error: ...``); ``--debug`` adds the
+traceback. With ``--json`` every command prints one JSON document on stdout, an
+error included (``{"ok": false, "error": ..., "exit_code": ...}``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import traceback
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+__all__ = ["EXIT_CODES", "app", "main"]
+
+EXIT_OK, EXIT_INTERNAL, EXIT_USAGE, EXIT_LOCKED, EXIT_CORRUPT, EXIT_EXECUTOR = 0, 1, 2, 3, 4, 5
+EXIT_CODES = {
+    EXIT_OK: "success",
+    EXIT_INTERNAL: "unexpected internal error (rerun with --debug and report it)",
+    EXIT_USAGE: "bad usage, spec or input; nothing was run or written",
+    EXIT_LOCKED: "outputs locked by another run (see `blocklin unlock`)",
+    EXIT_CORRUPT: "corrupt or missing data",
+    EXIT_EXECUTOR: "executor failure (cluster unreachable, task failed after retries)",
+}
+_EPILOG = "Exit codes: " + "; ".join(f"{k} {v}" for k, v in EXIT_CODES.items())
+
+app = typer.Typer(name="blocklin", no_args_is_help=True, add_completion=False,
+                  pretty_exceptions_enable=False, epilog=_EPILOG,
+                  help="Block-partitioned linear algebra over zarr chunks: run pipelines, "
+                       "refresh them with new rows, ingest, inspect and verify arrays.")
+
+_STATE = {"debug": os.environ.get("BLOCKLIN_DEBUG", "") not in ("", "0")}
+
+JsonOpt = Annotated[bool, typer.Option("--json", help="print one JSON document on stdout")]
+SpecArg = Annotated[Path, typer.Argument(help="pipeline YAML file")]
+ExecutorOpt = Annotated[str | None, typer.Option("--executor", help="dask or spark")]
+AddressOpt = Annotated[str | None, typer.Option("--address",
+                                                help="dask scheduler or Spark master URL")]
+WorkDirOpt = Annotated[str | None, typer.Option(
+    "--work-dir", help="intermediate arrays (reachable from every worker)")]
+MemoryOpt = Annotated[str | None, typer.Option("--max-task-memory",
+                                               help="per-task limit, e.g. 2GiB")]
+
+
+@app.callback()
+def _main(debug: Annotated[bool, typer.Option("--debug", help="show tracebacks on errors")]
+          = False) -> None:
+    if debug:
+        _STATE["debug"] = True
+
+
+def _exit_code(exc: BaseException) -> int:
+    from blocklin.errors import (
+        CorruptChunkError,
+        ExecutorError,
+        IncompleteArrayError,
+        LockError,
+        TaskFailedError,
+    )
+
+    if isinstance(exc, LockError):
+        return EXIT_LOCKED
+    if isinstance(exc, CorruptChunkError | IncompleteArrayError):
+        return EXIT_CORRUPT
+    if isinstance(exc, ExecutorError | TaskFailedError):
+        return EXIT_EXECUTOR
+    if isinstance(exc, ValueError | TypeError | FileNotFoundError | NotADirectoryError
+                  | IsADirectoryError | PermissionError):
+        return EXIT_USAGE
+    return EXIT_INTERNAL
+
+
+def _emit(doc: Any, as_json: bool, text: Callable[[], str] | str) -> None:
+    if as_json:
+        sys.stdout.write(json.dumps(doc, indent=1, sort_keys=True, default=str) + "\n")
+    else:
+        sys.stdout.write((text() if callable(text) else text).rstrip("\n") + "\n")
+    sys.stdout.flush()
+
+
+@contextmanager
+def _guard(as_json: bool) -> Iterator[None]:
+    """Turn exceptions into one clear line and a documented exit code."""
+    try:
+        yield
+    except typer.Exit:
+        raise
+    except KeyboardInterrupt:
+        sys.stderr.write("error: interrupted\n")
+        raise typer.Exit(130) from None
+    except Exception as exc:
+        code = _exit_code(exc)
+        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        if code == EXIT_INTERNAL:
+            msg = f"{type(exc).__name__}: {msg}"
+        if _STATE["debug"]:
+            traceback.print_exc()
+        sys.stderr.write(f"error: {msg}\n")
+        if as_json:
+            _emit({"ok": False, "error": msg, "type": type(exc).__name__, "exit_code": code},
+                  True, "")
+        raise typer.Exit(code) from None
+
+
+# -- schema, ops --------------------------------------------------------------------------------
+@app.command()
+def schema() -> None:
+    """Print the JSON Schema of pipeline specs."""
+    from blocklin.pipelines.spec import json_schema
+
+    with _guard(False):
+        _emit(json_schema(), True, "")
+
+
+@app.command()
+def ops(as_json: JsonOpt = False) -> None:
+    """List the registered operators a pipeline step can name."""
+    from blocklin.pipelines.registry import registry
+
+    with _guard(as_json):
+        reg = registry()
+        doc = {n: {"inputs": list(o.inputs), "kind": o.kind, "summary": o.summary,
+                   "params": list(o.params.model_fields), "incremental": o.merge_rows is not None}
+               for n, o in sorted(reg.items())}
+        _emit(doc, as_json, lambda: "\n".join(
+            f"{n:<22} {o.kind:<6} ({', '.join(o.inputs)}) {o.summary}"
+            for n, o in sorted(reg.items())))
+
+
+# -- run, refresh, unlock -----------------------------------------------------------------------
+def _progress(as_json: bool) -> Any:
+    from blocklin.pipelines.progress import StageProgress
+
+    return StageProgress(enabled=not as_json and sys.stdout.isatty())
+
+
+def _options(spec: Path, command: str, executor: str | None, address: str | None,
+             work_dir: str | None, max_task_memory: str | None, resume: bool = False) -> Any:
+    from blocklin.errors import ConfigError
+    from blocklin.pipelines.runner import RunOptions
+
+    if executor is not None and executor not in ("dask", "spark"):
+        raise ConfigError(f"--executor must be dask or spark; got {executor!r}")
+    return RunOptions(executor=executor, address=address, work_dir=work_dir, resume=resume,
+                      max_task_memory=max_task_memory, command=f"blocklin {command} {spec}")
+
+
+@app.command()
+def run(spec: SpecArg, executor: ExecutorOpt = None, address: AddressOpt = None,
+        resume: Annotated[bool, typer.Option("--resume", help="skip blocks finished by an "
+                                             "earlier interrupted run")] = False,
+        dry_run: Annotated[bool, typer.Option("--dry-run", help="print the plan (stages, tasks, "
+                                              "passes, memory per task); run nothing")] = False,
+        work_dir: WorkDirOpt = None, max_task_memory: MemoryOpt = None,
+        as_json: JsonOpt = False) -> None:
+    """Run a pipeline spec (or show its plan with --dry-run)."""
+    from blocklin.pipelines.runner import explain_pipeline, load_pipeline, run_pipeline
+
+    with _guard(as_json):
+        opts = _options(spec, "run", executor, address, work_dir, max_task_memory, resume)
+        pipe = load_pipeline(spec)
+        if dry_run:
+            info = explain_pipeline(pipe, opts)
+            _emit(info, as_json, lambda: _dry_run_text(info))
+            return
+        with _progress(as_json) as bar:
+            manifest = run_pipeline(pipe, opts, progress=bar)
+        _emit(_summary(manifest), as_json, lambda: _run_text(manifest, pipe.output_dir))
+
+
+@app.command()
+def refresh(spec: SpecArg,
+            append: Annotated[Path, typer.Option("--append", help="row batch: .npy, .csv, "
+                                                 ".parquet or zarr")],
+            executor: ExecutorOpt = None, address: AddressOpt = None,
+            work_dir: WorkDirOpt = None, max_task_memory: MemoryOpt = None,
+            as_json: JsonOpt = False) -> None:
+    """Append a row batch to the spec's refresh input and update its outputs incrementally."""
+    from blocklin.pipelines.refresh import refresh_pipeline
+    from blocklin.pipelines.runner import load_pipeline
+
+    with _guard(as_json):
+        opts = _options(spec, "refresh", executor, address, work_dir, max_task_memory)
+        pipe = load_pipeline(spec)
+        with _progress(as_json) as bar:
+            res = refresh_pipeline(pipe, str(append), opts, progress=bar)
+        if res.get("skipped"):
+            _emit(res, as_json, res["message"])
+            return
+        _emit(_summary(res), as_json, lambda: _run_text(res, pipe.output_dir))
+
+
+def _dry_run_text(info: dict[str, Any]) -> str:
+    ex = info["executor"]
+    lines = [f"pipeline {info['pipeline']} (dry run: nothing is computed)",
+             f"executor: {ex['executor']}" + (f" at {ex['address']}" if ex["address"] else "")
+             + f", work_dir {ex['work_dir']}", "", info["text"]]
+    if info["eager_steps"]:
+        lines.append("iterative steps (run their own passes after the plan): "
+                     + ", ".join(info["eager_steps"]))
+    return "\n".join(lines)
+
+
+def _summary(m: dict[str, Any]) -> dict[str, Any]:
+    return {"ok": True, "pipeline": m["pipeline"], "mode": m["mode"],
+            "outputs": {k: v["path"] for k, v in m["outputs"].items()},
+            "stats": m["stats"], "passes": m["passes"], "seconds": m["seconds"],
+            **{k: m[k] for k in ("refresh",) if k in m}}
+
+
+def _run_text(m: dict[str, Any], out_dir: Path) -> str:
+    s = m["stats"]
+    lines = [f"pipeline {m['pipeline']} ({m['mode']}): {s['tasks_run']} tasks run, "
+             f"{s['tasks_skipped']} skipped, {m['seconds']:.2f} s on {m['executor']['executor']}"]
+    if "refresh" in m and m["mode"] == "refresh":
+        r = m["refresh"]
+        lines.append(f"  applied batches {', '.join(r['applied'])}; input now {r['rows']} rows; "
+                     + ", ".join(f"{k} {v}" for k, v in r["outputs"].items()))
+    for name, rec in m["outputs"].items():
+        lines.append(f"  {name}: {out_dir / rec['path']}")
+    lines.append(f"  manifest: {out_dir / 'manifest.json'}")
+    if "report" in m:
+        lines.append(f"  report: {out_dir / m['report']['markdown']}")
+    return "\n".join(lines)
+
+
+@app.command()
+def unlock(spec: SpecArg,
+           force: Annotated[bool, typer.Option("--force", help="remove even a live or remote "
+                                               "lock")] = False,
+           as_json: JsonOpt = False) -> None:
+    """Remove a stale lock left by a crashed run on the pipeline's outputs."""
+    from blocklin.pipelines.lock import break_lock
+    from blocklin.pipelines.runner import load_pipeline
+
+    with _guard(as_json):
+        res = break_lock(load_pipeline(spec).output_dir, force=force)
+        _emit(res, as_json, lambda: (f"removed lock held by {res['holder']}" if res["removed"]
+                                     else "no lock"))
+
+
+# -- ingest, inspect, verify --------------------------------------------------------------------
+@app.command()
+def ingest(src: Annotated[str, typer.Argument(help=".npy, .csv, .parquet file or zarr array")],
+           dest: Annotated[str, typer.Argument(help="zarr path or URL to create")],
+           label: Annotated[str | None, typer.Option("--label", help="label column (tables); "
+                                                     "stored at --label-dest")] = None,
+           label_dest: Annotated[str | None, typer.Option(
+               "--label-dest", help="default: DEST with .label.zarr")] = None,
+           columns: Annotated[str | None, typer.Option(
+               "--columns", help="comma-separated feature columns (default: all numeric)")] = None,
+           chunk_rows: Annotated[int | None, typer.Option(
+               "--chunk-rows", help="rows per block (default: about 64 MiB blocks)")] = None,
+           dtype: Annotated[str | None, typer.Option("--dtype", help="e.g. float32")] = None,
+           codec: Annotated[str, typer.Option("--codec", help="auto, none, lz4 or zstd")] = "auto",
+           overwrite: Annotated[bool, typer.Option("--overwrite")] = False,
+           as_json: JsonOpt = False) -> None:
+    """Stream a .npy, CSV, Parquet file or zarr array into a BlockMatrix."""
+    from blocklin.pipelines.ingest import ingest as do_ingest
+
+    with _guard(as_json):
+        cols = [c.strip() for c in columns.split(",") if c.strip()] if columns else None
+        res = do_ingest(src, dest, label=label, label_dest=label_dest, columns=cols,
+                        chunk_rows=chunk_rows, dtype=dtype, codec=codec, overwrite=overwrite)
+        m = res.matrix
+        doc = {"ok": True, "dest": m.url, "shape": list(m.shape), "chunks": list(m.chunks),
+               "dtype": str(m.dtype), "format": res.format, "columns": list(res.columns),
+               "fingerprint": m.fingerprint,
+               "label": res.label.url if res.label is not None else None}
+        _emit(doc, as_json, lambda: f"ingested {src} ({res.format}) -> {m.url}: shape "
+              f"{m.shape}, blocks of {m.chunks[0]} rows, {m.dtype}"
+              + (f"; labels -> {res.label.url}" if res.label is not None else ""))
+
+
+@app.command()
+def inspect(path: Annotated[str, typer.Argument(help="zarr array path or URL")],
+            as_json: JsonOpt = False) -> None:
+    """Show an array's shape, blocks, codecs, size and provenance."""
+    from blocklin.errors import format_bytes
+    from blocklin.pipelines.inspect import inspect_array
+
+    with _guard(as_json):
+        d = inspect_array(path)
+        _emit(d, as_json, lambda: "\n".join([
+            f"{d['url']}", f"  shape      {tuple(d['shape'])} {d['dtype']}",
+            f"  blocks     {tuple(d['blocks'])} of {tuple(d['chunks'])}",
+            f"  codecs     {' -> '.join(d['codecs'])}",
+            f"  size       {format_bytes(d['nbytes'])} ({format_bytes(d['stored_bytes'])} stored)",
+            "  provenance " + json.dumps(d["provenance"], sort_keys=True, default=str)]))
+
+
+@app.command()
+def verify(path: Annotated[str, typer.Argument(help="zarr array path or URL")],
+           as_json: JsonOpt = False) -> None:
+    """Read every chunk and check its checksum; exit 4 if any is corrupt or missing."""
+    from blocklin.pipelines.inspect import verify_array
+
+    with _guard(as_json):
+        d = verify_array(path)
+        lines = [f"{d['url']}: {d['checked']} chunks checked, {len(d['corrupt'])} corrupt, "
+                 f"{len(d['missing'])} missing"
+                 + ("" if d["fingerprint_ok"] is not False else ", fingerprint mismatch")]
+        lines += [f"  corrupt {c['chunk']}: {c['reason']}" for c in d["corrupt"]]
+        lines += [f"  missing {k}" for k in d["missing"]]
+        lines.append("ok" if d["ok"] else "FAILED")
+        _emit(d, as_json, "\n".join(lines))
+        if not d["ok"]:
+            raise typer.Exit(EXIT_CORRUPT)
+
+
+def main() -> None:
+    """Console entry point."""
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""The pipeline engine: YAML specs, the runner, incremental refresh, manifests, reports."""

@@ -1,0 +1,333 @@
+"""Ingest: .npy, CSV, Parquet and zarr sources into BlockMatrix arrays, streamed.
+
+Sources are read in bounded pieces (``.npy`` memory-mapped row ranges, CSV record
+batches, Parquet row groups through pyarrow, zarr row ranges) and written block by
+block, so a source larger than memory ingests with about one row block of memory
+(plus one source batch). Table sources keep their numeric columns (or those given),
+and may split a label column into a second array.
+
+On any failure nothing is left at the destination.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from blocklin.config import DEFAULT_BLOCK_BYTES
+from blocklin.errors import InputDtypeError, InputValueError
+from blocklin.storage import ArrayMeta, BlockMatrix, Store, provenance_attrs, store_for, write_meta
+from blocklin.storage.chunkio import read_block, write_block
+from blocklin.storage.codecs import choose_codec
+from blocklin.storage.meta import ATTRS_NAMESPACE, check_numeric_dtype
+from blocklin.storage.records import fingerprint_from_crcs
+
+__all__ = ["BlockWriter", "IngestResult", "ingest", "read_source"]
+
+FORMATS = ("npy", "csv", "parquet", "zarr")
+_UNKNOWN_ROWS = 2**62
+
+
+@dataclass(frozen=True)
+class Batch:
+    """Rows of a source: features and, for tables with a label column, labels."""
+
+    x: np.ndarray
+    y: np.ndarray | None = None
+
+
+@dataclass(frozen=True)
+class SourceInfo:
+    format: str
+    columns: tuple[str, ...]
+    label: str | None
+    batches: Iterator[Batch]
+
+
+def detect_format(src: str) -> str:
+    s = src.rstrip("/").lower()
+    if s.endswith(".npy"):
+        return "npy"
+    if s.endswith((".csv", ".csv.gz", ".tsv")):
+        return "csv"
+    if s.endswith((".parquet", ".pq")):
+        return "parquet"
+    if s.endswith(".zarr") or (os.path.isdir(src) and (Path(src) / "zarr.json").exists()) \
+            or (os.path.isdir(src) and (Path(src) / ".zarray").exists()):
+        return "zarr"
+    raise InputValueError(f"cannot tell the format of {src}: expected .npy, .csv, .parquet or a "
+                          "zarr array")
+
+
+def _numeric_columns(schema: Any, columns: Sequence[str] | None, label: str | None,
+                     src: str) -> list[str]:
+    import pyarrow as pa
+
+    names = list(schema.names)
+    if label is not None and label not in names:
+        raise InputValueError(f"{src} has no label column {label!r} (columns: {', '.join(names)})")
+
+    def numeric(name: str) -> bool:
+        t = schema.field(name).type
+        return bool(pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_boolean(t))
+
+    if columns:
+        for c in columns:
+            if c not in names:
+                raise InputValueError(f"{src} has no column {c!r} (columns: {', '.join(names)})")
+            if not numeric(c):
+                raise InputDtypeError(f"column {c!r} of {src} is {schema.field(c).type}, not "
+                                      "numeric")
+        chosen = [c for c in columns if c != label]
+    else:
+        chosen = [c for c in names if c != label and numeric(c)]
+    if label is not None and not numeric(label):
+        raise InputDtypeError(f"label column {label!r} of {src} is {schema.field(label).type}, "
+                              "not numeric")
+    if not chosen:
+        raise InputValueError(f"{src} has no numeric feature columns")
+    return chosen
+
+
+def _table_batches(batches: Iterator[Any], cols: list[str], label: str | None, src: str,
+                   dtype: np.dtype[Any]) -> Iterator[Batch]:
+    row = 0
+    for rb in batches:
+        parts = []
+        for c in cols + ([label] if label else []):
+            col = rb.column(rb.schema.get_field_index(c))
+            if col.null_count:
+                raise InputValueError(f"column {c!r} of {src} has missing values near row "
+                                      f"{row}; fill or drop them first")
+            parts.append(col.to_numpy(zero_copy_only=False).astype(dtype, copy=False))
+        if rb.num_rows:
+            mat = np.column_stack(parts)
+            yield Batch(mat[:, : len(cols)], mat[:, len(cols):] if label else None)
+        row += rb.num_rows
+
+
+def read_source(src: str, *, label: str | None = None, columns: Sequence[str] | None = None,
+                dtype: str | None = None, batch_rows: int = 65536) -> SourceInfo:
+    """Open a source for streaming (see the module docstring).
+
+    Raises
+    ------
+    FileNotFoundError, InputValueError, InputDtypeError
+        Missing source, unknown format, bad columns, non-numeric data.
+    """
+    fmt = detect_format(src)
+    if fmt != "zarr" and "://" not in src and not os.path.isfile(src):
+        raise FileNotFoundError(f"no such file: {src}")
+    if fmt in ("csv", "parquet"):
+        return _open_table(src, fmt, label, columns, np.dtype(dtype or "float64"), batch_rows)
+    if label is not None or columns:
+        raise InputValueError(f"--label and --columns apply to CSV and Parquet sources, not {fmt}")
+    arr = _open_array(src, fmt)
+    dt = check_numeric_dtype(dtype or arr.dtype, what=src)
+    if arr.ndim != 2 or 0 in arr.shape:
+        raise InputValueError(f"{src} holds an array of shape {arr.shape}; a matrix is 2-D and "
+                              "non-empty")
+
+    def gen() -> Iterator[Batch]:
+        for start in range(0, arr.shape[0], batch_rows):
+            yield Batch(np.asarray(arr[start: start + batch_rows], dtype=dt))
+
+    return SourceInfo(fmt, tuple(f"c{i}" for i in range(arr.shape[1])), None, gen())
+
+
+def _open_array(src: str, fmt: str) -> Any:
+    if fmt == "npy":
+        try:
+            return np.load(src, mmap_mode="r", allow_pickle=False)
+        except ValueError as exc:
+            raise InputDtypeError(f"{src} is not a numeric .npy array: {exc}") from None
+    import zarr
+
+    try:
+        return zarr.open_array(src, mode="r")
+    except Exception as exc:  # zarr raises several types for a missing or odd array
+        raise FileNotFoundError(f"no zarr array at {src} ({type(exc).__name__})") from None
+
+
+def _open_table(src: str, fmt: str, label: str | None, columns: Sequence[str] | None,
+                dtype: np.dtype[Any], batch_rows: int) -> SourceInfo:
+    import pyarrow as pa
+
+    try:
+        if fmt == "parquet":
+            import pyarrow.parquet as pq
+
+            pf = pq.ParquetFile(src)
+            cols = _numeric_columns(pf.schema_arrow, columns, label, src)
+            # iter_batches reads one row group at a time, never the whole file.
+            it = pf.iter_batches(batch_size=batch_rows, columns=cols + ([label] if label else []))
+        else:
+            import pyarrow.csv as pcsv
+
+            reader = pcsv.open_csv(src, read_options=pcsv.ReadOptions(block_size=1 << 22))
+            cols = _numeric_columns(reader.schema, columns, label, src)
+            it = iter(reader)
+    except pa.ArrowInvalid as exc:
+        raise InputValueError(f"cannot read {src} as {fmt}: {str(exc).splitlines()[0]}") from None
+    return SourceInfo(fmt, tuple(cols), label, _table_batches(it, cols, label, src, dtype))
+
+
+class BlockWriter:
+    """Append rows to a BlockMatrix block by block; ``close()`` writes metadata last.
+
+    Starting from an existing array (``base``), the last partial block is read back
+    and rewritten with the new rows appended; earlier blocks are untouched. Until
+    ``close()`` replaces ``zarr.json``, readers see the old shape, whose rows are a
+    prefix of every rewritten chunk, so they never see a half-appended matrix.
+    """
+
+    def __init__(self, store: Store, ncols: int, dtype: np.dtype[Any], chunk_rows: int,
+                 codec: Any, base: BlockMatrix | None = None) -> None:
+        self.store = store
+        self.meta = ArrayMeta(url=store.url, shape=(_UNKNOWN_ROWS, ncols),
+                              chunks=(chunk_rows, ncols), dtype=dtype.name, codec=codec)
+        self.rows = 0
+        self.crcs: dict[tuple[int, ...], int] = {}
+        self.buf: list[np.ndarray] = []
+        self.buffered = 0
+        if base is not None:
+            self._start_from(base)
+
+    def _start_from(self, base: BlockMatrix) -> None:
+        full = base.shape[0] // self.meta.chunks[0]
+        tail = base.shape[0] - full * self.meta.chunks[0]
+        from blocklin.storage.records import done_blocks
+
+        known = done_blocks(base.store)
+        for i in range(full):
+            crc = known.get((i, 0))
+            if crc is None:
+                tailb = base.store.get_tail(base.meta.chunk_key((i, 0)), 4)
+                crc = int.from_bytes(tailb or b"\xff\xff\xff\xff", "little")
+            self.crcs[(i, 0)] = crc
+        self.rows = full * self.meta.chunks[0]
+        if tail:
+            self.append(read_block(base.store, base.meta, (full, 0)))
+
+    def append(self, rows: np.ndarray) -> None:
+        if rows.ndim != 2 or rows.shape[1] != self.meta.shape[1]:
+            raise InputValueError(f"rows have shape {rows.shape}; expected "
+                                  f"(n, {self.meta.shape[1]})")
+        self.buf.append(np.asarray(rows, dtype=self.meta.np_dtype))
+        self.buffered += rows.shape[0]
+        r = self.meta.chunks[0]
+        while self.buffered >= r:
+            self._flush(r)
+
+    def _flush(self, n: int) -> None:
+        data = np.concatenate(self.buf) if len(self.buf) > 1 else self.buf[0]
+        block, rest = data[:n], data[n:]
+        self.buf = [rest] if rest.shape[0] else []
+        self.buffered = rest.shape[0]
+        index = (self.rows // self.meta.chunks[0], 0)
+        meta = self.meta if n == self.meta.chunks[0] else _with_rows(self.meta, self.rows + n)
+        self.crcs[index] = write_block(self.store, meta, index, block)
+        self.rows += n
+
+    def close(self, attrs: dict[str, Any]) -> BlockMatrix:
+        """Write the last partial block, then ``zarr.json`` (the commit point)."""
+        if self.buffered:
+            self._flush(self.buffered)
+        if self.rows == 0:
+            raise InputValueError("the source holds no rows")
+        meta = _with_rows(self.meta, self.rows)
+        fp = fingerprint_from_crcs(meta, self.crcs)
+        doc = attrs.get(ATTRS_NAMESPACE, {})
+        doc = {**doc, "fingerprint": fp}
+        meta = meta.with_attrs({**attrs, ATTRS_NAMESPACE: doc})
+        write_meta(self.store, meta)
+        return BlockMatrix(self.store, meta)
+
+
+def _with_rows(meta: ArrayMeta, rows: int) -> ArrayMeta:
+    from dataclasses import replace
+
+    return replace(meta, shape=(rows, meta.shape[1]))
+
+
+@dataclass(frozen=True)
+class IngestResult:
+    matrix: BlockMatrix
+    label: BlockMatrix | None
+    format: str
+    columns: tuple[str, ...]
+
+
+def _target(path: str, overwrite: bool) -> Store:
+    store = store_for(path)
+    if store.exists("zarr.json") or store.list(""):
+        if not overwrite:
+            raise InputValueError(f"{store.url} already exists; pass --overwrite to replace it")
+        store.delete_prefix("")
+    return store
+
+
+def default_chunk_rows(ncols: int, itemsize: int) -> int:
+    return max(1, DEFAULT_BLOCK_BYTES // max(1, ncols * itemsize))
+
+
+def ingest(src: str, dest: str, *, label: str | None = None, label_dest: str | None = None,
+           columns: Sequence[str] | None = None, chunk_rows: int | None = None,
+           dtype: str | None = None, codec: str = "auto", overwrite: bool = False) -> IngestResult:
+    """Stream ``src`` into a BlockMatrix at ``dest`` (and labels at ``label_dest``).
+
+    Notes
+    -----
+    One pass over the source. Memory: one source batch plus one row block.
+    """
+    if chunk_rows is not None and chunk_rows <= 0:
+        raise InputValueError(f"--chunk-rows must be positive; got {chunk_rows}")
+    info = read_source(src, label=label, columns=columns, dtype=dtype)
+    first = next(info.batches, None)
+    if first is None:
+        raise InputValueError(f"{src} holds no rows")
+    if label is not None and label_dest is None:
+        label_dest = _label_path(dest)
+    store = _target(dest, overwrite)
+    ystore = _target(label_dest, overwrite) if label_dest else None
+    try:
+        return _write_all(info, first, src, store, ystore, chunk_rows, codec)
+    except BaseException:
+        store.delete_prefix("")
+        if ystore is not None:
+            ystore.delete_prefix("")
+        raise
+
+
+def _label_path(dest: str) -> str:
+    d = dest.rstrip("/")
+    return (d[:-5] if d.endswith(".zarr") else d) + ".label.zarr"
+
+
+def _write_all(info: SourceInfo, first: Batch, src: str, store: Store, ystore: Store | None,
+               chunk_rows: int | None, codec: str) -> IngestResult:
+    x0 = first.x
+    rows = chunk_rows or default_chunk_rows(x0.shape[1], x0.dtype.itemsize)
+    writer = BlockWriter(store, x0.shape[1], x0.dtype, rows, choose_codec(codec, x0[:rows]))
+    ywriter = None
+    if ystore is not None and first.y is not None:
+        ywriter = BlockWriter(ystore, 1, first.y.dtype, rows, choose_codec("none", first.y[:1]))
+    batch: Batch | None = first
+    while batch is not None:
+        writer.append(batch.x)
+        if ywriter is not None and batch.y is not None:
+            ywriter.append(batch.y)
+        batch = next(info.batches, None)
+    attrs = provenance_attrs("ingest", params={"source": os.path.abspath(src) if "://" not in src
+                                               else src, "format": info.format,
+                                               "label": info.label},
+                             columns=list(info.columns))
+    x = writer.close(attrs)
+    y = ywriter.close(provenance_attrs("ingest", params={"source": src, "column": info.label})) \
+        if ywriter is not None else None
+    return IngestResult(x, y, info.format, info.columns)

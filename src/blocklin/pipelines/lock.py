@@ -1,0 +1,167 @@
+"""A lock on a pipeline's output directory that survives a crashed holder.
+
+``<output_dir>/.blocklin.lock`` is created atomically (``O_CREAT | O_EXCL``) and
+holds JSON: pid, host, start time and the command. A second run finds it and
+refuses with :class:`~blocklin.errors.LockError`, naming the holder.
+
+A holder that crashed leaves the file behind. On the same host the lock is stale
+when its pid is no longer alive (or belongs to a process started after the lock):
+the next run takes it over. A lock written on another host cannot be checked from
+here, so it is only broken by hand:
+
+- ``blocklin unlock SPEC`` removes a stale lock, refusing while its holder on this
+  host is alive;
+- ``blocklin unlock SPEC --force`` (or deleting ``<output_dir>/.blocklin.lock``)
+  removes it unconditionally: do that only when the holder is known to be gone.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import psutil
+
+from blocklin.errors import LockError
+
+__all__ = ["LOCK_NAME", "OutputLock", "break_lock", "read_lock"]
+
+LOCK_NAME = ".blocklin.lock"
+
+
+@dataclass(frozen=True)
+class LockInfo:
+    pid: int
+    host: str
+    started: float
+    command: str
+
+    def describe(self) -> str:
+        when = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(self.started))
+        return f"pid {self.pid} on {self.host} since {when} ({self.command})"
+
+    def is_stale(self) -> bool | None:
+        """True if the holder is gone, False if alive, None if it cannot be told (other host)."""
+        if self.host != socket.gethostname():
+            return None
+        try:
+            proc = psutil.Process(self.pid)
+            # A recycled pid belongs to a process younger than the lock.
+            return bool(proc.create_time() > self.started + 1.0)
+        except psutil.NoSuchProcess:
+            return True
+        except psutil.AccessDenied:
+            return False
+
+
+def read_lock(path: Path) -> LockInfo | None:
+    """The lock's holder, or None if unlocked. An unreadable lock counts as held by nobody."""
+    try:
+        doc = json.loads(path.read_text())
+        return LockInfo(int(doc["pid"]), str(doc["host"]), float(doc["started"]),
+                        str(doc.get("command", "")))
+    except FileNotFoundError:
+        return None
+    except (ValueError, KeyError, TypeError):
+        return LockInfo(-1, "?", 0.0, "unreadable lock file")
+
+
+class OutputLock:
+    """Context manager holding ``<directory>/.blocklin.lock`` for one run.
+
+    Raises
+    ------
+    LockError
+        If another live run holds the lock (or one on another host does).
+    """
+
+    def __init__(self, directory: str | Path, command: str = "blocklin") -> None:
+        self.path = Path(directory) / LOCK_NAME
+        self.command = command
+        self.held = False
+
+    def _create(self) -> bool:
+        doc = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.time(),
+               "command": self.command}
+        try:
+            fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            return False
+        with os.fdopen(fd, "w") as f:
+            json.dump(doc, f)
+        return True
+
+    def acquire(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        for _ in range(3):
+            if self._create():
+                self.held = True
+                return
+            info = read_lock(self.path)
+            if info is None:
+                continue  # released between our attempts
+            stale = info.is_stale() if info.pid >= 0 else True
+            if not stale:
+                hint = ("wait for it to finish" if stale is False else
+                        "if that run is gone, clear it with `blocklin unlock SPEC --force`")
+                raise LockError(f"outputs in {self.path.parent} are locked by {info.describe()}; "
+                                f"{hint}")
+            _remove_stale(self.path, info)
+        raise LockError(f"could not take the lock {self.path} (contended); try again")
+
+    def release(self) -> None:
+        if self.held:
+            self.held = False
+            info = read_lock(self.path)
+            if info is not None and info.pid == os.getpid():
+                self.path.unlink(missing_ok=True)
+
+    def __enter__(self) -> OutputLock:
+        self.acquire()
+        return self
+
+    def __exit__(self, tp: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.release()
+
+
+def _remove_stale(path: Path, info: LockInfo) -> None:
+    # Rename first, so two runs racing to break the same stale lock cannot both
+    # delete a lock that one of them has just re-created.
+    aside = path.with_name(f"{LOCK_NAME}.stale-{os.getpid()}")
+    try:
+        os.rename(path, aside)
+    except FileNotFoundError:
+        return
+    current = read_lock(aside)
+    if current is not None and current != info:
+        os.rename(aside, path)  # not the lock we judged stale: put it back
+        return
+    aside.unlink(missing_ok=True)
+
+
+def break_lock(directory: str | Path, force: bool = False) -> dict[str, Any]:
+    """Remove a stale lock (or any lock with ``force``); return what was removed.
+
+    Raises
+    ------
+    LockError
+        If the holder is alive on this host, or on another host without ``force``.
+    """
+    path = Path(directory) / LOCK_NAME
+    info = read_lock(path)
+    if info is None:
+        return {"removed": False, "lock": str(path)}
+    stale = info.is_stale() if info.pid >= 0 else True
+    if not force and stale is not True:
+        why = "is alive" if stale is False else "runs on another host and cannot be checked"
+        raise LockError(f"the lock holder {info.describe()} {why}; pass --force to remove the "
+                        "lock anyway")
+    path.unlink(missing_ok=True)
+    return {"removed": True, "lock": str(path), "holder": info.describe()}

@@ -1,0 +1,222 @@
+"""The operator registry: the only things a pipeline step can call.
+
+Each :class:`Operator` declares its matrix arguments, a pydantic model of its
+parameters (frozen, unknown keys refused), what its result is (``small``: a numpy
+value; ``matrix``: a stored BlockMatrix; ``view``: a lazy transform other steps
+read; ``eager``: an iterative algorithm that runs its own computes), how to turn the
+result into named arrays, and, where the result can absorb appended rows, how to
+merge a batch's result into the previous one (used by ``blocklin refresh``).
+
+Operators owned by other modules (sketches, SVD, regression) are registered only
+when importable, so a missing one never breaks the registry.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+__all__ = ["BuildContext", "Operator", "get_operator", "operator_names", "register",
+           "registry", "to_arrays"]
+
+Kind = Literal["small", "matrix", "view", "eager"]
+Arrays = dict[str, np.ndarray]
+
+
+class Params(BaseModel):
+    """Base of operator parameter models: frozen, strict, unknown keys refused."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
+
+
+@dataclass(frozen=True)
+class BuildContext:
+    """What a step's builder may use besides its inputs and parameters.
+
+    ``out`` is where a ``matrix`` result must be stored when it is a pipeline
+    output; ``compute`` holds the run's compute options (executor, address,
+    work_dir, max_task_memory) for ``eager`` operators.
+    """
+
+    out: str | None = None
+    compute: Mapping[str, Any] = field(default_factory=dict)
+
+
+Builder = Callable[[Mapping[str, Any], Any, BuildContext], Any]
+Merger = Callable[[Arrays, Arrays], Arrays]
+
+
+@dataclass(frozen=True)
+class Operator:
+    """A registered operator (see the module docstring)."""
+
+    name: str
+    summary: str
+    inputs: tuple[str, ...]
+    params: type[Params]
+    kind: Kind
+    build: Builder
+    merge_rows: Merger | None = None
+    fields: tuple[str, ...] = ()
+
+
+_REGISTRY: dict[str, Operator] = {}
+
+
+def register(op: Operator) -> Operator:
+    """Add an operator (a later registration of the same name replaces the earlier)."""
+    _REGISTRY[op.name] = op
+    return op
+
+
+def registry() -> dict[str, Operator]:
+    """All registered operators, loading the optional ones on first use."""
+    _load_optional()
+    return dict(_REGISTRY)
+
+
+def operator_names() -> list[str]:
+    return sorted(registry())
+
+
+def get_operator(name: str) -> Operator | None:
+    return registry().get(name)
+
+
+# -- turning results into named arrays ---------------------------------------------------
+def to_arrays(value: Any, names: tuple[str, ...] = ()) -> Arrays:
+    """Named numpy arrays of a small result (array, dataclass, tuple, dict or estimator)."""
+    if isinstance(value, np.ndarray | np.generic | int | float):
+        return {"value": np.asarray(value)}
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: np.asarray(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, tuple):
+        keys = names if len(names) == len(value) else tuple(str(i) for i in range(len(value)))
+        out: Arrays = {}
+        for k, v in zip(keys, value, strict=True):
+            if _arraylike(v):
+                out[k] = np.asarray(v)
+        return out
+    if isinstance(value, Mapping):
+        return {str(k): np.asarray(v) for k, v in value.items() if _arraylike(v)}
+    # A fitted estimator: its learned attributes (scikit-learn's trailing underscore).
+    learned = {k: v for k, v in vars(value).items() if k.endswith("_") and not k.startswith("_")}
+    return {k.rstrip("_"): np.asarray(v) for k, v in learned.items() if _arraylike(v)}
+
+
+def _arraylike(v: Any) -> bool:
+    if isinstance(v, np.ndarray | np.generic | int | float | bool):
+        return True
+    return isinstance(v, list) and all(isinstance(x, int | float) for x in v)
+
+
+# -- built-in operators ------------------------------------------------------------------
+class NoParams(Params):
+    pass
+
+
+class StandardizeParams(Params):
+    with_mean: bool = True
+    with_std: bool = True
+    ddof: int = Field(1, ge=0)
+
+
+def _gram(inputs: Mapping[str, Any], p: Any, ctx: BuildContext) -> Any:
+    from blocklin.ops import gram
+
+    return gram(inputs["A"])
+
+
+def _column_stats(inputs: Mapping[str, Any], p: Any, ctx: BuildContext) -> Any:
+    from blocklin.ops import column_stats
+
+    return column_stats(inputs["A"])
+
+
+def _matmul(inputs: Mapping[str, Any], p: Any, ctx: BuildContext) -> Any:
+    from blocklin.ops import matmul
+
+    return matmul(inputs["A"], inputs["B"], out=ctx.out)
+
+
+def _crossprod(inputs: Mapping[str, Any], p: Any, ctx: BuildContext) -> Any:
+    from blocklin.errors import InputValueError
+    from blocklin.ops import matmul
+    from blocklin.storage import BlockMatrix
+
+    a = inputs["A"]
+    if not isinstance(a, BlockMatrix):
+        raise InputValueError("crossprod reads A transposed, so A must be a stored input, not "
+                              "a step result")
+    return matmul(a.T, inputs["B"])
+
+
+def _standardize(inputs: Mapping[str, Any], p: Any, ctx: BuildContext) -> Any:
+    from blocklin.ops import standardize
+
+    return standardize(inputs["A"], with_mean=p.with_mean, with_std=p.with_std, ddof=p.ddof)
+
+
+def merge_sum(prev: Arrays, new: Arrays) -> Arrays:
+    """Results additive over rows (AᵀA, AᵀB): add the batch's value."""
+    return {k: prev[k] + new[k] for k in prev}
+
+
+def merge_column_stats(prev: Arrays, new: Arrays) -> Arrays:
+    """Merge two column summaries with Chan et al.'s pairwise update."""
+    na, nb = float(prev["count"]), float(new["count"])
+    n = na + nb
+    delta = new["mean"] - prev["mean"]
+    m2 = prev["variance"] * max(na - 1, 0) + new["variance"] * max(nb - 1, 0) \
+        + delta**2 * (na * nb / n)
+    return {
+        "count": np.asarray(int(n)),
+        "mean": prev["mean"] + delta * (nb / n),
+        "variance": m2 / (n - 1) if n > 1 else np.zeros_like(m2),
+        "min": np.minimum(prev["min"], new["min"]),
+        "max": np.maximum(prev["max"], new["max"]),
+        "norm_l1": prev["norm_l1"] + new["norm_l1"],
+        "norm_l2": np.sqrt(prev["norm_l2"] ** 2 + new["norm_l2"] ** 2),
+        "num_nonzeros": prev["num_nonzeros"] + new["num_nonzeros"],
+    }
+
+
+register(Operator("gram", "AᵀA (one pass; refresh adds the new rows' AᵀA)", ("A",), NoParams,
+                  "small", _gram, merge_rows=merge_sum))
+register(Operator("column_stats", "count, mean, variance, min, max, norms, nonzeros per column",
+                  ("A",), NoParams, "small", _column_stats, merge_rows=merge_column_stats))
+register(Operator("matmul", "A @ B, stored as a BlockMatrix", ("A", "B"), NoParams, "matrix",
+                  _matmul))
+register(Operator("crossprod", "AᵀB of row-aligned stored A and B (refresh adds new rows)",
+                  ("A", "B"), NoParams, "small", _crossprod, merge_rows=merge_sum))
+register(Operator("standardize", "lazy (A - mean) / std view read by later steps", ("A",),
+                  StandardizeParams, "view", _standardize))
+
+
+# -- operators landing from other modules --------------------------------------------------
+_LOADED = False
+
+
+def _try_import(module: str, attr: str) -> Any:
+    try:
+        mod = importlib.import_module(module)
+    except ImportError:
+        return None
+    return getattr(mod, attr, None)
+
+
+def _load_optional() -> None:
+    global _LOADED
+    if _LOADED:
+        return
+    _LOADED = True
+    from blocklin.pipelines import _optional_ops
+
+    for op in _optional_ops.discover(_try_import):
+        register(op)

@@ -1,0 +1,308 @@
+"""Running a pipeline: check the spec, open inputs, build the plan, compute, record.
+
+Everything that can be wrong with a spec or its inputs is found before the output
+directory is touched: structure (pydantic), meaning (operators, parameters,
+references), inputs (exist, readable, compatible shapes: operators raise while
+building their lazy plans) and memory (the finalized plan against
+``max_task_memory``). Only then is the output directory locked and written.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import os
+import shutil
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from blocklin.errors import BlocklinError
+from blocklin.executors.api import ProgressHook
+from blocklin.executors.base import RunStats
+from blocklin.pipelines.registry import BuildContext, Operator, Params, registry
+from blocklin.pipelines.spec import PipelineSpec, SpecError, StepSpec, format_loc, load_spec
+
+__all__ = ["BoundStep", "Pipeline", "RunOptions", "check_spec", "explain_pipeline",
+           "load_pipeline", "open_inputs", "run_pipeline"]
+
+
+@dataclass(frozen=True)
+class BoundStep:
+    """A step checked against its operator, with validated parameters."""
+
+    index: int
+    spec: StepSpec
+    op: Operator
+    params: Params
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    @property
+    def loc(self) -> str:
+        return f"steps[{self.index}]"
+
+
+@dataclass(frozen=True)
+class Pipeline:
+    """A spec that passed both validation phases, with paths resolved."""
+
+    spec: PipelineSpec
+    source: str
+    base: Path
+    steps: tuple[BoundStep, ...]
+
+    def resolve(self, path: str) -> str:
+        """Paths in a spec are relative to the spec file; URLs are kept as they are."""
+        if "://" in path:
+            return path
+        p = Path(path).expanduser()
+        return os.path.normpath(p if p.is_absolute() else (self.base / p).absolute())
+
+    @property
+    def output_dir(self) -> Path:
+        return Path(self.resolve(self.spec.output_dir))
+
+    def step(self, name: str) -> BoundStep:
+        return next(s for s in self.steps if s.name == name)
+
+    def error(self, loc: str, message: str) -> SpecError:
+        return SpecError(self.source, loc, message)
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """Overrides from the command line (None: keep the spec's setting)."""
+
+    executor: str | None = None
+    address: str | None = None
+    work_dir: str | None = None
+    num_workers: int | None = None
+    max_task_memory: int | str | None = None
+    resume: bool = False
+    command: str = "blocklin run"
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+
+# -- phase 2: meaning ----------------------------------------------------------------------
+def load_pipeline(path: str | Path) -> Pipeline:
+    """Load a spec file and check it fully (structure and meaning).
+
+    Raises
+    ------
+    SpecError
+        Naming the file, the field and what was expected.
+    """
+    spec = load_spec(path)
+    return check_spec(spec, str(path), Path(path).absolute().parent)
+
+
+def check_spec(spec: PipelineSpec, source: str, base: Path) -> Pipeline:
+    """Check operators, parameters and references of a structurally valid spec."""
+    ops = registry()
+    kinds: dict[str, str] = {name: "matrix" for name in spec.inputs}
+    bound: list[BoundStep] = []
+    for i, step in enumerate(spec.steps):
+        loc = f"steps[{i}]"
+        if step.name in kinds:
+            what = "an input" if step.name in spec.inputs else "an earlier step"
+            raise SpecError(source, f"{loc}.name", f"{step.name!r} is already the name of {what}")
+        op = ops.get(step.op)
+        if op is None:
+            near = difflib.get_close_matches(step.op, list(ops), n=1)
+            hint = f"did you mean {near[0]!r}? " if near else ""
+            raise SpecError(source, f"{loc}.op", f"unknown operator {step.op!r}; {hint}"
+                            f"registered: {', '.join(sorted(ops))}")
+        _check_step_inputs(source, loc, step, op, kinds, spec)
+        bound.append(BoundStep(i, step, op, _check_params(source, loc, step, op)))
+        kinds[step.name] = op.kind
+    _check_outputs(source, spec, kinds)
+    if spec.refresh is not None and spec.refresh.input not in spec.inputs:
+        raise SpecError(source, "refresh.input", f"{spec.refresh.input!r} is not an input "
+                        f"(inputs: {', '.join(spec.inputs)})")
+    return Pipeline(spec, source, base, tuple(bound))
+
+
+def _check_step_inputs(source: str, loc: str, step: StepSpec, op: Operator,
+                       kinds: Mapping[str, str], spec: PipelineSpec) -> None:
+    for arg in op.inputs:
+        if arg not in step.inputs:
+            raise SpecError(source, f"{loc}.inputs", f"operator {op.name} needs argument {arg!r} "
+                            f"(takes {', '.join(op.inputs)})")
+    later = {s.name for s in spec.steps}
+    for arg, ref in step.inputs.items():
+        where = f"{loc}.inputs.{arg}"
+        if arg not in op.inputs:
+            raise SpecError(source, where, f"operator {op.name} takes no argument {arg!r} "
+                            f"(takes {', '.join(op.inputs)})")
+        if ref not in kinds:
+            why = ("is a later step (or this one); a step may only use inputs and earlier steps"
+                   if ref in later else "is neither an input nor an earlier step")
+            raise SpecError(source, where, f"{ref!r} {why} (available: "
+                            f"{', '.join(kinds) or 'none'})")
+        if kinds[ref] not in ("matrix", "view"):
+            raise SpecError(source, where, f"step {ref!r} gives a {kinds[ref]} result, not a "
+                            "matrix; only inputs, matrix and view steps can be read")
+
+
+def _check_params(source: str, loc: str, step: StepSpec, op: Operator) -> Params:
+    try:
+        return op.params.model_validate(step.params)
+    except ValidationError as exc:
+        err = exc.errors(include_url=False)[0]
+        sub = format_loc(tuple(err["loc"]))
+        where = f"{loc}.params" + (f".{sub}" if sub else "")
+        if err["type"] == "extra_forbidden":
+            allowed = ", ".join(op.params.model_fields) or "none"
+            msg = f"operator {op.name} has no parameter {sub!r} (parameters: {allowed})"
+        else:
+            msg = f"{err['msg']} (got {err.get('input')!r})"
+        raise SpecError(source, where, msg) from None
+
+
+def _check_outputs(source: str, spec: PipelineSpec, kinds: Mapping[str, str]) -> None:
+    steps = {s.name for s in spec.steps}
+    for name, out in spec.outputs.items():
+        where = f"outputs.{name}.step"
+        if out.step not in steps:
+            raise SpecError(source, where, f"{out.step!r} is not a step (steps: "
+                            f"{', '.join(s.name for s in spec.steps)})")
+        if kinds[out.step] == "view":
+            raise SpecError(source, where, f"step {out.step!r} is a lazy view and stores "
+                            "nothing; output a step that reads it")
+
+
+# -- phase 3: inputs and plans ---------------------------------------------------------------
+def open_inputs(pipe: Pipeline) -> dict[str, Any]:
+    """Open every input as a BlockMatrix; a missing or unreadable one is a SpecError."""
+    from blocklin.storage import open_matrix
+
+    out = {}
+    for name, inp in pipe.spec.inputs.items():
+        url = pipe.resolve(inp.path)
+        try:
+            out[name] = open_matrix(url)
+        except FileNotFoundError:
+            raise pipe.error(f"inputs.{name}.path", f"no zarr array at {url} (create it with "
+                             "`blocklin ingest`)") from None
+        except (BlocklinError, OSError, ValueError) as exc:
+            raise pipe.error(f"inputs.{name}.path", f"cannot open {url}: {exc}") from None
+    return out
+
+
+def output_paths(pipe: Pipeline, root: Path) -> dict[str, str]:
+    """Step name -> where its matrix result is stored (matrix steps kept as outputs)."""
+    paths = {}
+    for name, out in pipe.spec.outputs.items():
+        if pipe.step(out.step).op.kind == "matrix":
+            paths[out.step] = str(root / f"{name}.zarr")
+    return paths
+
+
+def build_steps(pipe: Pipeline, inputs: Mapping[str, Any], matrix_out: Mapping[str, str],
+                compute: Mapping[str, Any]) -> dict[str, Any]:
+    """Call each step's builder in order: lazy results, views, or deferred eager steps."""
+    values: dict[str, Any] = dict(inputs)
+    for step in pipe.steps:
+        if step.op.kind == "eager":
+            values[step.name] = None  # runs after the shared compute
+            continue
+        args = {arg: values[ref] for arg, ref in step.spec.inputs.items()}
+        ctx = BuildContext(out=matrix_out.get(step.name), compute=compute)
+        try:
+            values[step.name] = step.op.build(args, step.params, ctx)
+        except (BlocklinError, ValueError, TypeError) as exc:
+            raise pipe.error(step.loc, f"{step.op.name}: {exc}") from None
+    return values
+
+
+def compute_options(pipe: Pipeline, opts: RunOptions) -> dict[str, Any]:
+    spec = pipe.spec
+    work = opts.work_dir or spec.executor.work_dir
+    return {
+        "executor": opts.executor or spec.executor.executor,
+        "address": opts.address if opts.address is not None else spec.executor.address,
+        "work_dir": pipe.resolve(work) if work else str(pipe.output_dir / ".work"),
+        "max_task_memory": opts.max_task_memory or spec.resources.max_task_memory,
+        "num_workers": opts.num_workers or spec.executor.num_workers,
+    }
+
+
+def lazy_steps(pipe: Pipeline, values: Mapping[str, Any]) -> list[BoundStep]:
+    return [s for s in pipe.steps if s.op.kind in ("small", "matrix")]
+
+
+def explain_pipeline(pipe: Pipeline, opts: RunOptions | None = None) -> dict[str, Any]:
+    """What ``--dry-run`` shows: stages, tasks, passes per input, projected memory.
+
+    Raises
+    ------
+    SpecError, PlanMemoryError
+        For bad inputs, or a plan over ``max_task_memory``.
+    """
+    from blocklin.config import default_max_task_memory, parse_memory
+    from blocklin.plan.finalize import finalize
+    from blocklin.plan.graph import Plan
+
+    opts = opts or RunOptions()
+    inputs = open_inputs(pipe)
+    comp = compute_options(pipe, opts)
+    values = build_steps(pipe, inputs, output_paths(pipe, pipe.output_dir / ".staging"), comp)
+    lazies = [values[s.name] for s in lazy_steps(pipe, values)]
+    limit = comp["max_task_memory"]
+    limit = parse_memory(limit) if limit else default_max_task_memory()
+    report = finalize(Plan().merge(*(v.plan for v in lazies)), limit).report()
+    return {
+        "pipeline": pipe.spec.name,
+        "executor": {k: comp[k] for k in ("executor", "address", "work_dir")},
+        "stages": [{"stage": r[0], "tasks": r[1], "memory_per_task": r[2], "bytes_read": r[3],
+                    "bytes_written": r[4]} for r in report.rows],
+        "passes": report.source_passes(),
+        "max_task_memory": report.max_task_memory,
+        "projected_task_memory": max((r[2] for r in report.rows), default=0),
+        "eager_steps": [s.name for s in pipe.steps if s.op.kind == "eager"],
+        "text": str(report),
+    }
+
+
+def run_pipeline(pipe: Pipeline, opts: RunOptions | None = None,
+                 progress: ProgressHook | None = None) -> dict[str, Any]:
+    """Run a checked pipeline; return its manifest (also written to the output directory).
+
+    Raises
+    ------
+    SpecError, PlanMemoryError
+        Before anything is written.
+    LockError
+        If another run holds the output directory.
+    """
+    from blocklin.pipelines.execute import execute
+
+    opts = opts or RunOptions()
+    return execute(pipe, opts, progress)
+
+
+def spec_digest(source: str) -> str:
+    return hashlib.sha256(Path(source).read_bytes()).hexdigest()[:32]
+
+
+def clean_dir(path: Path) -> None:
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def elapsed(t0: float) -> float:
+    return round(time.perf_counter() - t0, 6)
+
+
+def with_command(opts: RunOptions, command: str) -> RunOptions:
+    return replace(opts, command=command)
+
+
+def new_stats() -> RunStats:
+    return RunStats()

@@ -1,0 +1,212 @@
+"""The pipeline spec: a YAML document validated into frozen pydantic models.
+
+A spec is data. It names stored inputs, steps that call operators from the
+registry (:mod:`blocklin.pipelines.registry`) with parameters, the outputs to keep,
+executor settings and resource hints. Nothing in it is evaluated as code.
+
+Validation happens in two phases, both before anything runs:
+
+1. structure (:func:`parse_spec`): types, required fields, unknown keys;
+2. meaning (:func:`check_spec`): operators exist, parameters fit each operator,
+   step inputs name an input or an earlier step, outputs name a step.
+
+Every failure is a :class:`SpecError` naming the file, the field path
+(``steps[1].params.k``) and what was expected.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, JsonValue, ValidationError, field_validator
+
+from blocklin.config import parse_memory
+from blocklin.errors import ConfigError
+
+__all__ = [
+    "ExecutorSpec",
+    "InputSpec",
+    "OutputSpec",
+    "PipelineSpec",
+    "RefreshSpec",
+    "ResourceSpec",
+    "SpecError",
+    "StepSpec",
+    "format_loc",
+    "json_schema",
+    "load_spec",
+    "parse_spec",
+]
+
+NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_\-]{0,63}$"
+
+
+class SpecError(ConfigError):
+    """A pipeline spec is invalid: names the file, the field and what was expected."""
+
+    def __init__(self, source: str, loc: str, message: str) -> None:
+        self.source = source
+        self.loc = loc
+        self.message = message
+        where = f"{source}: {loc}: " if loc else f"{source}: "
+        super().__init__(where + message)
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class InputSpec(_Model):
+    """A stored matrix: a zarr path (relative to the spec file) or an fsspec URL."""
+
+    path: str = Field(min_length=1, description="zarr array path or URL (s3://..., memory://...)")
+    description: str = ""
+
+
+class StepSpec(_Model):
+    """One operator call."""
+
+    name: str = Field(pattern=NAME_PATTERN, description="name other steps and outputs refer to")
+    op: str = Field(min_length=1, description="a registered operator (see `blocklin ops`)")
+    inputs: dict[str, str] = Field(default_factory=dict,
+                                   description="operator argument -> input or earlier step name")
+    params: dict[str, JsonValue] = Field(default_factory=dict,
+                                         description="operator parameters (checked per operator)")
+
+
+class OutputSpec(_Model):
+    """A step result to keep in the output directory."""
+
+    step: str = Field(pattern=NAME_PATTERN)
+
+
+class ExecutorSpec(_Model):
+    """Where the plan runs; the CLI's ``--executor``/``--address`` override these."""
+
+    executor: Literal["dask", "spark"] = "dask"
+    address: str | None = Field(default=None, description="dask scheduler or Spark master URL")
+    work_dir: str | None = Field(default=None, description="intermediates (shared by workers)")
+    num_workers: int | None = Field(default=None, ge=1, description="local scheduler threads")
+
+
+class ResourceSpec(_Model):
+    """Resource hints: device and per-task memory limit (a plan over it is refused)."""
+
+    device: Literal["cpu", "gpu"] = "cpu"
+    max_task_memory: int | str | None = Field(default=None, description="e.g. '2GiB'")
+
+    @field_validator("max_task_memory")
+    @classmethod
+    def _memory(cls, v: int | str | None) -> int | str | None:
+        if v is not None:
+            parse_memory(v)  # raises InputValueError, reported as a ValueError here
+        return v
+
+
+class RefreshSpec(_Model):
+    """How ``blocklin refresh`` appends row batches."""
+
+    input: str = Field(pattern=NAME_PATTERN, description="the input that new row batches extend")
+    schedule: str | None = Field(default=None, description="informational cron expression")
+
+
+class PipelineSpec(_Model):
+    """A pipeline: inputs, steps, outputs, executor settings and resources."""
+
+    version: Literal[1] = 1
+    name: str = Field(pattern=NAME_PATTERN)
+    description: str = ""
+    inputs: dict[str, InputSpec] = Field(min_length=1)
+    steps: list[StepSpec] = Field(min_length=1)
+    outputs: dict[str, OutputSpec] = Field(min_length=1)
+    output_dir: str = Field(min_length=1, description="where outputs, manifest and report go")
+    executor: ExecutorSpec = ExecutorSpec()
+    resources: ResourceSpec = ResourceSpec()
+    refresh: RefreshSpec | None = None
+    report: bool = True
+
+    @field_validator("inputs", "outputs")
+    @classmethod
+    def _names(cls, v: dict[str, Any]) -> dict[str, Any]:
+        import re
+
+        for key in v:
+            if not re.match(NAME_PATTERN, key):
+                raise ValueError(f"name {key!r} must match {NAME_PATTERN}")
+        return v
+
+
+def format_loc(loc: tuple[int | str, ...]) -> str:
+    """``("steps", 1, "params", "k")`` -> ``steps[1].params.k``."""
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += ("." if out else "") + str(part)
+    return out
+
+
+def _first_error(exc: ValidationError, source: str) -> SpecError:
+    err = exc.errors(include_url=False)[0]
+    msg = err["msg"]
+    if err["type"] == "extra_forbidden":
+        msg = "unknown field (check its spelling; see `blocklin schema`)"
+    elif err["type"] == "missing":
+        msg = "required field is missing"
+    elif "input" in err and err["type"] not in ("model_type", "dict_type"):
+        got = json.dumps(err["input"], default=str)
+        msg += f" (got {got[:80]})"
+    return SpecError(source, format_loc(tuple(err["loc"])), msg)
+
+
+def parse_spec(doc: Any, source: str = "<spec>") -> PipelineSpec:
+    """Validate a parsed YAML/JSON document into a :class:`PipelineSpec`.
+
+    Raises
+    ------
+    SpecError
+        For the first structural problem found.
+    """
+    if not isinstance(doc, dict):
+        raise SpecError(source, "", f"a pipeline spec is a mapping; got {type(doc).__name__}")
+    try:
+        return PipelineSpec.model_validate(doc)
+    except ValidationError as exc:
+        raise _first_error(exc, source) from None
+
+
+def load_spec(path: str | Path) -> PipelineSpec:
+    """Read and structurally validate a YAML spec file.
+
+    Raises
+    ------
+    SpecError
+        If the file is missing, is not valid YAML, or does not fit the schema.
+    """
+    p = Path(path)
+    source = str(path)
+    if not p.is_file():
+        raise SpecError(source, "", "spec file not found")
+    try:
+        # safe_load builds plain data only: no tags, no objects, nothing executed.
+        doc = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise SpecError(source, where, f"invalid YAML: {problem}") from None
+    except UnicodeDecodeError:
+        raise SpecError(source, "", "not a text file") from None
+    return parse_spec(doc, source)
+
+
+def json_schema() -> dict[str, Any]:
+    """The published JSON Schema of pipeline specs (``blocklin schema``)."""
+    schema = PipelineSpec.model_json_schema()
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["title"] = "blocklin pipeline"
+    return schema
