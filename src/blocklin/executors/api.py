@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from blocklin.config import default_max_task_memory, default_work_dir, parse_memory
@@ -21,7 +22,10 @@ from blocklin.types import EXECUTORS, parse_option
 if TYPE_CHECKING:
     from distributed import Client
 
-__all__ = ["compute", "get_executor"]
+__all__ = ["ProgressHook", "compute", "get_executor"]
+
+#: ``progress(stage_label, tasks_done, tasks_total)``, called on the driver.
+ProgressHook = Callable[[str, int, int], None]
 
 
 def get_executor(executor: str | Executor = "dask", *, address: str | None = None,
@@ -56,7 +60,8 @@ def get_executor(executor: str | Executor = "dask", *, address: str | None = Non
 def compute(*results: Lazy, executor: str | Executor = "dask", address: str | None = None,
             client: Client | None = None, spark: Any = None, resume: bool = False,
             work_dir: str | None = None, max_task_memory: int | str | None = None,
-            num_workers: int | None = None, stats: RunStats | None = None) -> tuple[Any, ...]:
+            num_workers: int | None = None, stats: RunStats | None = None,
+            progress: ProgressHook | None = None) -> tuple[Any, ...]:
     """Compute several lazy results as one plan, sharing passes over common inputs.
 
     Parameters
@@ -76,6 +81,10 @@ def compute(*results: Lazy, executor: str | Executor = "dask", address: str | No
         Per-task memory limit; a plan over it is refused before anything runs.
     stats : RunStats, optional
         Filled with task counts, blocks read and per-stage timings.
+    progress : callable, optional
+        ``progress(stage_label, done, total)``, called on the driver once per stage
+        group before running (``done`` counting blocks skipped by ``resume``) and
+        after every finished task.
 
     Returns
     -------
@@ -107,11 +116,33 @@ def compute(*results: Lazy, executor: str | Executor = "dask", address: str | No
     run.tasks_skipped = xplan.skipped
     run.passes = final.report().source_passes()
     labels = {rt.name: g.label for rt, g in zip(xplan.runtimes, final.groups, strict=True)}
+    on_done = _progress_callback(xplan, labels, run, progress)
     t0 = time.perf_counter()
-    engine.execute(xplan, lambda m: run.add(m, labels.get(m["group"], m["group"])))
+    engine.execute(xplan, on_done)
     run.seconds = time.perf_counter() - t0
     _seal_outputs(final, work)
     return tuple(_present(r, work) for r in results)
+
+
+def _progress_callback(xplan: Any, labels: dict[str, str], run: RunStats,
+                       progress: ProgressHook | None) -> Callable[[Any], None]:
+    if progress is None:
+        return lambda m: run.add(m, labels.get(m["group"], m["group"]))
+    totals = {rt.name: g.ntasks for rt, g in zip(xplan.runtimes, xplan.final.groups, strict=True)}
+    done = dict(totals)
+    for job in xplan.jobs:
+        done[xplan.runtimes[job.group].name] -= 1
+    for name, total in totals.items():
+        progress(labels[name], done[name], total)
+
+    def on_done(m: Any) -> None:
+        run.add(m, labels.get(m["group"], m["group"]))
+        name = m["group"]
+        if name in done:
+            done[name] += 1
+            progress(labels[name], done[name], totals[name])
+
+    return on_done
 
 
 def _seal_outputs(final: FinalPlan, work_dir: str) -> None:
