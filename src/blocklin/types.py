@@ -8,11 +8,19 @@ __all__ = [
     "CODECS",
     "DEVICES",
     "EXECUTORS",
+    "LABEL_SCALINGS",
+    "LOGISTIC_FAMILIES",
+    "LOGISTIC_SOLVERS",
+    "SOLVERS",
     "BlockIndex",
     "CodecName",
     "Device",
     "ExecutorName",
+    "LabelScaling",
+    "LogisticFamily",
+    "LogisticSolver",
     "Shape",
+    "Solver",
     "parse_option",
 ]
 
@@ -27,6 +35,23 @@ DEVICES: tuple[str, ...] = get_args(Device)
 
 CodecName = Literal["none", "lz4", "zstd"]
 CODECS: tuple[str, ...] = get_args(CodecName)
+
+#: Solvers of ``blocklin.ml.LinearRegression``.
+Solver = Literal["auto", "normal", "qr", "lbfgs", "owlqn", "sketch"]
+SOLVERS: tuple[str, ...] = get_args(Solver)
+
+#: Solvers of ``blocklin.ml.LogisticRegression``.
+LogisticSolver = Literal["auto", "newton", "lbfgs", "owlqn"]
+LOGISTIC_SOLVERS: tuple[str, ...] = get_args(LogisticSolver)
+
+#: ``none``: minimize the documented objective; ``mllib``: reproduce MLlib's fit on a
+#: label divided by its standard deviation (its L2 penalty is then divided by std(y)).
+LabelScaling = Literal["none", "mllib"]
+LABEL_SCALINGS: tuple[str, ...] = get_args(LabelScaling)
+
+#: Logistic regression families (MLlib's ``family``).
+LogisticFamily = Literal["auto", "binomial", "multinomial"]
+LOGISTIC_FAMILIES: tuple[str, ...] = get_args(LogisticFamily)
 
 
 def parse_option(name: str, value: object, allowed: tuple[str, ...]) -> str:

@@ -1,0 +1,268 @@
+"""Pieces shared by the linear and logistic estimators: parameters, statistics, penalties,
+the iterative (L-BFGS/OWL-QN) fit, the QR solve and the sketch-preconditioned solve."""
+
+from __future__ import annotations
+
+import numbers
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import scipy.linalg
+
+from blocklin.errors import InputDtypeError, InputValueError, ShapeMismatchError
+from blocklin.ml._solvers import TrainData, lbfgs, owlqn
+from blocklin.ml._validation import _is_dask, is_stored, stored_matrix
+from blocklin.ops.glm import loss_grad_spec, moments_spec, unpack_grad
+
+__all__ = [
+    "IterResult",
+    "Moments",
+    "check_common_params",
+    "compute_options",
+    "iterative_fit",
+    "labels_1d",
+    "penalties",
+    "predict_margin",
+    "qr_solve",
+    "sketch_fit",
+]
+
+
+# --------------------------------------------------------------------------- parameters
+def _number(name: str, value: Any, lo: float, hi: float = np.inf) -> None:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise InputDtypeError(f"{name} must be a real number; got {value!r}")
+    if not (lo <= float(value) <= hi):
+        raise InputValueError(f"{name} must be in [{lo}, {hi}]; got {value!r}")
+
+
+def check_common_params(est: Any) -> None:
+    """Validate the parameters both estimators share (before any pass)."""
+    _number("reg_param", est.reg_param, 0.0)
+    _number("elastic_net_param", est.elastic_net_param, 0.0, 1.0)
+    _number("tol", est.tol, 0.0)
+    if isinstance(est.max_iter, bool) or not isinstance(est.max_iter, numbers.Integral):
+        raise InputDtypeError(f"max_iter must be an integer; got {est.max_iter!r}")
+    if est.max_iter < 0:
+        raise InputValueError(f"max_iter must be >= 0; got {est.max_iter}")
+    for name in ("fit_intercept", "standardization"):
+        if not isinstance(getattr(est, name), bool | np.bool_):
+            raise InputDtypeError(f"{name} must be a bool; got {getattr(est, name)!r}")
+    if est.compute_options is not None and not isinstance(est.compute_options, dict):
+        raise InputDtypeError("compute_options must be a dict of blocklin.compute keywords")
+
+
+def compute_options(est: Any) -> dict[str, Any]:
+    opts: dict[str, Any] = {"executor": est.executor}
+    if est.work_dir is not None:
+        opts["work_dir"] = est.work_dir
+    opts.update(est.compute_options or {})
+    return opts
+
+
+def labels_1d(y: Any, X: Any) -> Any:
+    """Validate labels: a finite numeric n-vector (or a stored column when X is stored)."""
+    n = int(X.shape[0])
+    if is_stored(y):
+        from blocklin.storage.blockmatrix import open_matrix
+
+        Y = y if hasattr(y, "to_numpy") else open_matrix(y)
+        if Y.shape != (n, 1):
+            raise ShapeMismatchError(f"y must be an {n} x 1 column; got {Y.shape}")
+        if is_stored(X):
+            return Y
+        y = Y.to_numpy()
+    from sklearn.utils import check_array
+
+    if y is None:
+        raise InputValueError("requires y to be passed, but the target y is None")
+    arr = check_array(y, ensure_2d=False, dtype=np.float64, input_name="y")
+    if arr.ndim == 2 and arr.shape[1] == 1:
+        arr = arr[:, 0]
+    if arr.ndim != 1:
+        raise InputValueError(f"y must be one column; got shape {arr.shape}")
+    if arr.shape[0] != n:
+        raise ShapeMismatchError(f"X has {n} rows but y has {arr.shape[0]}")
+    return arr
+
+
+# --------------------------------------------------------------------------- statistics
+@dataclass
+class Moments:
+    """Unpacked weighted moments of ``[X y]`` (see :func:`blocklin.ops.glm.normal_stats`)."""
+
+    W: float
+    W2: float
+    n: int
+    mean: np.ndarray
+    C: np.ndarray  # (d, d) centered co-moments; diagonal-only summaries hold diag(C)
+    full: bool
+
+    @property
+    def d(self) -> int:
+        return int(self.mean.shape[0])
+
+    @classmethod
+    def from_packed(cls, packed: np.ndarray, d: int) -> Moments:
+        full = packed.shape[0] == d + 2 and d > 1
+        C = packed[2:2 + d, :d] if full else np.diag(packed[2, :d])
+        return cls(float(packed[0, 0]), float(packed[0, 1]), int(packed[0, 2]),
+                   packed[1, :d].copy(), np.array(C), full)
+
+    def std(self) -> np.ndarray:
+        """Unbiased weighted standard deviations (MLlib's Summarizer)."""
+        denom = self.W - self.W2 / self.W
+        if denom <= 0:
+            denom = self.W
+        return np.sqrt(np.maximum(np.diag(self.C), 0.0) / denom)
+
+    def inverse_design(self, fit_intercept: bool) -> np.ndarray:
+        """(ZᵀWZ)⁻¹ for Z = [X 1] (or X), from the centered statistics (pseudo-inverse)."""
+        p = self.d - 1
+        Cxx, mx = self.C[:p, :p], self.mean[:p]
+        if not fit_intercept:
+            return _pinvh(Cxx + self.W * np.outer(mx, mx))
+        inv = _pinvh(Cxx)
+        out = np.empty((p + 1, p + 1))
+        out[:p, :p] = inv
+        out[:p, p] = out[p, :p] = -inv @ mx
+        out[p, p] = 1.0 / self.W + mx @ inv @ mx
+        return out
+
+
+def _pinvh(M: np.ndarray) -> np.ndarray:
+    dg = np.diag(M)
+    s = np.where(dg > 0, 1.0 / np.sqrt(np.where(dg > 0, dg, 1.0)), 0.0)
+    inv: np.ndarray = scipy.linalg.pinvh(M * s[:, None] * s[None, :])
+    return inv * s[:, None] * s[None, :]
+
+
+def penalties(est: Any, sx: np.ndarray, sy: float, y_mean_abs: float) -> tuple[np.ndarray,
+                                                                                 np.ndarray]:
+    """Per-coefficient L1 and L2 weights (per unit weight) for MLlib's options."""
+    lam, alpha = float(est.reg_param), float(est.elastic_net_param)
+    l1 = np.full(sx.shape[0], lam * alpha)
+    l2 = np.full(sx.shape[0], lam * (1.0 - alpha))
+    if est.standardization:
+        l1 = l1 * sx
+        l2 = l2 * sx**2
+    if getattr(est, "label_scaling", "none") == "mllib":
+        # MLlib fits on y/σ_y with effective λ/σ_y; on the original scale only the L2
+        # term changes (divided by σ_y). A constant label uses |ȳ| as MLlib does.
+        ystd = sy if sy > 0 else y_mean_abs
+        if ystd > 0:
+            l2 = l2 / ystd
+    return l1, l2
+
+
+# --------------------------------------------------------------------------- iterative
+@dataclass
+class IterResult:
+    coef: np.ndarray  # (p + intercept, k)
+    history: list[float]
+    moments: Moments
+
+
+def _initial(family: str, mom: Moments, p: int, k: int, fit_intercept: bool) -> np.ndarray:
+    theta = np.zeros((p + int(fit_intercept), k))
+    if fit_intercept and family == "squared":
+        theta[p] = mom.mean[p]
+    elif fit_intercept and family == "binomial":
+        m = min(max(float(mom.mean[p]), 1e-12), 1 - 1e-12)
+        theta[p] = np.log(m / (1 - m))
+    return theta
+
+
+def iterative_fit(est: Any, data: TrainData, family: str, solver: str, k: int) -> IterResult:
+    """L-BFGS or OWL-QN over passes, in coordinates scaled by the feature deviations.
+
+    One pass for the column moments (scales, penalties, a starting intercept), then
+    one pass per function evaluation.
+    """
+    p = data.n_features
+    fi = bool(est.fit_intercept)
+    mom = Moments.from_packed(data.run(moments_spec(p, 1, data.has_weights,
+                                                    data.x_col_blocks, False)), p + 1)
+    sd = mom.std()
+    sx = sd[:p]
+    scale = np.where(sx > 0, 1.0 / np.where(sx > 0, sx, 1.0), 1.0)
+    l1, l2 = penalties(est, sx, float(sd[p]), abs(float(mom.mean[p])))
+    shape = (p + int(fi), k)
+
+    def to_coef(theta: np.ndarray) -> np.ndarray:
+        c = theta.reshape(shape).copy()
+        c[:p] *= scale[:, None]
+        return c
+
+    def fun(theta: np.ndarray) -> tuple[float, np.ndarray]:
+        c = to_coef(theta)
+        packed = data.run(loss_grad_spec(family, c, fi, data.has_weights, data.x_col_blocks))
+        loss, W, g = unpack_grad(packed, shape)
+        f = loss / W + 0.5 * float(np.sum(l2[:, None] * c[:p] ** 2))
+        g = g / W
+        g[:p] += l2[:, None] * c[:p]
+        g[:p] *= scale[:, None]
+        return f, g.ravel()
+
+    theta0 = _initial(family, mom, p, k, fi)
+    theta0[:p] /= scale[:, None]
+    if solver == "owlqn":
+        l1t = np.zeros(shape)
+        l1t[:p] = (l1 * scale)[:, None]
+        x, hist = owlqn(fun, theta0.ravel(), l1t.ravel(), int(est.max_iter), float(est.tol))
+    else:
+        x, hist = lbfgs(fun, theta0.ravel(), int(est.max_iter), float(est.tol))
+    return IterResult(to_coef(x), hist, mom)
+
+
+# --------------------------------------------------------------------------- QR
+def qr_solve(R: np.ndarray, k: int, l2: np.ndarray, W: float) -> tuple[np.ndarray, np.ndarray,
+                                                                        float]:
+    """Solve from the R of √w·[Z y] (Z with k columns): β, (ZᵀWZ)⁻¹ and the objective.
+
+    Ridge penalties are added by stacking √(W·l2)·I under R (no normal equations).
+    A rank-deficient R is solved in the least-squares minimum-norm sense.
+    """
+    R11, r12, r22 = R[:k, :k], R[:k, k], R[k, k]
+    p = l2.shape[0]
+    pen = np.zeros(k)
+    pen[:p] = np.sqrt(W * l2)
+    T, rhs = R11, r12
+    if np.any(pen > 0):
+        q, T = scipy.linalg.qr(np.vstack([R11, np.diag(pen)]), mode="economic")
+        rhs = q.T @ np.concatenate([r12, np.zeros(k)])
+    dg = np.abs(np.diag(T))
+    if dg.min(initial=np.inf) > k * np.finfo(float).eps * dg.max(initial=0.0):
+        beta = scipy.linalg.solve_triangular(T, rhs)
+        Rinv = scipy.linalg.solve_triangular(R11, np.eye(k)) if np.all(np.diag(R11) != 0) \
+            else np.linalg.pinv(R11)
+    else:
+        beta = scipy.linalg.lstsq(T, rhs)[0]
+        Rinv = np.linalg.pinv(R11)
+    resid = R11 @ beta - r12
+    obj = 0.5 * (resid @ resid + r22**2) / W + 0.5 * float(l2 @ beta[:p] ** 2)
+    return beta, Rinv @ Rinv.T, float(obj)
+
+
+# --------------------------------------------------------------------------- prediction
+def predict_margin(X: Any, coef: np.ndarray, intercept: np.ndarray | float, est: Any) -> np.ndarray:
+    """X @ coef + intercept for in-memory or stored X (one pass over stored X)."""
+    if not (is_stored(X) or _is_dask(X)):
+        out: np.ndarray = np.asarray(X @ coef, dtype=np.float64) + intercept
+        return out
+    from blocklin.executors.api import compute
+    from blocklin.ops.products import matmul
+
+    opts = compute_options(est)
+    with stored_matrix(X, work_dir=opts.get("work_dir"), name="X") as A:
+        M = compute(matmul(A, np.ascontiguousarray(coef, dtype=np.float64)), **opts)[0]
+        return np.asarray(M.to_numpy(), dtype=np.float64) + intercept
+
+
+# --------------------------------------------------------------------------- sketch
+def sketch_fit(est: Any, data: TrainData) -> Any:
+    """Sketch-and-precondition: see :mod:`blocklin.ml._sketch`."""
+    from blocklin.ml._sketch import sketch_solve
+
+    return sketch_solve(est, data)

@@ -1,0 +1,514 @@
+"""Block kernels for generalized linear models.
+
+Three passes cover every solver of :mod:`blocklin.ml`:
+
+* :func:`normal_stats` -- one pass giving the weighted sufficient statistics of
+  least squares: total weight, Σw², row count, weighted column means of ``[X y]`` and
+  the centered co-moment matrix ``(Z - μ)ᵀ W (Z - μ)`` (a symmetric rank-k update per
+  block). Blocks are merged with Chan's pairwise update, so the statistics are as
+  accurate as a two-pass computation; ``XᵀWX``, ``XᵀWy``, ``yᵀWy`` and column sums
+  follow from them without cancellation-prone subtractions.
+* :func:`loss_grad` -- loss and gradient of squared, logistic or multinomial loss at
+  given coefficients (one pass per evaluation, for L-BFGS and OWL-QN).
+* :func:`newton_pass` -- binomial logistic loss, gradient and Hessian ``[X 1]ᵀD[X 1]``
+  in the same pass (a symmetric rank-k update per block), for Newton/IRLS.
+
+Every pass is a fixed-order tree over row-block index, so results are bitwise
+identical on every executor. Each kernel is a pure function of its blocks, so the
+estimators also run them on in-memory arrays chunk by chunk (:func:`run_local`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal, cast
+
+import numpy as np
+import scipy.linalg
+from scipy.linalg import blas
+from scipy.special import expit, log_expit, logsumexp
+
+from blocklin.errors import ShapeMismatchError
+from blocklin.executors.lazy import Lazy
+from blocklin.ops._inputs import MatrixInput, as_matrix, hstack_panel, row_panel_reads
+from blocklin.plan.graph import Kernel, Task, TaskContext, make_stage
+from blocklin.plan.reduce import SumParts, tree_reduce
+
+__all__ = [
+    "Family",
+    "PassSpec",
+    "eval_pass",
+    "loss_grad",
+    "merge_moments",
+    "newton_pass",
+    "normal_stats",
+    "run_local",
+    "unpack_grad",
+]
+
+Family = Literal["squared", "binomial", "multinomial"]
+
+#: Bins of the predicted-probability histograms that give the binary AUC.
+AUC_BINS = 2048
+
+
+def _dense(block: Any) -> np.ndarray:
+    if hasattr(block, "toarray"):
+        return np.asarray(block.toarray(), dtype=np.float64)
+    return np.asarray(block, dtype=np.float64)
+
+
+def _split(blocks: Sequence[Any], nx: int, has_w: bool) -> tuple[np.ndarray, np.ndarray,
+                                                                 np.ndarray | None]:
+    x = _dense(hstack_panel(blocks[:nx]))
+    y = _dense(blocks[nx])
+    w = _dense(blocks[nx + 1]).reshape(-1) if has_w else None
+    return x, y, w
+
+
+# --------------------------------------------------------------------------- moments
+@dataclass(frozen=True)
+class MomentsPartial:
+    """Weighted means and centered co-moments of ``[X y]`` for one row panel.
+
+    Output ``(1, d + 2, D)`` with ``d = p + q`` and ``D = max(d, 3)``: row 0 holds
+    (Σw, Σw², rows), row 1 the weighted means, rows 2.. the centered co-moment
+    matrix (``full``) or only its diagonal (one row).
+    """
+
+    nx: int
+    has_w: bool
+    full: bool
+
+    def __call__(self, ctx: TaskContext | None, blocks: Sequence[Any]) -> Any:
+        x, y, w = _split(blocks, self.nx, self.has_w)
+        rows, p = x.shape
+        d = p + y.shape[1]
+        z = np.empty((rows, d))
+        z[:, :p] = x
+        z[:, p:] = y
+        out = np.zeros((1, _moment_rows(d, self.full), max(d, 3)))
+        total = float(rows) if w is None else float(w.sum())
+        out[0, 0, :3] = total, (rows if w is None else float(w @ w)), rows
+        if total <= 0:
+            return out
+        mu = z.mean(axis=0) if w is None else (w @ z) / total
+        z -= mu
+        if w is not None:
+            z *= np.sqrt(w)[:, None]
+        out[0, 1, :d] = mu
+        if self.full:
+            # z.T is Fortran-ordered, so BLAS reads the C-ordered copy in place.
+            c = blas.dsyrk(1.0, z.T, trans=0, lower=0)
+            out[0, 2:, :d] = np.triu(c) + np.triu(c, 1).T
+        else:
+            out[0, 2, :d] = np.einsum("ij,ij->j", z, z)
+        return out
+
+
+def _moment_rows(d: int, full: bool) -> int:
+    return d + 2 if full else 3
+
+
+def merge_moments(a: np.ndarray, b: np.ndarray, d: int, full: bool = True) -> np.ndarray:
+    """Merge two packed moment summaries (Chan, Golub and LeVeque's pairwise update)."""
+    acc = np.array(a, copy=True)
+    wa, wb = a[0, 0], b[0, 0]
+    acc[0, 1:3] += b[0, 1:3]
+    if wb <= 0:
+        return acc
+    if wa <= 0:
+        acc[1:] = b[1:]
+        acc[0, 0] = wb
+        return acc
+    total = wa + wb
+    delta = b[1, :d] - a[1, :d]
+    acc[1, :d] = a[1, :d] + delta * (wb / total)
+    f = wa * wb / total
+    if full:
+        acc[2:2 + d, :d] = a[2:2 + d, :d] + b[2:2 + d, :d] + f * np.outer(delta, delta)
+    else:
+        acc[2, :d] = a[2, :d] + b[2, :d] + f * delta**2
+    acc[0, 0] = total
+    return acc
+
+
+@dataclass(frozen=True)
+class MomentsMerge:
+    """Combine kernel: merge packed moment summaries in index order."""
+
+    d: int
+    full: bool
+
+    def __call__(self, ctx: TaskContext | None, blocks: Sequence[Any]) -> Any:
+        acc = blocks[0][0]
+        for b in blocks[1:]:
+            acc = merge_moments(acc, b[0], self.d, self.full)
+        return acc[None]
+
+
+# --------------------------------------------------------------------------- loss/grad
+def _margins(x: np.ndarray, coef: np.ndarray, fit_intercept: bool) -> np.ndarray:
+    p = x.shape[1]
+    m: np.ndarray = x @ coef[:p]
+    if fit_intercept:
+        m += coef[p]
+    return m
+
+
+def _loss_and_residual(family: str, m: np.ndarray, y: np.ndarray,
+                       w: np.ndarray | None) -> tuple[float, np.ndarray]:
+    """Loss summed over rows and dLoss/dmargin per row (weighted)."""
+    wt = np.ones(m.shape[0]) if w is None else w
+    if family == "squared":
+        r = m - y
+        loss = 0.5 * float(wt @ np.einsum("ij,ij->i", r, r))
+    elif family == "binomial":
+        mm = m[:, 0]
+        yy = y[:, 0]
+        # log(1 + e^m) - y m, written with log_expit to stay finite for large |m|.
+        loss = float(wt @ (-log_expit(mm) + (1.0 - yy) * mm))
+        r = (expit(mm) - yy)[:, None]
+    else:
+        labels = y[:, 0].astype(np.int64)
+        lse = logsumexp(m, axis=1)
+        loss = float(wt @ (lse - m[np.arange(m.shape[0]), labels]))
+        r = np.exp(m - lse[:, None])
+        r[np.arange(m.shape[0]), labels] -= 1.0
+    return loss, r * wt[:, None]
+
+
+@dataclass(frozen=True, eq=False)
+class LossGradPartial:
+    """Loss, gradient and total weight of one row panel, packed as one row."""
+
+    nx: int
+    has_w: bool
+    family: str
+    fit_intercept: bool
+    coef: np.ndarray  # (p + intercept, k)
+
+    def __call__(self, ctx: TaskContext | None, blocks: Sequence[Any]) -> Any:
+        x, y, w = _split(blocks, self.nx, self.has_w)
+        loss, r = _loss_and_residual(self.family, _margins(x, self.coef, self.fit_intercept), y, w)
+        g = np.empty_like(self.coef)
+        g[: x.shape[1]] = x.T @ r
+        if self.fit_intercept:
+            g[x.shape[1]] = r.sum(axis=0)
+        total = x.shape[0] if w is None else float(w.sum())
+        return np.concatenate([[loss, total], g.ravel()])[None, None]
+
+
+def unpack_grad(packed: np.ndarray, shape: tuple[int, int]) -> tuple[float, float, np.ndarray]:
+    """(loss, total weight, gradient of ``shape``) from a reduced loss/grad array."""
+    v = packed.reshape(-1)
+    return float(v[0]), float(v[1]), v[2:].reshape(shape)
+
+
+# --------------------------------------------------------------------------- Newton
+@dataclass(frozen=True, eq=False)
+class NewtonPartial:
+    """Binomial loss, gradient and Hessian ``ZᵀDZ`` (``Z = [X 1]``) of one row panel.
+
+    Output ``(1, P + 2, max(P, 2))``: row 0 (loss, Σw), row 1 the gradient, rows 2..
+    the Hessian, P being the coefficient count including the intercept.
+    """
+
+    nx: int
+    has_w: bool
+    fit_intercept: bool
+    coef: np.ndarray  # (P, 1)
+
+    def __call__(self, ctx: TaskContext | None, blocks: Sequence[Any]) -> Any:
+        x, y, w = _split(blocks, self.nx, self.has_w)
+        rows, p = x.shape
+        size = self.coef.shape[0]
+        z = np.empty((rows, size))
+        z[:, :p] = x
+        if self.fit_intercept:
+            z[:, p] = 1.0
+        m = z @ self.coef[:, 0]
+        loss, r = _loss_and_residual("binomial", m[:, None], y, w)
+        prob = expit(m)
+        dvec = prob * (1.0 - prob) * (1.0 if w is None else w)
+        out = np.zeros((1, size + 2, max(size, 2)))
+        out[0, 0, :2] = loss, (rows if w is None else float(w.sum()))
+        out[0, 1, :size] = z.T @ r[:, 0]
+        z *= np.sqrt(dvec)[:, None]
+        h = blas.dsyrk(1.0, z.T, trans=0, lower=0)
+        out[0, 2:, :size] = np.triu(h) + np.triu(h, 1).T
+        return out
+
+
+# --------------------------------------------------------------------------- QR
+@dataclass(frozen=True)
+class QRLeaf:
+    """Householder R of ``√w·[X 1 y]`` for one row panel, padded to (1, c, c).
+
+    The intercept column and the weights are applied inside the task, so no augmented
+    or weighted copy of X is ever written. Short panels (fewer rows than c) give a
+    trapezoidal R padded with zero rows, which leaves ``RᵀR`` unchanged.
+    """
+
+    nx: int
+    has_w: bool
+    fit_intercept: bool
+
+    def __call__(self, ctx: TaskContext | None, blocks: Sequence[Any]) -> Any:
+        x, y, w = _split(blocks, self.nx, self.has_w)
+        rows, p = x.shape
+        k = int(self.fit_intercept)
+        c = p + k + y.shape[1]
+        z = np.empty((rows, c))
+        z[:, :p] = x
+        if k:
+            z[:, p] = 1.0
+        z[:, p + k:] = y
+        if w is not None:
+            z *= np.sqrt(w)[:, None]
+        out = np.zeros((1, c, c))
+        if rows:
+            r = scipy.linalg.qr(z, mode="r", check_finite=False)[0]
+            out[0, : min(rows, c)] = r[: min(rows, c)]
+        return out
+
+
+def qr_spec(p: int, q: int, fit_intercept: bool, has_w: bool, nx: int) -> PassSpec:
+    from blocklin.ops.tsqr import TreeQR
+
+    c = p + int(fit_intercept) + q
+    return PassSpec("glm/tsqr_r", QRLeaf(nx, has_w, fit_intercept), TreeQR(c, False), (c, c),
+                    {"intercept": fit_intercept, "has_w": has_w}, row_floats=2 * c)
+
+
+# --------------------------------------------------------------------------- evaluation
+@dataclass(frozen=True, eq=False)
+class EvalPartial:
+    """Sums for the training summary of a fitted model on one row panel.
+
+    squared: (Σw, rows, Σw r², Σw |r|, Σw r, Σw (y - c)², Σw (ŷ - c)², Σw (y - c),
+    Σw (ŷ - c)), c a label-mean estimate (``y_mean``) that keeps the sums well scaled.
+    binomial/multinomial: (Σw, rows, loss, Σw·correct) then, for binomial, weighted
+    histograms of the predicted probability for positives and negatives.
+    """
+
+    nx: int
+    has_w: bool
+    family: str
+    fit_intercept: bool
+    coef: np.ndarray
+    y_mean: float = 0.0
+
+    def __call__(self, ctx: TaskContext | None, blocks: Sequence[Any]) -> Any:
+        x, y, w = _split(blocks, self.nx, self.has_w)
+        wt = np.ones(x.shape[0]) if w is None else w
+        m = _margins(x, self.coef, self.fit_intercept)
+        head = [float(wt.sum()), float(x.shape[0])]
+        if self.family == "squared":
+            r = m[:, 0] - y[:, 0]
+            yc, mc = y[:, 0] - self.y_mean, m[:, 0] - self.y_mean
+            vals = [wt @ r**2, wt @ np.abs(r), wt @ r, wt @ yc**2, wt @ mc**2, wt @ yc, wt @ mc]
+            return np.array(head + [float(v) for v in vals])[None, None]
+        loss, _ = _loss_and_residual(self.family, m, y, w)
+        if self.family == "binomial":
+            pred = (m[:, 0] > 0).astype(np.float64)
+            correct = float(wt @ (pred == y[:, 0]))
+            prob = expit(m[:, 0])
+            bins = np.minimum((prob * AUC_BINS).astype(np.int64), AUC_BINS - 1)
+            pos = np.bincount(bins, weights=wt * (y[:, 0] > 0.5), minlength=AUC_BINS)
+            neg = np.bincount(bins, weights=wt * (y[:, 0] <= 0.5), minlength=AUC_BINS)
+            return np.concatenate([head, [loss, correct], pos, neg])[None, None]
+        correct = float(wt @ (m.argmax(axis=1) == y[:, 0].astype(np.int64)))
+        return np.array([*head, loss, correct])[None, None]
+
+
+def eval_width(family: str) -> int:
+    return 9 if family == "squared" else (4 + 2 * AUC_BINS if family == "binomial" else 4)
+
+
+# --------------------------------------------------------------------------- specs
+@dataclass(frozen=True)
+class PassSpec:
+    """One pass: a per-panel kernel, its combine kernel, and the partial's shape."""
+
+    op: str
+    kernel: Kernel
+    combine: Kernel
+    part_shape: tuple[int, int]
+    params: dict[str, Any] = field(default_factory=dict)
+    row_floats: int = 0  # per-row working floats (copies of the panel), for memory projection
+
+
+def moments_spec(p: int, q: int, has_w: bool, nx: int, full: bool) -> PassSpec:
+    d = p + q
+    return PassSpec("glm/moments", MomentsPartial(nx, has_w, full), MomentsMerge(d, full),
+                    (_moment_rows(d, full), max(d, 3)), {"full": full, "has_w": has_w},
+                    row_floats=2 * d)
+
+
+def loss_grad_spec(family: str, coef: np.ndarray, fit_intercept: bool, has_w: bool,
+                   nx: int) -> PassSpec:
+    width = 2 + coef.size
+    return PassSpec(f"glm/loss_grad_{family}",
+                    LossGradPartial(nx, has_w, family, fit_intercept, coef), SumParts(),
+                    (1, width), {"coef": coef, "intercept": fit_intercept, "has_w": has_w},
+                    row_floats=3 * coef.shape[1] + 2)
+
+
+def newton_spec(coef: np.ndarray, fit_intercept: bool, has_w: bool, nx: int, p: int) -> PassSpec:
+    size = coef.shape[0]
+    return PassSpec("glm/newton_binomial", NewtonPartial(nx, has_w, fit_intercept, coef),
+                    SumParts(), (size + 2, max(size, 2)),
+                    {"coef": coef, "intercept": fit_intercept, "has_w": has_w},
+                    row_floats=size + 4)
+
+
+def eval_spec(family: str, coef: np.ndarray, fit_intercept: bool, has_w: bool, nx: int,
+              y_mean: float = 0.0) -> PassSpec:
+    return PassSpec(f"glm/eval_{family}",
+                    EvalPartial(nx, has_w, family, fit_intercept, coef, y_mean), SumParts(),
+                    (1, eval_width(family)),
+                    {"coef": coef, "intercept": fit_intercept, "has_w": has_w, "y_mean": y_mean},
+                    row_floats=2 * coef.shape[1] + 4)
+
+
+# --------------------------------------------------------------------------- runners
+def _check_aligned(X: MatrixInput, other: MatrixInput, what: str) -> None:
+    if other.shape[0] != X.shape[0]:
+        raise ShapeMismatchError(f"{what} has {other.shape[0]} rows; X has {X.shape[0]}")
+    if other.node.chunks[0] != X.node.chunks[0] or other.grid[1] != 1:
+        raise ShapeMismatchError(
+            f"{what} must be one column block with X's row blocks ({X.node.chunks[0]} rows); "
+            f"got blocks of {other.node.chunks}. Store it with bl.from_array({what}, path, "
+            f"chunks=({X.node.chunks[0]}, None))")
+
+
+def build_pass(spec: PassSpec, X: Any, y: Any, w: Any = None) -> Lazy:
+    """The lazy result of one pass over row-aligned X, y (and weights w).
+
+    X, y and w are read together, block row by block row, in one stage; partials are
+    reduced by a fixed-order tree of fan-in 8.
+    """
+    xm = as_matrix(X, "X")
+    ym = as_matrix(y, "y")
+    _check_aligned(xm, ym, "y")
+    inputs = [xm.input, ym.input]
+    plan = xm.plan.merge(ym.plan)
+    wm = None
+    if w is not None:
+        wm = as_matrix(w, "sample_weight")
+        _check_aligned(xm, wm, "sample_weight")
+        inputs.append(wm.input)
+        plan = plan.merge(wm.plan)
+    tasks = []
+    for i in range(xm.grid[0]):
+        reads = (*row_panel_reads(xm, 0, i), (1, (i, 0)))
+        if wm is not None:
+            reads += ((2, (i, 0)),)
+        tasks.append(Task(out=(i, 0, 0), reads=reads))
+    rows, cols = spec.part_shape
+    extra = 8 * (rows * cols + xm.node.chunks[0] * (xm.shape[1] + spec.row_floats))
+    stage = make_stage(f"{spec.op}/partial", spec.kernel, inputs, tasks,
+                       shape=(xm.grid[0], rows, cols), chunks=(1, rows, cols), dtype="float64",
+                       params=spec.params, extra_memory=extra)
+    plan, out = tree_reduce(plan.add(stage), stage.output, spec.combine, op=spec.op,
+                            params=spec.params, extra_memory=8 * rows * cols)
+    return Lazy(plan, out, "small", lambda v: v[0], label=spec.op)
+
+
+# In-process runs have no task; the kernels here never look at their context.
+_NO_CTX = cast(TaskContext, None)
+
+
+def run_local(spec: PassSpec, x: Any, y: np.ndarray, w: np.ndarray | None,
+              chunk_rows: int) -> np.ndarray:
+    """Run a pass on in-memory arrays: the same kernels over fixed row chunks, merged in order.
+
+    ``x`` may be a numpy array or a scipy sparse matrix (each chunk is densified).
+    """
+    n = x.shape[0]
+    parts = []
+    for start in range(0, n, chunk_rows):
+        sl = slice(start, min(n, start + chunk_rows))
+        blocks: list[Any] = [x[sl], y[sl]]
+        if w is not None:
+            blocks.append(w[sl, None])
+        parts.append(spec.kernel(_NO_CTX, blocks))
+    # Same fixed fan-in tree as the planned path.
+    while len(parts) > 1:
+        parts = [spec.combine(_NO_CTX, parts[k:k + 8]) for k in range(0, len(parts), 8)]
+    result: np.ndarray = parts[0][0]
+    return result
+
+
+def normal_stats(X: Any, y: Any, sample_weight: Any = None) -> Lazy:
+    """One-pass weighted least-squares statistics of row-aligned X and y, lazily.
+
+    Parameters
+    ----------
+    X : BlockMatrix, path or lazy matrix, m × p
+    y : BlockMatrix, path or lazy matrix, m × q (row-aligned with X)
+    sample_weight : BlockMatrix, m × 1, optional
+
+    Returns
+    -------
+    Lazy
+        Computes to a packed ``(p + q + 2, max(p + q, 3))`` array: row 0 (Σw, Σw²,
+        rows), row 1 the weighted means of ``[X y]``, rows 2.. the centered co-moment
+        matrix ``(Z - μ)ᵀW(Z - μ)``. See :class:`blocklin.ml.LinearRegression`.
+
+    Notes
+    -----
+    One pass over X, y and the weights, read together in one stage. Each task copies
+    its panel once, centers it by the panel's means and applies one symmetric rank-k
+    update (``dsyrk``, m_b·d² flops); panels merge by Chan's update in a fixed-order
+    tree. Per-task memory: the panel, one float64 copy of it and two d × d matrices.
+    """
+    xm = as_matrix(X, "X")
+    ym = as_matrix(y, "y")
+    spec = moments_spec(xm.shape[1], ym.shape[1], sample_weight is not None, xm.grid[1], True)
+    return build_pass(spec, X, y, sample_weight)
+
+
+def loss_grad(X: Any, y: Any, coef: np.ndarray, *, family: Family = "squared",
+              fit_intercept: bool = True, sample_weight: Any = None) -> Lazy:
+    """Summed loss and gradient at ``coef`` (``(p + intercept, k)``), lazily.
+
+    Notes
+    -----
+    One pass; per-task memory a panel plus its margins (m_b × k). Computes to a row
+    ``[loss, Σw, gradient...]`` (see :func:`unpack_grad`).
+    """
+    xm = as_matrix(X, "X")
+    spec = loss_grad_spec(family, np.asarray(coef, dtype=np.float64), fit_intercept,
+                          sample_weight is not None, xm.grid[1])
+    return build_pass(spec, X, y, sample_weight)
+
+
+def newton_pass(X: Any, y: Any, coef: np.ndarray, *, fit_intercept: bool = True,
+                sample_weight: Any = None) -> Lazy:
+    """Binomial loss, gradient and Hessian at ``coef`` in one pass, lazily.
+
+    Notes
+    -----
+    One pass; each task applies a symmetric rank-k update to its panel scaled by
+    √(w p(1-p)). Per-task memory: a panel, one copy and a P × P matrix.
+    """
+    xm = as_matrix(X, "X")
+    coef = np.asarray(coef, dtype=np.float64)
+    spec = newton_spec(coef, fit_intercept, sample_weight is not None, xm.grid[1], xm.shape[1])
+    return build_pass(spec, X, y, sample_weight)
+
+
+def eval_pass(X: Any, y: Any, coef: np.ndarray, *, family: Family = "squared",
+              fit_intercept: bool = True, sample_weight: Any = None,
+              y_mean: float = 0.0) -> Lazy:
+    """Sums for a fitted model's summary (residual norms, accuracy, AUC histograms)."""
+    xm = as_matrix(X, "X")
+    spec = eval_spec(family, np.asarray(coef, dtype=np.float64), fit_intercept,
+                     sample_weight is not None, xm.grid[1], y_mean)
+    return build_pass(spec, X, y, sample_weight)
+
+
+Runner = Callable[[PassSpec], np.ndarray]
