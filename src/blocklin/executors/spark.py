@@ -1,0 +1,252 @@
+"""The Spark executor: each stage group of a plan runs as one Spark job.
+
+Groups run one after another in topological order (the order of
+``ExecutionPlan.runtimes``); a group's pending tasks become the partitions of one
+RDD, one task per partition, each calling :func:`blocklin.plan.run_task`. Tasks read
+their input blocks from zarr and write their output block there: only block indices
+(in) and a few numbers (out) travel through Spark. A failed task is retried by Spark
+itself (``spark.task.maxFailures``); completion records make a re-run with
+``resume=True`` skip finished blocks.
+
+Sessions
+--------
+The executor never creates a session behind the user's back. Given a
+``SparkSession`` it uses it and leaves it running. Given a master URL (or nothing,
+meaning ``local[*]``) it creates a session for the duration of one compute and stops
+it afterwards; that needs no other SparkContext to be running in the process (Spark
+allows one), so pass ``spark=`` to reuse a session across computes.
+
+GPU placement
+-------------
+``device="gpu"`` maps to Spark's resource scheduling: a session the executor creates
+gets ``spark.task.resource.gpu.amount=1`` and ``spark.executor.resource.gpu.amount=1``
+(the cluster's workers must advertise GPUs with a discovery script); a given session
+must already request ``spark.task.resource.gpu.amount``. Spark's local mode does not
+schedule GPUs, so ``device="gpu"`` needs a cluster master.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import warnings
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from blocklin.config import parse_memory
+from blocklin.errors import ConfigError, ExecutorError, PlanMemoryError, TaskFailedError
+from blocklin.executors.base import ExecutionPlan, TaskCallback, TaskJob
+from blocklin.plan.graph import Task
+from blocklin.plan.runtime import GroupRuntime, TaskMetrics, run_task
+from blocklin.types import DEVICES, parse_option
+
+if TYPE_CHECKING:
+    from pyspark.sql import SparkSession  # noqa: TID251
+
+__all__ = ["SparkExecutor", "local_session", "session_conf"]
+
+#: Spark's default number of attempts per task, also used for the sessions we create.
+DEFAULT_MAX_FAILURES = 4
+
+
+def session_conf(master: str, device: str = "cpu",
+                 max_failures: int = DEFAULT_MAX_FAILURES) -> dict[str, str]:
+    """The Spark configuration of a session the executor creates for ``master``.
+
+    Workers run the driver's Python interpreter (``sys.executable``), so the
+    environment that has blocklin installed is the one that runs the tasks.
+
+    Raises
+    ------
+    ConfigError
+        ``device="gpu"`` with a local master (local mode schedules no GPUs).
+    """
+    device = parse_option("device", device, DEVICES)
+    conf = {
+        "spark.app.name": "blocklin",
+        "spark.pyspark.python": sys.executable,
+        "spark.pyspark.driver.python": sys.executable,
+        "spark.task.maxFailures": str(max_failures),
+        "spark.ui.showConsoleProgress": "false",
+    }
+    if device == "gpu":
+        if master.startswith("local"):
+            raise ConfigError("device='gpu' needs a Spark cluster master: local mode does not "
+                              "schedule GPU resources")
+        conf["spark.task.resource.gpu.amount"] = "1"
+        conf["spark.executor.resource.gpu.amount"] = "1"
+    return conf
+
+
+def _worker_python() -> None:
+    """Make Spark's Python workers run this interpreter (and so see blocklin).
+
+    pyspark reads ``PYSPARK_PYTHON`` when a SparkContext starts (the
+    ``spark.pyspark.python`` setting only reaches ``spark-submit``); a value the
+    user set is kept.
+    """
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    # pyspark imports its testing helpers lazily (for numpy type mapping), and that
+    # module warns at import about pandas >= 3, which pyspark does not use here.
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="PySpark does not yet fully support pandas",
+                                category=FutureWarning)
+        import pyspark.testing.utils  # noqa: F401, TID251
+
+
+def local_session(cores: int = 2, max_failures: int = DEFAULT_MAX_FAILURES,
+                  driver_memory: str = "1g") -> SparkSession:
+    """Create a local-mode SparkSession (``local[cores,max_failures]``) on loopback.
+
+    The caller owns the session and stops it. In local mode a failed task is
+    retried only when the master string carries ``max_failures``, which this does.
+    """
+    from pyspark.sql import SparkSession  # noqa: TID251
+
+    _worker_python()
+    master = f"local[{cores},{max_failures}]"
+    builder = SparkSession.builder.master(master)
+    conf = session_conf(master, max_failures=max_failures)
+    conf.update({"spark.driver.memory": driver_memory, "spark.ui.enabled": "false",
+                 "spark.driver.host": "127.0.0.1", "spark.driver.bindAddress": "127.0.0.1",
+                 "spark.sql.shuffle.partitions": str(max(2, cores))})
+    for key, value in conf.items():
+        builder = builder.config(key, value)
+    spark = builder.getOrCreate()
+    spark.sparkContext.setLogLevel("ERROR")
+    return spark
+
+
+def _run_one(runtime: GroupRuntime) -> Callable[[tuple[Task | None, ...]], TaskMetrics]:
+    """The function Spark maps over a group's tasks (pickled with the runtime)."""
+
+    def run(tasks: tuple[Task | None, ...]) -> TaskMetrics:
+        return run_task(runtime, tasks)
+
+    return run
+
+
+class SparkExecutor:
+    """Run plans on Spark, local mode or a cluster.
+
+    Parameters
+    ----------
+    spark : pyspark.sql.SparkSession, optional
+        An existing session; the executor uses it and leaves it running.
+    master : str, optional
+        A master URL (``local[4]``, ``spark://host:7077``, ``yarn``, ``k8s://...``)
+        for a session created for each compute and stopped after it. Default
+        ``local[*]`` when neither ``spark`` nor ``master`` is given.
+    device : {"cpu", "gpu"}
+        ``gpu`` requests one GPU per Spark task (``spark.task.resource.gpu.amount``).
+    max_failures : int
+        Attempts per task (``spark.task.maxFailures``) for sessions the executor
+        creates; a given session keeps its own setting.
+
+    Notes
+    -----
+    One Spark job per stage group, one Spark task per block task; the data never
+    passes through the driver. Per-task memory is the plan's projection for the
+    group; it is checked against ``spark.executor.pyspark.memory`` divided by
+    ``spark.executor.cores`` when the session sets the former.
+    """
+
+    name = "spark"
+
+    def __init__(self, spark: SparkSession | None = None, master: str | None = None,
+                 device: str = "cpu", max_failures: int = DEFAULT_MAX_FAILURES) -> None:
+        if spark is not None and master is not None:
+            raise ExecutorError("give either a SparkSession or a master URL, not both")
+        if max_failures < 1:
+            raise ConfigError(f"max_failures must be at least 1; got {max_failures}")
+        self.spark = spark
+        self.master = master
+        self.device = parse_option("device", device, DEVICES)
+        self.max_failures = max_failures
+        if spark is None:
+            session_conf(self._master(), self.device, max_failures)  # validate early
+        elif self.device == "gpu" and not spark.conf.get("spark.task.resource.gpu.amount", None):
+            raise ConfigError("device='gpu' needs a session with spark.task.resource.gpu.amount "
+                              "set (and GPU discovery on its workers)")
+
+    def _master(self) -> str:
+        if self.master is not None:
+            return self.master
+        return f"local[*,{self.max_failures}]"
+
+    def check(self, xplan: ExecutionPlan) -> None:
+        if self.spark is None:
+            return
+        conf = self.spark.sparkContext.getConf()
+        py_mem = conf.get("spark.executor.pyspark.memory")
+        if not py_mem:
+            return
+        cores = max(1, int(conf.get("spark.executor.cores", "1")))
+        # Spark reads a bare number as MiB.
+        per_task = parse_memory(py_mem + "m" if py_mem.strip().isdigit() else py_mem) // cores
+        for g in xplan.final.groups:
+            if g.memory > per_task:
+                raise PlanMemoryError(g.label, g.memory, per_task,
+                                      hint="raise spark.executor.pyspark.memory or lower "
+                                           "spark.executor.cores")
+
+    def _session(self) -> tuple[SparkSession, bool]:
+        if self.spark is not None:
+            return self.spark, False
+        from pyspark import SparkContext  # noqa: TID251
+        from pyspark.sql import SparkSession  # noqa: TID251
+
+        if SparkContext._active_spark_context is not None:
+            raise ExecutorError("a SparkContext is already running in this process; pass its "
+                                "session as spark= instead of a master URL")
+        _worker_python()
+        master = self._master()
+        builder = SparkSession.builder.master(master)
+        for key, value in session_conf(master, self.device, self.max_failures).items():
+            builder = builder.config(key, value)
+        try:
+            return builder.getOrCreate(), True
+        except Exception as exc:
+            raise ExecutorError(f"cannot start a Spark session on {master}: {exc}") from exc
+
+    def execute(self, xplan: ExecutionPlan, on_task_done: TaskCallback) -> None:
+        if not xplan.jobs:
+            return
+        by_group: dict[int, list[TaskJob]] = {}
+        for job in xplan.jobs:
+            by_group.setdefault(job.group, []).append(job)
+        spark, owned = self._session()
+        try:
+            sc = spark.sparkContext
+            for gi in sorted(by_group):  # group index order is topological
+                jobs = by_group[gi]
+                label = xplan.final.groups[gi].label
+                sc.setJobDescription(f"blocklin {label} ({len(jobs)} tasks)")
+                rdd = sc.parallelize([j.batch.tasks for j in jobs], numSlices=len(jobs))
+                for metrics in self._collect(rdd.map(_run_one(xplan.runtimes[gi])), label):
+                    on_task_done(metrics)
+        finally:
+            if owned:
+                spark.stop()
+
+    @staticmethod
+    def _collect(rdd: Any, label: str) -> list[TaskMetrics]:
+        from py4j.protocol import Py4JJavaError
+        from pyspark.errors.exceptions.captured import CapturedException  # noqa: TID251
+
+        try:
+            result: list[TaskMetrics] = rdd.collect()
+        except (Py4JJavaError, CapturedException) as exc:
+            raise TaskFailedError(f"stage {label} failed on Spark after its task retries: "
+                                  f"{_last_python_error(str(exc))}") from exc
+        return result
+
+
+def _last_python_error(text: str) -> str:
+    """The Python exception line of a Spark task failure, else the first line."""
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    for ln in reversed(lines):
+        named = "Error:" in ln or "Exception:" in ln or "Fault:" in ln
+        if named and not ln.startswith("at ") and "org.apache" not in ln:
+            return ln
+    return lines[0] if lines else text
