@@ -83,9 +83,9 @@ def test_tree_reduce_covers_every_part_once_in_order(nparts: int, fan_in: int) -
 @settings(max_examples=30, deadline=None)
 @given(rows=st.integers(1, 500), cols=st.integers(1, 40), chunk=st.integers(1, 600))
 def test_memory_projection_bounds_blocks(rows: int, cols: int, chunk: int) -> None:
-    from blocklin.plan.memory import project_task_memory
-    from blocklin.plan.graph import StageInput, Task, make_stage
     from blocklin.ops.products import GramPartial
+    from blocklin.plan.graph import StageInput, Task, make_stage
+    from blocklin.plan.memory import project_task_memory
 
     node = ArrayNode(name="src-x", shape=(rows, cols), chunks=(min(chunk, rows), cols),
                      dtype="float64", url="/x")

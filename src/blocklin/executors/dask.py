@@ -53,7 +53,7 @@ class DaskExecutor:
         # run: a cluster must never hand back a result (or an error) of an earlier run.
         run = uuid.uuid4().hex[:10]
         dsk: dict[Any, Any] = {}
-        for gi, rt in enumerate(xplan.runtimes):
+        for rt in xplan.runtimes:
             dsk[f"blocklin-runtime-{rt.name}-{run}"] = rt
 
         def key(group: int, pos: int) -> tuple[str, int]:
@@ -77,7 +77,7 @@ class DaskExecutor:
             info = client.scheduler_info()
             workers = info.get("workers", {})
             if not workers:
-                raise ExecutorError(f"the dask cluster at {client.scheduler.address} has no workers")
+                raise ExecutorError(f"the dask cluster at {info.get('address')} has no workers")
             for addr, w in workers.items():
                 limit = w.get("memory_limit") or 0
                 threads = max(1, int(w.get("nthreads", 1)))

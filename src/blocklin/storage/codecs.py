@@ -56,7 +56,7 @@ class ChunkCodec:
         if arr.dtype.byteorder == ">":
             arr = arr.astype(arr.dtype.newbyteorder("<"))
         codec = self._numcodec(arr.dtype.itemsize)
-        body = memoryview(arr).cast("B") if codec is None else codec.encode(arr)
+        body = memoryview(arr).cast("B") if codec is None else codec.encode(arr)  # type: ignore[arg-type]
         crc = crc32c.crc32c(body)
         return bytes(body) + crc.to_bytes(_CRC_BYTES, "little"), crc
 
@@ -72,7 +72,7 @@ class ChunkCodec:
         computed = crc32c.crc32c(body)
         if stored != computed:
             return f"crc32c checksum mismatch (stored {stored:08x}, computed {computed:08x})"
-        target = memoryview(out).cast("B")
+        target = memoryview(out).cast("B")  # type: ignore[arg-type]
         codec = self._numcodec(out.dtype.itemsize)
         if codec is None:
             if len(body) != len(target):

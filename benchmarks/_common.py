@@ -1,0 +1,54 @@
+"""Shared helpers for the benchmarks: timing, data generation, machine limits."""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+import blocklin as bl
+from blocklin.storage import BufferPool, read_block
+
+
+def median_time(fn: Callable[[], Any], repeat: int) -> tuple[float, list[float]]:
+    """Run ``fn`` ``repeat`` times; return the median and every time, in seconds."""
+    times = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times), times
+
+
+def make_matrix(path: Path, rows: int, cols: int, chunk_rows: int, seed: int = 0) -> bl.BlockMatrix:
+    """Write (once) a Gaussian matrix block by block, without holding it whole."""
+    if (path / "zarr.json").exists():
+        A = bl.open(path)
+        if A.shape == (rows, cols) and A.chunks[0] == chunk_rows:
+            return A
+    import dask.array as da
+
+    x = da.random.default_rng(seed).standard_normal((rows, cols), chunks=(chunk_rows, cols))
+    return bl.from_array(x, path, chunks=(chunk_rows, None), overwrite=True)
+
+
+def read_all_blocks(A: bl.BlockMatrix, threads: int) -> None:
+    """Read and verify every block with ``threads`` threads into reused buffers: the
+    fastest read path (the T_read of the machine limit)."""
+
+    def one(index: tuple[int, ...]) -> None:
+        pool = BufferPool.for_thread()
+        read_block(A.store, A.meta, index, pool)
+        pool.release()
+
+    with ThreadPoolExecutor(threads) as ex:
+        list(ex.map(one, A.meta.indices()))
+
+
+def blocks_in_memory(A: bl.BlockMatrix) -> list[np.ndarray]:
+    return [A.block(i) for i in range(A.nblocks[0])]
