@@ -3,17 +3,22 @@
 from blocklin.ops.products import gram, matmul
 from blocklin.ops.sketch import sketch
 from blocklin.ops.stats import ColumnStats, column_stats
+from blocklin.ops.svd import PCAResult, TruncatedSVDResult, pca, randomized_svd
 from blocklin.ops.transforms import center, scale, standardize
 from blocklin.ops.tsqr import QR, SVDFactors, svd, tsqr, tsqr_r
 
 __all__ = [
            "QR",
            "ColumnStats",
+           "PCAResult",
            "SVDFactors",
+           "TruncatedSVDResult",
            "center",
            "column_stats",
            "gram",
            "matmul",
+           "pca",
+           "randomized_svd",
            "scale",
            "sketch",
            "standardize",

@@ -133,15 +133,18 @@ class TreeQR:
         return out[None]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Finish:
     """From the top R: the right factor W applied to Q, and R (qr) or s, Vt (svd).
 
-    Layout ``(2c+1, c)``: rows ``[0, c)`` W, ``[c, 2c)`` R or Vt, row ``2c`` s.
+    Layout ``(2c+1, c)``: rows ``[0, c)`` W, ``[c, 2c)`` R or Vt, row ``2c`` s. In svd
+    mode signs follow scikit-learn's ``svd_flip(u_based_decision=False)`` on the
+    right singular vectors ``Vt·rightᵀ``, so results are deterministic.
     """
 
     c: int
     mode: str
+    right: np.ndarray | None = None
 
     def __call__(self, ctx: TaskContext, blocks: Sequence[Any]) -> Any:
         c = self.c
@@ -149,7 +152,10 @@ class Finish:
         out = np.zeros((2 * c + 1, c))
         if self.mode == "svd":
             ur, s, vt = np.linalg.svd(r)
-            out[:c], out[c:2 * c], out[2 * c] = ur, vt, s
+            v = vt if self.right is None else vt @ self.right.T
+            d = np.sign(v[np.arange(c), np.argmax(np.abs(v), axis=1)])
+            d[d == 0] = 1.0
+            out[:c], out[c:2 * c], out[2 * c] = ur * d, vt * d[:, None], s
         else:
             d = _signs(r)
             out[:c] = np.diag(d)
@@ -173,6 +179,7 @@ class FormQ:
     leaves: tuple[tuple[int, int], ...]
     chunk_rows: int
     levels: int
+    k: int
 
     def __call__(self, ctx: TaskContext, blocks: Sequence[Any]) -> Any:
         c = self.c
@@ -186,7 +193,7 @@ class FormQ:
         for level in range(self.levels):
             p = (g // FAN_IN**level) % FAN_IN
             q = q @ blocks[nread + level][0][c * (1 + p):c * (2 + p)]
-        return q @ blocks[nread + self.levels][:c]
+        return q @ blocks[nread + self.levels][:c, :self.k]
 
 
 # -- planning -------------------------------------------------------------------------
@@ -280,7 +287,7 @@ def plan_tree(mats: Sequence[Any], *, with_q: bool, right: np.ndarray | None = N
 def plan_finish(tree: _Tree, mode: str, op: str = "tsqr") -> tuple[Plan, ArrayNode]:
     """Append the one-task stage deriving W and R (or s, Vt) from the top R."""
     c = tree.c
-    st = make_stage(f"{op}/finish", Finish(c, mode), [StageInput(tree.top)],
+    st = make_stage(f"{op}/finish", Finish(c, mode, tree.leaf.right), [StageInput(tree.top)],
                     [Task(out=(0, 0), reads=((0, (0, 0, 0)),))], shape=(2 * c + 1, c),
                     chunks=(2 * c + 1, c), dtype="float64",
                     params={"mode": mode, "top": tree.top.name}, extra_memory=6 * c * c * 8)
@@ -288,9 +295,10 @@ def plan_finish(tree: _Tree, mode: str, op: str = "tsqr") -> tuple[Plan, ArrayNo
 
 
 def plan_form_q(tree: _Tree, plan: Plan, finish: ArrayNode, op: str = "tsqr",
-                out: str | None = None) -> Lazy:
-    """Append the pass forming Q·W block by block (W from the finish stage)."""
+                out: str | None = None, k: int | None = None) -> Lazy:
+    """Append the pass forming Q·W[:, :k] block by block (W from the finish stage)."""
     ms, c = tree.inputs, tree.c
+    k = c if k is None else k
     chunk_rows = ms[0].node.chunks[0]
     nblocks = ms[0].grid[0]
     tasks = []
@@ -302,13 +310,13 @@ def plan_form_q(tree: _Tree, plan: Plan, finish: ArrayNode, op: str = "tsqr",
                        for lv in range(len(tree.levels)))
         reads += ((len(ms) + len(tree.levels), (0, 0)),)
         tasks.append(Task(out=(i, 0), reads=reads))
-    kernel = FormQ(tree.leaf, c, tree.leaves, chunk_rows, len(tree.levels))
+    kernel = FormQ(tree.leaf, c, tree.leaves, chunk_rows, len(tree.levels), k)
     inputs = [m.input for m in ms] + [StageInput(lv) for lv in tree.levels] + [StageInput(finish)]
     ncols = sum(m.shape[1] for m in ms)
     leaf_rows = max(hi - lo for lo, hi in tree.leaves) * chunk_rows
-    st = make_stage(f"{op}/form_q", kernel, inputs, tasks, shape=(ms[0].shape[0], c),
-                    chunks=(chunk_rows, c), dtype="float64",
-                    params={"leaves": tree.leaves, "right": tree.leaf.right,
+    st = make_stage(f"{op}/form_q", kernel, inputs, tasks, shape=(ms[0].shape[0], k),
+                    chunks=(chunk_rows, k), dtype="float64",
+                    params={"leaves": tree.leaves, "right": tree.leaf.right, "k": k,
                             "shift": tree.leaf.shift, "finish": finish.name},
                     extra_memory=3 * leaf_rows * (ncols + c) * 8, out_url=out)
     return Lazy(plan.add(st), st.output, "matrix", label=f"{op}.Q")
