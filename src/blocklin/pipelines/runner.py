@@ -21,7 +21,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from blocklin.errors import BlocklinError
+from blocklin.errors import BlocklinError, PlanMemoryError
 from blocklin.executors.api import ProgressHook
 from blocklin.executors.base import RunStats
 from blocklin.pipelines.registry import BuildContext, Operator, Params, registry
@@ -257,7 +257,10 @@ def explain_pipeline(pipe: Pipeline, opts: RunOptions | None = None) -> dict[str
     lazies = [values[s.name] for s in lazy_steps(pipe, values)]
     limit = comp["max_task_memory"]
     limit = parse_memory(limit) if limit else default_max_task_memory()
-    report = finalize(Plan().merge(*(v.plan for v in lazies)), limit).report()
+    try:
+        report = finalize(Plan().merge(*(v.plan for v in lazies)), limit).report()
+    except PlanMemoryError as exc:
+        raise pipe.error("resources.max_task_memory", str(exc)) from None
     return {
         "pipeline": pipe.spec.name,
         "executor": {k: comp[k] for k in ("executor", "address", "work_dir")},
