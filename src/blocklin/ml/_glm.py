@@ -217,9 +217,10 @@ def iterative_fit(est: Any, data: TrainData, family: str, solver: str, k: int) -
 
 
 # --------------------------------------------------------------------------- QR
-def qr_solve(R: np.ndarray, k: int, l2: np.ndarray, W: float) -> tuple[np.ndarray, np.ndarray,
-                                                                        float]:
-    """Solve from the R of √w·[Z y] (Z with k columns): β, (ZᵀWZ)⁻¹ and the objective.
+def qr_solve(R: np.ndarray, k: int, l2: np.ndarray,
+             W: float) -> tuple[np.ndarray, np.ndarray, float, np.ndarray]:
+    """Solve from the R of √w·[Z y] (Z with k columns): β, (ZᵀWZ)⁻¹, objective, and the
+    triangular factor T of the penalized system (TᵀT = ZᵀWZ + W·diag(l2)).
 
     Ridge penalties are added by stacking √(W·l2)·I under R (no normal equations).
     A rank-deficient R is solved in the least-squares minimum-norm sense.
@@ -242,7 +243,7 @@ def qr_solve(R: np.ndarray, k: int, l2: np.ndarray, W: float) -> tuple[np.ndarra
         Rinv = np.linalg.pinv(R11)
     resid = R11 @ beta - r12
     obj = 0.5 * (resid @ resid + r22**2) / W + 0.5 * float(l2 @ beta[:p] ** 2)
-    return beta, Rinv @ Rinv.T, float(obj)
+    return beta, Rinv @ Rinv.T, float(obj), T
 
 
 # --------------------------------------------------------------------------- prediction

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import scipy.linalg
 from sklearn.base import BaseEstimator, RegressorMixin
 from sklearn.utils.validation import check_is_fitted
 
@@ -18,6 +19,7 @@ from blocklin.ml._glm import (
     labels_1d,
     penalties,
     predict_margin,
+    qr_solve,
 )
 from blocklin.ml._solvers import (
     QuadSolution,
@@ -28,7 +30,14 @@ from blocklin.ml._solvers import (
 )
 from blocklin.ml._summary import LinearRegressionSummary, linear_summary
 from blocklin.ml._validation import validate_features
-from blocklin.ops.glm import merge_moments, moments_spec, qr_spec
+from blocklin.ops.glm import (
+    PassSpec,
+    merge_moments,
+    moments_spec,
+    qr_spec,
+    refine_spec,
+    unpack_refine,
+)
 from blocklin.types import LABEL_SCALINGS, SOLVERS, LabelScaling, Solver, parse_option
 
 __all__ = ["LinearRegression"]
@@ -39,6 +48,8 @@ MAX_NORMAL_FEATURES = 4096
 #: condition estimate below this: their error grows with κ(XᵀX) = κ(X)², QR's with κ(X),
 #: and past κ(XᵀX) ≈ 10³ the normal equations lose more than half a digit against QR.
 AUTO_QR_RCOND = 1e-3
+#: Up to this many features ``auto`` solves by TSQR (with the statistics in the same pass).
+AUTO_QR_MAX_FEATURES = 64
 
 
 @dataclass
@@ -50,6 +61,7 @@ class _Fit:
     solver: str
     cov_unscaled: np.ndarray | None = None  # inverse of [X 1]ᵀW[X 1] (normal/qr)
     rcond: float = 1.0
+    y_center: float = 0.0  # a label-mean estimate for the summary's sums
 
 
 class LinearRegression(RegressorMixin, BaseEstimator):  # type: ignore[misc]
@@ -248,11 +260,18 @@ class LinearRegression(RegressorMixin, BaseEstimator):  # type: ignore[misc]
         l1 = self.reg_param * self.elastic_net_param > 0
         if solver == "auto":
             solver = "normal" if p <= MAX_NORMAL_FEATURES else ("owlqn" if l1 else "lbfgs")
+        auto = self.solver == "auto" and not l1
+        if solver == "normal" and auto and p <= AUTO_QR_MAX_FEATURES:
+            # Few features: TSQR costs little more than the Gram (the pass is memory-bound)
+            # and is as accurate as a Householder solve; the statistics ride along.
+            spec = moments_spec(p, 1, data.has_weights, data.x_col_blocks, True)
+            fit = self._fit_qr(data, spec)
+            return fit, self._qr_stats
         if solver == "normal":
             stats = data.run(moments_spec(p, 1, data.has_weights, data.x_col_blocks, True))
             fit = self._solve_stats(stats, "normal", coordinate=l1)
-            if self.solver == "auto" and not l1 and fit.rcond < AUTO_QR_RCOND:
-                fit = self._fit_qr(data, Moments.from_packed(stats, p + 1))
+            if auto and fit.rcond < AUTO_QR_RCOND:
+                fit = self._fit_qr(data, None, Moments.from_packed(stats, p + 1))
             return fit, stats
         if solver == "qr":
             return self._fit_qr(data, None), None
@@ -263,7 +282,8 @@ class LinearRegression(RegressorMixin, BaseEstimator):  # type: ignore[misc]
         family_solver = "owlqn" if (solver == "owlqn" or l1) else "lbfgs"
         res = iterative_fit(self, data, "squared", family_solver, 1)
         return _Fit(res.coef[:p, 0], float(res.coef[p, 0]) if self.fit_intercept else 0.0,
-                    res.history, len(res.history) - 1, family_solver), None
+                    res.history, len(res.history) - 1, family_solver,
+                    y_center=float(res.moments.mean[p])), None
 
     def _problem(self, mom: Moments) -> tuple[np.ndarray, np.ndarray, float, np.ndarray,
                                              np.ndarray]:
@@ -290,18 +310,24 @@ class LinearRegression(RegressorMixin, BaseEstimator):  # type: ignore[misc]
         p = mom.d - 1
         intercept = float(mom.mean[p] - mom.mean[:p] @ coef) if self.fit_intercept else 0.0
         return _Fit(coef, intercept, [float(obj)], sol.iterations, solver,
-                    mom.inverse_design(self.fit_intercept), sol.rcond)
+                    mom.inverse_design(self.fit_intercept), sol.rcond, float(mom.mean[p]))
 
-    def _fit_qr(self, data: TrainData, mom: Moments | None) -> _Fit:
+    def _fit_qr(self, data: TrainData, extra: PassSpec | None,
+                mom: Moments | None = None) -> _Fit:
+        """TSQR of √w·[X 1 y] in one pass (with ``extra`` or the moments fused into it)."""
         p = data.n_features
         need_std = self.reg_param > 0 and (self.standardization or self.label_scaling == "mllib")
         specs = [qr_spec(p, 1, self.fit_intercept, data.has_weights, data.x_col_blocks)]
-        if need_std and mom is None:
+        if extra is not None:
+            specs.append(extra)
+        elif need_std and mom is None:
             specs.append(moments_spec(p, 1, data.has_weights, data.x_col_blocks, False))
         out = data.run_many(specs)
         R = np.triu(out[0])
         if len(out) > 1:
             mom = Moments.from_packed(out[1], p + 1)
+            if mom.full:
+                self._qr_stats = out[1]
         k = p + int(self.fit_intercept)
         W = _total_weight(data)
         if mom is not None:
@@ -309,11 +335,32 @@ class LinearRegression(RegressorMixin, BaseEstimator):  # type: ignore[misc]
         else:
             sx, sy, ym = np.ones(p), 1.0, 1.0
         _, l2 = penalties(self, sx, sy, ym)
-        from blocklin.ml._glm import qr_solve
-
-        beta, cov, obj = qr_solve(R, k, l2, W)
+        beta, cov, obj, T = qr_solve(R, k, l2, W)
+        beta, obj2 = self._refine(data, beta, T, l2, W)
         intercept = float(beta[p]) if self.fit_intercept else 0.0
-        return _Fit(beta[:p], intercept, [obj], 0, "qr", cov)
+        # With an intercept column, (RᵀR)[p, p+1] = Σw·y gives the label mean for free.
+        G = R.T @ R
+        center = float(G[p, p + 1] / G[p, p]) if self.fit_intercept and G[p, p] > 0 else 0.0
+        return _Fit(beta[:p], intercept, [obj, obj2], 1, "qr", cov, y_center=center)
+
+    def _refine(self, data: TrainData, beta: np.ndarray, T: np.ndarray, l2: np.ndarray,
+                W: float) -> tuple[np.ndarray, float]:
+        """One step of iterative refinement (one pass) with an extended-precision residual.
+
+        δ solves TᵀTδ = Zᵀw(y − Zβ) − W·l2∘β; the gradient is exact to far below double
+        rounding, which restores the digits a blocked QR loses against a single
+        Householder solve (and adds some on large-residual problems).
+        """
+        p = l2.shape[0]
+        packed = data.run(refine_spec(beta, self.fit_intercept, data.has_weights,
+                                      data.x_col_blocks))
+        sse, g = unpack_refine(packed)
+        g[:p] -= W * l2 * beta[:p]
+        if not np.all(np.isfinite(g)) or np.any(np.diag(T) == 0):
+            return beta, 0.5 * sse / W + 0.5 * float(l2 @ beta[:p] ** 2)
+        delta = scipy.linalg.solve_triangular(T, scipy.linalg.solve_triangular(T, g, trans="T"))
+        new = beta + delta
+        return new, 0.5 * sse / W + 0.5 * float(l2 @ beta[:p] ** 2)
 
     def _set_fit(self, fit: _Fit) -> None:
         self.coef_ = np.asarray(fit.coef, dtype=np.float64)
@@ -322,6 +369,7 @@ class LinearRegression(RegressorMixin, BaseEstimator):  # type: ignore[misc]
         self.n_iter_ = int(fit.iterations)
         self.objective_history_ = list(fit.history)
         self._cov_unscaled = fit.cov_unscaled
+        self._y_center = fit.y_center
 
     # ------------------------------------------------------------------ state
     def _save_state(self, stats: np.ndarray) -> None:
