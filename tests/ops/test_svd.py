@@ -1,0 +1,121 @@
+"""Randomized SVD and PCA against LAPACK (numpy) and scikit-learn."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import blocklin as bl
+from blocklin.errors import InputDtypeError, InputValueError
+
+M, N, K = 600, 60, 8
+
+
+def _with_spectrum(s: np.ndarray, m: int = M, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    u, _ = np.linalg.qr(rng.standard_normal((m, s.size)))
+    v, _ = np.linalg.qr(rng.standard_normal((s.size, s.size)))
+    return (u * s) @ v.T
+
+
+SPECTRA = {
+    "decaying": np.exp(-np.arange(N) / 3.0),
+    # Equal singular values: the values are determined, the subspace is not.
+    "flat": np.ones(N),
+    # A tight cluster of K values above a gap (the subspace is well defined).
+    "clustered": np.concatenate([1.0 - 1e-3 * np.arange(K), 0.3 * np.exp(-np.arange(N - K) / 10)]),
+}
+
+
+def _sin_theta(vt: np.ndarray, vt_ref: np.ndarray) -> float:
+    """Largest sine of the principal angles between two row spaces."""
+    return float(np.linalg.norm(vt_ref - (vt_ref @ vt.T) @ vt, 2))
+
+
+@pytest.mark.parametrize("method", ["power", "krylov", "gram"])
+@pytest.mark.parametrize("spectrum", sorted(SPECTRA))
+def test_spectra_vs_lapack(spectrum: str, method: str, tmp_path: Path) -> None:
+    x = _with_spectrum(SPECTRA[spectrum])
+    A = bl.from_array(x, tmp_path / "A.zarr", chunks=(100, None))
+    res = bl.ops.randomized_svd(A, K, method=method, work_dir=str(tmp_path / "w"))
+    _, s_ref, vt_ref = np.linalg.svd(x, full_matrices=False)
+    # Values to near machine precision relative to σ₁: the sketch captures the top
+    # K directions (gaps >= e^{-1/3} per step, or a 3x gap after the cluster).
+    assert np.abs(res.s - s_ref[:K]).max() <= 1e-10 * s_ref[0]
+    if spectrum != "flat":
+        # Subspace iteration theory: sin Θ shrinks like (σ_{l+1}/σ_K)^(2·passes); gram is exact.
+        ratio = (s_ref[K + 10] / s_ref[K - 1]) ** 6 if method != "gram" else 0.0
+        assert _sin_theta(res.Vt, vt_ref[:K]) <= 10 * ratio + 1e-9
+    assert res.passes == (1 if method == "gram" else 4)
+
+
+def test_every_executor_with_u(executor, tmp_path: Path) -> None:
+    x = _with_spectrum(SPECTRA["decaying"], m=300)
+    A = bl.from_array(x, tmp_path / "A.zarr", chunks=(100, None))
+    opts = executor.kwargs | {"work_dir": str(executor.work_dir)}
+    res = bl.ops.randomized_svd(A, K, n_iter=1, **opts)
+    u_ref, s_ref, vt_ref = np.linalg.svd(x, full_matrices=False)
+    assert np.abs(res.s - s_ref[:K]).max() <= 1e-10
+    U = res.U
+    assert U.shape == (300, K)
+    u = U.to_numpy()
+    assert np.abs(u.T @ u - np.eye(K)).max() <= 1e-13
+    # Same singular vectors as LAPACK up to sign, and U diag(s) Vt reproduces the top K.
+    assert np.abs(np.abs(np.sum(u * u_ref[:, :K], axis=0)) - 1).max() <= 1e-8
+    approx = (u * res.s) @ res.Vt
+    # Two power passes: the tail leaks in at (σ₁₉/σ₈)^4 ≈ 2e-6 relative, times σ₈ ≈ 0.1.
+    assert np.abs(approx - (u_ref[:, :K] * s_ref[:K]) @ vt_ref[:K]).max() <= 1e-7
+
+
+def test_same_result_on_every_executor(executor, tmp_path: Path) -> None:
+    # Fixed-order reductions and a driver-side Ω: bitwise the threaded result.
+    x = _with_spectrum(SPECTRA["clustered"], m=300)
+    A = bl.from_array(x, tmp_path / "A.zarr", chunks=(100, None))
+    ref = bl.ops.randomized_svd(A, 4, n_iter=0, work_dir=str(tmp_path / "ref"))
+    opts = executor.kwargs | {"work_dir": str(executor.work_dir)}
+    res = bl.ops.randomized_svd(A, 4, n_iter=0, **opts)
+    np.testing.assert_array_equal(res.s, ref.s)
+    np.testing.assert_array_equal(res.Vt, ref.Vt)
+
+
+@pytest.mark.parametrize("method", ["power", "gram"])
+def test_pca_matches_sklearn_without_centered_copy(method: str, tmp_path: Path) -> None:
+    from sklearn.decomposition import PCA
+
+    rng = np.random.default_rng(5)
+    x = _with_spectrum(SPECTRA["decaying"], m=400) + rng.uniform(-2, 2, N)
+    A = bl.from_array(x, tmp_path / "A.zarr", chunks=(64, None))
+    res = bl.ops.pca(A, K, method=method, work_dir=str(tmp_path / "w"))
+    ref = PCA(K, svd_solver="full").fit(x)
+    np.testing.assert_allclose(res.mean, ref.mean_, rtol=0, atol=1e-14)
+    np.testing.assert_allclose(res.explained_variance, ref.explained_variance_, rtol=1e-8)
+    # Same sign convention as scikit-learn (svd_flip on the components).
+    np.testing.assert_allclose(res.components, ref.components_, atol=1e-6)
+    scores = res.U.to_numpy() * res.s
+    np.testing.assert_allclose(scores, ref.transform(x), atol=1e-6)
+    assert res.passes == (1 if method == "gram" else 4)
+
+
+def test_gram_accuracy_limit_is_the_squared_condition(tmp_path: Path) -> None:
+    # σ from 1 to 1e-10: Gram loses values below sqrt(eps)·σ₁ ≈ 1.5e-8; power keeps them.
+    s = np.logspace(0, -10, 20)
+    x = _with_spectrum(s, m=200)
+    A = bl.from_array(x, tmp_path / "A.zarr", chunks=(50, None))
+    g = bl.ops.randomized_svd(A, 20, method="gram", work_dir=str(tmp_path / "w"))
+    p = bl.ops.randomized_svd(A, 20, oversample=0, work_dir=str(tmp_path / "w"))
+    assert np.abs(p.s - s).max() <= 1e-15 * 20
+    assert np.abs(p.s[-1] / s[-1] - 1) <= 1e-4
+    assert np.abs(g.s[-1] / s[-1] - 1) > 1e-2
+
+
+def test_bad_arguments_fail_before_compute(tmp_path: Path) -> None:
+    A = bl.from_array(np.ones((20, 5)), tmp_path / "A.zarr")
+    for bad in ({"k": 0}, {"k": 6}, {"k": 2, "oversample": -1}, {"k": 2, "method": "lanczos"}):
+        with pytest.raises(InputValueError):
+            bl.ops.randomized_svd(A, **bad)
+    with pytest.raises(InputDtypeError):
+        bl.ops.randomized_svd(A, 2.5)  # type: ignore[arg-type]
+    with pytest.raises(InputDtypeError):
+        bl.ops.randomized_svd(np.ones((20, 5)), 2)
