@@ -5,6 +5,7 @@ __version__ = "0.1.0"
 from blocklin import ops
 from blocklin.executors import compute
 from blocklin.storage import BlockMatrix, from_array
-from blocklin.storage import open_matrix as open  # noqa: A001
+from blocklin.storage import open_matrix as open
+from blocklin.storage.spark_io import from_spark, to_spark  # pyspark loads inside them
 
-__all__ = ["BlockMatrix", "__version__", "compute", "from_array", "open", "ops"]
+__all__ = ["BlockMatrix", "__version__", "compute", "from_array", "from_spark", "open", "ops", "to_spark"]
