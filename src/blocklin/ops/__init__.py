@@ -4,6 +4,7 @@ from blocklin.ops.products import gram, matmul
 from blocklin.ops.sketch import sketch
 from blocklin.ops.stats import ColumnStats, column_stats
 from blocklin.ops.svd import PCAResult, TruncatedSVDResult, pca, randomized_svd
+from blocklin.ops.svd_update import SVDState, svd_update
 from blocklin.ops.transforms import center, scale, standardize
 from blocklin.ops.tsqr import QR, SVDFactors, svd, tsqr, tsqr_r
 
@@ -12,6 +13,7 @@ __all__ = [
            "ColumnStats",
            "PCAResult",
            "SVDFactors",
+    "SVDState",
            "TruncatedSVDResult",
            "center",
            "column_stats",
@@ -23,6 +25,7 @@ __all__ = [
            "sketch",
            "standardize",
            "svd",
+    "svd_update",
            "tsqr",
            "tsqr_r",
 ]
