@@ -6,7 +6,8 @@ from the Gramian; "MLlib end to end" is load + Gramian.
 
     flock /tmp/blocklin-heavy.lock .venv/bin/python benchmarks/bench_spark.py --rows 200000 --cols 500
     .venv/bin/python benchmarks/bench_spark.py --quick
-    flock /tmp/blocklin-heavy.lock .venv/bin/python benchmarks/bench_spark.py --ingest --rows 1000000 --cols 20
+    flock /tmp/blocklin-heavy.lock .venv/bin/python benchmarks/bench_spark.py --ingest \
+        --rows 1000000 --cols 20 --chunk 50000
 
 ``--ingest`` measures ``from_spark``/``to_spark`` on a generated DataFrame and the
 driver's peak RSS (this Python process; in local mode Spark's executors run inside
@@ -120,7 +121,7 @@ def bench_ingest(args: argparse.Namespace, tmp: Path) -> None:
         peak[0] = base
         watcher.start()
         t0 = time.perf_counter()
-        X, y = bl.from_spark(df, cols, tmp / "X.zarr", label="y", chunks=args.chunk)
+        X, _y = bl.from_spark(df, cols, tmp / "X.zarr", label="y", chunks=args.chunk)
         t_in = time.perf_counter() - t0
         t0 = time.perf_counter()
         back = bl.to_spark(X, spark, columns=cols)
