@@ -9,11 +9,11 @@ from typing import Any
 
 import numpy as np
 import pytest
+from tests.pipelines.conftest import base_spec
 from typer.testing import CliRunner
 
 import blocklin as bl
 from blocklin._cli import app
-from tests.pipelines.conftest import base_spec
 
 
 def _mutate(path: str, value: Any) -> Any:

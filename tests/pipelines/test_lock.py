@@ -11,11 +11,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from tests.pipelines.conftest import base_spec, run_cli
 
 from blocklin.errors import LockError
 from blocklin.pipelines.lock import LOCK_NAME, OutputLock, break_lock, read_lock
 from blocklin.pipelines.runner import load_pipeline, run_pipeline
-from tests.pipelines.conftest import base_spec, run_cli
 
 
 def _write_lock(folder: Path, pid: int, host: str | None = None, started: float = 0.0) -> Path:

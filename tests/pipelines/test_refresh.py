@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from tests.pipelines.conftest import base_spec
 
 import blocklin as bl
 from blocklin.errors import InputValueError
@@ -15,7 +16,6 @@ from blocklin.pipelines.manifest import load_manifest, load_small
 from blocklin.pipelines.refresh import FAULT_ENV, refresh_pipeline
 from blocklin.pipelines.runner import load_pipeline, run_pipeline
 from blocklin.pipelines.spec import SpecError
-from tests.pipelines.conftest import base_spec
 
 
 def _check(out: Path, x: np.ndarray) -> None:

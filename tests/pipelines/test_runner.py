@@ -8,13 +8,13 @@ from typing import Any
 
 import numpy as np
 import pytest
+from tests.pipelines.conftest import base_spec
 
 import blocklin as bl
 from blocklin.pipelines.manifest import load_small
 from blocklin.pipelines.registry import merge_column_stats, operator_names, to_arrays
 from blocklin.pipelines.runner import RunOptions, explain_pipeline, load_pipeline, run_pipeline
 from blocklin.pipelines.spec import json_schema
-from tests.pipelines.conftest import base_spec
 
 
 def test_run_matches_numpy_and_writes_manifest_and_report(matrix: Any, write_spec: Any,

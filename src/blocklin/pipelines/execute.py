@@ -44,6 +44,7 @@ def execute(pipe: Pipeline, opts: RunOptions, progress: ProgressHook | None) -> 
     out_dir = pipe.output_dir
     staging = out_dir / ".staging"
     comp = compute_options(pipe, opts)
+    check_reachable(comp)
     with OutputLock(out_dir, opts.command):
         if not opts.resume:
             clean_dir(staging)
@@ -55,6 +56,24 @@ def execute(pipe: Pipeline, opts: RunOptions, progress: ProgressHook | None) -> 
         manifest = finish_run(pipe, inputs, results, stats, comp, plan_info, started, t0,
                               mode="run", extra=refresh_state(pipe, inputs))
     return manifest
+
+
+def check_reachable(comp: Mapping[str, Any], timeout: float = 5.0) -> None:
+    """Fail fast, before locking anything, when a dask scheduler address does not answer."""
+    import socket
+    from urllib.parse import urlparse
+
+    from blocklin.errors import ExecutorError
+
+    address = comp.get("address")
+    if comp.get("executor") != "dask" or not address or not str(address).startswith("tcp://"):
+        return
+    url = urlparse(str(address))
+    try:
+        with socket.create_connection((url.hostname or "", url.port or 8786), timeout=timeout):
+            pass
+    except OSError as exc:
+        raise ExecutorError(f"cannot reach the dask scheduler at {address}: {exc}") from None
 
 
 def compute_steps(pipe: Pipeline, inputs: Mapping[str, Any], staging: Path,

@@ -35,6 +35,7 @@ from blocklin.errors import InputValueError
 from blocklin.executors.api import ProgressHook
 from blocklin.executors.base import RunStats
 from blocklin.pipelines.execute import (
+    check_reachable,
     compute_steps,
     finish_run,
     refresh_state,
@@ -140,6 +141,7 @@ def refresh_pipeline(pipe: Pipeline, batch_src: str, opts: RunOptions | None = N
     if not os.path.exists(batch_src) and "://" not in batch_src:
         raise FileNotFoundError(f"no such batch file: {batch_src}")
     open_inputs(pipe)
+    check_reachable(compute_options(pipe, opts))
     with OutputLock(pipe.output_dir, opts.command):
         inputs = open_inputs(pipe)
         batch = _stage_batch(batch_src, inputs[name], pipe.output_dir / ".refresh")

@@ -1,0 +1,71 @@
+"""Ingest from .npy, CSV, Parquet (row group by row group) and zarr, against the source."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.csv as pcsv
+import pyarrow.parquet as pq
+import pytest
+import zarr
+
+import blocklin as bl
+from blocklin.pipelines.ingest import ingest
+
+
+@pytest.fixture
+def table(tmp_path: Path) -> tuple[np.ndarray, np.ndarray, pa.Table]:
+    rng = np.random.default_rng(4)
+    x = rng.normal(size=(1037, 4))
+    y = rng.integers(0, 2, size=1037).astype(np.float64)
+    t = pa.table({"a": x[:, 0], "b": x[:, 1], "id": [f"r{i}" for i in range(1037)],
+                  "c": x[:, 2], "label": y, "d": x[:, 3].astype(np.float32)})
+    return x, y, t
+
+
+def test_parquet_streams_row_groups_and_splits_label(tmp_path: Path, table: tuple) -> None:
+    x, y, t = table
+    pq.write_table(t, tmp_path / "t.parquet", row_group_size=100)  # 11 row groups
+    res = ingest(str(tmp_path / "t.parquet"), str(tmp_path / "X.zarr"), label="label",
+                 chunk_rows=256)
+    assert res.columns == ("a", "b", "c", "d")  # the text column is skipped
+    assert res.matrix.chunks == (256, 4) and res.matrix.shape == (1037, 4)
+    np.testing.assert_allclose(bl.open(tmp_path / "X.zarr").to_numpy(),
+                               np.column_stack([x[:, :3], x[:, 3].astype(np.float32)]))
+    assert res.label is not None and res.label.url.endswith("X.label.zarr")
+    np.testing.assert_array_equal(bl.open(res.label.url).to_numpy()[:, 0], y)
+    assert res.matrix.provenance["columns"] == ["a", "b", "c", "d"]
+
+
+def test_csv_with_selected_columns(tmp_path: Path, table: tuple) -> None:
+    x, _, t = table
+    pcsv.write_csv(t, tmp_path / "t.csv")
+    res = ingest(str(tmp_path / "t.csv"), str(tmp_path / "X.zarr"), columns=["c", "a"],
+                 chunk_rows=500, dtype="float32")
+    got = bl.open(tmp_path / "X.zarr").to_numpy()
+    assert got.dtype == np.float32 and res.columns == ("c", "a")
+    np.testing.assert_allclose(got, x[:, [2, 0]].astype(np.float32), rtol=1e-6)
+
+
+def test_npy_and_zarr_sources(tmp_path: Path) -> None:
+    x = np.arange(300 * 5, dtype=np.int32).reshape(300, 5)
+    np.save(tmp_path / "x.npy", x)
+    ingest(str(tmp_path / "x.npy"), str(tmp_path / "A.zarr"), chunk_rows=64)
+    a = bl.open(tmp_path / "A.zarr")
+    assert a.dtype == np.int32 and a.chunks == (64, 5)
+    np.testing.assert_array_equal(a.to_numpy(), x)
+    z = zarr.create_array(str(tmp_path / "plain.zarr"), shape=(300, 5), chunks=(7, 5),
+                          dtype="float64")
+    z[:] = x
+    ingest(str(tmp_path / "plain.zarr"), str(tmp_path / "B.zarr"), chunk_rows=100)
+    np.testing.assert_array_equal(bl.open(tmp_path / "B.zarr").to_numpy(), x)
+
+
+def test_failed_ingest_leaves_nothing(tmp_path: Path) -> None:
+    rows = ["a,b"] + [f"{i},{i}" for i in range(50)] + [",1"]
+    (tmp_path / "bad.csv").write_text("\n".join(rows) + "\n")
+    with pytest.raises(ValueError, match="missing values"):
+        ingest(str(tmp_path / "bad.csv"), str(tmp_path / "X.zarr"), chunk_rows=8)
+    assert not (tmp_path / "X.zarr").exists()
