@@ -20,7 +20,7 @@ from blocklin.executors.api import compute
 from blocklin.executors.lazy import Lazy
 from blocklin.ops._inputs import MatrixInput, as_matrix, hstack_panel, row_panel_reads
 from blocklin.ops.products import gram, matmul
-from blocklin.ops.stats import column_stats
+from blocklin.ops.stats import ColumnStats, column_stats
 from blocklin.ops.tsqr import plan_finish, plan_form_q, plan_tree
 from blocklin.plan.graph import Task, TaskContext, make_stage
 from blocklin.plan.reduce import SumParts, tree_reduce
@@ -64,6 +64,7 @@ class TruncatedSVDResult:
     u_lazy: Lazy
     mean: np.ndarray | None = None
     options: dict[str, Any] = field(default_factory=dict, repr=False)
+    column_stats: ColumnStats | None = field(default=None, repr=False)
     _u: BlockMatrix | None = field(default=None, repr=False)
 
     @property
@@ -160,26 +161,30 @@ def _run_options(executor: Any, address: str | None, client: Any, spark: Any,
 
 
 def _power_basis(A: Any, m: MatrixInput, width: int, n_iter: int, seed: int, krylov: bool,
-                 centered: bool, opts: dict[str, Any]) -> tuple[np.ndarray, np.ndarray | None]:
+                 centered: bool, opts: dict[str, Any],
+                 with_stats: bool) -> tuple[np.ndarray, np.ndarray | None, ColumnStats | None]:
     """n_iter + 1 fused passes of ``AᵀA``; the orthonormal basis (and the column means)."""
     rows, n = m.shape
     x = _orth(np.random.default_rng(seed).standard_normal((n, width)))
     mean: np.ndarray | None = None
+    stats = None
     basis = [x]
-    for _ in range(n_iter + 1):
+    for t in range(n_iter + 1):
+        extra = (column_stats(A),) if with_stats and t == 0 else ()
         if centered and mean is None:
             # The means arrive with the first pass: fold them into the small product
             # (CᵀCX = AᵀAX − m·μμᵀX); later passes center each block exactly.
-            zs = compute(normal_product(A, x, with_sums=True), **opts)[0]
+            zs, *got = compute(normal_product(A, x, with_sums=True), *extra, **opts)
             mean = zs[:, -1] / rows
             z = zs[:, :-1] - rows * np.outer(mean, mean @ x)
         else:
-            z = compute(normal_product(A, x, shift=mean), **opts)[0]
+            z, *got = compute(normal_product(A, x, shift=mean), *extra, **opts)
+        stats = got[0] if got else stats
         x = _orth(z)
         basis.append(x)
     if krylov:
         x = _orth(np.hstack(basis))[:, : min(n, rows)]
-    return x, mean
+    return x, mean, stats
 
 
 def _range_finish(A: Any, basis: np.ndarray, mean: np.ndarray | None, k: int,
@@ -195,21 +200,19 @@ def _range_finish(A: Any, basis: np.ndarray, mean: np.ndarray | None, k: int,
     return s, vt, plan_form_q(tree, plan, finish, op="rsvd", k=k)
 
 
-def _gram_svd(A: Any, m: MatrixInput, k: int, centered: bool,
-              opts: dict[str, Any]) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-    """One pass: AᵀA (and column means), eigendecomposed on the driver."""
+def _gram_svd(A: Any, m: MatrixInput, k: int, centered: bool, opts: dict[str, Any]
+              ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, ColumnStats]:
+    """One pass: AᵀA and column statistics, eigendecomposed on the driver."""
     rows = m.shape[0]
     mean = None
+    g, st = compute(gram(A), column_stats(A), **opts)
     if centered:
-        g, st = compute(gram(A), column_stats(A), **opts)
         mean = st.mean
         g = g - rows * np.outer(mean, mean)
-    else:
-        g = compute(gram(A), **opts)[0]
     w, v = np.linalg.eigh(g)
     order = np.argsort(w)[::-1][:k]
     s = np.sqrt(np.clip(w[order], 0.0, None))
-    return s, v[:, order].T, mean
+    return s, v[:, order].T, mean, st
 
 
 def _flip(vt: np.ndarray) -> np.ndarray:
@@ -220,18 +223,22 @@ def _flip(vt: np.ndarray) -> np.ndarray:
 
 
 def _truncated(A: Any, k: int, oversample: int, n_iter: int, seed: int, method: str,
-               centered: bool, opts: dict[str, Any]) -> TruncatedSVDResult:
+               centered: bool, opts: dict[str, Any],
+               with_stats: bool = False) -> TruncatedSVDResult:
+    """The engine of randomized_svd and pca; ``with_stats`` adds column statistics
+    (computed in the first pass, at no extra pass)."""
     m = as_matrix(A)
     width = _check_args(m, k, oversample, n_iter, method)
     if method == "gram":
-        s, vt, mean = _gram_svd(A, m, k, centered, opts)
+        s, vt, mean, st = _gram_svd(A, m, k, centered, opts)
         d = _flip(vt)
         vt = vt * d[:, None]
         u = _gram_u(A, vt, s, mean)
-        return TruncatedSVDResult(s, vt, method, 1, 1, u, mean, opts)
-    basis, mean = _power_basis(A, m, width, n_iter, seed, method == "krylov", centered, opts)
+        return TruncatedSVDResult(s, vt, method, 1, 1, u, mean, opts, st)
+    basis, mean, stats = _power_basis(A, m, width, n_iter, seed, method == "krylov", centered,
+                                      opts, with_stats)
     s, vt, u = _range_finish(A, basis, mean, k, opts)
-    return TruncatedSVDResult(s, vt, method, n_iter + 2, 1, u, mean, opts)
+    return TruncatedSVDResult(s, vt, method, n_iter + 2, 1, u, mean, opts, stats)
 
 
 def _gram_u(A: Any, vt: np.ndarray, s: np.ndarray, mean: np.ndarray | None) -> Lazy:

@@ -30,7 +30,7 @@ from blocklin.plan.graph import Task, TaskContext, make_stage
 from blocklin.storage.blockmatrix import BlockMatrix, from_array, open_matrix
 from blocklin.storage.stores import join_url
 
-__all__ = ["SVDState", "svd_update"]
+__all__ = ["SVDState", "svd_update", "update_factors"]
 
 _ATTR = "blocklin_svd_state"
 
@@ -249,6 +249,23 @@ def svd_update(state: SVDState | str | os.PathLike[str], rows: Any = None, *,
     return _append_rows(st, rows, opts)
 
 
+def update_factors(s: np.ndarray, Vt: np.ndarray,
+                   r_new: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The small Rayleigh–Ritz step of a row append: SVD of ``[diag(s)·Vt; R_new]``.
+
+    Returns ``(Um, s', Vt')`` truncated to k = len(s), signs as scikit-learn's
+    ``svd_flip`` on Vt'. ``R_new`` is any factor with ``R_newᵀR_new = CᵀC`` for the
+    new rows C (their R from a QR). Old U rows map through ``Um[:k]``, new ones
+    (``Q_C``) through ``Um[k:]``.
+    """
+    k = s.size
+    um, sm, wt = np.linalg.svd(np.vstack([s[:, None] * Vt, r_new]), full_matrices=False)
+    um, sm, wt = um[:, :k], sm[:k], wt[:k]
+    d = np.sign(wt[np.arange(k), np.argmax(np.abs(wt), axis=1)])
+    d[d == 0] = 1.0
+    return um * d, sm, wt * d[:, None]
+
+
 def _append_rows(st: SVDState, rows: Any, opts: dict[str, Any]) -> SVDState:
     import zarr
 
@@ -265,11 +282,7 @@ def _append_rows(st: SVDState, rows: Any, opts: dict[str, Any]) -> SVDState:
             r_c, tree = _r_of_stored(C, opts)
     if c_mem is not None:
         q_c, r_c = np.linalg.qr(c_mem)
-    um, sm, wt = np.linalg.svd(np.vstack([st.s[:, None] * st.Vt, r_c]), full_matrices=False)
-    um, sm, wt = um[:, :k], sm[:k], wt[:k]
-    d = np.sign(wt[np.arange(k), np.argmax(np.abs(wt), axis=1)])
-    d[d == 0] = 1.0
-    um, wt = um * d, wt * d[:, None]
+    um, sm, wt = update_factors(st.s, st.Vt, r_c)
     seg = f"U_{len(st.segments):04d}.zarr"
     url = join_url(st.path, seg)
     if tree is not None:
