@@ -138,7 +138,7 @@ def ops(as_json: JsonOpt = False) -> None:
     with _guard(as_json):
         reg = registry()
         doc = {n: {"inputs": list(o.inputs), "kind": o.kind, "summary": o.summary,
-                   "params": list(o.params.model_fields), "incremental": o.merge_rows is not None}
+                   "params": list(o.params.model_fields), "incremental": o.incremental}
                for n, o in sorted(reg.items())}
         _emit(doc, as_json, lambda: "\n".join(
             f"{n:<22} {o.kind:<6} ({', '.join(o.inputs)}) {o.summary}"

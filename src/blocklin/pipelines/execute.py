@@ -21,7 +21,7 @@ from blocklin.pipelines.manifest import (
     versions,
     write_json_atomic,
 )
-from blocklin.pipelines.registry import BuildContext, to_arrays
+from blocklin.pipelines.registry import BuildContext
 from blocklin.pipelines.runner import (
     Pipeline,
     RunOptions,
@@ -53,6 +53,7 @@ def execute(pipe: Pipeline, opts: RunOptions, progress: ProgressHook | None) -> 
         started, t0 = utc_now(), time.perf_counter()
         values, stats = compute_steps(pipe, inputs, staging, comp, opts.resume, progress)
         results = {name: values[out.step] for name, out in pipe.spec.outputs.items()}
+        persist_states(pipe, results)
         manifest = finish_run(pipe, inputs, results, stats, comp, plan_info, started, t0,
                               mode="run", extra=refresh_state(pipe, inputs))
     return manifest
@@ -128,7 +129,8 @@ def _store_outputs(pipe: Pipeline, results: Mapping[str, Any],
                             "fingerprint": value.fingerprint}
             moves.append((src, dst))
             continue
-        arrays = to_arrays(value, step.op.fields)
+        # A refresh hands over merged arrays; a run hands over operator results.
+        arrays = dict(value) if isinstance(value, dict) else step.op.arrays(value)
         src = staging / f"{name}.npz"
         save_small(src, arrays)
         record[name] = {"step": step.name, "op": step.op.name, "kind": "small",
@@ -190,6 +192,22 @@ def finish_run(pipe: Pipeline, inputs: Mapping[str, Any], results: Mapping[str, 
         manifest["report"] = write_report(out_dir, manifest)
         write_json_atomic(out_dir / MANIFEST_NAME, manifest)
     return manifest
+
+
+def persist_dir(out_dir: Path, name: str) -> Path:
+    return out_dir / ".refresh" / "persist" / name
+
+
+def persist_states(pipe: Pipeline, results: Mapping[str, Any]) -> None:
+    """Keep what incremental updates need beyond the outputs (e.g. an SVD's U segments)."""
+    if pipe.spec.refresh is None:
+        return
+    for name, value in results.items():
+        op = pipe.step(pipe.spec.outputs[name].step).op
+        if op.persist is not None:
+            folder = persist_dir(pipe.output_dir, name)
+            folder.parent.mkdir(parents=True, exist_ok=True)
+            op.persist(value, str(folder))
 
 
 def state_path(out_dir: Path, name: str, digest: str) -> Path:

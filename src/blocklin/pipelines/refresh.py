@@ -25,9 +25,12 @@ same as an uninterrupted refresh.
 
 from __future__ import annotations
 
+import hashlib
 import os
+import shutil
 import time
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -38,13 +41,15 @@ from blocklin.pipelines.execute import (
     check_reachable,
     compute_steps,
     finish_run,
+    persist_dir,
+    persist_states,
     refresh_state,
     state_path,
 )
 from blocklin.pipelines.ingest import BlockWriter, ingest
 from blocklin.pipelines.lock import OutputLock
 from blocklin.pipelines.manifest import load_manifest, load_small, utc_now
-from blocklin.pipelines.registry import BuildContext, to_arrays
+from blocklin.pipelines.registry import Arrays, BuildContext, UpdateContext
 from blocklin.pipelines.runner import (
     BoundStep,
     Pipeline,
@@ -67,51 +72,82 @@ def _fault(point: str) -> None:
         raise RuntimeError(f"injected fault at {point} ({FAULT_ENV})")
 
 
-def _stage_batch(src: str, target: BlockMatrix, folder: Path) -> BlockMatrix:
-    """Stream the batch into ``folder/<fingerprint>.zarr`` with the target's layout."""
-    folder.mkdir(parents=True, exist_ok=True)
-    incoming = folder / f"incoming-{os.getpid()}.zarr"
-    res = ingest(src, str(incoming), chunk_rows=target.chunks[0], dtype=str(target.dtype),
-                 codec="none", overwrite=True)
-    batch = res.matrix
-    if batch.shape[1] != target.shape[1]:
-        open_matrix(str(incoming)).store.delete_prefix("")
-        raise InputValueError(f"batch {src} has {batch.shape[1]} columns; the input {target.url} "
-                              f"has {target.shape[1]}")
-    final = folder / f"{batch.fingerprint}.zarr"
-    if final.exists():
-        batch.store.delete_prefix("")
-    else:
-        os.replace(incoming, final)
-    return open_matrix(str(final))
+@dataclass(frozen=True)
+class StagedBatch:
+    """A batch stored under ``.refresh/batches/<fingerprint>/`` (rows and labels)."""
+
+    fingerprint: str
+    x: BlockMatrix
+    y: BlockMatrix | None
 
 
-def append_batch(target: BlockMatrix, batch: BlockMatrix, source: str) -> BlockMatrix:
+def _stage_batch(src: str, pipe: Pipeline, inputs: Mapping[str, BlockMatrix]) -> StagedBatch:
+    """Stream the batch into ``.refresh/batches/<fingerprint>`` with the inputs' layouts."""
+    r = pipe.spec.refresh
+    assert r is not None  # checked by the caller
+    target = inputs[r.input]
+    folder = pipe.output_dir / ".refresh" / "batches"
+    incoming = folder / f"incoming-{os.getpid()}"
+    shutil.rmtree(incoming, ignore_errors=True)
+    incoming.mkdir(parents=True)
+    try:
+        res = ingest(src, str(incoming / "x.zarr"), label=r.label_column,
+                     label_dest=str(incoming / "y.zarr") if r.label_column else None,
+                     chunk_rows=target.chunks[0], dtype=str(target.dtype), codec="none")
+        if res.matrix.shape[1] != target.shape[1]:
+            raise InputValueError(f"batch {src} has {res.matrix.shape[1]} columns; the input "
+                                  f"{target.url} has {target.shape[1]}")
+        fps = [res.matrix.fingerprint] + ([res.label.fingerprint] if res.label else [])
+        fp = hashlib.sha256(";".join(fps).encode()).hexdigest()[:32]
+        final = folder / fp
+        if not final.exists():
+            os.replace(incoming, final)
+    finally:
+        shutil.rmtree(incoming, ignore_errors=True)
+    y = open_matrix(str(final / "y.zarr")) if r.label_column else None
+    return StagedBatch(fp, open_matrix(str(final / "x.zarr")), y)
+
+
+def append_batch(target: BlockMatrix, batch: BlockMatrix, source: str,
+                 fingerprint: str | None = None) -> BlockMatrix:
     """Append ``batch``'s rows to ``target`` unless it is recorded already; return the input.
 
     Notes
     -----
     One pass over the batch; the target's last partial block is read and rewritten.
     """
+    fingerprint = fingerprint or batch.fingerprint
     prov = target.provenance
     batches = list(prov.get("batches", []))
-    if any(b.get("fingerprint") == batch.fingerprint for b in batches):
+    if any(b.get("fingerprint") == fingerprint for b in batches):
         return target
+    if batch.dtype != target.dtype:
+        raise InputValueError(f"batch dtype {batch.dtype} differs from {target.url}'s "
+                              f"{target.dtype}")
     writer = BlockWriter(target.store, target.shape[1], target.dtype, target.chunks[0],
                          target.meta.codec, base=target)
     for _, block in batch.blocks():
         writer.append(block)
     start = target.shape[0]
-    record = {"fingerprint": batch.fingerprint, "rows": [start, start + batch.shape[0]],
+    record = {"fingerprint": fingerprint, "rows": [start, start + batch.shape[0]],
               "source": source, "applied": utc_now()}
     doc = {**prov, "batches": [*batches, record]}
     return writer.close({**target.meta.attrs, ATTRS_NAMESPACE: doc})
 
 
+def _appended(pipe: Pipeline) -> dict[str, str]:
+    """Input name -> which part of a batch extends it (``x`` rows, ``y`` labels)."""
+    r = pipe.spec.refresh
+    if r is None:
+        return {}
+    return {r.input: "x", **({r.label_input: "y"} if r.label_input else {})}
+
+
 def _incremental(pipe: Pipeline, step: BoundStep) -> bool:
-    """A step absorbs appended rows if its operator merges them and it reads only the input."""
-    target = pipe.spec.refresh.input if pipe.spec.refresh else None
-    return step.op.merge_rows is not None and set(step.spec.inputs.values()) == {target}
+    """A step absorbs appended rows if its operator can, and it reads only appended inputs."""
+    refs = set(step.spec.inputs.values())
+    return step.op.can_update(step.params) and refs <= set(_appended(pipe)) \
+        and pipe.spec.refresh is not None and pipe.spec.refresh.input in refs
 
 
 def refresh_pipeline(pipe: Pipeline, batch_src: str, opts: RunOptions | None = None,
@@ -144,8 +180,13 @@ def refresh_pipeline(pipe: Pipeline, batch_src: str, opts: RunOptions | None = N
     check_reachable(compute_options(pipe, opts))
     with OutputLock(pipe.output_dir, opts.command):
         inputs = open_inputs(pipe)
-        batch = _stage_batch(batch_src, inputs[name], pipe.output_dir / ".refresh")
-        inputs[name] = append_batch(inputs[name], batch, os.path.abspath(batch_src))
+        batch = _stage_batch(batch_src, pipe, inputs)
+        source = os.path.abspath(batch_src)
+        for ref, part in _appended(pipe).items():
+            data = batch.x if part == "x" else batch.y
+            assert data is not None
+            inputs[ref] = append_batch(inputs[ref], data, source, batch.fingerprint)
+            _fault(f"after_append_{part}")
         _fault("after_append")
         manifest = load_manifest(pipe.output_dir) or {}
         done = manifest.get("refresh", {}).get("batches", [])
@@ -154,36 +195,42 @@ def refresh_pipeline(pipe: Pipeline, batch_src: str, opts: RunOptions | None = N
         if not pending:
             return {"ok": True, "skipped": True, "batch": batch.fingerprint,
                     "message": f"batch {batch.fingerprint} already applied; nothing to do"}
+        _check_labels_caught_up(pipe, inputs)
         return _update(pipe, inputs, manifest, pending, opts, progress)
+
+
+def _check_labels_caught_up(pipe: Pipeline, inputs: Mapping[str, BlockMatrix]) -> None:
+    r = pipe.spec.refresh
+    if r is not None and r.label_input is not None \
+            and inputs[r.label_input].shape[0] != inputs[r.input].shape[0]:
+        raise InputValueError(f"input {r.label_input!r} has {inputs[r.label_input].shape[0]} "
+                                  f"rows but {r.input!r} has {inputs[r.input].shape[0]}")
+
+
+def _batch_args(pipe: Pipeline, step: BoundStep, b: StagedBatch) -> dict[str, Any]:
+    parts = _appended(pipe)
+    return {arg: (b.x if parts[ref] == "x" else b.y) for arg, ref in step.spec.inputs.items()}
 
 
 def _update(pipe: Pipeline, inputs: dict[str, Any], manifest: Mapping[str, Any],
             pending: list[dict[str, Any]], opts: RunOptions,
             progress: ProgressHook | None) -> dict[str, Any]:
-    from blocklin.executors.api import compute
-
     comp = compute_options(pipe, opts)
     plan_info = explain_pipeline(pipe, opts)
     started, t0 = utc_now(), time.perf_counter()
     stats = RunStats()
-    results: dict[str, Any] = {}
-    modes: dict[str, str] = {}
     outs = pipe.spec.outputs
     inc = [n for n, o in outs.items() if _incremental(pipe, pipe.step(o.step))
            and n in manifest.get("outputs", {})]
-    batches = [open_matrix(str(pipe.output_dir / ".refresh" / f"{b['fingerprint']}.zarr"))
-               for b in pending]
-    lazies = [pipe.step(outs[n].step).op.build({a: bm for a in pipe.step(outs[n].step).spec.inputs},
-                                               pipe.step(outs[n].step).params,
-                                               BuildContext(compute=comp))
-              for bm in batches for n in inc]
-    values = compute(*lazies, stats=stats, progress=progress, **comp) if lazies else ()
-    for i, n in enumerate(inc):
-        step = pipe.step(outs[n].step)
-        prev = load_small(state_path(pipe.output_dir, n, manifest["outputs"][n]["digest"]))
-        for b in range(len(batches)):
-            prev = step.op.merge_rows(prev, to_arrays(values[b * len(inc) + i], step.op.fields))  # type: ignore[misc]
-        results[n], modes[n] = prev, "incremental"
+    folder = pipe.output_dir / ".refresh" / "batches"
+    batches = [_open_staged(pipe, folder / b["fingerprint"], b["fingerprint"]) for b in pending]
+    prev = {n: load_small(state_path(pipe.output_dir, n, manifest["outputs"][n]["digest"]))
+            for n in inc}
+    results: dict[str, Any] = {}
+    for b, rec in zip(batches, pending, strict=True):
+        prev = _apply_batch(pipe, inc, prev, b, tuple(rec["rows"]), comp, stats, progress)
+    modes = dict.fromkeys(inc, "incremental")
+    results.update(prev)
     rest = [n for n in outs if n not in results]
     if rest:
         staging = pipe.output_dir / ".staging"
@@ -191,11 +238,48 @@ def _update(pipe: Pipeline, inputs: dict[str, Any], manifest: Mapping[str, Any],
         _add_stats(stats, more)
         for n in rest:
             results[n], modes[n] = full[outs[n].step], "recomputed"
+        persist_states(pipe, {n: results[n] for n in rest})
     extra = refresh_state(pipe, inputs)
     extra["refresh"].update(applied=[b["fingerprint"] for b in pending], outputs=modes)
     out = finish_run(pipe, inputs, results, stats, comp, plan_info, started, t0, "refresh", extra)
     _fault("after_outputs")
     return out
+
+
+def _open_staged(pipe: Pipeline, folder: Path, fp: str) -> StagedBatch:
+    if not (folder / "x.zarr").exists():
+        raise InputValueError(f"batch {fp} is recorded on the input but its rows are gone from "
+                              f"{folder}; rerun the pipeline to recompute from the input")
+    y = open_matrix(str(folder / "y.zarr")) if (folder / "y.zarr").exists() else None
+    return StagedBatch(fp, open_matrix(str(folder / "x.zarr")), y)
+
+
+def _apply_batch(pipe: Pipeline, names: list[str], prev: dict[str, Arrays], b: StagedBatch,
+                 rows: tuple[int, ...], comp: Mapping[str, Any], stats: RunStats,
+                 progress: ProgressHook | None) -> dict[str, Arrays]:
+    """Merge one batch into each incremental output: one shared compute for the lazy ones."""
+    from blocklin.executors.api import compute
+
+    outs = pipe.spec.outputs
+    steps = {n: pipe.step(outs[n].step) for n in names}
+    lazy = [n for n in names if steps[n].op.merge_rows is not None]
+    built = [steps[n].op.build(_batch_args(pipe, steps[n], b), steps[n].params,
+                               BuildContext(compute=comp)) for n in lazy]
+    one = RunStats()
+    values = compute(*built, stats=one, progress=progress, **comp) if built else ()
+    _add_stats(stats, one)
+    new = dict(prev)
+    for n, v in zip(lazy, values, strict=True):
+        merge = steps[n].op.merge_rows
+        assert merge is not None
+        new[n] = merge(prev[n], steps[n].op.arrays(v))
+    for n in names:
+        update = steps[n].op.update
+        if n not in lazy and update is not None:
+            ctx = UpdateContext(prev[n], _batch_args(pipe, steps[n], b), (rows[0], rows[1]),
+                                str(persist_dir(pipe.output_dir, n)), comp)
+            new[n] = update(ctx, steps[n].params)
+    return new
 
 
 def _add_stats(into: RunStats, more: RunStats) -> None:

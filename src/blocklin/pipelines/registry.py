@@ -22,8 +22,8 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-__all__ = ["BuildContext", "Operator", "get_operator", "operator_names", "register",
-           "registry", "to_arrays"]
+__all__ = ["BuildContext", "Operator", "Params", "UpdateContext", "get_operator",
+           "operator_names", "register", "registry", "to_arrays"]
 
 Kind = Literal["small", "matrix", "view", "eager"]
 Arrays = dict[str, np.ndarray]
@@ -50,6 +50,23 @@ class BuildContext:
 
 Builder = Callable[[Mapping[str, Any], Any, BuildContext], Any]
 Merger = Callable[[Arrays, Arrays], Arrays]
+Extractor = Callable[[Any], Arrays]
+#: ``persist(value, state_dir)``: keep what a later refresh needs beyond the outputs.
+Persister = Callable[[Any, str], None]
+
+
+@dataclass(frozen=True)
+class UpdateContext:
+    """What an eager operator's ``update`` gets for one appended batch."""
+
+    previous: Arrays
+    batch: Mapping[str, Any]
+    rows: tuple[int, int]
+    state_dir: str
+    compute: Mapping[str, Any]
+
+
+Updater = Callable[[UpdateContext, Any], Arrays]
 
 
 @dataclass(frozen=True)
@@ -64,6 +81,22 @@ class Operator:
     build: Builder
     merge_rows: Merger | None = None
     fields: tuple[str, ...] = ()
+    extract: Extractor | None = None
+    persist: Persister | None = None
+    update: Updater | None = None
+    updatable: Callable[[Any], bool] | None = None
+
+    @property
+    def incremental(self) -> bool:
+        return self.merge_rows is not None or self.update is not None
+
+    def can_update(self, params: Any) -> bool:
+        """Whether results with these parameters absorb appended rows without a recompute."""
+        return self.incremental and (self.updatable is None or self.updatable(params))
+
+    def arrays(self, value: Any) -> Arrays:
+        """The named arrays stored for a result of this operator."""
+        return self.extract(value) if self.extract is not None else to_arrays(value, self.fields)
 
 
 _REGISTRY: dict[str, Operator] = {}
@@ -95,7 +128,8 @@ def to_arrays(value: Any, names: tuple[str, ...] = ()) -> Arrays:
     if isinstance(value, np.ndarray | np.generic | int | float):
         return {"value": np.asarray(value)}
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {f.name: np.asarray(getattr(value, f.name)) for f in dataclasses.fields(value)}
+        pairs = {f.name: getattr(value, f.name) for f in dataclasses.fields(value)}
+        return {k: np.asarray(v) for k, v in pairs.items() if _arraylike(v)}
     if isinstance(value, tuple):
         keys = names if len(names) == len(value) else tuple(str(i) for i in range(len(value)))
         out: Arrays = {}

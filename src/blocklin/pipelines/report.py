@@ -13,6 +13,7 @@ operators have run:
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -135,7 +136,8 @@ def _output_plots(plt: Any, name: str, arrays: Mapping[str, np.ndarray], op: str
 def write_report(out_dir: Path, manifest: Mapping[str, Any]) -> dict[str, Any]:
     """Write ``report/report.md`` and its plots; return their relative paths."""
     folder = out_dir / "report"
-    folder.mkdir(exist_ok=True)
+    shutil.rmtree(folder, ignore_errors=True)  # no plot of an earlier run may linger
+    folder.mkdir()
     plt = _figure()
     plots: list[tuple[str, str]] = []
     stages = _plot_stages(plt, manifest["stats"]["stage_seconds"], folder / "stages.png")

@@ -123,10 +123,24 @@ def check_spec(spec: PipelineSpec, source: str, base: Path) -> Pipeline:
         bound.append(BoundStep(i, step, op, _check_params(source, loc, step, op)))
         kinds[step.name] = op.kind
     _check_outputs(source, spec, kinds)
-    if spec.refresh is not None and spec.refresh.input not in spec.inputs:
-        raise SpecError(source, "refresh.input", f"{spec.refresh.input!r} is not an input "
-                        f"(inputs: {', '.join(spec.inputs)})")
+    _check_refresh(source, spec)
     return Pipeline(spec, source, base, tuple(bound))
+
+
+def _check_refresh(source: str, spec: PipelineSpec) -> None:
+    r = spec.refresh
+    if r is None:
+        return
+    for field_name in ("input", "label_input"):
+        ref = getattr(r, field_name)
+        if ref is not None and ref not in spec.inputs:
+            raise SpecError(source, f"refresh.{field_name}", f"{ref!r} is not an input "
+                            f"(inputs: {', '.join(spec.inputs)})")
+    if (r.label_input is None) != (r.label_column is None):
+        raise SpecError(source, "refresh", "label_input and label_column go together: the "
+                        "batch's label_column is appended to label_input")
+    if r.label_input == r.input:
+        raise SpecError(source, "refresh.label_input", "must differ from refresh.input")
 
 
 def _check_step_inputs(source: str, loc: str, step: StepSpec, op: Operator,

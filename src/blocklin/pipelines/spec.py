@@ -110,6 +110,10 @@ class RefreshSpec(_Model):
     """How ``blocklin refresh`` appends row batches."""
 
     input: str = Field(pattern=NAME_PATTERN, description="the input that new row batches extend")
+    label_input: str | None = Field(default=None, pattern=NAME_PATTERN,
+                                    description="input extended by the batch's label column")
+    label_column: str | None = Field(default=None, min_length=1,
+                                     description="label column of table batches")
     schedule: str | None = Field(default=None, description="informational cron expression")
 
 
