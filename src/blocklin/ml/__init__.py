@@ -3,5 +3,7 @@
 __all__: list[str] = []
 
 from blocklin.ml.linear import LinearRegression
+from blocklin.ml.logistic import LogisticRegression
+from blocklin.ml.truncated_svd import TruncatedSVD
 
-__all__ += ["LinearRegression"]
+__all__ += ["LinearRegression", "LogisticRegression", "TruncatedSVD"]

@@ -25,7 +25,7 @@ __all__ = [
     "penalties",
     "predict_margin",
     "qr_solve",
-    "sketch_fit",
+    "sketch_solve",
 ]
 
 
@@ -186,8 +186,12 @@ def iterative_fit(est: Any, data: TrainData, family: str, solver: str, k: int) -
                                                     data.x_col_blocks, False)), p + 1)
     sd = mom.std()
     sx = sd[:p]
-    scale = np.where(sx > 0, 1.0 / np.where(sx > 0, sx, 1.0), 1.0)
     l1, l2 = penalties(est, sx, float(sd[p]), abs(float(mom.mean[p])))
+    # Diagonal preconditioning: coordinate j's curvature is about c·σⱼ² + l2ⱼ (c ≤ 1),
+    # so optimizing over vⱼ = βⱼ·√(σⱼ² + l2ⱼ) makes every curvature O(1) -- MLlib's
+    # standardization, plus the penalty's share (tiny σⱼ with an L2 term stays sane).
+    curv = sx**2 + l2
+    scale = np.where(curv > 0, 1.0 / np.sqrt(np.where(curv > 0, curv, 1.0)), 1.0)
     shape = (p + int(fi), k)
 
     def to_coef(theta: np.ndarray) -> np.ndarray:
@@ -262,8 +266,116 @@ def predict_margin(X: Any, coef: np.ndarray, intercept: np.ndarray | float, est:
 
 
 # --------------------------------------------------------------------------- sketch
-def sketch_fit(est: Any, data: TrainData) -> Any:
-    """Sketch-and-precondition: see :mod:`blocklin.ml._sketch`."""
-    from blocklin.ml._sketch import sketch_solve
+@dataclass
+class SketchResult:
+    coef: np.ndarray  # (p + intercept,)
+    history: list[float]
+    iterations: int
+    moments: Moments
 
-    return sketch_solve(est, data)
+
+def _sketch_centered(data: TrainData, mu: np.ndarray, k: int, seed: int = 0) -> np.ndarray:
+    """S·(X − 1μᵀ) for a Gaussian S (k × m, E[SᵀS] = I): one pass."""
+    if data.local is None:
+        from blocklin.ops.sketch import sketch
+        from blocklin.ops.transforms import standardize
+
+        assert data.stored is not None
+        view = standardize(data.stored[0], shift=mu)
+        return np.asarray(data.run_lazy(sketch(view, k, "gaussian", seed)))
+    x = data.local[0]
+    n = x.shape[0]
+    step = max(1, 2**22 // k)
+    out = np.zeros((k, mu.shape[0]))
+    data.passes += 1
+    for i, start in enumerate(range(0, n, step)):
+        rng = np.random.default_rng([seed, i])
+        block = x[start:start + step]
+        block = np.asarray(block.toarray() if hasattr(block, "toarray") else block) - mu
+        out += rng.standard_normal((k, block.shape[0])) @ block / np.sqrt(k)
+    return out
+
+
+def sketch_solve(est: Any, data: TrainData) -> SketchResult:
+    """Sketch-and-precondition least squares (ridge allowed), by preconditioned CG.
+
+    One pass for the column moments, one for the Gaussian sketch of the centered X
+    (k = 4p rows) whose R gives the preconditioner (RᵀR/m + diag(l2) ≈ the Hessian),
+    one for the gradient at zero, then one pass per CG iteration (the Hessian-vector
+    product is a gradient difference, the loss being quadratic). With a sketch of 4p
+    rows the preconditioned system has condition number about 9 whatever κ(X), so CG
+    reaches a relative residual of 1e-10 in about 20 iterations.
+    """
+    p = data.n_features
+    fi = bool(est.fit_intercept)
+    mom = Moments.from_packed(data.run(moments_spec(p, 1, data.has_weights, data.x_col_blocks,
+                                                    False)), p + 1)
+    sd = mom.std()
+    _, l2 = penalties(est, sd[:p], float(sd[p]), abs(float(mom.mean[p])))
+    mu = mom.mean[:p] if fi else np.zeros(p)
+    k = int(min(max(4 * p, p + 10), max(data.n_rows, p + 1)))
+    R = scipy.linalg.qr(_sketch_centered(data, mu, k), mode="r")[0][:p]
+    M = R.T @ R / data.n_rows + np.diag(l2)
+    M += np.eye(p) * (np.finfo(float).eps * max(np.trace(M), 1e-300))
+    chol = scipy.linalg.cho_factor(M)
+    size = p + int(fi)
+
+    def grad(theta: np.ndarray) -> tuple[float, np.ndarray]:
+        out = data.run(loss_grad_spec("squared", theta[:, None], fi, data.has_weights,
+                                      data.x_col_blocks))
+        loss, W, g = unpack_grad(out, (size, 1))
+        return loss / W, g[:, 0] / W
+
+    def T(z: np.ndarray) -> np.ndarray:  # centered intercept b' to b = b' − μᵀβ
+        t = z.copy()
+        if fi:
+            t[p] -= mu @ z[:p]
+        return t
+
+    def Tt(g: np.ndarray) -> np.ndarray:
+        t = g.copy()
+        if fi:
+            t[:p] -= mu * g[p]
+        return t
+
+    f0, g0 = grad(np.zeros(size))
+
+    def hess(z: np.ndarray) -> np.ndarray:
+        theta = T(z)
+        g = grad(theta)[1] - g0
+        g[:p] += l2 * theta[:p]
+        return Tt(g)
+
+    def precond(r: np.ndarray) -> np.ndarray:
+        out = r.copy()
+        out[:p] = scipy.linalg.cho_solve(chol, r[:p])
+        return out
+
+    x, hist, iters = _pcg(hess, -Tt(g0), precond, int(est.max_iter), float(est.tol), f0)
+    return SketchResult(T(x), hist, iters, mom)
+
+
+def _pcg(hess: Any, rhs: np.ndarray, precond: Any, max_iter: int, tol: float,
+         f0: float) -> tuple[np.ndarray, list[float], int]:
+    """Preconditioned conjugate gradients from zero; history of the quadratic objective."""
+    x = np.zeros_like(rhs)
+    r = rhs.copy()
+    z = precond(r)
+    d = z.copy()
+    rz = float(r @ z)
+    norm0 = float(np.linalg.norm(rhs)) or 1.0
+    history = [f0]
+    it = 0
+    for it in range(1, max_iter + 1):  # noqa: B007 - it is reported
+        hd = hess(d)
+        alpha = rz / float(d @ hd)
+        x += alpha * d
+        r -= alpha * hd
+        history.append(f0 - 0.5 * float(x @ (r + rhs)))
+        if np.linalg.norm(r) <= tol * norm0:
+            break
+        z = precond(r)
+        rz_new = float(r @ z)
+        d = z + (rz_new / rz) * d
+        rz = rz_new
+    return x, history, it

@@ -20,6 +20,7 @@ from blocklin.ml._glm import (
     penalties,
     predict_margin,
     qr_solve,
+    sketch_solve,
 )
 from blocklin.ml._solvers import (
     QuadSolution,
@@ -276,9 +277,10 @@ class LinearRegression(RegressorMixin, BaseEstimator):  # type: ignore[misc]
         if solver == "qr":
             return self._fit_qr(data, None), None
         if solver == "sketch":
-            from blocklin.ml._sketch import sketch_fit
-
-            return sketch_fit(self, data), None
+            sk = sketch_solve(self, data)
+            return _Fit(sk.coef[:p], float(sk.coef[p]) if self.fit_intercept else 0.0,
+                        sk.history, sk.iterations, "sketch",
+                        y_center=float(sk.moments.mean[p])), None
         family_solver = "owlqn" if (solver == "owlqn" or l1) else "lbfgs"
         res = iterative_fit(self, data, "squared", family_solver, 1)
         return _Fit(res.coef[:p, 0], float(res.coef[p, 0]) if self.fit_intercept else 0.0,
