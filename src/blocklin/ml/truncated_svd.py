@@ -1,0 +1,207 @@
+"""``TruncatedSVD``: a scikit-learn estimator over blocklin's pass-efficient randomized SVD."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from sklearn.base import BaseEstimator, ClassNamePrefixFeaturesOutMixin, TransformerMixin
+from sklearn.utils import check_random_state
+from sklearn.utils.validation import check_is_fitted
+
+from blocklin.config import default_work_dir
+from blocklin.errors import InputDtypeError, InputValueError
+from blocklin.executors.api import compute
+from blocklin.ml._validation import is_stored, stored_matrix, validate_features
+from blocklin.ops.products import matmul
+from blocklin.ops.stats import ColumnStats, column_stats
+from blocklin.ops.svd import SVD_METHODS, _truncated
+from blocklin.ops.svd_update import update_factors
+from blocklin.ops.tsqr import tsqr_r
+from blocklin.types import parse_option
+
+__all__ = ["TruncatedSVD"]
+
+
+class TruncatedSVD(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):  # type: ignore[misc]
+    """Dimensionality reduction by truncated SVD (no centering), as scikit-learn's.
+
+    Parameters
+    ----------
+    n_components : int
+        Number of components k (``1 <= k <= min(n_samples, n_features)``).
+    oversample : int
+        Extra sketch columns (accuracy for clustered spectra, cost per pass).
+    n_iter : int
+        Power iterations (``method="power"`` reads X n_iter + 2 times).
+    random_state : int, RandomState or None
+        Seed of the Gaussian test matrix.
+    method : {"power", "krylov", "gram"}
+        See :func:`blocklin.ops.randomized_svd`.
+    executor : {"dask", "spark"}
+        Engine of each pass (local threads / local Spark by default).
+    work_dir : str, optional
+        Directory for temporary arrays (in-memory X is written there block by
+        block); removed after each fit. Must be reachable by the workers.
+
+    Attributes
+    ----------
+    components_ : ndarray (k, n_features)
+    singular_values_ : ndarray (k,)
+    explained_variance_ : ndarray (k,)
+        Variance of each column of ``transform(X)``.
+    explained_variance_ratio_ : ndarray (k,)
+    n_features_in_ : int
+    n_samples_seen_ : int
+    n_passes_ : int
+        Passes over X made by the last fit.
+
+    Notes
+    -----
+    ``fit`` reads X n_iter + 2 times (``gram``: once); column statistics for the
+    explained variance ride along the first pass. ``partial_fit(X_new)`` after a fit
+    is a Zha–Simon/Brand row-append update: it reads only the new rows (once) and
+    costs O(p·n² + n³) — the earlier rows are never read again. Updates are exact
+    when X has rank ≤ k and otherwise drift by the discarded tail.
+    ``transform`` of a stored X (BlockMatrix, zarr path) returns a BlockMatrix.
+    """
+
+    def __init__(self, n_components: int = 2, *, oversample: int = 10, n_iter: int = 2,
+                 random_state: Any = 0, method: str = "power", executor: str = "dask",
+                 work_dir: str | None = None) -> None:
+        self.n_components = n_components
+        self.oversample = oversample
+        self.n_iter = n_iter
+        self.random_state = random_state
+        self.method = method
+        self.executor = executor
+        self.work_dir = work_dir
+
+    # -- fitting -----------------------------------------------------------------------
+    def fit(self, X: Any, y: Any = None) -> TruncatedSVD:
+        """Fit on X (numpy, dask, BlockMatrix or zarr path); returns self."""
+        self._fit(X)
+        return self
+
+    def fit_transform(self, X: Any, y: Any = None, **fit_params: Any) -> Any:
+        """Fit, then project X onto the components (one more pass for stored X)."""
+        Xv = self._fit(X)
+        return self._project(Xv)
+
+    def _seed(self) -> int:
+        if isinstance(self.random_state, int | np.integer) and not isinstance(self.random_state,
+                                                                              bool):
+            return int(self.random_state)
+        return int(check_random_state(self.random_state).randint(0, 2**31 - 1))
+
+    def _check_params(self, m: int, n: int) -> None:
+        k = self.n_components
+        if isinstance(k, bool) or not isinstance(k, int | np.integer):
+            raise InputDtypeError(f"n_components must be an int; got {k!r}")
+        if k < 1:
+            raise InputValueError(f"n_components must be >= 1; got {k}")
+        if k > n:
+            raise InputValueError(f"n_components={k} must be <= n_features = {n}")
+        if k > m:
+            raise InputValueError(f"n_components={k} must be <= n_samples = {m}")
+        parse_option("method", self.method, SVD_METHODS)
+
+    def _fit(self, X: Any) -> Any:
+        Xv = validate_features(self, X, reset=True)
+        m, n = int(Xv.shape[0]), int(Xv.shape[1])
+        self._check_params(m, n)
+        with self._scratch() as wd, stored_matrix(Xv, work_dir=wd) as A:
+            opts = {"executor": self.executor, "work_dir": wd}
+            res = _truncated(A, int(self.n_components), self.oversample, self.n_iter,
+                             self._seed(), self.method, False, opts, with_stats=True)
+        if res.column_stats is None:  # pragma: no cover - with_stats guarantees it
+            raise RuntimeError("column statistics missing from the fit")
+        self.components_ = res.Vt
+        self.singular_values_ = res.s
+        self.n_passes_ = res.passes
+        self._set_stats(res.column_stats.count, res.column_stats.mean,
+                        res.column_stats.variance * max(res.column_stats.count - 1, 0))
+        return Xv
+
+    def _set_stats(self, count: int, mean: np.ndarray, m2: np.ndarray) -> None:
+        """Explained variances from the column summary (count, mean, centered sum of squares)."""
+        self.n_samples_seen_ = int(count)
+        self._mean = np.asarray(mean, dtype=np.float64)
+        self._m2 = np.asarray(m2, dtype=np.float64)
+        # var(X v_j) = ‖X v_j‖²/m − (μ·v_j)², and ‖X v_j‖ = s_j for Rayleigh–Ritz vectors.
+        ev = self.singular_values_**2 / count - (self._mean @ self.components_.T) ** 2
+        self.explained_variance_ = np.clip(ev, 0.0, None)
+        total = float(self._m2.sum()) / count
+        self.explained_variance_ratio_ = (self.explained_variance_ / total if total > 0
+                                          else np.zeros_like(ev))
+
+    def _scratch(self) -> tempfile.TemporaryDirectory[str]:
+        base = Path(self.work_dir) if self.work_dir is not None else Path(default_work_dir())
+        base.mkdir(parents=True, exist_ok=True)
+        return tempfile.TemporaryDirectory(prefix="truncated-svd-", dir=base)
+
+    def partial_fit(self, X: Any, y: Any = None) -> TruncatedSVD:
+        """Update the fit with appended rows X (fits from scratch when not yet fitted).
+
+        Reads only X: its R factor (TSQR for stored X, LAPACK QR in memory) and its
+        column statistics in one pass, then a Rayleigh–Ritz step on the driver.
+        """
+        if not hasattr(self, "components_"):
+            return self.fit(X)
+        Xv = validate_features(self, X, reset=False)
+        n = self.n_features_in_
+        if not isinstance(Xv, np.ndarray) and int(Xv.shape[0]) >= n:
+            with self._scratch() as wd, stored_matrix(Xv, work_dir=wd) as A:
+                r, st = compute(tsqr_r(A), column_stats(A), executor=self.executor, work_dir=wd)
+            count, mean, m2 = st.count, st.mean, st.variance * max(st.count - 1, 0)
+        else:
+            x = np.asarray(Xv.to_numpy() if is_stored(Xv) else Xv, dtype=np.float64)
+            r = np.linalg.qr(x, mode="r")
+            count, mean = x.shape[0], x.mean(axis=0)
+            m2 = ((x - mean) ** 2).sum(axis=0)
+        _, self.singular_values_, self.components_ = update_factors(
+            self.singular_values_, self.components_, r)
+        self._merge_stats(ColumnStats(count, mean, m2, mean, mean, mean, mean, mean))
+        self.n_passes_ = 1
+        return self
+
+    def _merge_stats(self, new: ColumnStats) -> None:
+        """Chan's pairwise merge of (count, mean, M2); ``new.variance`` holds its M2."""
+        na, nb = self.n_samples_seen_, new.count
+        total = na + nb
+        delta = new.mean - self._mean
+        mean = self._mean + delta * (nb / total)
+        m2 = self._m2 + new.variance + delta**2 * (na * nb / total)
+        self._set_stats(total, mean, m2)
+
+    # -- projecting --------------------------------------------------------------------
+    def transform(self, X: Any) -> Any:
+        """Project X onto the components: ``X @ components_.T`` (n_samples × k)."""
+        check_is_fitted(self)
+        return self._project(validate_features(self, X, reset=False))
+
+    def _project(self, Xv: Any) -> Any:
+        vt = self.components_
+        if isinstance(Xv, np.ndarray) or not is_stored(Xv):
+            return Xv @ vt.T
+        return compute(matmul(Xv, np.ascontiguousarray(vt.T)), executor=self.executor,
+                       work_dir=self.work_dir)[0]
+
+    def inverse_transform(self, X: Any) -> np.ndarray:
+        """Map projected data back to feature space: ``X @ components_``."""
+        from sklearn.utils.validation import check_array
+
+        check_is_fitted(self)
+        out: np.ndarray = check_array(X, dtype=[np.float64, np.float32]) @ self.components_
+        return out
+
+    @property
+    def _n_features_out(self) -> int:
+        return int(self.components_.shape[0])
+
+    def __sklearn_tags__(self) -> Any:
+        tags = super().__sklearn_tags__()
+        tags.transformer_tags.preserves_dtype = ["float64"]
+        return tags
