@@ -103,3 +103,34 @@ def test_unreachable_cluster_is_an_executor_error(tmp_path: Path) -> None:
     assert res.returncode == 5, res.stderr
     assert "cannot reach the dask scheduler at tcp://127.0.0.1:1" in res.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_progress_bar_only_on_a_terminal(tmp_path: Path) -> None:
+    import os
+    import pty
+    import subprocess
+    import sys
+
+    import blocklin as bl
+
+    bl.from_array(np.ones((50, 2)), tmp_path / "X.zarr", chunks=(10, None))
+    (tmp_path / "p.yaml").write_text(yaml.safe_dump(SPEC))
+    quiet = run_cli("run", "p.yaml", cwd=tmp_path)
+    assert quiet.returncode == 0 and "━" not in quiet.stdout and "5/5" not in quiet.stdout
+    master, slave = pty.openpty()
+    proc = subprocess.Popen([sys.executable, "-m", "blocklin._cli", "run", "p.yaml"],
+                            cwd=tmp_path, stdout=slave, stderr=slave, close_fds=True)
+    os.close(slave)
+    chunks = []
+    while True:
+        try:
+            data = os.read(master, 4096)
+        except OSError:  # the terminal closed with the process
+            break
+        if not data:
+            break
+        chunks.append(data)
+    assert proc.wait(timeout=120) == 0
+    os.close(master)
+    text = b"".join(chunks).decode(errors="replace")
+    assert "gram/partial + column_stats/partial" in text and "5/5" in text
