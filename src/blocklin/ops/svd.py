@@ -155,9 +155,11 @@ def _check_args(m: MatrixInput, k: int, oversample: int, n_iter: int, method: st
 
 
 def _run_options(executor: Any, address: str | None, client: Any, spark: Any,
-                 work_dir: str | None, max_task_memory: int | str | None) -> dict[str, Any]:
+                 work_dir: str | None, max_task_memory: int | str | None,
+                 num_workers: int | None) -> dict[str, Any]:
     return {"executor": executor, "address": address, "client": client, "spark": spark,
-            "work_dir": work_dir, "max_task_memory": max_task_memory}
+            "work_dir": work_dir, "max_task_memory": max_task_memory,
+            "num_workers": num_workers}
 
 
 def _power_basis(A: Any, m: MatrixInput, width: int, n_iter: int, seed: int, krylov: bool,
@@ -251,8 +253,8 @@ def _gram_u(A: Any, vt: np.ndarray, s: np.ndarray, mean: np.ndarray | None) -> L
 def randomized_svd(A: Any, k: int, *, oversample: int = 10, n_iter: int = 2, seed: int = 0,
                    method: SVDMethod = "power", executor: Any = "dask",
                    address: str | None = None, client: Any = None, spark: Any = None,
-                   work_dir: str | None = None,
-                   max_task_memory: int | str | None = None) -> TruncatedSVDResult:
+                   work_dir: str | None = None, max_task_memory: int | str | None = None,
+                   num_workers: int | None = None) -> TruncatedSVDResult:
     """Top-k singular triplets of A by randomized subspace iteration, pass-efficiently.
 
     Parameters
@@ -279,7 +281,7 @@ def randomized_svd(A: Any, k: int, *, oversample: int = 10, n_iter: int = 2, see
         driver) and its eigendecomposition; exact up to squaring the condition
         number: singular values below ``sqrt(eps)·σ₁`` (≈1.5e-8·σ₁) lose all
         accuracy, and relative error grows as ``eps·(σ₁/σⱼ)²``.
-    executor, address, client, spark, work_dir, max_task_memory
+    executor, address, client, spark, work_dir, max_task_memory, num_workers
         Where and how each pass runs, as :func:`blocklin.compute`.
 
     Returns
@@ -314,14 +316,15 @@ def randomized_svd(A: Any, k: int, *, oversample: int = 10, n_iter: int = 2, see
     >>> res.s, res.Vt, res.passes
     >>> U = res.U          # one more pass, only now
     """
-    opts = _run_options(executor, address, client, spark, work_dir, max_task_memory)
+    opts = _run_options(executor, address, client, spark, work_dir, max_task_memory,
+                        num_workers)
     return _truncated(A, k, oversample, n_iter, seed, method, False, opts)
 
 
 def pca(A: Any, k: int, *, oversample: int = 10, n_iter: int = 2, seed: int = 0,
         method: SVDMethod = "power", executor: Any = "dask", address: str | None = None,
         client: Any = None, spark: Any = None, work_dir: str | None = None,
-        max_task_memory: int | str | None = None) -> PCAResult:
+        max_task_memory: int | str | None = None, num_workers: int | None = None) -> PCAResult:
     """Principal components of the rows of A, without writing a centered copy.
 
     Parameters are those of :func:`randomized_svd`.
@@ -339,7 +342,8 @@ def pca(A: Any, k: int, *, oversample: int = 10, n_iter: int = 2, seed: int = 0,
     from each block as read. ``gram`` computes AᵀA and the means in one fused pass
     and uses ``AᵀA − m·μμᵀ``, which cancels digits when ‖μ‖ dominates the spread.
     """
-    opts = _run_options(executor, address, client, spark, work_dir, max_task_memory)
+    opts = _run_options(executor, address, client, spark, work_dir, max_task_memory,
+                        num_workers)
     res = _truncated(A, k, oversample, n_iter, seed, method, True, opts)
     return PCAResult(res.s, res.Vt, res.method, res.passes, res.u_passes, res.u_lazy, res.mean,
                      opts, n_samples=as_matrix(A).shape[0])

@@ -258,12 +258,13 @@ def plan_tree(mats: Sequence[Any], *, with_q: bool, right: np.ndarray | None = N
     leaves = _leaf_ranges(ms[0].grid[0], chunk_rows, nrows, c)
     leaf = LeafInput(tuple(m.grid[1] for m in ms), right, shift)
     tasks = [Task(out=(g, 0, 0), reads=_reads(ms, lo, hi)) for g, (lo, hi) in enumerate(leaves)]
-    panel_bytes = (leaves[-1][1] - leaves[-1][0]) * chunk_rows * (ncols + c) * 8
+    # LAPACK's working copy of the panel (or of A·right) and R: rows × (n + 2c) at most.
+    panel_bytes = max(hi - lo for lo, hi in leaves) * chunk_rows * (ncols + 2 * c) * 8
     plan = Plan().merge(*(m.plan for m in ms))
     params = {"c": c, "right": right, "shift": shift, "leaves": leaves}
     stage = make_stage(f"{op}/leaf_r", LeafR(leaf), [m.input for m in ms], tasks,
                        shape=(len(leaves), c, c), chunks=(1, c, c), dtype="float64",
-                       params=params, extra_memory=2 * panel_bytes)
+                       params=params, extra_memory=panel_bytes)
     plan = plan.add(stage)
     current = stage.output
     levels: list[ArrayNode] = []
@@ -318,7 +319,7 @@ def plan_form_q(tree: _Tree, plan: Plan, finish: ArrayNode, op: str = "tsqr",
                     chunks=(chunk_rows, k), dtype="float64",
                     params={"leaves": tree.leaves, "right": tree.leaf.right, "k": k,
                             "shift": tree.leaf.shift, "finish": finish.name},
-                    extra_memory=3 * leaf_rows * (ncols + c) * 8, out_url=out)
+                    extra_memory=leaf_rows * (ncols + 3 * c) * 8, out_url=out)
     return Lazy(plan.add(st), st.output, "matrix", label=f"{op}.Q")
 
 
