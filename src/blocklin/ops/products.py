@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import scipy.sparse as sp
 from scipy.linalg import blas
 
 from blocklin.errors import InputDtypeError, ShapeMismatchError
@@ -31,11 +32,42 @@ class GramPartial:
     dtype: str
 
     def __call__(self, ctx: TaskContext, blocks: Sequence[Any]) -> Any:
-        a = np.asarray(hstack_panel(blocks), dtype=self.dtype)
+        panel = hstack_panel(blocks)
+        if sp.issparse(panel):
+            # Sparse row blocks: a sparse AᵢᵀAᵢ (nnz·n work), densified only as n × n.
+            panel = panel.astype(self.dtype)
+            return np.asarray((panel.T @ panel).toarray())[None]
+        a = np.asarray(panel, dtype=self.dtype)
         syrk = blas.ssyrk if self.dtype == "float32" else blas.dsyrk
         # a.T is Fortran-ordered, so BLAS reads the C-ordered block in place.
         c = syrk(1.0, a.T, trans=0, lower=0)
         return c[None]
+
+
+def _sparse_dot(a: Any, b: Any, dtype: str) -> np.ndarray:
+    """a @ b where either may be a scipy.sparse matrix, as a dense array of ``dtype``."""
+    if sp.issparse(a):
+        out = a.astype(dtype) @ (b.astype(dtype) if sp.issparse(b) else np.asarray(b, dtype=dtype))
+    elif sp.issparse(b):
+        # Keep the sparse operand on the left, where scipy multiplies without densifying.
+        out = (b.T.astype(dtype) @ np.asarray(a, dtype=dtype).T).T
+    else:
+        out = np.asarray(a, dtype=dtype) @ np.asarray(b, dtype=dtype)
+    dense: np.ndarray = np.asarray(out.toarray() if sp.issparse(out) else out, dtype=dtype)
+    return dense
+
+
+def _sparse_dot(a: Any, b: Any, dtype: str) -> np.ndarray:
+    """a @ b where either may be a scipy.sparse matrix, as a dense array of ``dtype``."""
+    if sp.issparse(a):
+        out = a.astype(dtype) @ (b.astype(dtype) if sp.issparse(b) else np.asarray(b, dtype=dtype))
+    elif sp.issparse(b):
+        # Keep the sparse operand on the left, where scipy multiplies without densifying.
+        out = (b.T.astype(dtype) @ np.asarray(a, dtype=dtype).T).T
+    else:
+        out = np.asarray(a, dtype=dtype) @ np.asarray(b, dtype=dtype)
+    dense: np.ndarray = np.asarray(out.toarray() if sp.issparse(out) else out, dtype=dtype)
+    return dense
 
 
 def _symmetrize(parts: np.ndarray) -> np.ndarray:
@@ -91,8 +123,11 @@ class CrossPartial:
     nx: int
 
     def __call__(self, ctx: TaskContext, blocks: Sequence[Any]) -> Any:
-        x = np.asarray(hstack_panel(blocks[: self.nx]), dtype=self.dtype)
-        b = np.asarray(hstack_panel(blocks[self.nx:]), dtype=self.dtype)
+        x, b = hstack_panel(blocks[: self.nx]), hstack_panel(blocks[self.nx:])
+        if sp.issparse(x) or sp.issparse(b):
+            return _sparse_dot(x.T, b, self.dtype)[None]
+        x = np.asarray(x, dtype=self.dtype)
+        b = np.asarray(b, dtype=self.dtype)
         return (x.T @ b)[None]
 
 
@@ -105,10 +140,15 @@ class PanelProduct:
     right: np.ndarray | None = None
 
     def __call__(self, ctx: TaskContext, blocks: Sequence[Any]) -> Any:
-        a = np.asarray(hstack_panel(blocks[: self.na]), dtype=self.dtype)
+        a = hstack_panel(blocks[: self.na])
+        rest = blocks[self.na:]
+        if any(sp.issparse(x) for x in (a, *rest)):
+            b = self.right if self.right is not None else (
+                rest[0] if len(rest) == 1 else sp.vstack(rest, format="csr"))
+            return _sparse_dot(a, b, self.dtype)
+        a = np.asarray(a, dtype=self.dtype)
         if self.right is not None:
             return a @ self.right.astype(self.dtype, copy=False)
-        rest = blocks[self.na:]
         b = rest[0] if len(rest) == 1 else np.vstack(rest)
         return a @ np.asarray(b, dtype=self.dtype)
 

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import scipy.sparse as sp
 
 from blocklin.executors.lazy import Lazy
 from blocklin.plan.graph import Task, TaskContext, make_stage
@@ -51,7 +52,10 @@ class StatsPartial:
     """Summary of one row panel."""
 
     def __call__(self, ctx: TaskContext, blocks: Sequence[Any]) -> Any:
-        x = np.asarray(hstack_panel(blocks), dtype=np.float64)
+        panel = hstack_panel(blocks)
+        if sp.issparse(panel):
+            return _sparse_summary(panel)
+        x = np.asarray(panel, dtype=np.float64)
         out = np.empty((1, NROWS, x.shape[1]))
         mean = x.mean(axis=0)
         out[0, COUNT] = x.shape[0]
@@ -69,6 +73,30 @@ class StatsPartial:
 
     def __hash__(self) -> int:
         return hash(StatsPartial)
+
+
+def _sparse_summary(x: Any) -> np.ndarray:
+    """The summary of a CSR row panel from its stored entries only (never densified)."""
+    r, n = x.shape
+    cols, vals = x.indices, np.asarray(x.data, dtype=np.float64)
+    stored = np.bincount(cols, minlength=n)
+    out = np.empty((1, NROWS, n))
+    mean = np.bincount(cols, weights=vals, minlength=n) / r
+    out[0, COUNT] = r
+    out[0, MEAN] = mean
+    # Centered squares: stored entries, plus the implicit zeros' (0 - mean)².
+    out[0, M2] = np.bincount(cols, weights=(vals - mean[cols]) ** 2, minlength=n) \
+        + (r - stored) * mean**2
+    lo, hi = np.full(n, np.inf), np.full(n, -np.inf)
+    np.minimum.at(lo, cols, vals)
+    np.maximum.at(hi, cols, vals)
+    has_zero = stored < r
+    out[0, MIN] = np.where(has_zero, np.minimum(lo, 0.0), lo)
+    out[0, MAX] = np.where(has_zero, np.maximum(hi, 0.0), hi)
+    out[0, L1] = np.bincount(cols, weights=np.abs(vals), minlength=n)
+    out[0, SUMSQ] = np.bincount(cols, weights=vals**2, minlength=n)
+    out[0, NNZ] = np.bincount(cols[vals != 0], minlength=n)
+    return out
 
 
 class StatsMerge:

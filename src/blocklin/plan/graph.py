@@ -71,6 +71,7 @@ class ArrayNode:
     url: str | None = None
     out_url: str | None = None
     fingerprint: str | None = None
+    format: str = "dense"
 
     @property
     def is_source(self) -> bool:
@@ -87,12 +88,13 @@ class ArrayNode:
     def resolve(self, work_dir: str) -> ArrayMeta:
         url = self.url or self.out_url or join_url(work_dir, self.name)
         return ArrayMeta(url=url, shape=self.shape, chunks=self.chunks, dtype=self.dtype,
-                         codec=self.codec)
+                         codec=self.codec, format=self.format)
 
     @classmethod
     def from_meta(cls, meta: ArrayMeta, fingerprint: str) -> ArrayNode:
         return cls(name=f"src-{fingerprint[:20]}", shape=meta.shape, chunks=meta.chunks,
-                   dtype=meta.dtype, codec=meta.codec, url=meta.url, fingerprint=fingerprint)
+                   dtype=meta.dtype, codec=meta.codec, url=meta.url, fingerprint=fingerprint,
+                   format=meta.format)
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from blocklin.config import DEFAULT_BLOCK_BYTES
-from blocklin.errors import IncompleteArrayError, InputDtypeError, InputValueError
+from blocklin.errors import IncompleteArrayError, InputValueError
 from blocklin.storage.chunkio import read_block, read_region, write_block
 from blocklin.storage.codecs import choose_codec
 from blocklin.storage.meta import ATTRS_NAMESPACE, ArrayMeta, check_numeric_dtype, read_meta, write_meta
@@ -269,8 +269,10 @@ def from_array(x: Any, path: str | os.PathLike[str], chunks: Any = None, *,
     is_dask = isinstance(x, da.Array)
     if not is_dask:
         if hasattr(x, "tocsr") and hasattr(x, "nnz"):
-            raise InputDtypeError("sparse input needs blocklin's sparse storage, not from_array "
-                                  "of a dense matrix")
+            from blocklin.storage.sparse import from_sparse
+
+            return from_sparse(x, path, chunks, overwrite=overwrite, check_finite=check_finite,
+                               attrs=attrs)
         x = np.asarray(x)
     dtype = check_numeric_dtype(x.dtype)
     shape = _check_shape(tuple(x.shape))
@@ -337,6 +339,10 @@ def open_matrix(path: str | os.PathLike[str], *, allow_incomplete: bool = False)
     """
     store = store_for(path)
     meta = read_meta(store)
+    if meta is None:
+        from blocklin.storage.sparse import read_sparse_meta
+
+        meta = read_sparse_meta(store)
     if meta is None:
         if store.exists(".zarray"):
             return _open_v2(store)

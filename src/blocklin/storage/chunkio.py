@@ -70,6 +70,11 @@ def read_block(store: Store, meta: ArrayMeta, index: BlockIndex,
     CorruptChunkError
         If the chunk's checksum does not match or it cannot be decoded.
     """
+    if meta.format != "dense":
+        # Sparse arrays: a scipy.sparse CSR row block (storage/sparse.py).
+        from blocklin.storage.sparse import read_csr_block
+
+        return read_csr_block(store, meta, index)  # type: ignore[return-value]
     meta.check_index(index)
     if meta.codec is None:
         return _read_generic(store, meta, meta.block_slices(index), index)
@@ -129,6 +134,8 @@ def read_region(store: Store, meta: ArrayMeta, region: tuple[slice, ...]) -> np.
 
     for index in product(*ranges):
         block = read_block(store, meta, index)
+        if meta.format != "dense":
+            block = block.toarray()
         sl = meta.block_slices(index)
         src, dst = [], []
         for s, a, b in zip(sl, starts, stops, strict=True):

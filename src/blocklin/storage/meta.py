@@ -54,6 +54,8 @@ class ArrayMeta:
     chunks: Shape
     dtype: str
     codec: ChunkCodec | None = ChunkCodec()
+    #: Block layout: "dense" chunks, or "csr" row blocks (see ``storage/sparse.py``).
+    format: str = "dense"
     attrs: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
 
     @property
