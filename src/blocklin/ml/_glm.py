@@ -12,7 +12,7 @@ import scipy.linalg
 
 from blocklin.errors import InputDtypeError, InputValueError, ShapeMismatchError
 from blocklin.ml._solvers import TrainData, lbfgs, owlqn
-from blocklin.ml._validation import _is_dask, is_stored, stored_matrix
+from blocklin.ml._validation import _is_dask, is_stored, stored_matrix, validate_features
 from blocklin.ops.glm import loss_grad_spec, moments_spec, unpack_grad
 
 __all__ = [
@@ -20,6 +20,7 @@ __all__ = [
     "Moments",
     "check_common_params",
     "compute_options",
+    "features",
     "iterative_fit",
     "labels_1d",
     "penalties",
@@ -61,6 +62,17 @@ def compute_options(est: Any) -> dict[str, Any]:
     return opts
 
 
+def features(est: Any, X: Any, *, reset: bool) -> Any:
+    """Validate X (see :func:`blocklin.ml._validation.validate_features`); scipy sparse
+    matrices are accepted in memory (each chunk is densified inside the kernels)."""
+    if hasattr(X, "tocsr") and hasattr(X, "nnz"):
+        from sklearn.utils.validation import validate_data
+
+        return validate_data(est, X, reset=reset, accept_sparse=["csr", "csc"],
+                             dtype=[np.float64, np.float32]).tocsr()
+    return validate_features(est, X, reset=reset)
+
+
 def labels_1d(y: Any, X: Any) -> Any:
     """Validate labels: a finite numeric n-vector (or a stored column when X is stored)."""
     n = int(X.shape[0])
@@ -79,7 +91,9 @@ def labels_1d(y: Any, X: Any) -> Any:
         raise InputValueError("requires y to be passed, but the target y is None")
     arr = check_array(y, ensure_2d=False, dtype=np.float64, input_name="y")
     if arr.ndim == 2 and arr.shape[1] == 1:
-        arr = arr[:, 0]
+        from sklearn.utils import column_or_1d
+
+        arr = column_or_1d(arr, warn=True)  # scikit-learn's DataConversionWarning
     if arr.ndim != 1:
         raise InputValueError(f"y must be one column; got shape {arr.shape}")
     if arr.shape[0] != n:

@@ -330,5 +330,5 @@ def _weights(sample_weight: Any, n: int) -> np.ndarray:
     if not np.all(np.isfinite(w)) or np.any(w < 0):
         raise InputValueError("sample_weight must be finite and non-negative")
     if not w.sum() > 0:
-        raise InputValueError("sample_weight must have a positive sum")
+        raise InputValueError("sample_weight are all zero: the weights need a positive sum")
     return w

@@ -15,6 +15,7 @@ from blocklin.ml._glm import (
     Moments,
     check_common_params,
     compute_options,
+    features,
     iterative_fit,
     labels_1d,
     penalties,
@@ -30,7 +31,6 @@ from blocklin.ml._solvers import (
     training_data,
 )
 from blocklin.ml._summary import LinearRegressionSummary, linear_summary
-from blocklin.ml._validation import validate_features
 from blocklin.ops.glm import (
     PassSpec,
     merge_moments,
@@ -177,7 +177,7 @@ class LinearRegression(RegressorMixin, BaseEstimator):  # type: ignore[misc]
             For bad parameters or input, before any pass over the data.
         """
         solver = self._check_params()
-        Xv = validate_features(self, X, reset=True)
+        Xv = features(self, X, reset=True)
         yv = labels_1d(y, Xv)
         with training_data(self, Xv, yv, sample_weight, compute_options(self)) as data:
             fit, stats = self._fit_data(data, solver)
@@ -208,7 +208,7 @@ class LinearRegression(RegressorMixin, BaseEstimator):  # type: ignore[misc]
             raise InputValueError(f"partial_fit updates normal-equation fits; solver is {solver!r}."
                                   " Use solver='normal' or 'auto'")
         old = self._load_state()
-        Xv = validate_features(self, X, reset=old is None)
+        Xv = features(self, X, reset=old is None)
         yv = labels_1d(y, Xv)
         with training_data(self, Xv, yv, sample_weight, compute_options(self)) as data:
             new = data.run(moments_spec(data.n_features, 1, data.has_weights,
@@ -227,7 +227,7 @@ class LinearRegression(RegressorMixin, BaseEstimator):  # type: ignore[misc]
     def predict(self, X: Any) -> np.ndarray:
         """Predictions Xβ + b (an n-vector; one pass over stored X)."""
         check_is_fitted(self, "coef_")
-        Xv = validate_features(self, X, reset=False)
+        Xv = features(self, X, reset=False)
         return predict_margin(Xv, self.coef_[:, None], self.intercept_, self)[:, 0]
 
     @property
@@ -239,7 +239,7 @@ class LinearRegression(RegressorMixin, BaseEstimator):  # type: ignore[misc]
             if train is None:
                 raise InputValueError("no training summary after partial_fit; call fit")
             X, y, w = train
-            Xv = validate_features(self, X, reset=False)
+            Xv = features(self, X, reset=False)
             with training_data(self, Xv, labels_1d(y, Xv), w, compute_options(self)) as data:
                 self._summary = linear_summary(self, data)
         assert self._summary is not None

@@ -15,13 +15,14 @@ from blocklin.ml._glm import (
     Moments,
     check_common_params,
     compute_options,
+    features,
     iterative_fit,
     penalties,
     predict_margin,
 )
 from blocklin.ml._solvers import TrainData, coordinate_descent, solve_quadratic, training_data
 from blocklin.ml._summary import LogisticRegressionSummary, logistic_summary
-from blocklin.ml._validation import is_stored, validate_features
+from blocklin.ml._validation import is_stored
 from blocklin.ops.glm import moments_spec, newton_spec
 from blocklin.types import (
     LOGISTIC_FAMILIES,
@@ -104,7 +105,7 @@ class LogisticRegression(ClassifierMixin, BaseEstimator):  # type: ignore[misc]
         check_common_params(self)
         solver = parse_option("solver", self.solver, LOGISTIC_SOLVERS)
         family = parse_option("family", self.family, LOGISTIC_FAMILIES)
-        Xv = validate_features(self, X, reset=True)
+        Xv = features(self, X, reset=True)
         codes = self._encode(y, Xv)
         k = len(self.classes_)
         if family == "auto":
@@ -138,7 +139,7 @@ class LogisticRegression(ClassifierMixin, BaseEstimator):  # type: ignore[misc]
             raise InputValueError("requires y to be passed, but the target y is None")
         from sklearn.utils import column_or_1d
 
-        y = column_or_1d(y, warn=False)
+        y = column_or_1d(y, warn=True)
         if y.shape[0] != X.shape[0]:
             raise InputValueError(f"X has {X.shape[0]} rows but y has {y.shape[0]}")
         check_classification_targets(y)
@@ -217,7 +218,7 @@ class LogisticRegression(ClassifierMixin, BaseEstimator):  # type: ignore[misc]
     def decision_function(self, X: Any) -> np.ndarray:
         """Margins Xβ + b: shape (n,) for binomial, (n, n_classes) for multinomial."""
         check_is_fitted(self, "coef_")
-        Xv = validate_features(self, X, reset=False)
+        Xv = features(self, X, reset=False)
         m = predict_margin(Xv, self.coef_.T, self.intercept_, self)
         return m[:, 0] if m.shape[1] == 1 else m
 
@@ -249,7 +250,7 @@ class LogisticRegression(ClassifierMixin, BaseEstimator):  # type: ignore[misc]
             if train is None:
                 raise InputValueError("the training data of this model are not available")
             X, y, w = train
-            Xv = validate_features(self, X, reset=False)
+            Xv = features(self, X, reset=False)
             codes = np.searchsorted(self.classes_, _as_1d(y)).astype(np.float64)
             with training_data(self, Xv, codes, w, compute_options(self)) as data:
                 self._summary = logistic_summary(self, data, self._family, self._coef_full)

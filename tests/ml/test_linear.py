@@ -1,0 +1,228 @@
+"""LinearRegression against closed forms and scikit-learn, on every solver."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from sklearn.datasets import load_diabetes
+from sklearn.linear_model import ElasticNet, Lasso, Ridge
+from sklearn.metrics import mean_absolute_error, r2_score
+
+import blocklin as bl
+from blocklin.errors import InputDtypeError, InputValueError
+from blocklin.ml import LinearRegression
+from blocklin.types import SOLVERS
+
+L1_SOLVERS = ("auto", "normal", "lbfgs", "owlqn")
+
+
+def make_data(n: int = 400, p: int = 6, seed: int = 0) -> tuple[np.ndarray, np.ndarray,
+                                                                 np.ndarray]:
+    rng = np.random.default_rng(seed)
+    X = rng.normal(size=(n, p)) * rng.uniform(0.5, 4, size=p) + rng.normal(size=p) * 3
+    y = X @ rng.normal(size=p) + 5.0 + rng.normal(size=n) * 2
+    w = rng.uniform(0.2, 3.0, size=n)
+    return X, y, w
+
+
+def weighted_ols(X: np.ndarray, y: np.ndarray, w: np.ndarray, intercept: bool) -> np.ndarray:
+    Z = np.column_stack([X, np.ones(len(y))]) if intercept else X
+    sw = np.sqrt(w)
+    beta: np.ndarray = np.linalg.lstsq(Z * sw[:, None], y * sw, rcond=None)[0]
+    return beta
+
+
+def tight(solver: str, **kw: object) -> LinearRegression:
+    return LinearRegression(solver=solver, tol=1e-13, max_iter=500, **kw)  # type: ignore[arg-type]
+
+
+# Iterative solvers stop on a relative objective decrease; their coefficients are
+# accurate to about the square root of that (1e-13 -> ~1e-6 relative).
+TOL = {"auto": 1e-10, "normal": 1e-10, "qr": 1e-10, "sketch": 1e-8, "lbfgs": 1e-5,
+       "owlqn": 1e-5}
+
+
+@pytest.mark.parametrize("intercept", [True, False])
+@pytest.mark.parametrize("solver", SOLVERS)
+def test_weighted_ols_every_solver(solver: str, intercept: bool) -> None:
+    X, y, w = make_data()
+    model = tight(solver, fit_intercept=intercept).fit(X, y, sample_weight=w)
+    ref = weighted_ols(X, y, w, intercept)
+    got = np.concatenate([model.coef_, [model.intercept_]]) if intercept else model.coef_
+    np.testing.assert_allclose(got, ref, rtol=TOL[solver], atol=TOL[solver] * np.abs(ref).max())
+    assert model.solver_ in SOLVERS
+
+
+@pytest.mark.parametrize("solver", ["normal", "qr", "lbfgs", "sketch"])
+def test_ridge_matches_sklearn(solver: str) -> None:
+    X, y, w = make_data(seed=1)
+    lam = 0.7
+    model = tight(solver, reg_param=lam).fit(X, y, sample_weight=w)
+    # sklearn's Ridge minimizes Σw r² + a‖β‖²: a = λ·Σw for MLlib's 1/(2W)Σw r² + λ/2‖β‖².
+    ref = Ridge(alpha=lam * w.sum()).fit(X, y, sample_weight=w)
+    np.testing.assert_allclose(model.coef_, ref.coef_, rtol=TOL[solver])
+    np.testing.assert_allclose(model.intercept_, ref.intercept_, rtol=TOL[solver])
+
+
+@pytest.mark.parametrize("solver", L1_SOLVERS)
+@pytest.mark.parametrize("alpha", [1.0, 0.5])
+def test_lasso_elastic_net_match_sklearn(solver: str, alpha: float) -> None:
+    X, y, _ = make_data(seed=2)
+    lam = 0.3
+    model = tight(solver, reg_param=lam, elastic_net_param=alpha).fit(X, y)
+    # scikit-learn's ElasticNet objective is MLlib's: 1/(2n)‖r‖² + a·ρ‖β‖₁ + a(1−ρ)/2‖β‖².
+    ref = (Lasso(alpha=lam, tol=1e-14, max_iter=100_000) if alpha == 1.0 else
+           ElasticNet(alpha=lam, l1_ratio=alpha, tol=1e-14, max_iter=100_000)).fit(X, y)
+    tol = 1e-8 if solver in ("auto", "normal") else 1e-4
+    np.testing.assert_allclose(model.coef_, ref.coef_, rtol=tol, atol=tol)
+    np.testing.assert_allclose(model.intercept_, ref.intercept_, rtol=tol)
+
+
+def test_diabetes_ols_ridge_lasso() -> None:
+    X, y = load_diabetes(return_X_y=True)
+    n = len(y)
+    ols = LinearRegression().fit(X, y)
+    np.testing.assert_allclose(ols.coef_, weighted_ols(X, y, np.ones(n), True)[:-1], rtol=1e-9)
+    ridge = LinearRegression(reg_param=1e-3).fit(X, y)
+    np.testing.assert_allclose(ridge.coef_, Ridge(alpha=1e-3 * n).fit(X, y).coef_, rtol=1e-9)
+    lasso = LinearRegression(reg_param=0.05, elastic_net_param=1.0).fit(X, y)
+    ref = Lasso(alpha=0.05, tol=1e-14, max_iter=100_000).fit(X, y)
+    np.testing.assert_allclose(lasso.coef_, ref.coef_, rtol=1e-7, atol=1e-6)
+    assert (lasso.coef_ == 0).sum() == (ref.coef_ == 0).sum() > 0
+
+
+def test_standardization_penalizes_standardized_coefficients() -> None:
+    X, y, _ = make_data(seed=3)
+    lam, alpha = 0.2, 0.4
+    model = LinearRegression(reg_param=lam, elastic_net_param=alpha,
+                             standardization=True).fit(X, y)
+    sd = X.std(axis=0, ddof=1)
+    # Closed form by change of variables: fit on X/σ with the plain penalty, map back.
+    ref = ElasticNet(alpha=lam, l1_ratio=alpha, tol=1e-14, max_iter=100_000).fit(X / sd, y)
+    np.testing.assert_allclose(model.coef_, ref.coef_ / sd, rtol=1e-7, atol=1e-9)
+
+
+def test_label_scaling_mllib_divides_l2_by_label_std() -> None:
+    X, y, _ = make_data(seed=4)
+    y = 8.0 * y
+    lam = 0.1
+    plain = LinearRegression(reg_param=lam).fit(X, y)
+    mllib = LinearRegression(reg_param=lam, label_scaling="mllib").fit(X, y)
+    n = len(y)
+    np.testing.assert_allclose(plain.coef_, Ridge(alpha=lam * n).fit(X, y).coef_, rtol=1e-10)
+    sy = y.std(ddof=1)
+    np.testing.assert_allclose(mllib.coef_, Ridge(alpha=lam * n / sy).fit(X, y).coef_,
+                               rtol=1e-10)
+    assert np.abs(plain.coef_ - mllib.coef_).max() > 1e-3
+
+
+def test_partial_fit_equals_refit(tmp_path: Path) -> None:
+    X, y, w = make_data(n=1000, seed=5)
+    state = str(tmp_path / "state.zarr")
+    full = LinearRegression(reg_param=0.05).fit(X, y, sample_weight=w)
+    first = LinearRegression(reg_param=0.05, solver="normal", state_path=state)
+    first.fit(X[:600], y[:600], sample_weight=w[:600])
+    assert first.n_passes_ == 1
+    # A new process: a fresh estimator on the same state path reads only the new rows.
+    later = LinearRegression(reg_param=0.05, state_path=state)
+    later.partial_fit(X[600:], y[600:], sample_weight=w[600:])
+    assert later.n_passes_ == 1
+    np.testing.assert_allclose(later.coef_, full.coef_, rtol=1e-10)
+    np.testing.assert_allclose(later.intercept_, full.intercept_, rtol=1e-10)
+    np.testing.assert_allclose(later.sufficient_stats_, full.sufficient_stats_, rtol=1e-10,
+                               atol=1e-10 * np.abs(full.sufficient_stats_).max())
+
+
+def test_partial_fit_on_stored_blocks(tmp_path: Path) -> None:
+    X, y, _ = make_data(n=900, seed=6)
+    A1 = bl.from_array(X[:500], tmp_path / "a1.zarr", chunks=(128, None))
+    A2 = bl.from_array(X[500:], tmp_path / "a2.zarr", chunks=(100, None))
+    m = LinearRegression(solver="normal", work_dir=str(tmp_path / "w")).fit(A1, y[:500])
+    m.partial_fit(A2, y[500:])
+    np.testing.assert_allclose(m.coef_, weighted_ols(X, y, np.ones(900), True)[:-1], rtol=1e-10)
+
+
+def test_summary_matches_closed_forms() -> None:
+    import scipy.stats
+
+    X, y, _ = make_data(n=300, p=4, seed=7)
+    for solver in ("normal", "qr"):
+        m = LinearRegression(solver=solver).fit(X, y)
+        s = m.summary
+        pred = m.predict(X)
+        n, p = X.shape
+        Z = np.column_stack([X, np.ones(n)])
+        resid = y - pred
+        sigma2 = resid @ resid / (n - p - 1)
+        se = np.sqrt(np.diag(np.linalg.inv(Z.T @ Z)) * sigma2)
+        assert s.coefficient_standard_errors is not None and s.p_values is not None
+        np.testing.assert_allclose(s.coefficient_standard_errors, se, rtol=1e-8)
+        tv = np.concatenate([m.coef_, [m.intercept_]]) / se
+        np.testing.assert_allclose(s.p_values, 2 * scipy.stats.t.sf(np.abs(tv), n - p - 1),
+                                   rtol=1e-6, atol=1e-300)
+        np.testing.assert_allclose(s.r2, r2_score(y, pred), rtol=1e-10)
+        np.testing.assert_allclose(s.r2adj, 1 - (1 - s.r2) * (n - 1) / (n - p - 1), rtol=1e-12)
+        np.testing.assert_allclose(s.mean_absolute_error, mean_absolute_error(y, pred), rtol=1e-10)
+        np.testing.assert_allclose(s.root_mean_squared_error, np.sqrt(np.mean(resid**2)),
+                                   rtol=1e-10)
+        np.testing.assert_allclose(s.explained_variance, np.mean((pred - y.mean()) ** 2),
+                                   rtol=1e-10)
+        assert s.degrees_of_freedom == n - p - 1
+    lb = LinearRegression(solver="lbfgs").fit(X, y)
+    assert lb.summary.coefficient_standard_errors is None
+    assert len(lb.summary.objective_history) == lb.n_iter_ + 1
+
+
+def test_blockmatrix_input_multi_column_blocks_and_weights(tmp_path: Path) -> None:
+    X, y, w = make_data(n=700, p=7, seed=8)
+    A = bl.from_array(X, tmp_path / "X.zarr", chunks=(128, 3))
+    for solver in ("normal", "qr", "lbfgs", "sketch"):
+        m = tight(solver, work_dir=str(tmp_path / "w")).fit(A, y, sample_weight=w)
+        ref = weighted_ols(X, y, w, True)
+        np.testing.assert_allclose(m.coef_, ref[:-1], rtol=TOL[solver])
+        np.testing.assert_allclose(m.predict(A), X @ m.coef_ + m.intercept_, rtol=1e-12)
+
+
+def test_sparse_input() -> None:
+    import scipy.sparse
+
+    X, y, _ = make_data(seed=9)
+    Xs = scipy.sparse.random(400, 6, density=0.3, random_state=0, format="csr")
+    y = Xs @ np.arange(1.0, 7.0) + 1.0
+    m = LinearRegression().fit(Xs, y)
+    np.testing.assert_allclose(m.coef_, np.arange(1.0, 7.0), rtol=1e-9)
+    np.testing.assert_allclose(m.predict(Xs), y, rtol=1e-9)
+
+
+@pytest.mark.parametrize(("params", "error"), [
+    ({"reg_param": -1.0}, InputValueError),
+    ({"elastic_net_param": 1.5}, InputValueError),
+    ({"solver": "QR"}, InputValueError),
+    ({"solver": 3}, InputDtypeError),
+    ({"max_iter": 2.5}, InputDtypeError),
+    ({"label_scaling": "spark"}, InputValueError),
+    ({"solver": "qr", "reg_param": 0.1, "elastic_net_param": 1.0}, InputValueError),
+    ({"solver": "sketch", "reg_param": 0.1, "elastic_net_param": 0.5}, InputValueError),
+])
+def test_bad_parameters_rejected_before_compute(params: dict[str, object],
+                                               error: type[Exception], tmp_path: Path) -> None:
+    X, y, _ = make_data(n=50)
+    work = tmp_path / "w"
+    with pytest.raises(error):
+        LinearRegression(work_dir=str(work), **params).fit(X, y)  # type: ignore[arg-type]
+    assert not work.exists()
+
+
+def test_partial_fit_refuses_other_solvers() -> None:
+    X, y, _ = make_data(n=50)
+    with pytest.raises(InputValueError, match="partial_fit"):
+        LinearRegression(solver="qr").partial_fit(X, y)
+
+
+def test_check_estimator() -> None:
+    from sklearn.utils.estimator_checks import check_estimator
+
+    # on_skip=None: the array-API check skips itself without SCIPY_ARRAY_API (not a failure).
+    check_estimator(LinearRegression(), on_skip=None)
