@@ -16,17 +16,18 @@ SCRIPT = textwrap.dedent("""
     import numpy as np
     import blocklin as bl
 
+    def peak():
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     rows, cols, block, root = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+    imported = peak()
     # Written block by block from a lazy dask array: never whole in this process.
     x = da.random.default_rng(0).standard_normal((rows, cols), chunks=(block, cols))
     A = bl.from_array(x, root + "/A.zarr", chunks=(block, None), codec="none")
-    def peak():
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     before = peak()
     res = bl.ops.randomized_svd(A, 10, n_iter=1, work_dir=root + "/w",
                                 max_task_memory="32MiB", num_workers=2)
     u = res.U
-    print(json.dumps({"before": before, "after": peak(), "s0": float(res.s[0]),
+    print(json.dumps({"imported": imported, "before": before, "after": peak(), "s0": float(res.s[0]),
                       "u_rows": u.shape[0], "passes": res.passes}))
 """)
 
@@ -37,11 +38,11 @@ def test_peak_rss_bounded_for_matrix_larger_than_task_memory(tmp_path: Path) -> 
     assert out.returncode == 0, out.stderr[-3000:]
     got = json.loads(out.stdout.strip().splitlines()[-1])
     matrix_bytes = ROWS * COLS * 8
-    # 256 MB of data, 32 MiB per task, 2 workers: the SVD (3 passes) and U (1 pass) must
-    # not hold the matrix. Generous bound: 120 MB over the peak reached while writing it
-    # (a few blocks in flight), under half the matrix.
-    assert got["after"] - got["before"] <= 120 * 2**20, got
-    assert got["after"] - got["before"] < matrix_bytes / 2
+    # 256 MB of data, 32 MiB per task, 2 workers: writing it, the SVD (3 passes) and U
+    # (1 pass) must not hold the matrix. Generous bound: 160 MB over the process's peak
+    # after imports (a few blocks in flight per worker), well under the matrix.
+    assert got["after"] - got["imported"] <= 160 * 2**20, got
+    assert got["after"] - got["imported"] < 0.65 * matrix_bytes
     assert got["u_rows"] == ROWS
     assert got["passes"] == 3
     # Gaussian entries: σ₁ ≈ √rows + √cols (Marchenko–Pastur edge).
