@@ -188,7 +188,6 @@ def test_blockmatrix_input_multi_column_blocks_and_weights(tmp_path: Path) -> No
 def test_sparse_input() -> None:
     import scipy.sparse
 
-    X, y, _ = make_data(seed=9)
     Xs = scipy.sparse.random(400, 6, density=0.3, random_state=0, format="csr")
     y = Xs @ np.arange(1.0, 7.0) + 1.0
     m = LinearRegression().fit(Xs, y)
