@@ -2,6 +2,7 @@
 
 from blocklin.ops.products import gram, matmul
 from blocklin.ops.sketch import sketch
+from blocklin.ops.sketched_matmul import SketchedProduct, sketched_matmul
 from blocklin.ops.stats import ColumnStats, column_stats
 from blocklin.ops.svd import PCAResult, TruncatedSVDResult, pca, randomized_svd
 from blocklin.ops.svd_update import SVDState, svd_update
@@ -13,7 +14,8 @@ __all__ = [
            "ColumnStats",
            "PCAResult",
            "SVDFactors",
-    "SVDState",
+           "SVDState",
+           "SketchedProduct",
            "TruncatedSVDResult",
            "center",
            "column_stats",
@@ -23,9 +25,10 @@ __all__ = [
            "randomized_svd",
            "scale",
            "sketch",
+           "sketched_matmul",
            "standardize",
            "svd",
-    "svd_update",
+           "svd_update",
            "tsqr",
            "tsqr_r",
 ]

@@ -50,7 +50,7 @@ _COMPONENTS = ("data", "indices", "indptr")
 _RAW = ChunkCodec("none")
 
 
-class CSRBlock(sp.csr_matrix):
+class CSRBlock(sp.csr_matrix):  # type: ignore[misc]
     """A CSR row block as read from storage; ``nbytes`` counts its three components."""
 
     @property
@@ -99,7 +99,7 @@ def _write_block(store: Store, i: int, block: sp.csr_matrix, dtype: np.dtype[Any
 def _default_rows(x: sp.csr_matrix, itemsize: int) -> int:
     # Same rule as dense panels (about 64 MiB dense-equivalent per block) so that the
     # planner's per-task memory projection, which counts dense chunk bytes, stays valid.
-    return max(1, min(x.shape[0], DEFAULT_BLOCK_BYTES // max(1, x.shape[1] * itemsize)))
+    return max(1, min(int(x.shape[0]), DEFAULT_BLOCK_BYTES // max(1, int(x.shape[1]) * itemsize)))
 
 
 def _parse_rows(chunks: Any, x: sp.csr_matrix, itemsize: int) -> int:
