@@ -1,0 +1,335 @@
+"""Truncated SVD: blocklin vs dask ``svd_compressed``, scikit-learn and Spark MLlib.
+
+Every contender reads the same zarr matrix (dense float64, a decaying spectrum:
+rows ``g·diag(d)·Vᵀ`` with Gaussian g, ``d_j = exp(-j/10)`` and a random rotation V),
+and runs in its own subprocess so its peak RSS (``ru_maxrss`` of that process) is its
+own. Times are medians over ``--repeat`` runs, measured inside the subprocess
+(imports and process start excluded; data loading included unless listed apart).
+Accuracy is the largest relative error of the top-k singular values against
+LAPACK's exact spectrum (``numpy.linalg.svd`` of the whole matrix, computed once).
+
+    flock /tmp/blocklin-heavy.lock .venv/bin/python benchmarks/bench_svd.py --rows 200000
+    .venv/bin/python benchmarks/bench_svd.py --quick
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+HERE = Path(__file__).resolve()
+
+
+# -- data ---------------------------------------------------------------------------------
+def _spectrum_block(g: np.ndarray, d: np.ndarray, vt: np.ndarray) -> np.ndarray:
+    return (g * d) @ vt
+
+
+def make_data(path: Path, rows: int, cols: int, chunk: int, seed: int) -> Any:
+    """Write (once) the benchmark matrix block by block; never whole in memory."""
+    import dask.array as da
+
+    import blocklin as bl
+
+    if (path / "zarr.json").exists():
+        A = bl.open(path)
+        if A.shape == (rows, cols) and A.chunks[0] == chunk:
+            return A
+    rng = np.random.default_rng(seed)
+    v, _ = np.linalg.qr(rng.standard_normal((cols, cols)))
+    d = np.exp(-np.arange(cols) / 10.0)
+    g = da.random.default_rng(seed + 1).standard_normal((rows, cols), chunks=(chunk, cols))
+    x = g.map_blocks(_spectrum_block, d, v.T, dtype=np.float64)
+    return bl.from_array(x, path, chunks=(chunk, None), codec="none", overwrite=True)
+
+
+# -- contenders (each runs in a subprocess: ``--worker NAME``) ----------------------------
+def w_exact(a: argparse.Namespace) -> dict[str, Any]:
+    import blocklin as bl
+
+    x = bl.open(a.url).to_numpy()
+    t0 = time.perf_counter()
+    s = np.linalg.svd(x, compute_uv=False)
+    return {"seconds": time.perf_counter() - t0, "s": s.tolist()}
+
+
+def w_blocklin(a: argparse.Namespace) -> dict[str, Any]:
+    import blocklin as bl
+
+    A = bl.open(a.url)
+    t0 = time.perf_counter()
+    res = bl.ops.randomized_svd(A, a.k, oversample=a.oversample, n_iter=a.n_iter, seed=0,
+                                method=a.method, work_dir=a.work, num_workers=a.cores)
+    t1 = time.perf_counter()
+    out = {"seconds": t1 - t0, "s": res.s.tolist(), "passes": res.passes}
+    if a.with_u:
+        res.U  # noqa: B018 - forms U (one more pass)
+        out["u_seconds"] = time.perf_counter() - t1
+    return out
+
+
+def w_blocklin_exact(a: argparse.Namespace) -> dict[str, Any]:
+    import blocklin as bl
+
+    A = bl.open(a.url)
+    f = bl.ops.svd(A)
+    t0 = time.perf_counter()
+    s, _ = bl.compute(f.s, f.Vt, work_dir=a.work, num_workers=a.cores)
+    return {"seconds": time.perf_counter() - t0, "s": s[: a.k].tolist(), "passes": 1}
+
+
+def w_dask(a: argparse.Namespace) -> dict[str, Any]:
+    import dask
+    import dask.array as da
+
+    import blocklin as bl
+
+    A = bl.open(a.url)
+    t0 = time.perf_counter()
+    z = A.to_dask()
+    u, s, v = da.linalg.svd_compressed(z, a.k, n_power_iter=a.n_iter, n_oversamples=a.oversample,
+                                       seed=0)
+    with dask.config.set(scheduler="threads", num_workers=a.cores):
+        u, s, v = dask.compute(u, s, v)
+    return {"seconds": time.perf_counter() - t0, "s": np.asarray(s).tolist(),
+            "passes": 2 * a.n_iter + 2}
+
+
+def w_sklearn(a: argparse.Namespace) -> dict[str, Any]:
+    from sklearn.utils.extmath import randomized_svd
+
+    import blocklin as bl
+
+    t0 = time.perf_counter()
+    x = bl.open(a.url).to_numpy()
+    t1 = time.perf_counter()
+    _, s, _ = randomized_svd(x, a.k, n_oversamples=a.oversample, n_iter=a.n_iter,
+                             random_state=0)
+    return {"seconds": time.perf_counter() - t0, "load_seconds": t1 - t0, "s": s.tolist(),
+            "passes": 2 * a.n_iter + 2}
+
+
+def _rows_of_block(i: int, url: str) -> Any:
+    import blocklin as bl
+
+    return list(bl.open(url).block(i, 0))
+
+
+def w_mllib(a: argparse.Namespace) -> dict[str, Any]:
+    from pyspark.mllib.linalg.distributed import RowMatrix  # noqa: TID251
+
+    import blocklin as bl
+    from blocklin.executors.spark import local_session
+
+    A = bl.open(a.url)
+    spark = local_session(cores=a.cores, driver_memory="6g")
+    try:
+        sc, url = spark.sparkContext, a.url
+        t0 = time.perf_counter()
+        rdd = sc.parallelize(range(A.nblocks[0]), A.nblocks[0]) \
+            .flatMap(lambda i: _rows_of_block(i, url)).cache()
+        rdd.count()
+        t1 = time.perf_counter()
+        svd = RowMatrix(rdd).computeSVD(a.k, computeU=False)
+        s = np.asarray(svd.s.toArray())
+        t2 = time.perf_counter()
+    finally:
+        spark.stop()
+    return {"seconds": t2 - t0, "load_seconds": t1 - t0, "s": s.tolist()}
+
+
+def w_update(a: argparse.Namespace) -> dict[str, Any]:
+    """A 5% row append: svd_update of a persisted state (U stored) vs nothing else."""
+    import blocklin as bl
+    from blocklin.ops import SVDState, svd_update
+
+    A = bl.open(a.url)
+    B = bl.open(a.append_url)
+    res = bl.ops.randomized_svd(A, a.k, oversample=a.oversample, n_iter=a.n_iter,
+                                work_dir=a.work, num_workers=a.cores)
+    state_path = Path(a.work) / f"svd-state-{os.getpid()}"
+    state = SVDState.create(state_path, res)
+    t0 = time.perf_counter()
+    state = svd_update(state, B, work_dir=a.work, num_workers=a.cores)
+    return {"seconds": time.perf_counter() - t0, "s": state.s.tolist(), "passes": 2}
+
+
+WORKERS = {"exact": w_exact, "blocklin": w_blocklin, "blocklin_exact": w_blocklin_exact,
+           "dask": w_dask, "sklearn": w_sklearn, "mllib": w_mllib, "update": w_update}
+
+
+class PeakRSS:
+    """Peak resident memory of this process and its children (Spark's JVM, dask workers),
+    sampled every 20 ms. (``ru_maxrss`` would also count the parent's peak: Linux keeps
+    it across exec.)"""
+
+    def __init__(self) -> None:
+        import threading
+
+        self.peak = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        import psutil
+
+        me = psutil.Process()
+        while not self._stop.is_set():
+            total = 0
+            for p in [me, *me.children(recursive=True)]:
+                with contextlib.suppress(psutil.Error):
+                    total += p.memory_info().rss
+            self.peak = max(self.peak, total)
+            self._stop.wait(0.02)
+
+    def stop(self) -> int:
+        self._stop.set()
+        self._thread.join()
+        return self.peak
+
+
+def _warm_up(a: argparse.Namespace) -> None:
+    """First-call costs (lazy imports, BLAS/threadpool introspection) on a tiny matrix."""
+    import blocklin as bl
+
+    small = bl.from_array(np.random.default_rng(0).standard_normal((200, 20)),
+                          Path(a.work) / f"warm-{os.getpid()}.zarr", overwrite=True)
+    bl.ops.randomized_svd(small, 2, n_iter=0, work_dir=a.work).U  # noqa: B018
+    bl.compute(bl.ops.svd(small).s, work_dir=a.work)
+    if a.worker == "dask":
+        import dask.array as da
+
+        da.linalg.svd_compressed(small.to_dask(), 2, seed=0)[1].compute()
+
+
+def run_worker(a: argparse.Namespace) -> None:
+    _warm_up(a)
+    rss = PeakRSS()
+    out = WORKERS[a.worker](a)
+    out["peak_rss"] = rss.stop()
+    print("RESULT " + json.dumps(out))
+
+
+# -- driver -------------------------------------------------------------------------------
+def _spawn(a: argparse.Namespace, worker: str, **over: Any) -> dict[str, Any]:
+    opts = {**vars(a), **over}
+    cmd = [sys.executable, str(HERE), "--worker", worker]
+    for key in ("url", "append_url", "work", "k", "oversample", "n_iter", "method", "cores"):
+        if opts.get(key) is not None:
+            cmd += [f"--{key.replace('_', '-')}", str(opts[key])]
+    if opts.get("with_u"):
+        cmd.append("--with-u")
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
+    if proc.returncode != 0 or not lines:
+        raise RuntimeError(f"{worker} failed:\n{proc.stderr[-3000:]}")
+    result: dict[str, Any] = json.loads(lines[-1][len("RESULT "):])
+    return result
+
+
+def _measure(a: argparse.Namespace, worker: str, repeat: int, **over: Any) -> dict[str, Any]:
+    runs = [_spawn(a, worker, **over) for _ in range(repeat)]
+    out = dict(runs[-1])
+    for key in ("seconds", "u_seconds", "load_seconds"):
+        if key in out:
+            out[key] = statistics.median(r[key] for r in runs)
+    out["peak_rss"] = max(r["peak_rss"] for r in runs)
+    return out
+
+
+def _row(name: str, r: dict[str, Any], exact: np.ndarray, base: float) -> str:
+    s = np.asarray(r["s"])[: exact.size]
+    err = float(np.max(np.abs(s - exact[: s.size]) / exact[: s.size]))
+    passes = r.get("passes", "-")
+    return (f"{name:<44}{r['seconds']:>9.2f}{r['seconds'] / base:>8.2f}x{passes!s:>8}"
+            f"{r['peak_rss'] / 2**20:>10.0f}{err:>11.1e}")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--rows", type=int, default=200_000)
+    ap.add_argument("--cols", type=int, default=500)
+    ap.add_argument("--chunk-rows", type=int, default=16_384)
+    ap.add_argument("--k", type=int, default=50)
+    ap.add_argument("--oversample", type=int, default=10)
+    ap.add_argument("--n-iter", type=int, default=2)
+    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--dask-iters", default="", help="extra dask n_iter values, e.g. 4,8")
+    ap.add_argument("--skip", default="", help="contenders to skip: mllib,sklearn,dask,update")
+    ap.add_argument("--quick", action="store_true", help="20,000 x 200, k=20, one run")
+    ap.add_argument("--data", type=Path, default=HERE.parent / "data")
+    # worker-side options
+    ap.add_argument("--worker", choices=sorted(WORKERS))
+    ap.add_argument("--url")
+    ap.add_argument("--append-url")
+    ap.add_argument("--work")
+    ap.add_argument("--method", default="power")
+    ap.add_argument("--cores", type=int, default=os.cpu_count() or 1)
+    ap.add_argument("--with-u", action="store_true")
+    a = ap.parse_args()
+    if a.worker:
+        run_worker(a)
+        return
+    if a.quick:
+        a.rows, a.cols, a.k, a.repeat, a.chunk_rows = 20_000, 200, 20, 1, 4096
+    report(a)
+
+
+def report(a: argparse.Namespace) -> None:
+    a.data.mkdir(parents=True, exist_ok=True)
+    tag = f"{a.rows}x{a.cols}"
+    A = make_data(a.data / f"svd_{tag}.zarr", a.rows, a.cols, a.chunk_rows, seed=0)
+    B = make_data(a.data / f"svd_{tag}_append5.zarr", a.rows // 20, a.cols, a.chunk_rows, seed=7)
+    a.url, a.append_url = A.url, B.url
+    a.work = tempfile.mkdtemp(prefix="bench-svd-", dir=a.data)
+    skip = set(filter(None, a.skip.split(",")))
+    exact_file = a.data / f"svd_{tag}_exact.npy"
+    if not exact_file.exists():
+        np.save(exact_file, np.asarray(_spawn(a, "exact")["s"]))
+    exact = np.load(exact_file)[: a.k]
+    print(f"A: {a.rows} x {a.cols} float64 ({A.nbytes / 2**20:.0f} MiB, {A.nblocks[0]} row "
+          f"blocks of {A.chunks[0]}), k={a.k}, oversample={a.oversample}, n_iter={a.n_iter}, "
+          f"{a.cores} cores, median of {a.repeat}; σ₁={exact[0]:.4g}, σ_k={exact[-1]:.4g}")
+    rows: list[tuple[str, dict[str, Any]]] = []
+    base = _measure(a, "blocklin", a.repeat, method="power", with_u=True)
+    rows.append((f"blocklin power (n_iter={a.n_iter})", base))
+    for method in ("krylov", "gram"):
+        rows.append((f"blocklin {method}", _measure(a, "blocklin", a.repeat, method=method)))
+    rows.append(("blocklin exact (TSQR svd, s+Vt)", _measure(a, "blocklin_exact", a.repeat)))
+    if "dask" not in skip:
+        for it in [a.n_iter] + [int(i) for i in a.dask_iters.split(",") if i]:
+            rows.append((f"dask svd_compressed threads (n_iter={it})",
+                         _measure(a, "dask", a.repeat, n_iter=it)))
+    if "sklearn" not in skip:
+        rows.append(("sklearn randomized_svd in memory (+load)", _measure(a, "sklearn", a.repeat)))
+    if "mllib" not in skip:
+        rows.append(("Spark MLlib computeSVD (load + compute)", _measure(a, "mllib", 1)))
+    t0 = base["seconds"]
+    print(f"\n{'contender':<44}{'seconds':>9}{'ratio':>9}{'passes':>8}{'peak MiB':>10}"
+          f"{'max rel err':>11}")
+    for name, r in rows:
+        print(_row(name, r, exact, t0))
+    print(f"\nblocklin power: U formed on demand in {base.get('u_seconds', 0):.2f} s (1 pass)")
+    for name, r in rows:
+        if "load_seconds" in r:
+            print(f"{name}: of which loading {r['load_seconds']:.2f} s")
+    if "update" not in skip:
+        up = _measure(a, "update", a.repeat)
+        print(f"update for a 5% row append ({B.shape[0]} rows): {up['seconds']:.2f} s = "
+              f"{up['seconds'] / t0:.1%} of the blocklin power recompute of A ({t0:.2f} s)")
+
+
+if __name__ == "__main__":
+    main()
