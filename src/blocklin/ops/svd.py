@@ -18,8 +18,9 @@ import numpy as np
 from blocklin.errors import InputDtypeError, InputValueError
 from blocklin.executors.api import compute
 from blocklin.executors.lazy import Lazy
-from blocklin.ops._inputs import MatrixInput, as_matrix, hstack_panel, row_panel_reads
+from blocklin.ops._inputs import MatrixInput, as_matrix, row_panel_reads
 from blocklin.ops.products import gram, matmul
+from blocklin.ops.sketch import left_apply, panel, right_apply
 from blocklin.ops.stats import ColumnStats, column_stats
 from blocklin.ops.tsqr import plan_finish, plan_form_q, plan_tree
 from blocklin.plan.graph import Task, TaskContext, make_stage
@@ -97,20 +98,28 @@ class PCAResult(TruncatedSVDResult):
 
 @dataclass(frozen=True, eq=False)
 class NormalProduct:
-    """``Aᵢᵀ(AᵢX)`` of one row panel (optionally centered, optionally with column sums)."""
+    """``CᵢᵀCᵢX`` for one row panel, ``C = A − 1·shiftᵀ`` (optionally with column sums).
+
+    The shift is folded into the small products (``CX = AX − 1(shiftᵀX)``,
+    ``CᵀY = AᵀY − shift·(1ᵀY)``), so no centered copy of the block is made and
+    sparse (CSR) blocks stay sparse.
+    """
 
     x: np.ndarray
     shift: np.ndarray | None = None
     with_sums: bool = False
 
     def __call__(self, ctx: TaskContext, blocks: Sequence[Any]) -> Any:
-        a = np.asarray(hstack_panel(blocks), dtype=np.float64)
+        a = panel(blocks)
+        y = right_apply(a, self.x)
         if self.shift is not None:
-            a = a - self.shift
-        z = a.T @ (a @ self.x)
+            y -= self.shift @ self.x
+        z = left_apply(y, a).T
+        if self.shift is not None:
+            z -= np.outer(self.shift, y.sum(axis=0))
         if self.with_sums:
-            z = np.hstack([z, a.sum(axis=0)[:, None]])
-        return z[None]
+            z = np.hstack([z, np.asarray(a.sum(axis=0), dtype=np.float64).reshape(-1, 1)])
+        return np.ascontiguousarray(z)[None]
 
 
 def normal_product(A: Any, X: np.ndarray, *, shift: np.ndarray | None = None,
@@ -119,8 +128,9 @@ def normal_product(A: Any, X: np.ndarray, *, shift: np.ndarray | None = None,
 
     Notes
     -----
-    One pass; each task holds a row panel, its ``AᵢX`` (rows × l) and an n × l
-    partial; partials are summed in a fixed-order tree (bitwise reproducible).
+    One pass; each task holds a row panel (dense or CSR), its ``AᵢX`` (rows × l)
+    and an n × l partial; partials are summed in a fixed-order tree (bitwise
+    reproducible). Costs 2·nnz(Aᵢ)·l flops per block.
     """
     m = as_matrix(A)
     n, width0 = m.shape[1], X.shape[1]
@@ -130,7 +140,7 @@ def normal_product(A: Any, X: np.ndarray, *, shift: np.ndarray | None = None,
     stage = make_stage("rsvd/normal", NormalProduct(X, shift, with_sums), [m.input], tasks,
                        shape=(m.grid[0], n, width), chunks=(1, n, width), dtype="float64",
                        params={"x": X, "shift": shift, "with_sums": with_sums},
-                       extra_memory=2 * rows * n * 8 + rows * width0 * 8 + 2 * n * width * 8)
+                       extra_memory=2 * rows * width0 * 8 + 3 * n * width * 8)
     plan, out = tree_reduce(m.plan.add(stage), stage.output, SumParts(), op="rsvd_normal")
     return Lazy(plan, out, "small", lambda p: np.array(p[0]), label="rsvd.normal")
 

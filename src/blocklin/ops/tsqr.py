@@ -15,10 +15,12 @@ from typing import Any, NamedTuple
 
 import numpy as np
 import scipy.linalg
+import scipy.sparse as sp
 
 from blocklin.errors import InputValueError, ShapeMismatchError
 from blocklin.executors.lazy import Lazy
-from blocklin.ops._inputs import MatrixInput, as_matrix, hstack_panel, row_panel_reads
+from blocklin.ops._inputs import MatrixInput, as_matrix, row_panel_reads
+from blocklin.ops.sketch import panel, right_apply
 from blocklin.plan.graph import ArrayNode, Plan, StageInput, Task, TaskContext, make_stage
 
 __all__ = ["QR", "SVDFactors", "svd", "tsqr", "tsqr_r"]
@@ -56,18 +58,30 @@ class SVDFactors(NamedTuple):
 
 
 # -- kernels --------------------------------------------------------------------------
-def _panel(blocks: Sequence[Any], widths: tuple[int, ...], nrow_blocks: int) -> np.ndarray:
-    """Stack the row panels of every input (``widths[k]`` column blocks each)."""
+def _panel(blocks: Sequence[Any], widths: tuple[int, ...], nrow_blocks: int) -> Any:
+    """Stack the row panels of every input (``widths[k]`` column blocks each).
+
+    Dense blocks give a float64 ndarray; if any block is sparse (CSR) the panel
+    stays CSR, for a product with the right factor that keeps it sparse.
+    """
     rows = []
     pos = 0
     for _ in range(nrow_blocks):
         parts = []
         for w in widths:
-            parts.append(hstack_panel(blocks[pos:pos + w]))
+            parts.append(panel(blocks[pos:pos + w]))
             pos += w
-        rows.append(parts[0] if len(parts) == 1 else np.hstack(parts))
-    a = rows[0] if len(rows) == 1 else np.vstack(rows)
+        rows.append(parts[0] if len(parts) == 1 else _join(parts, sp.hstack, np.hstack))
+    a = rows[0] if len(rows) == 1 else _join(rows, sp.vstack, np.vstack)
+    if sp.issparse(a):
+        return sp.csr_matrix(a, dtype=np.float64)
     return np.asarray(a, dtype=np.float64)
+
+
+def _join(parts: list[Any], sparse_join: Any, dense_join: Any) -> Any:
+    if any(sp.issparse(p) for p in parts):
+        return sparse_join(parts, format="csr")
+    return dense_join(parts)
 
 
 def _r_factor(a: np.ndarray) -> np.ndarray:
@@ -93,10 +107,13 @@ class LeafInput:
     def panel(self, blocks: Sequence[Any], nrow_blocks: int) -> np.ndarray:
         a = _panel(blocks, self.widths, nrow_blocks)
         if self.right is not None:
-            a = a @ self.right
+            a = right_apply(a, self.right)
+        elif sp.issparse(a):
+            a = a.toarray()
         if self.shift is not None:
             a = a - self.shift
-        return a
+        out: np.ndarray = a
+        return out
 
 
 @dataclass(frozen=True, eq=False)
