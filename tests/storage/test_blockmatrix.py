@@ -180,3 +180,15 @@ def test_metadata_written_last(tmp_path: Path) -> None:
     A = bl.from_array(np.ones((10, 2)), tmp_path / "A.zarr", chunks=(5, None))
     meta = read_meta(store_for(A.url))
     assert meta is not None and meta.shape == (10, 2)
+
+
+def test_work_dir_is_a_zarr_group_of_intermediates(tmp_path: Path) -> None:
+    x = np.random.default_rng(7).standard_normal((300, 5))
+    A = bl.from_array(x, tmp_path / "A.zarr", chunks=(100, None))
+    bl.ops.gram(A).compute(work_dir=str(tmp_path / "w"))
+    group = zarr.open_group(str(tmp_path / "w"), mode="r")
+    arrays = dict(group.arrays())
+    assert arrays
+    partials = [a for a in arrays.values() if a.shape == (3, 5, 5)]
+    assert len(partials) == 1
+    np.testing.assert_allclose(partials[0][:].sum(axis=0), np.triu(x.T @ x), rtol=1e-13, atol=1e-12)

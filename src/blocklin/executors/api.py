@@ -8,13 +8,13 @@ from typing import TYPE_CHECKING, Any
 
 from blocklin.config import default_max_task_memory, default_work_dir, parse_memory
 from blocklin.errors import ConfigError, InputDtypeError
-from blocklin.executors.base import Executor, RunStats, prepare
+from blocklin.executors.base import Executor, RunStats, prepare, reset_outputs
 from blocklin.executors.lazy import Lazy
 from blocklin.plan.finalize import FinalPlan, finalize
 from blocklin.plan.graph import Plan, jsonable
 from blocklin.storage.blockmatrix import BlockMatrix, provenance_attrs
 from blocklin.storage.chunkio import read_block
-from blocklin.storage.meta import write_meta
+from blocklin.storage.meta import ensure_group, write_meta
 from blocklin.storage.records import done_blocks, fingerprint_from_crcs
 from blocklin.storage.stores import store_for
 from blocklin.types import EXECUTORS, parse_option
@@ -111,6 +111,10 @@ def compute(*results: Lazy, executor: str | Executor = "dask", address: str | No
     work = work_dir or default_work_dir()
     xplan = prepare(final, work, resume)
     engine.check(xplan)
+    # Checks passed: from here on the run writes.
+    ensure_group(store_for(work))  # intermediates live in one zarr group per work dir
+    if not resume:
+        reset_outputs(xplan)
     run = stats if stats is not None else RunStats()
     run.executor = engine.name
     run.tasks_skipped = xplan.skipped

@@ -17,7 +17,7 @@ from blocklin.plan.runtime import GroupRuntime, TaskMetrics
 from blocklin.storage.records import clear_records, done_blocks
 from blocklin.storage.stores import store_for
 
-__all__ = ["ExecutionPlan", "Executor", "RunStats", "TaskBatch", "TaskJob", "prepare"]
+__all__ = ["ExecutionPlan", "Executor", "RunStats", "TaskBatch", "TaskJob", "prepare", "reset_outputs"]
 
 TaskCallback = Callable[[TaskMetrics], None]
 
@@ -86,8 +86,26 @@ class Executor(Protocol):
         """Run every job, calling ``on_task_done`` on the driver as each finishes."""
 
 
+def reset_outputs(xplan: ExecutionPlan) -> None:
+    """Forget earlier runs' blocks before a run without ``resume``.
+
+    Completion records of intermediates are cleared; an explicit output is removed
+    whole, so an old result can never mix with new blocks.
+    """
+    for rt in xplan.runtimes:
+        for mr in rt.members:
+            store = store_for(mr.output_meta.url)
+            if mr.output.out_url is not None:
+                store.delete_prefix("")
+            else:
+                clear_records(store)
+
+
 def prepare(final: FinalPlan, work_dir: str, resume: bool, blas_threads: int = 1) -> ExecutionPlan:
-    """Resolve locations and select pending tasks (all of them unless ``resume``)."""
+    """Resolve locations and select pending tasks (all of them unless ``resume``).
+
+    Reads completion records only; it writes nothing (see :func:`reset_outputs`).
+    """
     runtimes = tuple(GroupRuntime.build(g, work_dir, blas_threads) for g in final.groups)
     # Where each array's blocks come from: array name -> (group, {out block -> task pos}).
     producers: dict[str, tuple[int, dict[tuple[int, ...], int]]] = {}
@@ -98,17 +116,8 @@ def prepare(final: FinalPlan, work_dir: str, resume: bool, blas_threads: int = 1
     pending: set[tuple[int, int]] = set()
     skipped = 0
     for gi, (g, rt) in enumerate(zip(final.groups, runtimes, strict=True)):
-        done_per_member = []
-        for mr in rt.members:
-            store = store_for(mr.output_meta.url)
-            if resume:
-                done_per_member.append(set(done_blocks(store)))
-            else:
-                if mr.output.out_url is not None:
-                    store.delete_prefix("")  # an old result must not mix with new blocks
-                else:
-                    clear_records(store)
-                done_per_member.append(set())
+        done_per_member = [set(done_blocks(store_for(mr.output_meta.url))) if resume else set()
+                           for mr in rt.members]
         for pos in range(g.ntasks):
             member_tasks = tuple(None if m.tasks[pos].out in done else m.tasks[pos]
                                  for m, done in zip(g.members, done_per_member, strict=True))

@@ -14,7 +14,7 @@ from blocklin.storage.codecs import ChunkCodec, codec_from_metadata
 from blocklin.storage.stores import Store
 from blocklin.types import BlockIndex, Shape
 
-__all__ = ["ArrayMeta", "check_numeric_dtype", "read_meta", "write_meta"]
+__all__ = ["ArrayMeta", "check_numeric_dtype", "ensure_group", "read_meta", "write_meta"]
 
 METADATA_KEY = "zarr.json"
 ATTRS_NAMESPACE = "blocklin"
@@ -30,7 +30,7 @@ def check_numeric_dtype(dtype: Any, what: str = "matrix") -> np.dtype[Any]:
         For complex, object, string, datetime or structured dtypes.
     """
     try:
-        dt = np.dtype(dtype)
+        dt: np.dtype[Any] = np.dtype(dtype)
     except TypeError:
         raise InputDtypeError(f"{what} has dtype {dtype!r}, which is not a numpy dtype") from None
     if dt.kind not in _SUPPORTED_KINDS or dt.fields is not None:
@@ -53,14 +53,15 @@ class ArrayMeta:
     shape: Shape
     chunks: Shape
     dtype: str
-    codec: ChunkCodec | None = ChunkCodec()
+    codec: ChunkCodec | None = field(default_factory=ChunkCodec)
     #: Block layout: "dense" chunks, or "csr" row blocks (see ``storage/sparse.py``).
     format: str = "dense"
     attrs: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
 
     @property
     def np_dtype(self) -> np.dtype[Any]:
-        return np.dtype(self.dtype)
+        dt: np.dtype[Any] = np.dtype(self.dtype)
+        return dt
 
     @property
     def grid(self) -> Shape:
@@ -118,6 +119,13 @@ class ArrayMeta:
             "attributes": self.attrs,
             "storage_transformers": [],
         }
+
+
+def ensure_group(store: Store) -> None:
+    """Make ``store`` a zarr v3 group (the work directory of runs), if it is not one yet."""
+    if not store.exists(METADATA_KEY):
+        store.put(METADATA_KEY, json.dumps({"zarr_format": 3, "node_type": "group",
+                                            "attributes": {}}).encode())
 
 
 def write_meta(store: Store, meta: ArrayMeta) -> None:
