@@ -69,3 +69,29 @@ def test_failed_ingest_leaves_nothing(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="missing values"):
         ingest(str(tmp_path / "bad.csv"), str(tmp_path / "X.zarr"), chunk_rows=8)
     assert not (tmp_path / "X.zarr").exists()
+
+
+def test_sparse_npz_ingest_verify_and_refresh_refused(tmp_path: Path) -> None:
+    import scipy.sparse as sp
+
+    from blocklin.errors import InputValueError
+    from blocklin.pipelines.inspect import inspect_array, verify_array
+    from blocklin.pipelines.refresh import append_batch
+
+    x = sp.random(300, 40, density=0.05, format="csr", random_state=0)
+    sp.save_npz(tmp_path / "t.npz", x)
+    res = ingest(str(tmp_path / "t.npz"), str(tmp_path / "S.zarr"), chunk_rows=100)
+    assert res.format == "npz" and res.matrix.shape == (300, 40)
+    np.testing.assert_array_equal(np.vstack([res.matrix.block(i).toarray() for i in range(3)]),
+                                  x.toarray())
+    assert inspect_array(str(tmp_path / "S.zarr"))["format"] == "csr"
+    assert verify_array(str(tmp_path / "S.zarr"))["ok"] is True
+    part = next((tmp_path / "S.zarr" / "b" / "1" / "data" / "c").iterdir())
+    raw = bytearray(part.read_bytes())
+    raw[3] ^= 0x01
+    part.write_bytes(bytes(raw))
+    report = verify_array(str(tmp_path / "S.zarr"))
+    assert not report["ok"] and [c["chunk"] for c in report["corrupt"]] == ["b/1"]
+    dense = bl.from_array(np.ones((5, 40)), tmp_path / "D.zarr")
+    with pytest.raises(InputValueError, match="sparse"):
+        append_batch(res.matrix, dense, "x")

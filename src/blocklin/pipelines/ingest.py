@@ -29,7 +29,7 @@ from blocklin.storage.records import fingerprint_from_crcs
 
 __all__ = ["BlockWriter", "IngestResult", "ingest", "read_source"]
 
-FORMATS = ("npy", "csv", "parquet", "zarr")
+FORMATS = ("npy", "npz", "csv", "parquet", "zarr")
 _UNKNOWN_ROWS = 2**62
 
 
@@ -53,6 +53,8 @@ def detect_format(src: str) -> str:
     s = src.rstrip("/").lower()
     if s.endswith(".npy"):
         return "npy"
+    if s.endswith(".npz"):
+        return "npz"
     if s.endswith((".csv", ".csv.gz", ".tsv")):
         return "csv"
     if s.endswith((".parquet", ".pq")):
@@ -60,8 +62,8 @@ def detect_format(src: str) -> str:
     if s.endswith(".zarr") or (os.path.isdir(src) and (Path(src) / "zarr.json").exists()) \
             or (os.path.isdir(src) and (Path(src) / ".zarray").exists()):
         return "zarr"
-    raise InputValueError(f"cannot tell the format of {src}: expected .npy, .csv, .parquet or a "
-                          "zarr array")
+    raise InputValueError(f"cannot tell the format of {src}: expected .npy, .npz (scipy "
+                          "sparse), .csv, .parquet or a zarr array")
 
 
 def _numeric_columns(schema: Any, columns: Sequence[str] | None, label: str | None,
@@ -287,6 +289,8 @@ def ingest(src: str, dest: str, *, label: str | None = None, label_dest: str | N
     """
     if chunk_rows is not None and chunk_rows <= 0:
         raise InputValueError(f"--chunk-rows must be positive; got {chunk_rows}")
+    if detect_format(src) == "npz":
+        return _ingest_sparse(src, dest, chunk_rows, dtype, overwrite, label or columns)
     info = read_source(src, label=label, columns=columns, dtype=dtype)
     first = next(info.batches, None)
     if first is None:
@@ -302,6 +306,29 @@ def ingest(src: str, dest: str, *, label: str | None = None, label_dest: str | N
         if ystore is not None:
             ystore.delete_prefix("")
         raise
+
+
+def _ingest_sparse(src: str, dest: str, chunk_rows: int | None, dtype: str | None,
+                   overwrite: bool, table_opts: Any) -> IngestResult:
+    """A ``scipy.sparse.save_npz`` file into sparse (CSR row panel) storage."""
+    import scipy.sparse as sp
+
+    from blocklin.storage import from_array
+
+    if table_opts:
+        raise InputValueError("--label and --columns apply to CSV and Parquet sources, not npz")
+    if not os.path.isfile(src):
+        raise FileNotFoundError(f"no such file: {src}")
+    try:
+        x = sp.load_npz(src).tocsr()
+    except (ValueError, OSError) as exc:
+        raise InputValueError(f"{src} is not a scipy.sparse .npz file: {exc}") from None
+    if dtype is not None:
+        x = x.astype(check_numeric_dtype(dtype, what=src))
+    _target(dest, overwrite)
+    m = from_array(x, dest, chunks=(chunk_rows, None), overwrite=True,
+                   attrs={"columns": [f"c{i}" for i in range(x.shape[1])]})
+    return IngestResult(m, None, "npz", tuple(f"c{i}" for i in range(x.shape[1])))
 
 
 def _label_path(dest: str) -> str:

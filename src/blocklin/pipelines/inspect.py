@@ -24,6 +24,23 @@ def _stored_bytes(m: BlockMatrix) -> int:
     return int(fs.du(root))
 
 
+def _is_sparse(m: BlockMatrix) -> bool:
+    return getattr(m.meta, "format", None) == "csr"
+
+
+def _check_sparse(m: BlockMatrix) -> dict[str, Any]:
+    from blocklin.storage.sparse import read_csr_block
+
+    corrupt = []
+    for index in m.meta.indices():
+        try:
+            read_csr_block(m.store, m.meta, index)
+        except CorruptChunkError as exc:
+            corrupt.append({"chunk": f"b/{index[0]}", "reason": str(exc).split(": ", 1)[-1]})
+    return {"url": m.url, "ok": not corrupt, "checked": len(m.meta.indices()),
+            "corrupt": corrupt, "missing": [], "fingerprint_ok": None}
+
+
 def inspect_array(path: str) -> dict[str, Any]:
     """Shape, blocks, codecs, stored size and provenance of a stored array.
 
@@ -34,7 +51,9 @@ def inspect_array(path: str) -> dict[str, Any]:
     """
     m = open_matrix(path, allow_incomplete=True)
     raw = m.store.get(METADATA_KEY)
-    codecs = json.loads(raw).get("codecs", []) if raw else []
+    codecs = [c.get("name") for c in (json.loads(raw).get("codecs", []) if raw else [])]
+    if _is_sparse(m):
+        codecs = ["csr (data, indices, indptr)", "bytes", "crc32c"]
     stored = _stored_bytes(m)
     return {
         "url": m.url,
@@ -43,7 +62,8 @@ def inspect_array(path: str) -> dict[str, Any]:
         "chunks": list(m.chunks),
         "blocks": list(m.nblocks),
         "nblocks": m.nblocks[0] * m.nblocks[1],
-        "codecs": [c.get("name") for c in codecs],
+        "format": "csr" if _is_sparse(m) else "dense",
+        "codecs": codecs,
         "nbytes": m.nbytes,
         "stored_bytes": stored,
         "ratio": round(m.nbytes / stored, 3) if stored else None,
@@ -65,6 +85,8 @@ def verify_array(path: str) -> dict[str, Any]:
     One pass over the array, one chunk in memory at a time.
     """
     m = open_matrix(path, allow_incomplete=True)
+    if _is_sparse(m):
+        return _check_sparse(m)
     corrupt: list[dict[str, str]] = []
     missing: list[str] = []
     crcs: dict[tuple[int, ...], int] = {}

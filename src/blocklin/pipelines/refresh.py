@@ -121,6 +121,9 @@ def append_batch(target: BlockMatrix, batch: BlockMatrix, source: str,
     batches = list(prov.get("batches", []))
     if any(b.get("fingerprint") == fingerprint for b in batches):
         return target
+    if getattr(target.meta, "format", None) == "csr":
+        raise InputValueError(f"refresh appends rows to dense inputs; {target.url} is sparse "
+                              "(CSR). Re-ingest it with the new rows and rerun the pipeline")
     if batch.dtype != target.dtype:
         raise InputValueError(f"batch dtype {batch.dtype} differs from {target.url}'s "
                               f"{target.dtype}")
@@ -278,7 +281,11 @@ def _apply_batch(pipe: Pipeline, names: list[str], prev: dict[str, Arrays], b: S
         if n not in lazy and update is not None:
             ctx = UpdateContext(prev[n], _batch_args(pipe, steps[n], b), (rows[0], rows[1]),
                                 str(persist_dir(pipe.output_dir, n)), comp)
+            t0 = time.perf_counter()
             new[n] = update(ctx, steps[n].params)
+            label = f"{n} ({steps[n].op.name} update)"
+            stats.stage_seconds[label] = stats.stage_seconds.get(label, 0.0) \
+                + time.perf_counter() - t0
     return new
 
 
