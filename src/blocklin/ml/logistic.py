@@ -34,8 +34,9 @@ from blocklin.types import (
 
 __all__ = ["LogisticRegression"]
 
-#: Newton's Hessian is P × P (P = features + intercept); above this ``auto`` uses L-BFGS.
-MAX_NEWTON_FEATURES = 4096
+#: Newton's Hessian is Q × Q (Q = (features + intercept)·(classes or 1)); above this many
+#: coefficients ``auto`` uses L-BFGS.
+MAX_NEWTON_COEFFICIENTS = 4096
 
 
 class LogisticRegression(ClassifierMixin, BaseEstimator):  # type: ignore[misc]
@@ -55,13 +56,14 @@ class LogisticRegression(ClassifierMixin, BaseEstimator):  # type: ignore[misc]
     fit_intercept, reg_param, elastic_net_param, standardization, max_iter, tol
         As :class:`blocklin.ml.LinearRegression`.
     solver : {"auto", "newton", "lbfgs", "owlqn"}
-        ``newton`` (binomial only): each iteration is one pass computing loss,
-        gradient and the Hessian ``[X 1]ᵀD[X 1]`` (a symmetric rank-k update per block);
+        ``newton``: each iteration is one pass computing loss, gradient and the Hessian
+        ``[X 1]ᵀD[X 1]`` (binomial: a symmetric rank-k update per block; multinomial:
+        K(K+1)/2 weighted products per block);
         with an L1 term each step minimizes the penalized quadratic model by coordinate
         descent on the driver (proximal Newton, as glmnet). Typically 5–10 passes.
         ``lbfgs``: L-BFGS (OWL-QN with L1, as MLlib), one pass per evaluation.
-        ``owlqn``: OWL-QN. ``auto``: ``newton`` for binomial with at most 4096
-        features, else ``lbfgs``/``owlqn``.
+        ``owlqn``: OWL-QN. ``auto``: ``newton`` with at most 4096 coefficients
+        ((features + 1)·classes for multinomial), else ``lbfgs``/``owlqn``.
     family : {"auto", "binomial", "multinomial"}
         As MLlib: ``auto`` is binomial for two classes.
     executor, work_dir, compute_options
@@ -112,8 +114,6 @@ class LogisticRegression(ClassifierMixin, BaseEstimator):  # type: ignore[misc]
             family = "binomial" if k <= 2 else "multinomial"
         if family == "binomial" and k > 2:
             raise InputValueError(f"family='binomial' needs two classes; y has {k}")
-        if solver == "newton" and family != "binomial":
-            raise InputValueError("solver='newton' is for the binomial family; use 'lbfgs'")
         with training_data(self, Xv, codes, sample_weight, compute_options(self)) as data:
             coef, hist, iters, used = self._fit_data(data, family, solver)
             self.n_passes_ = data.passes
@@ -140,36 +140,41 @@ class LogisticRegression(ClassifierMixin, BaseEstimator):  # type: ignore[misc]
         from sklearn.utils import column_or_1d
 
         y = column_or_1d(y, warn=True)
+        if y.dtype.kind in "fc":
+            from sklearn.utils import assert_all_finite
+
+            assert_all_finite(y, input_name="y")
         if y.shape[0] != X.shape[0]:
             raise InputValueError(f"X has {X.shape[0]} rows but y has {y.shape[0]}")
         check_classification_targets(y)
         self.classes_, codes = np.unique(y, return_inverse=True)
         if len(self.classes_) < 2:
-            raise InputValueError(f"needs samples of at least 2 classes; y holds only "
-                                  f"{self.classes_[0]!r}")
+            raise InputValueError(f"needs samples of at least 2 classes; y holds 1 class "
+                                  f"({self.classes_[0]!r})")
         return codes.astype(np.float64)
 
     def _fit_data(self, data: TrainData, family: str,
                   solver: str) -> tuple[np.ndarray, list[float], int, str]:
         l1 = self.reg_param * self.elastic_net_param > 0
         p = data.n_features
-        if solver == "auto":
-            solver = "newton" if family == "binomial" and p <= MAX_NEWTON_FEATURES else "lbfgs"
-        if solver == "newton":
-            coef, hist, iters = self._newton(data)
-            return coef, hist, iters, "newton"
-        used = "owlqn" if (solver == "owlqn" or l1) else "lbfgs"
         k = 1 if family == "binomial" else len(self.classes_)
-        res = iterative_fit(self, data, family, used, k)
-        coef = res.coef
+        if solver == "auto":
+            solver = "newton" if (p + 1) * k <= MAX_NEWTON_COEFFICIENTS else "lbfgs"
+        if solver == "newton":
+            coef, hist, iters = self._newton(data, k)
+            used = "newton"
+        else:
+            used = "owlqn" if (solver == "owlqn" or l1) else "lbfgs"
+            res = iterative_fit(self, data, family, used, k)
+            coef, hist, iters = res.coef, res.history, len(res.history) - 1
         if family == "multinomial":
             if self.fit_intercept:
                 coef[p] -= coef[p].mean()
             if self.reg_param == 0:
                 coef[:p] -= coef[:p].mean(axis=1, keepdims=True)
-        return coef, res.history, len(res.history) - 1, used
+        return coef, hist, iters, used
 
-    def _newton(self, data: TrainData) -> tuple[np.ndarray, list[float], int]:
+    def _newton(self, data: TrainData, k: int) -> tuple[np.ndarray, list[float], int]:
         """Damped (proximal) Newton: one pass per iteration for loss, gradient and Hessian."""
         p = data.n_features
         fi = bool(self.fit_intercept)
@@ -180,15 +185,16 @@ class LogisticRegression(ClassifierMixin, BaseEstimator):  # type: ignore[misc]
                                                             data.x_col_blocks, False)), p + 1)
             sx = mom.std()[:p]
         l1p, l2p = penalties(self, sx, 1.0, 1.0)
-        l1 = np.zeros(size)
-        l2 = np.zeros(size)
-        l1[:p], l2[:p] = l1p, l2p
-        beta = np.zeros(size)
+        l1 = np.zeros((size, k))
+        l2 = np.zeros((size, k))
+        l1[:p], l2[:p] = l1p[:, None], l2p[:, None]
+        l1, l2 = l1.ravel(), l2.ravel()
+        beta = np.zeros(size * k)
         prev: tuple[np.ndarray, float] | None = None
         history: list[float] = []
         iters = 0
         for _ in range(max(int(self.max_iter), 1)):
-            out = data.run(newton_spec(beta[:, None], fi, data.has_weights,
+            out = data.run(newton_spec(beta.reshape(size, k), fi, data.has_weights,
                                        data.x_col_blocks, p))
             W = out[0, 1]
             F = out[0, 0] / W + 0.5 * float(l2 @ beta**2) + float(l1 @ np.abs(beta))
@@ -196,23 +202,28 @@ class LogisticRegression(ClassifierMixin, BaseEstimator):  # type: ignore[misc]
                 beta = 0.5 * (beta + prev[0])  # step too long: halve it (one more pass)
                 continue
             history.append(F)
-            g = out[1, :size] / W + l2 * beta
-            H = out[2:2 + size, :size] / W + np.diag(l2)
+            q = size * k
+            g = out[1, :q] / W + l2 * beta
+            H = out[2:2 + q, :q] / W + np.diag(l2)
             if l1.any():
-                new = coordinate_descent(H, H @ beta - g, l1, np.zeros(size), x0=beta).x
+                new = coordinate_descent(H, H @ beta - g, l1, np.zeros(q), x0=beta).x
             else:
-                new = beta - solve_quadratic(H, g, np.zeros(size)).x
+                new = beta - solve_quadratic(H, g, np.zeros(q)).x
             d = new - beta
             decrease = -(g @ d + 0.5 * d @ H @ d + float(l1 @ (np.abs(new) - np.abs(beta))))
+            small = len(history) > 1 and \
+                abs(history[-2] - F) <= 1e-3 * self.tol * max(abs(F), 1.0)
             prev = (beta, F)
             beta = new
             iters += 1
-            if decrease <= (self.tol * max(abs(F), 1.0)) ** 2 or self.max_iter == 0:
+            if decrease <= (self.tol * max(abs(F), 1.0)) ** 2 or small:
                 break
-            if prev is not None and len(history) > 1 and \
-                    abs(history[-2] - F) <= 1e-3 * self.tol * max(abs(F), 1.0):
-                break
-        return beta[:, None], history, iters
+        return beta.reshape(size, k), history, iters
+
+    def __sklearn_tags__(self) -> Any:
+        tags = super().__sklearn_tags__()
+        tags.input_tags.sparse = True
+        return tags
 
     # ------------------------------------------------------------------ prediction
     def decision_function(self, X: Any) -> np.ndarray:

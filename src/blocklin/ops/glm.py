@@ -209,35 +209,51 @@ def unpack_grad(packed: np.ndarray, shape: tuple[int, int]) -> tuple[float, floa
 # --------------------------------------------------------------------------- Newton
 @dataclass(frozen=True, eq=False)
 class NewtonPartial:
-    """Binomial loss, gradient and Hessian ``ZᵀDZ`` (``Z = [X 1]``) of one row panel.
+    """Logistic loss, gradient and Hessian of one row panel, with ``Z = [X 1]``.
 
-    Output ``(1, P + 2, max(P, 2))``: row 0 (loss, Σw), row 1 the gradient, rows 2..
-    the Hessian, P being the coefficient count including the intercept.
+    Binomial (``coef`` of shape (P, 1)): the Hessian ``ZᵀDZ`` by one symmetric rank-k
+    update of √D·Z. Multinomial (``coef`` (P, K)): the Hessian of the coefficients
+    flattened row-major (index j·K + a), blocks ``Zᵀ diag(w(p_a δ_ab − p_a p_b)) Z``.
+    Output ``(1, Q + 2, max(Q, 2))`` with Q = P·K: row 0 (loss, Σw), row 1 the
+    gradient, rows 2.. the Hessian.
     """
 
     nx: int
     has_w: bool
     fit_intercept: bool
-    coef: np.ndarray  # (P, 1)
+    coef: np.ndarray  # (P, K)
 
     def __call__(self, ctx: TaskContext | None, blocks: Sequence[Any]) -> Any:
         x, y, w = _split(blocks, self.nx, self.has_w)
         rows, p = x.shape
-        size = self.coef.shape[0]
+        size, k = self.coef.shape
         z = np.empty((rows, size))
         z[:, :p] = x
         if self.fit_intercept:
             z[:, p] = 1.0
-        m = z @ self.coef[:, 0]
-        loss, r = _loss_and_residual("binomial", m[:, None], y, w)
-        prob = expit(m)
-        dvec = prob * (1.0 - prob) * (1.0 if w is None else w)
-        out = np.zeros((1, size + 2, max(size, 2)))
+        m = z @ self.coef
+        family = "binomial" if k == 1 else "multinomial"
+        loss, r = _loss_and_residual(family, m, y, w)
+        q = size * k
+        out = np.zeros((1, q + 2, max(q, 2)))
         out[0, 0, :2] = loss, (rows if w is None else float(w.sum()))
-        out[0, 1, :size] = z.T @ r[:, 0]
-        z *= np.sqrt(dvec)[:, None]
-        h = blas.dsyrk(1.0, z.T, trans=0, lower=0)
-        out[0, 2:, :size] = np.triu(h) + np.triu(h, 1).T
+        out[0, 1, :q] = (z.T @ r).ravel()
+        wt = 1.0 if w is None else w
+        if k == 1:
+            prob = expit(m[:, 0])
+            z *= np.sqrt(prob * (1.0 - prob) * wt)[:, None]
+            h = blas.dsyrk(1.0, z.T, trans=0, lower=0)
+            out[0, 2:, :size] = np.triu(h) + np.triu(h, 1).T
+            return out
+        prob = np.exp(m - logsumexp(m, axis=1)[:, None])
+        h4 = np.zeros((size, k, size, k))
+        for a in range(k):
+            for b in range(a, k):
+                d = wt * prob[:, a] * ((a == b) - prob[:, b])
+                hab = (z * d[:, None]).T @ z
+                h4[:, a, :, b] = hab
+                h4[:, b, :, a] = hab.T
+        out[0, 2:, :q] = h4.reshape(q, q)
         return out
 
 
@@ -425,11 +441,11 @@ def loss_grad_spec(family: str, coef: np.ndarray, fit_intercept: bool, has_w: bo
 
 
 def newton_spec(coef: np.ndarray, fit_intercept: bool, has_w: bool, nx: int, p: int) -> PassSpec:
-    size = coef.shape[0]
-    return PassSpec("glm/newton_binomial", NewtonPartial(nx, has_w, fit_intercept, coef),
-                    SumParts(), (size + 2, max(size, 2)),
+    q = coef.size
+    return PassSpec("glm/newton", NewtonPartial(nx, has_w, fit_intercept, coef),
+                    SumParts(), (q + 2, max(q, 2)),
                     {"coef": coef, "intercept": fit_intercept, "has_w": has_w},
-                    row_floats=size + 4)
+                    row_floats=coef.shape[0] + 3 * coef.shape[1] + 4)
 
 
 def eval_spec(family: str, coef: np.ndarray, fit_intercept: bool, has_w: bool, nx: int,
