@@ -185,10 +185,10 @@ class LogisticRegression(ClassifierMixin, BaseEstimator):  # type: ignore[misc]
                                                             data.x_col_blocks, False)), p + 1)
             sx = mom.std()[:p]
         l1p, l2p = penalties(self, sx, 1.0, 1.0)
-        l1 = np.zeros((size, k))
-        l2 = np.zeros((size, k))
-        l1[:p], l2[:p] = l1p[:, None], l2p[:, None]
-        l1, l2 = l1.ravel(), l2.ravel()
+        l1m = np.zeros((size, k))
+        l2m = np.zeros((size, k))
+        l1m[:p], l2m[:p] = l1p[:, None], l2p[:, None]
+        l1, l2 = l1m.ravel(), l2m.ravel()
         beta = np.zeros(size * k)
         prev: tuple[np.ndarray, float] | None = None
         history: list[float] = []
