@@ -64,13 +64,26 @@ def w_exact(a: argparse.Namespace) -> dict[str, Any]:
     return {"seconds": time.perf_counter() - t0, "s": s.tolist()}
 
 
+def _cluster(a: argparse.Namespace) -> Any:
+    """A 2-worker LocalCluster (one thread each) when ``--cluster``, else None."""
+    if not a.cluster:
+        return None
+    from distributed import Client, LocalCluster
+
+    cluster = LocalCluster(n_workers=2, threads_per_worker=1, dashboard_address=None,
+                           host="127.0.0.1", silence_logs=40)
+    return Client(cluster)
+
+
 def w_blocklin(a: argparse.Namespace) -> dict[str, Any]:
     import blocklin as bl
 
     A = bl.open(a.url)
+    client = _cluster(a)
     t0 = time.perf_counter()
     res = bl.ops.randomized_svd(A, a.k, oversample=a.oversample, n_iter=a.n_iter, seed=0,
-                                method=a.method, work_dir=a.work, num_workers=a.cores)
+                                method=a.method, work_dir=a.work,
+                                num_workers=None if client else a.cores, client=client)
     t1 = time.perf_counter()
     out = {"seconds": t1 - t0, "s": res.s.tolist(), "passes": res.passes}
     if a.with_u:
@@ -96,12 +109,16 @@ def w_dask(a: argparse.Namespace) -> dict[str, Any]:
     import blocklin as bl
 
     A = bl.open(a.url)
+    client = _cluster(a)
     t0 = time.perf_counter()
     z = A.to_dask()
     u, s, v = da.linalg.svd_compressed(z, a.k, n_power_iter=a.n_iter, n_oversamples=a.oversample,
                                        seed=0)
-    with dask.config.set(scheduler="threads", num_workers=a.cores):
-        u, s, v = dask.compute(u, s, v)
+    if client is not None:
+        u, s, v = client.compute([u, s, v], sync=True)
+    else:
+        with dask.config.set(scheduler="threads", num_workers=a.cores):
+            u, s, v = dask.compute(u, s, v)
     return {"seconds": time.perf_counter() - t0, "s": np.asarray(s).tolist(),
             "passes": 2 * a.n_iter + 2}
 
@@ -229,8 +246,9 @@ def _spawn(a: argparse.Namespace, worker: str, **over: Any) -> dict[str, Any]:
     for key in ("url", "append_url", "work", "k", "oversample", "n_iter", "method", "cores"):
         if opts.get(key) is not None:
             cmd += [f"--{key.replace('_', '-')}", str(opts[key])]
-    if opts.get("with_u"):
-        cmd.append("--with-u")
+    for flag in ("with_u", "cluster"):
+        if opts.get(flag):
+            cmd.append(f"--{flag.replace('_', '-')}")
     proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
     if proc.returncode != 0 or not lines:
@@ -267,7 +285,8 @@ def main() -> None:
     ap.add_argument("--n-iter", type=int, default=2)
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--dask-iters", default="", help="extra dask n_iter values, e.g. 4,8")
-    ap.add_argument("--skip", default="", help="contenders to skip: mllib,sklearn,dask,update")
+    ap.add_argument("--skip", default="",
+                    help="contenders to skip: mllib,sklearn,dask,cluster,update")
     ap.add_argument("--quick", action="store_true", help="20,000 x 200, k=20, one run")
     ap.add_argument("--data", type=Path, default=HERE.parent / "data")
     # worker-side options
@@ -278,6 +297,7 @@ def main() -> None:
     ap.add_argument("--method", default="power")
     ap.add_argument("--cores", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--with-u", action="store_true")
+    ap.add_argument("--cluster", action="store_true", help="worker: a 2-worker LocalCluster")
     a = ap.parse_args()
     if a.worker:
         run_worker(a)
@@ -308,10 +328,16 @@ def report(a: argparse.Namespace) -> None:
     for method in ("krylov", "gram"):
         rows.append((f"blocklin {method}", _measure(a, "blocklin", a.repeat, method=method)))
     rows.append(("blocklin exact (TSQR svd, s+Vt)", _measure(a, "blocklin_exact", a.repeat)))
+    if "cluster" not in skip:
+        rows.append(("blocklin power, 2-worker LocalCluster",
+                     _measure(a, "blocklin", a.repeat, method="power", cluster=True)))
     if "dask" not in skip:
         for it in [a.n_iter] + [int(i) for i in a.dask_iters.split(",") if i]:
             rows.append((f"dask svd_compressed threads (n_iter={it})",
                          _measure(a, "dask", a.repeat, n_iter=it)))
+        if "cluster" not in skip:
+            rows.append(("dask svd_compressed, 2-worker LocalCluster",
+                         _measure(a, "dask", a.repeat, cluster=True)))
     if "sklearn" not in skip:
         rows.append(("sklearn randomized_svd in memory (+load)", _measure(a, "sklearn", a.repeat)))
     if "mllib" not in skip:
