@@ -34,17 +34,34 @@ def live_pid() -> Any:
     proc.wait()
 
 
-def test_second_run_refuses_while_first_holds_lock(matrix: Any, write_spec: Any,
-                                                   tmp_path: Path, live_pid: int) -> None:
+def test_second_run_refuses_while_first_holds_lock_then_takes_over_after_crash(
+        matrix: Any, write_spec: Any, tmp_path: Path) -> None:
     spec = write_spec(base_spec())
-    _write_lock(tmp_path / "out", live_pid)
-    res = run_cli("run", str(spec))
-    assert res.returncode == 3, res.stderr
-    assert f"locked by pid {live_pid}" in res.stderr and "wait for it to finish" in res.stderr
-    assert not (tmp_path / "out" / "manifest.json").exists()
-    # unlock refuses a live holder without --force
-    res = run_cli("unlock", str(spec))
-    assert res.returncode == 3 and "is alive" in res.stderr
+    out = tmp_path / "out"
+    # A real holder: another process takes the lock with the same code a run uses.
+    holder = subprocess.Popen([sys.executable, "-c",
+                               "import sys, time\n"
+                               "from blocklin.pipelines.lock import OutputLock\n"
+                               f"OutputLock({str(out)!r}, 'holder').acquire()\n"
+                               "print('locked', flush=True)\n"
+                               "time.sleep(120)\n"], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
+        res = run_cli("run", str(spec))
+        assert res.returncode == 3, res.stderr
+        assert f"locked by pid {holder.pid}" in res.stderr
+        assert "wait for it to finish" in res.stderr
+        assert not (out / "manifest.json").exists()
+        res = run_cli("unlock", str(spec))  # refuses a live holder without --force
+        assert res.returncode == 3 and "is alive" in res.stderr
+    finally:
+        holder.kill()  # the holder crashes: its lock file stays behind
+        holder.wait()
+        if holder.stdout is not None:
+            holder.stdout.close()
+    assert (out / LOCK_NAME).exists()
+    run_pipeline(load_pipeline(spec))  # the stale lock is taken over
+    assert (out / "manifest.json").is_file() and not (out / LOCK_NAME).exists()
 
 
 def test_stale_lock_of_crashed_holder_is_taken_over(matrix: Any, write_spec: Any,

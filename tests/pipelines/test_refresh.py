@@ -114,3 +114,43 @@ def test_refresh_errors(matrix: Any, write_spec: Any, tmp_path: Path) -> None:
         refresh_pipeline(fresh, str(tmp_path / "narrow.npy"))
     assert bl.open(tmp_path / "X.zarr").shape == (500, 6)
     assert not list((tmp_path / "out" / ".refresh" / "batches").iterdir())
+
+
+def test_label_refresh_interrupted_between_features_and_labels(tmp_path: Path,
+                                                               write_spec: Any,
+                                                               monkeypatch: pytest.MonkeyPatch
+                                                               ) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from blocklin.pipelines.ingest import ingest
+
+    rng = np.random.default_rng(11)
+    x, x2 = rng.normal(size=(300, 3)), rng.normal(size=(80, 3))
+    y, y2 = x @ [1.0, -2.0, 0.5], x2 @ [1.0, -2.0, 0.5] + 0.1
+
+    def table(a: np.ndarray, b: np.ndarray) -> pa.Table:
+        return pa.table({"a": a[:, 0], "b": a[:, 1], "c": a[:, 2], "y": b})
+
+    pq.write_table(table(x, y), tmp_path / "train.parquet")
+    pq.write_table(table(x2, y2), tmp_path / "new.parquet")
+    ingest(str(tmp_path / "train.parquet"), str(tmp_path / "X.zarr"), label="y",
+           chunk_rows=128)
+    spec = base_spec(inputs={"X": {"path": "X.zarr"}, "y": {"path": "X.label.zarr"}},
+                     steps=[{"name": "xty", "op": "crossprod", "inputs": {"A": "X", "B": "y"}}],
+                     outputs={"xty": {"step": "xty"}},
+                     refresh={"input": "X", "label_input": "y", "label_column": "y"})
+    pipe = load_pipeline(write_spec(spec))
+    run_pipeline(pipe)
+    monkeypatch.setenv(FAULT_ENV, "after_append_x")  # rows appended, labels not yet
+    with pytest.raises(RuntimeError, match="injected fault"):
+        refresh_pipeline(pipe, str(tmp_path / "new.parquet"))
+    assert bl.open(tmp_path / "X.zarr").shape[0] == 380
+    assert bl.open(tmp_path / "X.label.zarr").shape[0] == 300
+    monkeypatch.delenv(FAULT_ENV)
+    m = refresh_pipeline(pipe, str(tmp_path / "new.parquet"))
+    assert m["refresh"]["outputs"] == {"xty": "incremental"}
+    assert bl.open(tmp_path / "X.label.zarr").shape[0] == 380
+    full_x, full_y = np.vstack([x, x2]), np.concatenate([y, y2])
+    np.testing.assert_allclose(load_small(tmp_path / "out" / "xty.npz")["value"][:, 0],
+                               full_x.T @ full_y, rtol=1e-12)
