@@ -154,3 +154,29 @@ def test_label_refresh_interrupted_between_features_and_labels(tmp_path: Path,
     full_x, full_y = np.vstack([x, x2]), np.concatenate([y, y2])
     np.testing.assert_allclose(load_small(tmp_path / "out" / "xty.npz")["value"][:, 0],
                                full_x.T @ full_y, rtol=1e-12)
+
+
+def test_truncated_svd_refresh_matches_lapack(tmp_path: Path, write_spec: Any) -> None:
+    rng = np.random.default_rng(21)
+    basis = rng.normal(size=(4, 12))
+    x, x2 = rng.normal(size=(400, 4)) @ basis, rng.normal(size=(90, 4)) @ basis
+    bl.from_array(x, tmp_path / "X.zarr", chunks=(128, None))
+    np.save(tmp_path / "b.npy", x2)
+    spec = base_spec(steps=[{"name": "svd", "op": "truncated_svd", "inputs": {"A": "X"},
+                             "params": {"n_components": 4}}],
+                     outputs={"svd": {"step": "svd"}})
+    pipe = load_pipeline(write_spec(spec))
+    run_pipeline(pipe)
+    m = refresh_pipeline(pipe, str(tmp_path / "b.npy"))
+    assert m["refresh"]["outputs"] == {"svd": "incremental"}
+    full = np.vstack([x, x2])
+    got = load_small(tmp_path / "out" / "svd.npz")
+    # Rank 4 data, 4 components: the row update is exact up to rounding.
+    np.testing.assert_allclose(got["singular_values"],
+                               np.linalg.svd(full, compute_uv=False)[:4], rtol=1e-9)
+    centered = full - full.mean(0)
+    total = (centered**2).sum() / len(full)
+    ratio = ((centered @ got["components"].T) ** 2).sum(0) / len(full) / total
+    np.testing.assert_allclose(got["explained_variance_ratio"], ratio, rtol=1e-8)
+    assert int(got["n_samples_seen"]) == 490
+    assert (tmp_path / "out" / "report" / "svd-spectrum.png").is_file()

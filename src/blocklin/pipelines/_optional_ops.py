@@ -226,10 +226,61 @@ def _svd_ops(find: Finder) -> Iterator[Operator]:
             ("A",), SVDParams, "eager", _svd(fn), extract=_svd_arrays,
             persist=_svd_persist(state) if incremental else None,
             update=_svd_update(state, update) if incremental else None)
-    if find("blocklin.ml", "TruncatedSVD") is not None and (fn := find(
-            "blocklin.ops", "randomized_svd")) is not None:
-        yield Operator("truncated_svd", "alias of randomized_svd (the TruncatedSVD estimator's "
-                       "operator)", ("A",), SVDParams, "eager", _svd(fn), extract=_svd_arrays)
+    tsvd = find("blocklin.ml", "TruncatedSVD")
+    if tsvd is not None:
+        yield Operator("truncated_svd", "TruncatedSVD estimator: components, singular values, "
+                       "explained variance (refresh: partial_fit row update)", ("A",),
+                       TSVDParams, "eager", _tsvd_fit(tsvd), extract=_tsvd_arrays,
+                       update=_tsvd_update(tsvd))
+
+
+class TSVDParams(Params):
+    n_components: int = Field(ge=1)
+    oversample: int = Field(10, ge=0)
+    n_iter: int = Field(2, ge=0)
+    random_state: int = Field(0, ge=0)
+    method: Literal["power", "krylov", "gram"] = "power"
+
+
+def _tsvd_new(cls: Any, p: Any, comp: Mapping[str, Any]) -> Any:
+    return cls(**p.model_dump(), executor=comp.get("executor", "dask"),
+               work_dir=comp.get("work_dir"))
+
+
+def _tsvd_fit(cls: Any) -> Callable[[Mapping[str, Any], Any, BuildContext], Any]:
+    def build(inputs: Mapping[str, Any], p: Any, ctx: BuildContext) -> Any:
+        return _tsvd_new(cls, p, ctx.compute).fit(inputs["A"])
+
+    return build
+
+
+def _tsvd_arrays(est: Any) -> Arrays:
+    out = {"singular_values": np.asarray(est.singular_values_),
+           "components": np.asarray(est.components_),
+           "explained_variance": np.asarray(est.explained_variance_),
+           "explained_variance_ratio": np.asarray(est.explained_variance_ratio_),
+           "n_samples_seen": np.asarray(est.n_samples_seen_),
+           "n_features_in": np.asarray(est.n_features_in_)}
+    # The column summary partial_fit merges new rows into (kept for refresh).
+    for name in ("_mean", "_m2"):
+        v = getattr(est, name, None)
+        if v is not None:
+            out["column" + name] = np.asarray(v)
+    return out
+
+
+def _tsvd_update(cls: Any) -> Callable[[UpdateContext, Any], Arrays]:
+    def apply(ctx: UpdateContext, p: Any) -> Arrays:
+        prev = ctx.previous
+        est = _tsvd_new(cls, p, ctx.compute)
+        est.components_ = prev["components"]
+        est.singular_values_ = prev["singular_values"]
+        est.n_features_in_ = int(prev["n_features_in"])
+        est._set_stats(int(prev["n_samples_seen"]), prev["column_mean"], prev["column_m2"])
+        est.partial_fit(ctx.batch["A"])
+        return _tsvd_arrays(est)
+
+    return apply
 
 
 def _ml_ops(find: Finder) -> Iterator[Operator]:

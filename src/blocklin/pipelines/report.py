@@ -57,10 +57,14 @@ def _plot_stages(plt: Any, seconds: Mapping[str, float], path: Path) -> str | No
     return _save(plt, fig, path)
 
 
-def _plot_spectrum(plt: Any, name: str, s: np.ndarray, path: Path) -> str:
+def _plot_spectrum(plt: Any, name: str, s: np.ndarray, path: Path,
+                   evr: np.ndarray | None = None) -> str:
     s = np.sort(np.abs(s.ravel()))[::-1]
     energy = s**2
-    ratio = np.cumsum(energy) / energy.sum() if energy.sum() > 0 else np.zeros_like(energy)
+    if evr is not None and evr.size == s.size:
+        ratio = np.cumsum(evr.ravel())  # of the total variance, as the estimator reports it
+    else:  # only the computed components are known: share of their total
+        ratio = np.cumsum(energy) / energy.sum() if energy.sum() > 0 else np.zeros_like(energy)
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(9, 3.5))
     a1.semilogy(np.arange(1, s.size + 1), np.maximum(s, np.finfo(float).tiny), "o-", ms=3)
     a1.set_xlabel("component")
@@ -118,7 +122,8 @@ def _output_plots(plt: Any, name: str, arrays: Mapping[str, np.ndarray], op: str
         # Eigenvalues of AᵀA are the squared singular values of A.
         s = np.sqrt(np.clip(np.linalg.eigvalsh(value), 0, None))
     if s is not None:
-        png = _plot_spectrum(plt, name, s, folder / f"{name}-spectrum.png")
+        png = _plot_spectrum(plt, name, s, folder / f"{name}-spectrum.png",
+                             arrays.get("explained_variance_ratio"))
         add(f"{name}: singular values", png)
     h = _first(arrays, _HISTORY_KEYS)
     if h is not None:
