@@ -63,8 +63,10 @@ def _plot_spectrum(plt: Any, name: str, s: np.ndarray, path: Path,
     energy = s**2
     if evr is not None and evr.size == s.size:
         ratio = np.cumsum(evr.ravel())  # of the total variance, as the estimator reports it
+        ylabel = "cumulative explained variance ratio"
     else:  # only the computed components are known: share of their total
         ratio = np.cumsum(energy) / energy.sum() if energy.sum() > 0 else np.zeros_like(energy)
+        ylabel = "cumulative share of the top-k s²"
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(9, 3.5))
     a1.semilogy(np.arange(1, s.size + 1), np.maximum(s, np.finfo(float).tiny), "o-", ms=3)
     a1.set_xlabel("component")
@@ -73,7 +75,7 @@ def _plot_spectrum(plt: Any, name: str, s: np.ndarray, path: Path,
     a2.plot(np.arange(1, s.size + 1), ratio, "o-", ms=3)
     a2.set_ylim(0, 1.02)
     a2.set_xlabel("components")
-    a2.set_ylabel("cumulative explained variance")
+    a2.set_ylabel(ylabel)
     a2.set_title(f"{name}: explained variance")
     return _save(plt, fig, path)
 
