@@ -8,8 +8,9 @@ imported inside the functions only.
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Iterable, Iterator
-from itertools import islice
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -66,20 +67,56 @@ def _check_columns(df: DataFrame, columns: Any, label: str | None) -> list[str]:
     return cols
 
 
-def _row_pieces(pid: int, rows: Iterable[Any], offsets: list[int], counts: list[int],
-                nrows: int, step: int, dtype: str) -> Iterator[tuple[int, Piece]]:
+class _RowStream:
+    """One partition's rows as 2-D arrays, taken ``k`` rows at a time across Arrow batches."""
+
+    def __init__(self, batches: Iterable[Any], dtype: str) -> None:
+        self._batches = iter(batches)
+        self._dtype = dtype
+        self._cur: np.ndarray | None = None
+        self._pos = 0
+
+    def _advance(self) -> bool:
+        batch = next(self._batches, None)
+        if batch is None:
+            return False
+        cols = [c.to_numpy(zero_copy_only=False) for c in batch.columns]  # nulls -> NaN
+        self._cur = np.column_stack(cols).astype(self._dtype, copy=False)
+        self._pos = 0
+        return True
+
+    def take(self, k: int) -> np.ndarray:
+        parts = []
+        while k > 0:
+            if self._cur is None or self._pos == self._cur.shape[0]:
+                if not self._advance():
+                    break
+                continue
+            n = min(k, self._cur.shape[0] - self._pos)
+            parts.append(self._cur[self._pos: self._pos + n])
+            self._pos += n
+            k -= n
+        if not parts:
+            return np.empty((0, 0), dtype=self._dtype)
+        return parts[0] if len(parts) == 1 else np.concatenate(parts)
+
+
+def _row_pieces(pid: int, rows: _RowStream, offsets: list[int], counts: list[int],
+                nrows: int, step: int) -> Iterator[tuple[int, Piece]]:
     """Cut one partition's rows at block boundaries: (block, (offset in block, rows))."""
     pos, end = offsets[pid], offsets[pid] + counts[pid]
-    rows = iter(rows)  # consumed block by block with islice
     while pos < end:
         b = pos // step
         take = min((b + 1) * step, nrows, end) - pos
-        arr = np.array(list(islice(rows, take)), dtype=dtype).reshape(take, -1)
+        arr = rows.take(take)
         if arr.shape[0] != take:
             raise RuntimeError(f"partition {pid} changed between passes (expected {counts[pid]} "
                                "rows); cache a non-deterministic DataFrame before from_spark")
         yield b, (pos - b * step, arr)
         pos += take
+    if rows.take(1).shape[0]:
+        raise RuntimeError(f"partition {pid} grew between passes; cache a non-deterministic "
+                           "DataFrame before from_spark")
 
 
 def _write_row_block(b: int, pieces: Iterable[Piece], metas: list[ArrayMeta],
@@ -98,31 +135,77 @@ def _write_row_block(b: int, pieces: Iterable[Piece], metas: list[ArrayMeta],
     return b, crcs
 
 
-def _write_partition(pid: int, rows: Iterable[Any], offsets: list[int], counts: list[int],
-                     metas: list[ArrayMeta], splits: list[int],
-                     dtype: str) -> Iterator[tuple[int, Any]]:
+_COUNT_SCHEMA = "pid int, n long"
+_PIECE_SCHEMA = "block long, kind string, off long, nrows long, crcs array<long>, data binary"
+
+
+def _map_in_arrow(df: DataFrame, fn: Any, schema: str) -> DataFrame:
+    # pyspark checks its pandas version on every mapInArrow and warns about pandas >= 3,
+    # which an Arrow-only map does not use.
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="PySpark does not yet fully support pandas",
+                                category=FutureWarning)
+        return df.mapInArrow(fn, schema)
+
+
+def _count_partition(batches: Iterable[Any]) -> Iterator[Any]:
+    """Rows of this partition (runs in an executor, over Arrow batches)."""
+    import pyarrow as pa
+    from pyspark import TaskContext  # noqa: TID251
+
+    ctx = TaskContext.get()
+    n = sum(b.num_rows for b in batches)
+    yield pa.RecordBatch.from_pydict({"pid": pa.array([ctx.partitionId() if ctx else 0],
+                                                      pa.int32()),
+                                      "n": pa.array([n], pa.int64())})
+
+
+def _piece_batch(b: int, kind: str, off: int, arr: np.ndarray | None,
+                 crcs: list[int]) -> Any:
+    import pyarrow as pa
+
+    return pa.RecordBatch.from_pydict({
+        "block": pa.array([b], pa.int64()), "kind": pa.array([kind]),
+        "off": pa.array([off], pa.int64()),
+        "nrows": pa.array([0 if arr is None else arr.shape[0]], pa.int64()),
+        "crcs": pa.array([crcs], pa.list_(pa.int64())),
+        "data": pa.array([b"" if arr is None else np.ascontiguousarray(arr).tobytes()],
+                         pa.binary())})
+
+
+def _write_partition(batches: Iterable[Any], offsets: list[int], counts: list[int],
+                     metas: list[ArrayMeta], splits: list[int], dtype: str) -> Iterator[Any]:
     """Write whole blocks at once; pass partial ones on to be joined with their neighbours."""
+    from pyspark import TaskContext  # noqa: TID251
+
+    ctx = TaskContext.get()
+    pid = ctx.partitionId() if ctx else 0
     nrows, step = metas[0].shape[0], metas[0].chunks[0]
-    for b, (off, arr) in _row_pieces(pid, rows, offsets, counts, nrows, step, dtype):
+    rows = _RowStream(batches, dtype)
+    for b, (off, arr) in _row_pieces(pid, rows, offsets, counts, nrows, step):
         if off == 0 and arr.shape[0] == metas[0].block_shape((b, 0))[0]:
-            yield b, ("crcs", _write_row_block(b, [(0, arr)], metas, splits)[1])
+            yield _piece_batch(b, "crcs", 0, None, _write_row_block(b, [(0, arr)], metas,
+                                                                    splits)[1])
         else:
-            yield b, ("piece", (off, arr))
+            yield _piece_batch(b, "piece", off, arr, [])
 
 
-def _finish_block(b: int, items: Iterable[tuple[str, Any]], metas: list[ArrayMeta],
-                  splits: list[int]) -> tuple[int, list[int]]:
+def _finish_block(b: int, items: Iterable[Any], metas: list[ArrayMeta], splits: list[int],
+                  dtype: str) -> tuple[int, list[int]]:
     items = list(items)
-    for kind, value in items:
-        if kind == "crcs":
-            return b, list(value)
-    return _write_row_block(b, [v for _, v in items], metas, splits)
+    for r in items:
+        if r.kind == "crcs":
+            return b, list(r.crcs)
+    pieces = [(int(r.off), np.frombuffer(r.data, dtype=dtype).reshape(r.nrows, -1))
+              for r in items]
+    return _write_row_block(b, pieces, metas, splits)
 
 
 def from_spark(df: DataFrame, columns: Any, path: str | os.PathLike[str],
                label: str | None = None, chunks: Any = None, *, dtype: Any = "float64",
                codec: str = "auto", label_path: str | os.PathLike[str] | None = None,
-               overwrite: bool = False) -> BlockMatrix | tuple[BlockMatrix, BlockMatrix]:
+               overwrite: bool = False, persist: bool = True
+               ) -> BlockMatrix | tuple[BlockMatrix, BlockMatrix]:
     """Write numeric columns of a Spark DataFrame to a BlockMatrix, in the executors.
 
     Parameters
@@ -143,6 +226,10 @@ def from_spark(df: DataFrame, columns: Any, path: str | os.PathLike[str],
         Where to write the label matrix (default ``label_path_for(path)``).
     overwrite : bool
         Replace existing arrays at ``path``/``label_path``.
+    persist : bool
+        Persist the selected columns (memory and disk, in the executors) for the two
+        passes, so a non-deterministic DataFrame (e.g. ``repartitionByRange``, which
+        samples) is read the same both times. ``False`` for a cheap deterministic one.
 
     Returns
     -------
@@ -157,8 +244,9 @@ def from_spark(df: DataFrame, columns: Any, path: str | os.PathLike[str],
 
     Notes
     -----
-    Two passes over ``df`` (row counts per partition, then the write), so ``df``
-    must be deterministic; cache it if it is not. Each executor task holds one
+    Two passes over the selected columns (row counts per partition, then the
+    write), over Arrow batches; a partition whose rows differ between the passes
+    fails the write rather than misplacing rows. Each executor task holds one
     block; only row counts, checksums and, for the (at most two per partition)
     blocks straddling a partition boundary, their pieces move through Spark's
     shuffle. The driver holds per-partition counts and per-block checksums only.
@@ -166,8 +254,24 @@ def from_spark(df: DataFrame, columns: Any, path: str | os.PathLike[str],
     np_dtype = check_numeric_dtype(np.dtype(dtype), what="from_spark dtype")
     cols = _check_columns(df, columns, label)
     selected = df.select(*cols, *([label] if label is not None else []))
-    counts_by_pid = dict(selected.rdd.mapPartitionsWithIndex(
-        lambda pid, it: [(pid, sum(1 for _ in it))]).collect())
+    if persist:
+        from pyspark import StorageLevel  # noqa: TID251
+
+        selected = selected.persist(StorageLevel.MEMORY_AND_DISK)
+    try:
+        return _ingest(selected, cols, path, label, chunks, np_dtype, codec, label_path,
+                       overwrite)
+    finally:
+        if persist:
+            selected.unpersist()
+
+
+def _ingest(selected: DataFrame, cols: list[str], path: str | os.PathLike[str],
+            label: str | None, chunks: Any, np_dtype: np.dtype[Any], codec: str,
+            label_path: str | os.PathLike[str] | None,
+            overwrite: bool) -> BlockMatrix | tuple[BlockMatrix, BlockMatrix]:
+    counts_by_pid = {r.pid: r.n for r in
+                     _map_in_arrow(selected, _count_partition, _COUNT_SCHEMA).collect()}
     counts = [counts_by_pid.get(p, 0) for p in range(max(counts_by_pid, default=-1) + 1)]
     nrows = sum(counts)
     if nrows == 0:
@@ -183,12 +287,13 @@ def from_spark(df: DataFrame, columns: Any, path: str | os.PathLike[str],
     offsets = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(int).tolist()
     nblocks = metas[0].grid[0]
     try:
-        pieces = selected.rdd.mapPartitionsWithIndex(
-            lambda pid, it: _write_partition(pid, it, offsets, counts, metas, splits,
-                                             np_dtype.name))
-        parts = max(1, min(nblocks, selected.rdd.context.defaultParallelism))
-        crcs = dict(pieces.groupByKey(numPartitions=parts)
-                    .map(lambda kv: _finish_block(kv[0], kv[1], metas, splits)).collect())
+        write = partial(_write_partition, offsets=offsets, counts=counts, metas=metas,
+                        splits=splits, dtype=np_dtype.name)
+        pieces = _map_in_arrow(selected, write, _PIECE_SCHEMA)
+        parts = max(1, min(nblocks, selected.sparkSession.sparkContext.defaultParallelism))
+        crcs = dict(pieces.rdd.map(lambda r: (r.block, r)).groupByKey(numPartitions=parts)
+                    .map(lambda kv: _finish_block(kv[0], kv[1], metas, splits, np_dtype.name))
+                    .collect())
         if sorted(crcs) != list(range(nblocks)):
             raise RuntimeError(f"from_spark wrote blocks {sorted(crcs)[:5]}..., not 0..{nblocks - 1}")
         return _seal(stores, metas, crcs, cols, label)
