@@ -58,7 +58,7 @@ def test_binomial_l1_matches_sklearn(solver: str) -> None:
 
 
 def test_multinomial_digits_matches_sklearn() -> None:
-    X, y = load_digits(return_X_y=True)
+    X, y = load_digits(n_class=5, return_X_y=True)
     X = X / 16.0
     lam = 0.01
     m = LogisticRegression(reg_param=lam, tol=1e-12, max_iter=500).fit(X, y)
@@ -123,4 +123,3 @@ def test_check_estimator() -> None:
     check_estimator(LogisticRegression(), on_skip=None, expected_failed_checks={
         "check_sample_weight_equivalence_on_dense_data": reason,
         "check_sample_weight_equivalence_on_sparse_data": reason})
-    check_estimator(LogisticRegression(reg_param=0.01, tol=1e-10), on_skip=None)
