@@ -1,0 +1,291 @@
+"""Linear and logistic regression on the same zarr data: blocklin's solvers versus Spark
+MLlib, dask-ml and scikit-learn.
+
+Every contender reads the same stored X (dense float64, Gaussian) and label columns.
+MLlib needs the rows inside Spark first: its load (zarr blocks -> cached DataFrame of
+(label, features), read in the executors) is timed apart from the fit, and "end to
+end" is load + fit. scikit-learn loads X into memory (timed apart) and fits there.
+Each measurement runs in a fresh process (so peak RSS is its own: the process and its
+children, Spark's JVM included), repeated ``--repeat`` times; the table shows medians.
+Accuracy: relative error of the coefficients against the least-squares solution
+(blocklin's ``qr``) or, for logistic regression, against blocklin's Newton solution,
+relative objective gap in parentheses.
+
+    flock /tmp/blocklin-heavy.lock .venv/bin/python benchmarks/bench_regression.py \
+        --rows 200000 --cols 500
+    .venv/bin/python benchmarks/bench_regression.py --quick
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+HERE = Path(__file__).resolve()
+
+
+# -- data -------------------------------------------------------------------------------
+def make_data(d: Path, rows: int, cols: int, chunk: int) -> dict[str, str]:
+    """X, a linear label y and a binary label yb, written once, row-aligned."""
+    import dask.array as da
+
+    import blocklin as bl
+
+    paths = {k: d / f"reg_{rows}x{cols}_{k}.zarr" for k in ("X", "y", "yb")}
+    if not all((p / "zarr.json").exists() for p in paths.values()):
+        rng = np.random.default_rng(1)
+        beta = rng.normal(size=cols) / np.sqrt(cols)
+        X = da.random.default_rng(0).standard_normal((rows, cols), chunks=(chunk, cols))
+        noise = da.random.default_rng(2).standard_normal((rows, 1), chunks=(chunk, 1))
+        margin = X @ beta[:, None]
+        bl.from_array(X, paths["X"], chunks=(chunk, None), codec="none", overwrite=True)
+        bl.from_array(margin + 0.5 + noise, paths["y"], chunks=(chunk, None), codec="none",
+                      overwrite=True)
+        logistic = da.random.default_rng(3).logistic(size=(rows, 1), chunks=(chunk, 1))
+        bl.from_array((2 * margin + logistic > 0).astype(np.float64), paths["yb"],
+                      chunks=(chunk, None), codec="none", overwrite=True)
+    return {k: str(p) for k, p in paths.items()}
+
+
+# -- workers (one per process) ----------------------------------------------------------
+def _blocklin(a: argparse.Namespace) -> dict[str, Any]:
+    import blocklin as bl
+    from blocklin.ml import LinearRegression, LogisticRegression
+
+    X, y = bl.open(a.X), bl.open(a.yb if a.task == "logistic" else a.y)
+    opts = {"num_workers": a.cores}
+    t0 = time.perf_counter()
+    if a.task == "linear":
+        m: Any = LinearRegression(solver=a.solver, work_dir=a.work, compute_options=opts,
+                                  max_iter=100, tol=1e-6).fit(X, y)
+        coef = np.r_[m.coef_, m.intercept_]
+    else:
+        m = LogisticRegression(solver=a.solver, work_dir=a.work, compute_options=opts,
+                               max_iter=100, tol=1e-6).fit(X, y)
+        coef = np.r_[m.coef_[0], m.intercept_]
+    return {"seconds": time.perf_counter() - t0, "coef": coef.tolist(), "passes": m.n_passes_}
+
+
+def _rows_of_block(i: int, xurl: str, yurl: str) -> Any:
+    from pyspark.ml.linalg import Vectors  # noqa: TID251
+
+    import blocklin as bl
+
+    x, y = bl.open(xurl).block(i, 0), bl.open(yurl).block(i, 0)
+    return [(float(v), Vectors.dense(r)) for v, r in zip(y[:, 0], x, strict=True)]
+
+
+def _mllib(a: argparse.Namespace) -> dict[str, Any]:
+    import blocklin as bl
+    from blocklin.executors.spark import local_session
+
+    X = bl.open(a.X)
+    yurl = a.yb if a.task == "logistic" else a.y
+    spark = local_session(cores=a.cores, driver_memory="8g")
+    try:
+        sc, xurl = spark.sparkContext, a.X
+        t0 = time.perf_counter()
+        rdd = sc.parallelize(range(X.nblocks[0]), X.nblocks[0]) \
+            .flatMap(lambda i: _rows_of_block(i, xurl, yurl))
+        df = spark.createDataFrame(rdd, ["label", "features"]).cache()
+        df.count()
+        t1 = time.perf_counter()
+        if a.task == "linear":
+            from pyspark.ml.regression import LinearRegression  # noqa: TID251
+
+            model = LinearRegression(solver=a.solver, maxIter=100, tol=1e-6,
+                                     standardization=False).fit(df)
+        else:
+            from pyspark.ml.classification import LogisticRegression  # noqa: TID251
+
+            model = LogisticRegression(maxIter=100, tol=1e-6, standardization=False).fit(df)
+        coef = np.r_[model.coefficients.toArray(), model.intercept]
+        t2 = time.perf_counter()
+        iters = model.summary.totalIterations
+    finally:
+        spark.stop()
+    return {"seconds": t2 - t0, "load_seconds": t1 - t0, "coef": coef.tolist(),
+            "passes": f"{iters}it"}
+
+
+def _dask_ml(a: argparse.Namespace) -> dict[str, Any]:
+    import dask
+    from dask_ml.linear_model import LinearRegression, LogisticRegression
+
+    import blocklin as bl
+
+    X = bl.open(a.X).to_dask()
+    y = bl.open(a.yb if a.task == "logistic" else a.y).to_dask()[:, 0]
+    t0 = time.perf_counter()
+    with dask.config.set(scheduler="threads", num_workers=a.cores):
+        cls = LinearRegression if a.task == "linear" else LogisticRegression
+        m = cls(solver="lbfgs", max_iter=100, penalty="l2", C=1e12, tol=1e-6).fit(X, y)
+    coef = np.r_[np.ravel(m.coef_), m.intercept_]
+    return {"seconds": time.perf_counter() - t0, "coef": coef.tolist(), "passes": "100it"}
+
+
+def _sklearn(a: argparse.Namespace) -> dict[str, Any]:
+    from sklearn.linear_model import LinearRegression, LogisticRegression
+
+    import blocklin as bl
+
+    t0 = time.perf_counter()
+    X = bl.open(a.X).to_numpy()
+    y = bl.open(a.yb if a.task == "logistic" else a.y).to_numpy()[:, 0]
+    t1 = time.perf_counter()
+    if a.task == "linear":
+        m: Any = LinearRegression().fit(X, y)
+    else:
+        m = LogisticRegression(penalty=None, max_iter=1000, tol=1e-8).fit(X, y)
+    coef = np.r_[np.ravel(m.coef_), m.intercept_]
+    return {"seconds": time.perf_counter() - t0, "load_seconds": t1 - t0,
+            "coef": coef.tolist(), "passes": "in memory"}
+
+
+WORKERS = {"blocklin": _blocklin, "mllib": _mllib, "dask_ml": _dask_ml, "sklearn": _sklearn}
+
+
+class PeakRSS:
+    """Peak resident memory of this process and its children, sampled every 20 ms."""
+
+    def __init__(self) -> None:
+        self.peak = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        import psutil
+
+        me = psutil.Process()
+        while not self._stop.is_set():
+            total = 0
+            for p in [me, *me.children(recursive=True)]:
+                with contextlib.suppress(psutil.Error):
+                    total += p.memory_info().rss
+            self.peak = max(self.peak, total)
+            self._stop.wait(0.02)
+
+    def stop(self) -> int:
+        self._stop.set()
+        self._thread.join()
+        return self.peak
+
+
+def run_worker(a: argparse.Namespace) -> None:
+    rss = PeakRSS()
+    out = WORKERS[a.worker](a)
+    out["peak_rss"] = rss.stop()
+    print("RESULT " + json.dumps(out))
+
+
+# -- driver -----------------------------------------------------------------------------
+def _spawn(a: argparse.Namespace, worker: str, task: str, solver: str) -> dict[str, Any]:
+    cmd = [sys.executable, str(HERE), "--worker", worker, "--task", task, "--solver", solver,
+           "--X", a.X, "--y", a.y, "--yb", a.yb, "--work", a.work, "--cores", str(a.cores)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
+    if proc.returncode != 0 or not lines:
+        raise RuntimeError(f"{worker}/{solver} failed:\n{proc.stderr[-3000:]}")
+    result: dict[str, Any] = json.loads(lines[-1][len("RESULT "):])
+    return result
+
+
+def _measure(a: argparse.Namespace, worker: str, task: str, solver: str) -> dict[str, Any]:
+    repeat = a.repeat if worker == "blocklin" else a.peer_repeat
+    runs = [_spawn(a, worker, task, solver) for _ in range(repeat)]
+    out = dict(runs[-1])
+    for key in ("seconds", "load_seconds"):
+        if key in out:
+            out[key] = statistics.median(r[key] for r in runs)
+    out["peak_rss"] = max(r["peak_rss"] for r in runs)
+    return out
+
+
+def _row(name: str, r: dict[str, Any], ref: np.ndarray, base: float) -> str:
+    coef = np.asarray(r["coef"])
+    err = float(np.linalg.norm(coef - ref) / np.linalg.norm(ref))
+    load = r.get("load_seconds")
+    fit = r["seconds"] - load if load is not None else r["seconds"]
+    load_s = f"{load:>7.2f}" if load is not None else f"{'-':>7}"
+    return (f"{name:<30}{load_s}{fit:>8.2f}{r['seconds']:>9.2f}{r['seconds'] / base:>8.1f}x"
+            f"{r['passes']!s:>10}{r['peak_rss'] / 2**20:>9.0f}{err:>10.1e}")
+
+
+HEADER = (f"{'contender':<30}{'load s':>7}{'fit s':>8}{'total s':>9}{'vs bl':>9}"
+          f"{'passes':>10}{'peak MiB':>9}{'rel err':>10}")
+
+
+def report(a: argparse.Namespace) -> None:
+    skip = set(filter(None, a.skip.split(",")))
+    print(f"# {a.rows} x {a.cols}, row blocks of {a.chunk_rows}, {a.cores} cores, median of "
+          f"{a.repeat} runs (peers {a.peer_repeat}), fresh process each")
+    for task in ("linear", "logistic"):
+        solvers = (["auto", "normal", "qr", "sketch", "lbfgs"] if task == "linear"
+                   else ["auto", "lbfgs"])
+        results = {f"blocklin {s}": _measure(a, "blocklin", task, s) for s in solvers}
+        ref = np.asarray(results["blocklin qr" if task == "linear" else "blocklin auto"]["coef"])
+        base = results["blocklin auto"]["seconds"]
+        if "mllib" not in skip:
+            mllib = ["normal", "l-bfgs"] if task == "linear" else ["l-bfgs"]
+            for s in [m for m in mllib if f"mllib-{m}" not in skip]:
+                results[f"MLlib {s} (load + fit)"] = _measure(a, "mllib", task, s)
+        if "dask" not in skip:
+            results["dask-ml lbfgs"] = _measure(a, "dask_ml", task, "lbfgs")
+        if "sklearn" not in skip:
+            results["scikit-learn (load + fit)"] = _measure(a, "sklearn", task, "-")
+        print(f"\n## {task} regression\n{HEADER}")
+        for name, r in results.items():
+            print(_row(name, r, ref, base))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--rows", type=int, default=200_000)
+    ap.add_argument("--cols", type=int, default=500)
+    ap.add_argument("--chunk-rows", type=int, default=16_384)
+    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--cores", type=int, default=os.cpu_count() or 1)
+    ap.add_argument("--peer-repeat", type=int, default=None,
+                    help="runs of each peer (default --repeat)")
+    ap.add_argument("--skip", default="",
+                    help="contenders to skip: mllib,mllib-l-bfgs,dask,sklearn")
+    ap.add_argument("--quick", action="store_true", help="20,000 x 50, one run")
+    ap.add_argument("--data", type=Path, default=HERE.parent / "data")
+    ap.add_argument("--worker", choices=sorted(WORKERS))
+    ap.add_argument("--task", choices=["linear", "logistic"])
+    ap.add_argument("--solver")
+    ap.add_argument("--X")
+    ap.add_argument("--y")
+    ap.add_argument("--yb")
+    ap.add_argument("--work")
+    a = ap.parse_args()
+    if a.worker:
+        run_worker(a)
+        return
+    if a.quick:
+        a.rows, a.cols, a.repeat, a.chunk_rows = 20_000, 50, 1, 4096
+    if a.peer_repeat is None:
+        a.peer_repeat = a.repeat
+    a.data.mkdir(parents=True, exist_ok=True)
+    paths = make_data(a.data, a.rows, a.cols, a.chunk_rows)
+    a.X, a.y, a.yb = paths["X"], paths["y"], paths["yb"]
+    with tempfile.TemporaryDirectory(dir=a.data, prefix="bench-reg-") as work:
+        a.work = work
+        report(a)
+
+
+if __name__ == "__main__":
+    main()
