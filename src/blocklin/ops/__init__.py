@@ -1,5 +1,6 @@
 """Block operators. Each returns a lazy result; nothing runs until ``compute``."""
 
+from blocklin.ops.glm import eval_pass, loss_grad, newton_pass, normal_stats
 from blocklin.ops.products import gram, matmul
 from blocklin.ops.sketch import sketch
 from blocklin.ops.sketched_matmul import SketchedProduct, sketched_matmul
@@ -19,8 +20,12 @@ __all__ = [
            "TruncatedSVDResult",
            "center",
            "column_stats",
+           "eval_pass",
            "gram",
+           "loss_grad",
            "matmul",
+           "newton_pass",
+           "normal_stats",
            "pca",
            "randomized_svd",
            "scale",
