@@ -48,9 +48,10 @@ def test_resume_on_every_executor(tmp_path: Path, executor: ExecutorCase) -> Non
         executor.compute(faulty)
     stats = RunStats()
     out = executor.compute_one(P, resume=True, stats=stats)
-    # Five tasks succeeded before the fault; with concurrent workers, a few more may have
-    # started before the failure stopped the run and completed on their own.
-    assert stats.tasks_skipped >= 5
+    # Five kernels ran before the fault. A sibling task may still be writing its block
+    # when the failure surfaces (so 4 are recorded), or a few more may have started
+    # and completed on their own.
+    assert stats.tasks_skipped >= 4
     assert stats.tasks_run == 8 - stats.tasks_skipped
     np.testing.assert_allclose(out.to_numpy(), x @ W, rtol=1e-14)
 
