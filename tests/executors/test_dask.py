@@ -3,6 +3,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import dask.config
 import numpy as np
 import pytest
 
@@ -34,5 +35,7 @@ def test_executor_errors(tmp_path: Path) -> None:
     A = bl.from_array(np.ones((10, 2)), tmp_path / "A.zarr")
     with pytest.raises(ConfigError, match="executor must be one of"):
         bl.ops.gram(A).compute(executor="ray")
-    with pytest.raises(ExecutorError, match="cannot reach"):
+    with dask.config.set({"distributed.comm.timeouts.connect": "2s"}), \
+            pytest.raises(ExecutorError, match="cannot reach"):
         bl.ops.gram(A).compute(address="tcp://127.0.0.1:1", work_dir=str(tmp_path / "w"))
+    assert not (tmp_path / "w").exists()

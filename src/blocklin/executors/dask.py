@@ -93,10 +93,12 @@ class DaskExecutor:
     def _client(self) -> tuple[Client, bool]:
         if self.client is not None:
             return self.client, False
+        import dask.config
         from distributed import Client
 
+        timeout = dask.config.get("distributed.comm.timeouts.connect")
         try:
-            return Client(self.address, set_as_default=False, timeout="20s"), True
+            return Client(self.address, set_as_default=False, timeout=timeout), True
         except OSError as exc:
             raise ExecutorError(f"cannot reach the dask scheduler at {self.address}: {exc}") from exc
 
