@@ -225,3 +225,19 @@ def test_check_estimator() -> None:
 
     # on_skip=None: the array-API check skips itself without SCIPY_ARRAY_API (not a failure).
     check_estimator(LinearRegression(), on_skip=None)
+
+
+def test_dask_and_path_inputs(tmp_path: Path) -> None:
+    import dask.array as da
+
+    X, y, _ = make_data(n=500, seed=10)
+    ref = LinearRegression(solver="normal").fit(X, y)
+    work = str(tmp_path / "w")
+    dm = LinearRegression(solver="normal", work_dir=work).fit(da.from_array(X, chunks=(128, 6)), y)
+    np.testing.assert_allclose(dm.coef_, ref.coef_, rtol=1e-12)
+    bl.from_array(X, tmp_path / "X.zarr", chunks=(100, None))
+    bl.from_array(y[:, None], tmp_path / "y.zarr", chunks=(100, None))
+    pm = LinearRegression(solver="normal", work_dir=work).fit(str(tmp_path / "X.zarr"),
+                                                              str(tmp_path / "y.zarr"))
+    np.testing.assert_allclose(pm.coef_, ref.coef_, rtol=1e-12)
+    np.testing.assert_allclose(pm.predict(str(tmp_path / "X.zarr")), ref.predict(X), rtol=1e-12)
