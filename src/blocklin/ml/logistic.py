@@ -23,7 +23,7 @@ from blocklin.ml._glm import (
 from blocklin.ml._solvers import TrainData, coordinate_descent, solve_quadratic, training_data
 from blocklin.ml._summary import LogisticRegressionSummary, logistic_summary
 from blocklin.ml._validation import is_stored
-from blocklin.ops.glm import moments_spec, newton_spec
+from blocklin.ops.glm import loss_grad_spec, moments_spec, newton_spec, unpack_grad
 from blocklin.types import (
     LOGISTIC_FAMILIES,
     LOGISTIC_SOLVERS,
@@ -37,6 +37,9 @@ __all__ = ["LogisticRegression"]
 #: Newton's Hessian is Q × Q (Q = (features + intercept)·(classes or 1)); above this many
 #: coefficients ``auto`` uses L-BFGS.
 MAX_NEWTON_COEFFICIENTS = 4096
+#: Once a Newton step's predicted decrease is below this (relative), the Hessian is
+#: kept and later iterations make gradient-only passes.
+CHORD_SWITCH = 1e-3
 
 
 class LogisticRegression(ClassifierMixin, BaseEstimator):  # type: ignore[misc]
@@ -190,21 +193,32 @@ class LogisticRegression(ClassifierMixin, BaseEstimator):  # type: ignore[misc]
         l1m[:p], l2m[:p] = l1p[:, None], l2p[:, None]
         l1, l2 = l1m.ravel(), l2m.ravel()
         beta = np.zeros(size * k)
+        q = size * k
         prev: tuple[np.ndarray, float] | None = None
         history: list[float] = []
         iters = 0
+        H_keep: np.ndarray | None = None  # a Hessian reused by gradient-only passes
+        family = "binomial" if k == 1 else "multinomial"
         for _ in range(max(int(self.max_iter), 1)):
-            out = data.run(newton_spec(beta.reshape(size, k), fi, data.has_weights,
-                                       data.x_col_blocks, p))
-            W = out[0, 1]
-            F = out[0, 0] / W + 0.5 * float(l2 @ beta**2) + float(l1 @ np.abs(beta))
+            if H_keep is None:
+                out = data.run(newton_spec(beta.reshape(size, k), fi, data.has_weights,
+                                           data.x_col_blocks, p))
+                W = out[0, 1]
+                loss, grad = out[0, 0], out[1, :q]
+            else:
+                loss, W, gm = unpack_grad(data.run(loss_grad_spec(
+                    family, beta.reshape(size, k), fi, data.has_weights, data.x_col_blocks)),
+                    (size, k))
+                grad = gm.ravel()
+            F = loss / W + 0.5 * float(l2 @ beta**2) + float(l1 @ np.abs(beta))
             if prev is not None and prev[1] + 1e-12 * max(abs(prev[1]), 1.0) < F:
-                beta = 0.5 * (beta + prev[0])  # step too long: halve it (one more pass)
+                # Step too long: back off (a fresh Hessian if the reused one misled).
+                beta = prev[0] if H_keep is not None else 0.5 * (beta + prev[0])
+                H_keep = None
                 continue
             history.append(F)
-            q = size * k
-            g = out[1, :q] / W + l2 * beta
-            H = out[2:2 + q, :q] / W + np.diag(l2)
+            g = grad / W + l2 * beta
+            H = out[2:2 + q, :q] / W + np.diag(l2) if H_keep is None else H_keep
             if l1.any():
                 new = coordinate_descent(H, H @ beta - g, l1, np.zeros(q), x0=beta).x
             else:
@@ -213,6 +227,10 @@ class LogisticRegression(ClassifierMixin, BaseEstimator):  # type: ignore[misc]
             decrease = -(g @ d + 0.5 * d @ H @ d + float(l1 @ (np.abs(new) - np.abs(beta))))
             small = len(history) > 1 and \
                 abs(history[-2] - F) <= 1e-3 * self.tol * max(abs(F), 1.0)
+            # Near the optimum the Hessian barely changes: later iterations reuse it and
+            # pay only a gradient pass (a mat-vec per block instead of a rank-k update).
+            if decrease <= CHORD_SWITCH * max(abs(F), 1.0):
+                H_keep = H
             prev = (beta, F)
             beta = new
             iters += 1
