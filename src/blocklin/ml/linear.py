@@ -90,17 +90,21 @@ class LinearRegression(RegressorMixin, BaseEstimator):  # type: ignore[misc]
         coefficients are always returned on the original scale.
     solver : {"auto", "normal", "qr", "lbfgs", "owlqn", "sketch"}
         ``normal``: one pass for the weighted normal-equation statistics, then Cholesky
-        (a truncated eigen-solve for singular systems); ridge comes straight from the
-        statistics and L1/elastic net by coordinate descent on them, with no further
-        pass (MLlib's normal solver runs OWL-QN there). ``qr``: one pass of TSQR of
-        √w·[X 1 y]; accurate on ill-conditioned designs (NIST StRD); ridge by stacking,
-        no L1. ``lbfgs``: L-BFGS, one pass per evaluation (OWL-QN when α·λ > 0, as
-        MLlib). ``owlqn``: OWL-QN. ``sketch``: a Gaussian sketch of the centered X as
-        preconditioner, then preconditioned conjugate gradients on the normal equations
-        (one pass per iteration) to ``tol``; no L1. ``auto``: ``normal`` when there are at most
-        4096 features (as MLlib, also for L1), re-solving by ``qr`` when the normal
-        equations are too ill-conditioned to match QR's accuracy; else ``owlqn`` or
-        ``lbfgs``.
+        (a truncated eigen-solve for singular systems). Ridge comes straight from the
+        statistics, and L1/elastic net by coordinate descent on them: with the Gram
+        matrix in memory that is the pass-efficient way, no further pass at all
+        (MLlib's normal solver runs OWL-QN there; its ``l-bfgs`` one pass per
+        evaluation). ``qr``: one pass of TSQR of √w·[X 1 y] (intercept column and
+        weights applied inside each task), then one pass of iterative refinement with
+        an extended-precision residual; NIST StRD accuracy on ill-conditioned designs;
+        ridge by stacking, no L1. ``lbfgs``: L-BFGS, one pass per evaluation (OWL-QN when
+        α·λ > 0, as MLlib). ``owlqn``: OWL-QN. ``sketch``: a sparse-sign sketch of the
+        centered X (4p rows) as preconditioner, then preconditioned conjugate gradients
+        on the normal equations (one pass per iteration) to ``tol``; no L1. ``auto``:
+        with at most 64 features ``qr`` (its statistics computed in the same pass); up to
+        4096 features (MLlib's limit) ``normal``, re-solved by ``qr`` when the
+        equilibrated normal equations are too ill-conditioned (reciprocal condition
+        below 1e-3) to match QR's accuracy; with more features ``owlqn`` or ``lbfgs``.
     max_iter : int
         Iterations of ``lbfgs``/``owlqn``/``sketch`` (each costs about one pass).
     tol : float
@@ -137,9 +141,10 @@ class LinearRegression(RegressorMixin, BaseEstimator):  # type: ignore[misc]
 
     Notes
     -----
-    Passes: ``normal`` 1; ``qr`` 1; ``auto`` 1, or 2 when it falls back to ``qr``;
-    ``lbfgs``/``owlqn`` 1 + one per function evaluation; ``sketch`` 2 + one per
-    iteration. Per-task memory is a row panel, one float64 copy of it and a few
+    Passes: ``normal`` 1; ``qr`` 2; ``auto`` 2 with at most 64 features, else 1 (3
+    when it falls back to ``qr``); ``lbfgs``/``owlqn`` 1 + one per function evaluation;
+    ``sketch`` 3 + one per iteration; ``partial_fit`` 1 over the new rows only.
+    Per-task memory is a row panel, one float64 copy of it and a few
     (p+2)² matrices.
 
     Examples
