@@ -96,3 +96,18 @@ def test_bad_parameters(tmp_path: Path) -> None:
         TruncatedSVD(4, work_dir=str(tmp_path)).fit(x)
     with pytest.raises(InputValueError, match="method"):
         TruncatedSVD(2, method="arpack", work_dir=str(tmp_path)).fit(x)
+
+
+def test_sparse_lsa_input_matches_dense(tmp_path: Path) -> None:
+    import scipy.sparse as sp
+
+    x = sp.random(500, 60, density=0.05, random_state=1, format="csr")
+    x = sp.csr_matrix(x @ sp.diags(np.exp(-np.arange(60) / 6.0)))
+    dense = TruncatedSVD(4, work_dir=str(tmp_path)).fit(x.toarray())
+    sparse = TruncatedSVD(4, work_dir=str(tmp_path)).fit(x)
+    np.testing.assert_allclose(sparse.singular_values_, dense.singular_values_, rtol=1e-12)
+    np.testing.assert_allclose(sparse.components_, dense.components_, atol=1e-10)
+    np.testing.assert_allclose(sparse.transform(x), dense.transform(x.toarray()), atol=1e-10)
+    sparse.partial_fit(x[:50])
+    dense.partial_fit(x[:50].toarray())
+    np.testing.assert_allclose(sparse.singular_values_, dense.singular_values_, rtol=1e-12)

@@ -45,12 +45,13 @@ def _open(X: Any) -> BlockMatrix:
     return open_matrix(X)
 
 
-def validate_features(estimator: Any, X: Any, *, reset: bool) -> Any:
+def validate_features(estimator: Any, X: Any, *, reset: bool, accept_sparse: bool = False) -> Any:
     """Check X like scikit-learn's ``validate_data`` and set/check ``n_features_in_``.
 
-    Returns the validated in-memory array (float64 numpy) or the opened BlockMatrix /
-    the dask array unchanged. Raises ``ValueError``/``TypeError`` subclasses that
-    scikit-learn's checks expect (its own messages for in-memory data).
+    Returns the validated in-memory array (float64 numpy; CSR with ``accept_sparse``)
+    or the opened BlockMatrix / the dask array unchanged. Raises
+    ``ValueError``/``TypeError`` subclasses that scikit-learn's checks expect (its
+    own messages for in-memory data).
     """
     if is_stored(X) or _is_dask(X):
         A = _open(X) if is_stored(X) else X
@@ -63,7 +64,7 @@ def validate_features(estimator: Any, X: Any, *, reset: bool) -> Any:
     from sklearn.utils.validation import validate_data
 
     return validate_data(estimator, X, reset=reset, dtype=[np.float64, np.float32],
-                         ensure_min_samples=1)
+                         ensure_min_samples=1, accept_sparse="csr" if accept_sparse else False)
 
 
 def _check_n_features(estimator: Any, n: int, reset: bool) -> None:
@@ -88,8 +89,9 @@ def stored_matrix(X: Any, *, work_dir: str | os.PathLike[str] | None = None,
 
     Parameters
     ----------
-    X : numpy array, array-like, dask array, BlockMatrix or zarr path
-        Already validated (see :func:`validate_features`). 1-D arrays become a column.
+    X : numpy array, array-like, scipy.sparse matrix, dask array, BlockMatrix or zarr path
+        Already validated (see :func:`validate_features`). 1-D arrays become a column;
+        sparse matrices are stored as CSR row blocks.
     work_dir : path, optional
         Local directory holding the temporary array (default: blocklin's work dir).
         It must be reachable from the workers when computing on a cluster.
@@ -107,7 +109,7 @@ def stored_matrix(X: Any, *, work_dir: str | os.PathLike[str] | None = None,
     if is_stored(X):
         yield _open(X)
         return
-    arr = X if _is_dask(X) else np.asarray(X)
+    arr = X if _is_dask(X) or hasattr(X, "tocsr") else np.asarray(X)
     if arr.ndim == 1:
         arr = arr.reshape(-1, 1)
     base = Path(work_dir) if work_dir is not None else Path(default_work_dir())

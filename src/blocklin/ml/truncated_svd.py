@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import scipy.sparse as sp
 from sklearn.base import BaseEstimator, ClassNamePrefixFeaturesOutMixin, TransformerMixin
 from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_is_fitted
@@ -81,7 +82,7 @@ class TruncatedSVD(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstima
 
     # -- fitting -----------------------------------------------------------------------
     def fit(self, X: Any, y: Any = None) -> TruncatedSVD:
-        """Fit on X (numpy, dask, BlockMatrix or zarr path); returns self."""
+        """Fit on X (numpy, scipy.sparse, dask, BlockMatrix or zarr path); returns self."""
         self._fit(X)
         return self
 
@@ -109,7 +110,7 @@ class TruncatedSVD(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstima
         parse_option("method", self.method, SVD_METHODS)
 
     def _fit(self, X: Any) -> Any:
-        Xv = validate_features(self, X, reset=True)
+        Xv = validate_features(self, X, reset=True, accept_sparse=True)
         m, n = int(Xv.shape[0]), int(Xv.shape[1])
         self._check_params(m, n)
         with self._scratch() as wd, stored_matrix(Xv, work_dir=wd) as A:
@@ -150,8 +151,10 @@ class TruncatedSVD(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstima
         """
         if not hasattr(self, "components_"):
             return self.fit(X)
-        Xv = validate_features(self, X, reset=False)
+        Xv = validate_features(self, X, reset=False, accept_sparse=True)
         n = self.n_features_in_
+        if sp.issparse(Xv):  # in-memory appended rows: p × n is small, factor it densely
+            Xv = Xv.toarray()
         if not isinstance(Xv, np.ndarray) and int(Xv.shape[0]) >= n:
             with self._scratch() as wd, stored_matrix(Xv, work_dir=wd) as A:
                 r, st = compute(tsqr_r(A), column_stats(A), executor=self.executor, work_dir=wd)
@@ -180,10 +183,12 @@ class TruncatedSVD(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstima
     def transform(self, X: Any) -> Any:
         """Project X onto the components: ``X @ components_.T`` (n_samples × k)."""
         check_is_fitted(self)
-        return self._project(validate_features(self, X, reset=False))
+        return self._project(validate_features(self, X, reset=False, accept_sparse=True))
 
     def _project(self, Xv: Any) -> Any:
         vt = self.components_
+        if sp.issparse(Xv):
+            return np.asarray(Xv @ vt.T)
         if isinstance(Xv, np.ndarray) or not is_stored(Xv):
             return Xv @ vt.T
         return compute(matmul(Xv, np.ascontiguousarray(vt.T)), executor=self.executor,
@@ -204,4 +209,5 @@ class TruncatedSVD(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstima
     def __sklearn_tags__(self) -> Any:
         tags = super().__sklearn_tags__()
         tags.transformer_tags.preserves_dtype = ["float64"]
+        tags.input_tags.sparse = True
         return tags

@@ -156,9 +156,9 @@ class ConstantFactor:
 def _rows_numpy(rows: Any, n: int) -> np.ndarray | None:
     if isinstance(rows, BlockMatrix | str | os.PathLike):
         return None
-    if hasattr(rows, "tocsr"):
-        raise InputDtypeError("sparse appended rows are not supported yet; pass them dense")
-    c = np.asarray(rows)
+    # In-memory sparse rows: p × n with n small enough for the driver's n × n; the R
+    # factor is dense anyway.
+    c = np.asarray(rows.toarray()) if hasattr(rows, "tocsr") else np.asarray(rows)
     if c.dtype.kind not in "fiub":
         raise InputDtypeError(f"rows must be real-valued; got dtype {c.dtype}")
     if c.ndim != 2 or c.shape[1] != n or c.shape[0] == 0:
@@ -203,7 +203,7 @@ def svd_update(state: SVDState | str | os.PathLike[str], rows: Any = None, *,
     state : SVDState or path
         A state from :meth:`SVDState.create` or an earlier update (reopened from
         zarr after a restart when given a path).
-    rows : ndarray, BlockMatrix or zarr path, shape (p, n)
+    rows : ndarray, scipy.sparse matrix, BlockMatrix (dense or CSR) or zarr path, (p, n)
         Appended rows. Stored rows are read in two passes (TSQR's R, then their U
         segment); in-memory rows are factored on the driver.
     columns, low_rank
