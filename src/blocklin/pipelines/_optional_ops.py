@@ -191,6 +191,17 @@ class NoParams(Params):
     pass
 
 
+def _takes(fn: Any, *names: str) -> bool:
+    """Whether ``fn`` accepts these keywords (registered only with the signature we call)."""
+    import inspect
+
+    try:
+        params = inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return False
+    return all(n in params for n in names)
+
+
 def discover(find: Finder) -> Iterator[Operator]:
     """Yield an :class:`Operator` for every optional operator that is importable."""
     sketch = find("blocklin.ops", "sketch")
@@ -200,7 +211,7 @@ def discover(find: Finder) -> Iterator[Operator]:
         yield Operator("sketched_crossprod", "(SA)ᵀ(SB) ≈ AᵀB with one shared sketch S",
                        ("A", "B"), SketchParams, "eager", _sketched_crossprod(sketch))
     smm = find("blocklin.ops", "sketched_matmul")
-    if smm is not None:
+    if smm is not None and _takes(smm, "kind", "seed"):
         yield Operator("sketched_matmul", "sketched product from blocklin.ops.sketched_matmul",
                        ("A", "B"), SketchParams, "eager",
                        lambda i, p, c: smm(i["A"], i["B"], p.k, kind=p.kind, seed=p.seed))
