@@ -101,12 +101,15 @@ def test_sketched_product(tmp_path: Path) -> None:
     out = tmp_path / "out" / "sketch"
     exact = a.T @ b
     np.testing.assert_allclose(load_small(out / "exact.npz")["value"], exact, rtol=1e-10)
-    approx = load_small(out / "approx.npz")["value"]
+    got = load_small(out / "approx.npz")
+    approx = got["estimate"]
     # E‖(SA)ᵀSB − AᵀB‖_F² = (‖A‖²‖B‖² + ‖AᵀB‖²)/k for Gaussian S: allow 4 standard errors.
     bound = 4 * np.sqrt((np.linalg.norm(a) ** 2 * np.linalg.norm(b) ** 2
                          + np.linalg.norm(exact) ** 2) / 400)
     err = np.linalg.norm(approx - exact)
     assert 0 < err < bound
+    # The operator's own error estimate is of the right size.
+    assert 0.25 * err < float(got["error"]) < 4 * err
 
 
 @pytest.mark.parametrize("name", sorted(p.name for p in EXAMPLES.glob("*.yaml")))

@@ -114,3 +114,23 @@ def test_to_arrays_handles_result_shapes() -> None:
     assert set(to_arrays({"a": np.ones(2), "b": "text"})) == {"a"}
     with pytest.raises(KeyError):
         to_arrays(np.ones(3))["missing"]
+
+
+def test_sketched_crossprod_and_tsqr_steps(write_spec: Any, tmp_path: Path) -> None:
+    rng = np.random.default_rng(8)
+    a, b = rng.normal(size=(2000, 4)), rng.normal(size=(2000, 3))
+    bl.from_array(a, tmp_path / "A.zarr", chunks=(512, None))
+    bl.from_array(b, tmp_path / "B.zarr", chunks=(512, None))
+    spec = base_spec(inputs={"A": {"path": "A.zarr"}, "B": {"path": "B.zarr"}},
+                     steps=[{"name": "sk", "op": "sketched_crossprod",
+                             "inputs": {"A": "A", "B": "B"}, "params": {"k": 300, "seed": 1}},
+                            {"name": "r", "op": "tsqr", "inputs": {"A": "A"}}],
+                     outputs={"sk": {"step": "sk"}, "r": {"step": "r"}}, refresh=None)
+    run_pipeline(load_pipeline(write_spec(spec)))
+    exact = a.T @ b
+    est = load_small(tmp_path / "out" / "sk.npz")["value"]
+    bound = 4 * np.sqrt((np.linalg.norm(a) ** 2 * np.linalg.norm(b) ** 2
+                         + np.linalg.norm(exact) ** 2) / 300)
+    assert 0 < np.linalg.norm(est - exact) < bound
+    r = load_small(tmp_path / "out" / "r.npz")["value"]
+    np.testing.assert_allclose(np.abs(r), np.abs(np.linalg.qr(a, mode="r")), atol=1e-9)

@@ -34,6 +34,14 @@ class SketchParams(Params):
     seed: int = Field(0, ge=0)
 
 
+class ProductParams(Params):
+    k: int = Field(ge=1, description="sketch size")
+    kind: Literal["gaussian", "rademacher", "sparse_sign", "countsketch", "srht",
+                  "coordinated"] = "gaussian"
+    seed: int = Field(0, ge=0)
+    s: int = Field(8, ge=1, description="nonzeros per column (sparse_sign)")
+
+
 def _sketch(fn: Any) -> Callable[[Mapping[str, Any], Any, BuildContext], Any]:
     def build(inputs: Mapping[str, Any], p: Any, ctx: BuildContext) -> Any:
         return fn(inputs["A"], p.k, kind=p.kind, seed=p.seed)
@@ -211,10 +219,10 @@ def discover(find: Finder) -> Iterator[Operator]:
         yield Operator("sketched_crossprod", "(SA)ᵀ(SB) ≈ AᵀB with one shared sketch S",
                        ("A", "B"), SketchParams, "eager", _sketched_crossprod(sketch))
     smm = find("blocklin.ops", "sketched_matmul")
-    if smm is not None and _takes(smm, "kind", "seed"):
-        yield Operator("sketched_matmul", "sketched product from blocklin.ops.sketched_matmul",
-                       ("A", "B"), SketchParams, "eager",
-                       lambda i, p, c: smm(i["A"], i["B"], p.k, kind=p.kind, seed=p.seed))
+    if smm is not None and _takes(smm, "kind", "seed", "s"):
+        yield Operator("sketched_matmul", "sketched AᵀB with an a-posteriori error estimate "
+                       "(one pass over A and B)", ("A", "B"), ProductParams, "small",
+                       lambda i, p, c: smm(i["A"], i["B"], p.k, kind=p.kind, seed=p.seed, s=p.s))
     yield from _svd_ops(find)
     tsqr_r = find("blocklin.ops", "tsqr_r")
     if tsqr_r is not None:
