@@ -69,18 +69,14 @@ def test_subspace_embedding_distortion(kind: str) -> None:
     coherent = np.zeros((m, d))
     coherent[np.arange(d) * 7 + 100, np.arange(d)] = 1.0  # a subspace of d coordinate axes
     for k in (40, 160, 640):
-        worst = max(_distortion(kind, k, seed, incoherent) for seed in range(10))
+        worst = max(_distortion(kind, k, seed, incoherent) for seed in range(6))
         # ε-embedding for k ≳ c·d/ε²: measured c ≈ 1–1.4 for every kind; 2 leaves room.
         assert worst < 2.0 * np.sqrt(d / k), (k, worst)
-    worst_coherent = {k: [_distortion(kind, k, s, coherent) for s in range(10)]
-                      for k in (40, 640)}
+    assert max(_distortion(kind, 640, s, coherent) for s in range(6)) < 2.0 * np.sqrt(d / 640)
     if kind == "countsketch":
         # One nonzero per column: two of the d axes collide with probability ≈ d²/2k,
-        # so it needs k ≳ d²/ε² — it fails at k = 4d and works at k = 6.4·d².
-        assert sum(e > 0.3 for e in worst_coherent[40]) >= 5
-        assert max(worst_coherent[640]) < 2.0 * np.sqrt(d / 640)
-    else:
-        assert max(worst_coherent[640]) < 2.0 * np.sqrt(d / 640)
+        # so it needs k ≳ d²/ε² — it fails at k = 4d and works at k = 6.4·d² (above).
+        assert sum(_distortion(kind, 40, s, coherent) > 0.3 for s in range(10)) >= 5
 
 
 def test_subspace_embedding_through_operator_on_sparse_input(tmp_path: Path) -> None:
@@ -108,7 +104,7 @@ def test_coordinated_sampling_beats_linear_sketches_on_sparse_inputs(tmp_path: P
     A = bl.from_array(a, tmp_path / "A.zarr", chunks=(6000, None))
     B = bl.from_array(b, tmp_path / "B.zarr", chunks=(4000, None))
     ref = (a.T @ b).toarray()
-    k, seeds = 200, range(6)
+    k, seeds = 200, range(4)
     lazies = [bl.ops.sketched_matmul(A, B, k, kind=kind, seed=s)  # type: ignore[arg-type]
               for kind in PRODUCT_KINDS for s in seeds]
     results = bl.compute(*lazies, work_dir=str(tmp_path / "w"))

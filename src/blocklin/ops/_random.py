@@ -94,12 +94,16 @@ def _floyd_subsets(rng: np.random.Generator, n: int, k: int, s: int) -> np.ndarr
 
 @lru_cache(maxsize=4)
 def _hadamard_rows(seed: int, side: int, k: int) -> np.ndarray:
-    """±1 entries of the k sampled Walsh–Hadamard rows, as a (G, k) int8 matrix."""
+    """±1 entries of the k sampled Walsh–Hadamard rows, as a (G, k) float matrix.
+
+    H[r, c] = (-1)^popcount(r & c) (Sylvester order); cached per process because every
+    granule shares the sampled rows R.
+    """
     rng = granule_rng(seed, "srht", side, 0, tag=_SHARED)
     rows = rng.choice(GRANULE_ROWS, size=k, replace=False)
     cols = np.arange(GRANULE_ROWS)
     parity = np.bitwise_count(cols[:, None] & rows[None, :]) & 1
-    out: np.ndarray = (1 - 2 * parity).astype(np.int8)
+    out: np.ndarray = 1.0 - 2.0 * parity
     out.flags.writeable = False
     return out
 
