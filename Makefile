@@ -22,6 +22,7 @@ $(STAMP_TEST): pyproject.toml | $(PY)
 
 demo: $(STAMP_BASE)
 	$(PY) examples/demo.py
+	$(PY) examples/demo_pipeline.py
 
 test: $(STAMP_TEST)
 	$(PY) -m pytest -q -p no:cacheprovider
