@@ -232,15 +232,16 @@ def report(a: argparse.Namespace) -> None:
     skip = set(filter(None, a.skip.split(",")))
     print(f"# {a.rows} x {a.cols}, row blocks of {a.chunk_rows}, {a.cores} cores, median of "
           f"{a.repeat} runs (peers {a.peer_repeat}), fresh process each")
-    for task in ("linear", "logistic"):
+    for task in a.tasks.split(","):
         solvers = (["auto", "normal", "qr", "sketch", "lbfgs"] if task == "linear"
                    else ["auto", "lbfgs"])
         results = {f"blocklin {s}": _measure(a, "blocklin", task, s) for s in solvers}
         ref = np.asarray(results["blocklin qr" if task == "linear" else "blocklin auto"]["coef"])
         base = results["blocklin auto"]["seconds"]
         if "mllib" not in skip:
-            mllib = ["normal", "l-bfgs"] if task == "linear" else ["l-bfgs"]
-            for s in [m for m in mllib if f"mllib-{m}" not in skip]:
+            mllib = ([m for m in ("normal", "l-bfgs") if f"mllib-{m}" not in skip]
+                     if task == "linear" else ["l-bfgs"])
+            for s in mllib:
                 results[f"MLlib {s} (load + fit)"] = _measure(a, "mllib", task, s)
         if "dask" not in skip:
             results["dask-ml lbfgs"] = _measure(a, "dask_ml", task, "lbfgs")
@@ -261,7 +262,9 @@ def main() -> None:
     ap.add_argument("--peer-repeat", type=int, default=None,
                     help="runs of each peer (default --repeat)")
     ap.add_argument("--skip", default="",
-                    help="contenders to skip: mllib,mllib-l-bfgs,dask,sklearn")
+                    help="contenders to skip: mllib, mllib-normal or mllib-l-bfgs (linear "
+                         "only), dask, sklearn")
+    ap.add_argument("--tasks", default="linear,logistic", help="linear, logistic or both")
     ap.add_argument("--quick", action="store_true", help="20,000 x 50, one run")
     ap.add_argument("--data", type=Path, default=HERE.parent / "data")
     ap.add_argument("--worker", choices=sorted(WORKERS))
