@@ -241,3 +241,15 @@ def test_dask_and_path_inputs(tmp_path: Path) -> None:
                                                               str(tmp_path / "y.zarr"))
     np.testing.assert_allclose(pm.coef_, ref.coef_, rtol=1e-12)
     np.testing.assert_allclose(pm.predict(str(tmp_path / "X.zarr")), ref.predict(X), rtol=1e-12)
+
+
+@pytest.mark.parametrize("solver", ["normal", "qr", "sketch"])
+def test_sparse_blockmatrix_never_densified_in_storage(solver: str, tmp_path: Path) -> None:
+    import scipy.sparse
+
+    Xs = scipy.sparse.random(2000, 12, density=0.2, random_state=1, format="csr")
+    y = Xs @ np.arange(1.0, 13.0) + 2.0
+    A = bl.from_array(Xs, tmp_path / "X.zarr", chunks=(500, None))
+    m = tight(solver, work_dir=str(tmp_path / "w")).fit(A, y)
+    np.testing.assert_allclose(m.coef_, np.arange(1.0, 13.0), rtol=TOL[solver])
+    np.testing.assert_allclose(m.intercept_, 2.0, rtol=TOL[solver])

@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 import scipy.linalg
 
+from blocklin.config import default_work_dir
 from blocklin.errors import InputDtypeError, InputValueError, ShapeMismatchError
 from blocklin.ml._solvers import TrainData, lbfgs, owlqn
 from blocklin.ml._validation import _is_dask, is_stored, stored_matrix, validate_features
@@ -295,10 +296,26 @@ def _sketch_centered(data: TrainData, mu: np.ndarray, k: int, seed: int = 0) -> 
         from blocklin.ops.transforms import standardize
 
         assert data.stored is not None
-        view = standardize(data.stored[0], shift=mu)
+        A = data.stored[0]
         # A sparse-sign sketch costs 8 flops per entry of X (a Gaussian one k): the
         # preconditioner is as good, the pass far cheaper for wide X.
-        return np.asarray(data.run_lazy(sketch(view, k, "sparse_sign", seed)))
+        if getattr(A.meta, "format", "dense") == "dense":
+            view = standardize(A, shift=mu)
+            return np.asarray(data.run_lazy(sketch(view, k, "sparse_sign", seed)))
+        # Sparse X is never densified: S(X − 1μᵀ) = SX − (S1)μᵀ, S1 from the same
+        # counter-based S applied to a stored ones column (8 bytes a row).
+        from blocklin.executors.api import compute
+        from blocklin.storage.blockmatrix import from_array
+        from blocklin.storage.stores import join_url
+
+        work = data.compute_options.get("work_dir") or default_work_dir()
+        ones = from_array(np.ones((A.shape[0], 1)), join_url(work, f"ones-{A.shape[0]}-"
+                                                                  f"{A.chunks[0]}.zarr"),
+                          chunks=(A.chunks[0], None), overwrite=True)
+        data.passes += 1
+        sx, s1 = compute(sketch(A, k, "sparse_sign", seed), sketch(ones, k, "sparse_sign", seed),
+                         **data.compute_options)
+        return np.asarray(sx) - np.asarray(s1) @ mu[None, :]
     x = data.local[0]
     n = x.shape[0]
     step = max(1, 2**22 // k)
