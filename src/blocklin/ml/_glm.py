@@ -315,7 +315,8 @@ def _sketch_centered(data: TrainData, mu: np.ndarray, k: int, seed: int = 0) -> 
         data.passes += 1
         sx, s1 = compute(sketch(A, k, "sparse_sign", seed), sketch(ones, k, "sparse_sign", seed),
                          **data.compute_options)
-        return np.asarray(sx) - np.asarray(s1) @ mu[None, :]
+        centered: np.ndarray = np.asarray(sx) - np.asarray(s1) @ mu[None, :]
+        return centered
     x = data.local[0]
     n = x.shape[0]
     step = max(1, 2**22 // k)
