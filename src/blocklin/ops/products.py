@@ -12,10 +12,10 @@ from scipy.linalg import blas
 
 from blocklin.errors import InputDtypeError, ShapeMismatchError
 from blocklin.executors.lazy import Lazy
-from blocklin.plan.graph import StageInput, Task, TaskContext, make_stage
+from blocklin.ops._inputs import MatrixInput, as_matrix, hstack_panel, row_panel_reads
+from blocklin.plan.graph import Task, TaskContext, make_stage
 from blocklin.plan.reduce import SumParts, tree_reduce
 from blocklin.storage.blockmatrix import Transposed
-from blocklin.ops._inputs import MatrixInput, as_matrix, hstack_panel, row_panel_reads
 
 __all__ = ["gram", "matmul"]
 
@@ -57,22 +57,10 @@ def _sparse_dot(a: Any, b: Any, dtype: str) -> np.ndarray:
     return dense
 
 
-def _sparse_dot(a: Any, b: Any, dtype: str) -> np.ndarray:
-    """a @ b where either may be a scipy.sparse matrix, as a dense array of ``dtype``."""
-    if sp.issparse(a):
-        out = a.astype(dtype) @ (b.astype(dtype) if sp.issparse(b) else np.asarray(b, dtype=dtype))
-    elif sp.issparse(b):
-        # Keep the sparse operand on the left, where scipy multiplies without densifying.
-        out = (b.T.astype(dtype) @ np.asarray(a, dtype=dtype).T).T
-    else:
-        out = np.asarray(a, dtype=dtype) @ np.asarray(b, dtype=dtype)
-    dense: np.ndarray = np.asarray(out.toarray() if sp.issparse(out) else out, dtype=dtype)
-    return dense
-
-
 def _symmetrize(parts: np.ndarray) -> np.ndarray:
     upper = np.triu(parts[0])
-    return upper + np.triu(upper, 1).T
+    out: np.ndarray = upper + np.triu(upper, 1).T
+    return out
 
 
 def gram(A: Any) -> Lazy:

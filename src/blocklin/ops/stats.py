@@ -10,9 +10,9 @@ import numpy as np
 import scipy.sparse as sp
 
 from blocklin.executors.lazy import Lazy
+from blocklin.ops._inputs import as_matrix, hstack_panel, row_panel_reads
 from blocklin.plan.graph import Task, TaskContext, make_stage
 from blocklin.plan.reduce import tree_reduce
-from blocklin.ops._inputs import as_matrix, hstack_panel, row_panel_reads
 
 __all__ = ["ColumnStats", "column_stats"]
 
@@ -36,7 +36,8 @@ class ColumnStats:
 
     @property
     def std(self) -> np.ndarray:
-        return np.sqrt(self.variance)
+        out: np.ndarray = np.sqrt(self.variance)
+        return out
 
     @classmethod
     def from_array(cls, s: np.ndarray) -> ColumnStats:

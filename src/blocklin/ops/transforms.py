@@ -9,9 +9,9 @@ from typing import Any
 import numpy as np
 
 from blocklin.errors import InputValueError, ShapeMismatchError
-from blocklin.plan.graph import Affine, StageInput, Task, TaskContext, make_stage
 from blocklin.ops._inputs import MatrixView, as_matrix
 from blocklin.ops.stats import COUNT, M2, MEAN, column_stats_node
+from blocklin.plan.graph import Affine, StageInput, Task, TaskContext, make_stage
 
 __all__ = ["center", "scale", "standardize"]
 

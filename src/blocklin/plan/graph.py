@@ -67,7 +67,7 @@ class ArrayNode:
     shape: Shape
     chunks: Shape
     dtype: str
-    codec: ChunkCodec | None = ChunkCodec()
+    codec: ChunkCodec | None = field(default_factory=ChunkCodec)
     url: str | None = None
     out_url: str | None = None
     fingerprint: str | None = None

@@ -13,7 +13,13 @@ from blocklin.config import DEFAULT_BLOCK_BYTES
 from blocklin.errors import IncompleteArrayError, InputValueError
 from blocklin.storage.chunkio import read_block, read_region, write_block
 from blocklin.storage.codecs import choose_codec
-from blocklin.storage.meta import ATTRS_NAMESPACE, ArrayMeta, check_numeric_dtype, read_meta, write_meta
+from blocklin.storage.meta import (
+    ATTRS_NAMESPACE,
+    ArrayMeta,
+    check_numeric_dtype,
+    read_meta,
+    write_meta,
+)
 from blocklin.storage.records import compute_fingerprint, fingerprint_from_crcs
 from blocklin.storage.stores import Store, store_for
 from blocklin.types import BlockIndex
@@ -192,10 +198,7 @@ def _parse_chunks(chunks: Any, shape: tuple[int, int], itemsize: int) -> tuple[i
     out = []
     for dim, (c, s) in enumerate(zip(chunks, shape, strict=True)):
         if c is None:
-            if dim == 0:
-                c = max(1, min(s, DEFAULT_BLOCK_BYTES // max(1, shape[1] * itemsize)))
-            else:
-                c = s
+            c = max(1, min(s, DEFAULT_BLOCK_BYTES // max(1, shape[1] * itemsize))) if dim == 0 else s
         if isinstance(c, bool) or not isinstance(c, int | np.integer) or c <= 0:
             raise InputValueError(f"chunks must be positive ints or None; got {chunks!r}")
         out.append(int(min(c, s)))
@@ -284,10 +287,7 @@ def from_array(x: Any, path: str | os.PathLike[str], chunks: Any = None, *,
     meta = ArrayMeta(url=store.url, shape=shape, chunks=chunk_shape, dtype=dtype.name,
                      codec=choose_codec(codec, sample))
     try:
-        if is_dask:
-            crcs = _write_dask(x, store, meta, check_finite)
-        else:
-            crcs = _write_numpy(x, store, meta)
+        crcs = _write_dask(x, store, meta, check_finite) if is_dask else _write_numpy(x, store, meta)
         fp = fingerprint_from_crcs(meta, crcs)
         doc = provenance_attrs("from_array", params={"codec": meta.codec.compressor
                                                      if meta.codec else None},
@@ -322,7 +322,8 @@ def _write_dask(x: da.Array, store: Store, meta: ArrayMeta,
                 check_finite: bool) -> dict[BlockIndex, int]:
     x = x.astype(meta.np_dtype).rechunk(meta.chunks)
     grid = meta.grid
-    crcs = x.map_blocks(_write_dask_block, store, meta, check_finite, dtype=np.int64,
+    crcs = x.map_blocks(_write_dask_block, store, meta, check_finite,  # type: ignore[arg-type]
+                        dtype=np.int64,
                         chunks=((1,) * grid[0], (1,) * grid[1])).compute()
     return {index: int(crcs[index]) for index in meta.indices()}
 

@@ -37,15 +37,18 @@ class BufferPool:
         return pool
 
     def acquire(self, nbytes: int) -> bytearray:
-        # Best fit among free buffers; a fresh one only when none is large enough.
-        fits = [b for b in self._free if len(b) >= nbytes]
-        buf = min(fits, key=len) if fits else (max(self._free, key=len) if self._free else None)
-        if buf is not None:
-            self._free.remove(buf)
+        # Best fit among free buffers. Buffers are never resized: a numpy view of a
+        # buffer may outlive its task, and a bytearray with live views cannot grow.
+        best = -1
+        for k, b in enumerate(self._free):
+            if len(b) >= nbytes and (best < 0 or len(b) < len(self._free[best])):
+                best = k
+        if best >= 0:
+            buf = self._free.pop(best)
         else:
-            buf = bytearray()
-        if len(buf) < nbytes:
-            buf.extend(bytes(nbytes - len(buf)))
+            if len(self._free) >= 8:
+                self._free.pop(min(range(len(self._free)), key=lambda k: len(self._free[k])))
+            buf = bytearray(nbytes)
         self._used.append(buf)
         return buf
 
@@ -87,11 +90,11 @@ def read_block(store: Store, meta: ArrayMeta, index: BlockIndex,
         raw = memoryview(data)
         scratch = None
     else:
-        buf = pool.acquire(meta.chunk_nbytes + 64)
-        n = store.read_into(key, buf)
-        if n is None:
+        buf = pool.acquire(meta.chunk_nbytes + 4096)
+        got = store.read_into(key, buf)
+        if got is None:
             return _fill(meta, index)
-        raw = memoryview(buf)[:n]
+        raw = got
         scratch = pool.acquire(meta.chunk_nbytes)
     full = meta.codec.decode_view(raw, dtype, meta.chunks, scratch)
     if isinstance(full, str):
