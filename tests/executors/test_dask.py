@@ -39,3 +39,26 @@ def test_executor_errors(tmp_path: Path) -> None:
             pytest.raises(ExecutorError, match="cannot reach"):
         bl.ops.gram(A).compute(address="tcp://127.0.0.1:1", work_dir=str(tmp_path / "w"))
     assert not (tmp_path / "w").exists()
+
+
+def test_gpu_device_placement_is_checked(tmp_path: Path, dask_client: Any) -> None:
+    A = bl.from_array(np.ones((100, 4)), tmp_path / "A.zarr", chunks=(50, None))
+    with pytest.raises(ConfigError, match="needs a dask cluster"):
+        bl.ops.gram(A).compute(device="gpu", work_dir=str(tmp_path / "w"))
+    with pytest.raises(ConfigError, match=r"no worker .* declares a GPU"):
+        bl.ops.gram(A).compute(device="gpu", client=dask_client, work_dir=str(tmp_path / "w"))
+    with pytest.raises(ConfigError, match="device must be one of"):
+        bl.ops.gram(A).compute(device="tpu", work_dir=str(tmp_path / "w"))
+    assert not (tmp_path / "w").exists()
+
+
+def test_gpu_resource_tasks_run_on_gpu_workers(tmp_path: Path) -> None:
+    """A cluster whose (CPU-only) workers declare a GPU resource accepts device='gpu'."""
+    from distributed import Client, LocalCluster
+
+    x = np.random.default_rng(1).standard_normal((400, 6))
+    A = bl.from_array(x, tmp_path / "A.zarr", chunks=(100, None))
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=":0",
+                      resources={"GPU": 1}) as cluster, Client(cluster, set_as_default=False) as c:
+        g = bl.ops.gram(A).compute(device="gpu", client=c, work_dir=str(tmp_path / "w"))
+    np.testing.assert_allclose(g, x.T @ x, rtol=1e-13)

@@ -17,7 +17,7 @@ from blocklin.storage.chunkio import read_block
 from blocklin.storage.meta import ensure_group, write_meta
 from blocklin.storage.records import done_blocks, fingerprint_from_crcs
 from blocklin.storage.stores import store_for
-from blocklin.types import EXECUTORS, parse_option
+from blocklin.types import DEVICES, EXECUTORS, parse_option
 
 if TYPE_CHECKING:
     from distributed import Client
@@ -30,7 +30,7 @@ ProgressHook = Callable[[str, int, int], None]
 
 def get_executor(executor: str | Executor = "dask", *, address: str | None = None,
                  client: Client | None = None, spark: Any = None,
-                 num_workers: int | None = None) -> Executor:
+                 num_workers: int | None = None, device: str = "cpu") -> Executor:
     """Build an executor from its name and engine handle.
 
     Raises
@@ -49,18 +49,18 @@ def get_executor(executor: str | Executor = "dask", *, address: str | None = Non
             raise ConfigError("a SparkSession was given with executor='dask'")
         from blocklin.executors.dask import DaskExecutor
 
-        return DaskExecutor(client=client, address=address, num_workers=num_workers)
+        return DaskExecutor(client=client, address=address, num_workers=num_workers, device=device)
     if client is not None:
         raise ConfigError("a distributed.Client was given with executor='spark'")
     from blocklin.executors.spark import SparkExecutor
 
-    return SparkExecutor(spark=spark, master=address)
+    return SparkExecutor(spark=spark, master=address, device=device)
 
 
 def compute(*results: Lazy, executor: str | Executor = "dask", address: str | None = None,
             client: Client | None = None, spark: Any = None, resume: bool = False,
             work_dir: str | None = None, max_task_memory: int | str | None = None,
-            num_workers: int | None = None, stats: RunStats | None = None,
+            num_workers: int | None = None, device: str = "cpu", stats: RunStats | None = None,
             progress: ProgressHook | None = None) -> tuple[Any, ...]:
     """Compute several lazy results as one plan, sharing passes over common inputs.
 
@@ -79,6 +79,10 @@ def compute(*results: Lazy, executor: str | Executor = "dask", address: str | No
         Must be reachable from every worker.
     max_task_memory : int or str, optional
         Per-task memory limit; a plan over it is refused before anything runs.
+    device : {"cpu", "gpu"}
+        Where tasks are placed: ``gpu`` requests one GPU per task (dask worker
+        resource ``GPU``, Spark ``spark.task.resource.gpu.amount``). Kernels compute
+        with numpy on the worker either way; ``gpu`` only places tasks.
     stats : RunStats, optional
         Filled with task counts, blocks read and per-stage timings.
     progress : callable, optional
@@ -106,8 +110,12 @@ def compute(*results: Lazy, executor: str | Executor = "dask", address: str | No
         else default_max_task_memory()
     plan = Plan().merge(*(r.plan for r in results))
     final = finalize(plan, limit)
+    try:
+        device = parse_option("device", device, DEVICES)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
     engine = get_executor(executor, address=address, client=client, spark=spark,
-                          num_workers=num_workers)
+                          num_workers=num_workers, device=device)
     work = work_dir or default_work_dir()
     xplan = prepare(final, work, resume)
     engine.check(xplan)

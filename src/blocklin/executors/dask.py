@@ -11,7 +11,7 @@ import os
 import uuid
 from typing import TYPE_CHECKING, Any
 
-from blocklin.errors import ExecutorError, PlanMemoryError
+from blocklin.errors import ConfigError, ExecutorError, PlanMemoryError
 from blocklin.executors.base import ExecutionPlan, TaskCallback
 from blocklin.plan.runtime import run_task
 
@@ -35,14 +35,21 @@ class DaskExecutor:
         Threads of the embedded local scheduler (default: the CPU count).
     retries : int
         Retries of a failed task on a distributed cluster.
+    device : {"cpu", "gpu"}
+        ``gpu`` places every task on a worker declaring a ``GPU`` resource
+        (``dask worker --resources GPU=1``), one GPU per task; it needs a cluster.
     """
 
     name = "dask"
 
     def __init__(self, client: Client | None = None, address: str | None = None,
-                 num_workers: int | None = None, retries: int = 1) -> None:
+                 num_workers: int | None = None, retries: int = 1, device: str = "cpu") -> None:
         if client is not None and address is not None:
             raise ExecutorError("give either a distributed client or an address, not both")
+        if device == "gpu" and client is None and address is None:
+            raise ConfigError("device='gpu' needs a dask cluster whose workers declare a GPU "
+                              "resource (dask worker --resources GPU=1); pass address= or client=")
+        self.device = device
         self.client = client
         self.address = address
         self.num_workers = num_workers or os.cpu_count() or 1
@@ -78,6 +85,10 @@ class DaskExecutor:
             workers = info.get("workers", {})
             if not workers:
                 raise ExecutorError(f"the dask cluster at {info.get('address')} has no workers")
+            if self.device == "gpu" and not any(w.get("resources", {}).get("GPU")
+                                                for w in workers.values()):
+                raise ConfigError("device='gpu' but no worker of the dask cluster declares a GPU "
+                                  "resource (start workers with --resources GPU=1)")
             for addr, w in workers.items():
                 limit = w.get("memory_limit") or 0
                 threads = max(1, int(w.get("nthreads", 1)))
@@ -113,7 +124,8 @@ class DaskExecutor:
 
         client, owned = self._client()
         try:
-            futures = client.get(dsk, keys, sync=False, retries=self.retries)
+            resources = {"GPU": 1} if self.device == "gpu" else None
+            futures = client.get(dsk, keys, sync=False, retries=self.retries, resources=resources)
             for fut in as_completed(futures, loop=client.loop):
                 on_task_done(fut.result())
         finally:
