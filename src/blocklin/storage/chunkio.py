@@ -136,7 +136,7 @@ def read_region(store: Store, meta: ArrayMeta, region: tuple[slice, ...]) -> np.
     from itertools import product
 
     for index in product(*ranges):
-        block = read_block(store, meta, index)
+        block: Any = read_block(store, meta, index)
         if meta.format != "dense":
             block = block.toarray()
         sl = meta.block_slices(index)
