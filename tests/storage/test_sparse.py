@@ -159,3 +159,13 @@ def test_sketches_of_sparse_equal_sketches_of_dense(tmp_path: Path, kind: str) -
     ss, sd, ys, yd = bl.compute(*lazies, work_dir=str(tmp_path / "w"))
     assert _rel(ss, sd) < 1e-12
     assert _rel(ys.to_numpy(), yd.to_numpy()) < 1e-12
+
+
+def test_sparse_matrix_on_an_fsspec_store() -> None:
+    x = _sparse(m=1000, n=7, density=0.1, seed=4)
+    bl.from_array(x, "memory://blocklin-sparse-test/S.zarr", chunks=(300, None), overwrite=True)
+    B = bl.open("memory://blocklin-sparse-test/S.zarr")
+    assert isinstance(B.block(3), sp.csr_matrix)
+    np.testing.assert_array_equal(B.to_numpy(), x.toarray())
+    g = bl.ops.gram(B).compute(work_dir="memory://blocklin-sparse-test/work")
+    assert _rel(g, (x.T @ x).toarray()) < 1e-12
