@@ -91,6 +91,12 @@ def _r_factor(a: np.ndarray) -> np.ndarray:
     return r[: a.shape[1]]
 
 
+def _q_times(a: np.ndarray, m: np.ndarray) -> np.ndarray:
+    """``Q @ m`` for the Householder QR of ``a`` (the same geqrf as :func:`_r_factor`)."""
+    y: np.ndarray = scipy.linalg.qr_multiply(a, m, mode="left")[0]
+    return y
+
+
 def _qr(a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     q, r = scipy.linalg.qr(a, mode="economic", check_finite=False)
     return q, r
@@ -204,13 +210,15 @@ class FormQ:
         g = next(k for k, (lo, hi) in enumerate(self.leaves) if lo <= i < hi)
         lo, hi = self.leaves[g]
         nread = (hi - lo) * sum(self.leaf.widths)
-        q, _ = _qr(self.leaf.panel(blocks[:nread], hi - lo))
-        start = (i - lo) * self.chunk_rows
-        q = q[start:start + self.chunk_rows]
-        for level in range(self.levels):
+        # The small factor first (tree path times W: c × k), then the leaf's Householder
+        # reflectors applied to it (LAPACK ormqr): Q itself (rows × c) is never formed.
+        m = blocks[nread + self.levels][:c, :self.k]
+        for level in reversed(range(self.levels)):
             p = (g // FAN_IN**level) % FAN_IN
-            q = q @ blocks[nread + level][0][c * (1 + p):c * (2 + p)]
-        return q @ blocks[nread + self.levels][:c, :self.k]
+            m = blocks[nread + level][0][c * (1 + p):c * (2 + p)] @ m
+        y = _q_times(self.leaf.panel(blocks[:nread], hi - lo), m)
+        start = (i - lo) * self.chunk_rows
+        return y[start:start + self.chunk_rows]
 
 
 # -- planning -------------------------------------------------------------------------
