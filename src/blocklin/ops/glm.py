@@ -26,7 +26,6 @@ from typing import Any, Literal, cast
 
 import numpy as np
 import scipy.linalg
-from scipy.linalg import blas
 from scipy.special import expit, log_expit, logsumexp
 
 from blocklin.errors import ShapeMismatchError
@@ -99,9 +98,9 @@ class MomentsPartial:
             z *= np.sqrt(w)[:, None]
         out[0, 1, :d] = mu
         if self.full:
-            # z.T is Fortran-ordered, so BLAS reads the C-ordered copy in place.
-            c = blas.dsyrk(1.0, z.T, trans=0, lower=0)
-            out[0, 2:, :d] = np.triu(c) + np.triu(c, 1).T
+            # numpy's zᵀz of one buffer is BLAS syrk with the GIL released (scipy's
+            # blas.dsyrk holds the GIL and serialises concurrent tasks).
+            out[0, 2:, :d] = z.T @ z
         else:
             out[0, 2, :d] = np.einsum("ij,ij->j", z, z)
         return out
@@ -242,8 +241,7 @@ class NewtonPartial:
         if k == 1:
             prob = expit(m[:, 0])
             z *= np.sqrt(prob * (1.0 - prob) * wt)[:, None]
-            h = blas.dsyrk(1.0, z.T, trans=0, lower=0)
-            out[0, 2:, :size] = np.triu(h) + np.triu(h, 1).T
+            out[0, 2:, :size] = z.T @ z  # syrk, GIL released
             return out
         prob = np.exp(m - logsumexp(m, axis=1)[:, None])
         h4 = np.zeros((size, k, size, k))
