@@ -166,10 +166,10 @@ def _check_args(m: MatrixInput, k: int, oversample: int, n_iter: int, method: st
 
 def _run_options(executor: Any, address: str | None, client: Any, spark: Any,
                  work_dir: str | None, max_task_memory: int | str | None,
-                 num_workers: int | None) -> dict[str, Any]:
+                 num_workers: int | None, device: str = "cpu") -> dict[str, Any]:
     return {"executor": executor, "address": address, "client": client, "spark": spark,
             "work_dir": work_dir, "max_task_memory": max_task_memory,
-            "num_workers": num_workers}
+            "num_workers": num_workers, "device": device}
 
 
 def _power_basis(A: Any, m: MatrixInput, width: int, n_iter: int, seed: int, krylov: bool,
@@ -264,7 +264,7 @@ def randomized_svd(A: Any, k: int, *, oversample: int = 10, n_iter: int = 2, see
                    method: SVDMethod = "power", executor: Any = "dask",
                    address: str | None = None, client: Any = None, spark: Any = None,
                    work_dir: str | None = None, max_task_memory: int | str | None = None,
-                   num_workers: int | None = None) -> TruncatedSVDResult:
+                   num_workers: int | None = None, device: str = "cpu") -> TruncatedSVDResult:
     """Top-k singular triplets of A by randomized subspace iteration, pass-efficiently.
 
     Parameters
@@ -291,7 +291,7 @@ def randomized_svd(A: Any, k: int, *, oversample: int = 10, n_iter: int = 2, see
         driver) and its eigendecomposition; exact up to squaring the condition
         number: singular values below ``sqrt(eps)·σ₁`` (≈1.5e-8·σ₁) lose all
         accuracy, and relative error grows as ``eps·(σ₁/σⱼ)²``.
-    executor, address, client, spark, work_dir, max_task_memory, num_workers
+    executor, address, client, spark, work_dir, max_task_memory, num_workers, device
         Where and how each pass runs, as :func:`blocklin.compute`.
 
     Returns
@@ -327,14 +327,15 @@ def randomized_svd(A: Any, k: int, *, oversample: int = 10, n_iter: int = 2, see
     >>> U = res.U          # one more pass, only now
     """
     opts = _run_options(executor, address, client, spark, work_dir, max_task_memory,
-                        num_workers)
+                        num_workers, device)
     return _truncated(A, k, oversample, n_iter, seed, method, False, opts)
 
 
 def pca(A: Any, k: int, *, oversample: int = 10, n_iter: int = 2, seed: int = 0,
         method: SVDMethod = "power", executor: Any = "dask", address: str | None = None,
         client: Any = None, spark: Any = None, work_dir: str | None = None,
-        max_task_memory: int | str | None = None, num_workers: int | None = None) -> PCAResult:
+        max_task_memory: int | str | None = None, num_workers: int | None = None,
+        device: str = "cpu") -> PCAResult:
     """Principal components of the rows of A, without writing a centered copy.
 
     Parameters are those of :func:`randomized_svd`.
@@ -353,7 +354,7 @@ def pca(A: Any, k: int, *, oversample: int = 10, n_iter: int = 2, seed: int = 0,
     and uses ``AᵀA − m·μμᵀ``, which cancels digits when ‖μ‖ dominates the spread.
     """
     opts = _run_options(executor, address, client, spark, work_dir, max_task_memory,
-                        num_workers)
+                        num_workers, device)
     res = _truncated(A, k, oversample, n_iter, seed, method, True, opts)
     return PCAResult(res.s, res.Vt, res.method, res.passes, res.u_passes, res.u_lazy, res.mean,
                      opts, n_samples=as_matrix(A).shape[0])

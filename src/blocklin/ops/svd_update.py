@@ -195,7 +195,7 @@ def svd_update(state: SVDState | str | os.PathLike[str], rows: Any = None, *,
                executor: Any = "dask", address: str | None = None, client: Any = None,
                spark: Any = None, work_dir: str | None = None,
                max_task_memory: int | str | None = None,
-               num_workers: int | None = None) -> SVDState:
+               num_workers: int | None = None, device: str = "cpu") -> SVDState:
     """Update a persisted truncated SVD for appended rows, without reading the old rows.
 
     Parameters
@@ -208,7 +208,7 @@ def svd_update(state: SVDState | str | os.PathLike[str], rows: Any = None, *,
         segment); in-memory rows are factored on the driver.
     columns, low_rank
         Appended columns and low-rank modifications: not implemented yet.
-    executor, address, client, spark, work_dir, max_task_memory, num_workers
+    executor, address, client, spark, work_dir, max_task_memory, num_workers, device
         As :func:`blocklin.compute` (used for stored rows).
 
     Returns
@@ -246,7 +246,8 @@ def svd_update(state: SVDState | str | os.PathLike[str], rows: Any = None, *,
         raise InputValueError("svd_update needs rows= (the appended rows)")
     st = state if isinstance(state, SVDState) else SVDState.open(state)
     opts = {"executor": executor, "address": address, "client": client, "spark": spark,
-            "work_dir": work_dir, "max_task_memory": max_task_memory, "num_workers": num_workers}
+            "work_dir": work_dir, "max_task_memory": max_task_memory, "num_workers": num_workers,
+            "device": device}
     return _append_rows(st, rows, opts)
 
 

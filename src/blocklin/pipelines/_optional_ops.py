@@ -140,6 +140,8 @@ _RESIDUAL_ROWS = 200_000  # residuals are kept for the report only up to this ma
 
 def _estimator(cls: Any, p: Any, comp: Mapping[str, Any]) -> Any:
     extra = {k: comp[k] for k in ("address", "max_task_memory") if comp.get(k)}
+    if comp.get("device", "cpu") != "cpu":
+        extra["device"] = comp["device"]
     return cls(**p.model_dump(), executor=comp.get("executor", "dask"),
                work_dir=comp.get("work_dir"), compute_options=extra or None)
 

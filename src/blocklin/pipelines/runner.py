@@ -245,6 +245,7 @@ def compute_options(pipe: Pipeline, opts: RunOptions) -> dict[str, Any]:
         "work_dir": pipe.resolve(work) if work else str(pipe.output_dir / ".work"),
         "max_task_memory": opts.max_task_memory or spec.resources.max_task_memory,
         "num_workers": opts.num_workers or spec.executor.num_workers,
+        "device": spec.resources.device,
     }
 
 
