@@ -84,7 +84,7 @@ def compute_steps(pipe: Pipeline, inputs: Mapping[str, Any], staging: Path,
     from blocklin.executors.api import compute
 
     values = build_steps(pipe, inputs, output_paths(pipe, staging), comp)
-    steps = lazy_steps(pipe, values)
+    steps = lazy_steps(pipe)
     stats = RunStats()
     if steps:
         computed = compute(*(values[s.name] for s in steps), resume=resume, stats=stats,

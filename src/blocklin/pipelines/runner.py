@@ -13,9 +13,8 @@ import difflib
 import hashlib
 import os
 import shutil
-import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +22,6 @@ from pydantic import ValidationError
 
 from blocklin.errors import BlocklinError, PlanMemoryError
 from blocklin.executors.api import ProgressHook
-from blocklin.executors.base import RunStats
 from blocklin.pipelines.registry import BuildContext, Operator, Params, registry
 from blocklin.pipelines.spec import PipelineSpec, SpecError, StepSpec, format_loc, load_spec
 
@@ -249,7 +247,7 @@ def compute_options(pipe: Pipeline, opts: RunOptions) -> dict[str, Any]:
     }
 
 
-def lazy_steps(pipe: Pipeline, values: Mapping[str, Any]) -> list[BoundStep]:
+def lazy_steps(pipe: Pipeline) -> list[BoundStep]:
     return [s for s in pipe.steps if s.op.kind in ("small", "matrix")]
 
 
@@ -269,7 +267,7 @@ def explain_pipeline(pipe: Pipeline, opts: RunOptions | None = None) -> dict[str
     inputs = open_inputs(pipe)
     comp = compute_options(pipe, opts)
     values = build_steps(pipe, inputs, output_paths(pipe, pipe.output_dir / ".staging"), comp)
-    lazies = [values[s.name] for s in lazy_steps(pipe, values)]
+    lazies = [values[s.name] for s in lazy_steps(pipe)]
     limit = comp["max_task_memory"]
     limit = parse_memory(limit) if limit else default_max_task_memory()
     try:
@@ -312,15 +310,3 @@ def spec_digest(source: str) -> str:
 
 def clean_dir(path: Path) -> None:
     shutil.rmtree(path, ignore_errors=True)
-
-
-def elapsed(t0: float) -> float:
-    return round(time.perf_counter() - t0, 6)
-
-
-def with_command(opts: RunOptions, command: str) -> RunOptions:
-    return replace(opts, command=command)
-
-
-def new_stats() -> RunStats:
-    return RunStats()
