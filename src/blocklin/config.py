@@ -10,11 +10,17 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-__all__ = ["DEFAULT_BLOCK_BYTES", "default_max_task_memory", "default_work_dir", "parse_memory"]
+__all__ = ["DEFAULT_BLOCK_BYTES", "default_chunk_rows", "default_max_task_memory",
+           "default_work_dir", "parse_memory"]
 
 #: Target size of a row block when the caller does not choose one: large enough that
 #: per-task overhead is negligible, small enough that several fit in a worker.
 DEFAULT_BLOCK_BYTES = 64 * 2**20
+
+
+def default_chunk_rows(ncols: int, itemsize: int) -> int:
+    """Rows of a block of about ``DEFAULT_BLOCK_BYTES`` for ``ncols`` columns."""
+    return max(1, DEFAULT_BLOCK_BYTES // max(1, ncols * itemsize))
 
 _UNITS = {"": 1, "b": 1, "k": 2**10, "kb": 10**3, "kib": 2**10, "m": 2**20, "mb": 10**6,
           "mib": 2**20, "g": 2**30, "gb": 10**9, "gib": 2**30, "t": 2**40, "tb": 10**12,

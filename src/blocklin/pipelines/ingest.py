@@ -19,9 +19,10 @@ from typing import Any
 
 import numpy as np
 
-from blocklin.config import DEFAULT_BLOCK_BYTES
+from blocklin.config import default_chunk_rows
 from blocklin.errors import InputDtypeError, InputValueError
-from blocklin.storage import ArrayMeta, BlockMatrix, Store, provenance_attrs, store_for, write_meta
+from blocklin.storage import ArrayMeta, BlockMatrix, Store, provenance_attrs, write_meta
+from blocklin.storage.blockmatrix import _prepare_target
 from blocklin.storage.chunkio import read_block, write_block
 from blocklin.storage.codecs import choose_codec
 from blocklin.storage.meta import ATTRS_NAMESPACE, check_numeric_dtype
@@ -266,16 +267,7 @@ class IngestResult:
 
 
 def _target(path: str, overwrite: bool) -> Store:
-    store = store_for(path)
-    if store.exists("zarr.json") or store.list(""):
-        if not overwrite:
-            raise InputValueError(f"{store.url} already exists; pass --overwrite to replace it")
-        store.delete_prefix("")
-    return store
-
-
-def default_chunk_rows(ncols: int, itemsize: int) -> int:
-    return max(1, DEFAULT_BLOCK_BYTES // max(1, ncols * itemsize))
+    return _prepare_target(path, overwrite, how="pass --overwrite")
 
 
 def ingest(src: str, dest: str, *, label: str | None = None, label_dest: str | None = None,

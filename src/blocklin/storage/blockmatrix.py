@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from blocklin.config import DEFAULT_BLOCK_BYTES
+from blocklin.config import default_chunk_rows
 from blocklin.errors import IncompleteArrayError, InputValueError
 from blocklin.storage.chunkio import read_block, read_region, write_block
 from blocklin.storage.codecs import choose_codec
@@ -198,7 +198,7 @@ def _parse_chunks(chunks: Any, shape: tuple[int, int], itemsize: int) -> tuple[i
     out = []
     for dim, (c, s) in enumerate(zip(chunks, shape, strict=True)):
         if c is None:
-            c = max(1, min(s, DEFAULT_BLOCK_BYTES // max(1, shape[1] * itemsize))) if dim == 0 else s
+            c = min(s, default_chunk_rows(shape[1], itemsize)) if dim == 0 else s
         if isinstance(c, bool) or not isinstance(c, int | np.integer) or c <= 0:
             raise InputValueError(f"chunks must be positive ints or None; got {chunks!r}")
         out.append(int(min(c, s)))
@@ -214,11 +214,13 @@ def _check_shape(shape: tuple[int, ...]) -> tuple[int, int]:
     return (int(shape[0]), int(shape[1]))
 
 
-def _prepare_target(path: str | os.PathLike[str], overwrite: bool) -> Store:
+def _prepare_target(path: str | os.PathLike[str], overwrite: bool,
+                    how: str = "pass overwrite=True") -> Store:
+    """The empty store to write a new array to; an existing one is an error unless replaced."""
     store = store_for(path)
     if store.list("") or store.exists("zarr.json"):
         if not overwrite:
-            raise InputValueError(f"{store.url} already exists; pass overwrite=True to replace it")
+            raise InputValueError(f"{store.url} already exists; {how} to replace it")
         store.delete_prefix("")
     return store
 
