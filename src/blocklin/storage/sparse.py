@@ -63,6 +63,11 @@ def is_sparse_matrix(x: Any) -> bool:
     return bool(sp.issparse(x))
 
 
+def _index_dtype(ncols: int) -> np.dtype[Any]:
+    """Column index dtype: int32, int64 beyond 2³¹ columns (written and read alike)."""
+    return np.dtype(np.int32 if ncols < 2**31 else np.int64)
+
+
 def _component_key(i: int, name: str) -> str:
     return f"b/{i}/{name}"
 
@@ -150,7 +155,7 @@ def from_sparse(x: Any, path: str | os.PathLike[str], chunks: Any = None, *,
         raise InputValueError("matrix holds NaN or infinite values (check_finite=True)")
     rows = _parse_rows(chunks, csr, dtype.itemsize)
     m, n = csr.shape
-    index_dtype = np.dtype(np.int32 if n < 2**31 else np.int64)
+    index_dtype = _index_dtype(n)
     store = _prepare_target(path, overwrite)
     meta = ArrayMeta(url=store.url, shape=(m, n), chunks=(rows, n), dtype=dtype.name,
                      format=CSR)
@@ -217,7 +222,7 @@ def read_csr_block(store: Store, meta: ArrayMeta, index: BlockIndex) -> CSRBlock
     if indptr.size == 0:
         indptr = np.zeros(rows + 1, dtype=np.int64)
     nnz = int(indptr[-1])
-    index_dtype = np.dtype(np.int32 if n < 2**31 else np.int64)
+    index_dtype = _index_dtype(n)
     indices = _read_component(store, meta, index, "indices", index_dtype)
     data = _read_component(store, meta, index, "data", meta.np_dtype)
     if indptr.size != rows + 1 or indices.size != nnz or data.size != nnz:
