@@ -9,17 +9,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import yaml
-from tests.pipelines.conftest import run_cli
+from tests.pipelines.conftest import base_spec, run_cli
 
-SPEC = {
-    "name": "cli",
-    "inputs": {"X": {"path": "X.zarr"}},
-    "steps": [{"name": "g", "op": "gram", "inputs": {"A": "X"}},
-              {"name": "stats", "op": "column_stats", "inputs": {"A": "X"}}],
-    "outputs": {"gram": {"step": "g"}, "stats": {"step": "stats"}},
-    "output_dir": "out",
-    "refresh": {"input": "X", "schedule": "0 3 * * 1"},
-}
+SPEC = base_spec(name="cli", refresh={"input": "X", "schedule": "0 3 * * 1"})
 
 
 def _ok(res: object) -> dict:  # type: ignore[type-arg]
