@@ -32,7 +32,7 @@ from blocklin.errors import ShapeMismatchError
 from blocklin.executors.lazy import Lazy
 from blocklin.ops._inputs import MatrixInput, as_matrix, hstack_panel, row_panel_reads
 from blocklin.plan.graph import Kernel, Task, TaskContext, make_stage
-from blocklin.plan.reduce import SumParts, tree_reduce
+from blocklin.plan.reduce import DEFAULT_FAN_IN, SumParts, tree_reduce
 
 __all__ = [
     "Family",
@@ -61,9 +61,36 @@ def _dense(block: Any) -> np.ndarray:
 def _split(blocks: Sequence[Any], nx: int, has_w: bool) -> tuple[np.ndarray, np.ndarray,
                                                                  np.ndarray | None]:
     x = _dense(hstack_panel(blocks[:nx]))
+    y, w = _label_weight(blocks, nx, has_w)
+    return x, y, w
+
+
+def _label_weight(blocks: Sequence[Any], nx: int,
+                  has_w: bool) -> tuple[np.ndarray, np.ndarray | None]:
     y = _dense(blocks[nx])
     w = _dense(blocks[nx + 1]).reshape(-1) if has_w else None
-    return x, y, w
+    return y, w
+
+
+def _design(blocks: Sequence[Any], nx: int, intercept: bool,
+            y: np.ndarray | None = None) -> np.ndarray:
+    """``[X 1 y]`` (ones column if ``intercept``, y if given) as one float64 buffer.
+
+    X's column blocks are written straight into the buffer (sparse ones densified),
+    so no joined or converted copy of the panel is made on the way.
+    """
+    p = sum(b.shape[1] for b in blocks[:nx])
+    c = p + int(intercept) + (0 if y is None else y.shape[1])
+    z = np.empty((blocks[0].shape[0], c))
+    col = 0
+    for b in blocks[:nx]:
+        z[:, col:col + b.shape[1]] = b.toarray() if hasattr(b, "toarray") else b
+        col += b.shape[1]
+    if intercept:
+        z[:, p] = 1.0
+    if y is not None:
+        z[:, p + int(intercept):] = y
+    return z
 
 
 # --------------------------------------------------------------------------- moments
@@ -81,12 +108,9 @@ class MomentsPartial:
     full: bool
 
     def __call__(self, ctx: TaskContext | None, blocks: Sequence[Any]) -> Any:
-        x, y, w = _split(blocks, self.nx, self.has_w)
-        rows, p = x.shape
-        d = p + y.shape[1]
-        z = np.empty((rows, d))
-        z[:, :p] = x
-        z[:, p:] = y
+        y, w = _label_weight(blocks, self.nx, self.has_w)
+        z = _design(blocks, self.nx, False, y)
+        rows, d = z.shape
         out = np.zeros((1, _moment_rows(d, self.full), max(d, 3)))
         total = float(rows) if w is None else float(w.sum())
         out[0, 0, :3] = total, (rows if w is None else float(w @ w)), rows
@@ -223,13 +247,10 @@ class NewtonPartial:
     coef: np.ndarray  # (P, K)
 
     def __call__(self, ctx: TaskContext | None, blocks: Sequence[Any]) -> Any:
-        x, y, w = _split(blocks, self.nx, self.has_w)
-        rows, p = x.shape
+        y, w = _label_weight(blocks, self.nx, self.has_w)
+        z = _design(blocks, self.nx, self.fit_intercept)
+        rows = z.shape[0]
         size, k = self.coef.shape
-        z = np.empty((rows, size))
-        z[:, :p] = x
-        if self.fit_intercept:
-            z[:, p] = 1.0
         m = z @ self.coef
         family = "binomial" if k == 1 else "multinomial"
         loss, r = _loss_and_residual(family, m, y, w)
@@ -270,15 +291,9 @@ class QRLeaf:
     fit_intercept: bool
 
     def __call__(self, ctx: TaskContext | None, blocks: Sequence[Any]) -> Any:
-        x, y, w = _split(blocks, self.nx, self.has_w)
-        rows, p = x.shape
-        k = int(self.fit_intercept)
-        c = p + k + y.shape[1]
-        z = np.empty((rows, c))
-        z[:, :p] = x
-        if k:
-            z[:, p] = 1.0
-        z[:, p + k:] = y
+        y, w = _label_weight(blocks, self.nx, self.has_w)
+        z = _design(blocks, self.nx, self.fit_intercept, y)
+        rows, c = z.shape
         if w is not None:
             z *= np.sqrt(w)[:, None]
         out = np.zeros((1, c, c))
@@ -519,7 +534,8 @@ def run_local(spec: PassSpec, x: Any, y: np.ndarray, w: np.ndarray | None,
         parts.append(spec.kernel(_NO_CTX, blocks))
     # Same fixed fan-in tree as the planned path.
     while len(parts) > 1:
-        parts = [spec.combine(_NO_CTX, parts[k:k + 8]) for k in range(0, len(parts), 8)]
+        parts = [spec.combine(_NO_CTX, parts[k:k + DEFAULT_FAN_IN])
+                 for k in range(0, len(parts), DEFAULT_FAN_IN)]
     result: np.ndarray = parts[0][0]
     return result
 
