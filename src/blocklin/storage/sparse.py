@@ -33,8 +33,15 @@ import scipy.sparse as sp
 
 from blocklin.config import DEFAULT_BLOCK_BYTES
 from blocklin.errors import CorruptChunkError, InputValueError
+from blocklin.storage.chunkio import write_block
 from blocklin.storage.codecs import ChunkCodec
-from blocklin.storage.meta import ATTRS_NAMESPACE, METADATA_KEY, ArrayMeta, check_numeric_dtype
+from blocklin.storage.meta import (
+    ATTRS_NAMESPACE,
+    METADATA_KEY,
+    ArrayMeta,
+    check_numeric_dtype,
+    write_meta,
+)
 from blocklin.storage.records import fingerprint_from_crcs
 from blocklin.storage.stores import Store, store_for
 from blocklin.types import BlockIndex
@@ -72,20 +79,13 @@ def _component_key(i: int, name: str) -> str:
     return f"b/{i}/{name}"
 
 
-def _component_meta(store: Store, i: int, name: str, n: int, dtype: np.dtype[Any]) -> ArrayMeta:
-    # A length-0 component has no chunk (zarr's fill value); chunk shapes must be >= 1.
-    return ArrayMeta(url=store.child(_component_key(i, name)).url, shape=(n,),
-                     chunks=(max(n, 1),), dtype=dtype.name, codec=_RAW)
-
-
 def _write_component(store: Store, i: int, name: str, arr: np.ndarray) -> int:
-    meta = _component_meta(store, i, name, arr.size, arr.dtype)
     child = store.child(_component_key(i, name))
-    crc = 0
-    if arr.size:
-        data, crc = _RAW.encode(arr)
-        child.put("c/0", data)
-    child.put(METADATA_KEY, json.dumps(meta.to_json(), sort_keys=True).encode())
+    # A length-0 component has no chunk (zarr's fill value); chunk shapes must be >= 1.
+    meta = ArrayMeta(url=child.url, shape=(arr.size,), chunks=(max(arr.size, 1),),
+                     dtype=arr.dtype.name, codec=_RAW)
+    crc = write_block(child, meta, (0,), arr) if arr.size else 0
+    write_meta(child, meta)
     return crc
 
 
