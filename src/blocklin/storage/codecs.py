@@ -50,7 +50,7 @@ class ChunkCodec:
             return numcodecs.Zstd(level=self.level)
         return None
 
-    def encode(self, chunk: np.ndarray) -> tuple[bytes, int]:
+    def encode(self, chunk: np.ndarray) -> tuple[bytearray, int]:
         """Encode a full-shape, C-ordered chunk; return the bytes and their crc32c."""
         arr = np.ascontiguousarray(chunk)
         if arr.dtype.byteorder == ">":
@@ -58,7 +58,12 @@ class ChunkCodec:
         codec = self._numcodec(arr.dtype.itemsize)
         body = memoryview(arr).cast("B") if codec is None else codec.encode(arr)  # type: ignore[arg-type]
         crc = crc32c.crc32c(body)
-        return bytes(body) + crc.to_bytes(_CRC_BYTES, "little"), crc
+        # One copy of the body with the checksum appended (bytes(body) + trailer would
+        # copy a whole block twice on every write).
+        out = bytearray(len(body) + _CRC_BYTES)
+        out[: len(body)] = body
+        out[len(body):] = crc.to_bytes(_CRC_BYTES, "little")
+        return out, crc
 
     def decode_into(self, raw: memoryview, out: np.ndarray) -> str | None:
         """Verify and decode ``raw`` into ``out`` (a C-contiguous array of the chunk shape).

@@ -52,7 +52,7 @@ class Store(ABC):
         """Return the last ``n`` bytes under ``key`` (for checksum trailers)."""
 
     @abstractmethod
-    def put(self, key: str, data: bytes | memoryview) -> None:
+    def put(self, key: str, data: bytes | bytearray | memoryview) -> None:
         """Write ``data`` under ``key`` so that readers see all of it or none of it."""
 
     @abstractmethod
@@ -129,7 +129,7 @@ class LocalStore(Store):
         except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
             return None
 
-    def put(self, key: str, data: bytes | memoryview) -> None:
+    def put(self, key: str, data: bytes | bytearray | memoryview) -> None:
         self._check_writable()
         target = self._path(key)
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -199,7 +199,7 @@ class FsspecStore(Store):
             return None
         return data
 
-    def put(self, key: str, data: bytes | memoryview) -> None:
+    def put(self, key: str, data: bytes | bytearray | memoryview) -> None:
         self._check_writable()
         self.fs.pipe_file(self._path(key), bytes(data))
 
