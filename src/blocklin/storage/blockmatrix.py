@@ -311,11 +311,15 @@ def _write_numpy(x: np.ndarray, store: Store, meta: ArrayMeta) -> dict[BlockInde
         return dict(pool.map(one, meta.indices()))
 
 
+_NOT_FINITE = -1  # a crc32c is never negative
+
+
 def _write_dask_block(block: np.ndarray, store: Store, meta: ArrayMeta, check_finite: bool,
                       block_id: tuple[int, int] = (0, 0)) -> np.ndarray:
     if check_finite and block.dtype.kind == "f" and not np.isfinite(block).all():
-        raise InputValueError(f"matrix holds NaN or infinite values in block {block_id} "
-                              "(check_finite=True)")
+        # Reported after every task has finished: raising here would let the caller
+        # delete the target while sibling tasks are still writing into it.
+        return np.array([[_NOT_FINITE]], dtype=np.int64)
     crc = write_block(store, meta, tuple(block_id), block)
     return np.array([[crc]], dtype=np.int64)
 
@@ -327,6 +331,10 @@ def _write_dask(x: da.Array, store: Store, meta: ArrayMeta,
     crcs = x.map_blocks(_write_dask_block, store, meta, check_finite,  # type: ignore[arg-type]
                         dtype=np.int64,
                         chunks=((1,) * grid[0], (1,) * grid[1])).compute()
+    bad = [index for index in meta.indices() if crcs[index] == _NOT_FINITE]
+    if bad:
+        raise InputValueError(f"matrix holds NaN or infinite values in block {bad[0]} "
+                              "(check_finite=True)")
     return {index: int(crcs[index]) for index in meta.indices()}
 
 
