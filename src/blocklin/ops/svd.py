@@ -22,7 +22,7 @@ from blocklin.ops._inputs import MatrixInput, as_matrix, row_panel_reads
 from blocklin.ops.products import gram, matmul
 from blocklin.ops.sketch import left_apply, panel, right_apply
 from blocklin.ops.stats import ColumnStats, column_stats
-from blocklin.ops.tsqr import plan_finish, plan_form_q, plan_tree
+from blocklin.ops.tsqr import plan_finish, plan_form_q, plan_tree, row_signs
 from blocklin.plan.graph import Task, TaskContext, make_stage
 from blocklin.plan.reduce import SumParts, tree_reduce
 from blocklin.types import parse_option
@@ -227,13 +227,6 @@ def _gram_svd(A: Any, m: MatrixInput, k: int, centered: bool, opts: dict[str, An
     return s, v[:, order].T, mean, st
 
 
-def _flip(vt: np.ndarray) -> np.ndarray:
-    """Signs making each row of Vt's largest-magnitude entry positive (as svd_flip)."""
-    d: np.ndarray = np.sign(vt[np.arange(vt.shape[0]), np.argmax(np.abs(vt), axis=1)])
-    d[d == 0] = 1.0
-    return d
-
-
 def _truncated(A: Any, k: int, oversample: int, n_iter: int, seed: int, method: str,
                centered: bool, opts: dict[str, Any],
                with_stats: bool = False) -> TruncatedSVDResult:
@@ -243,7 +236,7 @@ def _truncated(A: Any, k: int, oversample: int, n_iter: int, seed: int, method: 
     width = _check_args(m, k, oversample, n_iter, method)
     if method == "gram":
         s, vt, mean, st = _gram_svd(A, m, k, centered, opts)
-        d = _flip(vt)
+        d = row_signs(vt)
         vt = vt * d[:, None]
         u = _gram_u(A, vt, s, mean)
         return TruncatedSVDResult(s, vt, method, 1, 1, u, mean, opts, st)

@@ -25,7 +25,7 @@ import numpy as np
 from blocklin.errors import InputDtypeError, InputValueError, ShapeMismatchError
 from blocklin.executors.api import compute
 from blocklin.executors.lazy import Lazy
-from blocklin.ops.tsqr import plan_form_q, plan_tree
+from blocklin.ops.tsqr import plan_form_q, plan_tree, row_signs
 from blocklin.plan.graph import Task, TaskContext, make_stage
 from blocklin.storage.blockmatrix import BlockMatrix, from_array, open_matrix
 from blocklin.storage.stores import join_url
@@ -263,8 +263,7 @@ def update_factors(s: np.ndarray, Vt: np.ndarray,
     k = s.size
     um, sm, wt = np.linalg.svd(np.vstack([s[:, None] * Vt, r_new]), full_matrices=False)
     um, sm, wt = um[:, :k], sm[:k], wt[:k]
-    d = np.sign(wt[np.arange(k), np.argmax(np.abs(wt), axis=1)])
-    d[d == 0] = 1.0
+    d = row_signs(wt)
     return um * d, sm, wt * d[:, None]
 
 

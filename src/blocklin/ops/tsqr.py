@@ -175,15 +175,20 @@ class Finish:
         out = np.zeros((2 * c + 1, c))
         if self.mode == "svd":
             ur, s, vt = np.linalg.svd(r)
-            v = vt if self.right is None else vt @ self.right.T
-            d = np.sign(v[np.arange(c), np.argmax(np.abs(v), axis=1)])
-            d[d == 0] = 1.0
+            d = row_signs(vt if self.right is None else vt @ self.right.T)
             out[:c], out[c:2 * c], out[2 * c] = ur * d, vt * d[:, None], s
         else:
             d = _signs(r)
             out[:c] = np.diag(d)
             out[c:2 * c] = d[:, None] * r
         return out
+
+
+def row_signs(v: np.ndarray) -> np.ndarray:
+    """Signs making each row's largest-magnitude entry positive (scikit-learn's svd_flip)."""
+    d: np.ndarray = np.sign(v[np.arange(v.shape[0]), np.argmax(np.abs(v), axis=1)])
+    d[d == 0] = 1.0
+    return d
 
 
 def _signs(r: np.ndarray) -> np.ndarray:
