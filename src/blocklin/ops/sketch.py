@@ -45,15 +45,21 @@ def dense(x: Any) -> np.ndarray:
     return np.asarray(x, dtype=np.float64)
 
 
+def as_float64(a: Any) -> Any:
+    """A block or panel as float64, dense or CSR as given (no copy when already float64)."""
+    if sp.issparse(a):
+        return a.astype(np.float64) if a.dtype != np.float64 else a
+    return np.asarray(a, dtype=np.float64)
+
+
 def left_apply(st: Any, a: Any) -> np.ndarray:
     """(Sᵀ)ᵀ·A for Sᵀ (r × k) and A (r × n), either of them sparse: a k × n ndarray."""
+    a = as_float64(a)
     if sp.issparse(a):
-        a = a.astype(np.float64) if a.dtype != np.float64 else a
         if sp.issparse(st):
             return dense(st.T @ a)
         # csr.T is CSC: (n × r)·(r × k) without densifying A; cost nnz(A)·k.
         return dense(a.T @ st).T
-    a = np.asarray(a, dtype=np.float64)
     if sp.issparse(st):
         return dense(st.T @ a)
     out: np.ndarray = st.T @ a
@@ -62,10 +68,9 @@ def left_apply(st: Any, a: Any) -> np.ndarray:
 
 def right_apply(a: Any, omega: Any) -> np.ndarray:
     """A·Ω for A (r × n) and Ω (n × k), either of them sparse: an r × k ndarray."""
+    a = as_float64(a)
     if sp.issparse(a):
-        a = a.astype(np.float64) if a.dtype != np.float64 else a
         return dense(a @ omega)
-    a = np.asarray(a, dtype=np.float64)
     if sp.issparse(omega):
         # (Ωᵀ·Aᵀ)ᵀ keeps the sparse operand on the left, where scipy multiplies it.
         return dense(omega.T @ a.T).T

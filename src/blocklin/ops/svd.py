@@ -20,7 +20,7 @@ from blocklin.executors.api import compute
 from blocklin.executors.lazy import Lazy
 from blocklin.ops._inputs import MatrixInput, as_matrix, row_panel_reads
 from blocklin.ops.products import gram, matmul
-from blocklin.ops.sketch import left_apply, panel, right_apply
+from blocklin.ops.sketch import as_float64, left_apply, panel, right_apply
 from blocklin.ops.stats import ColumnStats, column_stats
 from blocklin.ops.tsqr import plan_finish, plan_form_q, plan_tree, row_signs
 from blocklin.plan.graph import Task, TaskContext, make_stage
@@ -110,7 +110,9 @@ class NormalProduct:
     with_sums: bool = False
 
     def __call__(self, ctx: TaskContext, blocks: Sequence[Any]) -> Any:
-        a = panel(blocks)
+        raw = panel(blocks)
+        # Converted once here, not again in each of the two products below.
+        a = as_float64(raw)
         y = right_apply(a, self.x)
         if self.shift is not None:
             y -= self.shift @ self.x
@@ -118,7 +120,7 @@ class NormalProduct:
         if self.shift is not None:
             z -= np.outer(self.shift, y.sum(axis=0))
         if self.with_sums:
-            z = np.hstack([z, np.asarray(a.sum(axis=0), dtype=np.float64).reshape(-1, 1)])
+            z = np.hstack([z, np.asarray(raw.sum(axis=0), dtype=np.float64).reshape(-1, 1)])
         return np.ascontiguousarray(z)[None]
 
 
