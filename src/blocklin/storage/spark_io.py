@@ -23,7 +23,7 @@ from blocklin.storage.blockmatrix import (
     open_matrix,
     provenance_attrs,
 )
-from blocklin.storage.chunkio import write_block
+from blocklin.storage.chunkio import read_region, write_block
 from blocklin.storage.codecs import choose_codec
 from blocklin.storage.meta import ArrayMeta, check_numeric_dtype, write_meta
 from blocklin.storage.records import fingerprint_from_crcs
@@ -319,8 +319,9 @@ def _seal(stores: list[Store], metas: list[ArrayMeta], crcs: dict[int, list[int]
 
 def _read_rows(i: int, url: str) -> Iterator[list[Any]]:
     A = open_matrix(url)
-    block = np.hstack([A.block(i, j) for j in range(A.nblocks[1])])
-    yield from block.tolist()
+    lo, hi = A.row_block_bounds()[i]
+    # read_region assembles the row panel across column blocks (and densifies CSR).
+    yield from read_region(A.store, A.meta, (slice(lo, hi), slice(None))).tolist()
 
 
 def to_spark(A: BlockMatrix | str | os.PathLike[str], spark: SparkSession,
