@@ -13,7 +13,13 @@ import scipy.linalg
 from blocklin.config import default_work_dir
 from blocklin.errors import InputDtypeError, InputValueError, ShapeMismatchError
 from blocklin.ml._solvers import TrainData, lbfgs, owlqn
-from blocklin.ml._validation import _is_dask, is_stored, stored_matrix, validate_features
+from blocklin.ml._validation import (
+    _is_dask,
+    is_stored,
+    open_stored,
+    stored_matrix,
+    validate_features,
+)
 from blocklin.ops.glm import loss_grad_spec, moments_spec, unpack_grad
 
 __all__ = [
@@ -78,9 +84,7 @@ def labels_1d(y: Any, X: Any) -> Any:
     """Validate labels: a finite numeric n-vector (or a stored column when X is stored)."""
     n = int(X.shape[0])
     if is_stored(y):
-        from blocklin.storage.blockmatrix import open_matrix
-
-        Y = y if hasattr(y, "to_numpy") else open_matrix(y)
+        Y = open_stored(y)
         if Y.shape != (n, 1):
             raise ShapeMismatchError(f"y must be an {n} x 1 column; got {Y.shape}")
         if is_stored(X):

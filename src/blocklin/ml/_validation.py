@@ -23,7 +23,7 @@ from blocklin.config import default_work_dir
 from blocklin.errors import InputDtypeError, InputValueError, ShapeMismatchError
 from blocklin.storage.blockmatrix import BlockMatrix, from_array, open_matrix
 
-__all__ = ["is_stored", "n_rows", "stored_matrix", "validate_features"]
+__all__ = ["is_stored", "n_rows", "open_stored", "stored_matrix", "validate_features"]
 
 
 def is_stored(X: Any) -> bool:
@@ -39,7 +39,8 @@ def _is_dask(X: Any) -> bool:
     return isinstance(X, da.Array)
 
 
-def _open(X: Any) -> BlockMatrix:
+def open_stored(X: Any) -> BlockMatrix:
+    """A stored input (see :func:`is_stored`) as a BlockMatrix; no pass over the data."""
     if isinstance(X, BlockMatrix):
         return X
     return open_matrix(X)
@@ -54,7 +55,7 @@ def validate_features(estimator: Any, X: Any, *, reset: bool, accept_sparse: boo
     own messages for in-memory data).
     """
     if is_stored(X) or _is_dask(X):
-        A = _open(X) if is_stored(X) else X
+        A = open_stored(X) if is_stored(X) else X
         if A.ndim != 2:
             raise InputValueError(f"Expected 2D array, got an array of shape {A.shape}")
         if np.dtype(A.dtype).kind not in "fiub":
@@ -79,7 +80,7 @@ def _check_n_features(estimator: Any, n: int, reset: bool) -> None:
 
 def n_rows(X: Any) -> int:
     """Number of rows of any accepted input."""
-    return int(_open(X).shape[0] if is_stored(X) else X.shape[0])
+    return int(open_stored(X).shape[0] if is_stored(X) else X.shape[0])
 
 
 @contextmanager
@@ -107,7 +108,7 @@ def stored_matrix(X: Any, *, work_dir: str | os.PathLike[str] | None = None,
     The temporary array is removed even if the body raises.
     """
     if is_stored(X):
-        yield _open(X)
+        yield open_stored(X)
         return
     arr = X if _is_dask(X) or hasattr(X, "tocsr") else np.asarray(X)
     if arr.ndim == 1:

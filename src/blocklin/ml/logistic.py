@@ -22,7 +22,7 @@ from blocklin.ml._glm import (
 )
 from blocklin.ml._solvers import TrainData, coordinate_descent, solve_quadratic, training_data
 from blocklin.ml._summary import LogisticRegressionSummary, logistic_summary
-from blocklin.ml._validation import is_stored
+from blocklin.ml._validation import is_stored, open_stored
 from blocklin.ops.glm import loss_grad_spec, moments_spec, newton_spec, unpack_grad
 from blocklin.types import (
     LOGISTIC_FAMILIES,
@@ -134,10 +134,7 @@ class LogisticRegression(ClassifierMixin, BaseEstimator):  # type: ignore[misc]
 
     def _encode(self, y: Any, X: Any) -> np.ndarray:
         if is_stored(y):
-            from blocklin.storage.blockmatrix import open_matrix
-
-            Y = y if hasattr(y, "to_numpy") else open_matrix(y)
-            y = Y.to_numpy()[:, 0]
+            y = open_stored(y).to_numpy()[:, 0]
         if y is None:
             raise InputValueError("requires y to be passed, but the target y is None")
         from sklearn.utils import column_or_1d
@@ -289,8 +286,5 @@ class LogisticRegression(ClassifierMixin, BaseEstimator):  # type: ignore[misc]
 
 def _as_1d(y: Any) -> np.ndarray:
     if is_stored(y):
-        from blocklin.storage.blockmatrix import open_matrix
-
-        Y = y if hasattr(y, "to_numpy") else open_matrix(y)
-        return np.asarray(Y.to_numpy())[:, 0]
+        return np.asarray(open_stored(y).to_numpy())[:, 0]
     return np.asarray(y).reshape(-1)
