@@ -9,7 +9,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import yaml
-from tests.pipelines.conftest import base_spec, run_cli
+from tests.pipelines.conftest import CLI, base_spec, run_cli
 
 SPEC = base_spec(name="cli", refresh={"input": "X", "schedule": "0 3 * * 1"})
 
@@ -107,14 +107,13 @@ def test_progress_bar_only_on_a_terminal(tmp_path: Path) -> None:
     import os
     import pty
     import subprocess
-    import sys
 
     import blocklin as bl
 
     bl.from_array(np.ones((50, 2)), tmp_path / "X.zarr", chunks=(10, None))
     (tmp_path / "p.yaml").write_text(yaml.safe_dump(SPEC))
     master, slave = pty.openpty()
-    proc = subprocess.Popen([sys.executable, "-m", "blocklin._cli", "run", "p.yaml"],
+    proc = subprocess.Popen([*CLI, "run", "p.yaml"],
                             cwd=tmp_path, stdout=slave, stderr=slave, close_fds=True)
     os.close(slave)
     chunks = []
