@@ -101,20 +101,25 @@ def local_session(cores: int = 2, max_failures: int = DEFAULT_MAX_FAILURES,
     The caller owns the session and stops it. In local mode a failed task is
     retried only when the master string carries ``max_failures``, which this does.
     """
-    from pyspark.sql import SparkSession  # noqa: TID251
-
-    _worker_python()
     master = f"local[{cores},{max_failures}]"
-    builder = SparkSession.builder.master(master)
     conf = session_conf(master, max_failures=max_failures)
     conf.update({"spark.driver.memory": driver_memory, "spark.ui.enabled": "false",
                  "spark.driver.host": "127.0.0.1", "spark.driver.bindAddress": "127.0.0.1",
                  "spark.sql.shuffle.partitions": str(max(2, cores))})
-    for key, value in conf.items():
-        builder = builder.config(key, value)
-    spark = builder.getOrCreate()
+    spark = _build_session(master, conf)
     spark.sparkContext.setLogLevel("ERROR")
     return spark
+
+
+def _build_session(master: str, conf: dict[str, str]) -> SparkSession:
+    """Get or create a session on ``master`` with ``conf``, workers on this interpreter."""
+    from pyspark.sql import SparkSession  # noqa: TID251
+
+    _worker_python()
+    builder = SparkSession.builder.master(master)
+    for key, value in conf.items():
+        builder = builder.config(key, value)
+    return builder.getOrCreate()
 
 
 def _run_one(runtime: GroupRuntime) -> Callable[[tuple[Task | None, ...]], TaskMetrics]:
@@ -194,18 +199,14 @@ class SparkExecutor:
         if self.spark is not None:
             return self.spark, False
         from pyspark import SparkContext  # noqa: TID251
-        from pyspark.sql import SparkSession  # noqa: TID251
 
         if SparkContext._active_spark_context is not None:
             raise ExecutorError("a SparkContext is already running in this process; pass its "
                                 "session as spark= instead of a master URL")
-        _worker_python()
         master = self._master()
-        builder = SparkSession.builder.master(master)
-        for key, value in session_conf(master, self.device, self.max_failures).items():
-            builder = builder.config(key, value)
+        conf = session_conf(master, self.device, self.max_failures)
         try:
-            return builder.getOrCreate(), True
+            return _build_session(master, conf), True
         except Exception as exc:
             raise ExecutorError(f"cannot start a Spark session on {master}: {exc}") from exc
 
