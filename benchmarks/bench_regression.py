@@ -19,19 +19,16 @@ relative objective gap in parentheses.
 from __future__ import annotations
 
 import argparse
-import contextlib
-import json
 import os
-import statistics
-import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from _peers import combine, run_reported, spawn
 
 HERE = Path(__file__).resolve()
 
@@ -157,61 +154,21 @@ def _sklearn(a: argparse.Namespace) -> dict[str, Any]:
 WORKERS = {"blocklin": _blocklin, "mllib": _mllib, "dask_ml": _dask_ml, "sklearn": _sklearn}
 
 
-class PeakRSS:
-    """Peak resident memory of this process and its children, sampled every 20 ms."""
-
-    def __init__(self) -> None:
-        self.peak = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        import psutil
-
-        me = psutil.Process()
-        while not self._stop.is_set():
-            total = 0
-            for p in [me, *me.children(recursive=True)]:
-                with contextlib.suppress(psutil.Error):
-                    total += p.memory_info().rss
-            self.peak = max(self.peak, total)
-            self._stop.wait(0.02)
-
-    def stop(self) -> int:
-        self._stop.set()
-        self._thread.join()
-        return self.peak
-
-
 def run_worker(a: argparse.Namespace) -> None:
-    rss = PeakRSS()
-    out = WORKERS[a.worker](a)
-    out["peak_rss"] = rss.stop()
-    print("RESULT " + json.dumps(out))
+    run_reported(lambda: WORKERS[a.worker](a))
 
 
 # -- driver -----------------------------------------------------------------------------
 def _spawn(a: argparse.Namespace, worker: str, task: str, solver: str) -> dict[str, Any]:
     cmd = [sys.executable, str(HERE), "--worker", worker, "--task", task, "--solver", solver,
            "--X", a.X, "--y", a.y, "--yb", a.yb, "--work", a.work, "--cores", str(a.cores)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
-    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
-    if proc.returncode != 0 or not lines:
-        raise RuntimeError(f"{worker}/{solver} failed:\n{proc.stderr[-3000:]}")
-    result: dict[str, Any] = json.loads(lines[-1][len("RESULT "):])
-    return result
+    return spawn(cmd, f"{worker}/{solver}")
 
 
 def _measure(a: argparse.Namespace, worker: str, task: str, solver: str) -> dict[str, Any]:
     repeat = a.repeat if worker == "blocklin" else a.peer_repeat
     runs = [_spawn(a, worker, task, solver) for _ in range(repeat)]
-    out = dict(runs[-1])
-    for key in ("seconds", "load_seconds"):
-        if key in out:
-            out[key] = statistics.median(r[key] for r in runs)
-    out["peak_rss"] = max(r["peak_rss"] for r in runs)
-    return out
+    return combine(runs, ("seconds", "load_seconds"))
 
 
 def _row(name: str, r: dict[str, Any], ref: np.ndarray, base: float) -> str:

@@ -20,7 +20,6 @@ import argparse
 import statistics
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -30,6 +29,7 @@ import numpy as np
 import psutil
 
 import blocklin as bl
+from _peers import PeakRSS
 from blocklin.executors.spark import local_session
 
 
@@ -100,26 +100,16 @@ def bench_gram(args: argparse.Namespace, tmp: Path) -> None:
     print(f"max relative difference MLlib vs blocklin: {err:.1e}")
 
 
-def _peak_rss(stop: threading.Event, out: list[int]) -> None:
-    proc = psutil.Process()
-    while not stop.is_set():
-        out[0] = max(out[0], proc.memory_info().rss)
-        time.sleep(0.05)
-
-
 def bench_ingest(args: argparse.Namespace, tmp: Path) -> None:
     spark = local_session(cores=args.cores, driver_memory=args.driver_memory)
-    peak = [psutil.Process().memory_info().rss]
-    stop = threading.Event()
-    watcher = threading.Thread(target=_peak_rss, args=(stop, peak), daemon=True)
+    rss: PeakRSS | None = None
     try:
         cols = [f"x{j}" for j in range(args.cols)]
         exprs = [f"randn({j}) as x{j}" for j in range(args.cols)]
         df = spark.range(args.rows, numPartitions=8).selectExpr(*exprs, "id % 2 as y").cache()
         df.count()
         base = psutil.Process().memory_info().rss
-        peak[0] = base
-        watcher.start()
+        rss = PeakRSS(children=False)  # the driver's Python only, not the JVM
         t0 = time.perf_counter()
         X, _y = bl.from_spark(df, cols, tmp / "X.zarr", label="y", chunks=args.chunk)
         t_in = time.perf_counter() - t0
@@ -130,13 +120,13 @@ def bench_ingest(args: argparse.Namespace, tmp: Path) -> None:
         ref = df.selectExpr(*[f"sum({c})" for c in cols]).collect()[0]
         ok = np.allclose(list(sums), list(ref), rtol=1e-9, atol=1e-6)
     finally:
-        stop.set()
+        peak = max(base, rss.stop()) if rss is not None else 0
         spark.stop()
     data_mib = args.rows * args.cols * 8 / 2**20
     print(f"from_spark {args.rows} x {args.cols} (+ label): {t_in:.1f} s; to_spark + column sums: "
           f"{t_out:.1f} s; sums match: {ok}")
-    print(f"driver Python RSS: before {base / 2**20:.0f} MiB, peak {peak[0] / 2**20:.0f} MiB "
-          f"(+{(peak[0] - base) / 2**20:.0f} MiB) for {data_mib:.0f} MiB of data")
+    print(f"driver Python RSS: before {base / 2**20:.0f} MiB, peak {peak / 2**20:.0f} MiB "
+          f"(+{(peak - base) / 2**20:.0f} MiB) for {data_mib:.0f} MiB of data")
 
 
 def main(argv: list[str] | None = None) -> int:

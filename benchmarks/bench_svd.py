@@ -15,12 +15,8 @@ LAPACK's exact spectrum (``numpy.linalg.svd`` of the whole matrix, computed once
 from __future__ import annotations
 
 import argparse
-import contextlib
-import json
 import os
 import shutil
-import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -28,6 +24,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from _peers import combine, run_reported, spawn
 
 HERE = Path(__file__).resolve()
 
@@ -193,37 +191,6 @@ WORKERS = {"exact": w_exact, "blocklin": w_blocklin, "blocklin_exact": w_blockli
            "dask": w_dask, "sklearn": w_sklearn, "mllib": w_mllib, "update": w_update}
 
 
-class PeakRSS:
-    """Peak resident memory of this process and its children (Spark's JVM, dask workers),
-    sampled every 20 ms. (``ru_maxrss`` would also count the parent's peak: Linux keeps
-    it across exec.)"""
-
-    def __init__(self) -> None:
-        import threading
-
-        self.peak = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        import psutil
-
-        me = psutil.Process()
-        while not self._stop.is_set():
-            total = 0
-            for p in [me, *me.children(recursive=True)]:
-                with contextlib.suppress(psutil.Error):
-                    total += p.memory_info().rss
-            self.peak = max(self.peak, total)
-            self._stop.wait(0.02)
-
-    def stop(self) -> int:
-        self._stop.set()
-        self._thread.join()
-        return self.peak
-
-
 def _warm_up(a: argparse.Namespace) -> None:
     """First-call costs (lazy imports, BLAS/threadpool introspection) on a tiny matrix."""
     import blocklin as bl
@@ -240,10 +207,7 @@ def _warm_up(a: argparse.Namespace) -> None:
 
 def run_worker(a: argparse.Namespace) -> None:
     _warm_up(a)
-    rss = PeakRSS()
-    out = WORKERS[a.worker](a)
-    out["peak_rss"] = rss.stop()
-    print("RESULT " + json.dumps(out))
+    run_reported(lambda: WORKERS[a.worker](a))
 
 
 # -- driver -------------------------------------------------------------------------------
@@ -266,22 +230,12 @@ def _spawn_in(a: argparse.Namespace, worker: str, run_dir: str, **over: Any) -> 
     for flag in ("with_u", "cluster"):
         if opts.get(flag):
             cmd.append(f"--{flag.replace('_', '-')}")
-    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
-    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
-    if proc.returncode != 0 or not lines:
-        raise RuntimeError(f"{worker} failed:\n{proc.stderr[-3000:]}")
-    result: dict[str, Any] = json.loads(lines[-1][len("RESULT "):])
-    return result
+    return spawn(cmd, worker)
 
 
 def _measure(a: argparse.Namespace, worker: str, repeat: int, **over: Any) -> dict[str, Any]:
     runs = [_spawn(a, worker, **over) for _ in range(repeat)]
-    out = dict(runs[-1])
-    for key in ("seconds", "u_seconds", "load_seconds", "sv_seconds"):
-        if key in out:
-            out[key] = statistics.median(r[key] for r in runs)
-    out["peak_rss"] = max(r["peak_rss"] for r in runs)
-    return out
+    return combine(runs, ("seconds", "u_seconds", "load_seconds", "sv_seconds"))
 
 
 def _row(name: str, r: dict[str, Any], exact: np.ndarray, base: float) -> str:
