@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import scipy.sparse as sp
 
 from blocklin.errors import InputDtypeError, InputValueError
 from blocklin.executors.lazy import Lazy
@@ -101,7 +102,9 @@ def row_panel_reads(m: MatrixInput, position: int, row_block: int) -> tuple[tupl
 
 
 def hstack_panel(blocks: Any) -> Any:
-    """Join the column blocks of a row panel (no copy for a single block)."""
+    """Join the column blocks of a row panel (no copy for a single block); sparse stays sparse."""
     if len(blocks) == 1:
         return blocks[0]
+    if any(sp.issparse(b) for b in blocks):
+        return sp.csr_matrix(sp.hstack(blocks, format="csr"))
     return np.hstack(blocks)

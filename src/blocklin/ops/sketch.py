@@ -11,7 +11,7 @@ import scipy.sparse as sp
 
 from blocklin.errors import InputDtypeError, InputValueError
 from blocklin.executors.lazy import Lazy
-from blocklin.ops._inputs import MatrixInput, as_matrix, row_panel_reads
+from blocklin.ops._inputs import MatrixInput, as_matrix, hstack_panel, row_panel_reads
 from blocklin.ops._random import (
     GRANULE_ROWS,
     SIDES,
@@ -27,15 +27,6 @@ from blocklin.types import parse_option
 __all__ = ["SKETCH_KINDS", "SketchKind", "sketch"]
 
 Side = Literal["left", "right"]
-
-
-def panel(blocks: Sequence[Any]) -> Any:
-    """Join a row panel's column blocks, keeping sparse blocks sparse."""
-    if len(blocks) == 1:
-        return blocks[0]
-    if any(sp.issparse(b) for b in blocks):
-        return sp.csr_matrix(sp.hstack(blocks, format="csr"))
-    return np.hstack(blocks)
 
 
 def dense(x: Any) -> np.ndarray:
@@ -86,7 +77,7 @@ class LeftSketchPartial:
 
     def __call__(self, ctx: TaskContext, blocks: Sequence[Any]) -> Any:
         start, stop = ctx.row_range(0, ctx.task.reads[0][1])
-        return left_apply(sketch_rows(self.spec, start, stop), panel(blocks))[None]
+        return left_apply(sketch_rows(self.spec, start, stop), hstack_panel(blocks))[None]
 
 
 @dataclass(frozen=True)
@@ -97,7 +88,7 @@ class RightSketchPanel:
     ncols: int
 
     def __call__(self, ctx: TaskContext, blocks: Sequence[Any]) -> Any:
-        return right_apply(panel(blocks), sketch_rows(self.spec, 0, self.ncols))
+        return right_apply(hstack_panel(blocks), sketch_rows(self.spec, 0, self.ncols))
 
 
 def parse_sketch_args(k: Any, kind: Any, seed: Any, s: Any, m: MatrixInput,

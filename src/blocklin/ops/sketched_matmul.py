@@ -29,9 +29,9 @@ import scipy.sparse as sp
 
 from blocklin.errors import ShapeMismatchError
 from blocklin.executors.lazy import Lazy
-from blocklin.ops._inputs import as_matrix, row_panel_reads
+from blocklin.ops._inputs import as_matrix, hstack_panel, row_panel_reads
 from blocklin.ops._random import uniform_priorities
-from blocklin.ops.sketch import left_sketch_node, panel, parse_sketch_args
+from blocklin.ops.sketch import left_sketch_node, parse_sketch_args
 from blocklin.plan.graph import StageInput, Task, TaskContext, make_stage
 from blocklin.plan.reduce import tree_reduce
 from blocklin.types import parse_option
@@ -82,7 +82,7 @@ class CoordinatedPartial:
 
     def __call__(self, ctx: TaskContext, blocks: Sequence[Any]) -> Any:
         start, stop = ctx.row_range(0, ctx.task.reads[0][1])
-        a = panel(blocks)
+        a = hstack_panel(blocks)
         sq = _row_sqnorms(a)
         with np.errstate(divide="ignore"):
             rank = np.where(sq > 0, uniform_priorities(self.seed, start, stop) / sq, np.inf)

@@ -18,9 +18,9 @@ import numpy as np
 from blocklin.errors import InputDtypeError, InputValueError
 from blocklin.executors.api import compute
 from blocklin.executors.lazy import Lazy
-from blocklin.ops._inputs import MatrixInput, as_matrix, row_panel_reads
+from blocklin.ops._inputs import MatrixInput, as_matrix, hstack_panel, row_panel_reads
 from blocklin.ops.products import gram, matmul
-from blocklin.ops.sketch import as_float64, left_apply, panel, right_apply
+from blocklin.ops.sketch import as_float64, left_apply, right_apply
 from blocklin.ops.stats import ColumnStats, column_stats
 from blocklin.ops.tsqr import plan_finish, plan_form_q, plan_tree, row_signs
 from blocklin.plan.graph import Task, TaskContext, make_stage
@@ -110,7 +110,7 @@ class NormalProduct:
     with_sums: bool = False
 
     def __call__(self, ctx: TaskContext, blocks: Sequence[Any]) -> Any:
-        raw = panel(blocks)
+        raw = hstack_panel(blocks)
         # Converted once here, not again in each of the two products below.
         a = as_float64(raw)
         y = right_apply(a, self.x)

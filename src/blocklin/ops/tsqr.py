@@ -19,8 +19,8 @@ import scipy.sparse as sp
 
 from blocklin.errors import InputValueError, ShapeMismatchError
 from blocklin.executors.lazy import Lazy
-from blocklin.ops._inputs import MatrixInput, as_matrix, row_panel_reads
-from blocklin.ops.sketch import panel, right_apply
+from blocklin.ops._inputs import MatrixInput, as_matrix, hstack_panel, row_panel_reads
+from blocklin.ops.sketch import right_apply
 from blocklin.plan.graph import ArrayNode, Plan, StageInput, Task, TaskContext, make_stage
 
 __all__ = ["QR", "SVDFactors", "svd", "tsqr", "tsqr_r"]
@@ -69,7 +69,7 @@ def _panel(blocks: Sequence[Any], widths: tuple[int, ...], nrow_blocks: int) -> 
     for _ in range(nrow_blocks):
         parts = []
         for w in widths:
-            parts.append(panel(blocks[pos:pos + w]))
+            parts.append(hstack_panel(blocks[pos:pos + w]))
             pos += w
         rows.append(parts[0] if len(parts) == 1 else _join(parts, sp.hstack, np.hstack))
     a = rows[0] if len(rows) == 1 else _join(rows, sp.vstack, np.vstack)
