@@ -64,6 +64,22 @@ class RunStats:
     passes: dict[str, float] = field(default_factory=dict)
     array_reads: dict[str, int] = field(default_factory=dict)
 
+    def merge(self, other: RunStats) -> None:
+        """Add the counters of another run (several computes reported as one)."""
+        self.tasks_run += other.tasks_run
+        self.tasks_skipped += other.tasks_skipped
+        self.blocks_read += other.blocks_read
+        self.bytes_read += other.bytes_read
+        self.seconds += other.seconds
+        for mine, theirs in ((self.stage_seconds, other.stage_seconds),
+                             (self.passes, other.passes)):
+            for k, v in theirs.items():
+                mine[k] = mine.get(k, 0.0) + v
+        for k, c in other.stage_tasks.items():
+            self.stage_tasks[k] = self.stage_tasks.get(k, 0) + c
+        for k, r in other.array_reads.items():
+            self.array_reads[k] = self.array_reads.get(k, 0) + r
+
     def add(self, metrics: TaskMetrics, label: str) -> None:
         self.tasks_run += 1
         self.blocks_read += int(metrics.get("blocks_read", 0))

@@ -39,6 +39,21 @@ class ColumnStats:
         out: np.ndarray = np.sqrt(self.variance)
         return out
 
+    def merge(self, other: ColumnStats) -> ColumnStats:
+        """The summary of both sets of rows (Chan et al.'s pairwise mean/variance update)."""
+        na, nb = float(self.count), float(other.count)
+        n = na + nb
+        delta = other.mean - self.mean
+        m2 = (self.variance * max(na - 1, 0) + other.variance * max(nb - 1, 0)
+              + delta**2 * (na * nb / n))
+        return ColumnStats(
+            count=int(n), mean=self.mean + delta * (nb / n),
+            variance=m2 / (n - 1) if n > 1 else np.zeros_like(m2),
+            min=np.minimum(self.min, other.min), max=np.maximum(self.max, other.max),
+            norm_l1=self.norm_l1 + other.norm_l1,
+            norm_l2=np.sqrt(self.norm_l2**2 + other.norm_l2**2),
+            num_nonzeros=self.num_nonzeros + other.num_nonzeros)
+
     @classmethod
     def from_array(cls, s: np.ndarray) -> ColumnStats:
         s = s[0] if s.ndim == 3 else s

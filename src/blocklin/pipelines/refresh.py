@@ -238,7 +238,7 @@ def _update(pipe: Pipeline, inputs: dict[str, Any], manifest: Mapping[str, Any],
     if rest:
         staging = pipe.output_dir / ".staging"
         full, more = compute_steps(pipe, inputs, staging, comp, False, progress)
-        _add_stats(stats, more)
+        stats.merge(more)
         for n in rest:
             results[n], modes[n] = full[outs[n].step], "recomputed"
         persist_states(pipe, {n: results[n] for n in rest})
@@ -270,7 +270,7 @@ def _apply_batch(pipe: Pipeline, names: list[str], prev: dict[str, Arrays], b: S
                                BuildContext(compute=comp)) for n in lazy]
     one = RunStats()
     values = compute(*built, stats=one, progress=progress, **comp) if built else ()
-    _add_stats(stats, one)
+    stats.merge(one)
     new = dict(prev)
     for n, v in zip(lazy, values, strict=True):
         merge = steps[n].op.merge_rows
@@ -287,17 +287,3 @@ def _apply_batch(pipe: Pipeline, names: list[str], prev: dict[str, Arrays], b: S
             stats.stage_seconds[label] = stats.stage_seconds.get(label, 0.0) \
                 + time.perf_counter() - t0
     return new
-
-
-def _add_stats(into: RunStats, more: RunStats) -> None:
-    into.tasks_run += more.tasks_run
-    into.tasks_skipped += more.tasks_skipped
-    into.blocks_read += more.blocks_read
-    into.bytes_read += more.bytes_read
-    into.seconds += more.seconds
-    for k, v in more.stage_seconds.items():
-        into.stage_seconds[k] = into.stage_seconds.get(k, 0.0) + v
-    for k, c in more.stage_tasks.items():
-        into.stage_tasks[k] = into.stage_tasks.get(k, 0) + c
-    for k, p in more.passes.items():
-        into.passes[k] = into.passes.get(k, 0.0) + p

@@ -203,22 +203,15 @@ def merge_sum(prev: Arrays, new: Arrays) -> Arrays:
 
 
 def merge_column_stats(prev: Arrays, new: Arrays) -> Arrays:
-    """Merge two column summaries with Chan et al.'s pairwise update."""
-    na, nb = float(prev["count"]), float(new["count"])
-    n = na + nb
-    delta = new["mean"] - prev["mean"]
-    m2 = prev["variance"] * max(na - 1, 0) + new["variance"] * max(nb - 1, 0) \
-        + delta**2 * (na * nb / n)
-    return {
-        "count": np.asarray(int(n)),
-        "mean": prev["mean"] + delta * (nb / n),
-        "variance": m2 / (n - 1) if n > 1 else np.zeros_like(m2),
-        "min": np.minimum(prev["min"], new["min"]),
-        "max": np.maximum(prev["max"], new["max"]),
-        "norm_l1": prev["norm_l1"] + new["norm_l1"],
-        "norm_l2": np.sqrt(prev["norm_l2"] ** 2 + new["norm_l2"] ** 2),
-        "num_nonzeros": prev["num_nonzeros"] + new["num_nonzeros"],
-    }
+    """Merge two stored column summaries (see :meth:`blocklin.ops.ColumnStats.merge`)."""
+    from blocklin.ops import ColumnStats
+
+    def unpack(a: Arrays) -> ColumnStats:
+        return ColumnStats(count=int(a["count"]), mean=a["mean"], variance=a["variance"],
+                           min=a["min"], max=a["max"], norm_l1=a["norm_l1"],
+                           norm_l2=a["norm_l2"], num_nonzeros=a["num_nonzeros"])
+
+    return to_arrays(unpack(prev).merge(unpack(new)))
 
 
 register(Operator("gram", "AᵀA (one pass; refresh adds the new rows' AᵀA)", ("A",), NoParams,
