@@ -1,10 +1,10 @@
-"""The YAML pipeline part of ``make demo``: ingest -> run -> refresh -> inspect -> verify.
+"""The YAML pipeline part of ``make demo``: the three specs of ``examples/pipelines``.
 
-Writes a Parquet table of features and a label, ingests it into BlockMatrices,
-runs ``examples/pipelines/ridge.yaml`` (ridge regression + column statistics) with
-the ``blocklin`` CLI on the embedded default (local Dask threads, local zarr), then
-refreshes it with a new batch of rows, and inspects and verifies the stored matrix.
-Every command line is printed before it runs, as a person would type it.
+With the ``blocklin`` CLI on the embedded default (local Dask threads, local zarr):
+``ridge.yaml`` goes ingest -> run -> refresh (twice: the second is skipped) ->
+inspect -> verify; ``lsa_weekly.yaml`` runs a truncated SVD of a term matrix and
+refreshes it with a week of new documents; ``sketched_product.yaml`` runs a sketched
+AᵀB next to the exact one. Every command line is printed before it runs.
 """
 
 from __future__ import annotations
@@ -38,6 +38,37 @@ def write_table(path: Path, rows: int, seed: int) -> None:
     pq.write_table(table, path, row_group_size=5_000)
 
 
+def write_terms(path: Path, docs: int, seed: int) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rng = np.random.default_rng(seed)
+    topics = np.abs(np.random.default_rng(0).normal(size=(8, 40)))  # shared across weeks
+    x = np.abs(rng.normal(size=(docs, 8))) @ topics
+    pq.write_table(pa.table({f"t{j}": x[:, j] for j in range(40)}), path, row_group_size=2_000)
+
+
+def lsa_and_sketch(root: Path) -> None:
+    for name in ("lsa_weekly.yaml", "sketched_product.yaml"):
+        shutil.copy(HERE / "pipelines" / name, root / name)
+    write_terms(root / "terms.parquet", 6_000, seed=1)
+    write_terms(root / "new_docs.parquet", 600, seed=2)
+    sh("ingest", "terms.parquet", "data/terms.zarr", "--chunk-rows", "2000", cwd=root)
+    sh("run", "lsa_weekly.yaml", cwd=root)
+    sh("refresh", "lsa_weekly.yaml", "--append", "new_docs.parquet", cwd=root)
+    rng = np.random.default_rng(3)
+    np.save(root / "a.npy", rng.standard_normal((20_000, 30)))
+    np.save(root / "b.npy", rng.standard_normal((20_000, 20)))
+    sh("ingest", "a.npy", "data/A.zarr", "--chunk-rows", "4096", cwd=root)
+    sh("ingest", "b.npy", "data/B.zarr", "--chunk-rows", "4096", cwd=root)
+    sh("run", "sketched_product.yaml", cwd=root)
+    approx = np.load(root / "out" / "sketch" / "approx.npz")
+    exact = np.load(root / "out" / "sketch" / "exact.npz")
+    actual = np.linalg.norm(approx["estimate"] - exact["value"])
+    print(f"\nsketched AᵀB (k={int(approx['k'])}): Frobenius error {actual:.1f}, "
+          f"a-posteriori estimate {float(approx['error']):.1f}")
+
+
 def main() -> None:
     with tempfile.TemporaryDirectory(prefix="blocklin-pipeline-") as tmp:
         root = Path(tmp)
@@ -53,6 +84,7 @@ def main() -> None:
         sh("refresh", "ridge.yaml", "--append", "week2.parquet", cwd=root)  # already applied
         sh("inspect", "data/X.zarr", cwd=root)
         sh("verify", "data/X.zarr", cwd=root)
+        lsa_and_sketch(root)
         print("\npipeline demo OK")
 
 
