@@ -13,6 +13,7 @@ import blocklin as bl
 from blocklin.errors import ShapeMismatchError
 from blocklin.ml import LinearRegression, LogisticRegression
 from blocklin.ops.glm import (
+    _moments_in_place,
     loss_grad,
     moments_spec,
     newton_pass,
@@ -52,6 +53,21 @@ def test_normal_stats_every_executor(executor: Any, tmp_path: Path) -> None:
     spec = moments_spec(5, 1, True, 1, True)  # in memory X is one column block
     local = run_local(spec, d["X"], d["y"][:, None], w, ROWS)
     assert np.array_equal(local, packed)
+
+
+@pytest.mark.parametrize("offset", [0.1, 1e3])
+def test_unweighted_moments_match_two_pass(offset: float) -> None:
+    """Near-centred columns take XᵀX − nμμᵀ on the read buffer; far-off ones a centred
+    copy. Both must equal two-pass centred co-moments to rounding."""
+    rng = np.random.default_rng(4)
+    X = rng.normal(size=(500, 6)) + offset * np.arange(1, 7)
+    y = X @ rng.normal(size=6) + rng.normal(size=500)
+    packed = run_local(moments_spec(6, 1, False, 1, True), X, y[:, None], None, 128)
+    assert (_moments_in_place([X[:128]], 1, y[:128, None]) is None) == (offset > 1)
+    Z = np.column_stack([X, y])
+    C = (Z - Z.mean(axis=0)).T @ (Z - Z.mean(axis=0))
+    np.testing.assert_allclose(packed[1, :7], Z.mean(axis=0), rtol=1e-14)
+    np.testing.assert_allclose(packed[2:, :7], C, rtol=1e-11, atol=1e-12 * np.abs(np.diag(C)).max())
 
 
 def _reference(family: str, X: np.ndarray, yv: np.ndarray, w: np.ndarray,
