@@ -196,6 +196,8 @@ def report(a: argparse.Namespace) -> None:
     for task in a.tasks.split(","):
         solvers = (["auto", "normal", "qr", "sketch", "lbfgs"] if task == "linear"
                    else ["auto", "lbfgs"])
+        if a.solvers:
+            solvers = [s for s in solvers if s == "auto" or s in a.solvers.split(",")]
         results = {f"blocklin {s}": _measure(a, "blocklin", task, s) for s in solvers}
         ref = np.asarray(results["blocklin qr" if task == "linear" else "blocklin auto"]["coef"])
         base = results["blocklin auto"]["seconds"]
@@ -226,6 +228,8 @@ def main() -> None:
                     help="contenders to skip: mllib, mllib-normal or mllib-l-bfgs (linear "
                          "only), dask, sklearn")
     ap.add_argument("--tasks", default="linear,logistic", help="linear, logistic or both")
+    ap.add_argument("--solvers", default="",
+                    help="blocklin solvers to run besides auto (default: all)")
     ap.add_argument("--quick", action="store_true", help="20,000 x 50, one run")
     ap.add_argument("--data", type=Path, default=HERE.parent / "data")
     ap.add_argument("--worker", choices=sorted(WORKERS))
