@@ -175,6 +175,39 @@ def test_summary_matches_closed_forms() -> None:
     assert len(lb.summary.objective_history) == lb.n_iter_ + 1
 
 
+@pytest.mark.parametrize("ridge", [0.0, 0.3])
+def test_qr_one_pass_when_well_conditioned(ridge: float, tmp_path: Path) -> None:
+    """TSQR alone on a well-conditioned design: one pass, objective from R's last entry."""
+    X, y, w = make_data(n=900, seed=11)
+    A = bl.from_array(X, tmp_path / "X.zarr", chunks=(128, None))
+    m = LinearRegression(solver="qr", reg_param=ridge,
+                         work_dir=str(tmp_path / "w")).fit(A, y, sample_weight=w)
+    assert (m.n_passes_, m.n_iter_, len(m.objective_history_)) == (1, 1, 1)
+    ref = Ridge(alpha=ridge * w.sum()).fit(X, y, sample_weight=w) if ridge else None
+    coef = weighted_ols(X, y, w, True)[:-1] if ref is None else ref.coef_
+    np.testing.assert_allclose(m.coef_, coef, rtol=1e-11)
+    r = y - X @ m.coef_ - m.intercept_
+    objective = 0.5 * (w @ r**2) / w.sum() + 0.5 * ridge * m.coef_ @ m.coef_
+    np.testing.assert_allclose(m.objective_history_[0], objective, rtol=1e-12)
+
+
+def test_qr_refines_ill_conditioned_design(tmp_path: Path) -> None:
+    """A degree-6 polynomial design on [0, 20] (κ_LS far above 10³) gets its refinement pass."""
+    from blocklin.ml.linear import QR_REFINE_COND, ls_condition
+
+    x = np.linspace(0.0, 20.0, 400)
+    X = np.column_stack([x**k for k in range(1, 7)])
+    y = X @ np.ones(6) + 1.0 + np.random.default_rng(0).normal(size=400)
+    A = bl.from_array(X, tmp_path / "X.zarr", chunks=(90, None))
+    m = LinearRegression(solver="qr", work_dir=str(tmp_path / "w")).fit(A, y)
+    assert (m.n_passes_, m.n_iter_, len(m.objective_history_)) == (2, 2, 2)
+    r = y - X @ m.coef_ - m.intercept_
+    np.testing.assert_allclose(m.objective_history_[-1], 0.5 * np.mean(r**2), rtol=1e-9)
+    R = np.linalg.qr(np.column_stack([X, np.ones(400)]), mode="r")
+    beta = np.concatenate([m.coef_, [m.intercept_]])
+    assert ls_condition(R, beta, m.objective_history_[-1], 400.0) > QR_REFINE_COND
+
+
 def test_blockmatrix_input_multi_column_blocks_and_weights(tmp_path: Path) -> None:
     X, y, w = make_data(n=700, p=7, seed=8)
     A = bl.from_array(X, tmp_path / "X.zarr", chunks=(128, 3))

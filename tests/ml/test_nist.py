@@ -23,6 +23,9 @@ DATASETS = ["Norris", "Pontius", "NoInt1", "NoInt2", "Filip", "Longley",
             "Wampler1", "Wampler2", "Wampler3", "Wampler4", "Wampler5"]
 # The hardest conditioning, run on every executor (all eleven on threads).
 HARD = ["Filip"]
+# Least-squares condition estimate of the equilibrated R at most 25: one TSQR pass; the
+# others (κ_LS from 3·10³ to 4·10¹⁰) also make the refinement pass (QR_REFINE_COND).
+ONE_PASS = {"Norris", "Pontius", "NoInt1", "NoInt2"}
 
 
 def load(name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, bool]:
@@ -77,7 +80,7 @@ def check(name: str, solver: str, tmp_path: Path, options: dict[str, object]) ->
     ref = lre(householder(X, y, intercept), cert)
     ours = lre(got, cert)
     assert np.all(ours >= ref - 0.5), f"{name}/{solver}: LRE {ours} vs Householder {ref}"
-    assert model.n_passes_ <= 3
+    assert model.n_passes_ == (1 if name in ONE_PASS else 2)
 
 
 @pytest.mark.parametrize("solver", ["qr", "auto"])

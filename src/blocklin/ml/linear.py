@@ -51,6 +51,15 @@ MAX_NORMAL_FEATURES = 4096
 AUTO_QR_RCOND = 1e-3
 #: Up to this many features ``auto`` solves by TSQR (with the statistics in the same pass).
 AUTO_QR_MAX_FEATURES = 64
+#: ``qr`` spends its refinement pass only when the least-squares condition estimate
+#: κ_LS = κ·(1 + κ·‖r‖/(‖T‖·‖β‖)) of the column-equilibrated triangular factor T exceeds
+#: this. u·κ_LS bounds the normwise relative error of any backward-stable solve (the
+#: one-pass TSQR included): below 10³ it has lost less than three of double's sixteen
+#: digits and a refinement step would change only the last ones. Above it, TSQR and
+#: Householder QR each lose up to log10(κ_LS) digits in their own rounding pattern, so
+#: their coefficients may differ by a digit or more (NIST's Longley, Wampler1-5 and Filip
+#: sit at κ_LS from 3·10³ to 4·10¹⁰; Norris and Pontius at 4 and 25, solved in one pass).
+QR_REFINE_COND = 1e3
 
 
 @dataclass
@@ -95,12 +104,16 @@ class LinearRegression(RegressorMixin, BaseEstimator):  # type: ignore[misc]
         matrix in memory that is the pass-efficient way, no further pass at all
         (MLlib's normal solver runs OWL-QN there; its ``l-bfgs`` one pass per
         evaluation). ``qr``: one pass of TSQR of √w·[X 1 y] (intercept column and
-        weights applied inside each task), then one pass of iterative refinement with
-        an extended-precision residual; NIST StRD accuracy on ill-conditioned designs;
-        ridge by stacking, no L1. ``lbfgs``: L-BFGS, one pass per evaluation (OWL-QN when
-        α·λ > 0, as MLlib). ``owlqn``: OWL-QN. ``sketch``: a sparse-sign sketch of the
-        centered X (4p rows) as preconditioner, then preconditioned conjugate gradients
-        on the normal equations (one pass per iteration) to ``tol``; no L1. ``auto``:
+        weights applied inside each task), backward stable like a Householder solve;
+        the residual sum of squares is R's last diagonal entry squared. When the
+        problem is ill-conditioned (least-squares condition estimate of the equilibrated
+        R above 10³, see ``QR_REFINE_COND``) a second pass makes one step of iterative
+        refinement with an extended-precision residual, which gives NIST StRD accuracy
+        on ill-conditioned designs; ridge by stacking, no L1. ``lbfgs``: L-BFGS, one
+        pass per evaluation (OWL-QN when α·λ > 0, as MLlib). ``owlqn``: OWL-QN.
+        ``sketch``: a sparse-sign sketch of the centered X (4p rows) as preconditioner,
+        then preconditioned conjugate gradients on the normal equations (one pass per
+        iteration) to ``tol``; no L1. ``auto``:
         with at most 64 features ``qr`` (its statistics computed in the same pass); up to
         4096 features (MLlib's limit) ``normal``, re-solved by ``qr`` when the
         equilibrated normal equations are too ill-conditioned (reciprocal condition
@@ -141,9 +154,11 @@ class LinearRegression(RegressorMixin, BaseEstimator):  # type: ignore[misc]
 
     Notes
     -----
-    Passes: ``normal`` 1; ``qr`` 2; ``auto`` 2 with at most 64 features, else 1 (3
-    when it falls back to ``qr``); ``lbfgs``/``owlqn`` 1 + one per function evaluation;
-    ``sketch`` 3 + one per iteration; ``partial_fit`` 1 over the new rows only.
+    Passes: ``normal`` 1; ``qr`` 1, or 2 when R's condition calls for refinement
+    (``n_iter_`` counts the solves: 1 or 2); ``auto`` with at most 64 features as
+    ``qr``, else 1 (2 or 3 when it falls back to ``qr``); ``lbfgs``/``owlqn`` 1 + one
+    per function evaluation; ``sketch`` 3 + one per iteration; ``partial_fit`` 1 over
+    the new rows only.
     Per-task memory is a row panel, one float64 copy of it and a few
     (p+2)² matrices.
 
@@ -342,32 +357,40 @@ class LinearRegression(RegressorMixin, BaseEstimator):  # type: ignore[misc]
         else:
             sx, sy, ym = np.ones(p), 1.0, 1.0
         _, l2 = penalties(self, sx, sy, ym)
+        # The objective comes from R alone (‖R₁₁β − r₁₂‖² + r₂₂², r₂₂ = R[-1, -1]): the
+        # one-pass fit needs no residual pass for its history or summary sums.
         beta, cov, obj, T = qr_solve(R, k, l2, W)
-        beta, obj2 = self._refine(data, beta, T, l2, W)
+        history = [obj]
+        if ls_condition(T, beta, obj, W) > QR_REFINE_COND:
+            beta, refined = self._refine(data, beta, T, l2, W)
+            history.append(refined)
         intercept = float(beta[p]) if self.fit_intercept else 0.0
         # With an intercept column, (RᵀR)[p, p+1] = Σw·y gives the label mean for free.
         G = R.T @ R
         center = float(G[p, p + 1] / G[p, p]) if self.fit_intercept and G[p, p] > 0 else 0.0
-        return _Fit(beta[:p], intercept, [obj, obj2], 1, "qr", cov, y_center=center)
+        # n_iter_ counts the solves (scikit-learn wants at least one): 1, or 2 when refined.
+        return _Fit(beta[:p], intercept, history, len(history), "qr", cov, y_center=center)
 
     def _refine(self, data: TrainData, beta: np.ndarray, T: np.ndarray, l2: np.ndarray,
                 W: float) -> tuple[np.ndarray, float]:
         """One step of iterative refinement (one pass) with an extended-precision residual.
 
-        δ solves TᵀTδ = Zᵀw(y − Zβ) − W·l2∘β; the gradient is exact to far below double
-        rounding, which restores the digits a blocked QR loses against a single
-        Householder solve (and adds some on large-residual problems).
+        δ solves TᵀTδ = g, g = Zᵀw(y − Zβ) − W·l2∘β; the gradient is exact to far below
+        double rounding, which restores the digits a blocked QR loses against a single
+        Householder solve (and adds some on large-residual problems). Returns β + δ and
+        the objective there: the loss is quadratic with Hessian TᵀT/W, so
+        f(β + δ) = f(β) − gᵀδ/(2W) exactly, f(β) from the pass's exact residual.
         """
         p = l2.shape[0]
         packed = data.run(refine_spec(beta, self.fit_intercept, data.has_weights,
                                       data.x_col_blocks))
         sse, g = unpack_refine(packed)
         g[:p] -= W * l2 * beta[:p]
+        obj = 0.5 * sse / W + 0.5 * float(l2 @ beta[:p] ** 2)
         if not np.all(np.isfinite(g)) or np.any(np.diag(T) == 0):
-            return beta, 0.5 * sse / W + 0.5 * float(l2 @ beta[:p] ** 2)
+            return beta, obj
         delta = scipy.linalg.solve_triangular(T, scipy.linalg.solve_triangular(T, g, trans="T"))
-        new = beta + delta
-        return new, 0.5 * sse / W + 0.5 * float(l2 @ beta[:p] ** 2)
+        return beta + delta, obj - 0.5 * float(g @ delta) / W
 
     def _set_fit(self, fit: _Fit) -> None:
         self.coef_ = np.asarray(fit.coef, dtype=np.float64)
@@ -401,6 +424,32 @@ class LinearRegression(RegressorMixin, BaseEstimator):  # type: ignore[misc]
         tags = super().__sklearn_tags__()
         tags.input_tags.sparse = True
         return tags
+
+
+def ls_condition(T: np.ndarray, beta: np.ndarray, obj: float, W: float) -> float:
+    """Least-squares condition estimate κ_LS = κ·(1 + κ·‖r‖/(‖T‖·‖β‖)) of a QR solve.
+
+    κ is LAPACK's 1-norm estimate (``dtrcon``, O(k²)) for T with unit columns, so it
+    does not depend on column units; β is scaled alike. The residual norm of the
+    (ridge-stacked) system is √(2W·obj), ``obj`` being the penalized objective per unit
+    weight. The κ² term is the sensitivity of large-residual problems. Returns ∞ for a
+    singular T or a zero solution with a nonzero residual.
+    """
+    s = np.linalg.norm(T, axis=0)
+    if not (np.all(s > 0) and np.all(np.isfinite(T))):
+        return np.inf
+    Ts = T / s
+    rcond, info = scipy.linalg.lapack.dtrcon(Ts, norm="1", uplo="U", diag="N")
+    if info != 0 or not rcond > 0:
+        return np.inf
+    kappa = 1.0 / float(rcond)
+    resid = float(np.sqrt(max(2.0 * W * obj, 0.0)))
+    size = float(np.abs(Ts).sum(axis=0).max() * np.linalg.norm(beta * s))
+    if resid == 0.0:
+        return kappa
+    if size == 0.0:
+        return np.inf
+    return kappa * (1.0 + kappa * resid / size)
 
 
 def _total_weight(data: TrainData) -> float:
