@@ -15,14 +15,14 @@ import blocklin as bl
 from blocklin.storage import BufferPool, read_block
 
 
-def median_time(fn: Callable[[], Any], repeat: int) -> tuple[float, list[float]]:
-    """Run ``fn`` ``repeat`` times; return the median and every time, in seconds."""
-    times = []
+def median_time(fn: Callable[[], Any], repeat: int) -> tuple[float, Any]:
+    """Run ``fn`` ``repeat`` times; return the median time in seconds and the last result."""
+    times, out = [], None
     for _ in range(repeat):
         t0 = time.perf_counter()
-        fn()
+        out = fn()
         times.append(time.perf_counter() - t0)
-    return statistics.median(times), times
+    return statistics.median(times), out
 
 
 def make_matrix(path: Path, rows: int, cols: int, chunk_rows: int, seed: int = 0) -> bl.BlockMatrix:
@@ -37,15 +37,20 @@ def make_matrix(path: Path, rows: int, cols: int, chunk_rows: int, seed: int = 0
     return bl.from_array(x, path, chunks=(chunk_rows, None), overwrite=True)
 
 
-def read_all_blocks(A: bl.BlockMatrix, threads: int) -> None:
-    """Read and verify every block with ``threads`` threads into reused buffers: the
-    fastest read path (the T_read of the machine limit)."""
+def read_all_blocks(A: bl.BlockMatrix, threads: int | ThreadPoolExecutor) -> None:
+    """Read and verify every block into reused buffers: the fastest read path (the
+    T_read of the machine limit). Pass a long-lived pool to read on threads whose
+    buffers are warm, as the executors' worker threads are (fresh buffers add page
+    faults), or a thread count for a fresh pool."""
 
     def one(index: tuple[int, ...]) -> None:
         pool = BufferPool.for_thread()
         read_block(A.store, A.meta, index, pool)
         pool.release()
 
+    if isinstance(threads, ThreadPoolExecutor):
+        list(threads.map(one, A.meta.indices()))
+        return
     with ThreadPoolExecutor(threads) as ex:
         list(ex.map(one, A.meta.indices()))
 

@@ -41,11 +41,10 @@ import scipy.sparse as sp
 from threadpoolctl import threadpool_limits
 
 import blocklin as bl
-from _common import blocks_in_memory, make_matrix, median_time
+from _common import blocks_in_memory, make_matrix, median_time, read_all_blocks
 from blocklin.ops._random import SKETCH_KINDS, SketchSpec, sketch_rows
 from blocklin.ops.sketch import left_apply
 from blocklin.ops.sketched_matmul import PRODUCT_KINDS
-from blocklin.storage import BufferPool, read_block
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -70,18 +69,6 @@ def make_sparse(path: Path, rows: int, cols: int, density: float, seed: int,
                          chunks=(chunk_rows, None))
 
 
-def read_pass(A: bl.BlockMatrix, ex: ThreadPoolExecutor) -> None:
-    """Read and verify every block on long-lived threads whose buffers are warm, as the
-    executors' worker threads are (fresh buffers would add page faults to T_read)."""
-
-    def one(index: tuple[int, ...]) -> None:
-        pool = BufferPool.for_thread()
-        read_block(A.store, A.meta, index, pool)
-        pool.release()
-
-    list(ex.map(one, A.meta.indices()))
-
-
 def inmem_pass(blocks: list[Any], bounds: list[tuple[int, int]], kind: str, k: int,
                threads: int) -> np.ndarray:
     """The kind's block kernel over in-memory blocks, ``threads`` blocks at once."""
@@ -100,8 +87,8 @@ def time_kinds(A: bl.BlockMatrix, k: int, repeat: int, work: str, threads: int,
     # The limit is the best the machine does: the least of two medians, taken before and
     # after the kinds' runs (other load on a shared machine only ever slows reads down).
     ex = ThreadPoolExecutor(threads)
-    read_pass(A, ex)
-    t_read, _ = median_time(lambda: read_pass(A, ex), repeat)
+    read_all_blocks(A, ex)
+    t_read, _ = median_time(lambda: read_all_blocks(A, ex), repeat)
     blocks = blocks_in_memory(A)
     bounds = A.row_block_bounds()
     rows: list[tuple[str, str, str]] = []
@@ -116,7 +103,7 @@ def time_kinds(A: bl.BlockMatrix, k: int, repeat: int, work: str, threads: int,
         t_bl, _ = median_time(run, repeat)
         rows.append((kind, f"{t_bl:.3f}", f"{t_mem:.3f}"))
     blocks.clear()
-    t_read = min(t_read, median_time(lambda: read_pass(A, ex), repeat)[0])
+    t_read = min(t_read, median_time(lambda: read_all_blocks(A, ex), repeat)[0])
     ex.shutdown()
     out = [("read only (T_read)", f"{t_read:.3f}", "", "", "",
             f"{A.nbytes / 1e9 / t_read:.2f} GB/s dense-equivalent")]

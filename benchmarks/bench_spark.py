@@ -17,11 +17,9 @@ the driver JVM, reported separately).
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -29,17 +27,9 @@ import numpy as np
 import psutil
 
 import blocklin as bl
+from _common import median_time
 from _peers import PeakRSS
 from blocklin.executors.spark import local_session
-
-
-def _median(fn: Callable[[], Any], repeats: int) -> tuple[float, Any]:
-    times, out = [], None
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        out = fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times), out
 
 
 def _make_matrix(rows: int, cols: int, chunk: int, path: Path) -> Any:
@@ -63,9 +53,9 @@ def bench_gram(args: argparse.Namespace, tmp: Path) -> None:
         sc = spark.sparkContext
         gram = bl.ops.gram(A)
         work = str(tmp / "work")
-        t_spark, g_spark = _median(lambda: bl.compute(gram, executor="spark", spark=spark,
+        t_spark, g_spark = median_time(lambda: bl.compute(gram, executor="spark", spark=spark,
                                                       work_dir=work)[0], args.repeats)
-        t_dask, g_dask = _median(lambda: bl.compute(gram, executor="dask", work_dir=work,
+        t_dask, g_dask = median_time(lambda: bl.compute(gram, executor="dask", work_dir=work,
                                                     num_workers=args.cores)[0], args.repeats)
         assert np.array_equal(g_spark, g_dask), "Spark and Dask gram differ"
 
@@ -81,7 +71,7 @@ def bench_gram(args: argparse.Namespace, tmp: Path) -> None:
         rdd = load()
         t_load = time.perf_counter() - t0
         mat = RowMatrix(rdd)
-        t_mllib, g_ml = _median(lambda: mat.computeGramianMatrix().toArray(), args.repeats)
+        t_mllib, g_ml = median_time(lambda: mat.computeGramianMatrix().toArray(), args.repeats)
         rdd.unpersist()
         err = float(np.abs(g_ml - g_spark).max() / np.abs(g_spark).max())
     finally:
