@@ -82,8 +82,8 @@ def test_bad_updates_are_refused_and_leave_the_state(tmp_path: Path) -> None:
         svd_update(state, np.ones((10, N + 1)))
     with pytest.raises(ValueError, match="NaN"):
         svd_update(state, np.full((10, N), np.nan))
-    with pytest.raises(NotImplementedError):
-        svd_update(state, columns=np.ones((300, 2)))
+    with pytest.raises(ValueError, match="exactly one"):
+        svd_update(state, np.ones((10, N)), columns=np.ones((300, 2)))
     assert SVDState.open(tmp_path / "state").version == 0
     with pytest.raises(FileExistsError):
         SVDState.create(tmp_path / "state", np.eye(3), np.ones(3), np.eye(3))

@@ -1,202 +1,71 @@
-"""Updating a stored truncated SVD when rows are appended, without touching old data.
+"""Updating a stored truncated SVD for appended rows, appended columns or a low-rank change.
 
-The state ``A ≈ U diag(s) Vt`` lives in a zarr group. U is never rewritten: it is
-kept as row segments, each a stored basis times a small k × k projection,
-``U = [B₁P₁; B₂P₂; …]``. Appending rows C (p × n) is the Zha–Simon / Brand
-Rayleigh–Ritz update: with ``C = Q_C R_C`` (TSQR, one pass over C),
+The state ``A ≈ U diag(s) Vt`` is an :class:`~blocklin.ops.svd_state.SVDState`: U a
+sum of stored bases times small factors G_t, never rewritten. Every update is a
+Rayleigh–Ritz projection onto the old factors plus an orthonormal basis of what is
+new (Zha & Simon; Brand), followed by an SVD of a small middle matrix:
 
-    [U S Vᵀ; C] = diag(U, Q_C) · [S Vᵀ; R_C]
+* rows C (p × n): ``[U S Vᵀ; C] = diag(U, Q_C)·[S Vᵀ; R_C]``; only R_C (any factor
+  with ``R_CᵀR_C = CᵀC``) enters the small SVD, and the new rows' U segment
+  ``Q_C·Uₘ[k:]`` equals ``C·V'·diag(1/s')``. The *gram* path gets R_C from CᵀC (one
+  pass) and writes that segment (one more); the *qr* path gets R_C by TSQR; the
+  *sparse* path (Deng et al.) never forms the n-wide residual ``H = C − CVVᵀ``:
+  it factors ``HHᵀ = CCᵀ − LLᵀ`` (L = CV) from C's nonzeros, in batches of rows.
+* columns D (m × q) and low-rank changes ``A + XYᵀ``: ``UᵀX`` in one pass over
+  the bases and X, the residual ``X − U·UᵀX`` orthonormalized by TSQR into a new
+  stored all-rows term P, and the middle ``[[S, 0], [0, 0]] + [UᵀX; R_X][VᵀY; R_Y]ᵀ``.
 
-and the SVD of the small (k + n) × n middle factor ``= Uₘ Sₘ Wₘᵀ`` gives the new
-``s = Sₘ[:k]``, ``Vt = Wₘᵀ[:k]``, old projections ``Pⱼ ← Pⱼ·Uₘ[:k, :k]`` and a new
-segment ``Q_C·Uₘ[k:, :k]`` (one more pass over C). Time is proportional to the new
-rows plus O(n³ + segments·k³) on the driver; the old rows are never read.
+Old rows are never read by a row append; column and low-rank updates read U's
+bases once (O(m·(k + q)), the new data's size when bases are narrow).
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import Any, Literal, get_args
 
 import numpy as np
+import scipy.sparse as sp
 
 from blocklin.errors import InputDtypeError, InputValueError, ShapeMismatchError
 from blocklin.executors.api import compute
+from blocklin.executors.base import RunStats
 from blocklin.executors.lazy import Lazy
-from blocklin.ops.tsqr import plan_form_q, plan_tree, row_signs
-from blocklin.plan.graph import Task, TaskContext, make_stage
+from blocklin.ops._svd_rows import (
+    GRAM_MAX_COLUMNS,
+    NewRows,
+    RowStep,
+    Runner,
+    parse_rows,
+    rows_gram,
+    rows_qr,
+    rows_sparse,
+    update_factors,
+)
+from blocklin.ops.svd_state import SVDState, Term, _as_extras, basis_name, plan_residual
+from blocklin.ops.tsqr import row_signs, tsqr
 from blocklin.storage.blockmatrix import BlockMatrix, from_array, open_matrix
-from blocklin.storage.stores import join_url
+from blocklin.storage.stores import join_url, store_for
+from blocklin.types import parse_option
 
-__all__ = ["SVDState", "svd_update", "update_factors"]
+__all__ = ["UPDATE_METHODS", "SVDState", "UpdateMethod", "svd_update", "update_factors"]
 
-_ATTR = "blocklin_svd_state"
+UpdateMethod = Literal["auto", "gram", "qr", "sparse"]
+UPDATE_METHODS: tuple[str, ...] = get_args(UpdateMethod)
 
-
-@dataclass(frozen=True)
-class SVDState:
-    """A persisted truncated SVD ``A ≈ U diag(s) Vt`` (see the module docstring).
-
-    Attributes
-    ----------
-    path : str
-        The zarr group holding the state.
-    s : ndarray (k,)
-    Vt : ndarray (k, n)
-    segments : tuple of str
-        Row segments of U: paths (relative to ``path``) of stored bases.
-    projections : ndarray (nseg, k, k)
-        ``U``'s segment j is ``basis_j @ projections[j]``.
-    n_rows : int
-        Rows of A covered so far.
-    version : int
-        Incremented by every update.
-    """
-
-    path: str
-    s: np.ndarray
-    Vt: np.ndarray
-    segments: tuple[str, ...]
-    projections: np.ndarray
-    n_rows: int
-    version: int
-
-    @property
-    def k(self) -> int:
-        return int(self.s.size)
-
-    @property
-    def shape(self) -> tuple[int, int]:
-        return (self.n_rows, int(self.Vt.shape[1]))
-
-    def basis(self, j: int) -> BlockMatrix:
-        return open_matrix(join_url(self.path, self.segments[j]))
-
-    def u_to_numpy(self) -> np.ndarray:
-        """U as one in-memory array (m × k): for tests and small problems."""
-        return np.vstack([self.basis(j).to_numpy() @ self.projections[j]
-                          for j in range(len(self.segments))])
-
-    # -- persistence -------------------------------------------------------------------
-    @classmethod
-    def create(cls, path: str | os.PathLike[str], U: Any, s: Any = None, Vt: Any = None,
-               *, overwrite: bool = False) -> SVDState:
-        """Persist ``U diag(s) Vt`` at ``path`` (U copied in as the first segment).
-
-        ``U`` may be a BlockMatrix (copied block by block), a numpy array, or a
-        :class:`~blocklin.ops.TruncatedSVDResult` (then ``s`` and ``Vt`` may be None).
-        """
-        import zarr
-
-        if hasattr(U, "u_lazy") and hasattr(U, "Vt"):
-            s, Vt, U = U.s, U.Vt, U.U
-        s = np.asarray(s, dtype=np.float64).ravel()
-        Vt = np.asarray(Vt, dtype=np.float64)
-        if Vt.ndim != 2 or Vt.shape[0] != s.size or tuple(U.shape) != (U.shape[0], s.size):
-            raise ShapeMismatchError(f"U {tuple(U.shape)}, s {s.shape} and Vt {Vt.shape} do not "
-                                     "form a truncated SVD")
-        root = os.fspath(path)
-        group = zarr.open_group(root, mode="w" if overwrite else "w-")
-        seg = "U_0000.zarr"
-        src = U.to_dask() if isinstance(U, BlockMatrix) else np.asarray(U, dtype=np.float64)
-        chunks = (U.chunks[0], None) if isinstance(U, BlockMatrix) else None
-        from_array(src, join_url(root, seg), chunks=chunks)
-        state = cls(root, s, Vt, (seg,), np.eye(s.size)[None], int(U.shape[0]), 0)
-        state._write(group)
-        return state
-
-    @classmethod
-    def open(cls, path: str | os.PathLike[str]) -> SVDState:
-        """Load a state persisted by :meth:`create` or :func:`svd_update`."""
-        import zarr
-
-        root = os.fspath(path)
-        group = zarr.open_group(root, mode="r")
-        doc = group.attrs.get(_ATTR)
-        if not isinstance(doc, dict):
-            raise FileNotFoundError(f"no blocklin SVD state at {root}")
-        v = int(doc["version"])
-        return cls(root, _read(group, f"s_v{v}"), _read(group, f"Vt_v{v}"),
-                   tuple(doc["segments"]), _read(group, f"P_v{v}"), int(doc["n_rows"]), v)
-
-    def _write(self, group: Any) -> None:
-        """New arrays first, then the attribute naming them (the commit), then cleanup."""
-        v = self.version
-        group.create_array(f"s_v{v}", data=self.s, overwrite=True)
-        group.create_array(f"Vt_v{v}", data=self.Vt, overwrite=True)
-        group.create_array(f"P_v{v}", data=self.projections, overwrite=True)
-        group.attrs[_ATTR] = {"version": v, "segments": list(self.segments),
-                              "n_rows": self.n_rows, "k": self.k}
-        for name in list(group.array_keys()):
-            if name.rsplit("_v", 1)[-1] != str(v) and name.split("_v")[0] in ("s", "Vt", "P"):
-                del group[name]
-
-
-def _read(group: Any, name: str) -> np.ndarray:
-    import zarr
-
-    arr = group[name]
-    if not isinstance(arr, zarr.Array):
-        raise FileNotFoundError(f"SVD state {name} is not an array")
-    return np.asarray(arr[...])
-
-
-@dataclass(frozen=True, eq=False)
-class ConstantFactor:
-    """A given (2c+1, c) array whose top-left block is the right factor W of ``Q·W``."""
-
-    values: np.ndarray
-
-    def __call__(self, ctx: TaskContext, blocks: Sequence[Any]) -> Any:
-        return self.values
-
-
-def _rows_numpy(rows: Any, n: int) -> np.ndarray | None:
-    if isinstance(rows, BlockMatrix | str | os.PathLike):
-        return None
-    # In-memory sparse rows: p × n with n small enough for the driver's n × n; the R
-    # factor is dense anyway.
-    c = np.asarray(rows.toarray()) if hasattr(rows, "tocsr") else np.asarray(rows)
-    if c.dtype.kind not in "fiub":
-        raise InputDtypeError(f"rows must be real-valued; got dtype {c.dtype}")
-    if c.ndim != 2 or c.shape[1] != n or c.shape[0] == 0:
-        raise ShapeMismatchError(f"rows must have shape (p, {n}); got {c.shape}")
-    if not np.isfinite(c).all():
-        raise InputValueError("rows hold NaN or infinite values")
-    return c.astype(np.float64, copy=False)
-
-
-def _r_of_stored(C: BlockMatrix, opts: dict[str, Any]) -> tuple[np.ndarray, Any]:
-    """R of the stored rows by TSQR (one pass) and the planned tree for forming Q·W."""
-    tree = plan_tree([C], with_q=True, op="svd_update")
-    c = tree.c
-    lazy = Lazy(tree.plan, tree.top, "small", lambda p: np.array(p[0][:c]), label="update.R")
-    return compute(lazy, **opts)[0], tree
-
-
-def _write_segment_stored(tree: Any, w: np.ndarray, url: str, opts: dict[str, Any]) -> None:
-    """Second pass over the new rows: their U segment ``Q_C·W``, written at ``url``."""
-    c = tree.c
-    values = np.zeros((2 * c + 1, c))
-    values[:c, : w.shape[1]] = w
-    st = make_stage("svd_update/w", ConstantFactor(values), [], [Task(out=(0, 0), reads=())],
-                    shape=values.shape, chunks=values.shape, dtype="float64",
-                    params={"values": values})
-    lazy = plan_form_q(tree, tree.plan.add(st), st.output, op="svd_update", out=url,
-                       k=w.shape[1])
-    # resume: the R pass's leaves and tree are recorded complete; only Q·W runs.
-    compute(lazy, resume=True, **opts)
+_INCOMING = "incoming.zarr"  # in-memory X or D, stored for the pass over U's bases
 
 
 def svd_update(state: SVDState | str | os.PathLike[str], rows: Any = None, *,
                columns: Any = None, low_rank: tuple[Any, Any] | None = None,
+               method: UpdateMethod = "auto", batch: int = 512,
+               extras: Mapping[str, Any] | None = None,
                executor: Any = "dask", address: str | None = None, client: Any = None,
                spark: Any = None, work_dir: str | None = None,
-               max_task_memory: int | str | None = None,
-               num_workers: int | None = None, device: str = "cpu") -> SVDState:
-    """Update a persisted truncated SVD for appended rows, without reading the old rows.
+               max_task_memory: int | str | None = None, num_workers: int | None = None,
+               device: str = "cpu", stats: RunStats | None = None) -> SVDState:
+    """Update a persisted truncated SVD for appended rows or columns or a low-rank change.
 
     Parameters
     ----------
@@ -204,95 +73,252 @@ def svd_update(state: SVDState | str | os.PathLike[str], rows: Any = None, *,
         A state from :meth:`SVDState.create` or an earlier update (reopened from
         zarr after a restart when given a path).
     rows : ndarray, scipy.sparse matrix, BlockMatrix (dense or CSR) or zarr path, (p, n)
-        Appended rows. Stored rows are read in two passes (TSQR's R, then their U
-        segment); in-memory rows are factored on the driver.
-    columns, low_rank
-        Appended columns and low-rank modifications: not implemented yet.
+        Appended rows ``[A; C]``. The old rows and U's stored bases are not read.
+    columns : ndarray, scipy.sparse matrix, BlockMatrix or zarr path, (m, q)
+        Appended columns ``[A D]``, row-aligned with A; q <= m.
+    low_rank : (X, Y)
+        The change ``A + X·Yᵀ``: X (m × r) as ``columns``; Y (n × r) in memory (or
+        a small BlockMatrix); r <= min(m, n).
+    method : {"auto", "gram", "qr", "sparse"}
+        Row appends only. ``gram``: CᵀC in one pass over C, R_C = Λ^½Qᵀ from its
+        eigendecomposition, then the new rows' U segment ``C·V'·diag(1/s')`` in a
+        second pass; about p·n² + 2pnk flops. ``qr``: Householder TSQR of C (two
+        passes, ~4pn² flops), accurate whatever C's conditioning. ``sparse``:
+        Brand's update in batches of ``batch`` rows from C's nonzeros (on the
+        driver), never forming an n-wide dense matrix. ``auto``: ``sparse`` for
+        sparse C or n > 8192, else ``gram``.
+    batch : int
+        Rows per batch of the sparse path. Each batch costs an SVD of a
+        (k + batch)² matrix and an n·k² update of V: 256–1024 balances the two.
+    extras : mapping of str to array-like, optional
+        Small arrays committed with the new version (default: keep the current ones).
     executor, address, client, spark, work_dir, max_task_memory, num_workers, device
-        As :func:`blocklin.compute` (used for stored rows).
+        As :func:`blocklin.compute` (used for passes over stored data).
+    stats : RunStats, optional
+        Filled with the counters of every pass the update makes (blocks and arrays
+        read), e.g. to check that the old bases were not read.
 
     Returns
     -------
     SVDState
-        The new state, committed to the same zarr group (the old U segments are
-        reused; only their k × k projections change).
+        The new state, committed to the same zarr group: every G_t rotated by a
+        k × k matrix, one new stored term (the new rows' segment, p × k, or the
+        orthonormal basis P of the new column space, m × q or m × r).
 
     Raises
     ------
+    InputValueError
+        For none or several of rows/columns/low_rank, a bad method or batch, NaN or
+        infinite values (found before anything is written).
     ShapeMismatchError
-        If the rows do not have n columns.
-    NotImplementedError
-        For ``columns`` and ``low_rank``.
+        If the new data's shape does not fit the state's (m, n).
+    InputDtypeError
+        For non-real data.
 
     Notes
     -----
-    Cost: two passes over the new rows (p·n² flops) and an SVD of a (k + n) × n
-    matrix on the driver; nothing proportional to the old rows but the
-    O(segments·k³) projection updates. Exact when the whole matrix has rank ≤ k;
-    otherwise each update truncates to rank k, so the error relative to a full
-    recomputation grows with the mass of the discarded tail. The right space is
-    kept whole (n × n on the driver), which suits tall-skinny matrices.
+    Row appends cost a pass or two over C plus O(n³ + T·k³) on the driver
+    (T terms; sparse path: O(p·((k + batch)² + n·k²/batch) + nnz·(batch + k)));
+    nothing proportional to the old rows. Column and low-rank updates read U's bases
+    and the new data once for UᵀX, once more to write the residual ``X − U·UᵀX``,
+    whose TSQR (two passes) gives P; driver work O((k + r)³ + n·k·(k + r)).
+
+    Accuracy: exact (to rounding) when the updated matrix has rank <= k; otherwise
+    each update truncates to rank k, so the error relative to a recomputation grows
+    with the mass of the discarded tail. The gram and sparse paths square the data:
+    singular values below about sqrt(eps)·s₁ lose relative accuracy, and residual
+    directions of the new rows below sqrt(eps)·‖C‖ are dropped. The gram path is
+    used only while eps·(‖C‖₂/s'ₖ)² <= 1e-8, i.e. the orthogonality it costs U stays
+    under 1e-8; otherwise (ill-conditioned or rank-deficient data with k > rank,
+    where s'ₖ ~ 0 and ``1/s'`` would blow up) it falls back to the qr path, at two
+    more passes over C. P's orthogonality to U is that of one classical
+    Gram–Schmidt step, which costs U' about eps·‖X‖/s'ₖ.
 
     References
     ----------
     Zha & Simon, "On updating problems in latent semantic indexing", SIAM J. Sci.
     Comput. 21 (1999); Brand, "Fast low-rank modifications of the thin singular
-    value decomposition", Linear Algebra Appl. 415 (2006).
+    value decomposition", Linear Algebra Appl. 415 (2006); Deng, Song, Li, Zhou,
+    "Fast updating truncated SVD for representation learning with sparse matrices",
+    ICLR 2024.
+
+    Examples
+    --------
+    >>> state = SVDState.create("svd.zarr", bl.ops.randomized_svd(A, 50))
+    >>> state = svd_update(state, rows=B)                 # appended rows
+    >>> state = svd_update("svd.zarr", columns=D)         # after a restart
     """
-    if columns is not None or low_rank is not None:
-        raise NotImplementedError("svd_update supports appended rows only (columns and "
-                                  "low_rank updates are not implemented yet)")
-    if rows is None:
-        raise InputValueError("svd_update needs rows= (the appended rows)")
     st = state if isinstance(state, SVDState) else SVDState.open(state)
-    opts = {"executor": executor, "address": address, "client": client, "spark": spark,
-            "work_dir": work_dir, "max_task_memory": max_task_memory, "num_workers": num_workers,
-            "device": device}
-    return _append_rows(st, rows, opts)
+    given = [name for name, v in (("rows", rows), ("columns", columns),
+                                  ("low_rank", low_rank)) if v is not None]
+    if len(given) != 1:
+        raise InputValueError(f"svd_update takes exactly one of rows=, columns=, low_rank=; "
+                              f"got {given or 'none'}. Apply several updates one after another")
+    chosen = parse_option("method", method, UPDATE_METHODS)
+    if isinstance(batch, bool) or not isinstance(batch, int | np.integer) or batch < 1:
+        raise InputValueError(f"batch must be a positive int; got {batch!r}")
+    if chosen != "auto" and rows is None:
+        raise InputValueError(f"method={chosen!r} applies to row appends; column and "
+                              "low-rank updates always orthonormalize by TSQR")
+    ex = None if extras is None else _as_extras(extras)
+    run = _runner({"executor": executor, "address": address, "client": client,
+                   "spark": spark, "work_dir": work_dir, "max_task_memory": max_task_memory,
+                   "num_workers": num_workers, "device": device}, stats)
+    if rows is not None:
+        return _append_rows(st, parse_rows(rows, st.shape[1]), chosen, int(batch), ex, run)
+    if columns is not None:
+        D = _parse_side(columns, st.n_rows, None, "columns")
+        return _append_columns(st, D, ex, run)
+    if not isinstance(low_rank, tuple | list) or len(low_rank) != 2:
+        raise InputValueError("low_rank must be a pair (X, Y) meaning A + X·Yᵀ")
+    Y = _parse_y(low_rank[1], st.shape[1])
+    X = _parse_side(low_rank[0], st.n_rows, Y.shape[1], "low_rank X")
+    return _change(st, X, Y, ex, run)
 
 
-def update_factors(s: np.ndarray, Vt: np.ndarray,
-                   r_new: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The small Rayleigh–Ritz step of a row append: SVD of ``[diag(s)·Vt; R_new]``.
+def _runner(opts: dict[str, Any], stats: RunStats | None) -> Runner:
+    def run(*results: Lazy, resume: bool = False) -> tuple[Any, ...]:
+        one = RunStats()
+        out = compute(*results, resume=resume, stats=one, **opts)
+        if stats is not None:
+            stats.merge(one)
+        return out
 
-    Returns ``(Um, s', Vt')`` truncated to k = len(s), signs as scikit-learn's
-    ``svd_flip`` on Vt'. ``R_new`` is any factor with ``R_newᵀR_new = CᵀC`` for the
-    new rows C (their R from a QR). Old U rows map through ``Um[:k]``, new ones
-    (``Q_C``) through ``Um[k:]``.
-    """
-    k = s.size
-    um, sm, wt = np.linalg.svd(np.vstack([s[:, None] * Vt, r_new]), full_matrices=False)
-    um, sm, wt = um[:, :k], sm[:k], wt[:k]
-    d = row_signs(wt)
-    return um * d, sm, wt * d[:, None]
+    return run
 
 
-def _append_rows(st: SVDState, rows: Any, opts: dict[str, Any]) -> SVDState:
-    import zarr
+# -- rows -----------------------------------------------------------------------------------
+def _choose(method: str, c: NewRows) -> str:
+    if method != "auto":
+        return method
+    return "sparse" if c.sparse or c.shape[1] > GRAM_MAX_COLUMNS else "gram"
 
-    k, n = st.k, st.Vt.shape[1]
-    c_mem = _rows_numpy(rows, n)
-    tree = None
-    if c_mem is None:
-        C = rows if isinstance(rows, BlockMatrix) else open_matrix(rows)
-        if C.shape[1] != n:
-            raise ShapeMismatchError(f"rows must have {n} columns; got {C.shape[1]}")
-        if C.shape[0] < n:  # too short for TSQR leaves: it is small, factor it here
-            c_mem = C.to_numpy().astype(np.float64)
-        else:
-            r_c, tree = _r_of_stored(C, opts)
-    if c_mem is not None:
-        q_c, r_c = np.linalg.qr(c_mem)
-    um, sm, wt = update_factors(st.s, st.Vt, r_c)
-    seg = f"U_{len(st.segments):04d}.zarr"
-    url = join_url(st.path, seg)
-    if tree is not None:
-        _write_segment_stored(tree, um[k:], url, opts)
+
+def _append_rows(st: SVDState, c: NewRows, method: str, batch: int,
+                 extras: Mapping[str, Any] | None, run: Runner) -> SVDState:
+    url = st.next_basis_url()
+    chosen = _choose(method, c)
+    step: RowStep | None = None
+    if chosen == "gram":
+        step = rows_gram(st.s, st.Vt, c, url, run)
+    if chosen == "sparse":
+        step = rows_sparse(st.s, st.Vt, c, url, batch)
+    if step is None:  # qr, or gram refused for the data's conditioning
+        step = rows_qr(st.s, st.Vt, c, url, run)
+    k = st.k
+    term = Term(basis_name(st.version + 1), st.n_rows, step.rows, k)
+    new = st.updated(step.rotation, step.s, step.Vt, term, np.eye(k), extras,
+                     st.n_rows + step.rows)
+    new.commit(previous=st)
+    return new
+
+
+# -- columns and low-rank changes -----------------------------------------------------------
+def _parse_side(x: Any, m: int, r: int | None, what: str) -> Any:
+    """A row-aligned X (m × r) or D (m × q): stored as given, or checked in memory."""
+    if isinstance(x, str | os.PathLike):
+        x = open_matrix(x)
+    if isinstance(x, BlockMatrix):
+        shape = x.shape
     else:
-        from_array(q_c @ um[k:], url, overwrite=True)
-    p = rows.shape[0] if c_mem is None else c_mem.shape[0]
-    new = SVDState(st.path, sm, wt, (*st.segments, seg),
-                   np.concatenate([st.projections @ um[:k], np.eye(k)[None]]),
-                   st.n_rows + int(p), st.version + 1)
-    new._write(zarr.open_group(st.path, mode="a"))
+        x = sp.csr_matrix(x) if sp.issparse(x) else np.asarray(x)
+        if x.dtype.kind not in "fiub":
+            raise InputDtypeError(f"{what} must be real-valued; got dtype {x.dtype}")
+        if x.ndim != 2:
+            raise ShapeMismatchError(f"{what} must be 2-D; got shape {x.shape}")
+        if not np.isfinite(x.data if sp.issparse(x) else x).all():
+            raise InputValueError(f"{what} holds NaN or infinite values")
+        shape = (int(x.shape[0]), int(x.shape[1]))
+    want = "q" if r is None else str(r)
+    if shape[0] != m or (r is not None and shape[1] != r) or shape[1] == 0:
+        raise ShapeMismatchError(f"{what} must have shape ({m}, {want}) to match the state; "
+                                 f"got {shape}")
+    if shape[1] > m:
+        raise InputValueError(f"{what} has {shape[1]} columns but A only {m} rows; add at most "
+                              f"{m} at a time")
+    return x
+
+
+def _parse_y(y: Any, n: int) -> np.ndarray:
+    if isinstance(y, str | os.PathLike | BlockMatrix):
+        y = (open_matrix(y) if not isinstance(y, BlockMatrix) else y).to_numpy()
+    y = np.asarray(y.toarray() if sp.issparse(y) else y)
+    if y.dtype.kind not in "fiub":
+        raise InputDtypeError(f"low_rank Y must be real-valued; got dtype {y.dtype}")
+    if y.ndim != 2 or y.shape[0] != n or y.shape[1] == 0 or y.shape[1] > n:
+        raise ShapeMismatchError(f"low_rank Y must have shape ({n}, r) with 1 <= r <= {n}; "
+                                 f"got {y.shape}")
+    if not np.isfinite(y).all():
+        raise InputValueError("low_rank Y holds NaN or infinite values")
+    out: np.ndarray = y.astype(np.float64, copy=False)
+    return out
+
+
+def _stored(st: SVDState, x: Any) -> tuple[BlockMatrix, str | None]:
+    """X as a BlockMatrix: stored inputs as they are, in-memory ones written next to the state."""
+    if isinstance(x, BlockMatrix):
+        return x, None
+    url = join_url(st.path, _INCOMING)
+    return from_array(x, url, chunks=(st.basis(0).chunks[0], None), overwrite=True), url
+
+
+def _append_columns(st: SVDState, D: Any, extras: Mapping[str, Any] | None,
+                    run: Runner) -> SVDState:
+    k = st.k
+    V = st.Vt.T
+
+    def right(w: np.ndarray) -> np.ndarray:
+        # [V 0; 0 I]·W: the old right vectors, padded with the new columns' rows.
+        return np.vstack([V @ w[:k], w[k:]])
+
+    q = D.shape[1]
+    return _brand(st, D, np.zeros((k, q)), np.eye(q), right, extras, run)
+
+
+def _change(st: SVDState, X: Any, Y: np.ndarray, extras: Mapping[str, Any] | None,
+            run: Runner) -> SVDState:
+    V = st.Vt.T
+    # Y's part outside span(V), by two Gram–Schmidt sweeps (one loses orthogonality
+    # when Y is nearly inside), then Householder QR (orthonormal even if rank-deficient).
+    my = st.Vt @ Y
+    res = Y - V @ my
+    again = st.Vt @ res
+    res -= V @ again
+    my += again
+    qy, ry = np.linalg.qr(res)
+    k = st.k
+
+    def right(w: np.ndarray) -> np.ndarray:
+        return np.asarray(V @ w[:k] + qy @ w[k:])
+
+    return _brand(st, X, my, ry, right, extras, run)
+
+
+def _brand(st: SVDState, x: Any, my: np.ndarray, ry: np.ndarray,
+           right: Callable[[np.ndarray], np.ndarray], extras: Mapping[str, Any] | None,
+           run: Runner) -> SVDState:
+    """Brand's update for ``A + X·Yᵀ`` given Y's split ``[VᵀY; R_Y]`` and ``[V Q_Y]·W``."""
+    X, tmp = _stored(st, x)
+    try:
+        mx = np.asarray(run(st.ut_dot(X))[0])
+        if not np.isfinite(mx).all():
+            raise InputValueError("the new data hold NaN or infinite values (UᵀX is not "
+                                  "finite); nothing was written")
+        url = st.next_basis_url()
+        Q, R = tsqr(plan_residual(st, X, mx), out=url)
+        rx = np.asarray(run(Q, R)[1])
+    finally:
+        if tmp is not None:
+            store_for(tmp).delete_prefix("")
+    k, r = st.k, rx.shape[0]
+    mid = np.zeros((k + r, k + r))
+    mid[:k, :k] = np.diag(st.s)
+    mid += np.vstack([mx, rx]) @ np.vstack([my, ry]).T
+    uk, sk, wkt = np.linalg.svd(mid)
+    uk, sk, w = uk[:, :k], sk[:k], wkt[:k].T
+    vt = right(w).T
+    d = row_signs(vt)
+    term = Term(basis_name(st.version + 1), 0, st.n_rows, r)
+    new = st.updated(uk[:k] * d, sk, vt * d[:, None], term, uk[k:] * d, extras, st.n_rows)
+    new.commit(previous=st)
     return new

@@ -1,0 +1,254 @@
+"""Row appends for :func:`blocklin.ops.svd_update`: the gram, qr and sparse paths.
+
+Each path returns a :class:`RowStep`: the k × k rotation applied to every old G_t,
+the new ``s`` and ``Vt``, and the new rows' U segment, already written as a basis
+(p × k, its G the identity). None of them reads the old bases.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import scipy.sparse as sp
+
+from blocklin.errors import InputDtypeError, InputValueError, ShapeMismatchError
+from blocklin.executors.lazy import Lazy
+from blocklin.ops.products import gram, matmul
+from blocklin.ops.sketch import dense
+from blocklin.ops.tsqr import plan_form_q, plan_tree, row_signs
+from blocklin.plan.graph import Task, TaskContext, make_stage
+from blocklin.storage.blockmatrix import BlockMatrix, from_array, open_matrix
+
+__all__ = ["GRAM_MAX_COLUMNS", "NewRows", "RowStep", "parse_rows", "rows_gram", "rows_qr",
+           "rows_sparse", "update_factors"]
+
+#: Widest n for which ``method="auto"`` takes the gram path (an n × n Gram on the driver).
+GRAM_MAX_COLUMNS = 8192
+#: The gram path is kept when its loss of accuracy, about eps·(‖C‖₂ / s'ₖ)², is below this.
+GRAM_LOSS_LIMIT = 1e-8
+
+Runner = Callable[..., tuple[Any, ...]]
+
+
+@dataclass(frozen=True)
+class NewRows:
+    """Appended rows, checked: in memory (ndarray or CSR) or stored (dense or CSR)."""
+
+    memory: np.ndarray | sp.csr_matrix | None
+    stored: BlockMatrix | None
+    shape: tuple[int, int]
+    sparse: bool
+
+
+@dataclass(frozen=True)
+class RowStep:
+    """The outcome of a row append: rotation of the old G_t, new s and Vt, rows added."""
+
+    rotation: np.ndarray
+    s: np.ndarray
+    Vt: np.ndarray
+    rows: int
+
+
+def parse_rows(rows: Any, n: int) -> NewRows:
+    """Check appended rows before anything runs: shape (p, n), real, finite when in memory."""
+    if isinstance(rows, str | os.PathLike):
+        rows = open_matrix(rows)
+    if isinstance(rows, BlockMatrix):
+        if rows.shape[1] != n:
+            raise ShapeMismatchError(f"rows must have {n} columns; got {rows.shape[1]}")
+        return NewRows(None, rows, rows.shape, rows.meta.format != "dense")
+    if sp.issparse(rows):
+        c: Any = sp.csr_matrix(rows)
+        values = c.data
+    else:
+        c = np.asarray(rows)
+        values = c
+    if c.dtype.kind not in "fiub":
+        raise InputDtypeError(f"rows must be real-valued; got dtype {c.dtype}")
+    if c.ndim != 2 or c.shape[1] != n or c.shape[0] == 0:
+        raise ShapeMismatchError(f"rows must have shape (p, {n}) with p >= 1; got {c.shape}")
+    if not np.isfinite(values).all():
+        raise InputValueError("rows hold NaN or infinite values")
+    return NewRows(c.astype(np.float64, copy=False), None, (int(c.shape[0]), n), sp.issparse(c))
+
+
+def update_factors(s: np.ndarray, Vt: np.ndarray,
+                   r_new: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The small Rayleigh–Ritz step of a row append: SVD of ``[diag(s)·Vt; R_new]``.
+
+    Returns ``(Um, s', Vt')`` truncated to k = len(s), signs as scikit-learn's
+    ``svd_flip`` on Vt'. ``R_new`` is any factor with ``R_newᵀR_new = CᵀC`` for the
+    new rows C (their R from a QR, or a square root of CᵀC). Old U rows map through
+    ``Um[:k]``, new ones (``Q_C``) through ``Um[k:]``.
+    """
+    k = s.size
+    um, sm, wt = np.linalg.svd(np.vstack([s[:, None] * Vt, r_new]), full_matrices=False)
+    um, sm, wt = um[:, :k], sm[:k], wt[:k]
+    d = row_signs(wt)
+    return um * d, sm, wt * d[:, None]
+
+
+def _check_finite(x: np.ndarray, what: str) -> None:
+    if not np.isfinite(x).all():
+        raise InputValueError(f"rows hold NaN or infinite values ({what} is not finite); "
+                              "nothing was written")
+
+
+# -- gram path ------------------------------------------------------------------------------
+def rows_gram(s: np.ndarray, Vt: np.ndarray, c: NewRows, url: str,
+              run: Runner) -> RowStep | None:
+    """CᵀC in one pass, a square root by eigh, then the basis ``C·V'·diag(1/s')`` in one more.
+
+    Returns None (nothing written) when the Gram's squared conditioning would cost
+    more than :data:`GRAM_LOSS_LIMIT`; the caller then takes the qr path.
+    """
+    if c.stored is not None:
+        g = np.asarray(run(gram(c.stored))[0], dtype=np.float64)
+    else:
+        x: Any = c.memory
+        g = dense(x.T @ x)
+    _check_finite(g, "CᵀC")
+    lam, q = np.linalg.eigh(g)
+    # Any R with RᵀR = CᵀC will do; clipping rounding negatives keeps rank-deficient C exact.
+    r = np.sqrt(np.clip(lam, 0.0, None))[:, None] * q.T
+    um, s2, vt2 = update_factors(s, Vt, r)
+    eps = np.finfo(np.float64).eps
+    # U'ᵀU' − I = −diag(1/s')V'ᵀ·E·V'diag(1/s') for the rounding E of CᵀC (‖E‖ ≈ eps‖C‖²).
+    if s2[-1] <= 0 or eps * max(float(lam[-1]), 0.0) / s2[-1] ** 2 > GRAM_LOSS_LIMIT:
+        return None
+    w = np.ascontiguousarray(vt2.T / s2)
+    if c.stored is not None:
+        run(matmul(c.stored, w, out=url))
+    else:
+        from_array(dense(c.memory @ w), url)
+    k = s.size
+    return RowStep(um[:k], s2, vt2, c.shape[0])
+
+
+# -- qr path --------------------------------------------------------------------------------
+@dataclass(frozen=True, eq=False)
+class ConstantFactor:
+    """A given (2c+1, c) array whose top-left block is the right factor W of ``Q·W``."""
+
+    values: np.ndarray
+
+    def __call__(self, ctx: TaskContext, blocks: Sequence[Any]) -> Any:
+        return self.values
+
+
+def rows_qr(s: np.ndarray, Vt: np.ndarray, c: NewRows, url: str, run: Runner) -> RowStep:
+    """Householder TSQR of C (one pass for R), then its U segment ``Q_C·Um[k:]`` (one more)."""
+    k, n = s.size, Vt.shape[1]
+    C = c.stored
+    if C is not None and C.shape[0] >= n:
+        tree = plan_tree([C], with_q=True, op="svd_update")
+        w = tree.c
+        lazy = Lazy(tree.plan, tree.top, "small", lambda p: np.array(p[0][:w]),
+                    label="update.R")
+        r_c = run(lazy)[0]
+        _check_finite(r_c, "R")
+        um, sm, wt = update_factors(s, Vt, r_c)
+        values = np.zeros((2 * w + 1, w))
+        values[:w, :k] = um[k:]
+        st = make_stage("svd_update/w", ConstantFactor(values), [], [Task(out=(0, 0), reads=())],
+                        shape=values.shape, chunks=values.shape, dtype="float64",
+                        params={"values": values})
+        # resume: the R pass's leaves and tree are recorded complete; only Q·W runs.
+        run(plan_form_q(tree, tree.plan.add(st), st.output, op="svd_update", out=url, k=k),
+            resume=True)
+        return RowStep(um[:k], sm, wt, C.shape[0])
+    x = _to_dense(c)
+    _check_finite(x, "the rows")
+    q_c, r_c = np.linalg.qr(x)
+    um, sm, wt = update_factors(s, Vt, r_c)
+    from_array(q_c @ um[k:], url)
+    return RowStep(um[:k], sm, wt, c.shape[0])
+
+
+def _to_dense(c: NewRows) -> np.ndarray:
+    return np.vstack([dense(b) for b in _panels(c)])
+
+
+def _panels(c: NewRows) -> Iterator[Any]:
+    """The rows in memory, or the stored row panels read on the driver (CSR stays CSR)."""
+    C = c.stored
+    if C is None:
+        yield c.memory
+        return
+    for i in range(C.nblocks[0]):
+        parts = [C.block(i, j) for j in range(C.nblocks[1])]
+        if len(parts) == 1:
+            yield parts[0]
+        elif any(sp.issparse(p) for p in parts):
+            yield sp.csr_matrix(sp.hstack(parts, format="csr"))
+        else:
+            yield np.hstack(parts)
+
+
+# -- sparse path ----------------------------------------------------------------------------
+def _batches(c: NewRows, batch: int) -> Iterator[Any]:
+    for panel in _panels(c):
+        for a in range(0, panel.shape[0], batch):
+            part = panel[a:a + batch]
+            part = sp.csr_matrix(part, dtype=np.float64) if sp.issparse(part) else \
+                np.asarray(part, dtype=np.float64)
+            _check_finite(np.asarray(part.data if sp.issparse(part) else part), "a row batch")
+            yield part
+
+
+def _brand_batch(s: np.ndarray, V: np.ndarray, c: Any
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One batch: ``[U S Vᵀ; C] = diag(U, I)·[[S, 0], [L, K]]·[V Q]ᵀ``, Q never formed.
+
+    Returns ``Um`` ((k + p) × k: old rows map through ``Um[:k]``, the batch's rows are
+    ``Um[k:]``), s' and V' (n × k).
+    """
+    k = s.size
+    L = dense(c @ V)                                  # p × k, nnz·k flops
+    cc = dense(c @ c.T)                               # p × p from the nonzeros
+    h = cc - L @ L.T                                  # HHᵀ for H = C − L·Vᵀ (VᵀV = I)
+    lam, z = np.linalg.eigh((h + h.T) / 2)
+    # Eigenvalues below the rounding of CCᵀ − LLᵀ are noise, not directions of H.
+    tol = max(c.shape[0], k) * np.finfo(np.float64).eps * max(float(np.trace(cc)), 0.0)
+    keep = lam > tol
+    zr, lr = z[:, keep], lam[keep]
+    r = zr.shape[1]
+    mid = np.zeros((k + c.shape[0], k + r))
+    mid[:k, :k] = np.diag(s)
+    mid[k:, :k] = L
+    mid[k:, k:] = zr * np.sqrt(lr)                    # K, with H = K·Qᵀ
+    um, sm, wt = np.linalg.svd(mid, full_matrices=False)
+    um, sm, w = um[:, :k], sm[:k], wt[:k].T
+    # V' = [V Q]·W with Q = Hᵀ·Z·Λ^{-1/2}: V(W₁ − LᵀT) + CᵀT, T = Z·Λ^{-1/2}·W₂ (p × k).
+    t = (zr / np.sqrt(lr)) @ w[k:]
+    v2 = V @ (w[:k] - L.T @ t) + dense(c.T @ t)
+    # Rayleigh–Ritz on V's rounding: V' = Q_V·R_V, SVD of diag(s')·R_Vᵀ re-diagonalizes.
+    qv, rv = np.linalg.qr(v2)
+    a, s3, bt = np.linalg.svd(sm[:, None] * rv.T)
+    return um @ a, s3, qv @ bt.T
+
+
+def rows_sparse(s: np.ndarray, Vt: np.ndarray, c: NewRows, url: str, batch: int) -> RowStep:
+    """Brand's update in batches of at most ``batch`` rows, H = C − CVVᵀ kept implicit."""
+    k = s.size
+    V = np.ascontiguousarray(Vt.T)
+    parts: list[np.ndarray] = []
+    rots: list[np.ndarray] = []
+    for cb in _batches(c, batch):
+        um, s, V = _brand_batch(s, V, cb)
+        parts.append(um[k:])
+        rots.append(um[:k])
+    # Part b is later rotated by every later batch's Um[:k]: apply suffix products once.
+    acc = np.eye(k)
+    for b in range(len(parts) - 1, -1, -1):
+        parts[b] = parts[b] @ acc
+        acc = rots[b] @ acc
+    vt = V.T
+    d = row_signs(vt)
+    from_array(np.vstack(parts) * d, url)
+    return RowStep(acc * d, s, vt * d[:, None], c.shape[0])

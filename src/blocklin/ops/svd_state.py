@@ -1,0 +1,402 @@
+"""The persisted state of an updatable truncated SVD ``A ≈ U diag(s) Vt``.
+
+U is never rewritten. It is a sum of *terms*, each a stored basis placed at a row
+offset times a small in-memory factor:
+
+    U = Σ_t place(B_t at rows [r_t, r_t + m_t)) · G_t,     B_t: m_t × w_t,  G_t: w_t × k
+
+Row appends add a term at the bottom; column appends and low-rank changes add a
+term spanning all rows. An update right-multiplies every G_t by a k × k matrix (the
+Rayleigh–Ritz rotation) and never touches a stored basis, so its cost does not grow
+with the rows already seen. Bases stay narrow (k, or the width of the appended
+columns / low-rank factor), so reading all of U costs O(m·Σw_t).
+
+Layout of the zarr group at ``path``::
+
+    zarr.json          group metadata; attributes["blocklin_svd_state"] names the
+                       committed version, its terms and sizes (the commit record)
+    U_v00000.zarr ...  the bases (BlockMatrix, dense), named by the version adding them
+    v<version>/s       (k,)         singular values
+    v<version>/Vt      (k, n)       right singular vectors
+    v<version>/G       (Σw_t, k)    the G_t stacked in term order
+    v<version>/x_<name>             small arrays the owner keeps with the state
+
+An update writes the new basis and ``v<version+1>/`` first, then replaces
+``zarr.json`` atomically (the commit), then removes ``v<version>/``. A crash at any
+point before the commit leaves the previous version readable; the leftovers of a
+failed attempt are overwritten by the next one.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from blocklin.errors import InputValueError, ShapeMismatchError
+from blocklin.executors.lazy import Lazy
+from blocklin.ops._inputs import MatrixInput, as_matrix, hstack_panel, row_panel_reads, source_node
+from blocklin.ops.sketch import dense, left_apply
+from blocklin.plan.graph import Plan, StageInput, Task, TaskContext, make_stage
+from blocklin.plan.reduce import SumParts, tree_reduce
+from blocklin.storage.blockmatrix import BlockMatrix, from_array, open_matrix
+from blocklin.storage.meta import METADATA_KEY
+from blocklin.storage.stores import join_url, store_for
+
+__all__ = ["SVDState", "Term"]
+
+_ATTR = "blocklin_svd_state"
+_FORMAT = 2
+
+
+@dataclass(frozen=True)
+class Term:
+    """One stored piece of U: basis ``basis`` (``rows`` × ``width``) placed at row ``row``."""
+
+    basis: str
+    row: int
+    rows: int
+    width: int
+
+
+@dataclass(frozen=True, eq=False)
+class SVDState:
+    """A persisted truncated SVD ``A ≈ U diag(s) Vt`` (see the module docstring).
+
+    Obtain one with :meth:`create` or :meth:`open`; :func:`blocklin.ops.svd_update`
+    returns the next one.
+
+    Attributes
+    ----------
+    path : str
+        The zarr group holding the state.
+    s : ndarray (k,)
+        Singular values, descending.
+    Vt : ndarray (k, n)
+        Right singular vectors (rows).
+    terms : tuple of Term
+        U's stored bases and where they sit.
+    G : tuple of ndarray
+        ``G[t]`` (``terms[t].width`` × k): the factor of term t.
+    n_rows : int
+        Rows of A covered so far (m).
+    version : int
+        Incremented by every update.
+    extras : mapping of str to ndarray
+        Small arrays committed with the state (e.g. an estimator's column statistics).
+    """
+
+    path: str
+    s: np.ndarray
+    Vt: np.ndarray
+    terms: tuple[Term, ...]
+    G: tuple[np.ndarray, ...]
+    n_rows: int
+    version: int
+    extras: Mapping[str, np.ndarray] = field(default_factory=dict)
+
+    @property
+    def k(self) -> int:
+        return int(self.s.size)
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return (self.n_rows, int(self.Vt.shape[1]))
+
+    def basis(self, t: int) -> BlockMatrix:
+        """The stored basis of term ``t``."""
+        return open_matrix(join_url(self.path, self.terms[t].basis))
+
+    def basis_urls(self) -> tuple[str, ...]:
+        return tuple(self.basis(t).url for t in range(len(self.terms)))
+
+    def u_to_numpy(self) -> np.ndarray:
+        """U as one in-memory array (m × k): for tests and small problems."""
+        u = np.zeros((self.n_rows, self.k))
+        for t, term in enumerate(self.terms):
+            u[term.row:term.row + term.rows] += self.basis(t).to_numpy() @ self.G[t]
+        return u
+
+    def u_lazy(self, *, out: str | None = None, chunk_rows: int | None = None) -> Lazy:
+        """U as a lazy m × k BlockMatrix: one pass over the bases, ``Σ_t B_t·G_t`` per block.
+
+        Parameters
+        ----------
+        out : str, optional
+            Where to store U (default: the run's work directory).
+        chunk_rows : int, optional
+            Rows per block of U (default: those of the first basis).
+
+        Examples
+        --------
+        >>> U = state.u_lazy(out="U.zarr").compute()
+        """
+        c = chunk_rows or self.basis(0).chunks[0]
+        return _term_rows(self, None, "u", c, out=out)
+
+    def ut_dot(self, D: Any) -> Lazy:
+        """``Uᵀ·D`` for D (m × q) stored row-aligned with A, lazily (a k × q numpy result).
+
+        One pass over D and every basis; D's row blocks need not match the bases'.
+        """
+        return _term_rows(self, _check_rows(self, D, "D"), "utd")
+
+    # -- persistence -------------------------------------------------------------------
+    @classmethod
+    def create(cls, path: str | os.PathLike[str], U: Any, s: Any = None, Vt: Any = None,
+               *, overwrite: bool = False,
+               extras: Mapping[str, Any] | None = None) -> SVDState:
+        """Persist ``U diag(s) Vt`` at ``path`` (U copied in as the first basis).
+
+        Parameters
+        ----------
+        path : str or path-like
+            A new zarr group (local directory or fsspec URL).
+        U : BlockMatrix, ndarray or TruncatedSVDResult
+            A BlockMatrix is copied block by block; with a
+            :class:`~blocklin.ops.TruncatedSVDResult`, ``s`` and ``Vt`` may be None
+            (its U is formed: one more pass over A).
+        s, Vt : array-like
+            Singular values (k,) and right singular vectors (k, n).
+        overwrite : bool
+            Replace whatever is at ``path``; otherwise an existing group is an error.
+        extras : mapping of str to array-like, optional
+            Small arrays kept with the state.
+
+        Raises
+        ------
+        ShapeMismatchError
+            If the shapes do not form a truncated SVD.
+        FileExistsError
+            If ``path`` is taken and ``overwrite`` is false.
+        """
+        if hasattr(U, "u_lazy") and hasattr(U, "Vt"):
+            s, Vt, U = U.s, U.Vt, U.U
+        s = np.asarray(s, dtype=np.float64).ravel()
+        Vt = np.asarray(Vt, dtype=np.float64)
+        if Vt.ndim != 2 or Vt.shape[0] != s.size or tuple(U.shape) != (U.shape[0], s.size):
+            raise ShapeMismatchError(f"U {tuple(U.shape)}, s {s.shape} and Vt {Vt.shape} do not "
+                                     "form a truncated SVD")
+        root = os.fspath(path)
+        store = store_for(root)
+        if store.exists(METADATA_KEY) or store.list(""):
+            if not overwrite:
+                raise FileExistsError(f"{store.url} already exists; pass overwrite=True to "
+                                      "replace it")
+            store.delete_prefix("")
+        name = basis_name(0)
+        src = U.to_dask() if isinstance(U, BlockMatrix) else np.asarray(U, dtype=np.float64)
+        chunks = (U.chunks[0], None) if isinstance(U, BlockMatrix) else None
+        from_array(src, join_url(store.url, name), chunks=chunks)
+        m = int(U.shape[0])
+        state = cls(store.url, s, Vt, (Term(name, 0, m, s.size),), (np.eye(s.size),), m, 0,
+                    _as_extras(extras or {}))
+        state.commit(previous=None)
+        return state
+
+    @classmethod
+    def open(cls, path: str | os.PathLike[str]) -> SVDState:
+        """Load the committed version of a state persisted by :meth:`create` or an update.
+
+        Raises
+        ------
+        FileNotFoundError
+            If no state (of this format) is at ``path``.
+        """
+        store = store_for(os.fspath(path))
+        raw = store.get(METADATA_KEY)
+        doc = json.loads(raw).get("attributes", {}).get(_ATTR) if raw is not None else None
+        if not isinstance(doc, dict):
+            raise FileNotFoundError(f"no blocklin SVD state at {store.url}")
+        if doc.get("format") != _FORMAT:
+            raise FileNotFoundError(f"the SVD state at {store.url} was written by an older "
+                                    "blocklin (format without terms); recreate it with "
+                                    "SVDState.create")
+        v = int(doc["version"])
+        vdir = join_url(store.url, f"v{v}")
+        terms = tuple(Term(str(t["basis"]), int(t["row"]), int(t["rows"]), int(t["width"]))
+                      for t in doc["terms"])
+        stacked = _read(vdir, "G")
+        bounds = np.cumsum([0] + [t.width for t in terms])
+        G = tuple(np.array(stacked[a:b]) for a, b in itertools.pairwise(bounds))
+        extras = {name: _read(vdir, f"x_{name}") for name in doc.get("extras", [])}
+        return cls(store.url, _read(vdir, "s"), _read(vdir, "Vt"), terms, G,
+                   int(doc["n_rows"]), v, extras)
+
+    def next_basis_url(self) -> str:
+        """Where the next update writes its basis (cleared first: a failed attempt's leftover)."""
+        url = join_url(self.path, basis_name(self.version + 1))
+        store_for(url).delete_prefix("")
+        return url
+
+    def commit(self, previous: SVDState | None) -> None:
+        """Write this version's small arrays, then the commit record, then drop ``previous``'s."""
+        import zarr
+        from zarr.codecs import Crc32cCodec
+
+        vdir = join_url(self.path, f"v{self.version}")
+        group = zarr.open_group(vdir, mode="w")  # clears a failed attempt's leftover
+        arrays = {"s": self.s, "Vt": self.Vt, "G": np.vstack(self.G)}
+        arrays |= {f"x_{name}": value for name, value in self.extras.items()}
+        for name, value in arrays.items():
+            group.create_array(name, data=np.ascontiguousarray(value),
+                               compressors=[Crc32cCodec()])
+        doc = {"format": _FORMAT, "version": self.version, "n_rows": self.n_rows,
+               "k": self.k, "n": int(self.Vt.shape[1]), "extras": sorted(self.extras),
+               "terms": [{"basis": t.basis, "row": t.row, "rows": t.rows, "width": t.width}
+                         for t in self.terms]}
+        meta = {"zarr_format": 3, "node_type": "group", "attributes": {_ATTR: doc}}
+        store = store_for(self.path)
+        store.put(METADATA_KEY, json.dumps(meta, indent=1).encode())  # atomic: the commit
+        if previous is not None and previous.version != self.version:
+            store.delete_prefix(f"v{previous.version}")
+
+    def updated(self, rotation: np.ndarray, s: np.ndarray, Vt: np.ndarray,
+                new_term: Term | None, new_g: np.ndarray | None,
+                extras: Mapping[str, Any] | None, n_rows: int) -> SVDState:
+        """The next version: every G_t times ``rotation`` (k × k), plus an optional new term."""
+        G = tuple(g @ rotation for g in self.G)
+        terms = self.terms
+        if new_term is not None and new_g is not None:
+            terms, G = (*terms, new_term), (*G, new_g)
+        ex = self.extras if extras is None else _as_extras(extras)
+        return SVDState(self.path, s, Vt, terms, G, n_rows, self.version + 1, ex)
+
+
+def basis_name(version: int) -> str:
+    return f"U_v{version:05d}.zarr"
+
+
+def _as_extras(extras: Mapping[str, Any]) -> dict[str, np.ndarray]:
+    out = {}
+    for name, value in extras.items():
+        if not isinstance(name, str) or not name.isidentifier():
+            raise InputValueError(f"extras names must be identifiers; got {name!r}")
+        out[name] = np.asarray(value)
+    return out
+
+
+def _read(vdir: str, name: str) -> np.ndarray:
+    import zarr
+
+    arr = zarr.open_array(join_url(vdir, name), mode="r")
+    return np.asarray(arr[...])
+
+
+def _check_rows(state: SVDState, D: Any, what: str) -> MatrixInput:
+    d = as_matrix(D, what)
+    if d.shape[0] != state.n_rows:
+        raise ShapeMismatchError(f"{what} must have the state's {state.n_rows} rows; got "
+                                 f"{d.shape[0]}")
+    return d
+
+
+# -- one pass over the bases ---------------------------------------------------------------
+@dataclass(frozen=True)
+class _Piece:
+    """Rows of one term inside one output block: reads, slab slice, output offset."""
+
+    term: int
+    nread: int
+    col_blocks: int
+    lo: int
+    hi: int
+    out_lo: int
+
+
+@dataclass(frozen=True, eq=False)
+class TermRows:
+    """One row block of U (``Σ_t B_t[rows]·G_t``), then ``u``, ``Uᵢᵀ·Dᵢ`` or ``Dᵢ − Uᵢ·M``."""
+
+    mode: str
+    layout: tuple[tuple[_Piece, ...], ...]
+    G: tuple[np.ndarray, ...]
+    rows: tuple[int, ...]
+    nd: int
+    m: np.ndarray | None = None
+
+    def __call__(self, ctx: TaskContext, blocks: Sequence[Any]) -> Any:
+        i = ctx.task.out[0]
+        u = np.zeros((self.rows[i], self.G[0].shape[1]))
+        pos = self.nd
+        for p in self.layout[i]:
+            own = blocks[pos:pos + p.nread]
+            pos += p.nread
+            slab = np.vstack([np.asarray(hstack_panel(own[j:j + p.col_blocks]))
+                              for j in range(0, p.nread, p.col_blocks)])
+            u[p.out_lo:p.out_lo + p.hi - p.lo] += slab[p.lo:p.hi] @ self.G[p.term]
+        if self.mode == "u":
+            return u
+        d = hstack_panel(blocks[:self.nd])
+        if self.mode == "utd":
+            return left_apply(u, d)[None]
+        if self.m is None:  # pragma: no cover - _term_rows always passes m for residuals
+            raise ValueError("residual mode needs M")
+        return dense(d) - u @ self.m
+
+
+def _layout(state: SVDState, bases: Sequence[BlockMatrix], c: int, first_pos: int
+            ) -> tuple[list[tuple[_Piece, ...]], list[tuple[tuple[int, tuple[int, ...]], ...]]]:
+    """Per output row block of ``c`` rows: the pieces of each term it overlaps and their reads."""
+    layout, reads = [], []
+    for a in range(0, state.n_rows, c):
+        b = min(a + c, state.n_rows)
+        pieces, rd = [], []
+        for t, (term, B) in enumerate(zip(state.terms, bases, strict=True)):
+            lo, hi = max(a, term.row) - term.row, min(b, term.row + term.rows) - term.row
+            if lo >= hi:
+                continue
+            ct, ncb = B.chunks[0], B.nblocks[1]
+            j0, j1 = lo // ct, (hi - 1) // ct
+            got: list[tuple[int, tuple[int, ...]]] = [
+                (first_pos + t, (j, jj)) for j in range(j0, j1 + 1) for jj in range(ncb)]
+            rd.extend(got)
+            pieces.append(_Piece(t, len(got), ncb, lo - j0 * ct, hi - j0 * ct,
+                                 term.row + lo - a))
+        layout.append(tuple(pieces))
+        reads.append(tuple(rd))
+    return layout, reads
+
+
+def _term_rows(state: SVDState, d: MatrixInput | None, mode: str, chunk_rows: int = 0,
+               out: str | None = None, m: np.ndarray | None = None) -> Lazy:
+    """Plan one pass over every basis (and D), one task per row block of the output."""
+    bases = [state.basis(t) for t in range(len(state.terms))]
+    c = d.node.chunks[0] if d is not None else chunk_rows
+    nd = d.grid[1] if d is not None else 0
+    layout, reads = _layout(state, bases, c, 1 if d is not None else 0)
+    nblocks = len(layout)
+    rows = tuple(min(c, state.n_rows - i * c) for i in range(nblocks))
+    inputs = ([d.input] if d is not None else []) + [StageInput(source_node(B)) for B in bases]
+    kernel = TermRows(mode, tuple(layout), state.G, rows, nd, m)
+    k = state.k
+    q = d.shape[1] if d is not None else k
+    params = {"mode": mode, "G": list(state.G), "m": m, "chunk_rows": c,
+              "terms": [[t.row, t.rows, t.width] for t in state.terms]}
+    # U's row block, the term slabs (at most a block more than c rows each) and D·M.
+    extra = (3 * c * k + c * q) * 8
+    own = [tuple(row_panel_reads(d, 0, i)) if d is not None else () for i in range(nblocks)]
+    tasks_reads = [own[i] + reads[i] for i in range(nblocks)]
+    plan = d.plan if d is not None else Plan()
+    if mode == "utd":
+        tasks = [Task(out=(i, 0, 0), reads=r) for i, r in enumerate(tasks_reads)]
+        st = make_stage("svd_state/ut_dot", kernel, inputs, tasks, shape=(nblocks, k, q),
+                        chunks=(1, k, q), dtype="float64", params=params, extra_memory=extra)
+        base = st.output
+        full, top = tree_reduce(plan.add(st), base, SumParts(), op="svd_state/ut")
+        return Lazy(full, top, "small", lambda p: np.array(p[0]), label="svd_state.ut_dot")
+    tasks = [Task(out=(i, 0), reads=r) for i, r in enumerate(tasks_reads)]
+    label = "svd_state/u" if mode == "u" else "svd_state/residual"
+    st = make_stage(label, kernel, inputs, tasks, shape=(state.n_rows, q), chunks=(c, q),
+                    dtype="float64", params=params, extra_memory=extra, out_url=out)
+    return Lazy(plan.add(st), st.output, "matrix", label=label.replace("/", "."))
+
+
+def plan_residual(state: SVDState, D: Any, M: np.ndarray) -> Lazy:
+    """``D − U·M`` (m × q) as a lazy BlockMatrix with D's row blocks: one pass over D and U."""
+    return _term_rows(state, _check_rows(state, D, "D"), "residual", m=M)
