@@ -41,7 +41,7 @@ import numpy as np
 from blocklin.errors import InputValueError, ShapeMismatchError
 from blocklin.executors.lazy import Lazy
 from blocklin.ops._inputs import MatrixInput, as_matrix, hstack_panel, row_panel_reads, source_node
-from blocklin.ops.sketch import dense, left_apply
+from blocklin.ops.sketch import left_apply
 from blocklin.plan.graph import Plan, StageInput, Task, TaskContext, make_stage
 from blocklin.plan.reduce import SumParts, tree_reduce
 from blocklin.storage.blockmatrix import BlockMatrix, from_array, open_matrix
@@ -311,14 +311,13 @@ class _Piece:
 
 @dataclass(frozen=True, eq=False)
 class TermRows:
-    """One row block of U (``Σ_t B_t[rows]·G_t``), then ``u``, ``Uᵢᵀ·Dᵢ`` or ``Dᵢ − Uᵢ·M``."""
+    """One row block of U (``Σ_t B_t[rows]·G_t``), or with D (mode ``utd``) ``Uᵢᵀ·Dᵢ``."""
 
     mode: str
     layout: tuple[tuple[_Piece, ...], ...]
     G: tuple[np.ndarray, ...]
     rows: tuple[int, ...]
     nd: int
-    m: np.ndarray | None = None
 
     def __call__(self, ctx: TaskContext, blocks: Sequence[Any]) -> Any:
         i = ctx.task.out[0]
@@ -332,12 +331,7 @@ class TermRows:
             u[p.out_lo:p.out_lo + p.hi - p.lo] += slab[p.lo:p.hi] @ self.G[p.term]
         if self.mode == "u":
             return u
-        d = hstack_panel(blocks[:self.nd])
-        if self.mode == "utd":
-            return left_apply(u, d)[None]
-        if self.m is None:  # pragma: no cover - _term_rows always passes m for residuals
-            raise ValueError("residual mode needs M")
-        return dense(d) - u @ self.m
+        return left_apply(u, hstack_panel(blocks[:self.nd]))[None]
 
 
 def _layout(state: SVDState, bases: Sequence[BlockMatrix], c: int, first_pos: int
@@ -364,7 +358,7 @@ def _layout(state: SVDState, bases: Sequence[BlockMatrix], c: int, first_pos: in
 
 
 def _term_rows(state: SVDState, d: MatrixInput | None, mode: str, chunk_rows: int = 0,
-               out: str | None = None, m: np.ndarray | None = None) -> Lazy:
+               out: str | None = None) -> Lazy:
     """Plan one pass over every basis (and D), one task per row block of the output."""
     bases = [state.basis(t) for t in range(len(state.terms))]
     c = d.node.chunks[0] if d is not None else chunk_rows
@@ -373,13 +367,13 @@ def _term_rows(state: SVDState, d: MatrixInput | None, mode: str, chunk_rows: in
     nblocks = len(layout)
     rows = tuple(min(c, state.n_rows - i * c) for i in range(nblocks))
     inputs = ([d.input] if d is not None else []) + [StageInput(source_node(B)) for B in bases]
-    kernel = TermRows(mode, tuple(layout), state.G, rows, nd, m)
+    kernel = TermRows(mode, tuple(layout), state.G, rows, nd)
     k = state.k
     q = d.shape[1] if d is not None else k
-    params = {"mode": mode, "G": list(state.G), "m": m, "chunk_rows": c,
+    params = {"mode": mode, "G": list(state.G), "chunk_rows": c,
               "terms": [[t.row, t.rows, t.width] for t in state.terms]}
-    # U's row block, the term slabs (at most a block more than c rows each) and D·M.
-    extra = (3 * c * k + c * q) * 8
+    # U's row block and the term slabs (at most a block more than c rows each).
+    extra = 3 * c * k * 8
     own = [tuple(row_panel_reads(d, 0, i)) if d is not None else () for i in range(nblocks)]
     tasks_reads = [own[i] + reads[i] for i in range(nblocks)]
     plan = d.plan if d is not None else Plan()
@@ -391,12 +385,6 @@ def _term_rows(state: SVDState, d: MatrixInput | None, mode: str, chunk_rows: in
         full, top = tree_reduce(plan.add(st), base, SumParts(), op="svd_state/ut")
         return Lazy(full, top, "small", lambda p: np.array(p[0]), label="svd_state.ut_dot")
     tasks = [Task(out=(i, 0), reads=r) for i, r in enumerate(tasks_reads)]
-    label = "svd_state/u" if mode == "u" else "svd_state/residual"
-    st = make_stage(label, kernel, inputs, tasks, shape=(state.n_rows, q), chunks=(c, q),
+    st = make_stage("svd_state/u", kernel, inputs, tasks, shape=(state.n_rows, k), chunks=(c, k),
                     dtype="float64", params=params, extra_memory=extra, out_url=out)
-    return Lazy(plan.add(st), st.output, "matrix", label=label.replace("/", "."))
-
-
-def plan_residual(state: SVDState, D: Any, M: np.ndarray) -> Lazy:
-    """``D − U·M`` (m × q) as a lazy BlockMatrix with D's row blocks: one pass over D and U."""
-    return _term_rows(state, _check_rows(state, D, "D"), "residual", m=M)
+    return Lazy(plan.add(st), st.output, "matrix", label="svd_state.u")

@@ -11,9 +11,12 @@ new (Zha & Simon; Brand), followed by an SVD of a small middle matrix:
   pass) and writes that segment (one more); the *qr* path gets R_C by TSQR; the
   *sparse* path (Deng et al.) never forms the n-wide residual ``H = C − CVVᵀ``:
   it factors ``HHᵀ = CCᵀ − LLᵀ`` (L = CV) from C's nonzeros, in batches of rows.
-* columns D (m × q) and low-rank changes ``A + XYᵀ``: ``UᵀX`` in one pass over
-  the bases and X, the residual ``X − U·UᵀX`` orthonormalized by TSQR into a new
-  stored all-rows term P, and the middle ``[[S, 0], [0, 0]] + [UᵀX; R_X][VᵀY; R_Y]ᵀ``.
+* columns D (m × q) and low-rank changes ``A + XYᵀ``: one Householder TSQR of
+  ``[U X]`` (U formed from its bases in the same plan) splits
+  ``X = U·M_X + P·R_X`` with P orthonormal and orthogonal to U (stored as a new
+  all-rows term); Y is split alike against V in memory; the middle is
+  ``[[S, 0], [0, 0]] + [M_X; R_X][M_Y; R_Y]ᵀ``. Appended columns are the change
+  ``[A 0] + D·[0 I]`` with V padded by zero rows.
 
 Old rows are never read by a row append; column and low-rank updates read U's
 bases once (O(m·(k + q)), the new data's size when bases are narrow).
@@ -26,6 +29,7 @@ from collections.abc import Callable, Mapping
 from typing import Any, Literal, get_args
 
 import numpy as np
+import scipy.linalg
 import scipy.sparse as sp
 
 from blocklin.errors import InputDtypeError, InputValueError, ShapeMismatchError
@@ -34,6 +38,7 @@ from blocklin.executors.base import RunStats
 from blocklin.executors.lazy import Lazy
 from blocklin.ops._svd_rows import (
     GRAM_MAX_COLUMNS,
+    ConstantFactor,
     NewRows,
     RowStep,
     Runner,
@@ -43,8 +48,9 @@ from blocklin.ops._svd_rows import (
     rows_sparse,
     update_factors,
 )
-from blocklin.ops.svd_state import SVDState, Term, _as_extras, basis_name, plan_residual
-from blocklin.ops.tsqr import row_signs, tsqr
+from blocklin.ops.svd_state import SVDState, Term, _as_extras, basis_name
+from blocklin.ops.tsqr import plan_form_q, plan_tree, row_signs
+from blocklin.plan.graph import Task, make_stage
 from blocklin.storage.blockmatrix import BlockMatrix, from_array, open_matrix
 from blocklin.storage.stores import join_url, store_for
 from blocklin.types import parse_option
@@ -75,10 +81,11 @@ def svd_update(state: SVDState | str | os.PathLike[str], rows: Any = None, *,
     rows : ndarray, scipy.sparse matrix, BlockMatrix (dense or CSR) or zarr path, (p, n)
         Appended rows ``[A; C]``. The old rows and U's stored bases are not read.
     columns : ndarray, scipy.sparse matrix, BlockMatrix or zarr path, (m, q)
-        Appended columns ``[A D]``, row-aligned with A; q <= m.
+        Appended columns ``[A D]``, row-aligned with A (any row blocks); q <= m − k.
+        In-memory D is written next to the state for the pass (and removed).
     low_rank : (X, Y)
         The change ``A + X·Yᵀ``: X (m × r) as ``columns``; Y (n × r) in memory (or
-        a small BlockMatrix); r <= min(m, n).
+        a small BlockMatrix); r <= min(m, n) − k.
     method : {"auto", "gram", "qr", "sparse"}
         Row appends only. ``gram``: CᵀC in one pass over C, R_C = Λ^½Qᵀ from its
         eigendecomposition, then the new rows' U segment ``C·V'·diag(1/s')`` in a
@@ -119,9 +126,10 @@ def svd_update(state: SVDState | str | os.PathLike[str], rows: Any = None, *,
     -----
     Row appends cost a pass or two over C plus O(n³ + T·k³) on the driver
     (T terms; sparse path: O(p·((k + batch)² + n·k²/batch) + nnz·(batch + k)));
-    nothing proportional to the old rows. Column and low-rank updates read U's bases
-    and the new data once for UᵀX, once more to write the residual ``X − U·UᵀX``,
-    whose TSQR (two passes) gives P; driver work O((k + r)³ + n·k·(k + r)).
+    nothing proportional to the old rows. Column and low-rank updates run one plan:
+    a pass over U's bases writing U (m × k, an intermediate), then TSQR of
+    ``[U X]``: its R pass and its Q pass (writing P) each read U and X once,
+    ~4m(k + r)² flops; driver work O((k + r)³ + n·(k + r)²).
 
     Accuracy: exact (to rounding) when the updated matrix has rank <= k; otherwise
     each update truncates to rank k, so the error relative to a recomputation grows
@@ -131,8 +139,9 @@ def svd_update(state: SVDState | str | os.PathLike[str], rows: Any = None, *,
     used only while eps·(‖C‖₂/s'ₖ)² <= 1e-8, i.e. the orthogonality it costs U stays
     under 1e-8; otherwise (ill-conditioned or rank-deficient data with k > rank,
     where s'ₖ ~ 0 and ``1/s'`` would blow up) it falls back to the qr path, at two
-    more passes over C. P's orthogonality to U is that of one classical
-    Gram–Schmidt step, which costs U' about eps·‖X‖/s'ₖ.
+    more passes over C. Column and low-rank updates orthogonalize by Householder
+    reflections, so U' stays orthonormal to rounding even when X lies (nearly)
+    inside span(U).
 
     References
     ----------
@@ -167,12 +176,12 @@ def svd_update(state: SVDState | str | os.PathLike[str], rows: Any = None, *,
     if rows is not None:
         return _append_rows(st, parse_rows(rows, st.shape[1]), chosen, int(batch), ex, run)
     if columns is not None:
-        D = _parse_side(columns, st.n_rows, None, "columns")
+        D = _parse_side(columns, st.n_rows, st.k, None, "columns")
         return _append_columns(st, D, ex, run)
     if not isinstance(low_rank, tuple | list) or len(low_rank) != 2:
         raise InputValueError("low_rank must be a pair (X, Y) meaning A + X·Yᵀ")
-    Y = _parse_y(low_rank[1], st.shape[1])
-    X = _parse_side(low_rank[0], st.n_rows, Y.shape[1], "low_rank X")
+    Y = _parse_y(low_rank[1], st.shape[1], st.k)
+    X = _parse_side(low_rank[0], st.n_rows, st.k, Y.shape[1], "low_rank X")
     return _change(st, X, Y, ex, run)
 
 
@@ -214,7 +223,7 @@ def _append_rows(st: SVDState, c: NewRows, method: str, batch: int,
 
 
 # -- columns and low-rank changes -----------------------------------------------------------
-def _parse_side(x: Any, m: int, r: int | None, what: str) -> Any:
+def _parse_side(x: Any, m: int, k: int, r: int | None, what: str) -> Any:
     """A row-aligned X (m × r) or D (m × q): stored as given, or checked in memory."""
     if isinstance(x, str | os.PathLike):
         x = open_matrix(x)
@@ -233,21 +242,22 @@ def _parse_side(x: Any, m: int, r: int | None, what: str) -> Any:
     if shape[0] != m or (r is not None and shape[1] != r) or shape[1] == 0:
         raise ShapeMismatchError(f"{what} must have shape ({m}, {want}) to match the state; "
                                  f"got {shape}")
-    if shape[1] > m:
-        raise InputValueError(f"{what} has {shape[1]} columns but A only {m} rows; add at most "
-                              f"{m} at a time")
+    if shape[1] > m - k:
+        # [U X] must be tall for its TSQR: at most m − k new columns per update.
+        raise InputValueError(f"{what} has {shape[1]} columns; with {m} rows and k = {k} add at "
+                              f"most {m - k} at a time")
     return x
 
 
-def _parse_y(y: Any, n: int) -> np.ndarray:
+def _parse_y(y: Any, n: int, k: int) -> np.ndarray:
     if isinstance(y, str | os.PathLike | BlockMatrix):
         y = (open_matrix(y) if not isinstance(y, BlockMatrix) else y).to_numpy()
     y = np.asarray(y.toarray() if sp.issparse(y) else y)
     if y.dtype.kind not in "fiub":
         raise InputDtypeError(f"low_rank Y must be real-valued; got dtype {y.dtype}")
-    if y.ndim != 2 or y.shape[0] != n or y.shape[1] == 0 or y.shape[1] > n:
-        raise ShapeMismatchError(f"low_rank Y must have shape ({n}, r) with 1 <= r <= {n}; "
-                                 f"got {y.shape}")
+    if y.ndim != 2 or y.shape[0] != n or y.shape[1] == 0 or y.shape[1] > n - k:
+        raise ShapeMismatchError(f"low_rank Y must have shape ({n}, r) with 1 <= r <= n - k = "
+                                 f"{n - k}; got {y.shape}")
     if not np.isfinite(y).all():
         raise InputValueError("low_rank Y holds NaN or infinite values")
     out: np.ndarray = y.astype(np.float64, copy=False)
@@ -260,6 +270,32 @@ def _stored(st: SVDState, x: Any) -> tuple[BlockMatrix, str | None]:
         return x, None
     url = join_url(st.path, _INCOMING)
     return from_array(x, url, chunks=(st.basis(0).chunks[0], None), overwrite=True), url
+
+
+def _split_against_u(st: SVDState, X: BlockMatrix, url: str,
+                     run: Runner) -> tuple[np.ndarray, np.ndarray]:
+    """Householder TSQR of ``[U X] = [Q₁ Q₂]·[[R₁₁, R₁₂], [0, R₂₂]]`` in one plan.
+
+    Then ``X = U·M + P·R₂₂`` with ``M = R₁₁⁻¹R₁₂`` and ``P = Q₂`` written at ``url``.
+    Householder keeps P orthogonal to U to rounding even when X is (nearly) inside
+    span(U), where Gram–Schmidt's ``X − U·UᵀX`` would be cancellation noise.
+    """
+    k, q = st.k, X.shape[1]
+    tree = plan_tree([st.u_lazy(chunk_rows=X.chunks[0]), X], with_q=True, op="svd_update")
+    c = tree.c
+    r_lazy = Lazy(tree.plan, tree.top, "small", lambda p: np.array(p[0][:c]), label="update.R")
+    values = np.zeros((2 * c + 1, c))
+    values[k:c, :q] = np.eye(q)  # Q·[0; I] = Q₂
+    w = make_stage("svd_update/w", ConstantFactor(values), [], [Task(out=(0, 0), reads=())],
+                   shape=values.shape, chunks=values.shape, dtype="float64",
+                   params={"values": values})
+    p_lazy = plan_form_q(tree, tree.plan.add(w), w.output, op="svd_update", out=url, k=q)
+    r = np.triu(np.asarray(run(r_lazy, p_lazy)[0]))
+    if not np.isfinite(r).all():
+        store_for(url).delete_prefix("")
+        raise InputValueError("the new data hold NaN or infinite values; nothing was committed")
+    m = scipy.linalg.solve_triangular(r[:k, :k], r[:k, k:])
+    return m, r[k:, k:]
 
 
 def _append_columns(st: SVDState, D: Any, extras: Mapping[str, Any] | None,
@@ -277,16 +313,12 @@ def _append_columns(st: SVDState, D: Any, extras: Mapping[str, Any] | None,
 
 def _change(st: SVDState, X: Any, Y: np.ndarray, extras: Mapping[str, Any] | None,
             run: Runner) -> SVDState:
-    V = st.Vt.T
-    # Y's part outside span(V), by two Gram–Schmidt sweeps (one loses orthogonality
-    # when Y is nearly inside), then Householder QR (orthonormal even if rank-deficient).
-    my = st.Vt @ Y
-    res = Y - V @ my
-    again = st.Vt @ res
-    res -= V @ again
-    my += again
-    qy, ry = np.linalg.qr(res)
     k = st.k
+    V = st.Vt.T
+    # Y = V·M_Y + Q_Y·R_Y from the Householder QR of [V Y] (n × (k + r), in memory).
+    q, r = np.linalg.qr(np.hstack([V, Y]))
+    my = scipy.linalg.solve_triangular(r[:k, :k], r[:k, k:])
+    qy, ry = q[:, k:], r[k:, k:]
 
     def right(w: np.ndarray) -> np.ndarray:
         return np.asarray(V @ w[:k] + qy @ w[k:])
@@ -297,16 +329,12 @@ def _change(st: SVDState, X: Any, Y: np.ndarray, extras: Mapping[str, Any] | Non
 def _brand(st: SVDState, x: Any, my: np.ndarray, ry: np.ndarray,
            right: Callable[[np.ndarray], np.ndarray], extras: Mapping[str, Any] | None,
            run: Runner) -> SVDState:
-    """Brand's update for ``A + X·Yᵀ`` given Y's split ``[VᵀY; R_Y]`` and ``[V Q_Y]·W``."""
+    """Brand's update for ``A + X·Yᵀ`` given Y's split ``Y = V·M_Y + Q_Y·R_Y`` (``right``
+    maps the middle's right vectors W to ``[V Q_Y]·W``)."""
+    url = st.next_basis_url()
     X, tmp = _stored(st, x)
     try:
-        mx = np.asarray(run(st.ut_dot(X))[0])
-        if not np.isfinite(mx).all():
-            raise InputValueError("the new data hold NaN or infinite values (UᵀX is not "
-                                  "finite); nothing was written")
-        url = st.next_basis_url()
-        Q, R = tsqr(plan_residual(st, X, mx), out=url)
-        rx = np.asarray(run(Q, R)[1])
+        mx, rx = _split_against_u(st, X, url, run)
     finally:
         if tmp is not None:
             store_for(tmp).delete_prefix("")
