@@ -6,12 +6,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import scipy.sparse as sp
 from sklearn.datasets import load_breast_cancer, load_digits
 from sklearn.utils.estimator_checks import check_estimator
 
 import blocklin as bl
 from blocklin.errors import InputValueError
 from blocklin.ml import TruncatedSVD
+from blocklin.ops import SVDState
 
 
 def _exact(x: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -111,3 +113,34 @@ def test_sparse_lsa_input_matches_dense(tmp_path: Path) -> None:
     sparse.partial_fit(x[:50])
     dense.partial_fit(x[:50].toarray())
     np.testing.assert_allclose(sparse.singular_values_, dense.singular_values_, rtol=1e-12)
+
+
+def test_partial_fit_with_state_path_persists_and_resumes(tmp_path: Path) -> None:
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((600, 4)) @ rng.standard_normal((4, 12)) + 1.0  # rank 5
+    path = str(tmp_path / "svd-state")
+    est = TruncatedSVD(5, work_dir=str(tmp_path), state_path=path).fit(x[:200])
+    assert SVDState.open(path).n_rows == 200
+    est.partial_fit(x[200:300])                                            # in memory
+    est.partial_fit(bl.from_array(x[300:400], tmp_path / "B.zarr", chunks=(32, None)))
+    assert est.n_passes_ == 3  # column statistics, CᵀC, then the new rows' U segment
+    del est
+    # After a restart: a new estimator resumes from the state (column summary included).
+    again = TruncatedSVD(5, work_dir=str(tmp_path), state_path=path)
+    again.partial_fit(sp.csr_matrix(x[400:]))
+    s, vt, ratio = _exact(x, 5)
+    assert again.n_samples_seen_ == 600
+    np.testing.assert_allclose(again.singular_values_, s, rtol=1e-10)
+    np.testing.assert_allclose(again.components_, vt, atol=1e-9)
+    np.testing.assert_allclose(again.explained_variance_ratio_, ratio, rtol=1e-9)
+    state = SVDState.open(path)
+    assert (state.n_rows, state.version) == (600, 3)
+    u = state.u_to_numpy()
+    np.testing.assert_allclose((u * state.s) @ state.Vt, x, atol=1e-10 * np.abs(x).max())
+    with pytest.raises(InputValueError, match="components"):
+        TruncatedSVD(4, state_path=path).partial_fit(x[:10])
+
+
+def test_check_estimator_with_state_path(tmp_path: Path) -> None:
+    check_estimator(TruncatedSVD(work_dir=str(tmp_path), state_path=str(tmp_path / "state")),
+                    on_skip=None)

@@ -15,11 +15,13 @@ from sklearn.utils.validation import check_is_fitted
 from blocklin.config import default_work_dir
 from blocklin.errors import InputDtypeError, InputValueError
 from blocklin.executors.api import compute
+from blocklin.executors.base import RunStats
 from blocklin.ml._validation import is_stored, stored_matrix, validate_features
 from blocklin.ops.products import matmul
 from blocklin.ops.stats import ColumnStats, column_stats
 from blocklin.ops.svd import SVD_METHODS, _truncated
-from blocklin.ops.svd_update import update_factors
+from blocklin.ops.svd_state import SVDState
+from blocklin.ops.svd_update import svd_update, update_factors
 from blocklin.ops.tsqr import tsqr_r
 from blocklin.types import parse_option
 
@@ -46,6 +48,14 @@ class TruncatedSVD(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstima
     work_dir : str, optional
         Directory for temporary arrays (in-memory X is written there block by
         block); removed after each fit. Must be reachable by the workers.
+    state_path : str, optional
+        A zarr group keeping the decomposition (U included) as an
+        :class:`~blocklin.ops.SVDState`. ``None`` (default): components and
+        singular values live in memory only. When set, ``fit`` writes the state
+        (forming U: one more pass over X), ``partial_fit`` updates it with
+        :func:`blocklin.ops.svd_update` and commits the column statistics with it,
+        and an unfitted estimator's ``partial_fit`` resumes from an existing state
+        (e.g. after a restart).
 
     Attributes
     ----------
@@ -66,12 +76,14 @@ class TruncatedSVD(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstima
     is a Zha–Simon/Brand row-append update: it reads only the new rows (once) and
     costs O(p·n² + n³) — the earlier rows are never read again. Updates are exact
     when X has rank ≤ k and otherwise drift by the discarded tail.
+    With ``state_path``, ``partial_fit`` reads X for its column statistics and
+    then as :func:`blocklin.ops.svd_update` does (``gram``: twice more).
     ``transform`` of a stored X (BlockMatrix, zarr path) returns a BlockMatrix.
     """
 
     def __init__(self, n_components: int = 2, *, oversample: int = 10, n_iter: int = 2,
                  random_state: Any = 0, method: str = "power", executor: str = "dask",
-                 work_dir: str | None = None) -> None:
+                 work_dir: str | None = None, state_path: str | None = None) -> None:
         self.n_components = n_components
         self.oversample = oversample
         self.n_iter = n_iter
@@ -79,6 +91,7 @@ class TruncatedSVD(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstima
         self.method = method
         self.executor = executor
         self.work_dir = work_dir
+        self.state_path = state_path
 
     # -- fitting -----------------------------------------------------------------------
     def fit(self, X: Any, y: Any = None) -> TruncatedSVD:
@@ -117,14 +130,40 @@ class TruncatedSVD(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstima
             opts = {"executor": self.executor, "work_dir": wd}
             res = _truncated(A, int(self.n_components), self.oversample, self.n_iter,
                              self._seed(), self.method, False, opts, with_stats=True)
-        if res.column_stats is None:  # pragma: no cover - with_stats guarantees it
-            raise RuntimeError("column statistics missing from the fit")
-        self.components_ = res.Vt
-        self.singular_values_ = res.s
-        self.n_passes_ = res.passes
-        self._set_stats(res.column_stats.count, res.column_stats.mean,
-                        res.column_stats.variance * max(res.column_stats.count - 1, 0))
+            if res.column_stats is None:  # pragma: no cover - with_stats guarantees it
+                raise RuntimeError("column statistics missing from the fit")
+            self.components_ = res.Vt
+            self.singular_values_ = res.s
+            self.n_passes_ = res.passes
+            self._set_stats(res.column_stats.count, res.column_stats.mean,
+                            res.column_stats.variance * max(res.column_stats.count - 1, 0))
+            if self.state_path is not None:
+                # U is formed here, while the scratch directory holding its plan exists.
+                SVDState.create(self.state_path, res, overwrite=True, extras=self._extras())
+                self.n_passes_ += res.u_passes
         return Xv
+
+    def _extras(self) -> dict[str, np.ndarray]:
+        """The column summary committed with the SVD state."""
+        return {"count": np.array([self.n_samples_seen_]), "mean": self._mean, "m2": self._m2}
+
+    def _resume(self) -> None:
+        """Take components, singular values and column summary from the state at state_path."""
+        st = SVDState.open(str(self.state_path))
+        if st.k != self.n_components:
+            raise InputValueError(f"the SVD state at {self.state_path} has {st.k} components; "
+                                  f"n_components is {self.n_components}")
+        self.n_features_in_ = st.shape[1]
+        self.components_, self.singular_values_ = st.Vt, st.s
+        ex = st.extras
+        self._set_stats(int(ex["count"][0]), ex["mean"], ex["m2"])
+
+    def _has_state(self) -> bool:
+        try:
+            SVDState.open(str(self.state_path))
+        except FileNotFoundError:
+            return False
+        return True
 
     def _set_stats(self, count: int, mean: np.ndarray, m2: np.ndarray) -> None:
         """Explained variances from the column summary (count, mean, centered sum of squares)."""
@@ -148,7 +187,14 @@ class TruncatedSVD(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstima
 
         Reads only X: its R factor (TSQR for stored X, LAPACK QR in memory) and its
         column statistics in one pass, then a Rayleigh–Ritz step on the driver.
+        With ``state_path`` the persisted state is updated instead (and an existing
+        state is resumed when the estimator is not fitted yet).
         """
+        if self.state_path is not None:
+            if not hasattr(self, "components_") and not self._has_state():
+                return self.fit(X)
+            self._resume()
+            return self._partial_fit_state(X)
         if not hasattr(self, "components_"):
             return self.fit(X)
         Xv = validate_features(self, X, reset=False, accept_sparse=True)
@@ -169,6 +215,41 @@ class TruncatedSVD(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstima
         self._merge_stats(ColumnStats(count, mean, m2, mean, mean, mean, mean, mean))
         self.n_passes_ = 1
         return self
+
+    def _partial_fit_state(self, X: Any) -> TruncatedSVD:
+        """Column statistics of X, then svd_update of the state committing them with it."""
+        Xv = validate_features(self, X, reset=False, accept_sparse=True)
+        stats = RunStats()
+        with self._scratch() as wd:
+            try:
+                if isinstance(Xv, np.ndarray) or sp.issparse(Xv):
+                    x = Xv.toarray() if sp.issparse(Xv) else np.asarray(Xv, dtype=np.float64)
+                    mean = x.mean(axis=0)
+                    self._merge_stats(ColumnStats(x.shape[0], mean, ((x - mean) ** 2).sum(axis=0),
+                                                  mean, mean, mean, mean, mean))
+                    # Sparse rows go to svd_update as CSR: its sparse path reads nonzeros only.
+                    self._update_state(Xv, wd, stats)
+                    self.n_passes_ = 1
+                else:
+                    with stored_matrix(Xv, work_dir=wd) as A:
+                        st = column_stats(A).compute(executor=self.executor, work_dir=wd,
+                                                     stats=stats)
+                        self._merge_stats(ColumnStats(st.count, st.mean,
+                                                      st.variance * max(st.count - 1, 0),
+                                                      st.mean, st.mean, st.mean, st.mean,
+                                                      st.mean))
+                        self._update_state(A, wd, stats)
+                        self.n_passes_ = round(stats.passes.get(A.url, 1))
+            except BaseException:
+                self._resume()  # the state was not committed: back to its version
+                raise
+        return self
+
+    def _update_state(self, rows: Any, wd: str, stats: RunStats) -> None:
+        st = svd_update(str(self.state_path), rows=rows, extras=self._extras(),
+                        executor=self.executor, work_dir=wd, stats=stats)
+        self.components_, self.singular_values_ = st.Vt, st.s
+        self._set_stats(self.n_samples_seen_, self._mean, self._m2)
 
     def _merge_stats(self, new: ColumnStats) -> None:
         """Chan's pairwise merge of (count, mean, M2); ``new.variance`` holds its M2."""
