@@ -3,6 +3,9 @@
 ``BLOCKLIN_WORK_DIR``       where plans keep intermediate arrays (default
                             ``~/.cache/blocklin/work``).
 ``BLOCKLIN_MAX_TASK_MEMORY`` per-task memory limit in bytes (default 4 GiB).
+``BLOCKLIN_BLOCK_CACHE_BYTES`` per-process budget of the decoded-block cache that
+                            iterative solvers use (default a quarter of the process's
+                            memory bound; ``0`` turns the cache off).
 """
 
 from __future__ import annotations
@@ -10,8 +13,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-__all__ = ["DEFAULT_BLOCK_BYTES", "default_chunk_rows", "default_max_task_memory",
-           "default_work_dir", "parse_memory"]
+__all__ = ["BLOCK_CACHE_FRACTION", "DEFAULT_BLOCK_BYTES", "default_block_cache_bytes",
+           "default_chunk_rows", "default_max_task_memory", "default_work_dir",
+           "machine_memory", "parse_cache_bytes", "parse_memory"]
 
 #: Target size of a row block when the caller does not choose one: large enough that
 #: per-task overhead is negligible, small enough that several fit in a worker.
@@ -70,3 +74,51 @@ def default_max_task_memory() -> int:
     """Per-task memory limit used when a compute call does not give one."""
     env = os.environ.get("BLOCKLIN_MAX_TASK_MEMORY")
     return parse_memory(env) if env else 4 * 2**30
+
+
+#: Share of a process's memory bound the block cache takes when no budget is given: the
+#: rest stays for the tasks (whose projected memory is reserved on top, per thread).
+BLOCK_CACHE_FRACTION = 0.25
+
+
+def parse_cache_bytes(value: int | str | None) -> int | None:
+    """Parse a ``cache_bytes`` option: None/0 off (0), ``"auto"`` the default (None), else bytes.
+
+    Raises
+    ------
+    InputValueError
+        If the value is neither ``"auto"`` nor a size (0 allowed).
+    """
+    if value is None:
+        return 0
+    if isinstance(value, str) and value.strip().lower() == "auto":
+        return None
+    if (value == 0 and not isinstance(value, bool)) or value == "0":
+        return 0
+    return parse_memory(value)
+
+
+def default_block_cache_bytes(process_memory: int) -> int:
+    """Cache budget of a process whose memory bound is ``process_memory`` bytes."""
+    env = os.environ.get("BLOCKLIN_BLOCK_CACHE_BYTES")
+    if env:
+        budget = parse_cache_bytes(env)
+        if budget is not None:
+            return budget
+    return int(BLOCK_CACHE_FRACTION * process_memory)
+
+
+def machine_memory() -> int:
+    """Physical memory of this machine, or the container's limit when that is lower."""
+    import psutil
+
+    total = int(psutil.virtual_memory().total)
+    # cgroup v2, then v1: a container sees the host's memory in /proc but may use less.
+    for path in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
+        try:
+            text = Path(path).read_text().strip()
+        except OSError:
+            continue
+        if text.isdigit():
+            total = min(total, int(text))
+    return total

@@ -6,7 +6,12 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from blocklin.config import default_max_task_memory, default_work_dir, parse_memory
+from blocklin.config import (
+    default_max_task_memory,
+    default_work_dir,
+    parse_cache_bytes,
+    parse_memory,
+)
 from blocklin.errors import ConfigError, InputDtypeError
 from blocklin.executors.base import Executor, RunStats, prepare, reset_outputs
 from blocklin.executors.lazy import Lazy
@@ -61,7 +66,8 @@ def compute(*results: Lazy, executor: str | Executor = "dask", address: str | No
             client: Client | None = None, spark: Any = None, resume: bool = False,
             work_dir: str | None = None, max_task_memory: int | str | None = None,
             num_workers: int | None = None, device: str = "cpu", stats: RunStats | None = None,
-            progress: ProgressHook | None = None) -> tuple[Any, ...]:
+            progress: ProgressHook | None = None,
+            cache_bytes: int | str | None = None) -> tuple[Any, ...]:
     """Compute several lazy results as one plan, sharing passes over common inputs.
 
     Parameters
@@ -89,6 +95,17 @@ def compute(*results: Lazy, executor: str | Executor = "dask", address: str | No
         ``progress(stage_label, done, total)``, called on the driver once per stage
         group before running (``done`` counting blocks skipped by ``resume``) and
         after every finished task.
+    cache_bytes : int, str or None
+        Keep the decoded blocks of source arrays in each worker process's memory, for
+        later computes over the same data (iterative solvers pass ``"auto"`` for their
+        passes): at most this many bytes per process (``"2GiB"`` works too; ``"auto"``:
+        ``BLOCKLIN_BLOCK_CACHE_BYTES``, else a quarter of the process's memory bound).
+        The executor lowers it so that the cache plus the plan's per-task memory for
+        each of a process's threads fits the process's memory (the machine, a dask
+        worker's ``memory_limit``, Spark's ``spark.executor.pyspark.memory`` per core);
+        blocks beyond it are read again. Results are identical with or without it.
+        None or 0 (default): no cache, and blocks cached by earlier computes are freed
+        as this compute's tasks start.
 
     Returns
     -------
@@ -117,7 +134,9 @@ def compute(*results: Lazy, executor: str | Executor = "dask", address: str | No
     engine = get_executor(executor, address=address, client=client, spark=spark,
                           num_workers=num_workers, device=device)
     work = work_dir or default_work_dir()
-    xplan = prepare(final, work, resume)
+    wanted = parse_cache_bytes(cache_bytes)
+    budget = engine.cache_budget(final, wanted) if wanted != 0 else 0
+    xplan = prepare(final, work, resume, cache_bytes=budget)
     engine.check(xplan)
     # Checks passed: from here on the run writes.
     ensure_group(store_for(work))  # intermediates live in one zarr group per work dir
@@ -125,6 +144,7 @@ def compute(*results: Lazy, executor: str | Executor = "dask", address: str | No
         reset_outputs(xplan)
     run = stats if stats is not None else RunStats()
     run.executor = engine.name
+    run.cache_bytes = budget
     run.tasks_skipped = xplan.skipped
     run.passes = final.report().source_passes()
     labels = {rt.name: g.label for rt, g in zip(xplan.runtimes, final.groups, strict=True)}

@@ -3,6 +3,11 @@
 Each group task becomes one dask task calling :func:`blocklin.plan.run_task` with
 its block indices; its dependencies are the tasks writing the blocks it reads. Only
 block indices and a few numbers cross the scheduler, never blocks.
+
+With a block cache on a cluster, each task reading a cacheable row panel ``i`` prefers
+worker ``i mod n`` (workers sorted by address; a loose restriction the scheduler may
+override), so the next pass of an iterative solver finds block ``i`` in that worker's
+cache rather than reading it again on another worker.
 """
 
 from __future__ import annotations
@@ -11,8 +16,11 @@ import os
 import uuid
 from typing import TYPE_CHECKING, Any
 
+from blocklin.config import default_block_cache_bytes, machine_memory
 from blocklin.errors import ConfigError, ExecutorError, PlanMemoryError
-from blocklin.executors.base import ExecutionPlan, TaskCallback
+from blocklin.executors.base import ExecutionPlan, TaskCallback, TaskJob
+from blocklin.plan.finalize import FinalPlan
+from blocklin.plan.memory import fit_cache_budget
 from blocklin.plan.runtime import run_task
 
 if TYPE_CHECKING:
@@ -89,17 +97,44 @@ class DaskExecutor:
                                                 for w in workers.values()):
                 raise ConfigError("device='gpu' but no worker of the dask cluster declares a GPU "
                                   "resource (start workers with --resources GPU=1)")
+            # The block cache shares the worker's memory with its threads' tasks.
+            cache = max((rt.cache_bytes for rt in xplan.runtimes), default=0)
             for addr, w in workers.items():
                 limit = w.get("memory_limit") or 0
                 threads = max(1, int(w.get("nthreads", 1)))
-                if limit and limit // threads < need:
+                if limit and (limit - cache) // threads < need:
                     raise PlanMemoryError(
-                        f"{xplan.final.groups[0].label} (on worker {addr})", need, limit // threads,
+                        f"{xplan.final.groups[0].label} (on worker {addr})", need,
+                        (limit - cache) // threads,
                         hint="each worker thread may run one task at a time; give workers more "
                              "memory or fewer threads")
         finally:
             if owned:
                 client.close()
+
+    def cache_budget(self, final: FinalPlan, wanted: int | None) -> int:
+        if wanted == 0:
+            return 0
+        need = max((g.memory for g in final.groups), default=0)
+        if self.client is None and self.address is None:
+            # The embedded scheduler's threads run in this process.
+            memory = machine_memory()
+            return fit_cache_budget(default_block_cache_bytes(memory) if wanted is None
+                                    else wanted, memory, self.num_workers, need)
+        client, owned = self._client()
+        try:
+            workers = client.scheduler_info(n_workers=-1).get("workers", {})
+        finally:
+            if owned:
+                client.close()
+        budgets = []
+        for w in workers.values():
+            # A worker without a memory limit is bounded by its machine: take this one's.
+            memory = int(w.get("memory_limit") or 0) or machine_memory()
+            budgets.append(fit_cache_budget(default_block_cache_bytes(memory) if wanted is None
+                                            else wanted, memory,
+                                            max(1, int(w.get("nthreads", 1))), need))
+        return min(budgets, default=0)
 
     def _client(self) -> tuple[Client, bool]:
         if self.client is not None:
@@ -125,7 +160,9 @@ class DaskExecutor:
         client, owned = self._client()
         try:
             resources = {"GPU": 1} if self.device == "gpu" else None
-            futures = client.get(dsk, keys, sync=False, retries=self.retries, resources=resources)
+            graph = _placed(dsk, keys, xplan, client)
+            futures = client.get(graph, keys, sync=False, retries=self.retries,
+                                 resources=resources)
             for fut in as_completed(futures, loop=client.loop):
                 on_task_done(fut.result())
         finally:
@@ -145,3 +182,44 @@ class DaskExecutor:
 
         with _Done():
             dask.threaded.get(dsk, keys, num_workers=self.num_workers)
+
+
+def _cache_row(xplan: ExecutionPlan, job: TaskJob) -> int | None:
+    """The row-block index of the first cacheable block a job reads, if any."""
+    rt = xplan.runtimes[job.group]
+    if not rt.cache_bytes:
+        return None
+    for member, task in zip(rt.members, job.batch.tasks, strict=True):
+        if task is None:
+            continue
+        for pos, index in task.reads:
+            if member.cache_tokens[pos] is not None:
+                return int(index[0]) if index else 0
+    return None
+
+
+def _placed(dsk: dict[Any, Any], keys: list[Any], xplan: ExecutionPlan, client: Client) -> Any:
+    """``dsk`` as a graph whose cache-reading tasks prefer a worker chosen by row block.
+
+    One layer per worker, annotated ``workers=[addr], allow_other_workers=True``: the
+    scheduler places row block i on worker i mod n while it is there, and anywhere
+    when it is not (or when stealing balances load). Without a cache, ``dsk`` as is.
+    """
+    rows = {k: r for k, job in zip(keys, xplan.jobs, strict=True)
+            if (r := _cache_row(xplan, job)) is not None}
+    if not rows:
+        return dsk
+    workers = sorted(client.scheduler_info(n_workers=-1).get("workers", {}))
+    if len(workers) < 2:
+        return dsk
+    from dask.highlevelgraph import HighLevelGraph, MaterializedLayer
+
+    parts: dict[str, dict[Any, Any]] = {"blocklin": {}}
+    for key, task in dsk.items():
+        r = rows.get(key)
+        parts.setdefault(workers[r % len(workers)] if r is not None else "blocklin", {})[key] = task
+    layers = {name if name == "blocklin" else f"blocklin-on-{name}":
+              MaterializedLayer(part, annotations=None if name == "blocklin" else
+                                {"workers": [name], "allow_other_workers": True})
+              for name, part in parts.items()}
+    return HighLevelGraph(layers, {name: set() for name in layers})

@@ -16,6 +16,14 @@ meaning ``local[*]``) it creates a session for the duration of one compute and s
 it afterwards; that needs no other SparkContext to be running in the process (Spark
 allows one), so pass ``spark=`` to reuse a session across computes.
 
+Block cache
+-----------
+With a block cache (``cache_bytes``), each Python worker process keeps the blocks it
+read; Spark reuses Python workers between tasks and jobs by default
+(``spark.python.worker.reuse``), so a later pass served by the same worker finds them.
+Spark does not let us pick the worker of a partition, so some reads miss. Sessions
+the executor creates for one compute get no cache: their workers stop with them.
+
 GPU placement
 -------------
 ``device="gpu"`` maps to Spark's resource scheduling: a session the executor creates
@@ -33,10 +41,12 @@ import warnings
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from blocklin.config import parse_memory
+from blocklin.config import default_block_cache_bytes, machine_memory, parse_memory
 from blocklin.errors import ConfigError, ExecutorError, PlanMemoryError, TaskFailedError
 from blocklin.executors.base import ExecutionPlan, TaskCallback, TaskJob
+from blocklin.plan.finalize import FinalPlan
 from blocklin.plan.graph import Task
+from blocklin.plan.memory import fit_cache_budget
 from blocklin.plan.runtime import GroupRuntime, TaskMetrics, run_task
 from blocklin.types import DEVICES, parse_option
 
@@ -189,11 +199,36 @@ class SparkExecutor:
         cores = max(1, int(conf.get("spark.executor.cores", "1")))
         # Spark reads a bare number as MiB.
         per_task = parse_memory(py_mem + "m" if py_mem.strip().isdigit() else py_mem) // cores
+        # Each Python worker runs one task at a time beside its block cache.
+        per_task -= max((rt.cache_bytes for rt in xplan.runtimes), default=0)
         for g in xplan.final.groups:
             if g.memory > per_task:
                 raise PlanMemoryError(g.label, g.memory, per_task,
                                       hint="raise spark.executor.pyspark.memory or lower "
                                            "spark.executor.cores")
+
+    def cache_budget(self, final: FinalPlan, wanted: int | None) -> int:
+        if wanted == 0 or self.spark is None:
+            return 0  # a session made for this compute stops with it, its workers too
+        sc = self.spark.sparkContext
+        conf = sc.getConf()
+        if conf.get("spark.python.worker.reuse", "true").lower() == "false":
+            return 0
+        # One Python worker per concurrent task: a local master runs defaultParallelism
+        # of them on this machine.
+        local = str(sc.master).startswith("local")
+        cores = max(1, int(conf.get("spark.executor.cores", "0"))
+                    or (int(sc.defaultParallelism) if local else 1))
+        py_mem = conf.get("spark.executor.pyspark.memory")
+        if py_mem:
+            memory = parse_memory(py_mem + "m" if py_mem.strip().isdigit() else py_mem) // cores
+        else:
+            # Unbounded Python workers: this machine stands in for the executors' (exact in
+            # local mode), shared by the cores' workers.
+            memory = machine_memory() // cores
+        need = max((g.memory for g in final.groups), default=0)
+        return fit_cache_budget(default_block_cache_bytes(memory) if wanted is None else wanted,
+                                memory, 1, need)
 
     def _session(self) -> tuple[SparkSession, bool]:
         if self.spark is not None:

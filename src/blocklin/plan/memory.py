@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 from blocklin.plan.graph import ArrayNode, Stage
 
-__all__ = ["input_block_bytes", "project_task_memory"]
+__all__ = ["fit_cache_budget", "input_block_bytes", "project_task_memory"]
 
 
 def input_block_bytes(node: ArrayNode) -> int:
@@ -37,3 +37,17 @@ def project_task_memory(members: Sequence[Stage]) -> int:
             params[p.name] = p.chunk_nbytes
         total += 2 * stage.output.chunk_nbytes + stage.extra_memory
     return total + sum(reads.values()) + sum(params.values())
+
+
+def fit_cache_budget(wanted: int, process_memory: int, threads: int, task_memory: int) -> int:
+    """The block-cache budget of one process: ``wanted``, lowered to what is left of
+    ``process_memory`` once ``threads`` concurrent tasks of ``task_memory`` bytes each
+    are reserved.
+
+    A process running block tasks holds, besides their projected memory, its block
+    cache (``storage/blockcache.py``); keeping ``threads × task + cache`` within the
+    bound means a cache never pushes a run over it. 0 when nothing is left: the run
+    then re-reads every block, as without a cache.
+    """
+    room = process_memory - max(1, threads) * task_memory
+    return max(0, min(wanted, room))

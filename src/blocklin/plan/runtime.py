@@ -1,13 +1,15 @@
 """What runs inside a block task, on whatever worker the engine picked.
 
-A task reads each distinct input block once (into the thread's reusable buffers),
-runs every member kernel of its group, writes each output block, and only then
-records the block complete. It returns a few numbers, never a block.
+A task reads each distinct input block once (into the thread's reusable buffers, or
+from the process's block cache when its compute keeps one), runs every member kernel
+of its group, writes each output block, and only then records the block complete. It
+returns a few numbers, never a block.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,6 +18,7 @@ from threadpoolctl import threadpool_limits
 
 from blocklin.plan.finalize import StageGroup
 from blocklin.plan.graph import ArrayNode, Kernel, Task, TaskContext
+from blocklin.storage.blockcache import BlockCache, process_cache
 from blocklin.storage.chunkio import BufferPool, read_block, write_block
 from blocklin.storage.meta import ArrayMeta
 from blocklin.storage.records import mark_done
@@ -38,18 +41,31 @@ class MemberRuntime:
     transforms: tuple[ArrayMeta | None, ...]
     output: ArrayNode
     output_meta: ArrayMeta
+    #: Per input, the content token its blocks are cached under; None: never cached.
+    cache_tokens: tuple[str | None, ...] = ()
 
 
 @dataclass(frozen=True)
 class GroupRuntime:
-    """The picklable part of a group that every one of its tasks needs."""
+    """The picklable part of a group that every one of its tasks needs.
+
+    ``cache_bytes`` is the block-cache budget of each process running the tasks (0: no
+    cache, and blocks cached by earlier computes are dropped); ``cache_run`` names the
+    compute, so its own blocks are not evicted to admit more of its blocks.
+    """
 
     name: str
     members: tuple[MemberRuntime, ...]
     blas_threads: int = 1
+    cache_bytes: int = 0
+    cache_run: str = ""
 
     @classmethod
-    def build(cls, group: StageGroup, work_dir: str, blas_threads: int = 1) -> GroupRuntime:
+    def build(cls, group: StageGroup, work_dir: str, blas_threads: int = 1,
+              cache_bytes: int = 0, cache_run: str = "",
+              cache_tokens: Mapping[str, str] | None = None) -> GroupRuntime:
+        """Resolve a group's arrays; ``cache_tokens`` maps cacheable array names to tokens."""
+        tokens = cache_tokens or {}
         members = []
         for s in group.members:
             members.append(MemberRuntime(
@@ -58,8 +74,10 @@ class GroupRuntime:
                 input_metas=tuple(i.array.resolve(work_dir) for i in s.inputs),
                 transforms=tuple(i.transform.params.resolve(work_dir) if i.transform else None
                                  for i in s.inputs),
-                output=s.output, output_meta=s.output.resolve(work_dir)))
-        return cls(name=group.name, members=tuple(members), blas_threads=blas_threads)
+                output=s.output, output_meta=s.output.resolve(work_dir),
+                cache_tokens=tuple(tokens.get(i.array.name) for i in s.inputs)))
+        return cls(name=group.name, members=tuple(members), blas_threads=blas_threads,
+                   cache_bytes=cache_bytes, cache_run=cache_run)
 
 
 def _apply_affine(block: np.ndarray, params: np.ndarray, col_block: int, col_chunk: int) -> Any:
@@ -73,10 +91,15 @@ def run_task(runtime: GroupRuntime, tasks: tuple[Task | None, ...], *deps: Any) 
     """Run one group task; ``tasks[k]`` is member k's task, or None when already complete."""
     t0 = time.perf_counter()
     pool = BufferPool.for_thread()
+    cache = process_cache()
+    # Every task applies its compute's budget: a compute without a cache (or with a
+    # smaller one) frees what earlier computes left in this process.
+    cache.trim(runtime.cache_bytes)
     blocks: dict[tuple[str, tuple[int, ...]], Any] = {}
     params_cache: dict[str, np.ndarray] = {}
     bytes_read = 0
     nread = 0
+    hits = misses = 0
     per_array: dict[str, int] = {}
     computed = []
     try:
@@ -89,10 +112,15 @@ def run_task(runtime: GroupRuntime, tasks: tuple[Task | None, ...], *deps: Any) 
                     meta = member.input_metas[pos]
                     key = (meta.url, index)
                     if key not in blocks:
-                        blocks[key] = read_block(store_for(meta.url), meta, index, pool)
-                        bytes_read += blocks[key].nbytes
-                        nread += 1
-                        per_array[meta.url] = per_array.get(meta.url, 0) + 1
+                        token = member.cache_tokens[pos] if runtime.cache_bytes else None
+                        blocks[key], hit = _read(cache, runtime, meta, index, token, pool)
+                        if hit:
+                            hits += 1
+                        else:
+                            misses += token is not None
+                            bytes_read += blocks[key].nbytes
+                            nread += 1
+                            per_array[meta.url] = per_array.get(meta.url, 0) + 1
                     block = blocks[key]
                     tmeta = member.transforms[pos]
                     if tmeta is not None:
@@ -110,5 +138,20 @@ def run_task(runtime: GroupRuntime, tasks: tuple[Task | None, ...], *deps: Any) 
     finally:
         blocks.clear()
         pool.release()
+    # blocks_read/bytes_read count storage reads only (a hit reads nothing); cache_misses
+    # are the storage reads of cacheable blocks.
     return {"group": runtime.name, "computed": computed, "blocks_read": nread, "array_reads": per_array,
-            "bytes_read": bytes_read, "seconds": time.perf_counter() - t0}
+            "bytes_read": bytes_read, "cache_hits": hits, "cache_misses": misses,
+            "seconds": time.perf_counter() - t0}
+
+
+def _read(cache: BlockCache, runtime: GroupRuntime, meta: ArrayMeta, index: tuple[int, ...],
+          token: str | None, pool: BufferPool) -> tuple[Any, bool]:
+    """Block ``index`` from the process cache (cacheable inputs) or storage; and whether it hit."""
+    store = store_for(meta.url)
+    if token is None:
+        return read_block(store, meta, index, pool), False
+    return cache.fetch((meta.url, token, index, meta.dtype),
+                       lambda: read_block(store, meta, index, pool),
+                       runtime.cache_bytes, runtime.cache_run)
+
