@@ -245,6 +245,34 @@ class TrainData:
     compute_options: dict[str, Any] = field(default_factory=dict)
     chunk_rows: int = 65_536
     passes: int = 0
+    cache: bool = False  # passes keep decoded blocks in worker memory (see ``cached``)
+
+    @contextmanager
+    def cached(self) -> Iterator[TrainData]:
+        """Passes inside keep the decoded blocks of X, y and w in worker memory.
+
+        For solvers that pass over the data many times: each pass runs with
+        ``cache_bytes`` (the user's ``compute_options`` value, else ``"auto"``; see
+        :func:`blocklin.compute`), so later passes take blocks from the workers' block
+        caches instead of re-reading zarr (blocks that do not fit are re-read). On
+        exit this process's cache (the threaded scheduler's) is emptied; worker
+        processes free theirs at the next compute run without a cache.
+        """
+        self.cache = True
+        try:
+            yield self
+        finally:
+            self.cache = False
+            if self.stored is not None:
+                from blocklin.storage.blockcache import process_cache
+
+                process_cache().clear()
+
+    @property
+    def _options(self) -> dict[str, Any]:
+        if self.cache and "cache_bytes" not in self.compute_options:
+            return {**self.compute_options, "cache_bytes": "auto"}
+        return self.compute_options
 
     @property
     def has_weights(self) -> bool:
@@ -269,7 +297,7 @@ class TrainData:
         from blocklin.executors.api import compute
 
         X, Y, W = self.stored
-        value = compute(build_pass(spec, X, Y, W), **self.compute_options)[0]
+        value = compute(build_pass(spec, X, Y, W), **self._options)[0]
         return np.asarray(value)
 
     def run_many(self, specs: list[PassSpec]) -> list[np.ndarray]:
@@ -283,14 +311,14 @@ class TrainData:
         from blocklin.executors.api import compute
 
         X, Y, W = self.stored
-        return list(compute(*(build_pass(s, X, Y, W) for s in specs), **self.compute_options))
+        return list(compute(*(build_pass(s, X, Y, W) for s in specs), **self._options))
 
     def run_lazy(self, lazy: Lazy) -> Any:
         """Run another operator's lazy result over the stored data (one pass)."""
         from blocklin.executors.api import compute
 
         self.passes += 1
-        return compute(lazy, **self.compute_options)[0]
+        return compute(lazy, **self._options)[0]
 
 
 @contextmanager

@@ -137,7 +137,10 @@ class LinearRegression(RegressorMixin, BaseEstimator):  # type: ignore[misc]
         Directory for intermediate arrays (default ``BLOCKLIN_WORK_DIR``).
     compute_options : dict, optional
         More keywords for :func:`blocklin.compute` (``client``, ``spark``, ``address``,
-        ``max_task_memory``).
+        ``max_task_memory``, ``cache_bytes``). Solvers that pass over the data many
+        times (``lbfgs``, ``owlqn``, ``sketch``) run their passes with ``cache_bytes``
+        (default ``"auto"``): workers keep the decoded blocks of X, y and w in memory
+        and later passes read only what did not fit; ``0`` re-reads zarr every pass.
 
     Attributes
     ----------
@@ -297,12 +300,14 @@ class LinearRegression(RegressorMixin, BaseEstimator):  # type: ignore[misc]
         if solver == "qr":
             return self._fit_qr(data, None), None
         if solver == "sketch":
-            sk = sketch_solve(self, data)
+            with data.cached():  # moments, sketch, then one pass per CG iteration
+                sk = sketch_solve(self, data)
             return _Fit(sk.coef[:p], float(sk.coef[p]) if self.fit_intercept else 0.0,
                         sk.history, sk.iterations, "sketch",
                         y_center=float(sk.moments.mean[p])), None
         family_solver = "owlqn" if (solver == "owlqn" or l1) else "lbfgs"
-        res = iterative_fit(self, data, "squared", family_solver, 1)
+        with data.cached():  # one pass per function evaluation
+            res = iterative_fit(self, data, "squared", family_solver, 1)
         return _Fit(res.coef[:p, 0], float(res.coef[p, 0]) if self.fit_intercept else 0.0,
                     res.history, len(res.history) - 1, family_solver,
                     y_center=float(res.moments.mean[p])), None

@@ -70,7 +70,8 @@ class LogisticRegression(ClassifierMixin, BaseEstimator):  # type: ignore[misc]
     family : {"auto", "binomial", "multinomial"}
         As MLlib: ``auto`` is binomial for two classes.
     executor, work_dir, compute_options
-        As :class:`blocklin.ml.LinearRegression`.
+        As :class:`blocklin.ml.LinearRegression`; every solver here keeps the decoded
+        blocks in worker memory between its passes (``cache_bytes``, default ``"auto"``).
 
     Attributes
     ----------
@@ -160,13 +161,15 @@ class LogisticRegression(ClassifierMixin, BaseEstimator):  # type: ignore[misc]
         k = 1 if family == "binomial" else len(self.classes_)
         if solver == "auto":
             solver = "newton" if (p + 1) * k <= MAX_NEWTON_COEFFICIENTS else "lbfgs"
-        if solver == "newton":
-            coef, hist, iters = self._newton(data, k)
-            used = "newton"
-        else:
-            used = "owlqn" if (solver == "owlqn" or l1) else "lbfgs"
-            res = iterative_fit(self, data, family, used, k)
-            coef, hist, iters = res.coef, res.history, len(res.history) - 1
+        # Every solver here makes several passes: keep the blocks in worker memory.
+        with data.cached():
+            if solver == "newton":
+                coef, hist, iters = self._newton(data, k)
+                used = "newton"
+            else:
+                used = "owlqn" if (solver == "owlqn" or l1) else "lbfgs"
+                res = iterative_fit(self, data, family, used, k)
+                coef, hist, iters = res.coef, res.history, len(res.history) - 1
         if family == "multinomial":
             if self.fit_intercept:
                 coef[p] -= coef[p].mean()
