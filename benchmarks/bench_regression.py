@@ -189,7 +189,7 @@ def run_worker(a: argparse.Namespace) -> None:
 def _spawn(a: argparse.Namespace, worker: str, task: str, solver: str) -> dict[str, Any]:
     cmd = [sys.executable, str(HERE), "--worker", worker, "--task", task, "--solver", solver,
            "--X", a.X, "--y", a.y, "--yb", a.yb, "--work", a.work, "--cores", str(a.cores)]
-    return spawn(cmd, f"{worker}/{solver}")
+    return spawn(cmd, f"{worker}/{solver}", timeout=a.timeout)
 
 
 def _measure(a: argparse.Namespace, worker: str, task: str, solver: str) -> dict[str, Any]:
@@ -240,20 +240,27 @@ def report(a: argparse.Namespace) -> None:
         ref = (least_squares_reference(a) if task == "linear"
                else np.asarray(results["blocklin auto"]["coef"]))
         base = results["blocklin auto"]["seconds"]
+        print(f"\n## {task} regression\n{HEADER}")
+        for name, r in results.items():
+            print(_row(name, r, ref, base), flush=True)
+        peers: list[tuple[str, str, str]] = []
         if "mllib" not in skip:
             mllib = ([m for m in ("normal", "l-bfgs") if f"mllib-{m}" not in skip]
                      if task == "linear" else ["l-bfgs"])
-            for s in mllib:
-                results[f"MLlib {s} (load + fit)"] = _measure(a, "mllib", task, s)
+            peers += [(f"MLlib {m} (load + fit)", "mllib", m) for m in mllib]
         if "dask" not in skip:
-            results["dask-ml lbfgs"] = _measure(a, "dask_ml", task, "lbfgs")
-        if "dask-tight" not in skip and "dask" not in skip:
-            results["dask-ml lbfgs, tol 1e-12"] = _measure(a, "dask_ml", task, "lbfgs-tight")
+            peers.append(("dask-ml lbfgs", "dask_ml", "lbfgs"))
+            if a.dask_tight:
+                peers.append(("dask-ml lbfgs, tol 1e-12", "dask_ml", "lbfgs-tight"))
         if "sklearn" not in skip:
-            results["scikit-learn (load + fit)"] = _measure(a, "sklearn", task, "-")
-        print(f"\n## {task} regression\n{HEADER}")
-        for name, r in results.items():
-            print(_row(name, r, ref, base))
+            peers.append(("scikit-learn (load + fit)", "sklearn", "-"))
+        for name, worker, solver in peers:
+            # A peer that fails or overruns --timeout gets a row saying so; the table
+            # goes on (rows print as they finish).
+            try:
+                print(_row(name, _measure(a, worker, task, solver), ref, base), flush=True)
+            except (RuntimeError, TimeoutError) as exc:
+                print(f"{name:<30}  failed: {str(exc).splitlines()[0]}", flush=True)
 
 
 def main() -> None:
@@ -265,9 +272,13 @@ def main() -> None:
     ap.add_argument("--cores", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--peer-repeat", type=int, default=None,
                     help="runs of each peer (default --repeat)")
-    ap.add_argument("--skip", default="dask-tight",
+    ap.add_argument("--skip", default="",
                     help="contenders to skip: mllib, mllib-normal or mllib-l-bfgs (linear "
-                         "only), dask, dask-tight (dask-ml run to tol 1e-12), sklearn")
+                         "only), dask, sklearn")
+    ap.add_argument("--dask-tight", action="store_true",
+                    help="also run dask-ml to gradient tol 1e-12 (slow: hours at full size)")
+    ap.add_argument("--timeout", type=float, default=1200.0,
+                    help="seconds after which a contender's run is killed and reported")
     ap.add_argument("--tasks", default="linear,logistic", help="linear, logistic or both")
     ap.add_argument("--solvers", default="",
                     help="blocklin solvers to run besides auto (default: all)")
