@@ -208,6 +208,30 @@ def test_qr_refines_ill_conditioned_design(tmp_path: Path) -> None:
     assert ls_condition(R, beta, m.objective_history_[-1], 400.0) > QR_REFINE_COND
 
 
+@pytest.mark.parametrize("ridge", [0.0, 1e-8])
+def test_auto_refines_ill_conditioned_normal_equations(ridge: float, tmp_path: Path) -> None:
+    """Over 64 features ``auto`` solves the normal equations; when they are
+    ill-conditioned (κ(X) = 10³ here) one seminormal refinement pass brings the
+    coefficients to QR accuracy, which the plain normal solve does not reach."""
+    rng = np.random.default_rng(7)
+    n, p = 4000, 80
+    q, _ = np.linalg.qr(rng.normal(size=(p, p)))
+    X = rng.normal(size=(n, p)) @ (np.logspace(0, -3, p)[:, None] * q) + 0.2
+    y = X @ (rng.normal(size=p) * 100) + rng.normal(size=n)
+    A = bl.from_array(X, tmp_path / "X.zarr", chunks=(512, None))
+    Y = bl.from_array(y[:, None], tmp_path / "y.zarr", chunks=(512, None))
+    Z = np.column_stack([X, np.ones(n)])
+    # The penalized least-squares solution, by LAPACK on the stacked system.
+    pen = np.sqrt(n * ridge) * np.eye(p + 1)[:p]
+    ref = np.linalg.lstsq(np.vstack([Z, pen]), np.r_[y, np.zeros(p)], rcond=None)[0]
+    opts = {"work_dir": str(tmp_path / "w")}
+    auto = LinearRegression(solver="auto", reg_param=ridge, compute_options=opts).fit(A, Y)
+    plain = LinearRegression(solver="normal", reg_param=ridge, compute_options=opts).fit(A, Y)
+    err = lambda m: np.linalg.norm(np.r_[m.coef_, m.intercept_] - ref) / np.linalg.norm(ref)  # noqa: E731
+    assert auto.solver_ == "normal" and auto.n_passes_ in (2, 3) and plain.n_passes_ == 1
+    assert err(auto) < 1e-12 < err(plain)
+
+
 def test_blockmatrix_input_multi_column_blocks_and_weights(tmp_path: Path) -> None:
     X, y, w = make_data(n=700, p=7, seed=8)
     A = bl.from_array(X, tmp_path / "X.zarr", chunks=(128, 3))

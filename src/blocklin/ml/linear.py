@@ -45,9 +45,11 @@ __all__ = ["LinearRegression"]
 
 #: MLlib's limit for the normal-equation solver (``WeightedLeastSquares.MAX_NUM_FEATURES``).
 MAX_NORMAL_FEATURES = 4096
-#: ``auto`` re-solves by TSQR when the equilibrated normal equations have a reciprocal
-#: condition estimate below this: their error grows with κ(XᵀX) = κ(X)², QR's with κ(X),
-#: and past κ(XᵀX) ≈ 10³ the normal equations lose more than half a digit against QR.
+#: ``auto`` refines the normal-equation solution (seminormal iterative refinement, one or
+#: two passes; TSQR when even that cannot converge) when the equilibrated normal
+#: equations have a reciprocal condition estimate below this: their error grows with
+#: κ(XᵀX) = κ(X)², QR's with κ(X), and past κ(XᵀX) ≈ 10³ the normal equations lose
+#: more than half a digit against QR.
 AUTO_QR_RCOND = 1e-3
 #: Up to this many features ``auto`` solves by TSQR (with the statistics in the same pass).
 AUTO_QR_MAX_FEATURES = 64
@@ -115,9 +117,11 @@ class LinearRegression(RegressorMixin, BaseEstimator):  # type: ignore[misc]
         then preconditioned conjugate gradients on the normal equations (one pass per
         iteration) to ``tol``; no L1. ``auto``:
         with at most 64 features ``qr`` (its statistics computed in the same pass); up to
-        4096 features (MLlib's limit) ``normal``, re-solved by ``qr`` when the
-        equilibrated normal equations are too ill-conditioned (reciprocal condition
-        below 1e-3) to match QR's accuracy; with more features ``owlqn`` or ``lbfgs``.
+        4096 features (MLlib's limit) ``normal``; when the equilibrated normal
+        equations are too ill-conditioned (reciprocal condition below 1e-3) to match
+        QR's accuracy, one or two passes of seminormal iterative refinement (exact
+        residuals, the Cholesky factor of the statistics), or ``qr`` when
+        κ(ZᵀWZ) > 10¹²; with more features ``owlqn`` or ``lbfgs``.
     max_iter : int
         Iterations of ``lbfgs``/``owlqn``/``sketch`` (each costs about one pass).
     tol : float
@@ -159,7 +163,7 @@ class LinearRegression(RegressorMixin, BaseEstimator):  # type: ignore[misc]
     -----
     Passes: ``normal`` 1; ``qr`` 1, or 2 when R's condition calls for refinement
     (``n_iter_`` counts the solves: 1 or 2); ``auto`` with at most 64 features as
-    ``qr``, else 1 (2 or 3 when it falls back to ``qr``); ``lbfgs``/``owlqn`` 1 + one
+    ``qr``, else 1 (2 or 3 when it refines, 3 or 4 when it falls back to ``qr``); ``lbfgs``/``owlqn`` 1 + one
     per function evaluation; ``sketch`` 3 + one per iteration; ``partial_fit`` 1 over
     the new rows only.
     Per-task memory is a row panel, one float64 copy of it and a few
@@ -295,7 +299,9 @@ class LinearRegression(RegressorMixin, BaseEstimator):  # type: ignore[misc]
             stats = data.run(moments_spec(p, 1, data.has_weights, data.x_col_blocks, True))
             fit = self._solve_stats(stats, "normal", coordinate=l1)
             if auto and fit.rcond < AUTO_QR_RCOND:
-                fit = self._fit_qr(data, None, Moments.from_packed(stats, p + 1))
+                mom = Moments.from_packed(stats, p + 1)
+                refined = self._refine_normal(data, fit, mom)
+                fit = refined if refined is not None else self._fit_qr(data, None, mom)
             return fit, stats
         if solver == "qr":
             return self._fit_qr(data, None), None
@@ -375,6 +381,49 @@ class LinearRegression(RegressorMixin, BaseEstimator):  # type: ignore[misc]
         center = float(G[p, p + 1] / G[p, p]) if self.fit_intercept and G[p, p] > 0 else 0.0
         # n_iter_ counts the solves (scikit-learn wants at least one): 1, or 2 when refined.
         return _Fit(beta[:p], intercept, history, len(history), "qr", cov, y_center=center)
+
+    def _refine_normal(self, data: TrainData, fit: _Fit, mom: Moments) -> _Fit | None:
+        """Seminormal iterative refinement of an ill-conditioned normal-equation fit.
+
+        The Cholesky factor T of the (equilibrated) ``ZᵀWZ + W·diag(l2)``, Z = [X 1],
+        is built from the statistics already at hand; each refinement pass computes the
+        exact gradient and solves TᵀTδ = g, shrinking the error by about u·κ(ZᵀWZ). One
+        pass below κ(ZᵀWZ) = 10⁸, two below 10¹²; beyond that (or when Cholesky
+        fails) None, and the caller solves by TSQR. Costs one or two passes (from the
+        block cache when X fits) against TSQR's one or two Householder passes.
+        """
+        p = mom.d - 1
+        k = p + int(self.fit_intercept)
+        W = mom.W
+        mx = mom.mean[:p]
+        G = np.empty((k, k))
+        G[:p, :p] = mom.C[:p, :p] + W * np.outer(mx, mx)
+        if self.fit_intercept:
+            G[:p, p] = G[p, :p] = W * mx
+            G[p, p] = W
+        _, l2 = penalties(self, mom.std()[:p], float(mom.std()[p]), abs(float(mom.mean[p])))
+        G[np.arange(p), np.arange(p)] += W * l2
+        dg = np.diag(G)
+        if not np.all(dg > 0):
+            return None
+        s = 1.0 / np.sqrt(dg)
+        try:
+            Ts = scipy.linalg.cholesky(G * s[:, None] * s[None, :], lower=False)
+        except np.linalg.LinAlgError:
+            return None
+        rcond, info = scipy.linalg.lapack.dtrcon(Ts, norm="1", uplo="U", diag="N")
+        kappa = 1.0 / max(float(rcond), np.finfo(float).tiny) ** 2 if info == 0 else np.inf
+        if not kappa <= 1e12:
+            return None
+        T = Ts / s[None, :]
+        beta = np.append(fit.coef, fit.intercept) if self.fit_intercept else fit.coef.copy()
+        history = list(fit.history)
+        for _ in range(1 if kappa <= 1e8 else 2):
+            beta, obj = self._refine(data, beta, T, l2, W)
+            history.append(obj)
+        intercept = float(beta[p]) if self.fit_intercept else 0.0
+        return _Fit(beta[:p], intercept, history, len(history), "normal", fit.cov_unscaled,
+                    fit.rcond, fit.y_center)
 
     def _refine(self, data: TrainData, beta: np.ndarray, T: np.ndarray, l2: np.ndarray,
                 W: float) -> tuple[np.ndarray, float]:
