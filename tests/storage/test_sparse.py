@@ -169,3 +169,44 @@ def test_sparse_matrix_on_an_fsspec_store() -> None:
     np.testing.assert_array_equal(B.to_numpy(), x.toarray())
     g = bl.ops.gram(B).compute(work_dir="memory://blocklin-sparse-test/work")
     assert _rel(g, (x.T @ x).toarray()) < 1e-12
+
+
+def test_wide_csr_blocks_are_projected_at_their_stored_size(tmp_path: Path) -> None:
+    # 1,500 × 6,000 at 0.2%: a 500-row block is 24 MB dense and about 80 KB as CSR.
+    # Operators that keep CSR blocks sparse run under a 16 MiB task budget; stored
+    # dense (or read through a densifying view), the same blocks are refused.
+    from blocklin.errors import PlanMemoryError
+    from blocklin.ops.transforms import center
+    from blocklin.plan.memory import project_task_memory
+
+    x = sp.random(1500, 6000, density=2e-3, format="csr", random_state=1,
+                  data_rvs=np.random.default_rng(1).standard_normal)
+    S = bl.from_array(x, tmp_path / "S.zarr", chunks=(500, None))
+    D = bl.from_array(x.toarray(), tmp_path / "D.zarr", chunks=(500, None))
+    work, small = str(tmp_path / "w"), "16MiB"
+    rs = bl.ops.randomized_svd(S, 5, n_iter=1, work_dir=work, max_task_memory=small)
+    rd = bl.ops.randomized_svd(D, 5, n_iter=1, work_dir=work, max_task_memory="1GiB")
+    np.testing.assert_allclose(rs.s, rd.s, rtol=1e-12)
+    np.testing.assert_allclose(rs.U.to_numpy(), rd.U.to_numpy(), atol=1e-10)  # form_q pass
+    with pytest.raises(PlanMemoryError):
+        bl.ops.randomized_svd(D, 5, n_iter=1, work_dir=work, max_task_memory=small)
+    # Sketches and column statistics, fused into one pass, also keep blocks sparse.
+    sk, st = bl.compute(bl.ops.sketch(S, 20, seed=3), bl.ops.column_stats(S), work_dir=work,
+                        max_task_memory=small)
+    np.testing.assert_allclose(sk, bl.ops.sketch(D, 20, seed=3).compute(work_dir=work),
+                               atol=1e-12)
+    np.testing.assert_allclose(st.mean, np.asarray(x.mean(axis=0)).ravel(), atol=1e-15)
+    report = bl.ops.sketch(S, 20).explain(max_task_memory=small)
+    assert report.rows[0][3] < 2**20  # read: CSR bytes stored, not 24 MB per dense block
+    # A centering view densifies each block as read: projected dense, refused.
+    with pytest.raises(PlanMemoryError):
+        bl.ops.sketch(center(S), 20).explain(max_task_memory=small)
+    # Fused with a stage that densifies the block (gram's AᵢᵀAᵢ is not kept sparse), the
+    # shared read counts dense again.
+    stats0 = bl.ops.column_stats(S).plan.stages[0]
+    gram0 = bl.ops.gram(S).plan.stages[0]
+    dense_block = 500 * 6000 * 8
+    assert project_task_memory([stats0]) < dense_block / 8
+    assert project_task_memory([gram0]) > dense_block
+    # ... once: not the dense block again for the fused stats member.
+    assert project_task_memory([gram0, stats0]) - project_task_memory([gram0]) < dense_block / 8

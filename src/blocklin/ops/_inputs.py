@@ -14,7 +14,7 @@ from blocklin.executors.lazy import Lazy
 from blocklin.plan.graph import Affine, ArrayNode, Plan, StageInput
 from blocklin.storage.blockmatrix import BlockMatrix, Transposed, open_matrix
 
-__all__ = ["MatrixInput", "MatrixView", "as_matrix"]
+__all__ = ["MatrixInput", "MatrixView", "as_matrix", "reads_csr"]
 
 
 @dataclass(frozen=True)
@@ -94,6 +94,12 @@ def as_matrix(x: Any, what: str = "A") -> MatrixInput:
                               "bl.from_array(x, path)")
     raise InputDtypeError(f"{what} must be a BlockMatrix, a zarr path or a lazy matrix; "
                           f"got {type(x).__name__}")
+
+
+def reads_csr(m: MatrixInput) -> bool:
+    """Whether m's blocks reach kernels as CSR: a stored sparse matrix read without a
+    transform (a centering or scaling view densifies each block as read)."""
+    return m.node.block_nbytes is not None and m.input.transform is None
 
 
 def row_panel_reads(m: MatrixInput, position: int, row_block: int) -> tuple[tuple[int, tuple[int, ...]], ...]:

@@ -131,7 +131,7 @@ def left_sketch_node(A: Any, k: int, kind: str = "gaussian", seed: int = 0,
                                                   if m.grid[1] > 1 else 0)
     stage = make_stage("sketch/partial", LeftSketchPartial(spec), [m.input], tasks,
                        shape=(m.grid[0], spec.k, n), chunks=(1, spec.k, n), dtype="float64",
-                       params=_params(spec), extra_memory=extra)
+                       params=_params(spec), extra_memory=extra, keeps_sparse=True)
     plan, out = tree_reduce(m.plan.add(stage), stage.output, SumParts(), op="sketch",
                             params=_params(spec))
     return Lazy(plan, out, "small", label=f"sketch[{spec.kind}]")
@@ -213,5 +213,6 @@ def sketch(A: Any, k: int, kind: SketchKind = "gaussian", seed: int = 0,
                                                if m.grid[1] > 1 else 0)
     stage = make_stage("sketch_right/panel", RightSketchPanel(spec, n), [m.input], tasks,
                        shape=(m.shape[0], spec.k), chunks=(r, spec.k), dtype="float64",
-                       params=_params(spec), extra_memory=extra, out_url=out)
+                       params=_params(spec), extra_memory=extra, out_url=out,
+                       keeps_sparse=True)
     return Lazy(m.plan.add(stage), stage.output, "matrix", label=f"sketch_right[{spec.kind}]")

@@ -10,7 +10,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from blocklin.executors.lazy import Lazy
-from blocklin.ops._inputs import as_matrix, hstack_panel, row_panel_reads
+from blocklin.ops._inputs import as_matrix, hstack_panel, reads_csr, row_panel_reads
 from blocklin.plan.graph import Task, TaskContext, make_stage
 from blocklin.plan.reduce import tree_reduce
 
@@ -146,9 +146,12 @@ def column_stats_node(A: Any) -> Lazy:
     m = as_matrix(A)
     n = m.shape[1]
     tasks = [Task(out=(i, 0, 0), reads=row_panel_reads(m, 0, i)) for i in range(m.grid[0])]
+    # A centered copy of a dense panel; for CSR, per-entry temporaries of the bincounts.
+    csr = m.node.block_nbytes if reads_csr(m) else None
+    work = 2 * m.node.chunks[0] * n * 8 if csr is None else 3 * csr
     stage = make_stage("column_stats/partial", StatsPartial(), [m.input], tasks,
                        shape=(m.grid[0], NROWS, n), chunks=(1, NROWS, n), dtype="float64",
-                       extra_memory=2 * m.node.chunks[0] * n * 8 + 4 * n * 8)
+                       extra_memory=work + 4 * n * 8, keeps_sparse=True)
     plan, out = tree_reduce(m.plan.add(stage), stage.output, StatsMerge(), op="column_stats")
     return Lazy(plan, out, "small", label="column_stats")
 

@@ -130,9 +130,9 @@ def normal_product(A: Any, X: np.ndarray, *, shift: np.ndarray | None = None,
 
     Notes
     -----
-    One pass; each task holds a row panel (dense or CSR), its ``AᵢX`` (rows × l)
-    and an n × l partial; partials are summed in a fixed-order tree (bitwise
-    reproducible). Costs 2·nnz(Aᵢ)·l flops per block.
+    One pass; each task holds a row panel (dense or CSR, kept sparse and projected
+    at its stored size), its ``AᵢX`` (rows × l) and an n × l partial; partials are
+    summed in a fixed-order tree (bitwise reproducible). Costs 2·nnz(Aᵢ)·l flops per block.
     """
     m = as_matrix(A)
     n, width0 = m.shape[1], X.shape[1]
@@ -142,7 +142,8 @@ def normal_product(A: Any, X: np.ndarray, *, shift: np.ndarray | None = None,
     stage = make_stage("rsvd/normal", NormalProduct(X, shift, with_sums), [m.input], tasks,
                        shape=(m.grid[0], n, width), chunks=(1, n, width), dtype="float64",
                        params={"x": X, "shift": shift, "with_sums": with_sums},
-                       extra_memory=2 * rows * width0 * 8 + 3 * n * width * 8)
+                       extra_memory=2 * rows * width0 * 8 + 3 * n * width * 8,
+                       keeps_sparse=True)
     plan, out = tree_reduce(m.plan.add(stage), stage.output, SumParts(), op="rsvd_normal")
     return Lazy(plan, out, "small", lambda p: np.array(p[0]), label="rsvd.normal")
 

@@ -19,7 +19,13 @@ import scipy.sparse as sp
 
 from blocklin.errors import InputValueError, ShapeMismatchError
 from blocklin.executors.lazy import Lazy
-from blocklin.ops._inputs import MatrixInput, as_matrix, hstack_panel, row_panel_reads
+from blocklin.ops._inputs import (
+    MatrixInput,
+    as_matrix,
+    hstack_panel,
+    reads_csr,
+    row_panel_reads,
+)
 from blocklin.ops.sketch import right_apply
 from blocklin.plan.graph import ArrayNode, Plan, StageInput, Task, TaskContext, make_stage
 
@@ -271,6 +277,12 @@ def _reads(ms: Sequence[MatrixInput], lo: int, hi: int) -> tuple[tuple[int, tupl
     return tuple(out)
 
 
+def _keeps_sparse(ms: Sequence[MatrixInput], right: np.ndarray | None) -> bool:
+    """Leaves keep CSR panels sparse when every input is read as CSR and a right factor
+    is applied (``A·right``); otherwise the panel is densified for LAPACK."""
+    return right is not None and all(reads_csr(m) for m in ms)
+
+
 def plan_tree(mats: Sequence[Any], *, with_q: bool, right: np.ndarray | None = None,
               shift: np.ndarray | None = None, op: str = "tsqr") -> _Tree:
     """Plan the R pass and the tree for the column-concatenation of ``mats`` (times ``right``)."""
@@ -288,13 +300,16 @@ def plan_tree(mats: Sequence[Any], *, with_q: bool, right: np.ndarray | None = N
     leaves = _leaf_ranges(ms[0].grid[0], chunk_rows, nrows, c)
     leaf = LeafInput(tuple(m.grid[1] for m in ms), right, shift)
     tasks = [Task(out=(g, 0, 0), reads=_reads(ms, lo, hi)) for g, (lo, hi) in enumerate(leaves)]
-    # LAPACK's working copy of the panel (or of A·right) and R: rows × (n + 2c) at most.
-    panel_bytes = max(hi - lo for lo, hi in leaves) * chunk_rows * (ncols + 2 * c) * 8
+    # LAPACK's working copy of the panel (or of A·right) and R: rows × (n + 2c) at most;
+    # CSR panels times ``right`` stay sparse (their blocks are counted as read).
+    sparse = _keeps_sparse(ms, right)
+    leaf_rows = max(hi - lo for lo, hi in leaves) * chunk_rows
+    panel_bytes = leaf_rows * ((0 if sparse else ncols) + 2 * c) * 8
     plan = Plan().merge(*(m.plan for m in ms))
     params = {"c": c, "right": right, "shift": shift, "leaves": leaves}
     stage = make_stage(f"{op}/leaf_r", LeafR(leaf), [m.input for m in ms], tasks,
                        shape=(len(leaves), c, c), chunks=(1, c, c), dtype="float64",
-                       params=params, extra_memory=panel_bytes)
+                       params=params, extra_memory=panel_bytes, keeps_sparse=sparse)
     plan = plan.add(stage)
     current = stage.output
     levels: list[ArrayNode] = []
@@ -345,11 +360,13 @@ def plan_form_q(tree: _Tree, plan: Plan, finish: ArrayNode, op: str = "tsqr",
     inputs = [m.input for m in ms] + [StageInput(lv) for lv in tree.levels] + [StageInput(finish)]
     ncols = sum(m.shape[1] for m in ms)
     leaf_rows = max(hi - lo for lo, hi in tree.leaves) * chunk_rows
+    sparse = _keeps_sparse(ms, tree.leaf.right)
     st = make_stage(f"{op}/form_q", kernel, inputs, tasks, shape=(ms[0].shape[0], k),
                     chunks=(chunk_rows, k), dtype="float64",
                     params={"leaves": tree.leaves, "right": tree.leaf.right, "k": k,
                             "shift": tree.leaf.shift, "finish": finish.name},
-                    extra_memory=leaf_rows * (ncols + 3 * c) * 8, out_url=out)
+                    extra_memory=leaf_rows * ((0 if sparse else ncols) + 3 * c) * 8,
+                    out_url=out, keeps_sparse=sparse)
     return Lazy(plan.add(st), st.output, "matrix", label=f"{op}.Q")
 
 

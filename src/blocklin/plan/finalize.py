@@ -73,7 +73,11 @@ class PlanReport:
                         seen.add(key)
                         nodes[node.name] = node
                         reads[node.name] += 1
-                        read_bytes += input_block_bytes(node) if node.codec else node.chunk_nbytes
+                        if node.block_nbytes is not None:  # CSR: what is stored
+                            read_bytes += node.block_nbytes
+                        else:
+                            read_bytes += (input_block_bytes(node) if node.codec
+                                           else node.chunk_nbytes)
             written = sum(m.output.chunk_nbytes * len(m.tasks) for m in g.members)
             rows.append((g.label, g.ntasks, g.memory, read_bytes, written))
         passes = {}

@@ -72,6 +72,9 @@ class ArrayNode:
     out_url: str | None = None
     fingerprint: str | None = None
     format: str = "dense"
+    #: Bytes of the largest block once read, where that is not ``chunk_nbytes``: CSR
+    #: row blocks (their three components, from the stored nnz). None for dense arrays.
+    block_nbytes: int | None = None
 
     @property
     def is_source(self) -> bool:
@@ -92,9 +95,11 @@ class ArrayNode:
 
     @classmethod
     def from_meta(cls, meta: ArrayMeta, fingerprint: str) -> ArrayNode:
+        from blocklin.storage.sparse import csr_block_nbytes
+
         return cls(name=f"src-{fingerprint[:20]}", shape=meta.shape, chunks=meta.chunks,
                    dtype=meta.dtype, codec=meta.codec, url=meta.url, fingerprint=fingerprint,
-                   format=meta.format)
+                   format=meta.format, block_nbytes=csr_block_nbytes(meta))
 
 
 @dataclass(frozen=True)
@@ -164,6 +169,10 @@ class Stage:
     extra_memory : int
         Working memory per task beyond its input and output blocks, declared by the
         operator; the memory projection adds it.
+    keeps_sparse : bool
+        The kernel keeps CSR input blocks sparse (never densifies them): the projection
+        counts such blocks read without a transform at their stored size
+        (``ArrayNode.block_nbytes``), not as dense ``rows × cols``.
     params : dict
         JSON-able operator parameters (recorded as provenance).
     """
@@ -176,6 +185,7 @@ class Stage:
     tasks: tuple[Task, ...]
     extra_memory: int = 0
     params: Mapping[str, Any] = field(default_factory=dict, compare=False, hash=False)
+    keeps_sparse: bool = False
 
     def read_signature(self) -> tuple[frozenset[tuple[str, BlockIndex]], ...]:
         """Per task, the source blocks it reads (transforms ignored): equal signatures fuse."""
@@ -190,7 +200,7 @@ class Stage:
 def make_stage(op: str, kernel: Kernel, inputs: Sequence[StageInput], tasks: Iterable[Task],
                *, shape: Shape, chunks: Shape, dtype: Any, params: Mapping[str, Any] | None = None,
                extra_memory: int = 0, out_url: str | None = None,
-               codec: ChunkCodec | None = None) -> Stage:
+               codec: ChunkCodec | None = None, keeps_sparse: bool = False) -> Stage:
     """Build a stage whose name and output name derive from its content."""
     params = dict(params or {})
     dt = np.dtype(dtype).name
@@ -198,7 +208,8 @@ def make_stage(op: str, kernel: Kernel, inputs: Sequence[StageInput], tasks: Ite
     output = ArrayNode(name=name.replace("s-", "a-", 1), shape=tuple(shape), chunks=tuple(chunks),
                        dtype=dt, codec=codec or ChunkCodec(), out_url=out_url)
     return Stage(name=name, op=op, kernel=kernel, inputs=tuple(inputs), output=output,
-                 tasks=tuple(tasks), extra_memory=extra_memory, params=params)
+                 tasks=tuple(tasks), extra_memory=extra_memory, params=params,
+                 keeps_sparse=keeps_sparse)
 
 
 @dataclass(frozen=True)

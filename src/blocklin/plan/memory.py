@@ -4,6 +4,10 @@ A task holds, at its peak: every distinct input block it reads, decoded (plus th
 encoded bytes when the codec compresses); every small parameter array; and for each
 output block, the block and its encoded copy; plus the working memory each operator
 declares (``Stage.extra_memory``, e.g. the n×n accumulator of a Gram partial).
+
+A CSR block counts as dense ``rows × cols`` unless every stage of the group reading
+it keeps it sparse (``Stage.keeps_sparse``, no transform): then twice its stored
+size (the read buffer and one working copy, e.g. a float64 conversion or a join).
 """
 
 from __future__ import annotations
@@ -15,8 +19,11 @@ from blocklin.plan.graph import ArrayNode, Stage
 __all__ = ["fit_cache_budget", "input_block_bytes", "project_task_memory"]
 
 
-def input_block_bytes(node: ArrayNode) -> int:
-    """Bytes one block of ``node`` takes while a task holds it."""
+def input_block_bytes(node: ArrayNode, keeps_sparse: bool = False) -> int:
+    """Bytes one block of ``node`` takes while a task holds it (``keeps_sparse``: the
+    kernel never densifies it)."""
+    if keeps_sparse and node.block_nbytes is not None:
+        return 2 * node.block_nbytes
     decoded = node.chunk_nbytes
     compressed = node.codec is not None and node.codec.compressor != "none"
     return decoded * 2 if compressed or node.codec is None else decoded
@@ -31,8 +38,12 @@ def project_task_memory(members: Sequence[Stage]) -> int:
         task = stage.tasks[0] if stage.tasks else None
         if task is not None:
             for pos, index in task.reads:
-                node = stage.inputs[pos].array
-                reads[(node.name, index)] = input_block_bytes(node)
+                inp = stage.inputs[pos]
+                held = input_block_bytes(inp.array,
+                                         stage.keeps_sparse and inp.transform is None)
+                key = (inp.array.name, index)
+                # Fused members share the read; the one densifying it sets its size.
+                reads[key] = max(reads.get(key, 0), held)
         for p in stage.param_arrays:
             params[p.name] = p.chunk_nbytes
         total += 2 * stage.output.chunk_nbytes + stage.extra_memory

@@ -49,8 +49,8 @@ from blocklin.types import BlockIndex
 if TYPE_CHECKING:
     from blocklin.storage.blockmatrix import BlockMatrix
 
-__all__ = ["CSR", "CSRBlock", "from_sparse", "is_sparse_matrix", "read_csr_block",
-           "read_sparse_meta", "to_scipy"]
+__all__ = ["CSR", "CSRBlock", "csr_block_nbytes", "from_sparse", "is_sparse_matrix",
+           "read_csr_block", "read_sparse_meta", "to_scipy"]
 
 CSR = "csr"
 _COMPONENTS = ("data", "indices", "indptr")
@@ -237,6 +237,22 @@ def to_scipy(A: BlockMatrix) -> sp.csr_matrix:
         return sp.csr_matrix(A.to_numpy())
     blocks = [sp.csr_matrix(A.block(i, 0)) for i in range(A.nblocks[0])]
     return sp.csr_matrix(sp.vstack(blocks, format="csr"))
+
+
+def csr_block_nbytes(meta: ArrayMeta) -> int | None:
+    """Bytes of the fullest CSR row block of ``meta`` once read (data, indices, indptr).
+
+    From the per-block nnz recorded at write time; None for dense arrays (and for a
+    layout without nnz), whose blocks take ``rows × cols × itemsize``.
+    """
+    if meta.format != CSR:
+        return None
+    layout = meta.attrs.get(ATTRS_NAMESPACE, {}).get("layout", {})
+    nnz = layout.get("nnz") if isinstance(layout, dict) else None
+    if not nnz:
+        return None
+    per_entry = meta.np_dtype.itemsize + _index_dtype(meta.shape[1]).itemsize
+    return int(max(nnz)) * per_entry + (int(meta.chunks[0]) + 1) * 8
 
 
 def open_sparse(path: str | os.PathLike[str]) -> BlockMatrix | None:
