@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
+import signal
 import statistics
 import subprocess
 import threading
@@ -52,12 +54,24 @@ def run_reported(work: Callable[[], dict[str, Any]]) -> None:
     print(RESULT + json.dumps(out))
 
 
-def spawn(cmd: list[str], label: str) -> dict[str, Any]:
-    """Driver side: run a worker command; return its last RESULT line, parsed."""
-    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
-    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith(RESULT)]
+def spawn(cmd: list[str], label: str, timeout: float | None = None) -> dict[str, Any]:
+    """Driver side: run a worker command; return its last RESULT line, parsed.
+
+    With ``timeout`` (seconds), a worker still running then is killed with its whole
+    process group (a Spark JVM, dask workers) and :class:`TimeoutError` raised.
+    """
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=timeout is not None)
+    try:
+        stdout, stderr = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        raise TimeoutError(f"{label} still running after {timeout:.0f} s; killed") from None
+    lines = [ln for ln in stdout.splitlines() if ln.startswith(RESULT)]
     if proc.returncode != 0 or not lines:
-        raise RuntimeError(f"{label} failed:\n{proc.stderr[-3000:]}")
+        raise RuntimeError(f"{label} failed:\n{stderr[-3000:]}")
     result: dict[str, Any] = json.loads(lines[-1][len(RESULT):])
     return result
 
