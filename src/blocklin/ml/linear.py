@@ -33,10 +33,12 @@ from blocklin.ml._solvers import (
 from blocklin.ml._summary import LinearRegressionSummary, linear_summary
 from blocklin.ops.glm import (
     PassSpec,
+    loss_grad_spec,
     merge_moments,
     moments_spec,
     qr_spec,
     refine_spec,
+    unpack_grad,
     unpack_refine,
 )
 from blocklin.types import LABEL_SCALINGS, SOLVERS, LabelScaling, Solver, parse_option
@@ -387,7 +389,7 @@ class LinearRegression(RegressorMixin, BaseEstimator):  # type: ignore[misc]
 
         The Cholesky factor T of the (equilibrated) ``ZᵀWZ + W·diag(l2)``, Z = [X 1],
         is built from the statistics already at hand; each refinement pass computes the
-        exact gradient and solves TᵀTδ = g, shrinking the error by about u·κ(ZᵀWZ). One
+        gradient and solves TᵀTδ = g, shrinking the error by about u·κ(ZᵀWZ). One
         pass below κ(ZᵀWZ) = 10⁸, two below 10¹²; beyond that (or when Cholesky
         fails) None, and the caller solves by TSQR. Costs one or two passes (from the
         block cache when X fits) against TSQR's one or two Householder passes.
@@ -419,8 +421,21 @@ class LinearRegression(RegressorMixin, BaseEstimator):  # type: ignore[misc]
         beta = np.append(fit.coef, fit.intercept) if self.fit_intercept else fit.coef.copy()
         history = list(fit.history)
         for _ in range(1 if kappa <= 1e8 else 2):
-            beta, obj = self._refine(data, beta, T, l2, W)
-            history.append(obj)
+            # Residuals in working precision suffice here (fixed-precision refinement of
+            # the seminormal equations converges to QR's accuracy while u·κ(X)² < 1):
+            # the pass is the BLAS loss/gradient kernel, not the extended-precision one.
+            packed = data.run(loss_grad_spec("squared", beta[:, None], self.fit_intercept,
+                                             data.has_weights, data.x_col_blocks))
+            loss, _, grad = unpack_grad(packed, (k, 1))
+            g = -grad[:, 0]
+            g[:p] -= W * l2 * beta[:p]
+            if not np.all(np.isfinite(g)):
+                return None
+            delta = scipy.linalg.solve_triangular(T, scipy.linalg.solve_triangular(
+                T, g, trans="T"))
+            beta = beta + delta
+            history.append(loss / W + 0.5 * float(l2 @ (beta[:p] - delta[:p]) ** 2)
+                           - 0.5 * float(g @ delta) / W)
         intercept = float(beta[p]) if self.fit_intercept else 0.0
         return _Fit(beta[:p], intercept, history, len(history), "normal", fit.cov_unscaled,
                     fit.rcond, fit.y_center)
