@@ -144,3 +144,21 @@ def test_partial_fit_with_state_path_persists_and_resumes(tmp_path: Path) -> Non
 def test_check_estimator_with_state_path(tmp_path: Path) -> None:
     check_estimator(TruncatedSVD(work_dir=str(tmp_path), state_path=str(tmp_path / "state")),
                     on_skip=None)
+
+
+def test_partial_fit_stored_rows_gram_pass_and_qr_fallback(tmp_path: Path) -> None:
+    """Stored appended rows: one pass (XᵀX with the statistics) when the Gram is well
+    conditioned for the k singular values; a TSQR pass more when it is not (rank < k)."""
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(400, 12)) * np.linspace(3.0, 1.0, 12)
+    est = TruncatedSVD(3, n_iter=6, work_dir=str(tmp_path / "w")).fit(x[:300])
+    est.partial_fit(bl.from_array(x[300:], tmp_path / "B.zarr", chunks=(32, None)))
+    assert est.n_passes_ == 1
+    ref = TruncatedSVD(3, n_iter=6, work_dir=str(tmp_path / "w")).fit(x[:300]).partial_fit(x[300:])
+    np.testing.assert_allclose(est.singular_values_, ref.singular_values_, rtol=1e-12)
+    low = rng.normal(size=(400, 2)) @ rng.normal(size=(2, 12))  # rank 2 < k = 3: s'₃ = 0
+    est = TruncatedSVD(3, work_dir=str(tmp_path / "w")).fit(low[:300])
+    est.partial_fit(bl.from_array(low[300:], tmp_path / "L.zarr", chunks=(32, None)))
+    assert est.n_passes_ == 2
+    np.testing.assert_allclose(est.singular_values_[:2], np.linalg.svd(low, compute_uv=False)[:2],
+                               rtol=1e-10)

@@ -17,7 +17,8 @@ from blocklin.errors import InputDtypeError, InputValueError
 from blocklin.executors.api import compute
 from blocklin.executors.base import RunStats
 from blocklin.ml._validation import is_stored, stored_matrix, validate_features
-from blocklin.ops.products import matmul
+from blocklin.ops._svd_rows import gram_step
+from blocklin.ops.products import gram, matmul
 from blocklin.ops.stats import ColumnStats, column_stats
 from blocklin.ops.svd import SVD_METHODS, _truncated
 from blocklin.ops.svd_state import SVDState
@@ -185,8 +186,9 @@ class TruncatedSVD(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstima
     def partial_fit(self, X: Any, y: Any = None) -> TruncatedSVD:
         """Update the fit with appended rows X (fits from scratch when not yet fitted).
 
-        Reads only X: its R factor (TSQR for stored X, LAPACK QR in memory) and its
-        column statistics in one pass, then a Rayleigh–Ritz step on the driver.
+        Reads only X: XᵀX and its column statistics in one pass for stored X (a
+        TSQR pass more when the Gram is too ill-conditioned for k's singular values;
+        LAPACK QR in memory), then a Rayleigh–Ritz step on the driver.
         With ``state_path`` the persisted state is updated instead (and an existing
         state is resumed when the estimator is not fitted yet).
         """
@@ -201,19 +203,27 @@ class TruncatedSVD(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstima
         n = self.n_features_in_
         if sp.issparse(Xv):  # in-memory appended rows: p × n is small, factor it densely
             Xv = Xv.toarray()
+        s, vt = self.singular_values_, self.components_
         if not isinstance(Xv, np.ndarray) and int(Xv.shape[0]) >= n:
             with self._scratch() as wd, stored_matrix(Xv, work_dir=wd) as A:
-                r, st = compute(tsqr_r(A), column_stats(A), executor=self.executor, work_dir=wd)
+                # XᵀX and the column statistics share one pass; a TSQR pass follows only
+                # when the Gram's squared conditioning would cost accuracy.
+                g, st = compute(gram(A), column_stats(A), executor=self.executor, work_dir=wd)
+                step = gram_step(s, vt, np.asarray(g, dtype=np.float64))
+                self.n_passes_ = 1
+                if step is None:
+                    r = compute(tsqr_r(A), executor=self.executor, work_dir=wd)[0]
+                    step = update_factors(s, vt, r)
+                    self.n_passes_ = 2
             count, mean, m2 = st.count, st.mean, st.variance * max(st.count - 1, 0)
         else:
             x = np.asarray(Xv.to_numpy() if is_stored(Xv) else Xv, dtype=np.float64)
-            r = np.linalg.qr(x, mode="r")
+            step = update_factors(s, vt, np.asarray(np.linalg.qr(x, mode="r")))
             count, mean = x.shape[0], x.mean(axis=0)
             m2 = ((x - mean) ** 2).sum(axis=0)
-        _, self.singular_values_, self.components_ = update_factors(
-            self.singular_values_, self.components_, r)
+            self.n_passes_ = 1
+        _, self.singular_values_, self.components_ = step
         self._merge_stats(ColumnStats(count, mean, m2, mean, mean, mean, mean, mean))
-        self.n_passes_ = 1
         return self
 
     def _partial_fit_state(self, X: Any) -> TruncatedSVD:

@@ -100,6 +100,25 @@ def _check_finite(x: np.ndarray, what: str) -> None:
 
 
 # -- gram path ------------------------------------------------------------------------------
+def gram_step(s: np.ndarray, Vt: np.ndarray,
+              g: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """The Rayleigh–Ritz step of a row append from the new rows' Gram ``g = CᵀC``.
+
+    Returns :func:`update_factors`'s ``(Um, s', Vt')``, or None when the squared
+    conditioning costs more than :data:`GRAM_LOSS_LIMIT` (take a QR of C instead).
+    """
+    lam, q = np.linalg.eigh(g)
+    # Any R with RᵀR = CᵀC will do; clipping rounding negatives keeps rank-deficient C exact.
+    r = np.sqrt(np.clip(lam, 0.0, None))[:, None] * q.T
+    um, s2, vt2 = update_factors(s, Vt, r)
+    eps = np.finfo(np.float64).eps
+    # U'ᵀU' − I = −diag(1/s')V'ᵀ·E·V'diag(1/s') for the rounding E of CᵀC (‖E‖ ≈ eps‖C‖²);
+    # s' carries the same relative perturbation.
+    if s2[-1] <= 0 or eps * max(float(lam[-1]), 0.0) / s2[-1] ** 2 > GRAM_LOSS_LIMIT:
+        return None
+    return um, s2, vt2
+
+
 def rows_gram(s: np.ndarray, Vt: np.ndarray, c: NewRows, url: str,
               run: Runner) -> RowStep | None:
     """CᵀC in one pass, a square root by eigh, then the basis ``C·V'·diag(1/s')`` in one more.
@@ -113,14 +132,10 @@ def rows_gram(s: np.ndarray, Vt: np.ndarray, c: NewRows, url: str,
         x: Any = c.memory
         g = dense(x.T @ x)
     _check_finite(g, "CᵀC")
-    lam, q = np.linalg.eigh(g)
-    # Any R with RᵀR = CᵀC will do; clipping rounding negatives keeps rank-deficient C exact.
-    r = np.sqrt(np.clip(lam, 0.0, None))[:, None] * q.T
-    um, s2, vt2 = update_factors(s, Vt, r)
-    eps = np.finfo(np.float64).eps
-    # U'ᵀU' − I = −diag(1/s')V'ᵀ·E·V'diag(1/s') for the rounding E of CᵀC (‖E‖ ≈ eps‖C‖²).
-    if s2[-1] <= 0 or eps * max(float(lam[-1]), 0.0) / s2[-1] ** 2 > GRAM_LOSS_LIMIT:
+    step = gram_step(s, Vt, g)
+    if step is None:
         return None
+    um, s2, vt2 = step
     w = np.ascontiguousarray(vt2.T / s2)
     if c.stored is not None:
         run(matmul(c.stored, w, out=url))
