@@ -288,6 +288,7 @@ def w_update(a: argparse.Namespace) -> dict[str, Any]:
     """A 5% row append: svd_update of a persisted state (U stored) vs nothing else."""
     import blocklin as bl
     from blocklin.ops import SVDState, svd_update
+    from blocklin.ops._svd_rows import gram_step
     from blocklin.ops.svd_update import update_factors
 
     A = bl.open(a.url)
@@ -299,9 +300,12 @@ def w_update(a: argparse.Namespace) -> dict[str, Any]:
     t0 = time.perf_counter()
     state = svd_update(state, B, work_dir=a.work, num_workers=a.cores)
     t1 = time.perf_counter()
-    # s and Vt only (what TruncatedSVD.partial_fit keeps): R of the new rows, one pass.
-    r = bl.ops.tsqr_r(B).compute(work_dir=a.work, num_workers=a.cores)
-    update_factors(res.s, res.Vt, r)
+    # s and Vt only, as TruncatedSVD.partial_fit does: the new rows' Gram in one pass (a
+    # TSQR pass more only when the Gram is too ill-conditioned).
+    g = bl.ops.gram(B).compute(work_dir=a.work, num_workers=a.cores)
+    if gram_step(res.s, res.Vt, g) is None:
+        update_factors(res.s, res.Vt,
+                       bl.ops.tsqr_r(B).compute(work_dir=a.work, num_workers=a.cores))
     return {"seconds": t1 - t0, "sv_seconds": time.perf_counter() - t1, "s": state.s.tolist(),
             "passes": 2}
 
