@@ -481,31 +481,7 @@ def report(a: argparse.Namespace) -> None:
     print(f"A: {a.rows} x {a.cols} float64 ({A.nbytes / 2**20:.0f} MiB, {A.nblocks[0]} row "
           f"blocks of {A.chunks[0]}), k={a.k}, oversample={a.oversample}, n_iter={a.n_iter}, "
           f"{a.cores} cores, median of {a.repeat}; σ₁={exact[0]:.4g}, σ_k={exact[-1]:.4g}")
-    rows: list[tuple[str, dict[str, Any]]] = []
-    base = _measure(a, "blocklin", a.repeat, method="power", with_u=True)
-    rows.append((f"blocklin power (n_iter={a.n_iter})", base))
-    if "methods" not in skip:
-        for method in ("krylov", "gram"):
-            rows.append((f"blocklin {method}", _measure(a, "blocklin", a.repeat, method=method)))
-        rows.append(("blocklin exact (TSQR svd, s+Vt)", _measure(a, "blocklin_exact", a.repeat)))
-    if "cluster" not in skip:
-        rows.append(("blocklin power, 2-worker LocalCluster",
-                     _measure(a, "blocklin", a.repeat, method="power", cluster=True)))
-    if "dask" not in skip:
-        rows.append((f"dask svd_compressed threads (n_iter={a.n_iter})",
-                     _measure(a, "dask", a.repeat)))
-        # dask's default "power" iterator does not re-orthonormalize between products
-        # and collapses for larger n_iter on decaying spectra; "QR" is its stable one.
-        for it in [int(i) for i in a.dask_iters.split(",") if i]:
-            rows.append((f"dask svd_compressed threads QR (n_iter={it})",
-                         _measure(a, "dask", a.repeat, n_iter=it, iterator="QR")))
-        if "cluster" not in skip:
-            rows.append(("dask svd_compressed, 2-worker LocalCluster",
-                         _measure(a, "dask", a.repeat, cluster=True)))
-    if "sklearn" not in skip:
-        rows.append(("sklearn randomized_svd in memory (+load)", _measure(a, "sklearn", a.repeat)))
-    if "mllib" not in skip:
-        rows.append(("Spark MLlib computeSVD (load + compute)", _measure(a, "mllib", 1)))
+    rows, base = _contenders(a, skip, sparse=False)
     _print_table(a, rows, exact, base)
     t0 = base["seconds"]
     if "update" not in skip:
@@ -542,22 +518,34 @@ def report_sparse(a: argparse.Namespace) -> None:
     print(f"exact: svds ARPACK tol=0 ({float(ref['arpack_seconds']):.1f} s), PROPACK agrees to "
           f"{agree:.1e} ({float(ref['propack_seconds']):.1f} s); σ₁={exact[0]:.4g}, "
           f"σ_k={exact[-1]:.4g}, σ_k/σ₁={exact[-1] / exact[0]:.3f}")
+    rows, base = _contenders(a, skip, sparse=True)
+    _print_table(a, rows, exact, base)
+
+
+def _contenders(a: argparse.Namespace, skip: set[str],
+                sparse: bool) -> tuple[list[tuple[str, dict[str, Any]]], dict[str, Any]]:
+    """Measure every contender not skipped; return the table rows and blocklin power's."""
     rows: list[tuple[str, dict[str, Any]]] = []
     base = _measure(a, "blocklin", a.repeat, method="power", with_u=True)
     rows.append((f"blocklin power (n_iter={a.n_iter})", base))
+    # Sparse: gram and exact need an n × n matrix (AᵀA, or TSQR's R) and are refused
+    # before any pass, so one attempt shows it.
+    once = 1 if sparse else a.repeat
     if "methods" not in skip:
         rows.append(("blocklin krylov", _measure(a, "blocklin", a.repeat, method="krylov")))
-        # Both need an n × n matrix (AᵀA, or the TSQR's R): refused before any pass.
-        rows.append(("blocklin gram", _measure(a, "blocklin", 1, method="gram")))
-        rows.append(("blocklin exact (TSQR svd, s+Vt)", _measure(a, "blocklin_exact", 1)))
+        rows.append(("blocklin gram", _measure(a, "blocklin", once, method="gram")))
+        rows.append(("blocklin exact (TSQR svd, s+Vt)", _measure(a, "blocklin_exact", once)))
     if "cluster" not in skip:
         rows.append(("blocklin power, 2-worker LocalCluster",
                      _measure(a, "blocklin", a.repeat, method="power", cluster=True)))
     if "dask" not in skip:
         rows.append((f"dask svd_compressed threads (n_iter={a.n_iter})",
                      _measure(a, "dask", a.repeat)))
-        rows.append(("dask svd_compressed threads, COO chunks",
-                     _measure(a, "dask", a.repeat, dask_chunks="coo")))
+        if sparse:
+            rows.append(("dask svd_compressed threads, COO chunks",
+                         _measure(a, "dask", a.repeat, dask_chunks="coo")))
+        # dask's default "power" iterator does not re-orthonormalize between products
+        # and collapses for larger n_iter on decaying spectra; "QR" is its stable one.
         for it in [int(i) for i in a.dask_iters.split(",") if i]:
             rows.append((f"dask svd_compressed threads QR (n_iter={it})",
                          _measure(a, "dask", a.repeat, n_iter=it, iterator="QR")))
@@ -565,10 +553,11 @@ def report_sparse(a: argparse.Namespace) -> None:
             rows.append(("dask svd_compressed, 2-worker LocalCluster",
                          _measure(a, "dask", a.repeat, cluster=True)))
     if "sklearn" not in skip:
-        rows.append(("sklearn randomized_svd on CSR (+load)", _measure(a, "sklearn", a.repeat)))
+        label = "on CSR" if sparse else "in memory"
+        rows.append((f"sklearn randomized_svd {label} (+load)", _measure(a, "sklearn", a.repeat)))
     if "mllib" not in skip:
         rows.append(("Spark MLlib computeSVD (load + compute)", _measure(a, "mllib", 1)))
-    _print_table(a, rows, exact, base)
+    return rows, base
 
 
 def _print_table(a: argparse.Namespace, rows: list[tuple[str, dict[str, Any]]],
