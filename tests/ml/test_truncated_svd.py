@@ -25,6 +25,15 @@ def _exact(x: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return s[:k], vt, ratio
 
 
+def _assert_exact(est: TruncatedSVD, x: np.ndarray) -> None:
+    """The fitted factors equal LAPACK's for all of ``x`` (exactly low-rank data)."""
+    s, vt, ratio = _exact(x, est.n_components)
+    assert est.n_samples_seen_ == x.shape[0]
+    np.testing.assert_allclose(est.singular_values_, s, rtol=1e-10)
+    np.testing.assert_allclose(est.components_, vt, atol=1e-9)
+    np.testing.assert_allclose(est.explained_variance_ratio_, ratio, rtol=1e-9)
+
+
 def test_check_estimator(tmp_path: Path) -> None:
     # on_skip=None: the array-API check skips itself without SCIPY_ARRAY_API (not a failure).
     check_estimator(TruncatedSVD(work_dir=str(tmp_path)), on_skip=None)
@@ -54,11 +63,7 @@ def test_partial_fit_matches_refit_on_low_rank(tmp_path: Path) -> None:
     est = TruncatedSVD(5, work_dir=str(tmp_path)).fit(x[:200])
     for start in range(200, 600, 40):
         est.partial_fit(x[start:start + 40])
-    s, vt, ratio = _exact(x, 5)
-    assert est.n_samples_seen_ == 600
-    np.testing.assert_allclose(est.singular_values_, s, rtol=1e-10)
-    np.testing.assert_allclose(est.components_, vt, atol=1e-9)
-    np.testing.assert_allclose(est.explained_variance_ratio_, ratio, rtol=1e-9)
+    _assert_exact(est, x)
     xt = est.transform(x)
     np.testing.assert_allclose(est.inverse_transform(xt), x, atol=1e-9)
 
@@ -128,11 +133,7 @@ def test_partial_fit_with_state_path_persists_and_resumes(tmp_path: Path) -> Non
     # After a restart: a new estimator resumes from the state (column summary included).
     again = TruncatedSVD(5, work_dir=str(tmp_path), state_path=path)
     again.partial_fit(sp.csr_matrix(x[400:]))
-    s, vt, ratio = _exact(x, 5)
-    assert again.n_samples_seen_ == 600
-    np.testing.assert_allclose(again.singular_values_, s, rtol=1e-10)
-    np.testing.assert_allclose(again.components_, vt, atol=1e-9)
-    np.testing.assert_allclose(again.explained_variance_ratio_, ratio, rtol=1e-9)
+    _assert_exact(again, x)
     state = SVDState.open(path)
     assert (state.n_rows, state.version) == (600, 3)
     u = state.u_to_numpy()
