@@ -424,18 +424,11 @@ class LinearRegression(RegressorMixin, BaseEstimator):  # type: ignore[misc]
             # Residuals in working precision suffice here (fixed-precision refinement of
             # the seminormal equations converges to QR's accuracy while u·κ(X)² < 1):
             # the pass is the BLAS loss/gradient kernel, not the extended-precision one.
-            packed = data.run(loss_grad_spec("squared", beta[:, None], self.fit_intercept,
-                                             data.has_weights, data.x_col_blocks))
-            loss, _, grad = unpack_grad(packed, (k, 1))
-            g = -grad[:, 0]
-            g[:p] -= W * l2 * beta[:p]
-            if not np.all(np.isfinite(g)):
+            delta, obj = self._refine_step(data, beta, T, l2, W, extended=False)
+            if delta is None:
                 return None
-            delta = scipy.linalg.solve_triangular(T, scipy.linalg.solve_triangular(
-                T, g, trans="T"))
             beta = beta + delta
-            history.append(loss / W + 0.5 * float(l2 @ (beta[:p] - delta[:p]) ** 2)
-                           - 0.5 * float(g @ delta) / W)
+            history.append(obj)
         intercept = float(beta[p]) if self.fit_intercept else 0.0
         return _Fit(beta[:p], intercept, history, len(history), "normal", fit.cov_unscaled,
                     fit.rcond, fit.y_center)
@@ -444,22 +437,37 @@ class LinearRegression(RegressorMixin, BaseEstimator):  # type: ignore[misc]
                 W: float) -> tuple[np.ndarray, float]:
         """One step of iterative refinement (one pass) with an extended-precision residual.
 
-        δ solves TᵀTδ = g, g = Zᵀw(y − Zβ) − W·l2∘β; the gradient is exact to far below
-        double rounding, which restores the digits a blocked QR loses against a single
-        Householder solve (and adds some on large-residual problems). Returns β + δ and
-        the objective there: the loss is quadratic with Hessian TᵀT/W, so
-        f(β + δ) = f(β) − gᵀδ/(2W) exactly, f(β) from the pass's exact residual.
+        The gradient is exact to far below double rounding, which restores the digits a
+        blocked QR loses against a single Householder solve (and adds some on
+        large-residual problems). Returns β + δ (β when the step cannot be taken) and
+        the objective there.
+        """
+        delta, obj = self._refine_step(data, beta, T, l2, W, extended=True)
+        return (beta if delta is None else beta + delta), obj
+
+    def _refine_step(self, data: TrainData, beta: np.ndarray, T: np.ndarray, l2: np.ndarray,
+                     W: float, extended: bool) -> tuple[np.ndarray | None, float]:
+        """One refinement pass: δ solving TᵀTδ = g, g = Zᵀw(y − Zβ) − W·l2∘β, and the
+        objective at β + δ (None and the objective at β when g is not finite or T is
+        singular). The loss is quadratic with Hessian TᵀT/W, so f(β + δ) = f(β) −
+        gᵀδ/(2W) exactly, f(β) from the pass's residual: extended precision
+        (``refine_spec``) or the BLAS loss/gradient kernel.
         """
         p = l2.shape[0]
-        packed = data.run(refine_spec(beta, self.fit_intercept, data.has_weights,
-                                      data.x_col_blocks))
-        sse, g = unpack_refine(packed)
+        if extended:
+            sse, g = unpack_refine(data.run(refine_spec(beta, self.fit_intercept,
+                                                        data.has_weights, data.x_col_blocks)))
+        else:
+            loss, _, grad = unpack_grad(data.run(loss_grad_spec(
+                "squared", beta[:, None], self.fit_intercept, data.has_weights,
+                data.x_col_blocks)), (beta.size, 1))
+            sse, g = 2.0 * loss, -grad[:, 0]
         g[:p] -= W * l2 * beta[:p]
         obj = 0.5 * sse / W + 0.5 * float(l2 @ beta[:p] ** 2)
         if not np.all(np.isfinite(g)) or np.any(np.diag(T) == 0):
-            return beta, obj
+            return None, obj
         delta = scipy.linalg.solve_triangular(T, scipy.linalg.solve_triangular(T, g, trans="T"))
-        return beta + delta, obj - 0.5 * float(g @ delta) / W
+        return delta, obj - 0.5 * float(g @ delta) / W
 
     def _set_fit(self, fit: _Fit) -> None:
         self.coef_ = np.asarray(fit.coef, dtype=np.float64)
