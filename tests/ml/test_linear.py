@@ -9,6 +9,7 @@ import pytest
 from sklearn.datasets import load_diabetes
 from sklearn.linear_model import ElasticNet, Lasso, Ridge
 from sklearn.metrics import mean_absolute_error, r2_score
+from tests.rational import exact_least_squares
 
 import blocklin as bl
 from blocklin.errors import InputDtypeError, InputValueError
@@ -191,21 +192,73 @@ def test_qr_one_pass_when_well_conditioned(ridge: float, tmp_path: Path) -> None
     np.testing.assert_allclose(m.objective_history_[0], objective, rtol=1e-12)
 
 
-def test_qr_refines_ill_conditioned_design(tmp_path: Path) -> None:
-    """A degree-6 polynomial design on [0, 20] (κ_LS far above 10³) gets its refinement pass."""
-    from blocklin.ml.linear import QR_REFINE_COND, ls_condition
+def test_qr_solves_ill_conditioned_design_exactly_in_one_pass(tmp_path: Path) -> None:
+    """A degree-6 polynomial design on [0, 20] (κ_LS far above 10³): ``qr`` solves it in
+    its single pass from the panels' double-double Grams, to the exact solution of the
+    stored data (far closer than a double-precision QR solve); ``auto`` refines instead."""
+    from blocklin.ml.linear import QR_REFINE_COND
+    from blocklin.ops.glm import ls_condition
 
     x = np.linspace(0.0, 20.0, 400)
     X = np.column_stack([x**k for k in range(1, 7)])
     y = X @ np.ones(6) + 1.0 + np.random.default_rng(0).normal(size=400)
+    Z = np.column_stack([X, np.ones(400)])
+    exact, sse = exact_least_squares(Z, y)
     A = bl.from_array(X, tmp_path / "X.zarr", chunks=(90, None))
     m = LinearRegression(solver="qr", work_dir=str(tmp_path / "w")).fit(A, y)
-    assert (m.n_passes_, m.n_iter_, len(m.objective_history_)) == (2, 2, 2)
-    r = y - X @ m.coef_ - m.intercept_
-    np.testing.assert_allclose(m.objective_history_[-1], 0.5 * np.mean(r**2), rtol=1e-9)
-    R = np.linalg.qr(np.column_stack([X, np.ones(400)]), mode="r")
-    beta = np.concatenate([m.coef_, [m.intercept_]])
-    assert ls_condition(R, beta, m.objective_history_[-1], 400.0) > QR_REFINE_COND
+    assert (m.n_passes_, m.n_iter_, len(m.objective_history_)) == (1, 1, 1)
+    got = np.concatenate([m.coef_, [m.intercept_]])
+    np.testing.assert_allclose(got, exact, rtol=1e-14)
+    householder = np.linalg.lstsq(Z, y, rcond=None)[0]
+    assert np.max(np.abs(householder - exact) / np.abs(exact)) > 1e-12  # what double gives
+    np.testing.assert_allclose(m.objective_history_[0], 0.5 * sse / 400, rtol=1e-13)
+    R = np.linalg.qr(Z, mode="r")
+    assert ls_condition(R, exact, float(np.sqrt(sse))) > QR_REFINE_COND
+    auto = LinearRegression(solver="auto", work_dir=str(tmp_path / "w")).fit(A, y)
+    assert (auto.n_passes_, auto.n_iter_) == (2, 2)
+    np.testing.assert_allclose(np.concatenate([auto.coef_, [auto.intercept_]]), exact, rtol=1e-9)
+
+
+def test_qr_exact_solve_with_ridge_and_weights(tmp_path: Path) -> None:
+    """The one-pass exact solve carries weights (√w inside the task) and ridge (added to
+    the double-double Gram) like the TSQR path: closed form on the same data."""
+    x = np.linspace(0.0, 20.0, 300)
+    X = np.column_stack([x**k for k in range(1, 6)])
+    rng = np.random.default_rng(1)
+    y = X @ rng.normal(size=5) + rng.normal(size=300)
+    w = rng.uniform(0.5, 2.0, 300)
+    A = bl.from_array(X, tmp_path / "X.zarr", chunks=(70, None))
+    lam = 1e-9
+    m = LinearRegression(solver="qr", reg_param=lam, work_dir=str(tmp_path / "w")).fit(
+        A, y, sample_weight=w)
+    assert m.n_passes_ == 1
+    Z = np.column_stack([X, np.ones(300)])
+    pen = np.diag(np.r_[np.full(5, lam * w.sum()), 0.0])
+    sw = np.sqrt(w)
+    # The closed form by an augmented least-squares problem (no normal equations).
+    aug = np.vstack([Z * sw[:, None], np.sqrt(pen)])
+    ref = np.linalg.lstsq(aug, np.r_[y * sw, np.zeros(6)], rcond=None)[0]
+    got = np.concatenate([m.coef_, [m.intercept_]])
+    np.testing.assert_allclose(got, ref, rtol=1e-7)
+    r = y - Z @ got
+    objective = 0.5 * (w @ r**2) / w.sum() + 0.5 * lam * m.coef_ @ m.coef_
+    np.testing.assert_allclose(m.objective_history_[-1], objective, rtol=1e-9)
+
+
+def test_qr_refines_when_some_panels_skip_the_exact_gram(tmp_path: Path) -> None:
+    """A panel well conditioned on its own (zero residual) skips the exact Gram while the
+    whole problem is ill-conditioned (large residual): then a refinement pass follows."""
+    rng = np.random.default_rng(2)
+    X = rng.normal(size=(400, 4))
+    X[:, 3] = X[:, 2] + 0.05 * rng.normal(size=400)  # κ ≈ 50: panel A's κ_LS, below 10²
+    y = X @ np.full(4, 1e-5)
+    y[200:] += rng.normal(scale=30.0, size=200)  # only panel B is noisy: κ_LS ≈ 5·10³
+    A = bl.from_array(X, tmp_path / "X.zarr", chunks=(200, None))
+    m = LinearRegression(solver="qr", work_dir=str(tmp_path / "w")).fit(A, y)
+    assert (m.n_passes_, m.n_iter_) == (2, 2)
+    Z = np.column_stack([X, np.ones(400)])
+    np.testing.assert_allclose(np.concatenate([m.coef_, [m.intercept_]]),
+                               exact_least_squares(Z, y)[0], rtol=1e-12)
 
 
 @pytest.mark.parametrize("ridge", [0.0, 1e-8])

@@ -15,6 +15,7 @@ from blocklin.ml._glm import (
     Moments,
     check_common_params,
     compute_options,
+    exact_solve,
     features,
     iterative_fit,
     labels_1d,
@@ -34,11 +35,13 @@ from blocklin.ml._summary import LinearRegressionSummary, linear_summary
 from blocklin.ops.glm import (
     PassSpec,
     loss_grad_spec,
+    ls_condition,
     merge_moments,
     moments_spec,
     qr_spec,
     refine_spec,
     unpack_grad,
+    unpack_qr,
     unpack_refine,
 )
 from blocklin.types import LABEL_SCALINGS, SOLVERS, LabelScaling, Solver, parse_option
@@ -55,15 +58,21 @@ MAX_NORMAL_FEATURES = 4096
 AUTO_QR_RCOND = 1e-3
 #: Up to this many features ``auto`` solves by TSQR (with the statistics in the same pass).
 AUTO_QR_MAX_FEATURES = 64
-#: ``qr`` spends its refinement pass only when the least-squares condition estimate
-#: κ_LS = κ·(1 + κ·‖r‖/(‖T‖·‖β‖)) of the column-equilibrated triangular factor T exceeds
-#: this. u·κ_LS bounds the normwise relative error of any backward-stable solve (the
+#: The TSQR solution stands when the least-squares condition estimate
+#: κ_LS = κ·(1 + κ·‖r‖/(‖T‖·‖β‖)) of the column-equilibrated triangular factor T is at
+#: most this. u·κ_LS bounds the normwise relative error of any backward-stable solve (the
 #: one-pass TSQR included): below 10³ it has lost less than three of double's sixteen
-#: digits and a refinement step would change only the last ones. Above it, TSQR and
-#: Householder QR each lose up to log10(κ_LS) digits in their own rounding pattern, so
-#: their coefficients may differ by a digit or more (NIST's Longley, Wampler1-5 and Filip
-#: sit at κ_LS from 3·10³ to 4·10¹⁰; Norris and Pontius at 4 and 25, solved in one pass).
+#: digits. Above it, TSQR and Householder QR each lose up to log10(κ_LS) digits in their
+#: own rounding pattern, so their coefficients may differ by a digit or more (NIST's
+#: Longley, Wampler1-5 and Filip sit at κ_LS from 3·10³ to 4·10¹⁰; Norris and Pontius at
+#: 4 and 25): ``qr`` then solves from the exact Gram gathered in the same pass, ``auto``
+#: makes a refinement pass.
 QR_REFINE_COND = 1e3
+#: The ``qr`` solver has a panel form its exact Gram when the panel's own condition
+#: estimate exceeds QR_REFINE_COND / QR_PANEL_MARGIN: a panel's κ_LS is about the whole
+#: problem's or larger (fewer rows), and the margin absorbs dtrcon's estimate spread,
+#: so an ill-conditioned problem almost always finds every panel's Gram at hand.
+QR_PANEL_MARGIN = 10.0
 
 
 @dataclass
@@ -109,11 +118,17 @@ class LinearRegression(RegressorMixin, BaseEstimator):  # type: ignore[misc]
         (MLlib's normal solver runs OWL-QN there; its ``l-bfgs`` one pass per
         evaluation). ``qr``: one pass of TSQR of √w·[X 1 y] (intercept column and
         weights applied inside each task), backward stable like a Householder solve;
-        the residual sum of squares is R's last diagonal entry squared. When the
-        problem is ill-conditioned (least-squares condition estimate of the equilibrated
-        R above 10³, see ``QR_REFINE_COND``) a second pass makes one step of iterative
-        refinement with an extended-precision residual, which gives NIST StRD accuracy
-        on ill-conditioned designs; ridge by stacking, no L1. ``lbfgs``: L-BFGS, one
+        the residual sum of squares is R's last diagonal entry squared. A panel whose
+        own R is ill-conditioned (least-squares condition estimate above 10²) also
+        forms its Gram exactly, in double-double (BLAS products of error-free column
+        slices, about 24 times the flops of a plain Gram). When the whole problem is
+        ill-conditioned (estimate above 10³, ``QR_REFINE_COND``) β comes from those
+        Grams by a double-double Cholesky solve, to about κ(X)²·10⁻³², beyond a
+        Householder solve's κ(X)·10⁻¹⁶ (NIST StRD's hardest sets to their data's
+        rounding) without another pass. Only when some panels were well conditioned
+        on their own does an ill-conditioned problem take a second pass, one step of
+        iterative refinement with an extended-precision residual. Ridge by stacking
+        (by the Gram's diagonal in the exact solve), no L1. ``lbfgs``: L-BFGS, one
         pass per evaluation (OWL-QN when α·λ > 0, as MLlib). ``owlqn``: OWL-QN.
         ``sketch``: a sparse-sign sketch of the centered X (4p rows) as preconditioner,
         then preconditioned conjugate gradients on the normal equations (one pass per
@@ -163,9 +178,10 @@ class LinearRegression(RegressorMixin, BaseEstimator):  # type: ignore[misc]
 
     Notes
     -----
-    Passes: ``normal`` 1; ``qr`` 1, or 2 when R's condition calls for refinement
-    (``n_iter_`` counts the solves: 1 or 2); ``auto`` with at most 64 features as
-    ``qr``, else 1 (2 or 3 when it refines, 3 or 4 when it falls back to ``qr``); ``lbfgs``/``owlqn`` 1 + one
+    Passes: ``normal`` 1; ``qr`` 1 (2 in the mixed case above; ``n_iter_`` counts the
+    solves: 1 or 2); ``auto`` with at most 64 features a TSQR pass, plus a refinement
+    pass when R's condition calls for it, else 1 (2 or 3 when it refines, 3 or 4 when
+    it falls back to ``qr``); ``lbfgs``/``owlqn`` 1 + one
     per function evaluation; ``sketch`` 3 + one per iteration; ``partial_fit`` 1 over
     the new rows only.
     Per-task memory is a row panel, one float64 copy of it and a few
@@ -306,7 +322,7 @@ class LinearRegression(RegressorMixin, BaseEstimator):  # type: ignore[misc]
                 fit = refined if refined is not None else self._fit_qr(data, None, mom)
             return fit, stats
         if solver == "qr":
-            return self._fit_qr(data, None), None
+            return self._fit_qr(data, None, exact=True), None
         if solver == "sketch":
             with data.cached():  # moments, sketch, then one pass per CG iteration
                 sk = sketch_solve(self, data)
@@ -347,18 +363,25 @@ class LinearRegression(RegressorMixin, BaseEstimator):  # type: ignore[misc]
         return _Fit(coef, intercept, [float(obj)], sol.iterations, solver,
                     mom.inverse_design(self.fit_intercept), sol.rcond, float(mom.mean[p]))
 
-    def _fit_qr(self, data: TrainData, extra: PassSpec | None,
-                mom: Moments | None = None) -> _Fit:
-        """TSQR of √w·[X 1 y] in one pass (with ``extra`` or the moments fused into it)."""
+    def _fit_qr(self, data: TrainData, extra: PassSpec | None, mom: Moments | None = None,
+                exact: bool = False) -> _Fit:
+        """TSQR of √w·[X 1 y] in one pass (with ``extra`` or the moments fused into it).
+
+        With ``exact`` (the ``qr`` solver) ill-conditioned panels also give their
+        double-double Gram in the same pass, and an ill-conditioned problem is solved
+        from it (:func:`exact_solve`); otherwise, or when some panels were well enough
+        conditioned to skip it, an ill-conditioned problem takes a refinement pass.
+        """
         p = data.n_features
         need_std = self.reg_param > 0 and (self.standardization or self.label_scaling == "mllib")
-        specs = [qr_spec(p, 1, self.fit_intercept, data.has_weights, data.x_col_blocks)]
+        extend = QR_REFINE_COND / QR_PANEL_MARGIN if exact else np.inf
+        specs = [qr_spec(p, 1, self.fit_intercept, data.has_weights, data.x_col_blocks, extend)]
         if extra is not None:
             specs.append(extra)
         elif need_std and mom is None:
             specs.append(moments_spec(p, 1, data.has_weights, data.x_col_blocks, False))
         out = data.run_many(specs)
-        R = np.triu(out[0])
+        R, gram = unpack_qr(out[0])
         if len(out) > 1:
             mom = Moments.from_packed(out[1], p + 1)
             if mom.full:
@@ -374,9 +397,13 @@ class LinearRegression(RegressorMixin, BaseEstimator):  # type: ignore[misc]
         # one-pass fit needs no residual pass for its history or summary sums.
         beta, cov, obj, T = qr_solve(R, k, l2, W)
         history = [obj]
-        if ls_condition(T, beta, obj, W) > QR_REFINE_COND:
-            beta, refined = self._refine(data, beta, T, l2, W)
-            history.append(refined)
+        if ls_condition(T, beta, float(np.sqrt(max(2.0 * W * obj, 0.0)))) > QR_REFINE_COND:
+            solved = exact_solve(gram, k, l2, W) if gram is not None else None
+            if solved is not None:
+                beta, history = solved[0], [solved[1]]
+            else:
+                beta, refined = self._refine(data, beta, T, l2, W)
+                history.append(refined)
         intercept = float(beta[p]) if self.fit_intercept else 0.0
         # With an intercept column, (RᵀR)[p, p+1] = Σw·y gives the label mean for free.
         G = R.T @ R
@@ -501,32 +528,6 @@ class LinearRegression(RegressorMixin, BaseEstimator):  # type: ignore[misc]
         tags = super().__sklearn_tags__()
         tags.input_tags.sparse = True
         return tags
-
-
-def ls_condition(T: np.ndarray, beta: np.ndarray, obj: float, W: float) -> float:
-    """Least-squares condition estimate κ_LS = κ·(1 + κ·‖r‖/(‖T‖·‖β‖)) of a QR solve.
-
-    κ is LAPACK's 1-norm estimate (``dtrcon``, O(k²)) for T with unit columns, so it
-    does not depend on column units; β is scaled alike. The residual norm of the
-    (ridge-stacked) system is √(2W·obj), ``obj`` being the penalized objective per unit
-    weight. The κ² term is the sensitivity of large-residual problems. Returns ∞ for a
-    singular T or a zero solution with a nonzero residual.
-    """
-    s = np.linalg.norm(T, axis=0)
-    if not (np.all(s > 0) and np.all(np.isfinite(T))):
-        return np.inf
-    Ts = T / s
-    rcond, info = scipy.linalg.lapack.dtrcon(Ts, norm="1", uplo="U", diag="N")
-    if info != 0 or not rcond > 0:
-        return np.inf
-    kappa = 1.0 / float(rcond)
-    resid = float(np.sqrt(max(2.0 * W * obj, 0.0)))
-    size = float(np.abs(Ts).sum(axis=0).max() * np.linalg.norm(beta * s))
-    if resid == 0.0:
-        return kappa
-    if size == 0.0:
-        return np.inf
-    return kappa * (1.0 + kappa * resid / size)
 
 
 def _total_weight(data: TrainData) -> float:

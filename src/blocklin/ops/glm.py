@@ -30,6 +30,7 @@ from scipy.special import expit, log_expit, logsumexp
 
 from blocklin.errors import ShapeMismatchError
 from blocklin.executors.lazy import Lazy
+from blocklin.ops._extended import dd_sum_parts, exact_gram
 from blocklin.ops._inputs import MatrixInput, as_matrix, hstack_panel, row_panel_reads
 from blocklin.plan.graph import Kernel, Task, TaskContext, make_stage
 from blocklin.plan.reduce import DEFAULT_FAN_IN, SumParts, tree_reduce
@@ -328,16 +329,24 @@ class NewtonPartial:
 # --------------------------------------------------------------------------- QR
 @dataclass(frozen=True)
 class QRLeaf:
-    """Householder R of ``√w·[X 1 y]`` for one row panel, padded to (1, c, c).
+    """Householder R of ``√w·[X 1 y]`` for one row panel, with its exact Gram when needed.
 
     The intercept column and the weights are applied inside the task, so no augmented
     or weighted copy of X is ever written. Short panels (fewer rows than c) give a
     trapezoidal R padded with zero rows, which leaves ``RᵀR`` unchanged.
+
+    When the panel's own least-squares condition estimate (:func:`ls_condition` of its
+    R) exceeds ``extend_above``, or it has fewer rows than columns, the task also forms
+    the Gram of the same ``√w·[X 1 y]`` in double-double (:func:`exact_gram`), so that an
+    ill-conditioned problem can be solved to better than Householder accuracy without
+    another pass. Output ``(1, 3c + 1, c)``: R, the Gram's high then low parts, and a row
+    (panels with an exact Gram, panels).
     """
 
     nx: int
     has_w: bool
     fit_intercept: bool
+    extend_above: float = np.inf
 
     def __call__(self, ctx: TaskContext | None, blocks: Sequence[Any]) -> Any:
         y, w = _label_weight(blocks, self.nx, self.has_w)
@@ -345,19 +354,89 @@ class QRLeaf:
         rows, c = z.shape
         if w is not None:
             z *= np.sqrt(w)[:, None]
-        out = np.zeros((1, c, c))
+        out = np.zeros((1, 3 * c + 1, c))
+        out[0, 3 * c, 1] = 1.0
         if rows:
             r = scipy.linalg.qr(z, mode="r", check_finite=False)[0]
             out[0, : min(rows, c)] = r[: min(rows, c)]
+        if rows and y.shape[1] == 1 and _panel_condition(out[0, :c], rows) > self.extend_above:
+            out[0, c:3 * c] = exact_gram(z).reshape(2 * c, c)
+            out[0, 3 * c, 0] = 1.0
         return out
 
 
-def qr_spec(p: int, q: int, fit_intercept: bool, has_w: bool, nx: int) -> PassSpec:
-    from blocklin.ops.tsqr import TreeQR
+def _panel_condition(R: np.ndarray, rows: int) -> float:
+    """:func:`ls_condition` of one panel's R of [Z y] (∞ when it has too few rows)."""
+    k = R.shape[0] - 1
+    T = R[:k, :k]
+    if rows <= k or np.any(np.diag(T) == 0):
+        return np.inf
+    beta = scipy.linalg.solve_triangular(T, R[:k, k], check_finite=False)
+    return ls_condition(T, beta, abs(float(R[k, k])))
 
+
+def ls_condition(T: np.ndarray, beta: np.ndarray, resid: float) -> float:
+    """Least-squares condition estimate κ_LS = κ·(1 + κ·‖r‖/(‖T‖·‖β‖)) of a QR solve.
+
+    κ is LAPACK's 1-norm estimate (``dtrcon``, O(k²)) for T with unit columns, so it
+    does not depend on column units; β is scaled alike; ``resid`` is the residual norm
+    ‖r‖. The κ² term is the sensitivity of large-residual problems. u·κ_LS bounds the
+    normwise relative error of any backward-stable solve. Returns ∞ for a singular or
+    non-finite T, or a zero solution with a nonzero residual.
+    """
+    s = np.linalg.norm(T, axis=0)
+    if not (np.all(s > 0) and np.all(np.isfinite(T))):
+        return np.inf
+    Ts = T / s
+    rcond, info = scipy.linalg.lapack.dtrcon(Ts, norm="1", uplo="U", diag="N")
+    if info != 0 or not rcond > 0:
+        return np.inf
+    kappa = 1.0 / float(rcond)
+    size = float(np.abs(Ts).sum(axis=0).max() * np.linalg.norm(beta * s))
+    if resid == 0.0:
+        return kappa
+    if size == 0.0:
+        return np.inf
+    return kappa * (1.0 + kappa * resid / size)
+
+
+@dataclass(frozen=True)
+class QRCombine:
+    """Combine kernel of the QR pass: R of the stacked R parts (as :class:`TreeQR`), the
+    double-double sum of the exact Grams, and the panel counts, in index order."""
+
+    c: int
+
+    def __call__(self, ctx: TaskContext | None, blocks: Sequence[Any]) -> Any:
+        from blocklin.ops.tsqr import TreeQR
+
+        c = self.c
+        out = np.zeros((1, 3 * c + 1, c))
+        out[0, :c] = TreeQR(c, False)(ctx, blocks)[0]  # type: ignore[arg-type]
+        grams = [b[0, c:3 * c].reshape(2, c, c) for b in blocks]
+        out[0, c:3 * c] = dd_sum_parts(grams).reshape(2 * c, c)
+        out[0, 3 * c] = np.sum([b[0, 3 * c] for b in blocks], axis=0)
+        return out
+
+
+def qr_spec(p: int, q: int, fit_intercept: bool, has_w: bool, nx: int,
+            extend_above: float = np.inf) -> PassSpec:
+    """TSQR of √w·[X 1 y]; panels less well conditioned than ``extend_above`` (an
+    :func:`ls_condition` figure) also give their exact Gram (see :class:`QRLeaf`)."""
     c = p + int(fit_intercept) + q
-    return PassSpec("glm/tsqr_r", QRLeaf(nx, has_w, fit_intercept), TreeQR(c, False), (c, c),
-                    {"intercept": fit_intercept, "has_w": has_w}, row_floats=2 * c)
+    return PassSpec("glm/tsqr_r", QRLeaf(nx, has_w, fit_intercept, extend_above), QRCombine(c),
+                    (3 * c + 1, c),
+                    {"intercept": fit_intercept, "has_w": has_w, "extend_above": extend_above},
+                    row_floats=2 * c if extend_above == np.inf else 3 * c)
+
+
+def unpack_qr(part: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+    """R and, when every panel supplied one, the exact (2, c, c) Gram of a QR pass."""
+    c = part.shape[1]
+    R = np.triu(part[:c])
+    extended, panels = part[3 * c, 0], part[3 * c, 1]
+    gram = part[c:3 * c].reshape(2, c, c) if panels > 0 and extended == panels else None
+    return R, gram
 
 
 @dataclass(frozen=True, eq=False)
