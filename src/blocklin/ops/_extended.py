@@ -23,8 +23,9 @@ import numpy as np
 __all__ = ["dd_add", "dd_back_substitute", "dd_cholesky", "dd_dot", "dd_forward_substitute",
            "exact_gram"]
 
-#: Rows per exact product: slice products summed over 2¹³ rows stay below 2⁵³.
-CHUNK_BITS = 13
+#: Rows per exact product: slice products summed over 2¹² rows stay below 2⁵² (13 bits
+#: would give the same slice width and twice the buffers).
+CHUNK_BITS = 12
 #: Bits per slice: (53 − CHUNK_BITS) / 2.
 SLICE_BITS = (53 - CHUNK_BITS) // 2
 #: Slices per column. Products of slices a, b with a + b ≤ SLICES + 1 are formed; the
@@ -130,16 +131,11 @@ def exact_gram(z: np.ndarray) -> np.ndarray:
     step = 2**CHUNK_BITS
     for start in range(0, m, step):
         parts = _slices(scaled[start:start + step])
-        # One product per first slice a against the slices b ≥ a with a + b ≤ SLICES + 1,
-        # side by side so each is a single BLAS call; every entry is exact.
+        # Products of slices a ≤ b with a + b < SLICES (0-based), each exact.
         for a in range(SLICES // 2):
-            width = SLICES - 2 * a  # slices b = a … SLICES − 1 − a (0-based): a + b < SLICES
-            right = np.hstack(parts[a:a + width])
-            prod = parts[a].T @ right
-            for j in range(width):
-                block = prod[:, j * c:(j + 1) * c]
-                terms = [block] if j == 0 else [block, block.T]
-                for term in terms:
+            for b in range(a, SLICES - a):
+                block = parts[a].T @ parts[b]
+                for term in ([block] if a == b else [block, block.T]):
                     hi, err = _two_sum(hi, term)
                     lo += err
     hi, lo = _fast_two_sum(hi, lo)

@@ -427,7 +427,7 @@ def qr_spec(p: int, q: int, fit_intercept: bool, has_w: bool, nx: int,
     return PassSpec("glm/tsqr_r", QRLeaf(nx, has_w, fit_intercept, extend_above), QRCombine(c),
                     (3 * c + 1, c),
                     {"intercept": fit_intercept, "has_w": has_w, "extend_above": extend_above},
-                    row_floats=2 * c if extend_above == np.inf else 3 * c)
+                    row_floats=2 * c if extend_above == np.inf else 4 * c)
 
 
 def unpack_qr(part: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
