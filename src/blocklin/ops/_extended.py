@@ -28,9 +28,9 @@ __all__ = ["dd_add", "dd_back_substitute", "dd_cholesky", "dd_dot", "dd_forward_
 CHUNK_BITS = 12
 #: Bits per slice: (53 − CHUNK_BITS) / 2.
 SLICE_BITS = (53 - CHUNK_BITS) // 2
-#: Slices per column. Products of slices a, b with a + b ≤ SLICES + 1 are formed; the
-#: neglected rest is below 2^-(SLICE_BITS·SLICES) = 2⁻¹²⁰ of the scaled column maxima.
-SLICES = 6
+#: Exact slices per column (see :func:`exact_gram`): 60 of the 53 + 53 bits a product
+#: needs, the remainder's products carrying rounding below 2⁻¹¹³.
+SLICES = 3
 
 _SPLIT = 134217729.0  # 2**27 + 1, Dekker's splitter for 53-bit significands
 
@@ -93,29 +93,33 @@ def _dd_sqrt(a: Pair) -> Pair:
     return _fast_two_sum(x, r[0] / (2.0 * x))
 
 
-def _slices(z: np.ndarray) -> list[np.ndarray]:
-    """Error-free split ``z = Σ slices + rest`` of a column-scaled panel (|z| < 1).
+def _slices(z: np.ndarray) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Error-free split ``z = X₁ + … + X_S + rest`` of a column-scaled panel (|z| < 1).
 
     Slice t holds integer multiples of 2^-(SLICE_BITS·t), at most 2^SLICE_BITS of them:
     adding σ = 1.5·2^(52 − SLICE_BITS·t) rounds to that grid exactly (the sum stays in
-    σ's binade), and subtracting it back is exact, as is the remainder.
+    σ's binade), and subtracting it back is exact, as is each remainder. Returns the
+    slices and the remainders ``z − X₁ − … − X_t`` for t = 0 … S.
     """
-    out = []
-    rest = z.copy()
+    slices, rests = [], [z]
     for t in range(1, SLICES + 1):
         sigma = 1.5 * 2.0 ** (52 - SLICE_BITS * t)
-        s = (rest + sigma) - sigma
-        rest -= s
-        out.append(s)
-    return out
+        s = (rests[-1] + sigma) - sigma
+        slices.append(s)
+        rests.append(rests[-1] - s)
+    return slices, rests
 
 
 def exact_gram(z: np.ndarray) -> np.ndarray:
     """``zᵀz`` in double-double, (2, c, c): high parts, then low parts.
 
-    Error below 2⁻¹⁰⁰ of ``|z|ᵀ|z|`` entrywise (column maxima times row count, in fact),
-    against a float64 Gram's 2⁻⁵³·c. Costs about 24 matrix products of the panel, so
-    callers keep it for panels whose conditioning needs it.
+    With slices X₁ … X_S (S = ``SLICES``) and the remainder X_{S+1} (|X_t| < 2^-20(t−1)),
+    ``zᵀz = Σ_{a,b} X_aᵀX_b``. The products with a + b ≤ S + 1 are exact in float64;
+    the others sum to ``Σ_a X_aᵀ T_a`` with T_a the remainder after S + 1 − a slices,
+    products of size 2^-20S formed in float64, so their rounding is about 2^-(20S+53)
+    = 2⁻¹¹³ of ``|z|ᵀ|z|``, against a float64 Gram's 2⁻⁵³. Costs eight matrix products
+    of the panel (sixteen times a symmetric Gram's flops), so callers keep it for
+    panels whose conditioning needs it.
     """
     m, c = z.shape
     hi = np.zeros((c, c))
@@ -130,14 +134,21 @@ def exact_gram(z: np.ndarray) -> np.ndarray:
     scaled = np.ldexp(z, -exps)
     step = 2**CHUNK_BITS
     for start in range(0, m, step):
-        parts = _slices(scaled[start:start + step])
-        # Products of slices a ≤ b with a + b < SLICES (0-based), each exact.
-        for a in range(SLICES // 2):
+        parts, rests = _slices(scaled[start:start + step])
+        terms = []
+        for a in range(SLICES):  # exact: slices a ≤ b, a + b ≤ S − 1 (0-based)
             for b in range(a, SLICES - a):
                 block = parts[a].T @ parts[b]
-                for term in ([block] if a == b else [block, block.T]):
-                    hi, err = _two_sum(hi, term)
-                    lo += err
+                terms += [block] if a == b else [block, block.T]
+        # The rest, in float64: slice a against the remainder after S − a slices, and
+        # the final remainder against the whole chunk; symmetric as a sum.
+        tail = rests[SLICES].T @ rests[0]
+        for a in range(SLICES):
+            tail += parts[a].T @ rests[SLICES - a]
+        terms.append(0.5 * (tail + tail.T))
+        for term in terms:
+            hi, err = _two_sum(hi, term)
+            lo += err
     hi, lo = _fast_two_sum(hi, lo)
     # Mirror the upper triangle: the two triangles summed their terms in other orders.
     hi, lo = np.triu(hi) + np.triu(hi, 1).T, np.triu(lo) + np.triu(lo, 1).T
