@@ -20,7 +20,7 @@ from blocklin.ml._validation import (
     stored_matrix,
     validate_features,
 )
-from blocklin.ops.glm import loss_grad_spec, moments_spec, unpack_grad
+from blocklin.ops.glm import loss_grad_spec, lsqr_spec, moments_spec, unpack_grad
 
 __all__ = [
     "IterResult",
@@ -406,15 +406,64 @@ def _sketch_centered(data: TrainData, mu: np.ndarray, k: int, seed: int = 0) -> 
     return out
 
 
-def sketch_solve(est: Any, data: TrainData) -> SketchResult:
-    """Sketch-and-precondition least squares (ridge allowed), by preconditioned CG.
+#: With an intercept, a feature whose weighted deviation is at most this times its |mean|
+#: is constant to rounding (centred, it holds only rounding noise): its coefficient is 0,
+#: as MLlib gives constant features.
+_CONST_TOL = 1e3 * np.finfo(float).eps
+#: A sketched column whose R diagonal is at most this times the column's norm depends on
+#: the columns before it to rounding: without an L2 penalty on it, it is left out
+#: (coefficient 0, a basic least-squares solution).
+_RANK_TOL = 1e3 * np.finfo(float).eps
 
-    One pass for the column moments, one for a sparse-sign sketch of the centered X
-    (k = 4p rows) whose R gives the preconditioner (RᵀR/m + diag(l2) ≈ the Hessian),
-    one for the gradient at zero, then one pass per CG iteration (the Hessian-vector
-    product is a gradient difference, the loss being quadratic). With a sketch of 4p
-    rows the preconditioned system has condition number about 9 whatever κ(X), so CG
-    reaches a relative residual of 1e-10 in about 20 iterations.
+
+def sketch_solve(est: Any, data: TrainData) -> SketchResult:
+    """Sketch-and-precondition least squares (ridge allowed): LSQR over X, one pass an iteration.
+
+    **Problem.** With the intercept eliminated (b = ȳ − μᵀβ, μ and ȳ the weighted means
+    of X and y; μ = 0, ȳ = 0 without intercept) the objective is ‖b̄ − Kβ‖²/(2W) with
+    ``K = [A; D]``, ``A = √w∘(X − 1μᵀ)``, ``D = diag(√(W·l2))`` and ``b̄ = [ỹ; 0]``,
+    ``ỹ = √w∘(y − ȳ)``.
+
+    **Preconditioner.** One pass for the moments, one for a sparse-sign sketch
+    S(X − 1μᵀ) with k = 4p rows (E[SᵀS] = I): its R, scaled by √(W/n) and stacked on D
+    (a QR, no normal equations), is an upper triangular P with PᵀP ≈ AᵀA + D², so
+    ``KP⁻¹`` has a condition number of about 3 whatever κ(X).
+
+    **Iteration.** LSQR on ``min ‖b̄ − KP⁻¹x‖`` from x = 0, then β = P⁻¹x. Its
+    bidiagonalization is ``β₁u₁ = b̄``, ``α₁v₁ = P⁻ᵀKᵀu₁`` and
+
+        β_{i+1}u_{i+1} = KP⁻¹v_i − α_i·u_i,   α_{i+1}v_{i+1} = P⁻ᵀKᵀu_{i+1} − β_{i+1}v_i.
+
+    u has n + p entries. Its ridge part (p) is kept; its data part never is: it stays
+    ``u_i = A·z_i − γ_i·ỹ`` for a p-vector z_i and a scalar γ_i (z₁ = 0, γ₁ = −1/β₁),
+    because the data part of ``KP⁻¹v_i − α_i·u_i`` is ``A·ẑ − ĉ·ỹ`` with
+    ``ẑ = P⁻¹v_i − α_i·z_i``, ``ĉ = −α_i·γ_i``; then ``z_{i+1} = ẑ/β_{i+1}``,
+    ``γ_{i+1} = ĉ/β_{i+1}``. So each iteration is one pass
+    (:func:`blocklin.ops.glm.lsqr_spec`) forming, block by block,
+    ``t = A·ẑ − ĉ·ỹ = √w∘(Z·coef − ĉ·y)`` (Z = [X 1], coef = (ẑ, ĉȳ − μᵀẑ)) and summing
+    ``tᵀt`` and ``Zᵀ(√w∘t)`` in a fixed-order tree: ``β_{i+1}² = tᵀt + ‖ridge part‖²``
+    and ``Aᵀt = Xᵀ(√w∘t) − μ·1ᵀ(√w∘t)`` give the next v. In exact arithmetic this is
+    LSQR; only the data part of u is re-formed from (z, γ) in each pass instead of
+    stored, and no n-vector outlives a pass. The rounding of that re-formed u is
+    relative to |γ|·‖ỹ‖ ≤ ‖b̄‖/‖r‖ (u_{i+1}'s residual polynomial at 0 is bounded by
+    1/‖r_i‖), against a step of size ‖r‖: the iterate keeps LSQR's accuracy.
+
+    **Stopping.** LSQR's rules with ``atol = btol = tol`` (no condition limit): stop
+    when ‖K̄ᵀr‖ ≤ tol·‖K̄‖‖r‖ or ‖r‖ ≤ tol·‖b̄‖ + tol·‖K̄‖‖x‖ (K̄ = KP⁻¹; LSQR's running
+    estimates), when either test is below machine precision, or after ``max_iter``
+    iterations. LSQR's φ̄ equals ‖r‖, so the objective history φ̄²/(2W) costs no pass.
+
+    With an intercept, constant features get coefficient 0; without an L2 penalty,
+    features that depend on earlier ones to rounding do too (see ``_RANK_TOL``).
+
+    Passes: 3 + one per iteration (moments, sketch, ``β₁`` and ``Kᵀu₁``, iterations).
+
+    References
+    ----------
+    C. C. Paige, M. A. Saunders. LSQR: an algorithm for sparse linear equations and
+    sparse least squares. ACM TOMS 8(1), 1982.
+    H. Avron, P. Maymounkov, S. Toledo. Blendenpik: supercharging LAPACK's least-squares
+    solver. SIAM J. Sci. Comput. 32(3), 2010.
     """
     p = data.n_features
     fi = bool(est.fit_intercept)
@@ -423,69 +472,157 @@ def sketch_solve(est: Any, data: TrainData) -> SketchResult:
     sd = mom.std()
     _, l2 = penalties(est, sd[:p], float(sd[p]), abs(float(mom.mean[p])))
     mu = mom.mean[:p] if fi else np.zeros(p)
+    ybar = float(mom.mean[p]) if fi else 0.0
+    W = mom.W
     k = int(min(max(4 * p, p + 10), max(data.n_rows, p + 1)))
-    R = scipy.linalg.qr(_sketch_centered(data, mu, k), mode="r")[0][:p]
-    M = R.T @ R / data.n_rows + np.diag(l2)
-    M += np.eye(p) * (np.finfo(float).eps * max(np.trace(M), 1e-300))
-    chol = scipy.linalg.cho_factor(M)
-    size = p + int(fi)
+    SA = _sketch_centered(data, mu, k)
+    drop = (sd[:p] <= _CONST_TOL * np.abs(mu)) if fi else np.zeros(p, dtype=bool)
+    pen = np.sqrt(W * l2)
+    P, keep = _preconditioner(SA, np.sqrt(W / data.n_rows), pen, drop)
+    muk = mu[keep]
 
-    def grad(theta: np.ndarray) -> tuple[float, np.ndarray]:
-        out = data.run(loss_grad_spec("squared", theta[:, None], fi, data.has_weights,
-                                      data.x_col_blocks))
-        loss, W, g = unpack_grad(out, (size, 1))
-        return loss / W, g[:, 0] / W
-
-    def T(z: np.ndarray) -> np.ndarray:  # centered intercept b' to b = b' − μᵀβ
-        t = z.copy()
+    def product(z: np.ndarray, c: float) -> tuple[float, np.ndarray]:
+        """One pass: (tᵀt, Aᵀt) for t = A·z − c·ỹ over the kept columns."""
+        coef = np.zeros(p + int(fi))
+        coef[:p][keep] = z
         if fi:
-            t[p] -= mu @ z[:p]
-        return t
-
-    def Tt(g: np.ndarray) -> np.ndarray:
-        t = g.copy()
+            coef[p] = c * ybar - muk @ z
+        out = data.run(lsqr_spec(coef, c, fi, data.has_weights, data.x_col_blocks)).reshape(-1)
+        g = out[1:p + 1][keep]
         if fi:
-            t[:p] -= mu * g[p]
-        return t
+            g = g - muk * out[p + 1]
+        return float(out[0]), g
 
-    f0, g0 = grad(np.zeros(size))
-
-    def hess(z: np.ndarray) -> np.ndarray:
-        theta = T(z)
-        g = grad(theta)[1] - g0
-        g[:p] += l2 * theta[:p]
-        return Tt(g)
-
-    def precond(r: np.ndarray) -> np.ndarray:
-        out = r.copy()
-        out[:p] = scipy.linalg.cho_solve(chol, r[:p])
-        return out
-
-    x, hist, iters = _pcg(hess, -Tt(g0), precond, int(est.max_iter), float(est.tol), f0)
-    return SketchResult(T(x), hist, iters, mom)
+    x, norms, iterations = _lsqr(product, P, pen[keep], int(est.max_iter), float(est.tol))
+    beta = np.zeros(p)
+    if x.size:
+        beta[keep] = scipy.linalg.solve_triangular(P, x)
+    coef = np.append(beta, ybar - mu @ beta) if fi else beta
+    return SketchResult(coef, [r * r / (2.0 * W) for r in norms], iterations, mom)
 
 
-def _pcg(hess: Any, rhs: np.ndarray, precond: Any, max_iter: int, tol: float,
-         f0: float) -> tuple[np.ndarray, list[float], int]:
-    """Preconditioned conjugate gradients from zero; history of the quadratic objective."""
-    x = np.zeros_like(rhs)
-    r = rhs.copy()
-    z = precond(r)
-    d = z.copy()
-    rz = float(r @ z)
-    norm0 = float(np.linalg.norm(rhs)) or 1.0
-    history = [f0]
+def _preconditioner(SA: np.ndarray, scale: float, pen: np.ndarray,
+                    drop: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Upper triangular P with PᵀP ≈ AᵀA + D² over the kept columns, and the kept mask.
+
+    ``SA`` is the k × p sketch of the centred X (E[SᵀS] = I), so scale²·RᵀR ≈ AᵀA with
+    scale² = W/n; D = diag(pen) is stacked under it. Columns in ``drop``, and unpenalized
+    columns whose R diagonal is rounding against their norm, are left out.
+    """
+    keep = ~drop
+    R = _r_factor(SA[:, keep])
+    norms = np.linalg.norm(SA[:, keep], axis=0)
+    dependent = (np.abs(np.diag(R)) <= _RANK_TOL * norms) & (pen[keep] == 0)
+    if dependent.any():
+        keep[np.flatnonzero(keep)[dependent]] = False
+        R = _r_factor(SA[:, keep])
+    P = scale * R
+    if np.any(pen[keep] > 0):
+        P = _r_factor(np.vstack([P, np.diag(pen[keep])]))
+    return P, keep
+
+
+def _r_factor(M: np.ndarray) -> np.ndarray:
+    q = M.shape[1]
+    if q == 0:
+        return np.zeros((0, 0))
+    R: np.ndarray = scipy.linalg.qr(M, mode="r", check_finite=False)[0][:q]
+    return R
+
+
+@dataclass
+class _Bidiag:
+    """LSQR's plane rotations and running estimates (Paige and Saunders 1982, §4–6)."""
+
+    alfa: float
+    phibar: float
+    bnorm: float
+    rhobar: float = 0.0
+    anorm: float = 0.0
+    ddnorm: float = 0.0
+    xxnorm: float = 0.0
+    xnorm: float = 0.0
+    zeta: float = 0.0
+    cs2: float = -1.0
+    sn2: float = 0.0
+    tau: float = 0.0
+
+    def rotate(self, alfa: float, beta: float, w_norm: float) -> tuple[float, float]:
+        """Eliminate β_{i+1} (α_{i+1} = ``alfa``); the steps φ/ρ along w and θ/ρ for the next w."""
+        rho = float(np.hypot(self.rhobar, beta))
+        cs, sn = self.rhobar / rho, beta / rho
+        theta = sn * alfa
+        self.rhobar = -cs * alfa
+        phi = cs * self.phibar
+        self.phibar = sn * self.phibar
+        self.tau = sn * phi
+        self.alfa = alfa
+        self.ddnorm += (w_norm / rho) ** 2
+        # A rotation on the right of the bidiagonal matrix estimates ‖x‖.
+        delta, gambar = self.sn2 * rho, -self.cs2 * rho
+        rhs = phi - delta * self.zeta
+        self.xnorm = float(np.sqrt(self.xxnorm + (rhs / gambar) ** 2))
+        gamma = float(np.hypot(gambar, theta))
+        self.cs2, self.sn2 = gambar / gamma, theta / gamma
+        self.zeta = rhs / gamma
+        self.xxnorm += self.zeta**2
+        return phi / rho, theta / rho
+
+    def converged(self, tol: float) -> bool:
+        """LSQR's tests with atol = btol = ``tol`` and their machine-precision guards."""
+        eps = np.finfo(float).eps
+        rnorm = self.phibar
+        test1 = rnorm / self.bnorm
+        test2 = self.alfa * abs(self.tau) / (self.anorm * rnorm + eps)
+        test3 = 1.0 / (self.anorm * np.sqrt(self.ddnorm) + eps)
+        t1 = test1 / (1.0 + self.anorm * self.xnorm / self.bnorm)
+        rtol = tol + tol * self.anorm * self.xnorm / self.bnorm
+        return bool(1.0 + test3 <= 1.0 or 1.0 + test2 <= 1.0 or 1.0 + t1 <= 1.0
+                    or test2 <= tol or test1 <= rtol)
+
+
+def _lsqr(product: Any, P: np.ndarray, pen: np.ndarray, max_iter: int,
+          tol: float) -> tuple[np.ndarray, list[float], int]:
+    """LSQR on ``[A; D]·P⁻¹x ≈ [ỹ; 0]`` from x = 0, the data part of u as (z, γ).
+
+    ``product(z, c)`` is one pass returning (tᵀt, Aᵀt) for t = A·z − c·ỹ. Returns x, the
+    residual norms ‖r‖ at x₀ = 0 and after each iteration, and the iterations.
+    """
+    q = P.shape[0]
+    tt, g = product(np.zeros(q), -1.0)
+    beta = float(np.sqrt(max(tt, 0.0)))
+    norms = [beta]
+    x = np.zeros(q)
+    if beta == 0.0 or q == 0:
+        return x, norms, 0
+    z, gam, ur = np.zeros(q), -1.0 / beta, np.zeros(q)
+    v = scipy.linalg.solve_triangular(P, g, trans="T") / beta
+    alfa = float(np.linalg.norm(v))
+    if alfa == 0.0:
+        return x, norms, 0
+    v /= alfa
+    w = v.copy()
+    bd = _Bidiag(alfa, beta, beta, rhobar=alfa)
     it = 0
     for it in range(1, max_iter + 1):  # noqa: B007 - it is reported
-        hd = hess(d)
-        alpha = rz / float(d @ hd)
-        x += alpha * d
-        r -= alpha * hd
-        history.append(f0 - 0.5 * float(x @ (r + rhs)))
-        if np.linalg.norm(r) <= tol * norm0:
+        Pv = scipy.linalg.solve_triangular(P, v)
+        zhat, chat, urhat = Pv - alfa * z, -alfa * gam, pen * Pv - alfa * ur
+        tt, g = product(zhat, chat)
+        beta = float(np.sqrt(max(tt + urhat @ urhat, 0.0)))
+        if beta > 0.0:
+            z, gam, ur = zhat / beta, chat / beta, urhat / beta
+            bd.anorm = float(np.sqrt(bd.anorm**2 + alfa**2 + beta**2))
+            v = scipy.linalg.solve_triangular(P, g + pen * urhat, trans="T") / beta - beta * v
+            alfa = float(np.linalg.norm(v))
+            if alfa > 0.0:
+                v /= alfa
+        if bd.rhobar == 0.0 and beta == 0.0:  # nothing left to rotate: x is final
+            norms.append(bd.phibar)
             break
-        z = precond(r)
-        rz_new = float(r @ z)
-        d = z + (rz_new / rz) * d
-        rz = rz_new
-    return x, history, it
+        step, theta = bd.rotate(alfa, beta, float(np.linalg.norm(w)))
+        x += step * w
+        w = v - theta * w
+        norms.append(bd.phibar)
+        if bd.converged(tol):
+            break
+    return x, norms, it

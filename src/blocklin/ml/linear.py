@@ -130,9 +130,10 @@ class LinearRegression(RegressorMixin, BaseEstimator):  # type: ignore[misc]
         iterative refinement with an extended-precision residual. Ridge by stacking
         (by the Gram's diagonal in the exact solve), no L1. ``lbfgs``: L-BFGS, one
         pass per evaluation (OWL-QN when α·λ > 0, as MLlib). ``owlqn``: OWL-QN.
-        ``sketch``: a sparse-sign sketch of the centered X (4p rows) as preconditioner,
-        then preconditioned conjugate gradients on the normal equations (one pass per
-        iteration) to ``tol``; no L1. ``auto``:
+        ``sketch``: the QR of a sparse-sign sketch of the centered X (4p rows) as
+        preconditioner, then LSQR over X itself (not the normal equations; one pass per
+        iteration, no n-vector kept between passes) to ``tol``, the error halving at each
+        iteration whatever κ(X); ridge as stacked rows, no L1. ``auto``:
         with at most 64 features ``qr`` (its statistics computed in the same pass); up to
         4096 features (MLlib's limit) ``normal``; when the equilibrated normal
         equations are too ill-conditioned (reciprocal condition below 1e-3) to match
@@ -142,7 +143,8 @@ class LinearRegression(RegressorMixin, BaseEstimator):  # type: ignore[misc]
     max_iter : int
         Iterations of ``lbfgs``/``owlqn``/``sketch`` (each costs about one pass).
     tol : float
-        Relative decrease of the objective at which iterative solvers stop (MLlib's rule).
+        Relative decrease of the objective at which iterative solvers stop (MLlib's rule);
+        for ``sketch`` LSQR's atol = btol.
     label_scaling : {"none", "mllib"}
         ``mllib`` reproduces MLlib's internal fit on the label divided by its standard
         deviation σ_y: its coefficients then minimize the objective above with the L2
@@ -324,7 +326,7 @@ class LinearRegression(RegressorMixin, BaseEstimator):  # type: ignore[misc]
         if solver == "qr":
             return self._fit_qr(data, None, exact=True), None
         if solver == "sketch":
-            with data.cached():  # moments, sketch, then one pass per CG iteration
+            with data.cached():  # moments, sketch, LSQR's start, one pass per iteration
                 sk = sketch_solve(self, data)
             return _Fit(sk.coef[:p], float(sk.coef[p]) if self.fit_intercept else 0.0,
                         sk.history, sk.iterations, "sketch",

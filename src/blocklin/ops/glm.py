@@ -279,6 +279,43 @@ def unpack_grad(packed: np.ndarray, shape: tuple[int, int]) -> tuple[float, floa
     return float(v[0]), float(v[1]), v[2:].reshape(shape)
 
 
+# --------------------------------------------------------------------------- LSQR
+@dataclass(frozen=True, eq=False)
+class LsqrPartial:
+    """One LSQR product over one row panel: ``m = Z·coef − c·y`` (Z = [X 1], or X without
+    intercept), packed as the row ``(Σw m², Zᵀ(w∘m))``.
+
+    With t = √w∘m these are tᵀt and Zᵀ(√w∘t): the squared norm of the (unnormalized)
+    data part of LSQR's next u and its product with the transposed weighted design, so
+    one pass makes one LSQR step without any n-vector kept between passes (see
+    :func:`blocklin.ml._glm.sketch_solve`). ``c`` may be arbitrarily small or large; the
+    kernel never divides by it. Sparse panels stay sparse (two sparse products).
+    """
+
+    nx: int
+    has_w: bool
+    fit_intercept: bool
+    coef: np.ndarray  # (p + intercept,)
+    c: float
+
+    def __call__(self, ctx: TaskContext | None, blocks: Sequence[Any]) -> Any:
+        x = hstack_panel(blocks[:self.nx])
+        x = x.astype(np.float64) if hasattr(x, "tocsr") else _dense(x)
+        y, w = _label_weight(blocks, self.nx, self.has_w)
+        p = x.shape[1]
+        m = np.asarray(x @ self.coef[:p], dtype=np.float64).reshape(-1)
+        if self.fit_intercept:
+            m += self.coef[p]
+        m -= self.c * y[:, 0]
+        wm = m if w is None else w * m
+        out = np.empty(1 + self.coef.shape[0])
+        out[0] = m @ wm
+        out[1:p + 1] = np.asarray(x.T @ wm).reshape(-1)
+        if self.fit_intercept:
+            out[p + 1] = wm.sum()
+        return out[None, None]
+
+
 # --------------------------------------------------------------------------- Newton
 @dataclass(frozen=True, eq=False)
 class NewtonPartial:
@@ -579,6 +616,14 @@ def loss_grad_spec(family: str, coef: np.ndarray, fit_intercept: bool, has_w: bo
                     LossGradPartial(nx, has_w, family, fit_intercept, coef), SumParts(),
                     (1, width), {"coef": coef, "intercept": fit_intercept, "has_w": has_w},
                     row_floats=3 * coef.shape[1] + 2)
+
+
+def lsqr_spec(coef: np.ndarray, c: float, fit_intercept: bool, has_w: bool, nx: int) -> PassSpec:
+    """The pass of :class:`LsqrPartial` at ``(coef, c)``: reduces to ``(1, 1 + coef.size)``."""
+    return PassSpec("glm/lsqr", LsqrPartial(nx, has_w, fit_intercept, coef, float(c)), SumParts(),
+                    (1, 1 + coef.size),
+                    {"coef": coef, "c": float(c), "intercept": fit_intercept, "has_w": has_w},
+                    row_floats=4)
 
 
 def newton_spec(coef: np.ndarray, fit_intercept: bool, has_w: bool, nx: int, p: int) -> PassSpec:
