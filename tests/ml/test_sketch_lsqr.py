@@ -183,3 +183,24 @@ def test_lsqr_with_implicit_u_is_lsqr() -> None:
         np.testing.assert_allclose(x, ref[0], rtol=1e-10, atol=1e-12 * np.abs(ref[0]).max())
         np.testing.assert_allclose(norms[-1], np.linalg.norm(np.r_[yt, np.zeros(p)] - Kbar @ x),
                                    rtol=1e-10)
+
+
+def test_rank_deficient_design_gives_the_minimum_norm_solution(tmp_path: Path) -> None:
+    """A duplicated column, a column that is a combination of two others and a constant
+    column: the direct solvers return scikit-learn's (minimum-norm lstsq) solution, not
+    merely some least-squares solution (``qr`` used to return 10¹¹-sized coefficients
+    here, ``normal`` the least-norm one in equilibrated units)."""
+    from sklearn.linear_model import LinearRegression as SkLinearRegression
+
+    rng = np.random.default_rng(5)
+    X = rng.normal(size=(2000, 6))
+    X[:, 2] = X[:, 0]
+    X[:, 4] = 2.0 * X[:, 1] - X[:, 3]
+    X[:, 5] = 3.0
+    y = X[:, :4] @ np.array([1.0, -2.0, 0.5, 3.0]) + rng.normal(size=2000)
+    ref = SkLinearRegression().fit(X, y)
+    A = bl.from_array(X, tmp_path / "X.zarr", chunks=(500, None))
+    for solver in ("sketch", "normal", "qr", "auto"):
+        m = LinearRegression(solver=solver, tol=1e-12, work_dir=str(tmp_path / "w")).fit(A, y)
+        np.testing.assert_allclose(m.coef_, ref.coef_, rtol=1e-8, atol=1e-10)
+        np.testing.assert_allclose(m.intercept_, ref.intercept_, rtol=1e-8)

@@ -12,7 +12,7 @@ import scipy.linalg
 
 from blocklin.config import default_work_dir
 from blocklin.errors import InputDtypeError, InputValueError, ShapeMismatchError
-from blocklin.ml._solvers import TrainData, lbfgs, owlqn
+from blocklin.ml._solvers import TrainData, lbfgs, min_norm, owlqn
 from blocklin.ml._validation import (
     _is_dask,
     is_stored,
@@ -266,13 +266,23 @@ def iterative_fit(est: Any, data: TrainData, family: str, solver: str, k: int) -
 
 
 # --------------------------------------------------------------------------- QR
+#: A TSQR factor whose column-equilibrated singular values fall below this fraction of
+#: the largest (times k) is rank deficient: exact linear dependence leaves σ of a few
+#: units of rounding, while the ill-conditioned designs QR must solve (NIST's Filip:
+#: 2·10⁻¹⁰) sit far above it.
+QR_RANK_RCOND = 10 * np.finfo(float).eps
+
+
 def qr_solve(R: np.ndarray, k: int, l2: np.ndarray,
-             W: float) -> tuple[np.ndarray, np.ndarray, float, np.ndarray]:
-    """Solve from the R of √w·[Z y] (Z with k columns): β, (ZᵀWZ)⁻¹, objective, and the
-    triangular factor T of the penalized system (TᵀT = ZᵀWZ + W·diag(l2)).
+             W: float) -> tuple[np.ndarray, np.ndarray, float, np.ndarray, bool]:
+    """Solve from the R of √w·[Z y] (Z with k columns): β, (ZᵀWZ)⁻¹, objective, the
+    triangular factor T of the penalized system (TᵀT = ZᵀWZ + W·diag(l2)), and whether
+    T is rank deficient.
 
     Ridge penalties are added by stacking √(W·l2)·I under R (no normal equations).
-    A rank-deficient R is solved in the least-squares minimum-norm sense.
+    A rank-deficient T (equilibrated singular values below k·``QR_RANK_RCOND`` of the
+    largest) gives the least-squares solution of least norm over the features (the
+    intercept, last, left out of the norm), as scikit-learn's.
     """
     R11, r12, r22 = R[:k, :k], R[:k, k], R[k, k]
     p = l2.shape[0]
@@ -282,17 +292,22 @@ def qr_solve(R: np.ndarray, k: int, l2: np.ndarray,
     if np.any(pen > 0):
         q, T = scipy.linalg.qr(np.vstack([R11, np.diag(pen)]), mode="economic")
         rhs = q.T @ np.concatenate([r12, np.zeros(k)])
-    dg = np.abs(np.diag(T))
-    if dg.min(initial=np.inf) > k * np.finfo(float).eps * dg.max(initial=0.0):
+    s = np.linalg.norm(T, axis=0)
+    s = np.where(s > 0, s, 1.0)
+    U, sv, Vt = np.linalg.svd(T / s)
+    keep = sv > k * QR_RANK_RCOND * sv.max(initial=0.0)
+    deficient = not keep.all()
+    if not deficient:
         beta = scipy.linalg.solve_triangular(T, rhs)
         Rinv = scipy.linalg.solve_triangular(R11, np.eye(k)) if np.all(np.diag(R11) != 0) \
             else np.linalg.pinv(R11)
     else:
-        beta = scipy.linalg.lstsq(T, rhs)[0]
+        beta = (Vt[keep].T @ ((U[:, keep].T @ rhs) / sv[keep])) / s
+        beta = min_norm(beta, Vt[~keep].T / s[:, None], counted=p)
         Rinv = np.linalg.pinv(R11)
     resid = R11 @ beta - r12
     obj = 0.5 * (resid @ resid + r22**2) / W + 0.5 * float(l2 @ beta[:p] ** 2)
-    return beta, Rinv @ Rinv.T, float(obj), T
+    return beta, Rinv @ Rinv.T, float(obj), T, deficient
 
 
 def exact_solve(gram: np.ndarray, k: int, l2: np.ndarray,
@@ -453,8 +468,12 @@ def sketch_solve(est: Any, data: TrainData) -> SketchResult:
     estimates), when either test is below machine precision, or after ``max_iter``
     iterations. LSQR's φ̄ equals ‖r‖, so the objective history φ̄²/(2W) costs no pass.
 
-    With an intercept, constant features get coefficient 0; without an L2 penalty,
-    features that depend on earlier ones to rounding do too (see ``_RANK_TOL``).
+    With an intercept, constant features get coefficient 0. Without an L2 penalty,
+    features that depend on earlier ones to rounding (see ``_RANK_TOL``) are left out of
+    the iteration, and the solution is then moved onto the minimum-norm one (as
+    ``numpy.linalg.lstsq`` and the ``normal`` solver give) along the null space that
+    the sketch reveals: a dependent column's sketch is the same combination of the
+    kept columns' sketches as the column is of the columns.
 
     Passes: 3 + one per iteration (moments, sketch, ``β₁`` and ``Kᵀu₁``, iterations).
 
@@ -497,8 +516,27 @@ def sketch_solve(est: Any, data: TrainData) -> SketchResult:
     beta = np.zeros(p)
     if x.size:
         beta[keep] = scipy.linalg.solve_triangular(P, x)
+    beta = _min_norm(beta, SA, keep, drop)
     coef = np.append(beta, ybar - mu @ beta) if fi else beta
     return SketchResult(coef, [r * r / (2.0 * W) for r in norms], iterations, mom)
+
+
+def _min_norm(beta: np.ndarray, SA: np.ndarray, keep: np.ndarray,
+              drop: np.ndarray) -> np.ndarray:
+    """Move a solution that is zero on dependent columns to the minimum-norm one.
+
+    Dependent column j = Σ_kept C_ij·column i, so N = [C; −I] spans the null space;
+    C comes from the sketch, which keeps linear relations between columns exactly (up to
+    rounding).
+    """
+    dependent = ~keep & ~drop
+    if not dependent.any():
+        return beta
+    C = np.linalg.lstsq(SA[:, keep], SA[:, dependent], rcond=None)[0]
+    N = np.zeros((beta.shape[0], int(dependent.sum())))
+    N[keep] = C
+    N[np.flatnonzero(dependent), np.arange(N.shape[1])] = -1.0
+    return min_norm(beta, N)
 
 
 def _preconditioner(SA: np.ndarray, scale: float, pen: np.ndarray,

@@ -37,6 +37,7 @@ __all__ = [
     "TrainData",
     "coordinate_descent",
     "lbfgs",
+    "min_norm",
     "owlqn",
     "solve_quadratic",
     "training_data",
@@ -93,9 +94,29 @@ def solve_quadratic(A: np.ndarray, b: np.ndarray, l2: np.ndarray) -> QuadSolutio
         inv = np.where(evals > cut, 1.0 / np.where(evals > cut, evals, 1.0), 0.0)
         proj = evecs.T @ bs
         xs = evecs @ (proj * (inv[:, None] if proj.ndim == 2 else inv))
-        method = "eigh"
+        # That is the least-norm solution of the equilibrated system; the null space in
+        # original units (Ms v = 0 ⇔ M (s∘v) = 0) moves it to the least-norm one there.
+        xs = xs * (s[:, None] if xs.ndim == 2 else s)
+        x[idx] = min_norm(xs, evecs[:, evals <= cut] * s[:, None])
+        return QuadSolution(x, float(rcond), "eigh")
     x[idx] = xs * (s[:, None] if xs.ndim == 2 else s)
     return QuadSolution(x, float(rcond), method)
+
+
+def min_norm(x: np.ndarray, null: np.ndarray, counted: int | None = None) -> np.ndarray:
+    """The solution ``x + N·t`` of least norm over its first ``counted`` entries.
+
+    x is any solution of a singular system and the columns of N span its null space, so
+    every solution is x + N·t; the least-norm one (scikit-learn's and LAPACK's answer)
+    takes t minimizing ‖(x + N·t)[:counted]‖. ``counted`` leaves an unpenalized
+    intercept out of the norm.
+    """
+    if null.shape[1] == 0:
+        return x
+    rows = slice(None) if counted is None else slice(0, counted)
+    t = np.linalg.lstsq(null[rows], -x[rows], rcond=None)[0]
+    out: np.ndarray = x + null @ t
+    return out
 
 
 def coordinate_descent(A: np.ndarray, b: np.ndarray, l1: np.ndarray, l2: np.ndarray,

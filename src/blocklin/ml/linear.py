@@ -121,7 +121,7 @@ class LinearRegression(RegressorMixin, BaseEstimator):  # type: ignore[misc]
         the residual sum of squares is R's last diagonal entry squared. A panel whose
         own R is ill-conditioned (least-squares condition estimate above 10²) also
         forms its Gram exactly, in double-double (BLAS products of error-free column
-        slices, about 24 times the flops of a plain Gram). When the whole problem is
+        slices, about 16 times the flops of a plain Gram). When the whole problem is
         ill-conditioned (estimate above 10³, ``QR_REFINE_COND``) β comes from those
         Grams by a double-double Cholesky solve, to about κ(X)²·10⁻³², beyond a
         Householder solve's κ(X)·10⁻¹⁶ (NIST StRD's hardest sets to their data's
@@ -397,9 +397,12 @@ class LinearRegression(RegressorMixin, BaseEstimator):  # type: ignore[misc]
         _, l2 = penalties(self, sx, sy, ym)
         # The objective comes from R alone (‖R₁₁β − r₁₂‖² + r₂₂², r₂₂ = R[-1, -1]): the
         # one-pass fit needs no residual pass for its history or summary sums.
-        beta, cov, obj, T = qr_solve(R, k, l2, W)
+        beta, cov, obj, T, deficient = qr_solve(R, k, l2, W)
         history = [obj]
-        if ls_condition(T, beta, float(np.sqrt(max(2.0 * W * obj, 0.0)))) > QR_REFINE_COND:
+        # A rank-deficient design keeps its least-norm TSQR solution: neither the exact
+        # Gram (singular) nor a refinement step (T singular) can improve on it.
+        resid = float(np.sqrt(max(2.0 * W * obj, 0.0)))
+        if not deficient and ls_condition(T, beta, resid) > QR_REFINE_COND:
             solved = exact_solve(gram, k, l2, W) if gram is not None else None
             if solved is not None:
                 beta, history = solved[0], [solved[1]]
