@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -138,8 +139,8 @@ class LinearRegression(RegressorMixin, BaseEstimator):  # type: ignore[misc]
         4096 features (MLlib's limit) ``normal``; when the equilibrated normal
         equations are too ill-conditioned (reciprocal condition below 1e-3) to match
         QR's accuracy, one or two passes of seminormal iterative refinement (exact
-        residuals, the Cholesky factor of the statistics), or ``qr`` when
-        κ(ZᵀWZ) > 10¹²; with more features ``owlqn`` or ``lbfgs``.
+        residuals, the Cholesky factor of the centred statistics), or ``qr`` when
+        κ(XᵀWX) (centred, equilibrated) > 10¹²; with more features ``owlqn`` or ``lbfgs``.
     max_iter : int
         Iterations of ``lbfgs``/``owlqn``/``sketch`` (each costs about one pass).
     tol : float
@@ -419,49 +420,56 @@ class LinearRegression(RegressorMixin, BaseEstimator):  # type: ignore[misc]
     def _refine_normal(self, data: TrainData, fit: _Fit, mom: Moments) -> _Fit | None:
         """Seminormal iterative refinement of an ill-conditioned normal-equation fit.
 
-        The Cholesky factor T of the (equilibrated) ``ZᵀWZ + W·diag(l2)``, Z = [X 1],
-        is built from the statistics already at hand; each refinement pass computes the
-        gradient and solves TᵀTδ = g, shrinking the error by about u·κ(ZᵀWZ). One
-        pass below κ(ZᵀWZ) = 10⁸, two below 10¹²; beyond that (or when Cholesky
-        fails) None, and the caller solves by TSQR. Costs one or two passes (from the
-        block cache when X fits) against TSQR's one or two Householder passes.
+        Each refinement pass computes the exact gradient g (the BLAS loss/gradient
+        kernel) and solves Hδ = g with H the Hessian from the statistics already at
+        hand, in centred coordinates (β, b + μᵀβ) when there is an intercept: there H is
+        block diagonal, ``C + W·diag(l2)`` (the centred co-moments) beside W, so its
+        conditioning is X's centred one, not that of [X 1]. Each step shrinks the error
+        by about u·κ(H): one pass below κ(H) = 10⁸ (equilibrated), two below 10¹²;
+        beyond that (or when Cholesky fails) None, and the caller solves by TSQR.
+        Costs one or two passes (from the block cache when X fits).
         """
         p = mom.d - 1
-        k = p + int(self.fit_intercept)
+        fi = self.fit_intercept
         W = mom.W
         mx = mom.mean[:p]
-        G = np.empty((k, k))
-        G[:p, :p] = mom.C[:p, :p] + W * np.outer(mx, mx)
-        if self.fit_intercept:
-            G[:p, p] = G[p, :p] = W * mx
-            G[p, p] = W
         _, l2 = penalties(self, mom.std()[:p], float(mom.std()[p]), abs(float(mom.mean[p])))
-        G[np.arange(p), np.arange(p)] += W * l2
-        dg = np.diag(G)
+        H = mom.C[:p, :p] + W * np.diag(l2)
+        if not fi:
+            H = H + W * np.outer(mx, mx)
+        dg = np.diag(H)
         if not np.all(dg > 0):
             return None
         s = 1.0 / np.sqrt(dg)
+        Hs = H * s[:, None] * s[None, :]
         try:
-            Ts = scipy.linalg.cholesky(G * s[:, None] * s[None, :], lower=False)
+            Ts = scipy.linalg.cholesky(Hs, lower=False)
         except np.linalg.LinAlgError:
             return None
-        rcond, info = scipy.linalg.lapack.dtrcon(Ts, norm="1", uplo="U", diag="N")
-        kappa = 1.0 / max(float(rcond), np.finfo(float).tiny) ** 2 if info == 0 else np.inf
+        # LAPACK's 1-norm estimate of κ(H) itself (κ(T)² would overstate it ~p-fold).
+        rcond, info = scipy.linalg.lapack.dpocon(Ts, np.abs(Hs).sum(axis=0).max())
+        kappa = 1.0 / max(float(rcond), np.finfo(float).tiny) if info == 0 else np.inf
         if not kappa <= 1e12:
             return None
         T = Ts / s[None, :]
-        beta = np.append(fit.coef, fit.intercept) if self.fit_intercept else fit.coef.copy()
+
+        def solve(g: np.ndarray) -> np.ndarray:
+            gc = g[:p] - mx * g[p] if fi else g
+            db = scipy.linalg.solve_triangular(T, scipy.linalg.solve_triangular(T, gc, trans="T"))
+            return np.append(db, g[p] / W - mx @ db) if fi else db
+
+        beta = np.append(fit.coef, fit.intercept) if fi else fit.coef.copy()
         history = list(fit.history)
         for _ in range(1 if kappa <= 1e8 else 2):
             # Residuals in working precision suffice here (fixed-precision refinement of
             # the seminormal equations converges to QR's accuracy while u·κ(X)² < 1):
             # the pass is the BLAS loss/gradient kernel, not the extended-precision one.
-            delta, obj = self._refine_step(data, beta, T, l2, W, extended=False)
+            delta, obj = self._refine_step(data, beta, solve, l2, W, extended=False)
             if delta is None:
                 return None
             beta = beta + delta
             history.append(obj)
-        intercept = float(beta[p]) if self.fit_intercept else 0.0
+        intercept = float(beta[p]) if fi else 0.0
         return _Fit(beta[:p], intercept, history, len(history), "normal", fit.cov_unscaled,
                     fit.rcond, fit.y_center)
 
@@ -474,16 +482,24 @@ class LinearRegression(RegressorMixin, BaseEstimator):  # type: ignore[misc]
         large-residual problems). Returns β + δ (β when the step cannot be taken) and
         the objective there.
         """
-        delta, obj = self._refine_step(data, beta, T, l2, W, extended=True)
+        def solve(g: np.ndarray) -> np.ndarray | None:
+            if np.any(np.diag(T) == 0):
+                return None
+            out: np.ndarray = scipy.linalg.solve_triangular(
+                T, scipy.linalg.solve_triangular(T, g, trans="T"))
+            return out
+
+        delta, obj = self._refine_step(data, beta, solve, l2, W, extended=True)
         return (beta if delta is None else beta + delta), obj
 
-    def _refine_step(self, data: TrainData, beta: np.ndarray, T: np.ndarray, l2: np.ndarray,
+    def _refine_step(self, data: TrainData, beta: np.ndarray,
+                     solve: Callable[[np.ndarray], np.ndarray | None], l2: np.ndarray,
                      W: float, extended: bool) -> tuple[np.ndarray | None, float]:
-        """One refinement pass: δ solving TᵀTδ = g, g = Zᵀw(y − Zβ) − W·l2∘β, and the
-        objective at β + δ (None and the objective at β when g is not finite or T is
-        singular). The loss is quadratic with Hessian TᵀT/W, so f(β + δ) = f(β) −
-        gᵀδ/(2W) exactly, f(β) from the pass's residual: extended precision
-        (``refine_spec``) or the BLAS loss/gradient kernel.
+        """One refinement pass: δ = ``solve(g)`` (H⁻¹g, H the Hessian times W),
+        g = Zᵀw(y − Zβ) − W·l2∘β, and the objective at β + δ (None and the objective at
+        β when g is not finite or ``solve`` gives None). The loss is quadratic, so
+        f(β + δ) = f(β) − gᵀδ/(2W) exactly, f(β) from the pass's residual: extended
+        precision (``refine_spec``) or the BLAS loss/gradient kernel.
         """
         p = l2.shape[0]
         if extended:
@@ -496,9 +512,9 @@ class LinearRegression(RegressorMixin, BaseEstimator):  # type: ignore[misc]
             sse, g = 2.0 * loss, -grad[:, 0]
         g[:p] -= W * l2 * beta[:p]
         obj = 0.5 * sse / W + 0.5 * float(l2 @ beta[:p] ** 2)
-        if not np.all(np.isfinite(g)) or np.any(np.diag(T) == 0):
+        delta = solve(g) if np.all(np.isfinite(g)) else None
+        if delta is None:
             return None, obj
-        delta = scipy.linalg.solve_triangular(T, scipy.linalg.solve_triangular(T, g, trans="T"))
         return delta, obj - 0.5 * float(g @ delta) / W
 
     def _set_fit(self, fit: _Fit) -> None:
