@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from threadpoolctl import threadpool_limits
 
 import blocklin as bl
 from blocklin.storage import BufferPool, read_block
@@ -57,3 +58,33 @@ def read_all_blocks(A: bl.BlockMatrix, threads: int | ThreadPoolExecutor) -> Non
 
 def blocks_in_memory(A: bl.BlockMatrix) -> list[np.ndarray]:
     return [A.block(i) for i in range(A.nblocks[0])]
+
+
+def compute_syrk(blocks: list[np.ndarray], threads: int) -> np.ndarray:
+    """AᵀA over in-memory blocks: numpy's aᵀ·a (BLAS ?syrk, GIL released), one
+    single-threaded call per block, ``threads`` at once, summed in order."""
+    with threadpool_limits(1, user_api="blas"), ThreadPoolExecutor(threads) as ex:
+        parts = list(ex.map(lambda b: b.T @ b, blocks))
+    return sum(parts[1:], parts[0])
+
+
+def compute_syrk_blas_threads(blocks: list[np.ndarray], threads: int) -> np.ndarray:
+    """The same with one block at a time and BLAS using every core."""
+    with threadpool_limits(threads, user_api="blas"):
+        parts = [b.T @ b for b in blocks]
+    return sum(parts[1:], parts[0])
+
+
+def gram_pass_limit(A: bl.BlockMatrix, threads: int, repeat: int) -> tuple[float, float]:
+    """(T_read, T_syrk): the machine limit of one pass forming AᵀA, measured now.
+
+    T_read reads and verifies every chunk with all cores (the fastest read path);
+    T_syrk is the faster of the two ways to run aᵀa over the blocks already in memory.
+    On few cores reading and BLAS share the CPUs, so a pass costs at least the sum.
+    """
+    read_all_blocks(A, threads)  # warm the page cache and the buffers
+    t_read, _ = median_time(lambda: read_all_blocks(A, threads), repeat)
+    blocks = blocks_in_memory(A)
+    t_tasks, _ = median_time(lambda: compute_syrk(blocks, threads), repeat)
+    t_blas, _ = median_time(lambda: compute_syrk_blas_threads(blocks, threads), repeat)
+    return t_read, min(t_tasks, t_blas)

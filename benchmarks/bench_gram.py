@@ -14,30 +14,20 @@ from __future__ import annotations
 import argparse
 import os
 import tempfile
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
-from threadpoolctl import threadpool_limits
 
 import blocklin as bl
-from _common import blocks_in_memory, make_matrix, median_time, read_all_blocks
+from _common import (
+    blocks_in_memory,
+    compute_syrk,
+    compute_syrk_blas_threads,
+    make_matrix,
+    median_time,
+    read_all_blocks,
+)
 from blocklin.config import DEFAULT_BLOCK_BYTES
-
-
-def compute_syrk(blocks: list[np.ndarray], threads: int) -> np.ndarray:
-    """AᵀA over in-memory blocks: numpy's aᵀ·a (BLAS ?syrk, GIL released), one
-    single-threaded call per block, ``threads`` at once, summed in order."""
-    with threadpool_limits(1, user_api="blas"), ThreadPoolExecutor(threads) as ex:
-        parts = list(ex.map(lambda b: b.T @ b, blocks))
-    return sum(parts[1:], parts[0])
-
-
-def compute_syrk_blas_threads(blocks: list[np.ndarray], threads: int) -> np.ndarray:
-    """The same with one block at a time and BLAS using every core."""
-    with threadpool_limits(threads, user_api="blas"):
-        parts = [b.T @ b for b in blocks]
-    return sum(parts[1:], parts[0])
 
 
 def main() -> None:

@@ -28,6 +28,7 @@ from typing import Any
 
 import numpy as np
 
+from _common import gram_pass_limit
 from _peers import combine, run_reported, spawn
 
 HERE = Path(__file__).resolve()
@@ -227,10 +228,25 @@ def least_squares_reference(a: argparse.Namespace) -> np.ndarray:
     return beta
 
 
+def machine_limit(a: argparse.Namespace) -> float:
+    """Print and return this machine's limit for one pass forming XᵀX (read + syrk):
+    what the one-pass solvers cost at best, and a floor for every exact solver."""
+    import blocklin as bl
+
+    X = bl.open(a.X)
+    t_read, t_syrk = gram_pass_limit(X, a.cores, max(a.repeat, 3))
+    flops = X.shape[0] * X.shape[1] ** 2
+    print(f"# machine limit, one pass forming XᵀX: read {t_read:.2f} s "
+          f"({X.nbytes / t_read / 1e9:.1f} GB/s) + syrk {t_syrk:.2f} s "
+          f"({flops / t_syrk / 1e9:.0f} GFLOP/s) = {t_read + t_syrk:.2f} s")
+    return t_read + t_syrk
+
+
 def report(a: argparse.Namespace) -> None:
     skip = set(filter(None, a.skip.split(",")))
     print(f"# {a.rows} x {a.cols} ({a.design} design), row blocks of {a.chunk_rows}, "
           f"{a.cores} cores, median of {a.repeat} runs (peers {a.peer_repeat}), fresh process each")
+    limit = machine_limit(a)
     for task in a.tasks.split(","):
         solvers = (["auto", "normal", "qr", "sketch", "lbfgs"] if task == "linear"
                    else ["auto", "lbfgs"])
@@ -243,6 +259,7 @@ def report(a: argparse.Namespace) -> None:
         print(f"\n## {task} regression\n{HEADER}")
         for name, r in results.items():
             print(_row(name, r, ref, base), flush=True)
+        print(f"{'(blocklin auto / machine limit)':<30}{base / limit:>33.1f}x", flush=True)
         peers: list[tuple[str, str, str]] = []
         if "mllib" not in skip:
             mllib = ([m for m in ("normal", "l-bfgs") if f"mllib-{m}" not in skip]
