@@ -15,6 +15,8 @@ from blocklin.ops._extended import (
     dd_dot,
     dd_forward_substitute,
     exact_gram,
+    kappa_limit,
+    slices_for,
 )
 
 
@@ -26,14 +28,17 @@ def _dd_value(hi: float, lo: float) -> Fraction:
     return _exact(hi) + _exact(lo)
 
 
-@pytest.mark.parametrize("rows", [5, 2**CHUNK_BITS + 37])
-def test_exact_gram_matches_rational_gram(rows: int) -> None:
+@pytest.mark.parametrize(("rows", "slices", "bound"),
+                         [(5, 3, 2.0**-100), (2**CHUNK_BITS + 37, 3, 2.0**-100),
+                          (2**CHUNK_BITS + 37, 2, 2.0**-85), (2**CHUNK_BITS + 37, 1, 2.0**-65)])
+def test_exact_gram_matches_rational_gram(rows: int, slices: int, bound: float) -> None:
     """Columns over 14 decades, one nearly collinear pair and a zero column: every
-    entry within 2⁻¹⁰⁰ of the exact |z|ᵀ|z|, where float64 misses by 10⁻¹⁶ or more."""
+    entry within 2^(8 − 20·slices − 53) of the exact |z|ᵀ|z| (2⁻¹⁰⁰ for three slices),
+    where float64 misses by 10⁻¹⁶ or more."""
     rng = np.random.default_rng(0)
     z = rng.standard_normal((rows, 5)) * np.array([1e-7, 1.0, 1e7, 3.7, 0.0])
     z[:, 3] = z[:, 1] * 1e3 + z[:, 0]
-    g = exact_gram(z)
+    g = exact_gram(z, slices)
     cols = [[_exact(v) for v in z[:, j]] for j in range(5)]
     worst_dd, worst_double = 0.0, 0.0
     for i in range(5):
@@ -43,8 +48,14 @@ def test_exact_gram_matches_rational_gram(rows: int) -> None:
             worst_dd = max(worst_dd, float(abs(_dd_value(g[0, i, j], g[1, i, j]) - exact) / scale))
             worst_double = max(worst_double, float(abs(_exact(z[:, i] @ z[:, j]) - exact) / scale))
             assert g[0, i, j] == g[0, j, i] and g[1, i, j] == g[1, j, i]
-    assert worst_dd < 2.0**-100
+    assert worst_dd < bound
     assert worst_double > 2.0**-60  # the test data does defeat double precision
+
+
+def test_slices_follow_the_condition_number() -> None:
+    """One slice up to κ ≈ 400, two up to 4·10⁸, three beyond (serving any κ)."""
+    assert [slices_for(k) for k in (1.0, 400.0, 1e3, 4e8, 1e9, np.inf)] == [1, 1, 2, 2, 3, 3]
+    assert kappa_limit(1) < kappa_limit(2) < kappa_limit(3) == np.inf
 
 
 def test_dd_cholesky_solves_hilbert_far_beyond_double() -> None:

@@ -35,6 +35,7 @@ from blocklin.ml._solvers import (
 from blocklin.ml._summary import LinearRegressionSummary, linear_summary
 from blocklin.ops.glm import (
     PassSpec,
+    equilibrated_condition,
     loss_grad_spec,
     ls_condition,
     merge_moments,
@@ -384,7 +385,7 @@ class LinearRegression(RegressorMixin, BaseEstimator):  # type: ignore[misc]
         elif need_std and mom is None:
             specs.append(moments_spec(p, 1, data.has_weights, data.x_col_blocks, False))
         out = data.run_many(specs)
-        R, gram = unpack_qr(out[0])
+        R, gram, serves = unpack_qr(out[0])
         if len(out) > 1:
             mom = Moments.from_packed(out[1], p + 1)
             if mom.full:
@@ -404,7 +405,9 @@ class LinearRegression(RegressorMixin, BaseEstimator):  # type: ignore[misc]
         # Gram (singular) nor a refinement step (T singular) can improve on it.
         resid = float(np.sqrt(max(2.0 * W * obj, 0.0)))
         if not deficient and ls_condition(T, beta, resid) > QR_REFINE_COND:
-            solved = exact_solve(gram, k, l2, W) if gram is not None else None
+            # The panels' Grams serve when they carry enough slices for this κ.
+            solved = exact_solve(gram, k, l2, W) \
+                if gram is not None and equilibrated_condition(T) <= serves else None
             if solved is not None:
                 beta, history = solved[0], [solved[1]]
             else:

@@ -21,15 +21,15 @@ from __future__ import annotations
 import numpy as np
 
 __all__ = ["dd_add", "dd_back_substitute", "dd_cholesky", "dd_dot", "dd_forward_substitute",
-           "exact_gram"]
+           "exact_gram", "kappa_limit", "slices_for"]
 
 #: Rows per exact product: slice products summed over 2¹² rows stay below 2⁵² (13 bits
 #: would give the same slice width and twice the buffers).
 CHUNK_BITS = 12
 #: Bits per slice: (53 − CHUNK_BITS) / 2.
 SLICE_BITS = (53 - CHUNK_BITS) // 2
-#: Exact slices per column (see :func:`exact_gram`): 60 of the 53 + 53 bits a product
-#: needs, the remainder's products carrying rounding below 2⁻¹¹³.
+#: Most exact slices per column (see :func:`exact_gram`): 60 of the 53 + 53 bits a
+#: product needs, the remainder's products carrying rounding below 2⁻¹¹³.
 SLICES = 3
 
 _SPLIT = 134217729.0  # 2**27 + 1, Dekker's splitter for 53-bit significands
@@ -93,7 +93,28 @@ def _dd_sqrt(a: Pair) -> Pair:
     return _fast_two_sum(x, r[0] / (2.0 * x))
 
 
-def _slices(z: np.ndarray) -> tuple[list[np.ndarray], list[np.ndarray]]:
+def slices_for(kappa: float) -> int:
+    """Exact slices a Gram needs so that solving its normal equations is as accurate as a
+    Householder solve, for a design of condition number (estimate) ``kappa``.
+
+    S slices leave a Gram error of about 2^(8 − 20S − 53) relative (8 bits spare for
+    row-count growth); the normal equations turn it into κ²·that, which must stay below
+    a tenth of QR's u·κ: κ ≤ 2^(20S − 8)/10 (S = 1: 409, S = 2: 4.3·10⁸, S = 3 beyond
+    any design double precision can solve).
+    """
+    for s in range(1, SLICES):
+        if kappa <= kappa_limit(s):
+            return s
+    return SLICES
+
+
+def kappa_limit(slices: int) -> float:
+    """The largest condition number a Gram of ``slices`` exact slices serves (see
+    :func:`slices_for`); unbounded for the most slices."""
+    return np.inf if slices >= SLICES else 2.0 ** (SLICE_BITS * slices - 8) / 10.0
+
+
+def _slices(z: np.ndarray, count: int) -> tuple[list[np.ndarray], list[np.ndarray]]:
     """Error-free split ``z = X₁ + … + X_S + rest`` of a column-scaled panel (|z| < 1).
 
     Slice t holds integer multiples of 2^-(SLICE_BITS·t), at most 2^SLICE_BITS of them:
@@ -102,7 +123,7 @@ def _slices(z: np.ndarray) -> tuple[list[np.ndarray], list[np.ndarray]]:
     slices and the remainders ``z − X₁ − … − X_t`` for t = 0 … S.
     """
     slices, rests = [], [z]
-    for t in range(1, SLICES + 1):
+    for t in range(1, count + 1):
         sigma = 1.5 * 2.0 ** (52 - SLICE_BITS * t)
         s = (rests[-1] + sigma) - sigma
         slices.append(s)
@@ -110,16 +131,17 @@ def _slices(z: np.ndarray) -> tuple[list[np.ndarray], list[np.ndarray]]:
     return slices, rests
 
 
-def exact_gram(z: np.ndarray) -> np.ndarray:
+def exact_gram(z: np.ndarray, slices: int = SLICES) -> np.ndarray:
     """``zᵀz`` in double-double, (2, c, c): high parts, then low parts.
 
-    With slices X₁ … X_S (S = ``SLICES``) and the remainder X_{S+1} (|X_t| < 2^-20(t−1)),
+    With slices X₁ … X_S (S = ``slices``) and the remainder X_{S+1} (|X_t| < 2^-20(t−1)),
     ``zᵀz = Σ_{a,b} X_aᵀX_b``. The products with a + b ≤ S + 1 are exact in float64;
     the others sum to ``Σ_a X_aᵀ T_a`` with T_a the remainder after S + 1 − a slices,
     products of size 2^-20S formed in float64, so their rounding is about 2^-(20S+53)
-    = 2⁻¹¹³ of ``|z|ᵀ|z|``, against a float64 Gram's 2⁻⁵³. Costs eight matrix products
-    of the panel (sixteen times a symmetric Gram's flops), so callers keep it for
-    panels whose conditioning needs it.
+    of ``|z|ᵀ|z|`` (2⁻¹¹³ for three slices), against a float64 Gram's 2⁻⁵³. Costs 3, 5
+    or 8 matrix products of the panel for S = 1, 2, 3 (each twice a symmetric Gram's
+    flops), so callers keep it for panels whose conditioning needs it, with the fewest
+    slices that serve (:func:`slices_for`).
     """
     m, c = z.shape
     hi = np.zeros((c, c))
@@ -134,17 +156,17 @@ def exact_gram(z: np.ndarray) -> np.ndarray:
     scaled = np.ldexp(z, -exps)
     step = 2**CHUNK_BITS
     for start in range(0, m, step):
-        parts, rests = _slices(scaled[start:start + step])
+        parts, rests = _slices(scaled[start:start + step], slices)
         terms = []
-        for a in range(SLICES):  # exact: slices a ≤ b, a + b ≤ S − 1 (0-based)
-            for b in range(a, SLICES - a):
+        for a in range(slices):  # exact: slices a ≤ b, a + b ≤ S − 1 (0-based)
+            for b in range(a, slices - a):
                 block = parts[a].T @ parts[b]
                 terms += [block] if a == b else [block, block.T]
         # The rest, in float64: slice a against the remainder after S − a slices, and
         # the final remainder against the whole chunk; symmetric as a sum.
-        tail = rests[SLICES].T @ rests[0]
-        for a in range(SLICES):
-            tail += parts[a].T @ rests[SLICES - a]
+        tail = rests[slices].T @ rests[0]
+        for a in range(slices):
+            tail += parts[a].T @ rests[slices - a]
         terms.append(0.5 * (tail + tail.T))
         for term in terms:
             hi, err = _two_sum(hi, term)

@@ -30,7 +30,7 @@ from scipy.special import expit, log_expit, logsumexp
 
 from blocklin.errors import ShapeMismatchError
 from blocklin.executors.lazy import Lazy
-from blocklin.ops._extended import dd_sum_parts, exact_gram
+from blocklin.ops._extended import dd_sum_parts, exact_gram, kappa_limit, slices_for
 from blocklin.ops._inputs import MatrixInput, as_matrix, hstack_panel, row_panel_reads
 from blocklin.plan.graph import Kernel, Task, TaskContext, make_stage
 from blocklin.plan.reduce import DEFAULT_FAN_IN, SumParts, tree_reduce
@@ -374,10 +374,11 @@ class QRLeaf:
 
     When the panel's own least-squares condition estimate (:func:`ls_condition` of its
     R) exceeds ``extend_above``, or it has fewer rows than columns, the task also forms
-    the Gram of the same ``√w·[X 1 y]`` in double-double (:func:`exact_gram`), so that an
-    ill-conditioned problem can be solved to better than Householder accuracy without
-    another pass. Output ``(1, 3c + 1, c)``: R, the Gram's high then low parts, and a row
-    (panels with an exact Gram, panels).
+    the Gram of the same ``√w·[X 1 y]`` in double-double (:func:`exact_gram`) with as
+    many exact slices as the panel's condition number asks (:func:`slices_for`), so that
+    an ill-conditioned problem can be solved to better than Householder accuracy
+    without another pass. Output ``(1, 3c + 2, c)``: R, the Gram's high then low parts,
+    a row (panels with an exact Gram, panels) and a row (fewest slices among them).
     """
 
     nx: int
@@ -391,45 +392,60 @@ class QRLeaf:
         rows, c = z.shape
         if w is not None:
             z *= np.sqrt(w)[:, None]
-        out = np.zeros((1, 3 * c + 1, c))
+        out = np.zeros((1, 3 * c + 2, c))
         out[0, 3 * c, 1] = 1.0
+        out[0, 3 * c + 1, 0] = SLICES_NONE
         if rows:
             r = scipy.linalg.qr(z, mode="r", check_finite=False)[0]
             out[0, : min(rows, c)] = r[: min(rows, c)]
-        if rows and y.shape[1] == 1 and _panel_condition(out[0, :c], rows) > self.extend_above:
-            out[0, c:3 * c] = exact_gram(z).reshape(2 * c, c)
+        if not (rows and y.shape[1] == 1):
+            return out
+        kappa, kappa_ls = _panel_condition(out[0, :c], rows)
+        if kappa_ls > self.extend_above:
+            slices = slices_for(kappa)
+            out[0, c:3 * c] = exact_gram(z, slices).reshape(2 * c, c)
             out[0, 3 * c, 0] = 1.0
+            out[0, 3 * c + 1, 0] = slices
         return out
 
 
-def _panel_condition(R: np.ndarray, rows: int) -> float:
-    """:func:`ls_condition` of one panel's R of [Z y] (∞ when it has too few rows)."""
+#: Slice count recorded by a panel without an exact Gram (above any real count).
+SLICES_NONE = 99.0
+
+
+def _panel_condition(R: np.ndarray, rows: int) -> tuple[float, float]:
+    """(κ, κ_LS) of one panel's R of [Z y] (∞ when it has too few rows)."""
     k = R.shape[0] - 1
     T = R[:k, :k]
     if rows <= k or np.any(np.diag(T) == 0):
-        return np.inf
+        return np.inf, np.inf
     beta = scipy.linalg.solve_triangular(T, R[:k, k], check_finite=False)
-    return ls_condition(T, beta, abs(float(R[k, k])))
+    return equilibrated_condition(T), ls_condition(T, beta, abs(float(R[k, k])))
+
+
+def equilibrated_condition(T: np.ndarray) -> float:
+    """LAPACK's 1-norm condition estimate (``dtrcon``, O(k²)) of upper-triangular T with
+    unit columns, so that it does not depend on column units; ∞ when singular."""
+    s = np.linalg.norm(T, axis=0)
+    if not (np.all(s > 0) and np.all(np.isfinite(T))):
+        return np.inf
+    rcond, info = scipy.linalg.lapack.dtrcon(T / s, norm="1", uplo="U", diag="N")
+    return 1.0 / float(rcond) if info == 0 and rcond > 0 else np.inf
 
 
 def ls_condition(T: np.ndarray, beta: np.ndarray, resid: float) -> float:
     """Least-squares condition estimate κ_LS = κ·(1 + κ·‖r‖/(‖T‖·‖β‖)) of a QR solve.
 
-    κ is LAPACK's 1-norm estimate (``dtrcon``, O(k²)) for T with unit columns, so it
-    does not depend on column units; β is scaled alike; ``resid`` is the residual norm
-    ‖r‖. The κ² term is the sensitivity of large-residual problems. u·κ_LS bounds the
-    normwise relative error of any backward-stable solve. Returns ∞ for a singular or
-    non-finite T, or a zero solution with a nonzero residual.
+    κ is :func:`equilibrated_condition`; β is scaled alike; ``resid`` is the residual
+    norm ‖r‖. The κ² term is the sensitivity of large-residual problems. u·κ_LS bounds
+    the normwise relative error of any backward-stable solve. Returns ∞ for a singular
+    or non-finite T, or a zero solution with a nonzero residual.
     """
+    kappa = equilibrated_condition(T)
+    if not np.isfinite(kappa):
+        return np.inf
     s = np.linalg.norm(T, axis=0)
-    if not (np.all(s > 0) and np.all(np.isfinite(T))):
-        return np.inf
-    Ts = T / s
-    rcond, info = scipy.linalg.lapack.dtrcon(Ts, norm="1", uplo="U", diag="N")
-    if info != 0 or not rcond > 0:
-        return np.inf
-    kappa = 1.0 / float(rcond)
-    size = float(np.abs(Ts).sum(axis=0).max() * np.linalg.norm(beta * s))
+    size = float(np.abs(T / s).sum(axis=0).max() * np.linalg.norm(beta * s))
     if resid == 0.0:
         return kappa
     if size == 0.0:
@@ -440,7 +456,8 @@ def ls_condition(T: np.ndarray, beta: np.ndarray, resid: float) -> float:
 @dataclass(frozen=True)
 class QRCombine:
     """Combine kernel of the QR pass: R of the stacked R parts (as :class:`TreeQR`), the
-    double-double sum of the exact Grams, and the panel counts, in index order."""
+    double-double sum of the exact Grams, the panel counts and the fewest slices, in
+    index order."""
 
     c: int
 
@@ -448,11 +465,12 @@ class QRCombine:
         from blocklin.ops.tsqr import TreeQR
 
         c = self.c
-        out = np.zeros((1, 3 * c + 1, c))
+        out = np.zeros((1, 3 * c + 2, c))
         out[0, :c] = TreeQR(c, False)(ctx, blocks)[0]  # type: ignore[arg-type]
         grams = [b[0, c:3 * c].reshape(2, c, c) for b in blocks]
         out[0, c:3 * c] = dd_sum_parts(grams).reshape(2 * c, c)
         out[0, 3 * c] = np.sum([b[0, 3 * c] for b in blocks], axis=0)
+        out[0, 3 * c + 1, 0] = min(float(b[0, 3 * c + 1, 0]) for b in blocks)
         return out
 
 
@@ -462,18 +480,20 @@ def qr_spec(p: int, q: int, fit_intercept: bool, has_w: bool, nx: int,
     :func:`ls_condition` figure) also give their exact Gram (see :class:`QRLeaf`)."""
     c = p + int(fit_intercept) + q
     return PassSpec("glm/tsqr_r", QRLeaf(nx, has_w, fit_intercept, extend_above), QRCombine(c),
-                    (3 * c + 1, c),
+                    (3 * c + 2, c),
                     {"intercept": fit_intercept, "has_w": has_w, "extend_above": extend_above},
                     row_floats=2 * c if extend_above == np.inf else 4 * c)
 
 
-def unpack_qr(part: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
-    """R and, when every panel supplied one, the exact (2, c, c) Gram of a QR pass."""
+def unpack_qr(part: np.ndarray) -> tuple[np.ndarray, np.ndarray | None, float]:
+    """R, the exact (2, c, c) Gram when every panel supplied one (else None), and the
+    largest condition number that Gram serves (:func:`kappa_limit`) of a QR pass."""
     c = part.shape[1]
     R = np.triu(part[:c])
     extended, panels = part[3 * c, 0], part[3 * c, 1]
-    gram = part[c:3 * c].reshape(2, c, c) if panels > 0 and extended == panels else None
-    return R, gram
+    if not (panels > 0 and extended == panels):
+        return R, None, 0.0
+    return R, part[c:3 * c].reshape(2, c, c), kappa_limit(int(part[3 * c + 1, 0]))
 
 
 @dataclass(frozen=True, eq=False)
