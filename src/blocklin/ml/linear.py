@@ -123,7 +123,7 @@ class LinearRegression(RegressorMixin, BaseEstimator):  # type: ignore[misc]
         the residual sum of squares is R's last diagonal entry squared. A panel whose
         own R is ill-conditioned (least-squares condition estimate above 10²) also
         forms its Gram exactly, in double-double (BLAS products of error-free column
-        slices, about 16 times the flops of a plain Gram). When the whole problem is
+        slices, 6 to 16 times a plain Gram's flops as its κ asks). When the whole problem is
         ill-conditioned (estimate above 10³, ``QR_REFINE_COND``) β comes from those
         Grams by a double-double Cholesky solve, to about κ(X)²·10⁻³², beyond a
         Householder solve's κ(X)·10⁻¹⁶ (NIST StRD's hardest sets to their data's
