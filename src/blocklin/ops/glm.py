@@ -1,17 +1,22 @@
 """Block kernels for generalized linear models.
 
-Three passes cover every solver of :mod:`blocklin.ml`:
+The passes behind every solver of :mod:`blocklin.ml`:
 
-* :func:`normal_stats` -- one pass giving the weighted sufficient statistics of
+* :func:`normal_stats` / ``moments_spec`` -- the weighted sufficient statistics of
   least squares: total weight, Σw², row count, weighted column means of ``[X y]`` and
   the centered co-moment matrix ``(Z - μ)ᵀ W (Z - μ)`` (a symmetric rank-k update per
   block). Blocks are merged with Chan's pairwise update, so the statistics are as
   accurate as a two-pass computation; ``XᵀWX``, ``XᵀWy``, ``yᵀWy`` and column sums
   follow from them without cancellation-prone subtractions.
+* ``qr_spec`` -- TSQR of ``√w·[X 1 y]``, with the exact (double-double) Gram of the
+  panels whose conditioning needs it (:mod:`blocklin.ops._extended`).
+* ``refine_spec`` -- loss and gradient in extended precision, for iterative refinement.
 * :func:`loss_grad` -- loss and gradient of squared, logistic or multinomial loss at
   given coefficients (one pass per evaluation, for L-BFGS and OWL-QN).
+* ``lsqr_spec`` -- ``(tᵀt, Zᵀt)`` for ``t = Z·coef − c·y``: one LSQR iteration.
 * :func:`newton_pass` -- binomial logistic loss, gradient and Hessian ``[X 1]ᵀD[X 1]``
   in the same pass (a symmetric rank-k update per block), for Newton/IRLS.
+* :func:`eval_pass` -- the sums of the training summaries.
 
 Every pass is a fixed-order tree over row-block index, so results are bitwise
 identical on every executor. Each kernel is a pure function of its blocks, so the
