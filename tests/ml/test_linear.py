@@ -366,3 +366,12 @@ def test_sparse_blockmatrix_never_densified_in_storage(solver: str, tmp_path: Pa
     m = tight(solver, work_dir=str(tmp_path / "w")).fit(A, y)
     np.testing.assert_allclose(m.coef_, np.arange(1.0, 13.0), rtol=TOL[solver])
     np.testing.assert_allclose(m.intercept_, 2.0, rtol=TOL[solver])
+
+
+def test_qr_pass_partials_carry_gram_rows_only_when_panels_may_form_them() -> None:
+    """``auto``'s TSQR pass (no exact Gram) keeps c + 2 rows per partial; ``qr``'s adds
+    the 2c rows of the double-double Gram (persisted per panel, so the size matters)."""
+    from blocklin.ops.glm import qr_spec
+
+    assert qr_spec(500, 1, True, False, 1).part_shape == (504, 502)
+    assert qr_spec(500, 1, True, False, 1, extend_above=100.0).part_shape == (3 * 502 + 2, 502)

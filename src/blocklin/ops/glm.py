@@ -382,8 +382,9 @@ class QRLeaf:
     the Gram of the same ``√w·[X 1 y]`` in double-double (:func:`exact_gram`) with as
     many exact slices as the panel's condition number asks (:func:`slices_for`), so that
     an ill-conditioned problem can be solved to better than Householder accuracy
-    without another pass. Output ``(1, 3c + 2, c)``: R, the Gram's high then low parts,
-    a row (panels with an exact Gram, panels) and a row (fewest slices among them).
+    without another pass. Output ``(1, c + 2, c)``: R, a row (panels with an exact Gram,
+    panels) and a row (fewest slices among them); with a finite ``extend_above``, 2c
+    more rows for the Gram's high then low parts (zero when the panel skipped it).
     """
 
     nx: int
@@ -397,21 +398,26 @@ class QRLeaf:
         rows, c = z.shape
         if w is not None:
             z *= np.sqrt(w)[:, None]
-        out = np.zeros((1, 3 * c + 2, c))
-        out[0, 3 * c, 1] = 1.0
-        out[0, 3 * c + 1, 0] = SLICES_NONE
+        out = np.zeros((1, _qr_rows(c, self.extend_above), c))
+        out[0, c, 1] = 1.0
+        out[0, c + 1, 0] = SLICES_NONE
         if rows:
             r = scipy.linalg.qr(z, mode="r", check_finite=False)[0]
             out[0, : min(rows, c)] = r[: min(rows, c)]
-        if not (rows and y.shape[1] == 1):
+        if not (rows and y.shape[1] == 1 and np.isfinite(self.extend_above)):
             return out
         kappa, kappa_ls = _panel_condition(out[0, :c], rows)
         if kappa_ls > self.extend_above:
             slices = slices_for(kappa)
-            out[0, c:3 * c] = exact_gram(z, slices).reshape(2 * c, c)
-            out[0, 3 * c, 0] = 1.0
-            out[0, 3 * c + 1, 0] = slices
+            out[0, c + 2:] = exact_gram(z, slices).reshape(2 * c, c)
+            out[0, c, 0] = 1.0
+            out[0, c + 1, 0] = slices
         return out
+
+
+def _qr_rows(c: int, extend_above: float) -> int:
+    """Rows of a QR pass partial: R and two rows of counts, then the Gram if any."""
+    return c + 2 + (2 * c if np.isfinite(extend_above) else 0)
 
 
 #: Slice count recorded by a panel without an exact Gram (above any real count).
@@ -470,12 +476,13 @@ class QRCombine:
         from blocklin.ops.tsqr import TreeQR
 
         c = self.c
-        out = np.zeros((1, 3 * c + 2, c))
+        out = np.zeros((1, blocks[0].shape[1], c))
         out[0, :c] = TreeQR(c, False)(ctx, blocks)[0]  # type: ignore[arg-type]
-        grams = [b[0, c:3 * c].reshape(2, c, c) for b in blocks]
-        out[0, c:3 * c] = dd_sum_parts(grams).reshape(2 * c, c)
-        out[0, 3 * c] = np.sum([b[0, 3 * c] for b in blocks], axis=0)
-        out[0, 3 * c + 1, 0] = min(float(b[0, 3 * c + 1, 0]) for b in blocks)
+        out[0, c] = np.sum([b[0, c] for b in blocks], axis=0)
+        out[0, c + 1, 0] = min(float(b[0, c + 1, 0]) for b in blocks)
+        if out.shape[1] > c + 2:
+            grams = [b[0, c + 2:].reshape(2, c, c) for b in blocks]
+            out[0, c + 2:] = dd_sum_parts(grams).reshape(2 * c, c)
         return out
 
 
@@ -485,7 +492,7 @@ def qr_spec(p: int, q: int, fit_intercept: bool, has_w: bool, nx: int,
     :func:`ls_condition` figure) also give their exact Gram (see :class:`QRLeaf`)."""
     c = p + int(fit_intercept) + q
     return PassSpec("glm/tsqr_r", QRLeaf(nx, has_w, fit_intercept, extend_above), QRCombine(c),
-                    (3 * c + 2, c),
+                    (_qr_rows(c, extend_above), c),
                     {"intercept": fit_intercept, "has_w": has_w, "extend_above": extend_above},
                     row_floats=2 * c if extend_above == np.inf else 4 * c)
 
@@ -495,10 +502,10 @@ def unpack_qr(part: np.ndarray) -> tuple[np.ndarray, np.ndarray | None, float]:
     largest condition number that Gram serves (:func:`kappa_limit`) of a QR pass."""
     c = part.shape[1]
     R = np.triu(part[:c])
-    extended, panels = part[3 * c, 0], part[3 * c, 1]
-    if not (panels > 0 and extended == panels):
+    extended, panels = part[c, 0], part[c, 1]
+    if not (part.shape[0] > c + 2 and panels > 0 and extended == panels):
         return R, None, 0.0
-    return R, part[c:3 * c].reshape(2, c, c), kappa_limit(int(part[3 * c + 1, 0]))
+    return R, part[c + 2:].reshape(2, c, c), kappa_limit(int(part[c + 1, 0]))
 
 
 @dataclass(frozen=True, eq=False)
