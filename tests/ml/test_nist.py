@@ -99,3 +99,21 @@ def test_normal_equations_fail_filip_where_auto_does_not(tmp_path: Path) -> None
     got_n = np.concatenate([[normal.intercept_], normal.coef_])
     got_a = np.concatenate([[auto.intercept_], auto.coef_])
     assert lre(got_n, cert).min() < 4 < lre(got_a, cert).min()
+
+
+def test_one_pass_qr_is_bitwise_identical_on_every_executor(tmp_path: Path, dask_client: object,
+                                                            spark_session: object) -> None:
+    """Filip through ``qr``'s exact-Gram path: the same bits from threads, a distributed
+    cluster and Spark (fixed-order trees, double-double sums in index order)."""
+    from blocklin.testing import assert_bitwise_equal
+
+    X, y, _, _ = load("Filip")
+    A, Y = stored(tmp_path, X, y)
+    runs = [{"executor": "dask"}, {"executor": "dask", "client": dask_client},
+            {"executor": "spark", "spark": spark_session}]
+    fits = [LinearRegression(solver="qr", work_dir=str(tmp_path / f"w{i}"),
+                             compute_options=opts).fit(A, Y) for i, opts in enumerate(runs)]
+    assert all(m.n_passes_ == 1 for m in fits)
+    for m in fits[1:]:
+        assert_bitwise_equal(np.r_[m.coef_, m.intercept_], np.r_[fits[0].coef_, fits[0].intercept_])
+        assert m.objective_history_ == fits[0].objective_history_
