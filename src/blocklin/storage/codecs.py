@@ -91,7 +91,7 @@ class ChunkCodec:
         return None
 
     def decode_view(self, raw: memoryview, dtype: np.dtype[Any], shape: tuple[int, ...],
-                    scratch: bytearray | None) -> np.ndarray | str:
+                    scratch: bytearray | memoryview | None) -> np.ndarray | str:
         """Decode without a copy where possible (uncompressed chunks become a view of ``raw``).
 
         Returns the array, or the reason the chunk is corrupt.
