@@ -170,6 +170,6 @@ def write_block(store: Store, meta: ArrayMeta, index: BlockIndex, block: Any) ->
         padded = np.zeros(meta.chunks, dtype=meta.np_dtype)
         padded[tuple(slice(0, s) for s in expected)] = arr
         arr = padded
-    data, crc = meta.codec.encode(arr)
-    store.put(meta.chunk_key(index), data)
+    parts, crc = meta.codec.encode(arr)
+    store.put_parts(meta.chunk_key(index), parts)
     return crc

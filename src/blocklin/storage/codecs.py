@@ -50,20 +50,21 @@ class ChunkCodec:
             return numcodecs.Zstd(level=self.level)
         return None
 
-    def encode(self, chunk: np.ndarray) -> tuple[bytearray, int]:
-        """Encode a full-shape, C-ordered chunk; return the bytes and their crc32c."""
+    def encode(self, chunk: np.ndarray) -> tuple[list[bytes | memoryview], int]:
+        """Encode a full-shape, C-ordered chunk; return the stored bytes as parts (the
+        body, then the checksum trailer) and their crc32c.
+
+        Parts, not one buffer: an uncompressed body is a view of the chunk itself, and
+        joining it to its trailer would copy the whole block into a fresh allocation
+        (page faults included) on every write.
+        """
         arr = np.ascontiguousarray(chunk)
         if arr.dtype.byteorder == ">":
             arr = arr.astype(arr.dtype.newbyteorder("<"))
         codec = self._numcodec(arr.dtype.itemsize)
         body = memoryview(arr).cast("B") if codec is None else codec.encode(arr)  # type: ignore[arg-type]
         crc = crc32c.crc32c(body)
-        # One copy of the body with the checksum appended (bytes(body) + trailer would
-        # copy a whole block twice on every write).
-        out = bytearray(len(body) + _CRC_BYTES)
-        out[: len(body)] = body
-        out[len(body):] = crc.to_bytes(_CRC_BYTES, "little")
-        return out, crc
+        return [body, crc.to_bytes(_CRC_BYTES, "little")], crc
 
     def decode_into(self, raw: memoryview, out: np.ndarray) -> str | None:
         """Verify and decode ``raw`` into ``out`` (a C-contiguous array of the chunk shape).
@@ -156,7 +157,7 @@ def choose_codec(codec: str, sample: np.ndarray) -> ChunkCodec:
     if codec == "auto":
         if sample.size == 0:
             return ChunkCodec("none")
-        trial = ChunkCodec("lz4").encode(sample)[0]
+        trial = ChunkCodec("lz4").encode(sample)[0][0]
         return ChunkCodec("lz4") if len(trial) < 0.85 * sample.nbytes else ChunkCodec("none")
     name = parse_option("codec", codec, ("auto", *CODECS))
     return ChunkCodec(name)  # type: ignore[arg-type]

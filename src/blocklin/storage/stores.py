@@ -13,6 +13,7 @@ import tempfile
 import threading
 import uuid
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -54,6 +55,11 @@ class Store(ABC):
     @abstractmethod
     def put(self, key: str, data: bytes | bytearray | memoryview) -> None:
         """Write ``data`` under ``key`` so that readers see all of it or none of it."""
+
+    def put_parts(self, key: str, parts: Sequence[bytes | bytearray | memoryview]) -> None:
+        """:meth:`put` of the concatenated ``parts`` (stores that can write them one
+        after the other skip the joined copy)."""
+        self.put(key, b"".join(parts))
 
     @abstractmethod
     def exists(self, key: str) -> bool:
@@ -130,13 +136,17 @@ class LocalStore(Store):
             return None
 
     def put(self, key: str, data: bytes | bytearray | memoryview) -> None:
+        self.put_parts(key, [data])
+
+    def put_parts(self, key: str, parts: Sequence[bytes | bytearray | memoryview]) -> None:
         self._check_writable()
         target = self._path(key)
         target.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
         try:
             with os.fdopen(fd, "wb") as fh:
-                fh.write(data)
+                for part in parts:
+                    fh.write(part)
             os.replace(tmp, target)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
