@@ -1,4 +1,4 @@
-"""Double-double arithmetic for one-pass statistics that are exact to about 2⁻¹⁰⁶.
+"""Double-double arithmetic for one-pass statistics far more exact than float64's.
 
 A double-double number is an unevaluated sum ``hi + lo`` of two float64 values with
 ``|lo| ≤ ulp(hi)/2``, about 32 significant digits. Everything here is vectorized numpy
@@ -11,9 +11,10 @@ free of rounding (Ozaki's error-free splitting): each column is scaled by a powe
 two and cut into slices of ``SLICE_BITS`` bits, so that every product of two slices,
 summed over up to ``2**CHUNK_BITS`` rows, is an integer multiple of a power of two
 below 2⁵³ -- exact in float64 whatever order the BLAS sums in. The slice products are
-then added in double-double. :func:`dd_cholesky` and :func:`dd_back_substitute` solve
-the resulting normal equations with a relative error about κ(ZᵀZ)·2⁻¹⁰⁶, which beats a
-double-precision Householder solve (κ(Z)·2⁻⁵³) while κ(Z) < 10¹⁶.
+then added in double-double; one to three slices (:func:`slices_for`) leave a relative
+error of 2⁻⁶⁵ to 2⁻¹⁰⁵. :func:`dd_cholesky` and the triangular solves solve the
+resulting normal equations with a relative error about κ(ZᵀZ) times that, which beats
+a double-precision Householder solve (κ(Z)·2⁻⁵³) for the κ the slices were chosen for.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from __future__ import annotations
 import numpy as np
 
 __all__ = ["dd_add", "dd_back_substitute", "dd_cholesky", "dd_dot", "dd_forward_substitute",
-           "exact_gram", "kappa_limit", "slices_for"]
+           "dd_sum_parts", "exact_gram", "kappa_limit", "slices_for"]
 
 #: Rows per exact product: slice products summed over 2¹² rows stay below 2⁵² (13 bits
 #: would give the same slice width and twice the buffers).
