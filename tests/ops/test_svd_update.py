@@ -355,6 +355,8 @@ def test_bad_updates_are_refused_before_any_write(tmp_path: Path) -> None:
         (ValueError, "pair", {"low_rank": (np.ones((300, 2)),)}),
         (ValueError, "NaN", {"low_rank": (np.ones((300, 1)), np.full((N, 1), np.inf))}),
         (ValueError, "identifiers", {"rows": np.ones((10, N)), "extras": {"a b": np.ones(2)}}),
+        (ShapeMismatchError, "row_gram", {"rows": np.ones((10, N)), "row_gram": np.eye(N + 1)}),
+        (ValueError, "row_gram", {"columns": np.ones((300, 2)), "row_gram": np.eye(N)}),
     ]
     for error, match, kwargs in bad:
         with pytest.raises(error, match=match):

@@ -17,7 +17,7 @@ from blocklin.errors import InputDtypeError, InputValueError
 from blocklin.executors.api import compute
 from blocklin.executors.base import RunStats
 from blocklin.ml._validation import is_stored, stored_matrix, validate_features
-from blocklin.ops._svd_rows import gram_step
+from blocklin.ops._svd_rows import GRAM_MAX_COLUMNS, gram_step
 from blocklin.ops.products import gram, matmul
 from blocklin.ops.stats import ColumnStats, column_stats
 from blocklin.ops.svd import SVD_METHODS, _truncated
@@ -190,7 +190,9 @@ class TruncatedSVD(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstima
         TSQR pass more when the Gram is too ill-conditioned for k's singular values;
         LAPACK QR in memory), then a Rayleigh–Ritz step on the driver.
         With ``state_path`` the persisted state is updated instead (and an existing
-        state is resumed when the estimator is not fitted yet).
+        state is resumed when the estimator is not fitted yet): for stored dense X,
+        XᵀX and the column statistics in one pass, then one more writing the new rows'
+        segment of U (:func:`blocklin.ops.svd_update`'s gram path).
         """
         if self.state_path is not None:
             if not hasattr(self, "components_") and not self._has_state():
@@ -227,7 +229,8 @@ class TruncatedSVD(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstima
         return self
 
     def _partial_fit_state(self, X: Any) -> TruncatedSVD:
-        """Column statistics of X, then svd_update of the state committing them with it."""
+        """Column statistics of X (with XᵀX in the same pass for stored dense X), then
+        svd_update of the state committing them with it."""
         Xv = validate_features(self, X, reset=False, accept_sparse=True)
         stats = RunStats()
         with self._scratch() as wd:
@@ -242,22 +245,30 @@ class TruncatedSVD(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstima
                     self.n_passes_ = 1
                 else:
                     with stored_matrix(Xv, work_dir=wd) as A:
-                        st = column_stats(A).compute(executor=self.executor, work_dir=wd,
-                                                     stats=stats)
+                        # Dense rows: CᵀC for svd_update's gram path rides in the pass
+                        # of the column statistics (sparse rows take its sparse path).
+                        dense_rows = getattr(A.meta, "format", "dense") == "dense" \
+                            and A.shape[1] <= GRAM_MAX_COLUMNS
+                        lazies = [column_stats(A)] + ([gram(A)] if dense_rows else [])
+                        out = compute(*lazies, executor=self.executor, work_dir=wd,
+                                      stats=stats)
+                        st = out[0]
                         self._merge_stats(ColumnStats(st.count, st.mean,
                                                       st.variance * max(st.count - 1, 0),
                                                       st.mean, st.mean, st.mean, st.mean,
                                                       st.mean))
-                        self._update_state(A, wd, stats)
+                        g = np.asarray(out[1], dtype=np.float64) if dense_rows else None
+                        self._update_state(A, wd, stats, g)
                         self.n_passes_ = round(stats.passes.get(A.url, 1))
             except BaseException:
                 self._resume()  # the state was not committed: back to its version
                 raise
         return self
 
-    def _update_state(self, rows: Any, wd: str, stats: RunStats) -> None:
+    def _update_state(self, rows: Any, wd: str, stats: RunStats,
+                      row_gram: np.ndarray | None = None) -> None:
         st = svd_update(str(self.state_path), rows=rows, extras=self._extras(),
-                        executor=self.executor, work_dir=wd, stats=stats)
+                        row_gram=row_gram, executor=self.executor, work_dir=wd, stats=stats)
         self.components_, self.singular_values_ = st.Vt, st.s
         self._set_stats(self.n_samples_seen_, self._mean, self._m2)
 

@@ -120,13 +120,16 @@ def gram_step(s: np.ndarray, Vt: np.ndarray,
 
 
 def rows_gram(s: np.ndarray, Vt: np.ndarray, c: NewRows, url: str,
-              run: Runner) -> RowStep | None:
-    """CᵀC in one pass, a square root by eigh, then the basis ``C·V'·diag(1/s')`` in one more.
+              run: Runner, given: np.ndarray | None = None) -> RowStep | None:
+    """CᵀC in one pass (or ``given``), a square root by eigh, then the basis
+    ``C·V'·diag(1/s')`` in one more.
 
     Returns None (nothing written) when the Gram's squared conditioning would cost
     more than :data:`GRAM_LOSS_LIMIT`; the caller then takes the qr path.
     """
-    if c.stored is not None:
+    if given is not None:
+        g = np.asarray(given, dtype=np.float64)
+    elif c.stored is not None:
         g = np.asarray(run(gram(c.stored))[0], dtype=np.float64)
     else:
         x: Any = c.memory

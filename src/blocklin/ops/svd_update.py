@@ -66,7 +66,7 @@ _INCOMING = "incoming.zarr"  # in-memory X or D, stored for the pass over U's ba
 def svd_update(state: SVDState | str | os.PathLike[str], rows: Any = None, *,
                columns: Any = None, low_rank: tuple[Any, Any] | None = None,
                method: UpdateMethod = "auto", batch: int = 512,
-               extras: Mapping[str, Any] | None = None,
+               extras: Mapping[str, Any] | None = None, row_gram: np.ndarray | None = None,
                executor: Any = "dask", address: str | None = None, client: Any = None,
                spark: Any = None, work_dir: str | None = None,
                max_task_memory: int | str | None = None, num_workers: int | None = None,
@@ -99,6 +99,9 @@ def svd_update(state: SVDState | str | os.PathLike[str], rows: Any = None, *,
         (k + batch)² matrix and an n·k² update of V: 256–1024 balances the two.
     extras : mapping of str to array-like, optional
         Small arrays committed with the new version (default: keep the current ones).
+    row_gram : ndarray (n, n), optional
+        CᵀC of the appended rows when the caller already has it (formed in a pass it
+        shared with other statistics): the ``gram`` path then skips its own pass.
     executor, address, client, spark, work_dir, max_task_memory, num_workers, device
         As :func:`blocklin.compute` (used for passes over stored data).
     stats : RunStats, optional
@@ -174,7 +177,13 @@ def svd_update(state: SVDState | str | os.PathLike[str], rows: Any = None, *,
                    "spark": spark, "work_dir": work_dir, "max_task_memory": max_task_memory,
                    "num_workers": num_workers, "device": device}, stats)
     if rows is not None:
-        return _append_rows(st, parse_rows(rows, st.shape[1]), chosen, int(batch), ex, run)
+        c = parse_rows(rows, st.shape[1])
+        if row_gram is not None and np.shape(row_gram) != (st.shape[1], st.shape[1]):
+            raise ShapeMismatchError(f"row_gram must be {st.shape[1]} x {st.shape[1]}; "
+                                     f"got {np.shape(row_gram)}")
+        return _append_rows(st, c, chosen, int(batch), ex, run, row_gram)
+    if row_gram is not None:
+        raise InputValueError("row_gram applies to row appends (rows=)")
     if columns is not None:
         D = _parse_side(columns, st.n_rows, st.k, None, "columns")
         return _append_columns(st, D, ex, run)
@@ -204,12 +213,13 @@ def _choose(method: str, c: NewRows) -> str:
 
 
 def _append_rows(st: SVDState, c: NewRows, method: str, batch: int,
-                 extras: Mapping[str, Any] | None, run: Runner) -> SVDState:
+                 extras: Mapping[str, Any] | None, run: Runner,
+                 row_gram: np.ndarray | None = None) -> SVDState:
     url = st.next_basis_url()
     chosen = _choose(method, c)
     step: RowStep | None = None
     if chosen == "gram":
-        step = rows_gram(st.s, st.Vt, c, url, run)
+        step = rows_gram(st.s, st.Vt, c, url, run, row_gram)
     if chosen == "sparse":
         step = rows_sparse(st.s, st.Vt, c, url, batch)
     if step is None:  # qr, or gram refused for the data's conditioning
