@@ -375,3 +375,17 @@ def test_qr_pass_partials_carry_gram_rows_only_when_panels_may_form_them() -> No
 
     assert qr_spec(500, 1, True, False, 1).part_shape == (504, 502)
     assert qr_spec(500, 1, True, False, 1, extend_above=100.0).part_shape == (3 * 502 + 2, 502)
+
+
+def test_qr_exact_solve_without_intercept(tmp_path: Path) -> None:
+    """The exact-Gram path without an intercept column: a degree-5 polynomial through
+    the origin on [1, 20], one pass, the exact solution of the stored data."""
+    x = np.linspace(1.0, 20.0, 240)
+    X = np.column_stack([x**k for k in range(1, 6)])
+    y = X @ np.array([3.0, -1.0, 0.5, 0.01, -1e-3]) + np.random.default_rng(4).normal(size=240)
+    exact, sse = exact_least_squares(X, y)
+    A = bl.from_array(X, tmp_path / "X.zarr", chunks=(50, None))
+    m = LinearRegression(solver="qr", fit_intercept=False, work_dir=str(tmp_path / "w")).fit(A, y)
+    assert (m.n_passes_, m.intercept_) == (1, 0.0)
+    np.testing.assert_allclose(m.coef_, exact, rtol=1e-13)
+    np.testing.assert_allclose(m.objective_history_[-1], 0.5 * sse / 240, rtol=1e-12)
