@@ -75,16 +75,18 @@ def compute_syrk_blas_threads(blocks: list[np.ndarray], threads: int) -> np.ndar
     return sum(parts[1:], parts[0])
 
 
-def gram_pass_limit(A: bl.BlockMatrix, threads: int, repeat: int) -> tuple[float, float]:
-    """(T_read, T_syrk): the machine limit of one pass forming AᵀA, measured now.
+def gram_pass_limit(A: bl.BlockMatrix, threads: int,
+                    repeat: int) -> tuple[float, float, float]:
+    """(T_read, T_syrk a task per core, T_syrk threaded BLAS): one pass forming AᵀA at
+    this machine's limit, measured now.
 
-    T_read reads and verifies every chunk with all cores (the fastest read path);
-    T_syrk is the faster of the two ways to run aᵀa over the blocks already in memory.
-    On few cores reading and BLAS share the CPUs, so a pass costs at least the sum.
+    T_read reads and verifies every chunk with all cores (the fastest read path); the
+    syrk times run aᵀa over the blocks already in memory, the two ways. On few cores
+    reading and BLAS share the CPUs, so a pass costs at least T_read + the faster syrk.
     """
     read_all_blocks(A, threads)  # warm the page cache and the buffers
     t_read, _ = median_time(lambda: read_all_blocks(A, threads), repeat)
     blocks = blocks_in_memory(A)
     t_tasks, _ = median_time(lambda: compute_syrk(blocks, threads), repeat)
     t_blas, _ = median_time(lambda: compute_syrk_blas_threads(blocks, threads), repeat)
-    return t_read, min(t_tasks, t_blas)
+    return t_read, t_tasks, t_blas

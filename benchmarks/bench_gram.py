@@ -19,14 +19,7 @@ from pathlib import Path
 import numpy as np
 
 import blocklin as bl
-from _common import (
-    blocks_in_memory,
-    compute_syrk,
-    compute_syrk_blas_threads,
-    make_matrix,
-    median_time,
-    read_all_blocks,
-)
+from _common import gram_pass_limit, make_matrix, median_time
 from blocklin.config import DEFAULT_BLOCK_BYTES
 
 
@@ -55,10 +48,7 @@ def main() -> None:
     ref = x.T @ x
     del x
 
-    t_read, _ = median_time(lambda: read_all_blocks(A, threads), args.repeat)
-    blocks = blocks_in_memory(A)
-    t_syrk_tasks, _ = median_time(lambda: compute_syrk(blocks, threads), args.repeat)
-    t_syrk_blas, _ = median_time(lambda: compute_syrk_blas_threads(blocks, threads), args.repeat)
+    t_read, t_syrk_tasks, t_syrk_blas = gram_pass_limit(A, threads, args.repeat)
     t_syrk = min(t_syrk_tasks, t_syrk_blas)
 
     g = bl.ops.gram(A).compute(work_dir=work)

@@ -234,7 +234,8 @@ def machine_limit(a: argparse.Namespace) -> float:
     import blocklin as bl
 
     X = bl.open(a.X)
-    t_read, t_syrk = gram_pass_limit(X, a.cores, max(a.repeat, 3))
+    t_read, t_tasks, t_blas = gram_pass_limit(X, a.cores, max(a.repeat, 3))
+    t_syrk = min(t_tasks, t_blas)
     flops = X.shape[0] * X.shape[1] ** 2
     print(f"# machine limit, one pass forming XᵀX: read {t_read:.2f} s "
           f"({X.nbytes / t_read / 1e9:.1f} GB/s) + syrk {t_syrk:.2f} s "

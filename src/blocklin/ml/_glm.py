@@ -561,11 +561,10 @@ def _preconditioner(SA: np.ndarray, scale: float, pen: np.ndarray,
 
 
 def _r_factor(M: np.ndarray) -> np.ndarray:
-    q = M.shape[1]
-    if q == 0:
-        return np.zeros((0, 0))
-    R: np.ndarray = scipy.linalg.qr(M, mode="r", check_finite=False)[0][:q]
-    return R
+    """TSQR's Householder R of M (k × q, k ≥ q), also for no columns at all."""
+    from blocklin.ops.tsqr import _r_factor as householder_r
+
+    return np.zeros((0, 0)) if M.shape[1] == 0 else householder_r(M)
 
 
 @dataclass

@@ -404,10 +404,11 @@ class LinearRegression(RegressorMixin, BaseEstimator):  # type: ignore[misc]
         # A rank-deficient design keeps its least-norm TSQR solution: neither the exact
         # Gram (singular) nor a refinement step (T singular) can improve on it.
         resid = float(np.sqrt(max(2.0 * W * obj, 0.0)))
-        if not deficient and ls_condition(T, beta, resid) > QR_REFINE_COND:
+        kappa = equilibrated_condition(T)
+        if not deficient and ls_condition(T, beta, resid, kappa) > QR_REFINE_COND:
             # The panels' Grams serve when they carry enough slices for this κ.
             solved = exact_solve(gram, k, l2, W) \
-                if gram is not None and equilibrated_condition(T) <= serves else None
+                if gram is not None and kappa <= serves else None
             if solved is not None:
                 beta, history = solved[0], [solved[1]]
             else:
@@ -443,22 +444,20 @@ class LinearRegression(RegressorMixin, BaseEstimator):  # type: ignore[misc]
         dg = np.diag(H)
         if not np.all(dg > 0):
             return None
-        s = 1.0 / np.sqrt(dg)
-        Hs = H * s[:, None] * s[None, :]
-        try:
-            Ts = scipy.linalg.cholesky(Hs, lower=False)
-        except np.linalg.LinAlgError:
-            return None
-        # LAPACK's 1-norm estimate of κ(H) itself (κ(T)² would overstate it ~p-fold).
-        rcond, info = scipy.linalg.lapack.dpocon(Ts, np.abs(Hs).sum(axis=0).max())
-        kappa = 1.0 / max(float(rcond), np.finfo(float).tiny) if info == 0 else np.inf
+        # The normal solve's rcond is LAPACK's 1-norm estimate for this same matrix
+        # (equilibrated H/W): κ(H) itself, which κ(T)² would overstate ~p-fold.
+        kappa = 1.0 / max(fit.rcond, np.finfo(float).tiny)
         if not kappa <= 1e12:
             return None
-        T = Ts / s[None, :]
+        s = 1.0 / np.sqrt(dg)
+        try:
+            T = scipy.linalg.cholesky(H * s[:, None] * s[None, :], lower=False) / s[None, :]
+        except np.linalg.LinAlgError:
+            return None
 
         def solve(g: np.ndarray) -> np.ndarray:
             gc = g[:p] - mx * g[p] if fi else g
-            db = scipy.linalg.solve_triangular(T, scipy.linalg.solve_triangular(T, gc, trans="T"))
+            db = _tri_solve(T, gc)
             return np.append(db, g[p] / W - mx @ db) if fi else db
 
         beta = np.append(fit.coef, fit.intercept) if fi else fit.coef.copy()
@@ -486,11 +485,7 @@ class LinearRegression(RegressorMixin, BaseEstimator):  # type: ignore[misc]
         the objective there.
         """
         def solve(g: np.ndarray) -> np.ndarray | None:
-            if np.any(np.diag(T) == 0):
-                return None
-            out: np.ndarray = scipy.linalg.solve_triangular(
-                T, scipy.linalg.solve_triangular(T, g, trans="T"))
-            return out
+            return None if np.any(np.diag(T) == 0) else _tri_solve(T, g)
 
         delta, obj = self._refine_step(data, beta, solve, l2, W, extended=True)
         return (beta if delta is None else beta + delta), obj
@@ -552,6 +547,13 @@ class LinearRegression(RegressorMixin, BaseEstimator):  # type: ignore[misc]
         tags = super().__sklearn_tags__()
         tags.input_tags.sparse = True
         return tags
+
+
+def _tri_solve(T: np.ndarray, g: np.ndarray) -> np.ndarray:
+    """δ with TᵀTδ = g for upper-triangular T (two triangular solves)."""
+    out: np.ndarray = scipy.linalg.solve_triangular(T, scipy.linalg.solve_triangular(
+        T, g, trans="T"))
+    return out
 
 
 def _total_weight(data: TrainData) -> float:

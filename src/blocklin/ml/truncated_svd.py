@@ -19,7 +19,7 @@ from blocklin.executors.base import RunStats
 from blocklin.ml._validation import is_stored, stored_matrix, validate_features
 from blocklin.ops._svd_rows import GRAM_MAX_COLUMNS, gram_step
 from blocklin.ops.products import gram, matmul
-from blocklin.ops.stats import ColumnStats, column_stats
+from blocklin.ops.stats import column_stats
 from blocklin.ops.svd import SVD_METHODS, _truncated
 from blocklin.ops.svd_state import SVDState
 from blocklin.ops.svd_update import svd_update, update_factors
@@ -27,6 +27,15 @@ from blocklin.ops.tsqr import tsqr_r
 from blocklin.types import parse_option
 
 __all__ = ["TruncatedSVD"]
+
+
+#: Column statistics of a batch of rows: (count, mean, M2 = Σ(x − mean)²).
+Moments = tuple[int, np.ndarray, np.ndarray]
+
+
+def _row_moments(x: np.ndarray) -> Moments:
+    mean = x.mean(axis=0)
+    return x.shape[0], mean, ((x - mean) ** 2).sum(axis=0)
 
 
 class TruncatedSVD(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):  # type: ignore[misc]
@@ -210,22 +219,20 @@ class TruncatedSVD(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstima
             with self._scratch() as wd, stored_matrix(Xv, work_dir=wd) as A:
                 # XᵀX and the column statistics share one pass; a TSQR pass follows only
                 # when the Gram's squared conditioning would cost accuracy.
-                g, st = compute(gram(A), column_stats(A), executor=self.executor, work_dir=wd)
-                step = gram_step(s, vt, np.asarray(g, dtype=np.float64))
+                moments, g = self._stored_pass(A, wd, None, with_gram=True)
+                step = gram_step(s, vt, g)
                 self.n_passes_ = 1
                 if step is None:
                     r = compute(tsqr_r(A), executor=self.executor, work_dir=wd)[0]
                     step = update_factors(s, vt, r)
                     self.n_passes_ = 2
-            count, mean, m2 = st.count, st.mean, st.variance * max(st.count - 1, 0)
         else:
             x = np.asarray(Xv.to_numpy() if is_stored(Xv) else Xv, dtype=np.float64)
             step = update_factors(s, vt, np.asarray(np.linalg.qr(x, mode="r")))
-            count, mean = x.shape[0], x.mean(axis=0)
-            m2 = ((x - mean) ** 2).sum(axis=0)
+            moments = _row_moments(x)
             self.n_passes_ = 1
         _, self.singular_values_, self.components_ = step
-        self._merge_stats(ColumnStats(count, mean, m2, mean, mean, mean, mean, mean))
+        self._merge_stats(*moments)
         return self
 
     def _partial_fit_state(self, X: Any) -> TruncatedSVD:
@@ -236,10 +243,8 @@ class TruncatedSVD(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstima
         with self._scratch() as wd:
             try:
                 if isinstance(Xv, np.ndarray) or sp.issparse(Xv):
-                    x = Xv.toarray() if sp.issparse(Xv) else np.asarray(Xv, dtype=np.float64)
-                    mean = x.mean(axis=0)
-                    self._merge_stats(ColumnStats(x.shape[0], mean, ((x - mean) ** 2).sum(axis=0),
-                                                  mean, mean, mean, mean, mean))
+                    self._merge_stats(*_row_moments(
+                        Xv.toarray() if sp.issparse(Xv) else np.asarray(Xv, dtype=np.float64)))
                     # Sparse rows go to svd_update as CSR: its sparse path reads nonzeros only.
                     self._update_state(Xv, wd, stats)
                     self.n_passes_ = 1
@@ -249,15 +254,8 @@ class TruncatedSVD(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstima
                         # of the column statistics (sparse rows take its sparse path).
                         dense_rows = getattr(A.meta, "format", "dense") == "dense" \
                             and A.shape[1] <= GRAM_MAX_COLUMNS
-                        lazies = [column_stats(A)] + ([gram(A)] if dense_rows else [])
-                        out = compute(*lazies, executor=self.executor, work_dir=wd,
-                                      stats=stats)
-                        st = out[0]
-                        self._merge_stats(ColumnStats(st.count, st.mean,
-                                                      st.variance * max(st.count - 1, 0),
-                                                      st.mean, st.mean, st.mean, st.mean,
-                                                      st.mean))
-                        g = np.asarray(out[1], dtype=np.float64) if dense_rows else None
+                        moments, g = self._stored_pass(A, wd, stats, with_gram=dense_rows)
+                        self._merge_stats(*moments)
                         self._update_state(A, wd, stats, g)
                         self.n_passes_ = round(stats.passes.get(A.url, 1))
             except BaseException:
@@ -272,13 +270,23 @@ class TruncatedSVD(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstima
         self.components_, self.singular_values_ = st.Vt, st.s
         self._set_stats(self.n_samples_seen_, self._mean, self._m2)
 
-    def _merge_stats(self, new: ColumnStats) -> None:
-        """Chan's pairwise merge of (count, mean, M2); ``new.variance`` holds its M2."""
-        na, nb = self.n_samples_seen_, new.count
+    def _stored_pass(self, A: Any, wd: str, stats: RunStats | None,
+                     with_gram: bool) -> tuple[Moments, Any]:
+        """One pass over stored rows: their (count, mean, M2), and their Gram XᵀX when
+        ``with_gram`` (computed in the same pass; else None)."""
+        out = compute(column_stats(A), *([gram(A)] if with_gram else []),
+                      executor=self.executor, work_dir=wd, stats=stats)
+        st = out[0]
+        moments = (st.count, st.mean, st.variance * max(st.count - 1, 0))
+        return moments, np.asarray(out[1], dtype=np.float64) if with_gram else None
+
+    def _merge_stats(self, count: int, mean_new: np.ndarray, m2_new: np.ndarray) -> None:
+        """Chan's pairwise merge of (count, mean, M2) into the estimator's."""
+        na, nb = self.n_samples_seen_, count
         total = na + nb
-        delta = new.mean - self._mean
+        delta = mean_new - self._mean
         mean = self._mean + delta * (nb / total)
-        m2 = self._m2 + new.variance + delta**2 * (na * nb / total)
+        m2 = self._m2 + m2_new + delta**2 * (na * nb / total)
         self._set_stats(total, mean, m2)
 
     # -- projecting --------------------------------------------------------------------

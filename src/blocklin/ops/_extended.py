@@ -152,12 +152,12 @@ def exact_gram(z: np.ndarray, slices: int = SLICES) -> np.ndarray:
     big = np.max(np.abs(z), axis=0)
     if not np.all(np.isfinite(big)):
         return np.stack([hi + np.nan, lo])
-    # Scale each column by a power of two to |z| < 1 (exact; zero columns stay put).
+    # Scale each column by a power of two to |z| < 1 (exact; zero columns stay put),
+    # chunk by chunk so that no scaled copy of the whole panel is held.
     exps = np.where(big > 0, np.frexp(big)[1], 0)
-    scaled = np.ldexp(z, -exps)
     step = 2**CHUNK_BITS
     for start in range(0, m, step):
-        parts, rests = _slices(scaled[start:start + step], slices)
+        parts, rests = _slices(np.ldexp(z[start:start + step], -exps), slices)
         terms = []
         for a in range(slices):  # exact: slices a ≤ b, a + b ≤ S − 1 (0-based)
             for b in range(a, slices - a):

@@ -308,9 +308,7 @@ class LsqrPartial:
         x = x.astype(np.float64) if hasattr(x, "tocsr") else _dense(x)
         y, w = _label_weight(blocks, self.nx, self.has_w)
         p = x.shape[1]
-        m = np.asarray(x @ self.coef[:p], dtype=np.float64).reshape(-1)
-        if self.fit_intercept:
-            m += self.coef[p]
+        m = np.asarray(_margins(x, self.coef, self.fit_intercept), dtype=np.float64).reshape(-1)
         m -= self.c * y[:, 0]
         wm = m if w is None else w * m
         out = np.empty(1 + self.coef.shape[0])
@@ -431,7 +429,8 @@ def _panel_condition(R: np.ndarray, rows: int) -> tuple[float, float]:
     if rows <= k or np.any(np.diag(T) == 0):
         return np.inf, np.inf
     beta = scipy.linalg.solve_triangular(T, R[:k, k], check_finite=False)
-    return equilibrated_condition(T), ls_condition(T, beta, abs(float(R[k, k])))
+    kappa = equilibrated_condition(T)
+    return kappa, ls_condition(T, beta, abs(float(R[k, k])), kappa)
 
 
 def equilibrated_condition(T: np.ndarray) -> float:
@@ -444,15 +443,18 @@ def equilibrated_condition(T: np.ndarray) -> float:
     return 1.0 / float(rcond) if info == 0 and rcond > 0 else np.inf
 
 
-def ls_condition(T: np.ndarray, beta: np.ndarray, resid: float) -> float:
+def ls_condition(T: np.ndarray, beta: np.ndarray, resid: float,
+                 kappa: float | None = None) -> float:
     """Least-squares condition estimate κ_LS = κ·(1 + κ·‖r‖/(‖T‖·‖β‖)) of a QR solve.
 
-    κ is :func:`equilibrated_condition`; β is scaled alike; ``resid`` is the residual
-    norm ‖r‖. The κ² term is the sensitivity of large-residual problems. u·κ_LS bounds
-    the normwise relative error of any backward-stable solve. Returns ∞ for a singular
-    or non-finite T, or a zero solution with a nonzero residual.
+    κ is :func:`equilibrated_condition` (pass it as ``kappa`` when already at hand);
+    β is scaled alike; ``resid`` is the residual norm ‖r‖. The κ² term is the
+    sensitivity of large-residual problems. u·κ_LS bounds the normwise relative error
+    of any backward-stable solve. Returns ∞ for a singular or non-finite T, or a zero
+    solution with a nonzero residual.
     """
-    kappa = equilibrated_condition(T)
+    if kappa is None:
+        kappa = equilibrated_condition(T)
     if not np.isfinite(kappa):
         return np.inf
     s = np.linalg.norm(T, axis=0)
