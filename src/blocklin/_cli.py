@@ -72,13 +72,14 @@ def _exit_code(exc: BaseException) -> int:
         CorruptChunkError,
         ExecutorError,
         IncompleteArrayError,
+        InputChangedError,
         LockError,
         TaskFailedError,
     )
 
     if isinstance(exc, LockError):
         return EXIT_LOCKED
-    if isinstance(exc, CorruptChunkError | IncompleteArrayError):
+    if isinstance(exc, CorruptChunkError | IncompleteArrayError | InputChangedError):
         return EXIT_CORRUPT
     if isinstance(exc, ExecutorError | TaskFailedError):
         return EXIT_EXECUTOR
@@ -304,6 +305,7 @@ def inspect(path: Annotated[str, typer.Argument(help="zarr array path or URL")],
             f"  blocks     {tuple(d['blocks'])} of {tuple(d['chunks'])}",
             f"  codecs     {' -> '.join(d['codecs'])}",
             f"  size       {format_bytes(d['nbytes'])} ({format_bytes(d['stored_bytes'])} stored)",
+            f"  missing chunks: {d['missing_chunks']}",
             "  provenance " + json.dumps(d["provenance"], sort_keys=True, default=str)]))
 
 

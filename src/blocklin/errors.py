@@ -14,7 +14,11 @@ __all__ = [
     "IncompleteArrayError",
     "InputDtypeError",
     "InputValueError",
+    "InputChangedError",
     "LockError",
+    "MissingChunkError",
+    "NonFiniteError",
+    "OutputAliasError",
     "PlanMemoryError",
     "ShapeMismatchError",
     "TaskFailedError",
@@ -65,6 +69,51 @@ class CorruptChunkError(BlocklinError, OSError):
         self.chunk = chunk
         key = ".".join(str(c) for c in chunk)
         super().__init__(f"corrupt chunk {key} of array {array}: {reason}")
+
+
+class MissingChunkError(CorruptChunkError):
+    """A chunk of an array blocklin wrote is absent from storage.
+
+    blocklin writes every chunk of its arrays, so an absent one was lost (deleted,
+    a failed copy, an eventually consistent listing), never a fill value.
+    """
+
+    def __init__(self, array: str, chunk: tuple[int, ...], reason: str = "") -> None:
+        key = ".".join(str(c) for c in chunk)
+        BlocklinError.__init__(
+            self, f"missing chunk {key} of array {array}: blocklin wrote every chunk of it, "
+                  f"so this one was lost{'; ' + reason if reason else ''}. Rewrite the array "
+                  "(or rerun the step that produced it)")
+        self.array = array
+        self.chunk = chunk
+
+
+class NonFiniteError(InputValueError):
+    """An array holds NaN or infinity where blocklin needs finite numbers.
+
+    Attributes name the array and block, and the row and column (global indices)
+    of the first non-finite value where they are known.
+    """
+
+    def __init__(self, array: str, block: tuple[int, ...] | None = None,
+                 row: int | None = None, col: int | None = None, detail: str = "") -> None:
+        self.array = array
+        self.block = block
+        self.row = row
+        self.col = col
+        where = f" in block {'.'.join(str(b) for b in block)}" if block is not None else ""
+        if row is not None:
+            where += f" at row {row}" + (f", column {col}" if col is not None else "")
+        msg = f"array {array} holds NaN or infinite values{where}"
+        super().__init__(msg + (f"; {detail}" if detail else ""))
+
+
+class InputChangedError(BlocklinError, OSError):
+    """An input's stored content changed while a run or refresh depended on it."""
+
+
+class OutputAliasError(InputValueError):
+    """An output path is, contains or lies inside an input or the work directory."""
 
 
 class IncompleteArrayError(BlocklinError, OSError):

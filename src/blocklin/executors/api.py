@@ -13,7 +13,7 @@ from blocklin.config import (
     parse_memory,
 )
 from blocklin.errors import ConfigError, InputDtypeError
-from blocklin.executors.base import Executor, RunStats, prepare, reset_outputs
+from blocklin.executors.base import Executor, RunStats, prepare, reset_outputs, unseal_pending
 from blocklin.executors.lazy import Lazy
 from blocklin.plan.finalize import FinalPlan, finalize
 from blocklin.plan.graph import Plan, jsonable
@@ -142,6 +142,8 @@ def compute(*results: Lazy, executor: str | Executor = "dask", address: str | No
     ensure_group(store_for(work))  # intermediates live in one zarr group per work dir
     if not resume:
         reset_outputs(xplan)
+    else:
+        unseal_pending(xplan)
     run = stats if stats is not None else RunStats()
     run.executor = engine.name
     run.cache_bytes = budget

@@ -9,19 +9,22 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 from blocklin.plan.finalize import FinalPlan
-from blocklin.plan.graph import Task
-from blocklin.plan.runtime import GroupRuntime, TaskMetrics
+from blocklin.plan.graph import Stage, Task
+from blocklin.plan.runtime import GroupRuntime, TaskMetrics, task_inputs_digest
 from blocklin.storage.blockcache import content_token
-from blocklin.storage.meta import METADATA_KEY
-from blocklin.storage.records import clear_records, done_blocks
+from blocklin.storage.chunkio import block_ident, crc_ident
+from blocklin.storage.meta import METADATA_KEY, ArrayMeta
+from blocklin.storage.records import clear_records, read_records
 from blocklin.storage.stores import store_for
+from blocklin.types import BlockIndex
 
 __all__ = ["ExecutionPlan", "Executor", "RunStats", "TaskBatch", "TaskJob", "cache_tokens",
-           "prepare", "reset_outputs"]
+           "prepare", "reset_outputs", "unseal_pending", "verified_blocks"]
 
 TaskCallback = Callable[[TaskMetrics], None]
 
@@ -133,8 +136,8 @@ class Executor(Protocol):
 def reset_outputs(xplan: ExecutionPlan) -> None:
     """Forget earlier runs' blocks before a run without ``resume``.
 
-    Completion records of intermediates are cleared; an explicit output is removed
-    whole, so an old result can never mix with new blocks.
+    Completion records and metadata of intermediates are cleared; an explicit output
+    is removed whole, so an old result can never mix with new blocks.
     """
     for rt in xplan.runtimes:
         for mr in rt.members:
@@ -143,6 +146,20 @@ def reset_outputs(xplan: ExecutionPlan) -> None:
                 store.delete_prefix("")
             else:
                 clear_records(store)
+                store.delete_prefix(METADATA_KEY)
+
+
+def unseal_pending(xplan: ExecutionPlan) -> None:
+    """Before a resumed run rewrites blocks of an array, remove its ``zarr.json``.
+
+    A result sealed by an earlier run must not stay readable while some of its
+    blocks are being replaced: until the run seals it again, opening it fails.
+    """
+    for job in xplan.jobs:
+        rt = xplan.runtimes[job.group]
+        for mr, task in zip(rt.members, job.batch.tasks, strict=True):
+            if task is not None:
+                store_for(mr.output_meta.url).delete_prefix(METADATA_KEY)
 
 
 def cache_tokens(final: FinalPlan) -> dict[str, str]:
@@ -173,6 +190,17 @@ def prepare(final: FinalPlan, work_dir: str, resume: bool, blas_threads: int = 1
     ``cache_bytes`` is the per-process block-cache budget (from the executor's
     ``cache_budget``). Reads completion records (and, with a cache, the sources'
     metadata) only; it writes nothing (see :func:`reset_outputs`).
+
+    With ``resume`` a block is skipped only when its record (see
+    :mod:`blocklin.storage.records`) is readable, names the same stage, matches the
+    checksum of the chunk now stored, and the inputs it was computed from are the
+    inputs now stored (:func:`blocklin.plan.runtime.task_inputs_digest`, recomputed
+    from storage); a block reading any block that will be recomputed is recomputed
+    too. Cost, paid only with ``resume``: per run, one listing of each output's
+    records; per recorded block, one read of its record and one 4-byte read of its
+    chunk's checksum trailer; per distinct source block those records read, one
+    4-byte read (sparse blocks: three; arrays read through zarr: one ``stat``), all
+    issued 16 at a time. Nothing is decoded.
     """
     tokens = cache_tokens(final) if cache_bytes > 0 else {}
     run = uuid.uuid4().hex if cache_bytes > 0 else ""
@@ -183,15 +211,15 @@ def prepare(final: FinalPlan, work_dir: str, resume: bool, blas_threads: int = 1
     for gi, g in enumerate(final.groups):
         for m in g.members:
             producers[m.output.name] = (gi, {t.out: p for p, t in enumerate(m.tasks)})
+    done = verified_blocks(runtimes, final) if resume else [
+        [set() for _ in rt.members] for rt in runtimes]
     jobs: list[TaskJob] = []
     pending: set[tuple[int, int]] = set()
     skipped = 0
-    for gi, (g, rt) in enumerate(zip(final.groups, runtimes, strict=True)):
-        done_per_member = [set(done_blocks(store_for(mr.output_meta.url))) if resume else set()
-                           for mr in rt.members]
+    for gi, (g, done_per_member) in enumerate(zip(final.groups, done, strict=True)):
         for pos in range(g.ntasks):
-            member_tasks = tuple(None if m.tasks[pos].out in done else m.tasks[pos]
-                                 for m, done in zip(g.members, done_per_member, strict=True))
+            member_tasks = tuple(None if m.tasks[pos].out in member_done else m.tasks[pos]
+                                 for m, member_done in zip(g.members, done_per_member, strict=True))
             if all(t is None for t in member_tasks):
                 skipped += 1
                 continue
@@ -211,3 +239,77 @@ def prepare(final: FinalPlan, work_dir: str, resume: bool, blas_threads: int = 1
             jobs.append(TaskJob(gi, pos, TaskBatch(member_tasks), tuple(sorted(deps))))
             pending.add((gi, pos))
     return ExecutionPlan(final, runtimes, tuple(jobs), skipped, work_dir)
+
+
+def verified_blocks(runtimes: tuple[GroupRuntime, ...],
+                    final: FinalPlan) -> list[list[set[BlockIndex]]]:
+    """Per group and member, the output blocks a resumed run may skip (see :func:`prepare`)."""
+    members = [mr for rt in runtimes for mr in rt.members]
+    produced = {mr.output_meta.url: mr.output.name for mr in members}
+    records = _io_map(lambda mr: read_records(store_for(mr.output_meta.url)), members)
+    # The checksum trailer of every recorded chunk, and the identity of every source
+    # block (and transform parameter block) those records' tasks read.
+    tails: list[tuple[ArrayMeta, BlockIndex]] = []
+    sources: set[tuple[ArrayMeta, BlockIndex]] = set()
+    for mr, stage, recs in zip(members, _stages(final), records, strict=True):
+        for t in stage.tasks:
+            if t.out not in recs:
+                continue
+            tails.append((mr.output_meta, t.out))
+            for p, index in t.reads:
+                if mr.input_metas[p].url not in produced:
+                    sources.add((mr.input_metas[p], index))
+                tmeta = mr.transforms[p]
+                if tmeta is not None and tmeta.url not in produced:
+                    sources.add((tmeta, (0, 0)))
+    stored = dict(zip(tails, _io_map(lambda mi: block_ident(store_for(mi[0].url), *mi), tails),
+                      strict=True))
+    source_list = list(sources)
+    idents = dict(zip(source_list, _io_map(lambda mi: block_ident(store_for(mi[0].url), *mi),
+                                           source_list), strict=True))
+    # Trusted crcs of produced blocks, by array name; absent: recomputed this run.
+    trusted: dict[str, dict[BlockIndex, int]] = {}
+
+    def ident(meta: ArrayMeta, index: BlockIndex) -> str | None:
+        name = produced.get(meta.url)
+        if name is None:
+            return idents.get((meta, index))
+        crc = trusted.get(name, {}).get(index)
+        return None if crc is None else crc_ident(crc)
+
+    out: list[list[set[BlockIndex]]] = []
+    it = iter(zip(members, _stages(final), records, strict=True))
+    for rt in runtimes:
+        per_member: list[set[BlockIndex]] = []
+        for _ in rt.members:
+            mr, stage, recs = next(it)
+            ok: set[BlockIndex] = set()
+            for t in stage.tasks:
+                rec = recs.get(t.out)
+                if (rec is None or rec.stage != mr.output.name
+                        or stored.get((mr.output_meta, t.out)) != crc_ident(rec.crc)):
+                    continue
+                digest = task_inputs_digest(mr, t, lambda p, i, m=mr: ident(m.input_metas[p], i),
+                                            lambda tmeta: ident(tmeta, (0, 0)))
+                if digest is not None and digest == rec.inputs:
+                    ok.add(t.out)
+            trusted[mr.output.name] = {i: recs[i].crc for i in ok}
+            per_member.append(ok)
+        out.append(per_member)
+    return out
+
+
+def _stages(final: FinalPlan) -> list[Stage]:
+    return [s for g in final.groups for s in g.members]
+
+
+_T = TypeVar("_T")
+_R = TypeVar("_R")
+
+
+def _io_map(fn: Callable[[_T], _R], items: list[_T]) -> list[_R]:
+    """``map`` for small storage reads: many in flight, as object stores need."""
+    if len(items) < 2:
+        return [fn(x) for x in items]
+    with ThreadPoolExecutor(16) as pool:
+        return list(pool.map(fn, items))

@@ -67,6 +67,7 @@ def inspect_array(path: str) -> dict[str, Any]:
         "nbytes": m.nbytes,
         "stored_bytes": stored,
         "ratio": round(m.nbytes / stored, 3) if stored else None,
+        "missing_chunks": m.meta.missing_chunks,
         "provenance": m.provenance,
     }
 

@@ -75,6 +75,9 @@ class ArrayNode:
     #: Bytes of the largest block once read, where that is not ``chunk_nbytes``: CSR
     #: row blocks (their three components, from the stored nnz). None for dense arrays.
     block_nbytes: int | None = None
+    #: blocklin wrote every chunk (a missing one is an error); else zarr's fill rule.
+    owned: bool = True
+    fill_value: Any = field(default=0, compare=False)
 
     @property
     def is_source(self) -> bool:
@@ -91,7 +94,8 @@ class ArrayNode:
     def resolve(self, work_dir: str) -> ArrayMeta:
         url = self.url or self.out_url or join_url(work_dir, self.name)
         return ArrayMeta(url=url, shape=self.shape, chunks=self.chunks, dtype=self.dtype,
-                         codec=self.codec, format=self.format)
+                         codec=self.codec, format=self.format, owned=self.owned,
+                         fill_value=self.fill_value)
 
     @classmethod
     def from_meta(cls, meta: ArrayMeta, fingerprint: str) -> ArrayNode:
@@ -99,7 +103,8 @@ class ArrayNode:
 
         return cls(name=f"src-{fingerprint[:20]}", shape=meta.shape, chunks=meta.chunks,
                    dtype=meta.dtype, codec=meta.codec, url=meta.url, fingerprint=fingerprint,
-                   format=meta.format, block_nbytes=csr_block_nbytes(meta))
+                   format=meta.format, block_nbytes=csr_block_nbytes(meta), owned=meta.owned,
+                   fill_value=meta.fill_value)
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,7 @@ returns a few numbers, never a block.
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,12 +19,13 @@ from threadpoolctl import threadpool_limits
 from blocklin.plan.finalize import StageGroup
 from blocklin.plan.graph import ArrayNode, Kernel, Task, TaskContext
 from blocklin.storage.blockcache import BlockCache, process_cache
-from blocklin.storage.chunkio import BufferPool, read_block, write_block
+from blocklin.storage.chunkio import BufferPool, read_block_ident, write_block
 from blocklin.storage.meta import ArrayMeta
-from blocklin.storage.records import mark_done
+from blocklin.storage.records import BlockRecord, input_digest, mark_done
 from blocklin.storage.stores import store_for
+from blocklin.types import BlockIndex
 
-__all__ = ["GroupRuntime", "MemberRuntime", "TaskMetrics", "run_task"]
+__all__ = ["GroupRuntime", "MemberRuntime", "TaskMetrics", "run_task", "task_inputs_digest"]
 
 TaskMetrics = dict[str, Any]
 
@@ -95,8 +96,8 @@ def run_task(runtime: GroupRuntime, tasks: tuple[Task | None, ...], *deps: Any) 
     # Every task applies its compute's budget: a compute without a cache (or with a
     # smaller one) frees what earlier computes left in this process.
     cache.trim(runtime.cache_bytes)
-    blocks: dict[tuple[str, tuple[int, ...]], Any] = {}
-    params_cache: dict[str, np.ndarray] = {}
+    blocks: dict[tuple[str, tuple[int, ...]], tuple[Any, str]] = {}
+    params_cache: dict[str, tuple[np.ndarray, str]] = {}
     bytes_read = 0
     nread = 0
     hits = misses = 0
@@ -113,27 +114,33 @@ def run_task(runtime: GroupRuntime, tasks: tuple[Task | None, ...], *deps: Any) 
                     key = (meta.url, index)
                     if key not in blocks:
                         token = member.cache_tokens[pos] if runtime.cache_bytes else None
-                        blocks[key], hit = _read(cache, runtime, meta, index, token, pool)
+                        block, ident, hit = _read(cache, runtime, meta, index, token, pool)
+                        blocks[key] = (block, ident)
                         if hit:
                             hits += 1
                         else:
                             misses += token is not None
-                            bytes_read += blocks[key].nbytes
+                            bytes_read += block.nbytes
                             nread += 1
                             per_array[meta.url] = per_array.get(meta.url, 0) + 1
-                    block = blocks[key]
+                    block = blocks[key][0]
                     tmeta = member.transforms[pos]
                     if tmeta is not None:
                         if tmeta.url not in params_cache:
-                            params_cache[tmeta.url] = read_block(store_for(tmeta.url), tmeta, (0, 0))
-                        block = _apply_affine(block, params_cache[tmeta.url], index[1],
+                            params_cache[tmeta.url] = read_block_ident(store_for(tmeta.url), tmeta,
+                                                                       (0, 0))
+                        block = _apply_affine(block, params_cache[tmeta.url][0], index[1],
                                               meta.chunks[1])
                     args.append(block)
                 ctx = TaskContext(task=task, inputs=member.inputs, output=member.output)
                 result = member.kernel(ctx, args)
                 out = member.output_meta
+                digest = task_inputs_digest(
+                    member, task, lambda pos, index, m=member: blocks[(m.input_metas[pos].url, index)][1],
+                    lambda tmeta: params_cache[tmeta.url][1])
                 crc = write_block(store_for(out.url), out, task.out, result)
-                mark_done(store_for(out.url), task.out, crc)
+                mark_done(store_for(out.url), task.out,
+                          BlockRecord(crc, member.output.name, digest or ""))
                 computed.append(member.stage)
     finally:
         blocks.clear()
@@ -146,12 +153,40 @@ def run_task(runtime: GroupRuntime, tasks: tuple[Task | None, ...], *deps: Any) 
 
 
 def _read(cache: BlockCache, runtime: GroupRuntime, meta: ArrayMeta, index: tuple[int, ...],
-          token: str | None, pool: BufferPool) -> tuple[Any, bool]:
-    """Block ``index`` from the process cache (cacheable inputs) or storage; and whether it hit."""
+          token: str | None, pool: BufferPool) -> tuple[Any, str, bool]:
+    """Block ``index`` from the process cache (cacheable inputs) or storage, the stored
+    chunk's identity, and whether it hit."""
     store = store_for(meta.url)
     if token is None:
-        return read_block(store, meta, index, pool), False
-    return cache.fetch((meta.url, token, index, meta.dtype),
-                       lambda: read_block(store, meta, index, pool),
-                       runtime.cache_bytes, runtime.cache_run)
+        block, ident = read_block_ident(store, meta, index, pool)
+        return block, ident, False
+    return cache.fetch_with_ident((meta.url, token, index, meta.dtype),
+                                  lambda: read_block_ident(store, meta, index, pool),
+                                  runtime.cache_bytes, runtime.cache_run)
 
+
+def task_inputs_digest(member: MemberRuntime, task: Task,
+                       read_ident: Callable[[int, BlockIndex], str | None],
+                       param_ident: Callable[[ArrayMeta], str | None]) -> str | None:
+    """The digest of the identities of every stored block a task reads: its input
+    blocks in read order, then each transform's parameter block. None when some
+    identity is unknown (a lost chunk): nothing computed from it can be trusted.
+
+    The task computes it from the chunks it decoded; resume recomputes it from
+    storage (:func:`blocklin.executors.base.prepare`) and trusts a record only when
+    both agree.
+    """
+    idents = []
+    for pos, index in task.reads:
+        ident = read_ident(pos, index)
+        if ident is None:
+            return None
+        idents.append(ident)
+    read_positions = {pos for pos, _ in task.reads}
+    for pos, tmeta in enumerate(member.transforms):
+        if tmeta is not None and pos in read_positions:
+            ident = param_ident(tmeta)
+            if ident is None:
+                return None
+            idents.append(ident)
+    return input_digest(idents)

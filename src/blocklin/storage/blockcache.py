@@ -55,6 +55,7 @@ class _Entry:
     value: Any
     nbytes: int
     run: str
+    ident: str = ""
 
 
 def content_token(fingerprint: str, metadata: bytes | None) -> str:
@@ -117,17 +118,24 @@ class BlockCache:
         be admitted within ``budget``; otherwise the loaded block itself is returned and
         the next pass reads it again.
         """
+        block, _, hit = self.fetch_with_ident(key, lambda: (load(), ""), budget, run)
+        return block, hit
+
+    def fetch_with_ident(self, key: CacheKey, load: Callable[[], tuple[Any, str]], budget: int,
+                         run: str) -> tuple[Any, str, bool]:
+        """:meth:`fetch` of a loader that also returns the stored chunk's identity
+        (kept beside the block, so a hit still says which chunk it came from)."""
         with self._lock:
             entry = self._entries.get(key)
             if entry is not None:
                 self._entries.move_to_end(key)
                 entry.run = run
-                return entry.value, True
-        block = load()
+                return entry.value, entry.ident, True
+        block, ident = load()
         nbytes = block_nbytes(block)
         with self._lock:
             if key in self._entries or not self._make_room(nbytes, budget, run):
-                return block, False
+                return block, ident, False
             self._bytes += nbytes  # reserved before the copy, so concurrent admits see it
         try:
             kept = _frozen(block)
@@ -136,8 +144,8 @@ class BlockCache:
                 self._bytes -= nbytes
             raise
         with self._lock:
-            self._entries[key] = _Entry(kept, nbytes, run)
-        return kept, False
+            self._entries[key] = _Entry(kept, nbytes, run, ident)
+        return kept, ident, False
 
     def _make_room(self, nbytes: int, budget: int, run: str) -> bool:
         """Evict blocks of other runs (LRU first) until ``nbytes`` fit; caller holds the lock."""

@@ -19,6 +19,7 @@ from blocklin.storage.meta import (
     check_numeric_dtype,
     read_meta,
     write_meta,
+    written_by_blocklin,
 )
 from blocklin.storage.records import compute_fingerprint, fingerprint_from_crcs
 from blocklin.storage.stores import Store, store_for
@@ -370,6 +371,8 @@ def _open_v2(store: Store) -> BlockMatrix:
     import zarr
 
     arr = zarr.open_array(store.zarr_store(), mode="r")
+    attrs = dict(arr.attrs)
     meta = ArrayMeta(url=store.url, shape=tuple(arr.shape), chunks=tuple(arr.chunks),
-                     dtype=str(arr.dtype), codec=None, attrs=dict(arr.attrs))
+                     dtype=str(arr.dtype), codec=None, attrs=attrs, owned=written_by_blocklin(attrs),
+                     fill_value=arr.fill_value)
     return BlockMatrix(store, meta)

@@ -12,12 +12,13 @@ from typing import Any
 
 import numpy as np
 
-from blocklin.errors import CorruptChunkError, IncompleteArrayError
+from blocklin.errors import CorruptChunkError, IncompleteArrayError, MissingChunkError
 from blocklin.storage.meta import ArrayMeta
 from blocklin.storage.stores import Store
 from blocklin.types import BlockIndex
 
-__all__ = ["BufferPool", "read_block", "read_region", "write_block"]
+__all__ = ["FILL_IDENT", "BufferPool", "block_ident", "crc_ident", "read_block", "read_block_ident",
+           "read_region", "write_block"]
 
 
 class BufferPool:
@@ -78,28 +79,44 @@ def read_block(store: Store, meta: ArrayMeta, index: BlockIndex,
     ------
     CorruptChunkError
         If the chunk's checksum does not match or it cannot be decoded.
+    MissingChunkError
+        If the chunk is absent from an array blocklin wrote (arrays written by other
+        tools read an absent chunk as their fill value, as zarr does).
+    """
+    return read_block_ident(store, meta, index, pool)[0]
+
+
+def read_block_ident(store: Store, meta: ArrayMeta, index: BlockIndex,
+                     pool: BufferPool | None = None) -> tuple[np.ndarray, str]:
+    """:func:`read_block`, and the identity of the stored chunk it decoded.
+
+    The identity is what a completion record binds a result to (see
+    :func:`block_ident`); for blocklin's codecs it is the chunk's checksum trailer,
+    verified by the decode itself, so it costs nothing more than the read.
     """
     if meta.format != "dense":
         # Sparse arrays: a scipy.sparse CSR row block (storage/sparse.py).
-        from blocklin.storage.sparse import read_csr_block
+        from blocklin.storage.sparse import read_csr_block, sparse_block_ident
 
-        return read_csr_block(store, meta, index)  # type: ignore[return-value]
+        block = read_csr_block(store, meta, index)
+        return block, sparse_block_ident(store, meta, index)  # type: ignore[return-value]
     meta.check_index(index)
     if meta.codec is None:
-        return _read_generic(store, meta, meta.block_slices(index), index)
+        ident = block_ident(store, meta, index)
+        return _read_generic(store, meta, meta.block_slices(index), index), ident
     key = meta.chunk_key(index)
     dtype = meta.np_dtype
     if pool is None:
         data = store.get(key)
         if data is None:
-            return _fill(meta, index)
+            return _fill(meta, index), FILL_IDENT
         raw = memoryview(data)
         scratch = None
     else:
         buf = pool.acquire(meta.chunk_nbytes + 4096)
         got = store.read_into(key, buf)
         if got is None:
-            return _fill(meta, index)
+            return _fill(meta, index), FILL_IDENT
         raw = got
         scratch = pool.acquire(meta.chunk_nbytes)
     full = meta.codec.decode_view(raw, dtype, meta.chunks, scratch)
@@ -111,11 +128,52 @@ def read_block(store: Store, meta: ArrayMeta, index: BlockIndex,
         # Without a pool the caller owns the result; an uncompressed chunk is a view of
         # immutable bytes, so copy it into a writable array.
         block = np.array(block)
-    return block
+    return block, crc_ident(int.from_bytes(raw[-4:], "little"))
+
+
+#: The identity of a chunk absent from a foreign array (read as its fill value).
+FILL_IDENT = "fill"
+
+
+def crc_ident(crc: int) -> str:
+    """The identity of a chunk stored with checksum ``crc``."""
+    return f"c{crc:08x}"
+
+
+def block_ident(store: Store, meta: ArrayMeta, index: BlockIndex) -> str | None:
+    """The identity of the stored chunk behind block ``index``, without decoding it.
+
+    blocklin's codecs: the chunk's crc32c trailer (a 4-byte read). Sparse blocks: the
+    three components' trailers. Arrays read through zarr (other codecs, v2, shards):
+    the chunk object's size and modification time (or ETag), one ``stat``. A chunk
+    absent from a foreign array is ``FILL_IDENT``; absent from an array blocklin
+    wrote, None (it is lost, so nothing computed from it can be trusted).
+    """
+    if meta.format != "dense":
+        from blocklin.storage.sparse import sparse_block_ident
+
+        return sparse_block_ident(store, meta, index)
+    if meta.codec is None:
+        token = store.stat(_zarr_chunk_key(store, index))
+        return f"s{token}" if token is not None else (None if meta.owned else FILL_IDENT)
+    tail = store.get_tail(meta.chunk_key(index), 4)
+    if tail is None or len(tail) != 4:
+        return None if meta.owned else FILL_IDENT
+    return crc_ident(int.from_bytes(tail, "little"))
+
+
+def _zarr_chunk_key(store: Store, index: BlockIndex) -> str:
+    import zarr
+
+    arr = zarr.open_array(store.zarr_store(), mode="r")
+    key: str = arr.metadata.encode_chunk_key(tuple(index))
+    return key
 
 
 def _fill(meta: ArrayMeta, index: BlockIndex) -> np.ndarray:
-    return np.zeros(meta.block_shape(index), dtype=meta.np_dtype)
+    if meta.owned:
+        raise MissingChunkError(meta.url, index)
+    return np.full(meta.block_shape(index), meta.fill_value, dtype=meta.np_dtype)
 
 
 def _read_generic(store: Store, meta: ArrayMeta, region: tuple[slice, ...],

@@ -14,7 +14,8 @@ from blocklin.storage.codecs import ChunkCodec, codec_from_metadata
 from blocklin.storage.stores import Store
 from blocklin.types import BlockIndex, Shape
 
-__all__ = ["ArrayMeta", "check_numeric_dtype", "ensure_group", "read_meta", "write_meta"]
+__all__ = ["ArrayMeta", "check_numeric_dtype", "ensure_group", "parse_fill_value", "read_meta",
+           "write_meta", "written_by_blocklin"]
 
 METADATA_KEY = "zarr.json"
 ATTRS_NAMESPACE = "blocklin"
@@ -47,6 +48,11 @@ class ArrayMeta:
 
     ``codec`` is None for arrays whose codecs blocklin does not decode itself; those
     are read through zarr's generic path.
+
+    ``owned`` says blocklin wrote the array, and so every one of its chunks: a missing
+    chunk is then an error (:class:`~blocklin.errors.MissingChunkError`). Arrays
+    written by other tools follow zarr's rule instead: a missing chunk reads as
+    ``fill_value``.
     """
 
     url: str
@@ -57,6 +63,15 @@ class ArrayMeta:
     #: Block layout: "dense" chunks, or "csr" row blocks (see ``storage/sparse.py``).
     format: str = "dense"
     attrs: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
+    owned: bool = True
+    fill_value: Any = field(default=0, compare=False)
+
+    @property
+    def missing_chunks(self) -> str:
+        """What reading a chunk absent from storage does, in words (``inspect`` shows it)."""
+        if self.owned:
+            return "error (blocklin wrote every chunk of this array)"
+        return f"read as the fill value {self.fill_value!r} (zarr's rule; blocklin did not write it)"
 
     @property
     def np_dtype(self) -> np.dtype[Any]:
@@ -151,5 +166,26 @@ def read_meta(store: Store) -> ArrayMeta | None:
     dtype = doc["data_type"]
     if not isinstance(dtype, str):
         raise InputDtypeError(f"array {store.url} has a data type blocklin cannot read: {dtype}")
+    attrs = doc.get("attributes", {})
     return ArrayMeta(url=store.url, shape=tuple(doc["shape"]), chunks=tuple(chunks or doc["shape"]),
-                     dtype=dtype, codec=codec, attrs=doc.get("attributes", {}))
+                     dtype=dtype, codec=codec, attrs=attrs, owned=written_by_blocklin(attrs),
+                     fill_value=parse_fill_value(doc.get("fill_value"), dtype))
+
+
+def written_by_blocklin(attrs: Any) -> bool:
+    """Whether array attributes carry blocklin's provenance (so blocklin wrote every chunk)."""
+    return isinstance(attrs, dict) and isinstance(attrs.get(ATTRS_NAMESPACE), dict)
+
+
+def parse_fill_value(value: Any, dtype: str) -> Any:
+    """zarr's JSON fill value as a number of ``dtype`` (``"NaN"``, ``"Infinity"`` and
+    hex bit patterns included); None reads as 0, as zarr v2 does without one."""
+    dt = np.dtype(dtype)
+    if value is None:
+        return dt.type(0)
+    if isinstance(value, str):
+        if value.startswith("0x"):
+            raw = int(value, 16).to_bytes(dt.itemsize, "big")
+            return np.frombuffer(raw, dtype=dt.newbyteorder(">"))[0].astype(dt)
+        value = {"NaN": np.nan, "Infinity": np.inf, "-Infinity": -np.inf}.get(value, value)
+    return dt.type(value)

@@ -1,47 +1,96 @@
 """Completion records and content fingerprints.
 
-A block is recorded complete (``.blocklin/done/<i>.<j>``, holding the chunk's crc32c)
-only after its chunk is fully written; resume trusts records, never bare chunks.
+A block is recorded complete (``.blocklin/done/<i>.<j>``) only after its chunk is
+fully written. The record binds the block to what it was computed from: the stored
+chunk's crc32c, the content name of the stage that wrote it (operator, parameters,
+input names, layout) and a digest of the identities of the input blocks the task
+read (their checksums, see :func:`blocklin.storage.chunkio.block_ident`). Resume
+trusts a record only after checking all three against storage (see
+:func:`blocklin.executors.base.prepare`); bare chunks are never trusted.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 
 from blocklin.storage.meta import ArrayMeta
 from blocklin.storage.stores import Store
 from blocklin.types import BlockIndex
 
-__all__ = ["clear_records", "compute_fingerprint", "done_blocks", "fingerprint_from_crcs",
-           "mark_done"]
+__all__ = ["BlockRecord", "clear_records", "compute_fingerprint", "done_blocks",
+           "fingerprint_from_crcs", "input_digest", "mark_done", "read_records"]
 
 _DONE = ".blocklin/done"
+#: Threads reading records and checksum trailers (small reads; object stores need many
+#: in flight, local files are served from the page cache either way).
+_IO_THREADS = 16
+
+
+@dataclass(frozen=True)
+class BlockRecord:
+    """What a completion record says about one written block."""
+
+    crc: int
+    stage: str
+    inputs: str
+
+    def encode(self) -> bytes:
+        return json.dumps({"crc": f"{self.crc:08x}", "stage": self.stage,
+                           "inputs": self.inputs}, sort_keys=True).encode()
+
+    @classmethod
+    def decode(cls, raw: bytes) -> BlockRecord | None:
+        """The record in ``raw``, or None if it is unreadable (then the block is not done)."""
+        try:
+            doc = json.loads(raw)
+            return cls(int(doc["crc"], 16), str(doc["stage"]), str(doc["inputs"]))
+        except (ValueError, TypeError, KeyError, AttributeError):
+            return None
+
+
+def input_digest(idents: Sequence[str]) -> str:
+    """The digest of the input-block identities a task read, in its read order."""
+    return hashlib.sha256("\0".join(idents).encode()).hexdigest()[:32]
 
 
 def _record_key(index: BlockIndex) -> str:
     return f"{_DONE}/" + ".".join(str(i) for i in index)
 
 
-def mark_done(store: Store, index: BlockIndex, crc: int) -> None:
-    """Record block ``index`` as fully written with checksum ``crc``."""
-    store.put(_record_key(index), f"{crc:08x}".encode())
+def mark_done(store: Store, index: BlockIndex, record: BlockRecord) -> None:
+    """Record block ``index`` as fully written (call only after its chunk is)."""
+    store.put(_record_key(index), record.encode())
 
 
-def done_blocks(store: Store) -> dict[BlockIndex, int]:
-    """Blocks recorded complete, with their checksums (one listing of the store)."""
-    out: dict[BlockIndex, int] = {}
+def read_records(store: Store) -> dict[BlockIndex, BlockRecord]:
+    """The readable completion records of an array: one listing, one read per record.
+
+    Unreadable records (garbage, an old format, a partial write) are left out: their
+    blocks count as not done.
+    """
+    keys: list[tuple[BlockIndex, str]] = []
     for key in store.list(_DONE):
         name = key.rsplit("/", 1)[-1]
         try:
-            index = tuple(int(p) for p in name.split("."))
+            keys.append((tuple(int(p) for p in name.split(".")), key))
         except ValueError:
             continue
-        raw = store.get(key)
-        if raw:
-            out[index] = int(raw.decode(), 16)
+    out: dict[BlockIndex, BlockRecord] = {}
+    with ThreadPoolExecutor(_IO_THREADS) as pool:
+        for (index, _), raw in zip(keys, pool.map(lambda k: store.get(k[1]), keys), strict=True):
+            rec = BlockRecord.decode(raw) if raw else None
+            if rec is not None:
+                out[index] = rec
     return out
+
+
+def done_blocks(store: Store) -> dict[BlockIndex, int]:
+    """Blocks with a readable completion record, with their recorded checksums."""
+    return {index: rec.crc for index, rec in read_records(store).items()}
 
 
 def clear_records(store: Store) -> None:

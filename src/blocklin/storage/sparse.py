@@ -32,7 +32,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from blocklin.config import DEFAULT_BLOCK_BYTES
-from blocklin.errors import CorruptChunkError, InputValueError
+from blocklin.errors import CorruptChunkError, InputValueError, MissingChunkError
 from blocklin.storage.chunkio import write_block
 from blocklin.storage.codecs import ChunkCodec
 from blocklin.storage.meta import (
@@ -50,7 +50,7 @@ if TYPE_CHECKING:
     from blocklin.storage.blockmatrix import BlockMatrix
 
 __all__ = ["CSR", "CSRBlock", "csr_block_nbytes", "from_sparse", "is_sparse_matrix",
-           "read_csr_block", "read_sparse_meta", "to_scipy"]
+           "read_csr_block", "read_sparse_meta", "sparse_block_ident", "to_scipy"]
 
 CSR = "csr"
 _COMPONENTS = ("data", "indices", "indptr")
@@ -196,10 +196,29 @@ def read_sparse_meta(store: Store) -> ArrayMeta | None:
                      dtype=layout["dtype"], format=CSR, attrs=attrs)
 
 
+def sparse_block_ident(store: Store, meta: ArrayMeta, index: BlockIndex) -> str | None:
+    """The identity of row block ``index``: its components' checksums combined, as
+    written (an absent data or indices component is an empty one); None when the
+    block is lost (its ``indptr``, always written, is absent)."""
+    crcs = []
+    for name in _COMPONENTS:
+        tail = store.get_tail(_component_key(index[0], name) + "/c/0", 4)
+        if tail is None or len(tail) != 4:
+            if name == "indptr":
+                return None
+            crcs.append(0)
+        else:
+            crcs.append(int.from_bytes(tail, "little"))
+    return f"c{crc32c.crc32c(b''.join(c.to_bytes(4, 'little') for c in crcs)):08x}"
+
+
 def _read_component(store: Store, meta: ArrayMeta, index: BlockIndex, name: str,
                     dtype: np.dtype[Any]) -> np.ndarray:
     raw = store.get(_component_key(index[0], name) + "/c/0")
     if raw is None:
+        if name == "indptr":
+            # Every block has rows + 1 offsets, so blocklin always wrote this one.
+            raise MissingChunkError(meta.url, index, "its indptr component is absent")
         return np.zeros(0, dtype=dtype)
     n = (len(raw) - 4) // dtype.itemsize
     arr = _RAW.decode_view(memoryview(raw), dtype, (n,), None)

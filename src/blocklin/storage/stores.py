@@ -66,6 +66,11 @@ class Store(ABC):
         """Whether ``key`` holds data."""
 
     @abstractmethod
+    def stat(self, key: str) -> str | None:
+        """A token that changes whenever ``key`` is rewritten (size with modification
+        time, or an object store's ETag); None when ``key`` is absent."""
+
+    @abstractmethod
     def list(self, prefix: str) -> list[str]:
         """Keys directly or indirectly under ``prefix`` (relative to the root)."""
 
@@ -155,6 +160,13 @@ class LocalStore(Store):
     def exists(self, key: str) -> bool:
         return self._path(key).is_file()
 
+    def stat(self, key: str) -> str | None:
+        try:
+            st = os.stat(self._path(key))
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        return f"{st.st_size}:{st.st_mtime_ns}:{st.st_ino}"
+
     def list(self, prefix: str) -> list[str]:
         base = self._path(prefix)
         if not base.is_dir():
@@ -215,6 +227,14 @@ class FsspecStore(Store):
 
     def exists(self, key: str) -> bool:
         return bool(self.fs.isfile(self._path(key)))
+
+    def stat(self, key: str) -> str | None:
+        try:
+            info = self.fs.info(self._path(key))
+        except (FileNotFoundError, IsADirectoryError):
+            return None
+        tag = info.get("ETag") or info.get("etag") or info.get("LastModified") or info.get("mtime")
+        return f"{info.get('size')}:{tag}"
 
     def list(self, prefix: str) -> list[str]:
         base = self._path(prefix)
