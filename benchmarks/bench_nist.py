@@ -1,6 +1,6 @@
 """NIST StRD linear regression: correct digits of blocklin's solvers against a Householder solve.
 
-For each of the eleven datasets in ``../shared/data/nist`` the design is stored as a
+For each of the eleven datasets in ``tests/data/nist`` the design is stored as a
 BlockMatrix of five or six row blocks and fitted by ``qr`` and ``auto``; the table shows
 the smallest log relative error (LRE, digits) over the coefficients against the certified
 values, the same for a Householder QR solve of the whole design in memory (LAPACK

@@ -18,7 +18,7 @@ import scipy.linalg
 import blocklin as bl
 from blocklin.ml import LinearRegression
 
-NIST_DIR = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "nist"
+NIST_DIR = Path(__file__).resolve().parents[1] / "data" / "nist"
 DATASETS = ["Norris", "Pontius", "NoInt1", "NoInt2", "Filip", "Longley",
             "Wampler1", "Wampler2", "Wampler3", "Wampler4", "Wampler5"]
 # Least-squares condition estimate of the equilibrated R at most 25: one TSQR pass. The
