@@ -17,9 +17,10 @@ import numpy as np
 from threadpoolctl import threadpool_limits
 
 from blocklin.plan.finalize import StageGroup
+from blocklin.plan.finite import run_checked
 from blocklin.plan.graph import ArrayNode, Kernel, Task, TaskContext
 from blocklin.storage.blockcache import BlockCache, process_cache
-from blocklin.storage.chunkio import BufferPool, read_block_ident, write_block
+from blocklin.storage.chunkio import BufferPool, block_ident, read_block_ident, write_block
 from blocklin.storage.meta import ArrayMeta
 from blocklin.storage.records import BlockRecord, input_digest, mark_done
 from blocklin.storage.stores import store_for
@@ -133,7 +134,7 @@ def run_task(runtime: GroupRuntime, tasks: tuple[Task | None, ...], *deps: Any) 
                                               meta.chunks[1])
                     args.append(block)
                 ctx = TaskContext(task=task, inputs=member.inputs, output=member.output)
-                result = member.kernel(ctx, args)
+                result = run_checked(member, ctx, args)  # NaN/inf in, NonFiniteError out
                 out = member.output_meta
                 digest = task_inputs_digest(
                     member, task, lambda pos, index, m=member: blocks[(m.input_metas[pos].url, index)][1],
@@ -160,9 +161,12 @@ def _read(cache: BlockCache, runtime: GroupRuntime, meta: ArrayMeta, index: tupl
     if token is None:
         block, ident = read_block_ident(store, meta, index, pool)
         return block, ident, False
+    # A hit is checked against the chunk's checksum trailer now stored (4 bytes): a
+    # source rewritten in place since it was cached (zarr.json untouched) is read again.
     return cache.fetch_with_ident((meta.url, token, index, meta.dtype),
                                   lambda: read_block_ident(store, meta, index, pool),
-                                  runtime.cache_bytes, runtime.cache_run)
+                                  runtime.cache_bytes, runtime.cache_run,
+                                  current=lambda: block_ident(store, meta, index))
 
 
 def task_inputs_digest(member: MemberRuntime, task: Task,

@@ -122,15 +122,28 @@ class BlockCache:
         return block, hit
 
     def fetch_with_ident(self, key: CacheKey, load: Callable[[], tuple[Any, str]], budget: int,
-                         run: str) -> tuple[Any, str, bool]:
+                         run: str, current: Callable[[], str | None] | None = None,
+                         ) -> tuple[Any, str, bool]:
         """:meth:`fetch` of a loader that also returns the stored chunk's identity
-        (kept beside the block, so a hit still says which chunk it came from)."""
+        (kept beside the block, so a hit still says which chunk it came from).
+
+        ``current()``, when given, returns the stored chunk's identity now (a 4-byte
+        read): a cached block whose chunk was rewritten since is dropped and read again.
+        """
         with self._lock:
             entry = self._entries.get(key)
-            if entry is not None:
-                self._entries.move_to_end(key)
+        if entry is not None and current is not None and current() != entry.ident:
+            with self._lock:
+                if self._entries.get(key) is entry:
+                    del self._entries[key]
+                    self._bytes -= entry.nbytes
+            entry = None
+        if entry is not None:
+            with self._lock:
+                if key in self._entries:
+                    self._entries.move_to_end(key)
                 entry.run = run
-                return entry.value, entry.ident, True
+            return entry.value, entry.ident, True
         block, ident = load()
         nbytes = block_nbytes(block)
         with self._lock:
