@@ -19,6 +19,7 @@ from blocklin.plan.finalize import FinalPlan, finalize
 from blocklin.plan.graph import Plan, jsonable
 from blocklin.storage.blockmatrix import BlockMatrix, provenance_attrs
 from blocklin.storage.chunkio import read_block
+from blocklin.storage.locations import check_no_alias
 from blocklin.storage.meta import ensure_group, write_meta
 from blocklin.storage.records import done_blocks, fingerprint_from_crcs
 from blocklin.storage.stores import store_for
@@ -27,7 +28,7 @@ from blocklin.types import DEVICES, EXECUTORS, parse_option
 if TYPE_CHECKING:
     from distributed import Client
 
-__all__ = ["ProgressHook", "compute", "get_executor"]
+__all__ = ["ProgressHook", "check_plan_locations", "compute", "get_executor"]
 
 #: ``progress(stage_label, tasks_done, tasks_total)``, called on the driver.
 ProgressHook = Callable[[str, int, int], None]
@@ -126,6 +127,7 @@ def compute(*results: Lazy, executor: str | Executor = "dask", address: str | No
     limit = parse_memory(max_task_memory) if max_task_memory is not None \
         else default_max_task_memory()
     plan = Plan().merge(*(r.plan for r in results))
+    check_plan_locations(plan, work_dir or default_work_dir())
     final = finalize(plan, limit)
     try:
         device = parse_option("device", device, DEVICES)
@@ -156,6 +158,26 @@ def compute(*results: Lazy, executor: str | Executor = "dask", address: str | No
     run.seconds = time.perf_counter() - t0
     _seal_outputs(final, work)
     return tuple(_present(r, work) for r in results)
+
+
+def check_plan_locations(plan: Plan, work_dir: str) -> None:
+    """Refuse a plan whose explicit outputs (``out=``) alias its inputs or the work dir.
+
+    Every stage output with an ``out_url`` is compared with every source array the
+    plan reads, with the work directory and with the other outputs; the work
+    directory may not lie inside an input either.
+
+    Raises
+    ------
+    OutputAliasError
+        Before anything is written (``reset_outputs`` would remove the output whole).
+    """
+    sources = {node.url for stage in plan.stages
+               for node in [i.array for i in stage.inputs] + list(stage.param_arrays)
+               if node.url is not None}
+    outputs = [(f"the output of {s.op}", s.output.out_url) for s in plan.stages
+               if s.output.out_url is not None]
+    check_no_alias(outputs, [("an input", url) for url in sorted(sources)], work_dir)
 
 
 def _progress_callback(xplan: Any, labels: dict[str, str], run: RunStats,

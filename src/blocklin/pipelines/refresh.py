@@ -54,6 +54,7 @@ from blocklin.pipelines.runner import (
     BoundStep,
     Pipeline,
     RunOptions,
+    check_locations,
     compute_options,
     explain_pipeline,
     open_inputs,
@@ -179,6 +180,7 @@ def refresh_pipeline(pipe: Pipeline, batch_src: str, opts: RunOptions | None = N
     name = pipe.spec.refresh.input
     if not os.path.exists(batch_src) and "://" not in batch_src:
         raise FileNotFoundError(f"no such batch file: {batch_src}")
+    check_locations(pipe, opts)
     open_inputs(pipe)
     check_reachable(compute_options(pipe, opts))
     with OutputLock(pipe.output_dir, opts.command):

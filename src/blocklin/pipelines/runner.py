@@ -25,8 +25,8 @@ from blocklin.executors.api import ProgressHook
 from blocklin.pipelines.registry import BuildContext, Operator, Params, registry
 from blocklin.pipelines.spec import PipelineSpec, SpecError, StepSpec, format_loc, load_spec
 
-__all__ = ["BoundStep", "Pipeline", "RunOptions", "check_spec", "explain_pipeline",
-           "load_pipeline", "open_inputs", "run_pipeline"]
+__all__ = ["BoundStep", "Pipeline", "RunOptions", "check_locations", "check_spec",
+           "explain_pipeline", "load_pipeline", "open_inputs", "run_pipeline"]
 
 
 @dataclass(frozen=True)
@@ -247,6 +247,44 @@ def compute_options(pipe: Pipeline, opts: RunOptions) -> dict[str, Any]:
     }
 
 
+def written_paths(pipe: Pipeline) -> list[tuple[str, str]]:
+    """Everything a run or refresh writes in the output directory, labelled for messages."""
+    out = pipe.output_dir
+    paths = []
+    for name, spec in pipe.spec.outputs.items():
+        suffix = "zarr" if pipe.step(spec.step).op.kind == "matrix" else "npz"
+        paths.append((f"output {name!r}", str(out / f"{name}.{suffix}")))
+    from blocklin.pipelines.lock import LOCK_NAME
+    from blocklin.pipelines.manifest import MANIFEST_NAME
+
+    for what in (MANIFEST_NAME, "report", ".staging", ".refresh", LOCK_NAME):
+        paths.append((f"the run's {what}", str(out / what)))
+    return paths
+
+
+def check_locations(pipe: Pipeline, opts: RunOptions | None = None) -> None:
+    """Refuse a spec whose outputs would overwrite an input or the work directory.
+
+    Every path a run writes (outputs, manifest, report, staging, refresh state, lock)
+    is compared with every input and the work directory: equal, inside or containing
+    is refused (:func:`blocklin.storage.locations.check_no_alias`).
+
+    Raises
+    ------
+    OutputAliasError
+        Naming the output and the input; nothing has been written.
+    """
+    from blocklin.errors import OutputAliasError
+    from blocklin.storage.locations import check_no_alias
+
+    inputs = [(f"input {name!r}", pipe.resolve(inp.path)) for name, inp in pipe.spec.inputs.items()]
+    work = compute_options(pipe, opts or RunOptions())["work_dir"]
+    try:
+        check_no_alias(written_paths(pipe), inputs, work)
+    except OutputAliasError as exc:
+        raise OutputAliasError(f"{pipe.source}: output_dir: {exc}") from None
+
+
 def lazy_steps(pipe: Pipeline) -> list[BoundStep]:
     return [s for s in pipe.steps if s.op.kind in ("small", "matrix")]
 
@@ -256,14 +294,16 @@ def explain_pipeline(pipe: Pipeline, opts: RunOptions | None = None) -> dict[str
 
     Raises
     ------
-    SpecError, PlanMemoryError
-        For bad inputs, or a plan over ``max_task_memory``.
+    SpecError, PlanMemoryError, OutputAliasError
+        For bad inputs, a plan over ``max_task_memory``, or outputs that would
+        overwrite an input or the work directory.
     """
     from blocklin.config import default_max_task_memory, parse_memory
     from blocklin.plan.finalize import finalize
     from blocklin.plan.graph import Plan
 
     opts = opts or RunOptions()
+    check_locations(pipe, opts)
     inputs = open_inputs(pipe)
     comp = compute_options(pipe, opts)
     values = build_steps(pipe, inputs, output_paths(pipe, pipe.output_dir / ".staging"), comp)
@@ -293,7 +333,7 @@ def run_pipeline(pipe: Pipeline, opts: RunOptions | None = None,
 
     Raises
     ------
-    SpecError, PlanMemoryError
+    SpecError, PlanMemoryError, OutputAliasError
         Before anything is written.
     LockError
         If another run holds the output directory.
