@@ -11,7 +11,7 @@ import numpy as np
 import scipy.linalg
 
 from blocklin.config import default_work_dir
-from blocklin.errors import InputDtypeError, InputValueError, ShapeMismatchError
+from blocklin.errors import InputDtypeError, InputValueError, NonFiniteError, ShapeMismatchError
 from blocklin.ml._solvers import TrainData, lbfgs, min_norm, owlqn
 from blocklin.ml._validation import (
     _is_dask,
@@ -262,7 +262,22 @@ def iterative_fit(est: Any, data: TrainData, family: str, solver: str, k: int) -
         x, hist = owlqn(fun, theta0.ravel(), l1t.ravel(), int(est.max_iter), float(est.tol))
     else:
         x, hist = lbfgs(fun, theta0.ravel(), int(est.max_iter), float(est.tol))
+    _check_solution(solver, x, hist)
     return IterResult(to_coef(x), hist, mom)
+
+
+def _check_solution(solver: str, x: np.ndarray, history: list[float]) -> None:
+    """Refuse a non-finite objective or solution instead of returning the start point.
+
+    L-BFGS and OWL-QN stop at once on a NaN objective and return where they began (an
+    intercept-only model). Every pass checks its own input and output, so this is a
+    last guard against overflow in the driver's arithmetic.
+    """
+    if np.all(np.isfinite(history)) and np.all(np.isfinite(x)):
+        return
+    raise NonFiniteError(f"the {solver} objective", detail=(
+        f"it is {history[-1]} after {len(history) - 1} iterations although every pass "
+        "read finite values: the arithmetic overflowed float64. Rescale X and y"))
 
 
 # --------------------------------------------------------------------------- QR

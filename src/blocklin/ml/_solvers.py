@@ -27,10 +27,11 @@ import numpy as np
 import scipy.linalg
 import scipy.optimize
 
-from blocklin.errors import InputValueError, ShapeMismatchError
+from blocklin.errors import InputValueError, NonFiniteError, ShapeMismatchError
 from blocklin.executors.lazy import Lazy
 from blocklin.ml._validation import _is_dask, is_stored, stored_matrix
 from blocklin.ops.glm import PassSpec, build_pass, run_local
+from blocklin.storage.finite import all_finite
 
 __all__ = [
     "QuadSolution",
@@ -311,8 +312,7 @@ class TrainData:
         """Run one pass and return the reduced partial (shape ``spec.part_shape``)."""
         self.passes += 1
         if self.local is not None:
-            x, y, w = self.local
-            return run_local(spec, x, y, w, self.chunk_rows)
+            return self._run_local(spec)
         if self.stored is None:
             raise RuntimeError("TrainData holds no data")
         from blocklin.executors.api import compute
@@ -325,14 +325,30 @@ class TrainData:
         """Run several passes over the same data as one pass (fused into one plan)."""
         self.passes += 1
         if self.local is not None:
-            x, y, w = self.local
-            return [run_local(s, x, y, w, self.chunk_rows) for s in specs]
+            return [self._run_local(s) for s in specs]
         if self.stored is None:
             raise RuntimeError("TrainData holds no data")
         from blocklin.executors.api import compute
 
         X, Y, W = self.stored
         return list(compute(*(build_pass(s, X, Y, W) for s in specs), **self._options))
+
+    def _run_local(self, spec: PassSpec) -> np.ndarray:
+        """A pass over the in-memory data, refused when it overflows.
+
+        The data were checked finite at entry, so a non-finite result (checked on the
+        small reduced partial) can only be an overflow; stored data get the same check
+        task by task (:mod:`blocklin.plan.finite`).
+        """
+        assert self.local is not None
+        x, y, w = self.local
+        out = run_local(spec, x, y, w, self.chunk_rows)
+        if not all_finite(out):
+            raise NonFiniteError(f"the {spec.op} pass result", detail=(
+                "computed from finite in-memory X, y and sample weights: the arithmetic "
+                "overflowed float64. Rescale the data (e.g. divide large columns by a "
+                "constant)"))
+        return out
 
     def run_lazy(self, lazy: Lazy) -> Any:
         """Run another operator's lazy result over the stored data (one pass)."""

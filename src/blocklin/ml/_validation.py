@@ -3,8 +3,10 @@
 In-memory inputs (numpy arrays, array-likes, dask arrays) are validated as
 scikit-learn does (``validate_data``: finite, numeric, 2-D, ``n_features_in_``) and
 written to a private temporary BlockMatrix under the work directory, removed when
-the ``with`` block ends. Stored inputs (BlockMatrix, zarr path) are used in place:
-only their shape and dtype are checked, no pass over the data.
+the ``with`` block ends; a dask array's values are checked as it is written. Stored
+inputs (BlockMatrix, zarr path) are used in place: only their shape and dtype are
+checked, no pass over the data; NaN or infinity in them raises
+:class:`~blocklin.errors.NonFiniteError` from the first pass that reads them.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from blocklin.config import default_work_dir
-from blocklin.errors import InputDtypeError, InputValueError, ShapeMismatchError
+from blocklin.errors import InputDtypeError, InputValueError, NonFiniteError, ShapeMismatchError
 from blocklin.storage.blockmatrix import BlockMatrix, from_array, open_matrix
 
 __all__ = ["is_stored", "n_rows", "open_stored", "stored_matrix", "validate_features"]
@@ -105,7 +107,10 @@ def stored_matrix(X: Any, *, work_dir: str | os.PathLike[str] | None = None,
     Notes
     -----
     Writing an in-memory input is one pass over it; a stored input is not touched.
-    The temporary array is removed even if the body raises.
+    The temporary array is removed even if the body raises. NaN or infinity in a
+    dask array raises :class:`~blocklin.errors.NonFiniteError` (a ``ValueError``)
+    naming ``name``, the block, row and column; stored inputs are checked inside the
+    passes that read them.
     """
     if is_stored(X):
         yield open_stored(X)
@@ -117,6 +122,18 @@ def stored_matrix(X: Any, *, work_dir: str | os.PathLike[str] | None = None,
     base.mkdir(parents=True, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix=f"input-{name}-", dir=base)
     try:
-        yield from_array(arr, os.path.join(tmp, f"{name}.zarr"), chunks=chunks)
+        yield _store_input(arr, os.path.join(tmp, f"{name}.zarr"), chunks, name)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _store_input(arr: Any, path: str, chunks: Any, name: str) -> BlockMatrix:
+    """Write an in-memory input; a dask array's NaN or infinity is refused as it is written."""
+    # numpy and scipy inputs were checked whole by scikit-learn's validation; a dask
+    # array is checked block by block in the one pass that writes it.
+    is_dask = _is_dask(arr)
+    try:
+        return from_array(arr, path, chunks=chunks, check_finite=is_dask)
+    except NonFiniteError as exc:
+        raise NonFiniteError(f"{name} (a dask array)", exc.block, exc.row, exc.col,
+                             detail="remove or impute them before fitting") from None

@@ -86,6 +86,9 @@ class CoordinatedPartial:
         sq = _row_sqnorms(a)
         with np.errstate(divide="ignore"):
             rank = np.where(sq > 0, uniform_priorities(self.seed, start, stop) / sq, np.inf)
+        # A row holding NaN ranks first (as one holding inf does), so it is sampled and
+        # its values reach the output, where the task's finite check finds them.
+        rank[np.isnan(sq)] = 0.0
         keep = min(self.k + 1, stop - start)
         pick = np.lexsort((np.arange(stop - start), rank))[:keep]
         out = np.full((self.k + 1, a.shape[1] + _VALUES), np.inf)
@@ -97,6 +100,10 @@ class CoordinatedPartial:
         out[keep:, _VALUES:] = 0.0
         return out[None]
 
+    def finite_part(self, out: np.ndarray) -> np.ndarray:
+        """Row indices and values; the rank column holds inf for zero rows and padding."""
+        return out[..., _ROW:]
+
 
 @dataclass(frozen=True)
 class CoordinatedMerge:
@@ -106,6 +113,10 @@ class CoordinatedMerge:
 
     def __call__(self, ctx: TaskContext, blocks: Sequence[Any]) -> Any:
         return _take_smallest(np.concatenate([b[0] for b in blocks]), self.k + 1)[None]
+
+    def finite_part(self, out: np.ndarray) -> np.ndarray:
+        """As :meth:`CoordinatedPartial.finite_part`."""
+        return out[..., _ROW:]
 
 
 def _coordinated_node(A: Any, k: int, seed: int) -> Lazy:

@@ -13,6 +13,7 @@ from blocklin.config import default_chunk_rows
 from blocklin.errors import IncompleteArrayError, InputValueError
 from blocklin.storage.chunkio import read_block, read_region, write_block
 from blocklin.storage.codecs import choose_codec
+from blocklin.storage.finite import all_finite, check_block
 from blocklin.storage.meta import (
     ATTRS_NAMESPACE,
     ArrayMeta,
@@ -227,7 +228,7 @@ def _prepare_target(path: str | os.PathLike[str], overwrite: bool,
 
 
 def from_array(x: Any, path: str | os.PathLike[str], chunks: Any = None, *,
-               codec: str = "auto", overwrite: bool = False, check_finite: bool = False,
+               codec: str = "auto", overwrite: bool = False, check_finite: bool = True,
                attrs: dict[str, Any] | None = None) -> BlockMatrix:
     """Store a numpy or dask array as a BlockMatrix.
 
@@ -246,9 +247,11 @@ def from_array(x: Any, path: str | os.PathLike[str], chunks: Any = None, *,
         compresses only when a trial block shrinks by 15% or more.
     overwrite : bool
         Replace an existing array at ``path``; otherwise that is an error.
-    check_finite : bool
-        Refuse NaN and infinity (checked block by block while writing; on failure
-        nothing is left at ``path``).
+    check_finite : bool, default True
+        Refuse NaN and infinity, checked block by block as each is written (one read
+        of the block, no temporary); on failure nothing is left at ``path``. Pass
+        False to store them anyway, for tools that are defined on them: blocklin's
+        operators raise :class:`~blocklin.errors.NonFiniteError` when they read them.
     attrs : dict, optional
         Extra provenance attributes recorded under ``blocklin``.
 
@@ -261,8 +264,10 @@ def from_array(x: Any, path: str | os.PathLike[str], chunks: Any = None, *,
     InputDtypeError
         For non-numeric dtypes.
     InputValueError
-        For non-2-D or empty input, bad chunks, an existing path, or non-finite
-        values with ``check_finite``.
+        For non-2-D or empty input, bad chunks, or an existing path.
+    NonFiniteError
+        With ``check_finite``, for NaN or infinity: names ``path``, the block and the
+        global row and column of the first one (an ``InputValueError``).
 
     Notes
     -----
@@ -283,14 +288,13 @@ def from_array(x: Any, path: str | os.PathLike[str], chunks: Any = None, *,
     dtype = check_numeric_dtype(x.dtype)
     shape = _check_shape(tuple(x.shape))
     chunk_shape = _parse_chunks(chunks, shape, dtype.itemsize)
-    if check_finite and not is_dask and dtype.kind == "f" and not np.isfinite(x).all():
-        raise InputValueError("matrix holds NaN or infinite values (check_finite=True)")
     store = _prepare_target(path, overwrite)
     sample = np.asarray(x[: chunk_shape[0], : chunk_shape[1]])
     meta = ArrayMeta(url=store.url, shape=shape, chunks=chunk_shape, dtype=dtype.name,
                      codec=choose_codec(codec, sample))
     try:
-        crcs = _write_dask(x, store, meta, check_finite) if is_dask else _write_numpy(x, store, meta)
+        crcs = (_write_dask(x, store, meta, check_finite) if is_dask
+                else _write_numpy(x, store, meta, check_finite))
         fp = fingerprint_from_crcs(meta, crcs)
         doc = provenance_attrs("from_array", params={"codec": meta.codec.compressor
                                                      if meta.codec else None},
@@ -304,12 +308,30 @@ def from_array(x: Any, path: str | os.PathLike[str], chunks: Any = None, *,
     return BlockMatrix(store, meta)
 
 
-def _write_numpy(x: np.ndarray, store: Store, meta: ArrayMeta) -> dict[BlockIndex, int]:
+_ALLOW_NONFINITE = "pass check_finite=False to store them anyway"
+
+
+def _block_origin(meta: ArrayMeta, index: BlockIndex) -> tuple[int, int]:
+    return index[0] * meta.chunks[0], index[1] * meta.chunks[1]
+
+
+def _write_numpy(x: np.ndarray, store: Store, meta: ArrayMeta,
+                 check_finite: bool) -> dict[BlockIndex, int]:
     def one(index: BlockIndex) -> tuple[BlockIndex, int]:
-        return index, write_block(store, meta, index, x[meta.block_slices(index)])
+        block = x[meta.block_slices(index)]
+        if check_finite:
+            check_block(block, meta.url, index, _block_origin(meta, index), _ALLOW_NONFINITE)
+        return index, write_block(store, meta, index, block)
 
     with ThreadPoolExecutor(max(1, min(4, os.cpu_count() or 1))) as pool:
-        return dict(pool.map(one, meta.indices()))
+        futures = [pool.submit(one, index) for index in meta.indices()]
+        try:
+            # In block order, so the error names the first bad block.
+            return dict(f.result() for f in futures)
+        except BaseException:
+            for f in futures:  # blocks not started yet are not written
+                f.cancel()
+            raise
 
 
 _NOT_FINITE = -1  # a crc32c is never negative
@@ -317,7 +339,7 @@ _NOT_FINITE = -1  # a crc32c is never negative
 
 def _write_dask_block(block: np.ndarray, store: Store, meta: ArrayMeta, check_finite: bool,
                       block_id: tuple[int, int] = (0, 0)) -> np.ndarray:
-    if check_finite and block.dtype.kind == "f" and not np.isfinite(block).all():
+    if check_finite and not all_finite(block):
         # Reported after every task has finished: raising here would let the caller
         # delete the target while sibling tasks are still writing into it.
         return np.array([[_NOT_FINITE]], dtype=np.int64)
@@ -334,8 +356,9 @@ def _write_dask(x: da.Array, store: Store, meta: ArrayMeta,
                         chunks=((1,) * grid[0], (1,) * grid[1])).compute()
     bad = [index for index in meta.indices() if crcs[index] == _NOT_FINITE]
     if bad:
-        raise InputValueError(f"matrix holds NaN or infinite values in block {bad[0]} "
-                              "(check_finite=True)")
+        # Only the failure path computes the bad block again, to name row and column.
+        block = np.asarray(x.blocks[bad[0]])
+        check_block(block, meta.url, bad[0], _block_origin(meta, bad[0]), _ALLOW_NONFINITE)
     return {index: int(crcs[index]) for index in meta.indices()}
 
 

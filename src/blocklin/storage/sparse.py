@@ -32,9 +32,10 @@ import numpy as np
 import scipy.sparse as sp
 
 from blocklin.config import DEFAULT_BLOCK_BYTES
-from blocklin.errors import CorruptChunkError, InputValueError, MissingChunkError
+from blocklin.errors import CorruptChunkError, InputValueError, MissingChunkError, NonFiniteError
 from blocklin.storage.chunkio import write_block
 from blocklin.storage.codecs import ChunkCodec
+from blocklin.storage.finite import all_finite, first_nonfinite
 from blocklin.storage.meta import (
     ATTRS_NAMESPACE,
     METADATA_KEY,
@@ -126,7 +127,7 @@ def _parse_rows(chunks: Any, x: sp.csr_matrix, itemsize: int) -> int:
 
 
 def from_sparse(x: Any, path: str | os.PathLike[str], chunks: Any = None, *,
-                overwrite: bool = False, check_finite: bool = False,
+                overwrite: bool = False, check_finite: bool = True,
                 attrs: dict[str, Any] | None = None) -> BlockMatrix:
     """Store a ``scipy.sparse`` matrix as a sparse BlockMatrix (CSR row panels).
 
@@ -138,8 +139,11 @@ def from_sparse(x: Any, path: str | os.PathLike[str], chunks: Any = None, *,
     InputDtypeError
         For non-numeric dtypes.
     InputValueError
-        For non-2-D or empty input, column-split chunks, an existing path, or NaN or
-        infinite values with ``check_finite``.
+        For non-2-D or empty input, column-split chunks, or an existing path.
+    NonFiniteError
+        With ``check_finite`` (the default), for a NaN or infinite stored value: names
+        ``path``, its row block and the value's row and column. Checked on the stored
+        values (``.data``) before anything is written.
 
     Notes
     -----
@@ -151,9 +155,9 @@ def from_sparse(x: Any, path: str | os.PathLike[str], chunks: Any = None, *,
     if len(x.shape) != 2 or 0 in x.shape:
         raise InputValueError(f"a BlockMatrix is 2-D and non-empty; got shape {x.shape}")
     csr = sp.csr_matrix(x)
-    if check_finite and dtype.kind == "f" and not np.isfinite(csr.data).all():
-        raise InputValueError("matrix holds NaN or infinite values (check_finite=True)")
     rows = _parse_rows(chunks, csr, dtype.itemsize)
+    if check_finite and not all_finite(csr.data):
+        _refuse_nonfinite(csr, rows, store_for(path).url)
     m, n = csr.shape
     index_dtype = _index_dtype(n)
     store = _prepare_target(path, overwrite)
@@ -180,6 +184,12 @@ def from_sparse(x: Any, path: str | os.PathLike[str], chunks: Any = None, *,
         store.delete_prefix("")
         raise
     return BlockMatrix(store, meta)
+
+
+def _refuse_nonfinite(csr: sp.csr_matrix, rows: int, url: str) -> None:
+    row, col = first_nonfinite(csr) or (0, 0)  # the caller saw a non-finite value
+    raise NonFiniteError(url, (row // rows, 0), row, col,
+                         detail="pass check_finite=False to store them anyway")
 
 
 def read_sparse_meta(store: Store) -> ArrayMeta | None:
