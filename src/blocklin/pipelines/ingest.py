@@ -12,7 +12,7 @@ On any failure nothing is left at the destination.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -48,6 +48,58 @@ class SourceInfo:
     columns: tuple[str, ...]
     label: str | None
     batches: Iterator[Batch]
+    #: Kind of each column as the source stores it (``bool``, ``int``, ``float``),
+    #: recorded at ingest so a refresh batch whose column changed kind is refused.
+    kinds: tuple[str, ...] = ()
+    #: The columns were chosen (``--columns``), not every numeric column of the table.
+    selected: bool = False
+
+
+def column_kind(dtype: Any) -> str:
+    """``bool``, ``int`` or ``float`` for a numpy or Arrow type; else the type's name."""
+    try:
+        import pyarrow as pa
+
+        if isinstance(dtype, pa.DataType):
+            if pa.types.is_boolean(dtype):
+                return "bool"
+            if pa.types.is_integer(dtype):
+                return "int"
+            if pa.types.is_floating(dtype):
+                return "float"
+            return str(dtype)
+    except ImportError:  # pragma: no cover - pyarrow is a dependency
+        pass
+    dt = np.dtype(dtype)
+    kinds = {"b": "bool", "i": "int", "u": "int", "f": "float"}
+    return kinds.get(dt.kind, str(dt.name))
+
+
+def table_schema(src: str) -> dict[str, str]:
+    """Column name -> kind of a CSV or Parquet source, from its schema alone.
+
+    Raises
+    ------
+    InputValueError
+        If ``src`` is not a readable CSV or Parquet file.
+    """
+    import pyarrow as pa
+
+    fmt = detect_format(src)
+    try:
+        if fmt == "parquet":
+            import pyarrow.parquet as pq
+
+            schema = pq.ParquetFile(src).schema_arrow
+        elif fmt == "csv":
+            import pyarrow.csv as pcsv
+
+            schema = pcsv.open_csv(src, read_options=pcsv.ReadOptions(block_size=1 << 22)).schema
+        else:
+            raise InputValueError(f"{src} is a {fmt} source; it has no named columns")
+    except pa.ArrowInvalid as exc:
+        raise InputValueError(f"cannot read {src} as {fmt}: {str(exc).splitlines()[0]}") from None
+    return {f.name: column_kind(f.type) for f in schema}
 
 
 def detect_format(src: str) -> str:
@@ -140,7 +192,8 @@ def read_source(src: str, *, label: str | None = None, columns: Sequence[str] | 
         for start in range(0, arr.shape[0], batch_rows):
             yield Batch(np.asarray(arr[start: start + batch_rows], dtype=dt))
 
-    return SourceInfo(fmt, tuple(f"c{i}" for i in range(arr.shape[1])), None, gen())
+    return SourceInfo(fmt, tuple(f"c{i}" for i in range(arr.shape[1])), None, gen(),
+                      (column_kind(arr.dtype),) * arr.shape[1])
 
 
 def _open_array(src: str, fmt: str) -> Any:
@@ -166,18 +219,22 @@ def _open_table(src: str, fmt: str, label: str | None, columns: Sequence[str] | 
             import pyarrow.parquet as pq
 
             pf = pq.ParquetFile(src)
-            cols = _numeric_columns(pf.schema_arrow, columns, label, src)
+            it_schema = pf.schema_arrow
+            cols = _numeric_columns(it_schema, columns, label, src)
             # iter_batches reads one row group at a time, never the whole file.
             it = pf.iter_batches(batch_size=batch_rows, columns=cols + ([label] if label else []))
         else:
             import pyarrow.csv as pcsv
 
             reader = pcsv.open_csv(src, read_options=pcsv.ReadOptions(block_size=1 << 22))
-            cols = _numeric_columns(reader.schema, columns, label, src)
+            it_schema = reader.schema
+            cols = _numeric_columns(it_schema, columns, label, src)
             it = iter(reader)
     except pa.ArrowInvalid as exc:
         raise InputValueError(f"cannot read {src} as {fmt}: {str(exc).splitlines()[0]}") from None
-    return SourceInfo(fmt, tuple(cols), label, _table_batches(it, cols, label, src, dtype))
+    kinds = tuple(column_kind(it_schema.field(c).type) for c in cols)
+    return SourceInfo(fmt, tuple(cols), label, _table_batches(it, cols, label, src, dtype), kinds,
+                      selected=bool(columns))
 
 
 class BlockWriter:
@@ -237,12 +294,19 @@ class BlockWriter:
         self.crcs[index] = write_block(self.store, meta, index, block)
         self.rows += n
 
-    def close(self, attrs: dict[str, Any]) -> BlockMatrix:
-        """Write the last partial block, then ``zarr.json`` (the commit point)."""
+    def close(self, attrs: dict[str, Any],
+              before_commit: Callable[[], None] | None = None) -> BlockMatrix:
+        """Write the last partial block, then ``zarr.json`` (the commit point).
+
+        ``before_commit`` runs between the two: an append checks there that the
+        array's metadata is still the version it started from.
+        """
         if self.buffered:
             self._flush(self.buffered)
         if self.rows == 0:
             raise InputValueError("the source holds no rows")
+        if before_commit is not None:
+            before_commit()
         meta = _with_rows(self.meta, self.rows)
         fp = fingerprint_from_crcs(meta, self.crcs)
         doc = attrs.get(ATTRS_NAMESPACE, {})
@@ -344,8 +408,10 @@ def _write_all(info: SourceInfo, first: Batch, src: str, store: Store, ystore: S
         batch = next(info.batches, None)
     attrs = provenance_attrs("ingest", params={"source": os.path.abspath(src) if "://" not in src
                                                else src, "format": info.format,
-                                               "label": info.label},
-                             columns=list(info.columns))
+                                               "label": info.label,
+                                               "columns": list(info.columns) if info.selected
+                                               else None},
+                             columns=list(info.columns), column_kinds=list(info.kinds))
     x = writer.close(attrs)
     y = ywriter.close(provenance_attrs("ingest", params={"source": src, "column": info.label})) \
         if ywriter is not None else None

@@ -13,6 +13,11 @@ here, so it is only broken by hand:
   host is alive;
 - ``blocklin unlock SPEC --force`` (or deleting ``<output_dir>/.blocklin.lock``)
   removes it unconditionally: do that only when the holder is known to be gone.
+
+The same lock guards an input array while a refresh appends to it
+(:func:`array_lock`: ``<array>/.blocklin/append.lock``), since pipelines with
+different output directories may share an input. That one is waited for, not
+refused: appends are short, and both refreshes must land.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ import json
 import os
 import socket
 import time
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -30,9 +36,13 @@ import psutil
 
 from blocklin.errors import LockError
 
-__all__ = ["LOCK_NAME", "OutputLock", "break_lock", "read_lock"]
+__all__ = ["APPEND_LOCK_WAIT", "LOCK_NAME", "OutputLock", "array_lock", "break_lock",
+           "read_lock"]
 
 LOCK_NAME = ".blocklin.lock"
+
+#: Seconds a refresh waits for another process appending to the same input array.
+APPEND_LOCK_WAIT = 600.0
 
 
 @dataclass(frozen=True)
@@ -81,10 +91,13 @@ class OutputLock:
         If another live run holds the lock (or one on another host does).
     """
 
-    def __init__(self, directory: str | Path, command: str = "blocklin") -> None:
-        self.path = Path(directory) / LOCK_NAME
+    def __init__(self, directory: str | Path, command: str = "blocklin", *,
+                 name: str = LOCK_NAME, wait: float = 0.0, what: str | None = None) -> None:
+        self.path = Path(directory) / name
         self.command = command
         self.held = False
+        self.wait = wait
+        self.what = what or f"outputs in {self.path.parent} are"
 
     def _create(self) -> bool:
         doc = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.time(),
@@ -98,7 +111,27 @@ class OutputLock:
         return True
 
     def acquire(self) -> None:
+        """Take the lock, waiting up to ``wait`` seconds for a live holder.
+
+        Raises
+        ------
+        LockError
+            Naming the holder, if it still holds the lock when the wait is over.
+        """
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        deadline = time.monotonic() + self.wait
+        delay = 0.005
+        while True:
+            try:
+                self._try_acquire()
+                return
+            except LockError:
+                if time.monotonic() + delay > deadline:
+                    raise
+            time.sleep(delay)
+            delay = min(2 * delay, 0.1)
+
+    def _try_acquire(self) -> None:
         for _ in range(3):
             if self._create():
                 self.held = True
@@ -109,9 +142,11 @@ class OutputLock:
             stale = info.is_stale() if info.pid >= 0 else True
             if not stale:
                 hint = ("wait for it to finish" if stale is False else
+                        f"if that run is gone, delete {self.path}"
+                        if self.path.name != LOCK_NAME else
                         "if that run is gone, clear it with `blocklin unlock SPEC --force`")
-                raise LockError(f"outputs in {self.path.parent} are locked by {info.describe()}; "
-                                f"{hint}")
+                waited = f" (waited {self.wait:g} s)" if self.wait else ""
+                raise LockError(f"{self.what} locked by {info.describe()}{waited}; {hint}")
             _remove_stale(self.path, info)
         raise LockError(f"could not take the lock {self.path} (contended); try again")
 
@@ -129,6 +164,19 @@ class OutputLock:
     def __exit__(self, tp: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
         self.release()
+
+
+def array_lock(url: str, command: str = "blocklin",
+               wait: float = APPEND_LOCK_WAIT) -> AbstractContextManager[Any]:
+    """A lock on the array at ``url`` for appending to it (waits for another appender).
+
+    Local arrays only: on an object store (fsspec URL) there is no atomic create, and
+    appends rely on the version check of the array's metadata alone.
+    """
+    if "://" in url and not url.startswith("file://"):
+        return nullcontext()
+    return OutputLock(Path(url.removeprefix("file://")) / ".blocklin", command,
+                      name="append.lock", wait=wait, what=f"array {url} is")
 
 
 def _remove_stale(path: Path, info: LockInfo) -> None:

@@ -2,18 +2,24 @@
 
 The steps of ``blocklin refresh SPEC --append BATCH``, each safe to repeat:
 
-1. lock the output directory (a concurrent refresh or run refuses);
+1. lock the output directory (a concurrent refresh or run of this pipeline refuses);
 2. stream the batch into ``.refresh/<fingerprint>.zarr`` with the input's row
-   blocks; its fingerprint (a hash of layout and chunk checksums) identifies it;
-3. unless the input already records that fingerprint, append its rows to the input
-   (:class:`~blocklin.pipelines.ingest.BlockWriter`: new chunks first, the input's
-   ``zarr.json`` with the new shape and the batch record last, so readers see the
-   old matrix or the new one, never half of it);
+   blocks; its fingerprint (a hash of layout and chunk checksums) identifies it.
+   A table batch's columns are read by the names ingest recorded on the input, in
+   the input's order; missing, extra, renamed or changed-kind columns are refused
+   (:mod:`~blocklin.pipelines.columns`);
+3. holding the append locks of the inputs it extends (pipelines may share them),
+   and unless the input already holds the batch (appended by this pipeline or
+   another), append its rows to the input (:mod:`~blocklin.pipelines.append`: new
+   chunks first, then, if the metadata is still the version read under the lock,
+   the input's ``zarr.json`` with the new shape and the batch record, so readers
+   see the old matrix or the new one, never half of it);
 4. for every batch the input records but the outputs do not include yet (the
-   manifest says which), update each output: results additive over rows (Gram
-   matrix, AᵀB, column statistics) merge the batch's result into the previous
-   state, reading only the new rows; other outputs are recomputed from the whole
-   input;
+   manifest says which; batches appended by another pipeline sharing the input
+   are read from the input's recorded rows), update each output: results additive
+   over rows (Gram matrix, AᵀB, column statistics) merge the batch's result into
+   the previous state, reading only the new rows; other outputs are recomputed
+   from the whole input;
 5. store outputs and write the manifest (the commit point).
 
 A batch already in both input and outputs is skipped, so a retried cron job does
@@ -37,6 +43,15 @@ from typing import Any
 from blocklin.errors import InputValueError
 from blocklin.executors.api import ProgressHook
 from blocklin.executors.base import RunStats
+from blocklin.pipelines.append import (
+    append_batch,
+    append_rows,
+    batch_records,
+    copy_rows,
+    find_batch,
+    locked_arrays,
+)
+from blocklin.pipelines.columns import batch_columns
 from blocklin.pipelines.execute import (
     check_reachable,
     compute_steps,
@@ -46,7 +61,7 @@ from blocklin.pipelines.execute import (
     refresh_state,
     state_path,
 )
-from blocklin.pipelines.ingest import BlockWriter, ingest
+from blocklin.pipelines.ingest import ingest
 from blocklin.pipelines.lock import OutputLock
 from blocklin.pipelines.manifest import load_manifest, load_small, utc_now
 from blocklin.pipelines.registry import Arrays, BuildContext, UpdateContext
@@ -60,7 +75,6 @@ from blocklin.pipelines.runner import (
     open_inputs,
 )
 from blocklin.storage import BlockMatrix, open_matrix
-from blocklin.storage.meta import ATTRS_NAMESPACE
 
 __all__ = ["FAULT_ENV", "append_batch", "refresh_pipeline"]
 
@@ -93,6 +107,7 @@ def _stage_batch(src: str, pipe: Pipeline, inputs: Mapping[str, BlockMatrix]) ->
     incoming.mkdir(parents=True)
     try:
         res = ingest(src, str(incoming / "x.zarr"), label=r.label_column,
+                     columns=batch_columns(src, target, r.label_column),
                      label_dest=str(incoming / "y.zarr") if r.label_column else None,
                      chunk_rows=target.chunks[0], dtype=str(target.dtype), codec="none")
         if res.matrix.shape[1] != target.shape[1]:
@@ -107,36 +122,6 @@ def _stage_batch(src: str, pipe: Pipeline, inputs: Mapping[str, BlockMatrix]) ->
         shutil.rmtree(incoming, ignore_errors=True)
     y = open_matrix(str(final / "y.zarr")) if r.label_column else None
     return StagedBatch(fp, open_matrix(str(final / "x.zarr")), y)
-
-
-def append_batch(target: BlockMatrix, batch: BlockMatrix, source: str,
-                 fingerprint: str | None = None) -> BlockMatrix:
-    """Append ``batch``'s rows to ``target`` unless it is recorded already; return the input.
-
-    Notes
-    -----
-    One pass over the batch; the target's last partial block is read and rewritten.
-    """
-    fingerprint = fingerprint or batch.fingerprint
-    prov = target.provenance
-    batches = list(prov.get("batches", []))
-    if any(b.get("fingerprint") == fingerprint for b in batches):
-        return target
-    if getattr(target.meta, "format", None) == "csr":
-        raise InputValueError(f"refresh appends rows to dense inputs; {target.url} is sparse "
-                              "(CSR). Re-ingest it with the new rows and rerun the pipeline")
-    if batch.dtype != target.dtype:
-        raise InputValueError(f"batch dtype {batch.dtype} differs from {target.url}'s "
-                              f"{target.dtype}")
-    writer = BlockWriter(target.store, target.shape[1], target.dtype, target.chunks[0],
-                         target.meta.codec, base=target)
-    for _, block in batch.blocks():
-        writer.append(block)
-    start = target.shape[0]
-    record = {"fingerprint": fingerprint, "rows": [start, start + batch.shape[0]],
-              "source": source, "applied": utc_now()}
-    doc = {**prov, "batches": [*batches, record]}
-    return writer.close({**target.meta.attrs, ATTRS_NAMESPACE: doc})
 
 
 def _appended(pipe: Pipeline) -> dict[str, str]:
@@ -186,22 +171,73 @@ def refresh_pipeline(pipe: Pipeline, batch_src: str, opts: RunOptions | None = N
     with OutputLock(pipe.output_dir, opts.command):
         inputs = open_inputs(pipe)
         batch = _stage_batch(batch_src, pipe, inputs)
-        source = os.path.abspath(batch_src)
-        for ref, part in _appended(pipe).items():
-            data = batch.x if part == "x" else batch.y
-            assert data is not None
-            inputs[ref] = append_batch(inputs[ref], data, source, batch.fingerprint)
-            _fault(f"after_append_{part}")
+        inputs.update(_append_all(pipe, inputs, batch, os.path.abspath(batch_src),
+                                  opts.command))
         _fault("after_append")
         manifest = load_manifest(pipe.output_dir) or {}
         done = manifest.get("refresh", {}).get("batches", [])
-        pending = [b for b in inputs[name].provenance.get("batches", [])
-                   if b["fingerprint"] not in done]
+        pending = [b for b in batch_records(inputs[name]) if b.get("fingerprint") not in done]
         if not pending:
             return {"ok": True, "skipped": True, "batch": batch.fingerprint,
                     "message": f"batch {batch.fingerprint} already applied; nothing to do"}
         _check_labels_caught_up(pipe, inputs)
         return _update(pipe, inputs, manifest, pending, opts, progress)
+
+
+def _append_all(pipe: Pipeline, inputs: Mapping[str, BlockMatrix], batch: StagedBatch,
+                source: str, command: str) -> dict[str, BlockMatrix]:
+    """Append the batch to the inputs it extends, holding all their append locks.
+
+    The inputs are read afresh under the locks: a batch another pipeline appended
+    meanwhile is seen, and one the input holds already is not appended again.
+    Features are matched by batch id, or by the content of their rows when the
+    pipeline appends no labels; labels only by the id of the rows they go with.
+    """
+    r = pipe.spec.refresh
+    assert r is not None
+    urls = {ref: inputs[ref].url for ref in _appended(pipe)}
+    with locked_arrays(list(urls.values()), command):
+        x = open_matrix(urls[r.input])
+        content = None if r.label_input else batch.x.fingerprint
+        rec = find_batch(x, batch.fingerprint, content)
+        if r.label_input is not None:
+            _check_aligned(r.input, x, r.label_input, open_matrix(urls[r.label_input]), rec)
+        if rec is None:
+            x = append_rows(x.url, batch.x, source, batch.fingerprint)
+            rec = batch_records(x)[-1]
+        out = {r.input: x}
+        _fault("after_append_x")
+        if r.label_input is not None:
+            assert batch.y is not None
+            out[r.label_input] = append_rows(urls[r.label_input], batch.y, source,
+                                             str(rec["fingerprint"]), match_content=False)
+            _fault("after_append_y")
+    return out
+
+
+def _check_aligned(xname: str, x: BlockMatrix, yname: str, y: BlockMatrix,
+                   rec: dict[str, Any] | None) -> None:
+    """Labels must go to the rows they label: ``y`` holds exactly the batches before ``rec``."""
+    if rec is None:
+        start = x.shape[0]
+    else:
+        held = find_batch(y, str(rec["fingerprint"]))
+        if held is not None:
+            if held.get("rows") != rec.get("rows"):
+                raise InputValueError(f"batch {rec['fingerprint']} is at rows {rec.get('rows')} "
+                                      f"of {xname!r} but at rows {held.get('rows')} of "
+                                      f"{yname!r}: the labels are misaligned; re-ingest both")
+            return
+        start = int(rec["rows"][0])
+    if y.shape[0] != start:
+        have = {b.get("fingerprint") for b in batch_records(y)}
+        lacking = [f"{b.get('fingerprint')} ({b.get('source')})" for b in batch_records(x)
+                   if b.get("fingerprint") not in have]
+        raise InputValueError(
+            f"input {yname!r} has {y.shape[0]} rows but the batch's labels belong at row "
+            f"{start} of {xname!r}; batches of {xname!r} without labels: "
+            f"{', '.join(lacking) or 'none recorded'}. Finish the refresh that appended them "
+            "(rerun it with the same batch), then retry; nothing was appended")
 
 
 def _check_labels_caught_up(pipe: Pipeline, inputs: Mapping[str, BlockMatrix]) -> None:
@@ -228,7 +264,7 @@ def _update(pipe: Pipeline, inputs: dict[str, Any], manifest: Mapping[str, Any],
     inc = [n for n, o in outs.items() if _incremental(pipe, pipe.step(o.step))
            and n in manifest.get("outputs", {})]
     folder = pipe.output_dir / ".refresh" / "batches"
-    batches = [_open_staged(pipe, folder / b["fingerprint"], b["fingerprint"]) for b in pending]
+    batches = [_open_staged(pipe, inputs, folder, b) for b in pending]
     prev = {n: load_small(state_path(pipe.output_dir, n, manifest["outputs"][n]["digest"]))
             for n in inc}
     results: dict[str, Any] = {}
@@ -251,12 +287,44 @@ def _update(pipe: Pipeline, inputs: dict[str, Any], manifest: Mapping[str, Any],
     return out
 
 
-def _open_staged(pipe: Pipeline, folder: Path, fp: str) -> StagedBatch:
-    if not (folder / "x.zarr").exists():
-        raise InputValueError(f"batch {fp} is recorded on the input but its rows are gone from "
-                              f"{folder}; rerun the pipeline to recompute from the input")
-    y = open_matrix(str(folder / "y.zarr")) if (folder / "y.zarr").exists() else None
-    return StagedBatch(fp, open_matrix(str(folder / "x.zarr")), y)
+def _open_staged(pipe: Pipeline, inputs: Mapping[str, BlockMatrix], folder: Path,
+                 rec: Mapping[str, Any]) -> StagedBatch:
+    """A pending batch's rows: staged by this pipeline, else copied from the inputs.
+
+    A batch another pipeline appended to a shared input was never staged here; its
+    rows (and labels) are read from the inputs by the ranges their records give.
+    """
+    fp = str(rec["fingerprint"])
+    final = folder / fp
+    if not (final / "x.zarr").exists():
+        _copy_from_inputs(pipe, inputs, folder, rec)
+    y = open_matrix(str(final / "y.zarr")) if (final / "y.zarr").exists() else None
+    return StagedBatch(fp, open_matrix(str(final / "x.zarr")), y)
+
+
+def _copy_from_inputs(pipe: Pipeline, inputs: Mapping[str, BlockMatrix], folder: Path,
+                      rec: Mapping[str, Any]) -> None:
+    r = pipe.spec.refresh
+    assert r is not None
+    fp = str(rec["fingerprint"])
+    incoming = folder / f"incoming-{os.getpid()}"
+    shutil.rmtree(incoming, ignore_errors=True)
+    incoming.mkdir(parents=True)
+    try:
+        start, stop = (int(v) for v in rec["rows"])
+        copy_rows(inputs[r.input], start, stop, str(incoming / "x.zarr"))
+        if r.label_input is not None:
+            yrec = find_batch(inputs[r.label_input], fp)
+            if yrec is None:
+                raise InputValueError(f"batch {fp} ({rec.get('source')}) extends input "
+                                      f"{r.input!r} but {r.label_input!r} holds no labels for "
+                                      "it; finish the refresh that appended it, then retry")
+            ystart, ystop = (int(v) for v in yrec["rows"])
+            copy_rows(inputs[r.label_input], ystart, ystop, str(incoming / "y.zarr"))
+        if not (folder / fp).exists():
+            os.replace(incoming, folder / fp)
+    finally:
+        shutil.rmtree(incoming, ignore_errors=True)
 
 
 def _apply_batch(pipe: Pipeline, names: list[str], prev: dict[str, Arrays], b: StagedBatch,
