@@ -42,7 +42,13 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from blocklin.config import default_block_cache_bytes, machine_memory, parse_memory
-from blocklin.errors import ConfigError, ExecutorError, PlanMemoryError, TaskFailedError
+from blocklin.errors import (
+    ConfigError,
+    ExecutorError,
+    NonFiniteError,
+    PlanMemoryError,
+    TaskFailedError,
+)
 from blocklin.executors.base import ExecutionPlan, TaskCallback, TaskJob
 from blocklin.plan.finalize import FinalPlan
 from blocklin.plan.graph import Task
@@ -132,11 +138,20 @@ def _build_session(master: str, conf: dict[str, str]) -> SparkSession:
     return builder.getOrCreate()
 
 
+#: Metrics key of a task that found non-finite data (see :func:`_run_one`).
+_DATA_ERROR = "nonfinite_error"
+
+
 def _run_one(runtime: GroupRuntime) -> Callable[[tuple[Task | None, ...]], TaskMetrics]:
     """The function Spark maps over a group's tasks (pickled with the runtime)."""
 
     def run(tasks: tuple[Task | None, ...]) -> TaskMetrics:
-        return run_task(runtime, tasks)
+        try:
+            return run_task(runtime, tasks)
+        except NonFiniteError as exc:
+            # Bad data fails the same way on every retry: hand the error to the driver
+            # (it pickles with its fields) instead of failing the task.
+            return {_DATA_ERROR: exc}
 
     return run
 
@@ -275,6 +290,9 @@ class SparkExecutor:
         except (Py4JJavaError, CapturedException) as exc:
             raise TaskFailedError(f"stage {label} failed on Spark after its task retries: "
                                   f"{_last_python_error(str(exc))}") from exc
+        for metrics in result:
+            if _DATA_ERROR in metrics:
+                raise metrics[_DATA_ERROR]
         return result
 
 
