@@ -273,6 +273,9 @@ def ingest(src: Annotated[str, typer.Argument(help=".npy, .csv, .parquet file or
            dtype: Annotated[str | None, typer.Option("--dtype", help="e.g. float32")] = None,
            codec: Annotated[str, typer.Option("--codec", help="auto, none, lz4 or zstd")] = "auto",
            overwrite: Annotated[bool, typer.Option("--overwrite")] = False,
+           allow_nonfinite: Annotated[bool, typer.Option(
+               "--allow-nonfinite", help="store NaN and infinity instead of refusing them "
+               "(exit 2); refresh batches for the array are then accepted alike")] = False,
            as_json: JsonOpt = False) -> None:
     """Stream a .npy, CSV, Parquet file or zarr array into a BlockMatrix."""
     from blocklin.pipelines.ingest import ingest as do_ingest
@@ -280,7 +283,8 @@ def ingest(src: Annotated[str, typer.Argument(help=".npy, .csv, .parquet file or
     with _guard(as_json):
         cols = [c.strip() for c in columns.split(",") if c.strip()] if columns else None
         res = do_ingest(src, dest, label=label, label_dest=label_dest, columns=cols,
-                        chunk_rows=chunk_rows, dtype=dtype, codec=codec, overwrite=overwrite)
+                        chunk_rows=chunk_rows, dtype=dtype, codec=codec, overwrite=overwrite,
+                        allow_nonfinite=allow_nonfinite)
         m = res.matrix
         doc = {"ok": True, "dest": m.url, "shape": list(m.shape), "chunks": list(m.chunks),
                "dtype": str(m.dtype), "format": res.format, "columns": list(res.columns),

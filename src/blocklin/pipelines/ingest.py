@@ -20,11 +20,12 @@ from typing import Any
 import numpy as np
 
 from blocklin.config import default_chunk_rows
-from blocklin.errors import InputDtypeError, InputValueError
+from blocklin.errors import InputDtypeError, InputValueError, NonFiniteError
 from blocklin.storage import ArrayMeta, BlockMatrix, Store, provenance_attrs, write_meta
 from blocklin.storage.blockmatrix import _prepare_target
 from blocklin.storage.chunkio import read_block, write_block
 from blocklin.storage.codecs import choose_codec
+from blocklin.storage.finite import all_finite, first_nonfinite
 from blocklin.storage.meta import ATTRS_NAMESPACE, check_numeric_dtype
 from blocklin.storage.records import fingerprint_from_crcs
 
@@ -336,17 +337,35 @@ def _target(path: str, overwrite: bool) -> Store:
 
 def ingest(src: str, dest: str, *, label: str | None = None, label_dest: str | None = None,
            columns: Sequence[str] | None = None, chunk_rows: int | None = None,
-           dtype: str | None = None, codec: str = "auto", overwrite: bool = False) -> IngestResult:
+           dtype: str | None = None, codec: str = "auto", overwrite: bool = False,
+           allow_nonfinite: bool = False) -> IngestResult:
     """Stream ``src`` into a BlockMatrix at ``dest`` (and labels at ``label_dest``).
+
+    Parameters
+    ----------
+    allow_nonfinite : bool
+        Store NaN and infinity (after the ``dtype`` cast) instead of refusing them, for
+        data meant for tools that are defined on them; the array records it, and
+        refresh batches for it are then accepted alike. blocklin's operators still
+        raise :class:`~blocklin.errors.NonFiniteError` when they read such values.
+
+    Raises
+    ------
+    NonFiniteError
+        Without ``allow_nonfinite``, for a NaN or infinite feature or label: names the
+        source, its row and column (and the column's name); nothing is left at
+        ``dest`` or ``label_dest``.
 
     Notes
     -----
-    One pass over the source. Memory: one source batch plus one row block.
+    One pass over the source. Memory: one source batch plus one row block. Each
+    batch's values are checked as it is appended (one read, no temporary).
     """
     if chunk_rows is not None and chunk_rows <= 0:
         raise InputValueError(f"--chunk-rows must be positive; got {chunk_rows}")
     if detect_format(src) == "npz":
-        return _ingest_sparse(src, dest, chunk_rows, dtype, overwrite, label or columns)
+        return _ingest_sparse(src, dest, chunk_rows, dtype, overwrite, label or columns,
+                              allow_nonfinite)
     info = read_source(src, label=label, columns=columns, dtype=dtype)
     first = next(info.batches, None)
     if first is None:
@@ -356,7 +375,7 @@ def ingest(src: str, dest: str, *, label: str | None = None, label_dest: str | N
     store = _target(dest, overwrite)
     ystore = _target(label_dest, overwrite) if label_dest else None
     try:
-        return _write_all(info, first, src, store, ystore, chunk_rows, codec)
+        return _write_all(info, first, src, store, ystore, chunk_rows, codec, allow_nonfinite)
     except BaseException:
         store.delete_prefix("")
         if ystore is not None:
@@ -365,7 +384,7 @@ def ingest(src: str, dest: str, *, label: str | None = None, label_dest: str | N
 
 
 def _ingest_sparse(src: str, dest: str, chunk_rows: int | None, dtype: str | None,
-                   overwrite: bool, table_opts: Any) -> IngestResult:
+                   overwrite: bool, table_opts: Any, allow_nonfinite: bool) -> IngestResult:
     """A ``scipy.sparse.save_npz`` file into sparse (CSR row panel) storage."""
     import scipy.sparse as sp
 
@@ -382,8 +401,14 @@ def _ingest_sparse(src: str, dest: str, chunk_rows: int | None, dtype: str | Non
     if dtype is not None:
         x = x.astype(check_numeric_dtype(dtype, what=src))
     _target(dest, overwrite)
-    m = from_array(x, dest, chunks=(chunk_rows, None), overwrite=True,
-                   attrs={"columns": [f"c{i}" for i in range(x.shape[1])]})
+    attrs: dict[str, Any] = {"columns": [f"c{i}" for i in range(x.shape[1])]}
+    if allow_nonfinite:
+        attrs["allow_nonfinite"] = True
+    try:
+        m = from_array(x, dest, chunks=(chunk_rows, None), overwrite=True,
+                       check_finite=not allow_nonfinite, attrs=attrs)
+    except NonFiniteError as exc:
+        raise NonFiniteError(src, None, exc.row, exc.col, detail=_ALLOW) from None
     return IngestResult(m, None, "npz", tuple(f"c{i}" for i in range(x.shape[1])))
 
 
@@ -392,8 +417,23 @@ def _label_path(dest: str) -> str:
     return (d[:-5] if d.endswith(".zarr") else d) + ".label.zarr"
 
 
+_ALLOW = "nothing was stored; pass allow_nonfinite=True (--allow-nonfinite) to store them anyway"
+
+
+def _check_batch(batch: Batch, info: SourceInfo, src: str, row: int) -> None:
+    """Refuse a batch holding NaN or infinity, naming the source row and column."""
+    for part, names in ((batch.x, info.columns), (batch.y, (info.label,))):
+        if part is None or all_finite(part):
+            continue
+        r, c = first_nonfinite(part) or (0, 0)
+        name = names[c] if c < len(names) else None
+        col = c if part is batch.x else None
+        raise NonFiniteError(src, None, row + r, col,
+                             detail=f"{'label ' if col is None else ''}column {name!r}; {_ALLOW}")
+
+
 def _write_all(info: SourceInfo, first: Batch, src: str, store: Store, ystore: Store | None,
-               chunk_rows: int | None, codec: str) -> IngestResult:
+               chunk_rows: int | None, codec: str, allow_nonfinite: bool) -> IngestResult:
     x0 = first.x
     rows = chunk_rows or default_chunk_rows(x0.shape[1], x0.dtype.itemsize)
     writer = BlockWriter(store, x0.shape[1], x0.dtype, rows, choose_codec(codec, x0[:rows]))
@@ -401,17 +441,22 @@ def _write_all(info: SourceInfo, first: Batch, src: str, store: Store, ystore: S
     if ystore is not None and first.y is not None:
         ywriter = BlockWriter(ystore, 1, first.y.dtype, rows, choose_codec("none", first.y[:1]))
     batch: Batch | None = first
+    row = 0
     while batch is not None:
+        if not allow_nonfinite:
+            _check_batch(batch, info, src, row)
         writer.append(batch.x)
         if ywriter is not None and batch.y is not None:
             ywriter.append(batch.y)
+        row += batch.x.shape[0]
         batch = next(info.batches, None)
+    extra: dict[str, Any] = {"allow_nonfinite": True} if allow_nonfinite else {}
     attrs = provenance_attrs("ingest", params={"source": os.path.abspath(src) if "://" not in src
                                                else src, "format": info.format,
                                                "label": info.label,
                                                "columns": list(info.columns) if info.selected
                                                else None},
-                             columns=list(info.columns), column_kinds=list(info.kinds))
+                             columns=list(info.columns), column_kinds=list(info.kinds), **extra)
     x = writer.close(attrs)
     y = ywriter.close(provenance_attrs("ingest", params={"source": src, "column": info.label})) \
         if ywriter is not None else None

@@ -5,6 +5,9 @@ The steps of ``blocklin refresh SPEC --append BATCH``, each safe to repeat:
 1. lock the output directory (a concurrent refresh or run of this pipeline refuses);
 2. stream the batch into ``.refresh/<fingerprint>.zarr`` with the input's row
    blocks; its fingerprint (a hash of layout and chunk checksums) identifies it.
+   A batch holding NaN or infinity is refused here (``NonFiniteError``, exit 2:
+   nothing appended, nothing recorded) unless the input was ingested with
+   ``allow_nonfinite``.
    A table batch's columns are read by the names ingest recorded on the input, in
    the input's order; missing, extra, renamed or changed-kind columns are refused
    (:mod:`~blocklin.pipelines.columns`);
@@ -109,7 +112,10 @@ def _stage_batch(src: str, pipe: Pipeline, inputs: Mapping[str, BlockMatrix]) ->
         res = ingest(src, str(incoming / "x.zarr"), label=r.label_column,
                      columns=batch_columns(src, target, r.label_column),
                      label_dest=str(incoming / "y.zarr") if r.label_column else None,
-                     chunk_rows=target.chunks[0], dtype=str(target.dtype), codec="none")
+                     chunk_rows=target.chunks[0], dtype=str(target.dtype), codec="none",
+                     # NaN/inf are refused (nothing appended) unless the input was
+                     # ingested with allow_nonfinite.
+                     allow_nonfinite=target.provenance.get("allow_nonfinite") is True)
         if res.matrix.shape[1] != target.shape[1]:
             raise InputValueError(f"batch {src} has {res.matrix.shape[1]} columns; the input "
                                   f"{target.url} has {target.shape[1]}")
