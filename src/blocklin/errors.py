@@ -106,12 +106,12 @@ class NonFiniteError(InputValueError):
             where += f" at row {row}" + (f", column {col}" if col is not None else "")
         msg = f"array {array} holds NaN or infinite values{where}"
         super().__init__(msg + (f"; {detail}" if detail else ""))
-
         self.detail = detail
 
     def __reduce__(self) -> tuple[type[NonFiniteError], tuple[object, ...]]:
         # Rebuilt from its fields when it crosses processes (dask workers, Spark).
         return (type(self), (self.array, self.block, self.row, self.col, self.detail))
+
 
 class InputChangedError(BlocklinError, OSError):
     """An input's stored content changed while a run or refresh depended on it."""
