@@ -12,10 +12,11 @@ __all__ = [
     "CorruptChunkError",
     "ExecutorError",
     "IncompleteArrayError",
+    "InputChangedError",
     "InputDtypeError",
     "InputValueError",
-    "InputChangedError",
     "LockError",
+    "MetadataError",
     "MissingChunkError",
     "NonFiniteError",
     "OutputAliasError",
@@ -115,6 +116,15 @@ class NonFiniteError(InputValueError):
 
 class InputChangedError(BlocklinError, OSError):
     """An input's stored content changed while a run or refresh depended on it."""
+
+
+class MetadataError(InputValueError):
+    """Stored array metadata (``zarr.json``, ``.zarray``) is malformed; names the field."""
+
+    def __init__(self, array: str, field: str, problem: str) -> None:
+        self.array = array
+        self.field = field
+        super().__init__(f"array {array}: metadata field {field} {problem}")
 
 
 class OutputAliasError(InputValueError):

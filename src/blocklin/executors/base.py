@@ -289,7 +289,8 @@ def verified_blocks(runtimes: tuple[GroupRuntime, ...],
                 if (rec is None or rec.stage != mr.output.name
                         or stored.get((mr.output_meta, t.out)) != crc_ident(rec.crc)):
                     continue
-                digest = task_inputs_digest(mr, t, lambda p, i, m=mr: ident(m.input_metas[p], i),
+                metas = mr.input_metas
+                digest = task_inputs_digest(mr, t, lambda p, i: ident(metas[p], i),  # noqa: B023
                                             lambda tmeta: ident(tmeta, (0, 0)))
                 if digest is not None and digest == rec.inputs:
                     ok.add(t.out)

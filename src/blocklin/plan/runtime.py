@@ -11,11 +11,12 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import numpy as np
-from threadpoolctl import threadpool_limits
 
+from blocklin.plan.blas import worker_blas
 from blocklin.plan.finalize import StageGroup
 from blocklin.plan.finite import run_checked
 from blocklin.plan.graph import ArrayNode, Kernel, Task, TaskContext
@@ -105,7 +106,9 @@ def run_task(runtime: GroupRuntime, tasks: tuple[Task | None, ...], *deps: Any) 
     per_array: dict[str, int] = {}
     computed = []
     try:
-        with threadpool_limits(limits=runtime.blas_threads, user_api="blas"):
+        # Fixed once for the worker's life: a count changed per task changes it for
+        # the tasks running beside it (most BLAS keep one per process).
+        with worker_blas(runtime.blas_threads):
             for member, task in zip(runtime.members, tasks, strict=True):
                 if task is None:
                     continue
@@ -136,9 +139,8 @@ def run_task(runtime: GroupRuntime, tasks: tuple[Task | None, ...], *deps: Any) 
                 ctx = TaskContext(task=task, inputs=member.inputs, output=member.output)
                 result = run_checked(member, ctx, args)  # NaN/inf in, NonFiniteError out
                 out = member.output_meta
-                digest = task_inputs_digest(
-                    member, task, lambda pos, index, m=member: blocks[(m.input_metas[pos].url, index)][1],
-                    lambda tmeta: params_cache[tmeta.url][1])
+                digest = task_inputs_digest(member, task, partial(_read_ident, blocks, member),
+                                            partial(_param_ident, params_cache))
                 crc = write_block(store_for(out.url), out, task.out, result)
                 mark_done(store_for(out.url), task.out,
                           BlockRecord(crc, member.output.name, digest or ""))
@@ -167,6 +169,15 @@ def _read(cache: BlockCache, runtime: GroupRuntime, meta: ArrayMeta, index: tupl
                                   lambda: read_block_ident(store, meta, index, pool),
                                   runtime.cache_bytes, runtime.cache_run,
                                   current=lambda: block_ident(store, meta, index))
+
+
+def _read_ident(blocks: Mapping[tuple[str, BlockIndex], tuple[Any, str]], member: MemberRuntime,
+                pos: int, index: BlockIndex) -> str:
+    return blocks[(member.input_metas[pos].url, index)][1]
+
+
+def _param_ident(params: Mapping[str, tuple[Any, str]], tmeta: ArrayMeta) -> str:
+    return params[tmeta.url][1]
 
 
 def task_inputs_digest(member: MemberRuntime, task: Task,

@@ -18,6 +18,8 @@ from blocklin.storage.meta import (
     ATTRS_NAMESPACE,
     ArrayMeta,
     check_numeric_dtype,
+    parse_metadata_json,
+    parse_shape,
     read_meta,
     write_meta,
     written_by_blocklin,
@@ -393,6 +395,9 @@ def open_matrix(path: str | os.PathLike[str], *, allow_incomplete: bool = False)
 def _open_v2(store: Store) -> BlockMatrix:
     import zarr
 
+    doc = parse_metadata_json(store.get(".zarray") or b"{}", store.url)
+    parse_shape(doc.get("shape"), store.url, ".zarray shape", allow_zero=True)
+    parse_shape(doc.get("chunks"), store.url, ".zarray chunks", allow_zero=False)
     arr = zarr.open_array(store.zarr_store(), mode="r")
     attrs = dict(arr.attrs)
     meta = ArrayMeta(url=store.url, shape=tuple(arr.shape), chunks=tuple(arr.chunks),

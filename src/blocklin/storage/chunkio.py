@@ -98,11 +98,13 @@ def read_block_ident(store: Store, meta: ArrayMeta, index: BlockIndex,
         # Sparse arrays: a scipy.sparse CSR row block (storage/sparse.py).
         from blocklin.storage.sparse import read_csr_block, sparse_block_ident
 
-        block = read_csr_block(store, meta, index)
-        return block, sparse_block_ident(store, meta, index)  # type: ignore[return-value]
+        csr: Any = read_csr_block(store, meta, index)
+        return csr, sparse_block_ident(store, meta, index) or FILL_IDENT
     meta.check_index(index)
     if meta.codec is None:
         ident = block_ident(store, meta, index)
+        if ident is None:
+            raise MissingChunkError(meta.url, index)
         return _read_generic(store, meta, meta.block_slices(index), index), ident
     key = meta.chunk_key(index)
     dtype = meta.np_dtype

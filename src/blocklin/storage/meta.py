@@ -9,13 +9,14 @@ from typing import Any
 
 import numpy as np
 
-from blocklin.errors import InputDtypeError, InputValueError
+from blocklin.errors import InputDtypeError, InputValueError, MetadataError
 from blocklin.storage.codecs import ChunkCodec, codec_from_metadata
 from blocklin.storage.stores import Store
 from blocklin.types import BlockIndex, Shape
 
-__all__ = ["ArrayMeta", "check_numeric_dtype", "ensure_group", "parse_fill_value", "read_meta",
-           "write_meta", "written_by_blocklin"]
+__all__ = ["MAX_METADATA_BYTES", "ArrayMeta", "check_numeric_dtype", "ensure_group",
+           "parse_fill_value", "parse_metadata_json", "parse_shape", "read_meta", "write_meta",
+           "written_by_blocklin"]
 
 METADATA_KEY = "zarr.json"
 ATTRS_NAMESPACE = "blocklin"
@@ -148,28 +149,92 @@ def write_meta(store: Store, meta: ArrayMeta) -> None:
     store.put(METADATA_KEY, json.dumps(meta.to_json(), indent=1, sort_keys=True).encode())
 
 
+#: Largest ``zarr.json`` read (attributes include refresh batch records, a few kB each).
+MAX_METADATA_BYTES = 64 * 2**20
+#: More dimensions than any zarr array blocklin reads has; bounds what is parsed.
+_MAX_NDIM = 32
+
+
 def read_meta(store: Store) -> ArrayMeta | None:
-    """Read an array's metadata, or None if ``store`` holds no zarr v3 array."""
+    """Read an array's metadata, or None if ``store`` holds no zarr v3 array.
+
+    Every field blocklin uses is validated before anything is derived from it.
+
+    Raises
+    ------
+    MetadataError
+        If ``zarr.json`` is too large, not JSON, or a field is malformed (named).
+    """
     raw = store.get(METADATA_KEY)
     if raw is None:
         return None
-    doc = json.loads(raw)
+    doc = parse_metadata_json(raw, store.url)
     if doc.get("node_type") != "array":
         return None
-    grid = doc.get("chunk_grid", {})
-    chunks = grid.get("configuration", {}).get("chunk_shape")
-    codec = codec_from_metadata(doc.get("codecs", []))
-    enc = doc.get("chunk_key_encoding", {})
+    grid = _field(doc, "chunk_grid", dict, store.url, {})
+    conf = _field(grid, "configuration", dict, store.url, {}, "chunk_grid.")
+    shape = parse_shape(doc.get("shape"), store.url, "shape", allow_zero=True)
+    chunks_raw = conf.get("chunk_shape")
+    chunks = shape if chunks_raw is None else parse_shape(
+        chunks_raw, store.url, "chunk_grid.configuration.chunk_shape", allow_zero=False)
+    if len(chunks) != len(shape):
+        raise MetadataError(store.url, "chunk_grid.configuration.chunk_shape",
+                            f"has {len(chunks)} dimensions for a shape of {len(shape)}")
+    codecs = _field(doc, "codecs", list, store.url, [])
+    if not all(isinstance(c, dict) for c in codecs):
+        raise MetadataError(store.url, "codecs", "must be a list of objects")
+    codec = codec_from_metadata(codecs)
+    enc = _field(doc, "chunk_key_encoding", dict, store.url, {})
+    enc_conf = _field(enc, "configuration", dict, store.url, {}, "chunk_key_encoding.")
     if (grid.get("name") != "regular" or enc.get("name") != "default"
-            or enc.get("configuration", {}).get("separator", "/") != "/"):
+            or enc_conf.get("separator", "/") != "/"):
         codec = None
-    dtype = doc["data_type"]
+    dtype = doc.get("data_type")
     if not isinstance(dtype, str):
-        raise InputDtypeError(f"array {store.url} has a data type blocklin cannot read: {dtype}")
-    attrs = doc.get("attributes", {})
-    return ArrayMeta(url=store.url, shape=tuple(doc["shape"]), chunks=tuple(chunks or doc["shape"]),
-                     dtype=dtype, codec=codec, attrs=attrs, owned=written_by_blocklin(attrs),
-                     fill_value=parse_fill_value(doc.get("fill_value"), dtype))
+        raise InputDtypeError(f"array {store.url} has a data type blocklin cannot read: {dtype!r}")
+    attrs = _field(doc, "attributes", dict, store.url, {})
+    try:
+        fill = parse_fill_value(doc.get("fill_value"), dtype)
+    except (TypeError, ValueError, OverflowError):
+        raise MetadataError(store.url, "fill_value",
+                            f"{doc.get('fill_value')!r} is not a value of {dtype}") from None
+    return ArrayMeta(url=store.url, shape=shape, chunks=chunks, dtype=dtype, codec=codec,
+                     attrs=attrs, owned=written_by_blocklin(attrs), fill_value=fill)
+
+
+def parse_metadata_json(raw: bytes, url: str) -> dict[str, Any]:
+    """``zarr.json`` bytes as a dict, refusing oversized or malformed documents."""
+    if len(raw) > MAX_METADATA_BYTES:
+        raise MetadataError(url, "zarr.json", f"is {len(raw)} bytes, over the "
+                            f"{MAX_METADATA_BYTES} bytes blocklin reads")
+    try:
+        doc = json.loads(raw)
+    except (ValueError, RecursionError) as exc:
+        raise MetadataError(url, "zarr.json", f"is not valid JSON ({exc})") from None
+    if not isinstance(doc, dict):
+        raise MetadataError(url, "zarr.json", "must hold a JSON object")
+    return doc
+
+
+def parse_shape(value: Any, url: str, name: str, allow_zero: bool) -> Shape:
+    """A shape or chunk shape from metadata: a short list of non-negative (or positive) ints."""
+    least = 0 if allow_zero else 1
+    if (not isinstance(value, list) or not 0 < len(value) <= _MAX_NDIM
+            or not all(isinstance(v, int) and not isinstance(v, bool) and v >= least
+                       for v in value)):
+        what = "non-negative" if allow_zero else "positive"
+        raise MetadataError(url, name, f"must be a list of 1 to {_MAX_NDIM} {what} integers; "
+                                       f"got {value!r}"[:300])
+    return tuple(value)
+
+
+def _field(doc: dict[str, Any], key: str, kind: type, url: str, default: Any,
+           prefix: str = "") -> Any:
+    value = doc.get(key, default)
+    if not isinstance(value, kind):
+        raise MetadataError(url, prefix + key, f"must be a JSON {kind.__name__}; "
+                                                f"got {type(value).__name__}")
+    return value
 
 
 def written_by_blocklin(attrs: Any) -> bool:

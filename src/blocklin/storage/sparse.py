@@ -32,7 +32,13 @@ import numpy as np
 import scipy.sparse as sp
 
 from blocklin.config import DEFAULT_BLOCK_BYTES
-from blocklin.errors import CorruptChunkError, InputValueError, MissingChunkError, NonFiniteError
+from blocklin.errors import (
+    CorruptChunkError,
+    InputValueError,
+    MetadataError,
+    MissingChunkError,
+    NonFiniteError,
+)
 from blocklin.storage.chunkio import write_block
 from blocklin.storage.codecs import ChunkCodec
 from blocklin.storage.finite import all_finite, first_nonfinite
@@ -41,6 +47,8 @@ from blocklin.storage.meta import (
     METADATA_KEY,
     ArrayMeta,
     check_numeric_dtype,
+    parse_metadata_json,
+    parse_shape,
     write_meta,
 )
 from blocklin.storage.records import fingerprint_from_crcs
@@ -197,13 +205,22 @@ def read_sparse_meta(store: Store) -> ArrayMeta | None:
     raw = store.get(METADATA_KEY)
     if raw is None:
         return None
-    doc = json.loads(raw)
+    doc = parse_metadata_json(raw, store.url)
     attrs = doc.get("attributes", {})
-    layout = attrs.get(ATTRS_NAMESPACE, {}).get("layout", {}) if isinstance(attrs, dict) else {}
-    if doc.get("node_type") != "group" or layout.get("format") != CSR:
+    ns = attrs.get(ATTRS_NAMESPACE, {}) if isinstance(attrs, dict) else {}
+    layout = ns.get("layout", {}) if isinstance(ns, dict) else {}
+    if doc.get("node_type") != "group" or not isinstance(layout, dict) \
+            or layout.get("format") != CSR:
         return None
-    return ArrayMeta(url=store.url, shape=tuple(layout["shape"]), chunks=tuple(layout["chunks"]),
-                     dtype=layout["dtype"], format=CSR, attrs=attrs)
+    field = "attributes.blocklin.layout."
+    shape = parse_shape(layout.get("shape"), store.url, field + "shape", allow_zero=True)
+    chunks = parse_shape(layout.get("chunks"), store.url, field + "chunks", allow_zero=False)
+    if len(shape) != 2 or len(chunks) != 2:
+        raise MetadataError(store.url, field + "shape", "must be 2-D for a CSR matrix")
+    if not isinstance(layout.get("dtype"), str):
+        raise MetadataError(store.url, field + "dtype", f"must be a string; got {layout.get('dtype')!r}")
+    return ArrayMeta(url=store.url, shape=shape, chunks=chunks, dtype=layout["dtype"], format=CSR,
+                     attrs=attrs)
 
 
 def sparse_block_ident(store: Store, meta: ArrayMeta, index: BlockIndex) -> str | None:
