@@ -68,8 +68,13 @@ class CorruptChunkError(BlocklinError, OSError):
     def __init__(self, array: str, chunk: tuple[int, ...], reason: str) -> None:
         self.array = array
         self.chunk = chunk
+        self.reason = reason
         key = ".".join(str(c) for c in chunk)
         super().__init__(f"corrupt chunk {key} of array {array}: {reason}")
+
+    def __reduce__(self) -> tuple[type[CorruptChunkError], tuple[object, ...]]:
+        # Rebuilt from its fields when it crosses processes (dask workers, Spark).
+        return (type(self), (self.array, self.chunk, self.reason))
 
 
 class MissingChunkError(CorruptChunkError):
@@ -87,6 +92,7 @@ class MissingChunkError(CorruptChunkError):
                   "(or rerun the step that produced it)")
         self.array = array
         self.chunk = chunk
+        self.reason = reason
 
 
 class NonFiniteError(InputValueError):

@@ -16,6 +16,7 @@ import blocklin as bl
 from blocklin.errors import MissingChunkError
 from blocklin.ml import LinearRegression
 from blocklin.pipelines.inspect import inspect_array
+from blocklin.testing.fixtures import ExecutorCase
 
 
 def _stored(tmp_path: Path) -> tuple[np.ndarray, Path]:
@@ -59,7 +60,7 @@ def test_sparse_lost_block_is_an_error(tmp_path: Path) -> None:
     x = sp.random(300, 40, density=0.05, format="csr", random_state=1)
     A = bl.from_array(x, tmp_path / "S.zarr", chunks=(100, None))
     shutil.rmtree(tmp_path / "S.zarr" / "b" / "1" / "indptr" / "c")
-    with pytest.raises(MissingChunkError, match="missing chunk 1.0"):
+    with pytest.raises(MissingChunkError, match=r"missing chunk 1\.0"):
         bl.open(A.url).block(1)
 
 
@@ -88,3 +89,21 @@ def test_foreign_array_reads_missing_chunks_as_its_fill_value(tmp_path: Path, fi
 def test_inspect_says_missing_chunks_of_owned_arrays_are_errors(tmp_path: Path) -> None:
     _, path = _stored(tmp_path)
     assert inspect_array(str(path))["missing_chunks"].startswith("error")
+
+
+def test_lost_chunk_is_named_on_every_executor(tmp_path: Path, executor: ExecutorCase) -> None:
+    _, path = _stored(tmp_path)
+    (path / "c" / "4" / "0").unlink()
+    with pytest.raises(MissingChunkError) as info:
+        executor.compute(bl.ops.gram(bl.open(path)))
+    assert info.value.chunk == (4, 0) and info.value.array.endswith("X.zarr")
+
+
+def test_from_array_refuses_to_overwrite_its_own_source(tmp_path: Path) -> None:
+    from blocklin.errors import OutputAliasError
+
+    x, path = _stored(tmp_path)
+    A = bl.open(path)
+    with pytest.raises(OutputAliasError):
+        bl.from_array(A, path, overwrite=True)
+    np.testing.assert_array_equal(bl.open(path).to_numpy(), x)

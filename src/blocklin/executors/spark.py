@@ -44,6 +44,7 @@ from typing import TYPE_CHECKING, Any
 from blocklin.config import default_block_cache_bytes, machine_memory, parse_memory
 from blocklin.errors import (
     ConfigError,
+    CorruptChunkError,
     ExecutorError,
     NonFiniteError,
     PlanMemoryError,
@@ -148,7 +149,7 @@ def _run_one(runtime: GroupRuntime) -> Callable[[tuple[Task | None, ...]], TaskM
     def run(tasks: tuple[Task | None, ...]) -> TaskMetrics:
         try:
             return run_task(runtime, tasks)
-        except NonFiniteError as exc:
+        except (NonFiniteError, CorruptChunkError) as exc:
             # Bad data fails the same way on every retry: hand the error to the driver
             # (it pickles with its fields) instead of failing the task.
             return {_DATA_ERROR: exc}

@@ -278,6 +278,10 @@ def from_array(x: Any, path: str | os.PathLike[str], chunks: Any = None, *,
     import dask.array as da
 
     if isinstance(x, BlockMatrix):
+        from blocklin.storage.locations import check_no_alias
+
+        # overwrite=True would delete the source before reading it.
+        check_no_alias([("target", os.fspath(path))], [("source array", x.url)])
         x = x.to_dask()
     is_dask = isinstance(x, da.Array)
     if not is_dask:
