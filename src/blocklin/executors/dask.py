@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 from blocklin.config import default_block_cache_bytes, machine_memory
 from blocklin.errors import ConfigError, ExecutorError, PlanMemoryError
 from blocklin.executors.base import ExecutionPlan, TaskCallback, TaskJob
+from blocklin.plan import blas
 from blocklin.plan.finalize import FinalPlan
 from blocklin.plan.memory import fit_cache_budget
 from blocklin.plan.runtime import run_task
@@ -153,7 +154,8 @@ class DaskExecutor:
             return
         dsk, keys = self._graph(xplan)
         if self.client is None and self.address is None:
-            self._run_threaded(dsk, keys, on_task_done)
+            self._run_threaded(dsk, keys, on_task_done,
+                               max((rt.blas_threads for rt in xplan.runtimes), default=1))
             return
         from distributed import as_completed
 
@@ -169,7 +171,10 @@ class DaskExecutor:
             if owned:
                 client.close()
 
-    def _run_threaded(self, dsk: dict[Any, Any], keys: list[Any], on_task_done: TaskCallback) -> None:
+    def _run_threaded(self, dsk: dict[Any, Any], keys: list[Any], on_task_done: TaskCallback,
+                      blas_threads: int) -> None:
+        from concurrent.futures import ThreadPoolExecutor
+
         import dask.threaded
         from dask.callbacks import Callback
 
@@ -180,8 +185,16 @@ class DaskExecutor:
                 if key in wanted:
                     on_task_done(result)
 
-        with _Done():
-            dask.threaded.get(dsk, keys, num_workers=self.num_workers)
+        # This process is the worker for the compute's life: BLAS threads are set once
+        # around it, not per task. The pool is joined before they are given back, as
+        # tasks still running when another fails go on to write (and record) blocks.
+        with blas.hold(blas_threads):
+            pool = ThreadPoolExecutor(self.num_workers, thread_name_prefix="blocklin")
+            try:
+                with _Done():
+                    dask.threaded.get(dsk, keys, pool=pool)
+            finally:
+                pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _cache_row(xplan: ExecutionPlan, job: TaskJob) -> int | None:

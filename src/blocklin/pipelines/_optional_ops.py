@@ -73,9 +73,8 @@ class SVDParams(Params):
 
 def _svd(fn: Any) -> Callable[[Mapping[str, Any], Any, BuildContext], Any]:
     def build(inputs: Mapping[str, Any], p: Any, ctx: BuildContext) -> Any:
-        opts = {k: v for k, v in ctx.compute.items() if k != "num_workers"}
         return fn(inputs["A"], p.k, oversample=p.oversample, n_iter=p.n_iter, seed=p.seed,
-                  method=p.method, **opts)
+                  method=p.method, **ctx.compute)
 
     return build
 
@@ -103,8 +102,7 @@ def _svd_update(svd_state: Any, update: Any) -> Callable[[UpdateContext, Any], A
         st = svd_state.open(ctx.state_dir)
         start, stop = ctx.rows
         if st.n_rows == start:  # not applied yet; after an interruption it may already be
-            opts = {k: v for k, v in ctx.compute.items() if k != "num_workers"}
-            st = update(st, rows=ctx.batch["A"], **opts)
+            st = update(st, rows=ctx.batch["A"], **ctx.compute)
         elif st.n_rows != stop:
             raise InputValueError(f"the SVD state in {ctx.state_dir} covers {st.n_rows} rows; "
                                   f"cannot apply rows {start}..{stop}. Rerun the pipeline")
@@ -139,7 +137,7 @@ _RESIDUAL_ROWS = 200_000  # residuals are kept for the report only up to this ma
 
 
 def _estimator(cls: Any, p: Any, comp: Mapping[str, Any]) -> Any:
-    extra = {k: comp[k] for k in ("address", "max_task_memory") if comp.get(k)}
+    extra = {k: comp[k] for k in ("address", "max_task_memory", "num_workers") if comp.get(k)}
     if comp.get("device", "cpu") != "cpu":
         extra["device"] = comp["device"]
     return cls(**p.model_dump(), executor=comp.get("executor", "dask"),
