@@ -1,21 +1,24 @@
-"""Deterministic fault injection: a kernel that fails after its k-th call.
+"""Deterministic fault injection: a kernel that fails after its k-th call, a slowed kernel.
 
 The call counter lives in files (one created atomically per call), so it counts
-across threads, worker processes and Spark executors alike.
+across threads, worker processes and Spark executors alike. :func:`slow_down` makes
+every task of a plan take a little longer, so that a process killed from outside
+(see :mod:`blocklin.testing.fault_scenarios`) is caught in the middle of a run.
 """
 
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from blocklin.executors.lazy import Lazy
-from blocklin.plan.graph import Kernel, TaskContext
+from blocklin.plan.graph import Kernel, Plan, TaskContext
 
-__all__ = ["FailAfter", "InjectedFault", "inject_fault"]
+__all__ = ["FailAfter", "InjectedFault", "Slow", "inject_fault", "slow_down"]
 
 
 class InjectedFault(RuntimeError):
@@ -64,3 +67,27 @@ def inject_fault(result: Lazy, op: str, state_dir: str | os.PathLike[str], succe
     plan = result.plan.with_kernel(
         matches[0].name, lambda k: FailAfter(k, os.fspath(state_dir), succeed, times))
     return Lazy(plan, result.output, result.kind, result.present, result.label)
+
+
+@dataclass(frozen=True)
+class Slow:
+    """Wrap a kernel so that each call first sleeps ``seconds`` (picklable for workers)."""
+
+    kernel: Kernel
+    seconds: float
+
+    def __call__(self, ctx: TaskContext, blocks: Sequence[Any]) -> Any:
+        time.sleep(self.seconds)
+        return self.kernel(ctx, blocks)
+
+
+def slow_down(*results: Lazy, seconds: float) -> tuple[Lazy, ...]:
+    """Copies of ``results`` sharing one plan whose every task sleeps ``seconds`` first.
+
+    Stage and array names do not depend on kernels, so the slowed plan writes the same
+    arrays as the original one: a run of either resumes the other.
+    """
+    plan = Plan().merge(*(r.plan for r in results))
+    for stage in plan.stages:
+        plan = plan.with_kernel(stage.name, lambda k: Slow(k, seconds))
+    return tuple(Lazy(plan, r.output, r.kind, r.present, r.label) for r in results)
