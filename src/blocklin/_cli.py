@@ -315,12 +315,15 @@ def inspect(path: Annotated[str, typer.Argument(help="zarr array path or URL")],
 
 @app.command()
 def verify(path: Annotated[str, typer.Argument(help="zarr array path or URL")],
+           max_blocks: Annotated[int, typer.Option(
+               "--max-blocks", min=1, help="refuse (exit 2) an array of more blocks than "
+               "this, counted from its metadata before reading")] = 10_000_000,
            as_json: JsonOpt = False) -> None:
     """Read every chunk and check its checksum; exit 4 if any is corrupt or missing."""
     from blocklin.pipelines.inspect import verify_array
 
     with _guard(as_json):
-        d = verify_array(path)
+        d = verify_array(path, max_blocks=max_blocks)
         lines = [f"{d['url']}: {d['checked']} chunks checked, {len(d['corrupt'])} corrupt, "
                  f"{len(d['missing'])} missing"
                  + ("" if d["fingerprint_ok"] is not False else ", fingerprint mismatch")]

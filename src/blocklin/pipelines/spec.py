@@ -43,6 +43,14 @@ __all__ = [
 
 NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_\-]{0,63}$"
 
+#: Largest spec file read, in bytes: specs are a few kilobytes; anything near this is
+#: not a pipeline description.
+MAX_SPEC_BYTES = 1 << 20
+#: Most YAML nodes a spec may hold once its aliases are expanded. Aliases share one
+#: Python object when loaded, but validation and JSON records walk every copy, so a
+#: few hundred bytes of nested aliases (an "alias bomb") would cost gigabytes.
+MAX_SPEC_NODES = 100_000
+
 
 class SpecError(ConfigError):
     """A pipeline spec is invalid: names the file, the field and what was expected."""
@@ -195,9 +203,18 @@ def load_spec(path: str | Path) -> PipelineSpec:
     source = str(path)
     if not p.is_file():
         raise SpecError(source, "", "spec file not found")
+    size = p.stat().st_size
+    if size > MAX_SPEC_BYTES:
+        raise SpecError(source, "", f"spec file is {size} bytes, over the limit of "
+                                    f"{MAX_SPEC_BYTES}; a pipeline spec is a few kilobytes")
     try:
+        text = p.read_text()
+        # Count the document's nodes with aliases expanded before building it.
+        _check_expanded_size(yaml.compose(text, Loader=yaml.SafeLoader), source)
         # safe_load builds plain data only: no tags, no objects, nothing executed.
-        doc = yaml.safe_load(p.read_text())
+        doc = yaml.safe_load(text)
+    except RecursionError:
+        raise SpecError(source, "", "YAML nested too deeply") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}" if mark is not None else ""
@@ -206,6 +223,43 @@ def load_spec(path: str | Path) -> PipelineSpec:
     except UnicodeDecodeError:
         raise SpecError(source, "", "not a text file") from None
     return parse_spec(doc, source)
+
+
+def _check_expanded_size(root: yaml.Node | None, source: str) -> None:
+    """Refuse a YAML document with more than :data:`MAX_SPEC_NODES` nodes once expanded.
+
+    An alias is the same node object as its anchor, so node sizes are memoized by
+    identity: the cost is one visit per distinct node, whatever the expansion.
+    """
+    if root is None:
+        return
+    sizes: dict[int, int] = {}
+    active: set[int] = set()
+
+    def size(node: yaml.Node) -> int:
+        key = id(node)
+        if key in sizes:
+            return sizes[key]
+        if key in active:
+            raise SpecError(source, "", "YAML alias refers to a node containing itself "
+                                        "(a recursive anchor); specs hold plain data only")
+        active.add(key)
+        total = 1
+        if isinstance(node, yaml.SequenceNode):
+            total += sum(size(child) for child in node.value)
+        elif isinstance(node, yaml.MappingNode):
+            total += sum(size(k) + size(v) for k, v in node.value)
+        active.discard(key)
+        if total > MAX_SPEC_NODES:
+            line = node.start_mark.line + 1
+            raise SpecError(source, f"line {line}",
+                            f"YAML expands to more than {MAX_SPEC_NODES} values through "
+                            "its aliases (&anchor/*alias); write the values out or use fewer "
+                            "aliases")
+        sizes[key] = total
+        return total
+
+    size(root)
 
 
 def json_schema() -> dict[str, Any]:
