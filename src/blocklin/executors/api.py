@@ -22,7 +22,7 @@ from blocklin.storage.chunkio import read_block
 from blocklin.storage.locations import check_no_alias
 from blocklin.storage.meta import ensure_group, write_meta
 from blocklin.storage.records import done_blocks, fingerprint_from_crcs
-from blocklin.storage.stores import store_for
+from blocklin.storage.stores import register_storage_options, storage_options_for, store_for
 from blocklin.types import DEVICES, EXECUTORS, parse_option
 
 if TYPE_CHECKING:
@@ -68,7 +68,8 @@ def compute(*results: Lazy, executor: str | Executor = "dask", address: str | No
             work_dir: str | None = None, max_task_memory: int | str | None = None,
             num_workers: int | None = None, device: str = "cpu", stats: RunStats | None = None,
             progress: ProgressHook | None = None,
-            cache_bytes: int | str | None = None) -> tuple[Any, ...]:
+            cache_bytes: int | str | None = None,
+            storage_options: dict[str, Any] | None = None) -> tuple[Any, ...]:
     """Compute several lazy results as one plan, sharing passes over common inputs.
 
     Parameters
@@ -107,6 +108,12 @@ def compute(*results: Lazy, executor: str | Executor = "dask", address: str | No
         blocks beyond it are read again. Results are identical with or without it.
         None or 0 (default): no cache, and blocks cached by earlier computes are freed
         as this compute's tasks start.
+    storage_options : dict, optional
+        fsspec options (credentials, ``endpoint_url``...) for ``work_dir`` and for
+        every ``out=`` target that has none of its own yet (see
+        :func:`blocklin.storage.stores.register_storage_options`). They reach every
+        worker and are never written or printed. Inputs keep the options they were
+        opened with.
 
     Returns
     -------
@@ -127,6 +134,7 @@ def compute(*results: Lazy, executor: str | Executor = "dask", address: str | No
     limit = parse_memory(max_task_memory) if max_task_memory is not None \
         else default_max_task_memory()
     plan = Plan().merge(*(r.plan for r in results))
+    _register_options(plan, work_dir or default_work_dir(), storage_options)
     check_plan_locations(plan, work_dir or default_work_dir())
     final = finalize(plan, limit)
     try:
@@ -158,6 +166,16 @@ def compute(*results: Lazy, executor: str | Executor = "dask", address: str | No
     run.seconds = time.perf_counter() - t0
     _seal_outputs(final, work)
     return tuple(_present(r, work) for r in results)
+
+
+def _register_options(plan: Plan, work_dir: str, options: dict[str, Any] | None) -> None:
+    if not options:
+        return
+    register_storage_options(work_dir, options)
+    for stage in plan.stages:
+        url = stage.output.out_url
+        if url is not None and not storage_options_for(url):
+            register_storage_options(url, options)
 
 
 def check_plan_locations(plan: Plan, work_dir: str) -> None:

@@ -66,6 +66,10 @@ def compute_options(est: Any) -> dict[str, Any]:
     if est.work_dir is not None:
         opts["work_dir"] = est.work_dir
     opts.update(est.compute_options or {})
+    stored = getattr(est, "storage_options", None)
+    if stored:
+        # The work dir's (and out= targets') options, unless compute_options names some.
+        opts.setdefault("storage_options", dict(stored))
     return opts
 
 

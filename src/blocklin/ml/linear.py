@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -46,6 +46,7 @@ from blocklin.ops.glm import (
     unpack_qr,
     unpack_refine,
 )
+from blocklin.storage.stores import StorageOptions
 from blocklin.types import LABEL_SCALINGS, SOLVERS, LabelScaling, Solver, parse_option
 
 __all__ = ["LinearRegression"]
@@ -166,6 +167,10 @@ class LinearRegression(RegressorMixin, BaseEstimator):  # type: ignore[misc]
         times (``lbfgs``, ``owlqn``, ``sketch``) run their passes with ``cache_bytes``
         (default ``"auto"``): workers keep the decoded blocks of X, y and w in memory
         and later passes read only what did not fit; ``0`` re-reads zarr every pass.
+    storage_options : dict, optional
+        fsspec options (credentials, ``endpoint_url``...) for ``state_path`` and
+        ``work_dir`` when they are URLs; never written or printed (``repr`` names the
+        keys only).
 
     Attributes
     ----------
@@ -202,7 +207,8 @@ class LinearRegression(RegressorMixin, BaseEstimator):  # type: ignore[misc]
                  solver: Solver = "auto", max_iter: int = 100, tol: float = 1e-6,
                  label_scaling: LabelScaling = "none", state_path: str | None = None,
                  executor: Any = "dask", work_dir: str | None = None,
-                 compute_options: dict[str, Any] | None = None) -> None:
+                 compute_options: dict[str, Any] | None = None,
+                 storage_options: Mapping[str, Any] | None = None) -> None:
         self.fit_intercept = fit_intercept
         self.reg_param = reg_param
         self.elastic_net_param = elastic_net_param
@@ -215,6 +221,10 @@ class LinearRegression(RegressorMixin, BaseEstimator):  # type: ignore[misc]
         self.executor = executor
         self.work_dir = work_dir
         self.compute_options = compute_options
+        # Wrapped so the estimator's repr names the option keys, never their values.
+        self.storage_options = (None if storage_options is None
+                                else storage_options if isinstance(storage_options, StorageOptions)
+                                else StorageOptions(storage_options))
 
     # ------------------------------------------------------------------ public API
     def fit(self, X: Any, y: Any, sample_weight: Any = None) -> LinearRegression:
@@ -530,15 +540,20 @@ class LinearRegression(RegressorMixin, BaseEstimator):  # type: ignore[misc]
             return
         from blocklin.storage.blockmatrix import from_array
 
-        from_array(stats, self.state_path, overwrite=True, attrs={"kind": "linreg-stats"})
+        from_array(stats, self.state_path, overwrite=True, attrs={"kind": "linreg-stats"},
+                   storage_options=self._state_options())
+
+    def _state_options(self) -> dict[str, Any] | None:
+        return None if not self.storage_options else dict(self.storage_options)
 
     def _load_state(self) -> np.ndarray | None:
         if self.state_path is not None:
-            import os
-
             from blocklin.storage.blockmatrix import open_matrix
+            from blocklin.storage.stores import register_storage_options, store_for
 
-            if os.path.exists(os.path.join(str(self.state_path), "zarr.json")):
+            # Through the store, not os.path: state_path may be an s3:// URL.
+            register_storage_options(self.state_path, self._state_options())
+            if store_for(self.state_path).exists("zarr.json"):
                 return np.asarray(open_matrix(self.state_path).to_numpy(), dtype=np.float64)
         stats = getattr(self, "sufficient_stats_", None)
         return None if stats is None else np.asarray(stats)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,7 @@ from blocklin.ops.svd import SVD_METHODS, _truncated
 from blocklin.ops.svd_state import SVDState
 from blocklin.ops.svd_update import svd_update, update_factors
 from blocklin.ops.tsqr import tsqr_r
+from blocklin.storage.stores import StorageOptions, register_storage_options
 from blocklin.types import parse_option
 
 __all__ = ["TruncatedSVD"]
@@ -66,6 +68,9 @@ class TruncatedSVD(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstima
         :func:`blocklin.ops.svd_update` and commits the column statistics with it,
         and an unfitted estimator's ``partial_fit`` resumes from an existing state
         (e.g. after a restart).
+    storage_options : dict, optional
+        fsspec options (credentials, ``endpoint_url``...) for ``state_path`` when it
+        is a URL; never written or printed (``repr`` names the keys only).
 
     Attributes
     ----------
@@ -93,7 +98,8 @@ class TruncatedSVD(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstima
 
     def __init__(self, n_components: int = 2, *, oversample: int = 10, n_iter: int = 2,
                  random_state: Any = 0, method: str = "power", executor: str = "dask",
-                 work_dir: str | None = None, state_path: str | None = None) -> None:
+                 work_dir: str | None = None, state_path: str | None = None,
+                 storage_options: Mapping[str, Any] | None = None) -> None:
         self.n_components = n_components
         self.oversample = oversample
         self.n_iter = n_iter
@@ -102,6 +108,14 @@ class TruncatedSVD(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstima
         self.executor = executor
         self.work_dir = work_dir
         self.state_path = state_path
+        # Wrapped so the estimator's repr names the option keys, never their values.
+        self.storage_options = (None if storage_options is None
+                                else storage_options if isinstance(storage_options, StorageOptions)
+                                else StorageOptions(storage_options))
+
+    def _register_state(self) -> None:
+        if self.state_path is not None and self.storage_options:
+            register_storage_options(str(self.state_path), self.storage_options)
 
     # -- fitting -----------------------------------------------------------------------
     def fit(self, X: Any, y: Any = None) -> TruncatedSVD:
@@ -133,6 +147,7 @@ class TruncatedSVD(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstima
         parse_option("method", self.method, SVD_METHODS)
 
     def _fit(self, X: Any) -> Any:
+        self._register_state()
         Xv = validate_features(self, X, reset=True, accept_sparse=True)
         m, n = int(Xv.shape[0]), int(Xv.shape[1])
         self._check_params(m, n)
@@ -159,6 +174,7 @@ class TruncatedSVD(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstima
 
     def _resume(self) -> None:
         """Take components, singular values and column summary from the state at state_path."""
+        self._register_state()
         st = SVDState.open(str(self.state_path))
         if st.k != self.n_components:
             raise InputValueError(f"the SVD state at {self.state_path} has {st.k} components; "
@@ -169,6 +185,7 @@ class TruncatedSVD(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstima
         self._set_stats(int(ex["count"][0]), ex["mean"], ex["m2"])
 
     def _has_state(self) -> bool:
+        self._register_state()
         try:
             SVDState.open(str(self.state_path))
         except FileNotFoundError:
@@ -204,6 +221,7 @@ class TruncatedSVD(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstima
         segment of U (:func:`blocklin.ops.svd_update`'s gram path).
         """
         if self.state_path is not None:
+            self._register_state()
             if not hasattr(self, "components_") and not self._has_state():
                 return self.fit(X)
             self._resume()

@@ -76,6 +76,7 @@ from blocklin.pipelines.runner import (
     compute_options,
     explain_pipeline,
     open_inputs,
+    register_storage,
 )
 from blocklin.storage import BlockMatrix, open_matrix
 
@@ -171,6 +172,7 @@ def refresh_pipeline(pipe: Pipeline, batch_src: str, opts: RunOptions | None = N
     name = pipe.spec.refresh.input
     if not os.path.exists(batch_src) and "://" not in batch_src:
         raise FileNotFoundError(f"no such batch file: {batch_src}")
+    register_storage(pipe, opts)
     check_locations(pipe, opts)
     open_inputs(pipe)
     check_reachable(compute_options(pipe, opts))

@@ -25,8 +25,18 @@ from blocklin.executors.api import ProgressHook
 from blocklin.pipelines.registry import BuildContext, Operator, Params, registry
 from blocklin.pipelines.spec import PipelineSpec, SpecError, StepSpec, format_loc, load_spec
 
-__all__ = ["BoundStep", "Pipeline", "RunOptions", "check_locations", "check_spec",
-           "explain_pipeline", "load_pipeline", "open_inputs", "run_pipeline"]
+__all__ = [
+    "BoundStep",
+    "Pipeline",
+    "RunOptions",
+    "check_locations",
+    "check_spec",
+    "explain_pipeline",
+    "load_pipeline",
+    "open_inputs",
+    "register_storage",
+    "run_pipeline",
+]
 
 
 @dataclass(frozen=True)
@@ -86,6 +96,28 @@ class RunOptions:
     resume: bool = False
     command: str = "blocklin run"
     extra: Mapping[str, Any] = field(default_factory=dict)
+    #: ``--storage-option`` values: fsspec options for every URL location of the run
+    #: (inputs, work dir), over the spec's own. Never shown (``repr`` hides them).
+    storage_options: Mapping[str, Any] = field(default_factory=dict, repr=False)
+
+
+def register_storage(pipe: Pipeline, opts: RunOptions) -> None:
+    """Give each input and the work dir its storage options, for this process and
+    (through the compute's tasks) every worker.
+
+    The spec's per-location options come first, the command line's on top of them;
+    local paths take none.
+    """
+    from blocklin.storage.stores import register_storage_options
+
+    cli = dict(opts.storage_options)
+    places = [(pipe.resolve(inp.path), inp.storage_options)
+              for inp in pipe.spec.inputs.values()]
+    places.append((compute_options(pipe, opts)["work_dir"],
+                   pipe.spec.executor.work_dir_storage_options))
+    for url, own in places:
+        if "://" in url and (own or cli):
+            register_storage_options(url, {**own, **cli})
 
 
 # -- phase 2: meaning ----------------------------------------------------------------------
@@ -303,6 +335,7 @@ def explain_pipeline(pipe: Pipeline, opts: RunOptions | None = None) -> dict[str
     from blocklin.plan.graph import Plan
 
     opts = opts or RunOptions()
+    register_storage(pipe, opts)
     check_locations(pipe, opts)
     inputs = open_inputs(pipe)
     comp = compute_options(pipe, opts)

@@ -21,7 +21,15 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, JsonValue, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    JsonValue,
+    ValidationError,
+    field_serializer,
+    field_validator,
+)
 
 from blocklin.config import parse_memory
 from blocklin.errors import ConfigError
@@ -67,11 +75,28 @@ class _Model(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
 
+#: What a storage option's value becomes wherever a spec is written out (manifest,
+#: ``--dry-run --json``): the values are credentials as often as not.
+REDACTED = "<redacted>"
+_STORAGE_OPTIONS_HELP = ("fsspec options for this location (key, secret, endpoint_url, "
+                         "client_kwargs...); never written out (manifests show the keys only)")
+
+
+def _redact(options: dict[str, JsonValue]) -> dict[str, str]:
+    return dict.fromkeys(options, REDACTED)
+
+
 class InputSpec(_Model):
     """A stored matrix: a zarr path (relative to the spec file) or an fsspec URL."""
 
     path: str = Field(min_length=1, description="zarr array path or URL (s3://..., memory://...)")
     description: str = ""
+    storage_options: dict[str, JsonValue] = Field(default_factory=dict, repr=False,
+                                                  description=_STORAGE_OPTIONS_HELP)
+
+    @field_serializer("storage_options")
+    def _hide(self, v: dict[str, JsonValue]) -> dict[str, str]:
+        return _redact(v)
 
 
 class StepSpec(_Model):
@@ -97,7 +122,13 @@ class ExecutorSpec(_Model):
     executor: Literal["dask", "spark"] = "dask"
     address: str | None = Field(default=None, description="dask scheduler or Spark master URL")
     work_dir: str | None = Field(default=None, description="intermediates (shared by workers)")
+    work_dir_storage_options: dict[str, JsonValue] = Field(default_factory=dict, repr=False,
+                                                           description=_STORAGE_OPTIONS_HELP)
     num_workers: int | None = Field(default=None, ge=1, description="local scheduler threads")
+
+    @field_serializer("work_dir_storage_options")
+    def _hide(self, v: dict[str, JsonValue]) -> dict[str, str]:
+        return _redact(v)
 
 
 class ResourceSpec(_Model):
@@ -169,6 +200,8 @@ def _first_error(exc: ValidationError, source: str) -> SpecError:
         msg = "unknown field (check its spelling; see `blocklin schema`)"
     elif err["type"] == "missing":
         msg = "required field is missing"
+    elif any("storage_options" in str(part) for part in err["loc"]):
+        pass  # the value may be a credential: never echoed
     elif "input" in err and err["type"] not in ("model_type", "dict_type"):
         got = json.dumps(err["input"], default=str)
         msg += f" (got {got[:80]})"

@@ -24,7 +24,12 @@ from blocklin.storage.blockcache import BlockCache, process_cache
 from blocklin.storage.chunkio import BufferPool, block_ident, read_block_ident, write_block
 from blocklin.storage.meta import ArrayMeta
 from blocklin.storage.records import BlockRecord, input_digest, mark_done
-from blocklin.storage.stores import store_for
+from blocklin.storage.stores import (
+    StorageOptions,
+    registered_storage_options,
+    restore_storage_options,
+    store_for,
+)
 from blocklin.types import BlockIndex
 
 __all__ = ["GroupRuntime", "MemberRuntime", "TaskMetrics", "run_task", "task_inputs_digest"]
@@ -62,6 +67,9 @@ class GroupRuntime:
     blas_threads: int = 1
     cache_bytes: int = 0
     cache_run: str = ""
+    #: The driver's storage options by location (redacted in repr), registered in
+    #: the process that runs the task: workers rebuild stores from URLs.
+    storage_options: tuple[tuple[str, StorageOptions], ...] = ()
 
     @classmethod
     def build(cls, group: StageGroup, work_dir: str, blas_threads: int = 1,
@@ -80,7 +88,8 @@ class GroupRuntime:
                 output=s.output, output_meta=s.output.resolve(work_dir),
                 cache_tokens=tuple(tokens.get(i.array.name) for i in s.inputs)))
         return cls(name=group.name, members=tuple(members), blas_threads=blas_threads,
-                   cache_bytes=cache_bytes, cache_run=cache_run)
+                   cache_bytes=cache_bytes, cache_run=cache_run,
+                   storage_options=registered_storage_options())
 
 
 def _apply_affine(block: np.ndarray, params: np.ndarray, col_block: int, col_chunk: int) -> Any:
@@ -93,6 +102,7 @@ def _apply_affine(block: np.ndarray, params: np.ndarray, col_block: int, col_chu
 def run_task(runtime: GroupRuntime, tasks: tuple[Task | None, ...], *deps: Any) -> TaskMetrics:
     """Run one group task; ``tasks[k]`` is member k's task, or None when already complete."""
     t0 = time.perf_counter()
+    restore_storage_options(runtime.storage_options)
     pool = BufferPool.for_thread()
     cache = process_cache()
     # Every task applies its compute's budget: a compute without a cache (or with a

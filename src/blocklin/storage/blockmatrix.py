@@ -25,7 +25,7 @@ from blocklin.storage.meta import (
     written_by_blocklin,
 )
 from blocklin.storage.records import compute_fingerprint, fingerprint_from_crcs
-from blocklin.storage.stores import Store, store_for
+from blocklin.storage.stores import Store, register_storage_options, store_for
 from blocklin.types import BlockIndex
 
 if TYPE_CHECKING:
@@ -231,7 +231,8 @@ def _prepare_target(path: str | os.PathLike[str], overwrite: bool,
 
 def from_array(x: Any, path: str | os.PathLike[str], chunks: Any = None, *,
                codec: str = "auto", overwrite: bool = False, check_finite: bool = True,
-               attrs: dict[str, Any] | None = None) -> BlockMatrix:
+               attrs: dict[str, Any] | None = None,
+               storage_options: dict[str, Any] | None = None) -> BlockMatrix:
     """Store a numpy or dask array as a BlockMatrix.
 
     Parameters
@@ -256,6 +257,10 @@ def from_array(x: Any, path: str | os.PathLike[str], chunks: Any = None, *,
         operators raise :class:`~blocklin.errors.NonFiniteError` when they read them.
     attrs : dict, optional
         Extra provenance attributes recorded under ``blocklin``.
+    storage_options : dict, optional
+        fsspec options for ``path`` (``key``, ``secret``, ``endpoint_url``...). They
+        stay with ``path`` for the rest of the process (every later compute reading
+        it, on every worker) and are never written to storage or printed.
 
     Returns
     -------
@@ -277,6 +282,7 @@ def from_array(x: Any, path: str | os.PathLike[str], chunks: Any = None, *,
     """
     import dask.array as da
 
+    register_storage_options(path, storage_options)
     if isinstance(x, BlockMatrix):
         from blocklin.storage.locations import check_no_alias
 
@@ -368,8 +374,20 @@ def _write_dask(x: da.Array, store: Store, meta: ArrayMeta,
     return {index: int(crcs[index]) for index in meta.indices()}
 
 
-def open_matrix(path: str | os.PathLike[str], *, allow_incomplete: bool = False) -> BlockMatrix:
+def open_matrix(path: str | os.PathLike[str], *, allow_incomplete: bool = False,
+                storage_options: dict[str, Any] | None = None) -> BlockMatrix:
     """Open a stored BlockMatrix (local path or fsspec URL).
+
+    Parameters
+    ----------
+    path : str or path-like
+        Local directory or fsspec URL.
+    allow_incomplete : bool
+        Open an array whose producing run has not finished.
+    storage_options : dict, optional
+        fsspec options for ``path`` (credentials, ``endpoint_url``...); they stay with
+        ``path`` for the rest of the process, reach every worker reading it, and are
+        never written or printed.
 
     Raises
     ------
@@ -378,6 +396,7 @@ def open_matrix(path: str | os.PathLike[str], *, allow_incomplete: bool = False)
     IncompleteArrayError
         If the array's producing run has not finished (its blocks may be partial).
     """
+    register_storage_options(path, storage_options)
     store = store_for(path)
     meta = read_meta(store)
     if meta is None:

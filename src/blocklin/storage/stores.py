@@ -8,21 +8,159 @@ paths relative to the array root, exactly as zarr v3 lays them out.
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 import threading
 import uuid
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from functools import lru_cache
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
+
+from blocklin.errors import storage_error
 
 if TYPE_CHECKING:
     import fsspec
     from zarr.abc.store import Store as ZarrStore
 
-__all__ = ["FsspecStore", "LocalStore", "Store", "join_url", "store_for"]
+__all__ = [
+    "FsspecStore",
+    "LocalStore",
+    "StorageOptions",
+    "Store",
+    "join_url",
+    "register_storage_options",
+    "registered_storage_options",
+    "storage_options_for",
+    "store_for",
+]
+
+
+class StorageOptions(Mapping[str, Any]):
+    """fsspec keyword arguments (credentials, endpoint, region...) for one location.
+
+    The values are secrets as often as not: ``repr`` and ``str`` name the keys only,
+    so the options can ride in tasks, stores and exceptions without being printed.
+    Instances compare and hash by content, so two different option sets never share
+    a cached store or file system.
+    """
+
+    __slots__ = ("_items", "_key")
+
+    def __init__(self, options: Mapping[str, Any] | None = None) -> None:
+        from blocklin.errors import InputDtypeError
+
+        items = dict(options or {})
+        for k in items:
+            if not isinstance(k, str):
+                raise InputDtypeError(
+                    f"storage option names must be strings; got {type(k).__name__} "
+                    f"(keys: {sorted(map(str, items))})")
+        self._items = items
+        try:
+            self._key = json.dumps(items, sort_keys=True, default=repr)
+        except (TypeError, ValueError):
+            self._key = repr(sorted(items.items(), key=lambda kv: kv[0]))
+
+    def __getitem__(self, key: str) -> Any:
+        return self._items[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._items)
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __hash__(self) -> int:
+        return hash(self._key)
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, StorageOptions):
+            return self._key == other._key
+        if isinstance(other, Mapping):
+            return self._items == dict(other)
+        return NotImplemented
+
+    def __repr__(self) -> str:
+        return f"StorageOptions(keys={sorted(self._items)}, values redacted)"
+
+    __str__ = __repr__
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (StorageOptions, (self._items,))
+
+    def as_dict(self) -> dict[str, Any]:
+        """A plain copy, for handing to fsspec."""
+        return dict(self._items)
+
+
+_NO_OPTIONS = StorageOptions()
+_registry_lock = threading.Lock()
+#: Options by normalised location prefix, set by ``open``/``from_array``/``compute``...
+#: in this process (and, on workers, by the task that carries a snapshot of them).
+_registry: dict[str, StorageOptions] = {}
+
+
+def _normalise(url: str) -> str:
+    if _is_local(url):
+        return str(Path(url.removeprefix("file://")).expanduser().absolute()).rstrip("/") or "/"
+    return url.rstrip("/")
+
+
+def register_storage_options(url: str | os.PathLike[str],
+                             options: Mapping[str, Any] | None) -> StorageOptions:
+    """Make ``options`` the storage options of ``url`` and everything under it.
+
+    Every later :func:`store_for` of ``url`` or a location under it that names no
+    options of its own uses them (the longest registered prefix wins). Empty or
+    None ``options`` register nothing.
+
+    Parameters
+    ----------
+    url : str or path
+        A location: an fsspec URL or a local path.
+    options : mapping, optional
+        fsspec keyword arguments for that location.
+
+    Returns
+    -------
+    StorageOptions
+        The options as registered (redacted in ``repr``).
+    """
+    opts = options if isinstance(options, StorageOptions) else StorageOptions(options)
+    if opts:
+        with _registry_lock:
+            _registry[_normalise(os.fspath(url))] = opts
+    return opts
+
+
+def registered_storage_options() -> tuple[tuple[str, StorageOptions], ...]:
+    """A snapshot of every registration, for shipping to worker processes."""
+    with _registry_lock:
+        return tuple(sorted(_registry.items()))
+
+
+def restore_storage_options(snapshot: Sequence[tuple[str, StorageOptions]]) -> None:
+    """Register a snapshot made by :func:`registered_storage_options` (on a worker)."""
+    if not snapshot:
+        return
+    with _registry_lock:
+        for url, opts in snapshot:
+            _registry[url] = opts
+
+
+def storage_options_for(url: str | os.PathLike[str]) -> StorageOptions:
+    """The registered options of ``url`` (longest matching prefix); empty if none."""
+    text = _normalise(os.fspath(url))
+    best = ""
+    found = _NO_OPTIONS
+    with _registry_lock:
+        for prefix, opts in _registry.items():
+            if (text == prefix or text.startswith(prefix + "/")) and len(prefix) > len(best):
+                best, found = prefix, opts
+    return found
 
 
 class Store(ABC):
@@ -38,6 +176,11 @@ class Store(ABC):
 
     url: str
     read_only: bool = False
+    storage_options: StorageOptions = _NO_OPTIONS
+
+    def __repr__(self) -> str:
+        # Never the options: they hold credentials.
+        return f"{type(self).__name__}({self.url!r}, read_only={self.read_only})"
 
     @abstractmethod
     def get(self, key: str) -> bytes | None:
@@ -84,7 +227,8 @@ class Store(ABC):
 
     def child(self, name: str) -> Store:
         """The store rooted at ``name`` under this one."""
-        return store_for(join_url(self.url, name), read_only=self.read_only)
+        return store_for(join_url(self.url, name), read_only=self.read_only,
+                         storage_options=self.storage_options)
 
     def _check_writable(self) -> None:
         if self.read_only:
@@ -146,15 +290,21 @@ class LocalStore(Store):
     def put_parts(self, key: str, parts: Sequence[bytes | bytearray | memoryview]) -> None:
         self._check_writable()
         target = self._path(key)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.",
+                                       suffix=".tmp")
+        except OSError as exc:  # a full disk or a read-only mount is named, not a bug
+            raise storage_error(exc, str(target)) from exc
         try:
             with os.fdopen(fd, "wb") as fh:
                 for part in parts:
                     fh.write(part)
             os.replace(tmp, target)
-        except BaseException:
+        except BaseException as exc:
             Path(tmp).unlink(missing_ok=True)
+            if isinstance(exc, OSError):
+                raise storage_error(exc, str(target)) from exc
             raise
 
     def exists(self, key: str) -> bool:
@@ -198,10 +348,17 @@ class LocalStore(Store):
 class FsspecStore(Store):
     """Any fsspec URL; writes are single-object puts, which object stores make atomic."""
 
-    def __init__(self, url: str, read_only: bool = False) -> None:
+    def __init__(self, url: str, read_only: bool = False,
+                 storage_options: Mapping[str, Any] | None = None) -> None:
         self.url = url.rstrip("/")
         self.read_only = read_only
-        self.fs, self.root = _filesystem(self.url)
+        self.storage_options = (storage_options if isinstance(storage_options, StorageOptions)
+                                else StorageOptions(storage_options))
+        self.fs, self.root = _filesystem(self.url, self.storage_options)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # The file system is rebuilt where the store lands, from the URL and options.
+        return (FsspecStore, (self.url, self.read_only, self.storage_options))
 
     def _path(self, key: str) -> str:
         return f"{self.root}/{key}" if key else self.root
@@ -223,7 +380,10 @@ class FsspecStore(Store):
 
     def put(self, key: str, data: bytes | bytearray | memoryview) -> None:
         self._check_writable()
-        self.fs.pipe_file(self._path(key), bytes(data))
+        try:
+            self.fs.pipe_file(self._path(key), bytes(data))
+        except OSError as exc:  # a full or read-only bucket/volume is named, not a bug
+            raise storage_error(exc, join_url(self.url, key)) from exc
 
     def exists(self, key: str) -> bool:
         return bool(self.fs.isfile(self._path(key)))
@@ -238,6 +398,9 @@ class FsspecStore(Store):
 
     def list(self, prefix: str) -> list[str]:
         base = self._path(prefix)
+        # Other processes write here (workers, a killed run): a listing cached by this
+        # one would miss their keys.
+        self.fs.invalidate_cache(base)
         try:
             found = self.fs.find(base)
         except FileNotFoundError:
@@ -255,17 +418,31 @@ class FsspecStore(Store):
     def zarr_store(self) -> ZarrStore:
         import zarr.storage
 
-        return zarr.storage.FsspecStore.from_url(self.url, read_only=self.read_only)
+        return zarr.storage.FsspecStore.from_url(
+            self.url, read_only=self.read_only,
+            storage_options=_fs_kwargs(self.url, self.storage_options) or None)
 
 
 _fs_lock = threading.Lock()
+#: Protocols whose file systems cache directory listings (object stores): blocklin
+#: relies on fresh listings (completion records, sealing), so caching is off unless
+#: the caller's options turn it on.
+_LISTING_CACHE_PROTOCOLS = ("s3", "s3a", "gs", "gcs", "abfs", "az", "adl", "oss")
 
 
-def _filesystem(url: str) -> tuple[fsspec.AbstractFileSystem, str]:
+def _fs_kwargs(url: str, options: Mapping[str, Any]) -> dict[str, Any]:
+    kwargs = dict(options)
+    if url.split("://", 1)[0] in _LISTING_CACHE_PROTOCOLS:
+        kwargs.setdefault("use_listings_cache", False)
+    return kwargs
+
+
+def _filesystem(url: str, options: Mapping[str, Any] = _NO_OPTIONS
+                ) -> tuple[fsspec.AbstractFileSystem, str]:
     import fsspec.core
 
     with _fs_lock:
-        fs, path = fsspec.core.url_to_fs(url)
+        fs, path = fsspec.core.url_to_fs(url, **_fs_kwargs(url, options))
     return fs, path.rstrip("/")
 
 
@@ -274,14 +451,26 @@ def _is_local(url: str) -> bool:
 
 
 @lru_cache(maxsize=256)
-def _cached_store(url: str, read_only: bool) -> Store:
+def _cached_store(url: str, read_only: bool, options: StorageOptions) -> Store:
+    # ``options`` is part of the key: two option sets never share a store.
     if _is_local(url):
         return LocalStore(url.removeprefix("file://"), read_only=read_only)
-    return FsspecStore(url, read_only=read_only)
+    return FsspecStore(url, read_only=read_only, storage_options=options)
 
 
-def store_for(url: str | os.PathLike[str], read_only: bool = False) -> Store:
+def store_for(url: str | os.PathLike[str], read_only: bool = False,
+              storage_options: Mapping[str, Any] | None = None) -> Store:
     """Return the store for a local path or an fsspec URL (cached per process).
+
+    Parameters
+    ----------
+    url : str or path
+        The location.
+    read_only : bool
+        Refuse writes.
+    storage_options : mapping, optional
+        fsspec keyword arguments (credentials, ``endpoint_url``...). None uses the
+        options registered for ``url`` (:func:`register_storage_options`), if any.
 
     Raises
     ------
@@ -295,7 +484,13 @@ def store_for(url: str | os.PathLike[str], read_only: bool = False) -> Store:
     text = os.fspath(url)
     if _is_local(text):
         text = str(Path(text.removeprefix("file://")).expanduser().absolute())
-    return _cached_store(text.rstrip("/") or "/", read_only)
+    if storage_options is None:
+        opts = storage_options_for(text)
+    elif isinstance(storage_options, StorageOptions):
+        opts = storage_options
+    else:
+        opts = StorageOptions(storage_options)
+    return _cached_store(text.rstrip("/") or "/", read_only, opts)
 
 
 def join_url(base: str, name: str) -> str:
