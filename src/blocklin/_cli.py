@@ -9,6 +9,8 @@ Exit codes (also in ``blocklin --help``):
 3     the outputs are locked by another run (see ``blocklin unlock``)
 4     corrupt or missing data found (``verify``), or a corrupt chunk while running
 5     the executor failed (cluster unreachable, task failed after retries)
+6     storage refused a write (disk full, quota, file size limit, read-only, denied);
+      the message names the path
 ====  ==========================================================================
 
 Errors print as one line on stderr (``error: ...``); ``--debug`` adds the
@@ -32,6 +34,7 @@ import typer
 __all__ = ["EXIT_CODES", "app", "main"]
 
 EXIT_OK, EXIT_INTERNAL, EXIT_USAGE, EXIT_LOCKED, EXIT_CORRUPT, EXIT_EXECUTOR = 0, 1, 2, 3, 4, 5
+EXIT_STORAGE = 6
 EXIT_CODES = {
     EXIT_OK: "success",
     EXIT_INTERNAL: "unexpected internal error (rerun with --debug and report it)",
@@ -39,6 +42,7 @@ EXIT_CODES = {
     EXIT_LOCKED: "outputs locked by another run (see `blocklin unlock`)",
     EXIT_CORRUPT: "corrupt or missing data",
     EXIT_EXECUTOR: "executor failure (cluster unreachable, task failed after retries)",
+    EXIT_STORAGE: "storage full or not writable (the message names the path)",
 }
 _EPILOG = "Exit codes: " + "; ".join(f"{k} {v}" for k, v in EXIT_CODES.items())
 
@@ -58,6 +62,30 @@ WorkDirOpt = Annotated[str | None, typer.Option(
     "--work-dir", help="intermediate arrays (reachable from every worker)")]
 MemoryOpt = Annotated[str | None, typer.Option("--max-task-memory",
                                                help="per-task limit, e.g. 2GiB")]
+StorageOpt = Annotated[list[str] | None, typer.Option(
+    "--storage-option", metavar="KEY=VALUE",
+    help="fsspec option for the run's URL inputs and work dir (repeatable; VALUE is JSON "
+         "when it parses, else a string: endpoint_url=http://host:9000, "
+         "client_kwargs='{\"region_name\": \"eu-west-1\"}'); never printed or recorded")]
+
+
+def _storage_options(pairs: list[str] | None) -> dict[str, Any]:
+    """``KEY=VALUE`` arguments as a dict; values are never echoed (they may be secrets)."""
+    from blocklin.errors import ConfigError
+
+    out: dict[str, Any] = {}
+    for i, pair in enumerate(pairs or [], 1):
+        key, sep, value = pair.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise ConfigError(f"--storage-option number {i} is not KEY=VALUE (its value is not "
+                              "shown, it may be a secret); e.g. --storage-option "
+                              "endpoint_url=http://localhost:9000")
+        try:
+            out[key] = json.loads(value)
+        except ValueError:
+            out[key] = value
+    return out
 
 
 @app.callback()
@@ -69,16 +97,25 @@ def _main(debug: Annotated[bool, typer.Option("--debug", help="show tracebacks o
 
 def _exit_code(exc: BaseException) -> int:
     from blocklin.errors import (
+        STORAGE_ERRNOS,
         CorruptChunkError,
         ExecutorError,
         IncompleteArrayError,
         InputChangedError,
         LockError,
+        StorageError,
         TaskFailedError,
     )
 
     if isinstance(exc, LockError):
         return EXIT_LOCKED
+    if isinstance(exc, StorageError):
+        return EXIT_STORAGE
+    # A write outside the stores (manifest, report) on a full or read-only disk; a bare
+    # PermissionError may be a read, so it stays a usage error below.
+    if (isinstance(exc, OSError) and not isinstance(exc, PermissionError)
+            and exc.errno in STORAGE_ERRNOS):
+        return EXIT_STORAGE
     if isinstance(exc, CorruptChunkError | IncompleteArrayError | InputChangedError):
         return EXIT_CORRUPT
     if isinstance(exc, ExecutorError | TaskFailedError):
@@ -154,14 +191,16 @@ def _progress(as_json: bool) -> Any:
 
 
 def _options(spec: Path, command: str, executor: str | None, address: str | None,
-             work_dir: str | None, max_task_memory: str | None, resume: bool = False) -> Any:
+             work_dir: str | None, max_task_memory: str | None, resume: bool = False,
+             storage_option: list[str] | None = None) -> Any:
     from blocklin.errors import ConfigError
     from blocklin.pipelines.runner import RunOptions
 
     if executor is not None and executor not in ("dask", "spark"):
         raise ConfigError(f"--executor must be dask or spark; got {executor!r}")
     return RunOptions(executor=executor, address=address, work_dir=work_dir, resume=resume,
-                      max_task_memory=max_task_memory, command=f"blocklin {command} {spec}")
+                      max_task_memory=max_task_memory, command=f"blocklin {command} {spec}",
+                      storage_options=_storage_options(storage_option))
 
 
 @app.command()
@@ -171,12 +210,13 @@ def run(spec: SpecArg, executor: ExecutorOpt = None, address: AddressOpt = None,
         dry_run: Annotated[bool, typer.Option("--dry-run", help="print the plan (stages, tasks, "
                                               "passes, memory per task); run nothing")] = False,
         work_dir: WorkDirOpt = None, max_task_memory: MemoryOpt = None,
-        as_json: JsonOpt = False) -> None:
+        as_json: JsonOpt = False, storage_option: StorageOpt = None) -> None:
     """Run a pipeline spec (or show its plan with --dry-run)."""
     from blocklin.pipelines.runner import explain_pipeline, load_pipeline, run_pipeline
 
     with _guard(as_json):
-        opts = _options(spec, "run", executor, address, work_dir, max_task_memory, resume)
+        opts = _options(spec, "run", executor, address, work_dir, max_task_memory, resume,
+                        storage_option)
         pipe = load_pipeline(spec)
         if dry_run:
             info = explain_pipeline(pipe, opts)
@@ -193,13 +233,14 @@ def refresh(spec: SpecArg,
                                                  ".parquet or zarr")],
             executor: ExecutorOpt = None, address: AddressOpt = None,
             work_dir: WorkDirOpt = None, max_task_memory: MemoryOpt = None,
-            as_json: JsonOpt = False) -> None:
+            as_json: JsonOpt = False, storage_option: StorageOpt = None) -> None:
     """Append a row batch to the spec's refresh input and update its outputs incrementally."""
     from blocklin.pipelines.refresh import refresh_pipeline
     from blocklin.pipelines.runner import load_pipeline
 
     with _guard(as_json):
-        opts = _options(spec, "refresh", executor, address, work_dir, max_task_memory)
+        opts = _options(spec, "refresh", executor, address, work_dir, max_task_memory,
+                        storage_option=storage_option)
         pipe = load_pipeline(spec)
         with _progress(as_json) as bar:
             res = refresh_pipeline(pipe, str(append), opts, progress=bar)

@@ -6,7 +6,10 @@ refines, so callers can catch ``ValueError`` or ``OSError`` as usual.
 
 from __future__ import annotations
 
+import errno as _errno
+
 __all__ = [
+    "STORAGE_ERRNOS",
     "BlocklinError",
     "ConfigError",
     "CorruptChunkError",
@@ -22,7 +25,9 @@ __all__ = [
     "OutputAliasError",
     "PlanMemoryError",
     "ShapeMismatchError",
+    "StorageError",
     "TaskFailedError",
+    "storage_error",
 ]
 
 
@@ -135,6 +140,47 @@ class MetadataError(InputValueError):
 
 class OutputAliasError(InputValueError):
     """An output path is, contains or lies inside an input or the work directory."""
+
+
+class StorageError(BlocklinError, OSError):
+    """Storage refused a write: full, over quota or a file size limit, read-only, or denied.
+
+    ``path`` is the file or object that could not be written; ``errno`` is the OS
+    error number (``errno.ENOSPC``...), None when the store gave none.
+    """
+
+    def __init__(self, path: str, reason: str, errno: int | None = None) -> None:
+        self.message = (f"cannot write {path}: {reason}; free space or fix the storage's "
+                        "permissions, or choose another location, then rerun (with --resume "
+                        "for a pipeline run)")
+        super().__init__(self.message)
+        self.path = path
+        self.reason = reason
+        self.errno = errno
+        self.filename = path
+
+    def __reduce__(self) -> tuple[type[StorageError], tuple[object, ...]]:
+        # Rebuilt from its fields when it crosses processes (dask workers, Spark).
+        return (type(self), (self.path, self.reason, self.errno))
+
+    def __str__(self) -> str:
+        # OSError would print "[Errno 28] None: path" once errno and filename are set.
+        return self.message
+
+
+#: OS error numbers that mean "this storage will not take the write", not a bug.
+STORAGE_ERRNOS = frozenset({_errno.ENOSPC, _errno.EDQUOT, _errno.EFBIG, _errno.EROFS,
+                            _errno.EACCES, _errno.EPERM})
+
+
+def storage_error(exc: OSError, path: str) -> OSError:
+    """``exc`` as a :class:`StorageError` naming ``path`` if storage refused the write.
+
+    Other OS errors (a vanished directory, a network error) are returned unchanged.
+    """
+    if isinstance(exc, StorageError) or exc.errno not in STORAGE_ERRNOS:
+        return exc
+    return StorageError(path, exc.strerror or str(exc), exc.errno)
 
 
 class IncompleteArrayError(BlocklinError, OSError):
