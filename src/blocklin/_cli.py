@@ -62,6 +62,17 @@ WorkDirOpt = Annotated[str | None, typer.Option(
     "--work-dir", help="intermediate arrays (reachable from every worker)")]
 MemoryOpt = Annotated[str | None, typer.Option("--max-task-memory",
                                                help="per-task limit, e.g. 2GiB")]
+ConnectOpt = Annotated[float | None, typer.Option(
+    "--connect-timeout", min=0.001, help="seconds to wait for the dask scheduler (default 10)")]
+WorkerWaitOpt = Annotated[float | None, typer.Option(
+    "--worker-timeout", min=0.001,
+    help="seconds to wait for a first worker on a dask cluster with none (default 60)")]
+TlsCaOpt = Annotated[str | None, typer.Option(
+    "--tls-ca-file", help="CA certificate of a tls:// dask cluster")]
+TlsCertOpt = Annotated[str | None, typer.Option(
+    "--tls-cert", help="client certificate for a tls:// dask cluster")]
+TlsKeyOpt = Annotated[str | None, typer.Option(
+    "--tls-key", help="client private key for a tls:// dask cluster")]
 StorageOpt = Annotated[list[str] | None, typer.Option(
     "--storage-option", metavar="KEY=VALUE",
     help="fsspec option for the run's URL inputs and work dir (repeatable; VALUE is JSON "
@@ -192,7 +203,8 @@ def _progress(as_json: bool) -> Any:
 
 def _options(spec: Path, command: str, executor: str | None, address: str | None,
              work_dir: str | None, max_task_memory: str | None, resume: bool = False,
-             storage_option: list[str] | None = None) -> Any:
+             storage_option: list[str] | None = None,
+             cluster: dict[str, Any] | None = None) -> Any:
     from blocklin.errors import ConfigError
     from blocklin.pipelines.runner import RunOptions
 
@@ -200,7 +212,8 @@ def _options(spec: Path, command: str, executor: str | None, address: str | None
         raise ConfigError(f"--executor must be dask or spark; got {executor!r}")
     return RunOptions(executor=executor, address=address, work_dir=work_dir, resume=resume,
                       max_task_memory=max_task_memory, command=f"blocklin {command} {spec}",
-                      storage_options=_storage_options(storage_option))
+                      storage_options=_storage_options(storage_option),
+                      extra=cluster or {})
 
 
 @app.command()
@@ -210,13 +223,18 @@ def run(spec: SpecArg, executor: ExecutorOpt = None, address: AddressOpt = None,
         dry_run: Annotated[bool, typer.Option("--dry-run", help="print the plan (stages, tasks, "
                                               "passes, memory per task); run nothing")] = False,
         work_dir: WorkDirOpt = None, max_task_memory: MemoryOpt = None,
-        as_json: JsonOpt = False, storage_option: StorageOpt = None) -> None:
+        as_json: JsonOpt = False, storage_option: StorageOpt = None,
+        connect_timeout: ConnectOpt = None, worker_timeout: WorkerWaitOpt = None,
+        tls_ca_file: TlsCaOpt = None, tls_cert: TlsCertOpt = None,
+        tls_key: TlsKeyOpt = None) -> None:
     """Run a pipeline spec (or show its plan with --dry-run)."""
     from blocklin.pipelines.runner import explain_pipeline, load_pipeline, run_pipeline
 
     with _guard(as_json):
         opts = _options(spec, "run", executor, address, work_dir, max_task_memory, resume,
-                        storage_option)
+                        storage_option, cluster={
+                            "connect_timeout": connect_timeout, "worker_timeout": worker_timeout,
+                            "tls_ca_file": tls_ca_file, "tls_cert": tls_cert, "tls_key": tls_key})
         pipe = load_pipeline(spec)
         if dry_run:
             info = explain_pipeline(pipe, opts)
@@ -233,14 +251,19 @@ def refresh(spec: SpecArg,
                                                  ".parquet or zarr")],
             executor: ExecutorOpt = None, address: AddressOpt = None,
             work_dir: WorkDirOpt = None, max_task_memory: MemoryOpt = None,
-            as_json: JsonOpt = False, storage_option: StorageOpt = None) -> None:
+            as_json: JsonOpt = False, storage_option: StorageOpt = None,
+            connect_timeout: ConnectOpt = None, worker_timeout: WorkerWaitOpt = None,
+            tls_ca_file: TlsCaOpt = None, tls_cert: TlsCertOpt = None,
+            tls_key: TlsKeyOpt = None) -> None:
     """Append a row batch to the spec's refresh input and update its outputs incrementally."""
     from blocklin.pipelines.refresh import refresh_pipeline
     from blocklin.pipelines.runner import load_pipeline
 
     with _guard(as_json):
         opts = _options(spec, "refresh", executor, address, work_dir, max_task_memory,
-                        storage_option=storage_option)
+                        storage_option=storage_option, cluster={
+                            "connect_timeout": connect_timeout, "worker_timeout": worker_timeout,
+                            "tls_ca_file": tls_ca_file, "tls_cert": tls_cert, "tls_key": tls_key})
         pipe = load_pipeline(spec)
         with _progress(as_json) as bar:
             res = refresh_pipeline(pipe, str(append), opts, progress=bar)

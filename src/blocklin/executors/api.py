@@ -26,7 +26,7 @@ from blocklin.storage.stores import register_storage_options, storage_options_fo
 from blocklin.types import DEVICES, EXECUTORS, parse_option
 
 if TYPE_CHECKING:
-    from distributed import Client
+    from distributed import Client, Security
 
 __all__ = ["ProgressHook", "check_plan_locations", "compute", "get_executor"]
 
@@ -36,8 +36,13 @@ ProgressHook = Callable[[str, int, int], None]
 
 def get_executor(executor: str | Executor = "dask", *, address: str | None = None,
                  client: Client | None = None, spark: Any = None,
-                 num_workers: int | None = None, device: str = "cpu") -> Executor:
+                 num_workers: int | None = None, device: str = "cpu",
+                 connect_timeout: float | None = None, worker_timeout: float | None = None,
+                 security: Security | None = None) -> Executor:
     """Build an executor from its name and engine handle.
+
+    ``connect_timeout``, ``worker_timeout`` and ``security`` are settings of a dask
+    cluster (see :class:`blocklin.executors.dask.DaskExecutor`).
 
     Raises
     ------
@@ -55,9 +60,15 @@ def get_executor(executor: str | Executor = "dask", *, address: str | None = Non
             raise ConfigError("a SparkSession was given with executor='dask'")
         from blocklin.executors.dask import DaskExecutor
 
-        return DaskExecutor(client=client, address=address, num_workers=num_workers, device=device)
+        return DaskExecutor(client=client, address=address, num_workers=num_workers, device=device,
+                            connect_timeout=connect_timeout, worker_timeout=worker_timeout,
+                            security=security)
     if client is not None:
         raise ConfigError("a distributed.Client was given with executor='spark'")
+    if security is not None:
+        raise ConfigError("security= is a dask cluster's TLS settings; Spark takes its own "
+                          "(spark.authenticate, spark.ssl.*) from the session or "
+                          "spark-defaults.conf")
     from blocklin.executors.spark import SparkExecutor
 
     return SparkExecutor(spark=spark, master=address, device=device)
@@ -69,7 +80,9 @@ def compute(*results: Lazy, executor: str | Executor = "dask", address: str | No
             num_workers: int | None = None, device: str = "cpu", stats: RunStats | None = None,
             progress: ProgressHook | None = None,
             cache_bytes: int | str | None = None,
-            storage_options: dict[str, Any] | None = None) -> tuple[Any, ...]:
+            storage_options: dict[str, Any] | None = None,
+            connect_timeout: float | None = None, worker_timeout: float | None = None,
+            security: Security | None = None) -> tuple[Any, ...]:
     """Compute several lazy results as one plan, sharing passes over common inputs.
 
     Parameters
@@ -114,6 +127,14 @@ def compute(*results: Lazy, executor: str | Executor = "dask", address: str | No
         :func:`blocklin.storage.stores.register_storage_options`). They reach every
         worker and are never written or printed. Inputs keep the options they were
         opened with.
+    connect_timeout : float, optional
+        Seconds to wait for the dask scheduler at ``address`` (default 10).
+    worker_timeout : float, optional
+        Seconds to wait for a first worker when the dask cluster has none (default 60).
+    security : distributed.Security, optional
+        TLS settings for a ``tls://`` dask scheduler (``Security(tls_ca_file=...,
+        tls_client_cert=..., tls_client_key=...)``); without it a ``tls://`` address
+        uses dask's configuration (``distributed.comm.tls``).
 
     Returns
     -------
@@ -142,7 +163,9 @@ def compute(*results: Lazy, executor: str | Executor = "dask", address: str | No
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
     engine = get_executor(executor, address=address, client=client, spark=spark,
-                          num_workers=num_workers, device=device)
+                          num_workers=num_workers, device=device,
+                          connect_timeout=connect_timeout, worker_timeout=worker_timeout,
+                          security=security)
     work = work_dir or default_work_dir()
     wanted = parse_cache_bytes(cache_bytes)
     budget = engine.cache_budget(final, wanted) if wanted != 0 else 0

@@ -25,9 +25,85 @@ from blocklin.plan.memory import fit_cache_budget
 from blocklin.plan.runtime import run_task
 
 if TYPE_CHECKING:
-    from distributed import Client
+    from distributed import Client, Security
 
-__all__ = ["DaskExecutor"]
+__all__ = ["DEFAULT_CONNECT_TIMEOUT", "DEFAULT_WORKER_TIMEOUT", "DaskExecutor",
+           "cluster_security", "parse_address"]
+
+#: Seconds to wait for a scheduler to answer before giving up.
+DEFAULT_CONNECT_TIMEOUT = 10.0
+#: Seconds to wait for a first worker on a cluster that has none (workers starting
+#: beside the scheduler, an autoscaler) before refusing the run.
+DEFAULT_WORKER_TIMEOUT = 60.0
+#: Schemes a dask scheduler address may use.
+SCHEMES = ("tcp", "tls", "inproc", "ucx", "ws", "wss")
+_ADDRESS_HELP = ("a dask scheduler address is scheme://host:port, e.g. tcp://10.0.0.5:8786 "
+                 f"(schemes: {', '.join(SCHEMES)}; host:port alone means tcp)")
+
+
+def parse_address(address: str) -> str:
+    """Check a scheduler address and return it with its scheme (``host:port`` -> tcp).
+
+    Raises
+    ------
+    ConfigError
+        For a missing or unknown scheme, an empty host, or a port that is not a number
+        in 1..65535, at once (dask itself would retry until its timeout).
+    """
+    text = address.strip()
+    scheme, sep, rest = text.partition("://")
+    if not sep:
+        scheme, rest = "tcp", text
+    if scheme not in SCHEMES:
+        raise ConfigError(f"unknown scheme {scheme!r} in dask scheduler address {address!r}; "
+                          + _ADDRESS_HELP)
+    if scheme == "inproc":
+        if not rest:
+            raise ConfigError(f"dask scheduler address {address!r} names no process; "
+                              + _ADDRESS_HELP)
+        return f"{scheme}://{rest}"
+    host, colon, port = rest.rstrip("/").rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]  # IPv6 literal
+    if not colon or not host or "/" in host:
+        raise ConfigError(f"dask scheduler address {address!r} has no host:port; "
+                          + _ADDRESS_HELP)
+    if not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigError(f"dask scheduler address {address!r} has port {port!r}, not a "
+                          "number in 1..65535; " + _ADDRESS_HELP)
+    return f"{scheme}://{rest.rstrip('/')}"
+
+
+def cluster_security(tls_ca_file: str | None = None, tls_cert: str | None = None,
+                     tls_key: str | None = None) -> Security | None:
+    """A ``distributed.Security`` for a TLS cluster from certificate files, or None.
+
+    Parameters
+    ----------
+    tls_ca_file : str, optional
+        The certificate authority that signed the scheduler's and workers' certificates.
+    tls_cert, tls_key : str, optional
+        This client's certificate and private key (the key may sit in ``tls_cert``).
+
+    Raises
+    ------
+    ConfigError
+        If only some are given, or a file is missing.
+    """
+    files = {"tls_ca_file": tls_ca_file, "tls_cert": tls_cert, "tls_key": tls_key}
+    if not any(files.values()):
+        return None
+    if not tls_ca_file or not tls_cert:
+        missing = [k for k in ("tls_ca_file", "tls_cert") if not files[k]]
+        raise ConfigError(f"TLS needs a CA file and a client certificate; missing {missing} "
+                          "(--tls-ca-file, --tls-cert, --tls-key)")
+    for name, path in files.items():
+        if path and not os.path.isfile(path):
+            raise ConfigError(f"{name} {path!r} is not a file")
+    from distributed import Security
+
+    return Security(tls_ca_file=tls_ca_file, tls_client_cert=tls_cert,
+                    tls_client_key=tls_key, require_encryption=True)
 
 
 class DaskExecutor:
@@ -47,14 +123,38 @@ class DaskExecutor:
     device : {"cpu", "gpu"}
         ``gpu`` places every task on a worker declaring a ``GPU`` resource
         (``dask worker --resources GPU=1``), one GPU per task; it needs a cluster.
+    connect_timeout : float, optional
+        Seconds to wait for the scheduler at ``address`` (default 10).
+    worker_timeout : float, optional
+        Seconds to wait for a first worker when the cluster has none (default 60).
+    security : distributed.Security, optional
+        TLS settings for ``address`` (see :func:`cluster_security`). A ``tls://``
+        address without them uses dask's configuration (``distributed.comm.tls``).
+
+    Raises
+    ------
+    ConfigError
+        For a malformed address, or a ``tls://`` address with no certificates.
     """
 
     name = "dask"
 
     def __init__(self, client: Client | None = None, address: str | None = None,
-                 num_workers: int | None = None, retries: int = 1, device: str = "cpu") -> None:
+                 num_workers: int | None = None, retries: int = 1, device: str = "cpu",
+                 connect_timeout: float | None = None, worker_timeout: float | None = None,
+                 security: Security | None = None) -> None:
         if client is not None and address is not None:
             raise ExecutorError("give either a distributed client or an address, not both")
+        if address is not None:
+            address = parse_address(address)
+            security = _tls_security(address, security)
+        for what, value in (("connect_timeout", connect_timeout),
+                            ("worker_timeout", worker_timeout)):
+            if value is not None and not value > 0:
+                raise ConfigError(f"{what} must be a positive number of seconds; got {value!r}")
+        self.connect_timeout = connect_timeout or DEFAULT_CONNECT_TIMEOUT
+        self.worker_timeout = worker_timeout or DEFAULT_WORKER_TIMEOUT
+        self.security = security
         if device == "gpu" and client is None and address is None:
             raise ConfigError("device='gpu' needs a dask cluster whose workers declare a GPU "
                               "resource (dask worker --resources GPU=1); pass address= or client=")
@@ -93,7 +193,9 @@ class DaskExecutor:
             info = client.scheduler_info()
             workers = info.get("workers", {})
             if not workers:
-                raise ExecutorError(f"the dask cluster at {info.get('address')} has no workers")
+                self._wait_for_workers(client, str(info.get("address")))
+                info = client.scheduler_info()
+                workers = info.get("workers", {})
             if self.device == "gpu" and not any(w.get("resources", {}).get("GPU")
                                                 for w in workers.values()):
                 raise ConfigError("device='gpu' but no worker of the dask cluster declares a GPU "
@@ -137,17 +239,37 @@ class DaskExecutor:
                                             max(1, int(w.get("nthreads", 1))), need))
         return min(budgets, default=0)
 
+    def _wait_for_workers(self, client: Client, address: str) -> None:
+        from distributed import TimeoutError as DaskTimeout
+
+        try:
+            client.wait_for_workers(1, timeout=self.worker_timeout)
+        except (DaskTimeout, TimeoutError):
+            raise ExecutorError(
+                f"no worker joined the dask cluster at {address} within "
+                f"{self.worker_timeout:g} s; start workers (dask worker {address}) or wait "
+                "longer with worker_timeout= (--worker-timeout)") from None
+
     def _client(self) -> tuple[Client, bool]:
         if self.client is not None:
             return self.client, False
-        import dask.config
         from distributed import Client
 
-        timeout = dask.config.get("distributed.comm.timeouts.connect")
+        kwargs: dict[str, Any] = {"security": self.security} if self.security else {}
         try:
-            return Client(self.address, set_as_default=False, timeout=timeout), True
-        except OSError as exc:
-            raise ExecutorError(f"cannot reach the dask scheduler at {self.address}: {exc}") from exc
+            return Client(self.address, set_as_default=False, timeout=self.connect_timeout,
+                          **kwargs), True
+        except (OSError, TimeoutError) as exc:
+            raise ExecutorError(
+                f"cannot reach the dask scheduler at {self.address} within "
+                f"{self.connect_timeout:g} s: {exc}; check the address, or wait longer with "
+                "connect_timeout= (--connect-timeout)") from None
+        except Exception as exc:
+            # Something answered that is not a dask scheduler (a web server, a proxy): its
+            # bytes read as dask frames give MemoryError or ValueError deep in the comm.
+            raise ExecutorError(
+                f"{self.address} did not answer as a dask scheduler ({type(exc).__name__}: "
+                f"{exc}); check the address and port") from None
 
     def execute(self, xplan: ExecutionPlan, on_task_done: TaskCallback) -> None:
         if not xplan.jobs:
@@ -195,6 +317,29 @@ class DaskExecutor:
                     dask.threaded.get(dsk, keys, pool=pool)
             finally:
                 pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _tls_security(address: str, security: Security | None) -> Security | None:
+    """The security of a ``tls://`` address: as given, else dask's configured one.
+
+    Raises
+    ------
+    ConfigError
+        When neither holds certificates (dask would fail with a bare TypeError).
+    """
+    if not address.startswith(("tls://", "wss://")):
+        return security
+    if security is None:
+        from distributed import Security
+
+        security = Security()  # reads distributed.comm.tls.* from the dask config
+    if security.get_connection_args("client").get("ssl_context") is None:
+        raise ConfigError(
+            f"{address} is a TLS address but no certificates were given: pass "
+            "security=distributed.Security(tls_ca_file=..., tls_client_cert=..., "
+            "tls_client_key=...), the CLI's --tls-ca-file/--tls-cert/--tls-key, the spec's "
+            "executor.tls_* fields, or set distributed.comm.tls.* in the dask config")
+    return security
 
 
 def _cache_row(xplan: ExecutionPlan, job: TaskJob) -> int | None:

@@ -137,7 +137,8 @@ _RESIDUAL_ROWS = 200_000  # residuals are kept for the report only up to this ma
 
 
 def _estimator(cls: Any, p: Any, comp: Mapping[str, Any]) -> Any:
-    extra = {k: comp[k] for k in ("address", "max_task_memory", "num_workers") if comp.get(k)}
+    extra = {k: comp[k] for k in ("address", "max_task_memory", "num_workers", "connect_timeout",
+                                  "worker_timeout", "security") if comp.get(k)}
     if comp.get("device", "cpu") != "cpu":
         extra["device"] = comp["device"]
     return cls(**p.model_dump(), executor=comp.get("executor", "dask"),

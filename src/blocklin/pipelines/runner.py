@@ -23,7 +23,14 @@ from pydantic import ValidationError
 from blocklin.errors import BlocklinError, PlanMemoryError
 from blocklin.executors.api import ProgressHook
 from blocklin.pipelines.registry import BuildContext, Operator, Params, registry
-from blocklin.pipelines.spec import PipelineSpec, SpecError, StepSpec, format_loc, load_spec
+from blocklin.pipelines.spec import (
+    PipelineSpec,
+    SpecError,
+    StepSpec,
+    cluster_settings,
+    format_loc,
+    load_spec,
+)
 
 __all__ = [
     "BoundStep",
@@ -276,6 +283,8 @@ def compute_options(pipe: Pipeline, opts: RunOptions) -> dict[str, Any]:
         "max_task_memory": opts.max_task_memory or spec.resources.max_task_memory,
         "num_workers": opts.num_workers or spec.executor.num_workers,
         "device": spec.resources.device,
+        # dask cluster timeouts and TLS (CLI flags in opts.extra override the spec)
+        **cluster_settings(spec.executor, opts.extra, pipe.resolve),
     }
 
 

@@ -17,6 +17,7 @@ Every failure is a :class:`SpecError` naming the file, the field path
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Literal
 
@@ -43,6 +44,7 @@ __all__ = [
     "ResourceSpec",
     "SpecError",
     "StepSpec",
+    "cluster_settings",
     "format_loc",
     "json_schema",
     "load_spec",
@@ -125,6 +127,16 @@ class ExecutorSpec(_Model):
     work_dir_storage_options: dict[str, JsonValue] = Field(default_factory=dict, repr=False,
                                                            description=_STORAGE_OPTIONS_HELP)
     num_workers: int | None = Field(default=None, ge=1, description="local scheduler threads")
+    connect_timeout: float | None = Field(default=None, gt=0,
+                                          description="seconds to wait for the dask scheduler")
+    worker_timeout: float | None = Field(default=None, gt=0, description="seconds to wait for "
+                                         "a first worker on a dask cluster with none")
+    tls_ca_file: str | None = Field(default=None, min_length=1, description="CA certificate "
+                                    "of a tls:// dask cluster (path relative to the spec)")
+    tls_cert: str | None = Field(default=None, min_length=1,
+                                 description="client certificate for a tls:// dask cluster")
+    tls_key: str | None = Field(default=None, min_length=1,
+                                description="client private key for a tls:// dask cluster")
 
     @field_serializer("work_dir_storage_options")
     def _hide(self, v: dict[str, JsonValue]) -> dict[str, str]:
@@ -180,6 +192,39 @@ class PipelineSpec(_Model):
             if not re.match(NAME_PATTERN, key):
                 raise ValueError(f"name {key!r} must match {NAME_PATTERN}")
         return v
+
+
+def cluster_settings(executor: ExecutorSpec, overrides: Mapping[str, Any],
+                     resolve: Callable[[str], str]) -> dict[str, Any]:
+    """``compute`` keywords for a dask cluster: timeouts and TLS security.
+
+    Parameters
+    ----------
+    executor : ExecutorSpec
+        The spec's executor section.
+    overrides : mapping
+        Command-line values (``connect_timeout``, ``worker_timeout``, ``tls_ca_file``,
+        ``tls_cert``, ``tls_key``); None keeps the spec's.
+    resolve : callable
+        Makes the spec's certificate paths absolute (relative to the spec file).
+
+    Raises
+    ------
+    ConfigError
+        For TLS files given in part or missing.
+    """
+    from blocklin.executors.dask import cluster_security
+
+    def pick(name: str) -> Any:
+        value = overrides.get(name)
+        return value if value is not None else getattr(executor, name)
+
+    files = {}
+    for name in ("tls_ca_file", "tls_cert", "tls_key"):
+        cli, spec = overrides.get(name), getattr(executor, name)
+        files[name] = cli if cli is not None else (resolve(spec) if spec else None)
+    return {"connect_timeout": pick("connect_timeout"), "worker_timeout": pick("worker_timeout"),
+            "security": cluster_security(**files)}
 
 
 def format_loc(loc: tuple[int | str, ...]) -> str:
