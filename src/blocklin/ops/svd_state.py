@@ -240,7 +240,8 @@ class SVDState:
         from zarr.codecs import Crc32cCodec
 
         vdir = join_url(self.path, f"v{self.version}")
-        group = zarr.open_group(vdir, mode="w")  # clears a failed attempt's leftover
+        # Through blocklin's store: it carries the location's storage options.
+        group = zarr.open_group(store_for(vdir).zarr_store(), mode="w")  # clears a leftover
         arrays = {"s": self.s, "Vt": self.Vt, "G": np.vstack(self.G)}
         arrays |= {f"x_{name}": value for name, value in self.extras.items()}
         for name, value in arrays.items():
@@ -284,7 +285,7 @@ def _as_extras(extras: Mapping[str, Any]) -> dict[str, np.ndarray]:
 def _read(vdir: str, name: str) -> np.ndarray:
     import zarr
 
-    arr = zarr.open_array(join_url(vdir, name), mode="r")
+    arr = zarr.open_array(store_for(join_url(vdir, name), read_only=True).zarr_store(), mode="r")
     return np.asarray(arr[...])
 
 
