@@ -302,3 +302,46 @@ def test_cluster_workers_read_and_write_s3_and_resume(s3: S3, tmp_path: Path) ->
     np.testing.assert_allclose(P2.to_numpy(), x @ W, rtol=1e-12)
     assert again.tasks_run == 0 and again.tasks_skipped == first.tasks_run
     _assert_no_secret(s3, [bucket], tmp_path)
+
+
+# -- a pipeline run and refresh through the CLI ----------------------------------------------
+def test_pipeline_run_and_refresh_with_s3_input_and_work_dir(s3: S3, tmp_path: Path) -> None:
+    yaml = pytest.importorskip("yaml")
+    bucket = s3.bucket()
+    x = np.random.default_rng(7).standard_normal((500, 6))
+    bl.from_array(x, f"{bucket}/X.zarr", chunks=(120, None), storage_options=s3.options)
+    spec = {
+        "name": "s3pipe",
+        # The input's credentials in the spec, the work dir's on the command line.
+        "inputs": {"X": {"path": f"{bucket}/X.zarr", "storage_options": s3.options}},
+        "steps": [{"name": "g", "op": "gram", "inputs": {"A": "X"}},
+                  {"name": "stats", "op": "column_stats", "inputs": {"A": "X"}}],
+        "outputs": {"gram": {"step": "g"}, "stats": {"step": "stats"}},
+        "output_dir": "out",
+        "executor": {"work_dir": f"{bucket}/work"},
+        "refresh": {"input": "X"},
+    }
+    (tmp_path / "spec.yaml").write_text(yaml.safe_dump(spec))
+    batch = np.random.default_rng(8).standard_normal((75, 6))
+    np.save(tmp_path / "b.npy", batch)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+    cli = [sys.executable, "-m", "blocklin._cli", "--debug"]
+    flags = [f"--storage-option=key={KEY_ID}", f"--storage-option=secret={SECRET}",
+             f"--storage-option=endpoint_url={s3.endpoint}", "--json"]
+    outputs = []
+    for args in (["run", "spec.yaml"], ["refresh", "spec.yaml", "--append", "b.npy"]):
+        res = subprocess.run(cli + args + flags, cwd=tmp_path, env=env, capture_output=True,
+                             text=True, timeout=240)
+        assert res.returncode == 0, res.stderr[-3000:]
+        outputs += [res.stdout, res.stderr]
+    from blocklin.pipelines.manifest import load_manifest, load_small
+
+    full = np.vstack([x, batch])
+    np.testing.assert_allclose(load_small(tmp_path / "out" / "gram.npz")["value"],
+                               full.T @ full, rtol=1e-11)
+    np.testing.assert_array_equal(bl.open(f"{bucket}/X.zarr").to_numpy(), full)
+    manifest = load_manifest(tmp_path / "out")
+    assert manifest is not None
+    assert manifest["spec"]["inputs"]["X"]["storage_options"]["secret"] == "<redacted>"
+    assert s3.fs().exists(f"{bucket.removeprefix('s3://')}/work/zarr.json")
+    assert _assert_no_secret(s3, [bucket], tmp_path / "out", texts=tuple(outputs)) > 3
