@@ -196,7 +196,7 @@ class PipelineSpec(_Model):
 
 def cluster_settings(executor: ExecutorSpec, overrides: Mapping[str, Any],
                      resolve: Callable[[str], str]) -> dict[str, Any]:
-    """``compute`` keywords for a dask cluster: timeouts and TLS security.
+    """``compute`` keywords for a dask cluster: timeouts and TLS security (those set).
 
     Parameters
     ----------
@@ -223,8 +223,9 @@ def cluster_settings(executor: ExecutorSpec, overrides: Mapping[str, Any],
     for name in ("tls_ca_file", "tls_cert", "tls_key"):
         cli, spec = overrides.get(name), getattr(executor, name)
         files[name] = cli if cli is not None else (resolve(spec) if spec else None)
-    return {"connect_timeout": pick("connect_timeout"), "worker_timeout": pick("worker_timeout"),
-            "security": cluster_security(**files)}
+    settings = {"connect_timeout": pick("connect_timeout"),
+                "worker_timeout": pick("worker_timeout"), "security": cluster_security(**files)}
+    return {k: v for k, v in settings.items() if v is not None}
 
 
 def format_loc(loc: tuple[int | str, ...]) -> str:
