@@ -66,10 +66,12 @@ def compute_options(est: Any) -> dict[str, Any]:
     if est.work_dir is not None:
         opts["work_dir"] = est.work_dir
     opts.update(est.compute_options or {})
+    from blocklin.storage.stores import StorageOptions
+
     stored = getattr(est, "storage_options", None)
     if stored:
         # The work dir's (and out= targets') options, unless compute_options names some.
-        opts.setdefault("storage_options", dict(stored))
+        opts.setdefault("storage_options", StorageOptions(stored).as_dict())
     return opts
 
 

@@ -46,7 +46,7 @@ from blocklin.ops.glm import (
     unpack_qr,
     unpack_refine,
 )
-from blocklin.storage.stores import StorageOptions
+from blocklin.storage.stores import hide_options
 from blocklin.types import LABEL_SCALINGS, SOLVERS, LabelScaling, Solver, parse_option
 
 __all__ = ["LinearRegression"]
@@ -221,10 +221,9 @@ class LinearRegression(RegressorMixin, BaseEstimator):  # type: ignore[misc]
         self.executor = executor
         self.work_dir = work_dir
         self.compute_options = compute_options
-        # Wrapped so the estimator's repr names the option keys, never their values.
-        self.storage_options = (None if storage_options is None
-                                else storage_options if isinstance(storage_options, StorageOptions)
-                                else StorageOptions(storage_options))
+        # Wrapped so the estimator's repr names the option keys, never their values
+        # (anything else is kept as given and refused when used: __init__ never raises).
+        self.storage_options = hide_options(storage_options)
 
     # ------------------------------------------------------------------ public API
     def fit(self, X: Any, y: Any, sample_weight: Any = None) -> LinearRegression:
@@ -544,7 +543,9 @@ class LinearRegression(RegressorMixin, BaseEstimator):  # type: ignore[misc]
                    storage_options=self._state_options())
 
     def _state_options(self) -> dict[str, Any] | None:
-        return None if not self.storage_options else dict(self.storage_options)
+        from blocklin.storage.stores import StorageOptions
+
+        return StorageOptions(self.storage_options).as_dict() or None
 
     def _load_state(self) -> np.ndarray | None:
         if self.state_path is not None:

@@ -25,7 +25,7 @@ from blocklin.ops.svd import SVD_METHODS, _truncated
 from blocklin.ops.svd_state import SVDState
 from blocklin.ops.svd_update import svd_update, update_factors
 from blocklin.ops.tsqr import tsqr_r
-from blocklin.storage.stores import StorageOptions, register_storage_options
+from blocklin.storage.stores import hide_options, register_storage_options
 from blocklin.types import parse_option
 
 __all__ = ["TruncatedSVD"]
@@ -108,10 +108,9 @@ class TruncatedSVD(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstima
         self.executor = executor
         self.work_dir = work_dir
         self.state_path = state_path
-        # Wrapped so the estimator's repr names the option keys, never their values.
-        self.storage_options = (None if storage_options is None
-                                else storage_options if isinstance(storage_options, StorageOptions)
-                                else StorageOptions(storage_options))
+        # Wrapped so the estimator's repr names the option keys, never their values
+        # (anything else is kept as given and refused when used: __init__ never raises).
+        self.storage_options = hide_options(storage_options)
 
     def _register_state(self) -> None:
         if self.state_path is not None and self.storage_options:

@@ -30,6 +30,7 @@ __all__ = [
     "LocalStore",
     "StorageOptions",
     "Store",
+    "hide_options",
     "join_url",
     "register_storage_options",
     "registered_storage_options",
@@ -52,6 +53,9 @@ class StorageOptions(Mapping[str, Any]):
     def __init__(self, options: Mapping[str, Any] | None = None) -> None:
         from blocklin.errors import InputDtypeError
 
+        if options is not None and not isinstance(options, Mapping):
+            raise InputDtypeError(f"storage_options must be a dict of fsspec options; got "
+                                  f"{type(options).__name__}")
         items = dict(options or {})
         for k in items:
             if not isinstance(k, str):
@@ -94,6 +98,17 @@ class StorageOptions(Mapping[str, Any]):
     def as_dict(self) -> dict[str, Any]:
         """A plain copy, for handing to fsspec."""
         return dict(self._items)
+
+
+def hide_options(value: Any) -> Any:
+    """``value`` as :class:`StorageOptions` when it is a mapping (so its ``repr`` hides
+    the values), else unchanged (for estimators, whose ``__init__`` must not raise)."""
+    if isinstance(value, Mapping) and not isinstance(value, StorageOptions):
+        try:
+            return StorageOptions(value)
+        except (TypeError, ValueError):
+            return value
+    return value
 
 
 _NO_OPTIONS = StorageOptions()
