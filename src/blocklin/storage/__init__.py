@@ -11,7 +11,7 @@ from blocklin.storage.chunkio import BufferPool, read_block, write_block
 from blocklin.storage.codecs import ChunkCodec
 from blocklin.storage.meta import ArrayMeta, read_meta, write_meta
 from blocklin.storage.records import compute_fingerprint, done_blocks, mark_done
-from blocklin.storage.stores import Store, store_for
+from blocklin.storage.stores import Store, register_storage_options, store_for
 
 __all__ = [
     "ArrayMeta",
@@ -28,6 +28,7 @@ __all__ = [
     "provenance_attrs",
     "read_block",
     "read_meta",
+    "register_storage_options",
     "store_for",
     "write_block",
     "write_meta",
