@@ -374,6 +374,7 @@ def inspect(path: Annotated[str, typer.Argument(help="zarr array path or URL")],
             f"  codecs     {' -> '.join(d['codecs'])}",
             f"  size       {format_bytes(d['nbytes'])} ({format_bytes(d['stored_bytes'])} stored)",
             f"  missing chunks: {d['missing_chunks']}",
+            f"  read by    {d['read_path']}",
             "  provenance " + json.dumps(d["provenance"], sort_keys=True, default=str)]))
 
 

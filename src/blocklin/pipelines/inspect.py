@@ -92,6 +92,7 @@ def inspect_array(path: str) -> dict[str, Any]:
         "stored_bytes": stored,
         "ratio": round(m.nbytes / stored, 3) if stored else None,
         "missing_chunks": m.meta.missing_chunks,
+        "read_path": m.meta.read_path,
         "provenance": m.provenance,
     }
 

@@ -18,11 +18,9 @@ from blocklin.storage.meta import (
     ATTRS_NAMESPACE,
     ArrayMeta,
     check_numeric_dtype,
-    parse_metadata_json,
-    parse_shape,
     read_meta,
+    read_meta_v2,
     write_meta,
-    written_by_blocklin,
 )
 from blocklin.storage.records import compute_fingerprint, fingerprint_from_crcs
 from blocklin.storage.stores import Store, register_storage_options, store_for
@@ -416,14 +414,8 @@ def open_matrix(path: str | os.PathLike[str], *, allow_incomplete: bool = False,
 
 
 def _open_v2(store: Store) -> BlockMatrix:
-    import zarr
-
-    doc = parse_metadata_json(store.get(".zarray") or b"{}", store.url)
-    parse_shape(doc.get("shape"), store.url, ".zarray shape", allow_zero=True)
-    parse_shape(doc.get("chunks"), store.url, ".zarray chunks", allow_zero=False)
-    arr = zarr.open_array(store.zarr_store(), mode="r")
-    attrs = dict(arr.attrs)
-    meta = ArrayMeta(url=store.url, shape=tuple(arr.shape), chunks=tuple(arr.chunks),
-                     dtype=str(arr.dtype), codec=None, attrs=attrs, owned=written_by_blocklin(attrs),
-                     fill_value=arr.fill_value)
+    meta = read_meta_v2(store)
+    if meta is None:
+        raise FileNotFoundError(f"no zarr array at {store.url}")
+    check_numeric_dtype(meta.dtype, what=f"array {store.url}")
     return BlockMatrix(store, meta)

@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from blocklin.errors import CorruptChunkError, IncompleteArrayError, MissingChunkError
+from blocklin.storage.foreign import objects_ident, read_region_into
 from blocklin.storage.meta import ArrayMeta
 from blocklin.storage.stores import Store
 from blocklin.types import BlockIndex
@@ -102,10 +103,15 @@ def read_block_ident(store: Store, meta: ArrayMeta, index: BlockIndex,
         return csr, sparse_block_ident(store, meta, index) or FILL_IDENT
     meta.check_index(index)
     if meta.codec is None:
+        # Identity first: a chunk rewritten between this stat and the read then reads
+        # as changed on the next check, never the other way round.
         ident = block_ident(store, meta, index)
         if ident is None:
             raise MissingChunkError(meta.url, index)
-        return _read_generic(store, meta, meta.block_slices(index), index), ident
+        region = meta.block_slices(index)
+        if meta.foreign is not None and meta.foreign.pipeline is not None:
+            return _read_foreign(store, meta, region, pool), ident
+        return _read_generic(store, meta, region, index), ident
     key = meta.chunk_key(index)
     dtype = meta.np_dtype
     if pool is None:
@@ -156,8 +162,16 @@ def block_ident(store: Store, meta: ArrayMeta, index: BlockIndex) -> str | None:
 
         return sparse_block_ident(store, meta, index)
     if meta.codec is None:
-        token = store.stat(_zarr_chunk_key(store, index))
-        return f"s{token}" if token is not None else (None if meta.owned else FILL_IDENT)
+        if meta.foreign is None:
+            keys = [_zarr_chunk_key(store, index)]
+        else:
+            meta.check_index(index)
+            keys = [meta.foreign.object_key(o)
+                    for o in meta.foreign.objects(meta.block_slices(index))]
+        tokens = [store.stat(k) for k in keys]
+        if meta.owned and None in tokens:
+            return None
+        return objects_ident(tokens)
     tail = store.get_tail(meta.chunk_key(index), 4)
     if tail is None or len(tail) != 4:
         return None if meta.owned else FILL_IDENT
@@ -170,6 +184,30 @@ def _zarr_chunk_key(store: Store, index: BlockIndex) -> str:
     arr = zarr.open_array(store.zarr_store(), mode="r")
     key: str = arr.metadata.encode_chunk_key(tuple(index))
     return key
+
+
+def _read_foreign(store: Store, meta: ArrayMeta, region: tuple[slice, ...],
+                  pool: BufferPool | None) -> np.ndarray:
+    """A region of a foreign array through its fast decoder (``storage/foreign.py``)."""
+    assert meta.foreign is not None
+    shape = tuple(r.stop - r.start for r in region)
+    dtype = meta.np_dtype
+    nbytes = int(np.prod(shape)) * dtype.itemsize
+    if pool is None:
+        out = np.empty(shape, dtype=dtype)
+        local = BufferPool()  # scratch for this read only; the result is the caller's
+        acquire = local.acquire
+    else:
+        out = np.frombuffer(pool.acquire(nbytes)[:nbytes], dtype=dtype).reshape(shape)
+        acquire = pool.acquire
+
+    def missing(unit: BlockIndex) -> None:
+        if meta.owned:
+            raise MissingChunkError(meta.url, unit)
+
+    read_region_into(store, meta.foreign, region, out, meta.fill_value, meta.url, acquire,
+                     missing)
+    return out
 
 
 def _fill(meta: ArrayMeta, index: BlockIndex) -> np.ndarray:
@@ -194,6 +232,10 @@ def _read_generic(store: Store, meta: ArrayMeta, region: tuple[slice, ...],
 def read_region(store: Store, meta: ArrayMeta, region: tuple[slice, ...]) -> np.ndarray:
     """Read an arbitrary rectangular region (assembled from whole blocks)."""
     if meta.codec is None:
+        if meta.foreign is not None and meta.foreign.pipeline is not None:
+            full = tuple(slice(r.start or 0, s if r.stop is None else r.stop)
+                         for r, s in zip(region, meta.shape, strict=True))
+            return _read_foreign(store, meta, full, None)
         return _read_generic(store, meta, region, None)
     starts = [r.start or 0 for r in region]
     stops = [s if r.stop is None else r.stop for r, s in zip(region, meta.shape, strict=True)]

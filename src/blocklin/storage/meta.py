@@ -11,12 +11,13 @@ import numpy as np
 
 from blocklin.errors import InputDtypeError, InputValueError, MetadataError
 from blocklin.storage.codecs import ChunkCodec, codec_from_metadata
+from blocklin.storage.foreign import ForeignLayout, block_shape_for, describe_v2, describe_v3
 from blocklin.storage.stores import Store
 from blocklin.types import BlockIndex, Shape
 
 __all__ = ["MAX_METADATA_BYTES", "ArrayMeta", "check_numeric_dtype", "ensure_group",
-           "parse_fill_value", "parse_metadata_json", "parse_shape", "read_meta", "write_meta",
-           "written_by_blocklin"]
+           "metadata_bytes", "parse_fill_value", "parse_metadata_json", "parse_shape", "read_meta",
+           "read_meta_v2", "write_meta", "written_by_blocklin"]
 
 METADATA_KEY = "zarr.json"
 ATTRS_NAMESPACE = "blocklin"
@@ -66,6 +67,21 @@ class ArrayMeta:
     attrs: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
     owned: bool = True
     fill_value: Any = field(default=0, compare=False)
+    #: How a foreign array (``codec`` None) is stored: its chunk grid, keys and chunk
+    #: pipeline (``storage/foreign.py``). ``chunks`` is then blocklin's block shape, a
+    #: whole multiple of the stored chunk (or inner chunk) shape.
+    foreign: ForeignLayout | None = None
+
+    @property
+    def read_path(self) -> str:
+        """Which reader decodes the chunks, in words (``inspect`` shows it)."""
+        if self.format != "dense":
+            return "blocklin (csr blocks)"
+        if self.codec is not None:
+            return "blocklin codecs (bytes, compressor, crc32c)"
+        if self.foreign is not None:
+            return self.foreign.read_path
+        return "zarr-python (fallback: irregular chunk grid or chunk keys)"
 
     @property
     def missing_chunks(self) -> str:
@@ -198,8 +214,78 @@ def read_meta(store: Store) -> ArrayMeta | None:
     except (TypeError, ValueError, OverflowError):
         raise MetadataError(store.url, "fill_value",
                             f"{doc.get('fill_value')!r} is not a value of {dtype}") from None
+    foreign = None
+    if codec is None:
+        foreign = describe_v3(doc, shape, chunks, _np_dtype(dtype, store.url))
+        chunks = _block_chunks(foreign, shape, chunks, dtype)
     return ArrayMeta(url=store.url, shape=shape, chunks=chunks, dtype=dtype, codec=codec,
-                     attrs=attrs, owned=written_by_blocklin(attrs), fill_value=fill)
+                     attrs=attrs, owned=written_by_blocklin(attrs), fill_value=fill,
+                     foreign=foreign)
+
+
+#: zarr v2 metadata keys (array, attributes).
+V2_METADATA_KEY = ".zarray"
+V2_ATTRS_KEY = ".zattrs"
+
+
+def read_meta_v2(store: Store) -> ArrayMeta | None:
+    """Read a zarr v2 array's metadata (``.zarray``, ``.zattrs``); None if there is none.
+
+    Raises
+    ------
+    MetadataError
+        If a field is malformed (named).
+    """
+    raw = store.get(V2_METADATA_KEY)
+    if raw is None:
+        return None
+    doc = parse_metadata_json(raw, store.url)
+    shape = parse_shape(doc.get("shape"), store.url, ".zarray shape", allow_zero=True)
+    chunks = parse_shape(doc.get("chunks"), store.url, ".zarray chunks", allow_zero=False)
+    if len(chunks) != len(shape):
+        raise MetadataError(store.url, ".zarray chunks",
+                            f"has {len(chunks)} dimensions for a shape of {len(shape)}")
+    stored = _np_dtype(doc.get("dtype"), store.url)
+    dtype = stored.newbyteorder("=").name
+    raw_attrs = store.get(V2_ATTRS_KEY)
+    attrs = parse_metadata_json(raw_attrs, store.url) if raw_attrs else {}
+    try:
+        fill = parse_fill_value(doc.get("fill_value"), dtype)
+    except (TypeError, ValueError, OverflowError):
+        raise MetadataError(store.url, ".zarray fill_value",
+                            f"{doc.get('fill_value')!r} is not a value of {dtype}") from None
+    foreign = describe_v2(doc, chunks, stored)
+    return ArrayMeta(url=store.url, shape=shape, chunks=_block_chunks(foreign, shape, chunks, dtype),
+                     dtype=dtype, codec=None, attrs=attrs, owned=written_by_blocklin(attrs),
+                     fill_value=fill, foreign=foreign)
+
+
+def metadata_bytes(store: Store) -> bytes | None:
+    """The stored metadata document of an array (``zarr.json``, else v2's ``.zarray``
+    and ``.zattrs``), as content identity for caches."""
+    raw = store.get(METADATA_KEY)
+    if raw is not None:
+        return raw
+    v2 = store.get(V2_METADATA_KEY)
+    return None if v2 is None else v2 + b"\0" + (store.get(V2_ATTRS_KEY) or b"")
+
+
+def _np_dtype(value: Any, url: str) -> np.dtype[Any]:
+    try:
+        dt: np.dtype[Any] = np.dtype(value)
+    except (TypeError, ValueError):
+        raise InputDtypeError(f"array {url} has a data type blocklin cannot read: "
+                              f"{value!r}") from None
+    return dt
+
+
+def _block_chunks(foreign: ForeignLayout | None, shape: Shape, chunks: Shape, dtype: str) -> Shape:
+    """blocklin's block shape for a foreign array (see :func:`block_shape_for`)."""
+    from blocklin.config import DEFAULT_BLOCK_BYTES
+
+    if foreign is None:
+        return chunks
+    return block_shape_for(foreign, shape, np.dtype(dtype).itemsize, DEFAULT_BLOCK_BYTES)
 
 
 def parse_metadata_json(raw: bytes, url: str) -> dict[str, Any]:

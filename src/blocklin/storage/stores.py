@@ -210,6 +210,16 @@ class Store(ABC):
     def get_tail(self, key: str, n: int) -> bytes | None:
         """Return the last ``n`` bytes under ``key`` (for checksum trailers)."""
 
+    def read_range_into(self, key: str, start: int, length: int,
+                        buf: bytearray | memoryview) -> memoryview | None:
+        """Read ``length`` bytes of ``key`` from offset ``start`` (into ``buf`` when it
+        fits); a view of the bytes read (fewer at the end of the object), None if absent.
+
+        Inner chunks of a sharded array are read this way, one range each.
+        """
+        data = self.get(key)
+        return None if data is None else memoryview(data)[start:start + length]
+
     @abstractmethod
     def put(self, key: str, data: bytes | bytearray | memoryview) -> None:
         """Write ``data`` under ``key`` so that readers see all of it or none of it."""
@@ -298,6 +308,25 @@ class LocalStore(Store):
                 return fh.read()
         except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
             return None
+
+    def read_range_into(self, key: str, start: int, length: int,
+                        buf: bytearray | memoryview) -> memoryview | None:
+        try:
+            fh = open(self._path(key), "rb", buffering=0)  # noqa: SIM115
+        except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
+            return None
+        with fh:
+            fh.seek(start)
+            if length > len(buf):
+                return memoryview(fh.read(length))
+            view = memoryview(buf)[:length]
+            got = 0
+            while got < length:
+                n = fh.readinto(view[got:])
+                if not n:
+                    break
+                got += n
+            return view[:got]
 
     def put(self, key: str, data: bytes | bytearray | memoryview) -> None:
         self.put_parts(key, [data])
@@ -392,6 +421,14 @@ class FsspecStore(Store):
         except (FileNotFoundError, IsADirectoryError):
             return None
         return data
+
+    def read_range_into(self, key: str, start: int, length: int,
+                        buf: bytearray | memoryview) -> memoryview | None:
+        try:
+            data: bytes = self.fs.cat_file(self._path(key), start=start, end=start + length)
+        except (FileNotFoundError, IsADirectoryError):
+            return None
+        return memoryview(data)
 
     def put(self, key: str, data: bytes | bytearray | memoryview) -> None:
         self._check_writable()
