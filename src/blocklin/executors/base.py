@@ -18,7 +18,7 @@ from blocklin.plan.graph import Stage, Task
 from blocklin.plan.runtime import GroupRuntime, TaskMetrics, task_inputs_digest
 from blocklin.storage.blockcache import content_token
 from blocklin.storage.chunkio import block_ident, crc_ident
-from blocklin.storage.meta import METADATA_KEY, ArrayMeta
+from blocklin.storage.meta import METADATA_KEY, ArrayMeta, metadata_bytes
 from blocklin.storage.records import clear_records, read_records
 from blocklin.storage.stores import store_for
 from blocklin.types import BlockIndex
@@ -163,11 +163,11 @@ def unseal_pending(xplan: ExecutionPlan) -> None:
 
 
 def cache_tokens(final: FinalPlan) -> dict[str, str]:
-    """Content tokens of the plan's cacheable inputs: source arrays whose fingerprint
-    witnesses their chunks (see :func:`blocklin.storage.blockcache.content_token`).
+    """Content tokens of the plan's cacheable inputs: source arrays whose blocks have
+    an identity to check a hit by (see :func:`blocklin.storage.blockcache.content_token`).
 
-    Reads each such array's ``zarr.json`` once (on the driver), so blocks cached under
-    an older content of the same URL never match.
+    Reads each such array's ``zarr.json`` (v2: ``.zarray`` and ``.zattrs``) once (on
+    the driver), so blocks cached under an older content of the same URL never match.
     """
     out: dict[str, str] = {}
     for g in final.groups:
@@ -176,10 +176,11 @@ def cache_tokens(final: FinalPlan) -> dict[str, str]:
                 node = inp.array
                 if node.name in out or node.url is None or node.fingerprint is None:
                     continue
-                if node.format == "dense" and node.codec is None:
-                    continue  # read through zarr's codecs: its fingerprint lists chunks only
+                if node.format == "dense" and node.codec is None and node.foreign is None:
+                    continue  # no chunk grid of zarr's to stat: no identity to check hits by
+                # Foreign arrays: a hit is checked by the stat tokens of its chunks.
                 out[node.name] = content_token(node.fingerprint,
-                                               store_for(node.url).get(METADATA_KEY))
+                                               metadata_bytes(store_for(node.url)))
     return out
 
 

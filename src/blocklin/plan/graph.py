@@ -14,6 +14,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from blocklin.storage.codecs import ChunkCodec
+from blocklin.storage.foreign import ForeignLayout
 from blocklin.storage.meta import ArrayMeta
 from blocklin.storage.stores import join_url
 from blocklin.types import BlockIndex, Shape
@@ -78,6 +79,8 @@ class ArrayNode:
     #: blocklin wrote every chunk (a missing one is an error); else zarr's fill rule.
     owned: bool = True
     fill_value: Any = field(default=0, compare=False)
+    #: A foreign source's storage layout (its chunks are not blocklin's blocks).
+    foreign: ForeignLayout | None = None
 
     @property
     def is_source(self) -> bool:
@@ -95,7 +98,7 @@ class ArrayNode:
         url = self.url or self.out_url or join_url(work_dir, self.name)
         return ArrayMeta(url=url, shape=self.shape, chunks=self.chunks, dtype=self.dtype,
                          codec=self.codec, format=self.format, owned=self.owned,
-                         fill_value=self.fill_value)
+                         fill_value=self.fill_value, foreign=self.foreign)
 
     @classmethod
     def from_meta(cls, meta: ArrayMeta, fingerprint: str) -> ArrayNode:
@@ -104,7 +107,7 @@ class ArrayNode:
         return cls(name=f"src-{fingerprint[:20]}", shape=meta.shape, chunks=meta.chunks,
                    dtype=meta.dtype, codec=meta.codec, url=meta.url, fingerprint=fingerprint,
                    format=meta.format, block_nbytes=csr_block_nbytes(meta), owned=meta.owned,
-                   fill_value=meta.fill_value)
+                   fill_value=meta.fill_value, foreign=meta.foreign)
 
 
 @dataclass(frozen=True)
