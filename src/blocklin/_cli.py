@@ -75,7 +75,8 @@ TlsKeyOpt = Annotated[str | None, typer.Option(
     "--tls-key", help="client private key for a tls:// dask cluster")]
 StorageOpt = Annotated[list[str] | None, typer.Option(
     "--storage-option", metavar="KEY=VALUE",
-    help="fsspec option for the run's URL inputs and work dir (repeatable; VALUE is JSON "
+    help="fsspec option for the run's URL inputs, output dir and work dir (repeatable; "
+         "VALUE is JSON "
          "when it parses, else a string: endpoint_url=http://host:9000, "
          "client_kwargs='{\"region_name\": \"eu-west-1\"}'); never printed or recorded")]
 
@@ -291,7 +292,7 @@ def _summary(m: dict[str, Any]) -> dict[str, Any]:
             **{k: m[k] for k in ("refresh",) if k in m}}
 
 
-def _run_text(m: dict[str, Any], out_dir: Path) -> str:
+def _run_text(m: dict[str, Any], out_dir: str) -> str:
     s = m["stats"]
     lines = [f"pipeline {m['pipeline']} ({m['mode']}): {s['tasks_run']} tasks run, "
              f"{s['tasks_skipped']} skipped, {m['seconds']:.2f} s on {m['executor']['executor']}"]
@@ -299,11 +300,14 @@ def _run_text(m: dict[str, Any], out_dir: Path) -> str:
         r = m["refresh"]
         lines.append(f"  applied batches {', '.join(r['applied'])}; input now {r['rows']} rows; "
                      + ", ".join(f"{k} {v}" for k, v in r["outputs"].items()))
+    def at(rel: str) -> str:
+        return f"{out_dir.rstrip('/')}/{rel}"
+
     for name, rec in m["outputs"].items():
-        lines.append(f"  {name}: {out_dir / rec['path']}")
-    lines.append(f"  manifest: {out_dir / 'manifest.json'}")
+        lines.append(f"  {name}: {at(rec['path'])}")
+    lines.append(f"  manifest: {at('manifest.json')}")
     if "report" in m:
-        lines.append(f"  report: {out_dir / m['report']['markdown']}")
+        lines.append(f"  report: {at(m['report']['markdown'])}")
     return "\n".join(lines)
 
 
@@ -311,13 +315,16 @@ def _run_text(m: dict[str, Any], out_dir: Path) -> str:
 def unlock(spec: SpecArg,
            force: Annotated[bool, typer.Option("--force", help="remove even a live or remote "
                                                "lock")] = False,
-           as_json: JsonOpt = False) -> None:
+           as_json: JsonOpt = False, storage_option: StorageOpt = None) -> None:
     """Remove a stale lock left by a crashed run on the pipeline's outputs."""
     from blocklin.pipelines.lock import break_lock
-    from blocklin.pipelines.runner import load_pipeline
+    from blocklin.pipelines.runner import load_pipeline, register_storage
 
     with _guard(as_json):
-        res = break_lock(load_pipeline(spec).output_dir, force=force)
+        opts = _options(spec, "unlock", None, None, None, None, storage_option=storage_option)
+        pipe = load_pipeline(spec)
+        register_storage(pipe, opts)
+        res = break_lock(pipe.output_store(), force=force)
         _emit(res, as_json, lambda: (f"removed lock held by {res['holder']}" if res["removed"]
                                      else "no lock"))
 
@@ -359,14 +366,42 @@ def ingest(src: Annotated[str, typer.Argument(help=".npy, .csv, .parquet file or
               + (f"; labels -> {res.label.url}" if res.label is not None else ""))
 
 
+def _located(path: str, storage_option: list[str] | None) -> Any:
+    """Register ``--storage-option`` values for ``path``; the output directory at ``path``
+    when it holds a run manifest, else None (an array)."""
+    from blocklin.pipelines.manifest import MANIFEST_NAME
+    from blocklin.pipelines.outdir import output_dir_for
+    from blocklin.storage import register_storage_options
+
+    opts = _storage_options(storage_option)
+    if "://" in path and opts:
+        register_storage_options(path, opts)
+    if "://" not in path and not os.path.isdir(path):
+        return None
+    out = output_dir_for(path)
+    return out if out.read_bytes(MANIFEST_NAME) is not None else None
+
+
+PathArg = Annotated[str, typer.Argument(
+    help="zarr array path or URL, or a pipeline's output directory (its manifest's outputs)")]
+
+
 @app.command()
-def inspect(path: Annotated[str, typer.Argument(help="zarr array path or URL")],
-            as_json: JsonOpt = False) -> None:
-    """Show an array's shape, blocks, codecs, size and provenance."""
+def inspect(path: PathArg, as_json: JsonOpt = False,
+            storage_option: StorageOpt = None) -> None:
+    """Show an array's shape, blocks, codecs, size and provenance (or the outputs an
+    output directory's manifest names)."""
     from blocklin.errors import format_bytes
     from blocklin.pipelines.inspect import inspect_array
 
     with _guard(as_json):
+        out = _located(path, storage_option)
+        if out is not None:
+            doc = _inspect_outputs(out)
+            _emit(doc, as_json, lambda: "\n".join(
+                [f"{doc['url']}: {doc['pipeline']} ({doc['mode']}, finished {doc['finished']})"]
+                + [f"  {k:<16} {v['kind']:<6} {v['url']}" for k, v in doc["outputs"].items()]))
+            return
         d = inspect_array(path)
         _emit(d, as_json, lambda: "\n".join([
             f"{d['url']}", f"  shape      {tuple(d['shape'])} {d['dtype']}",
@@ -374,20 +409,47 @@ def inspect(path: Annotated[str, typer.Argument(help="zarr array path or URL")],
             f"  codecs     {' -> '.join(d['codecs'])}",
             f"  size       {format_bytes(d['nbytes'])} ({format_bytes(d['stored_bytes'])} stored)",
             f"  missing chunks: {d['missing_chunks']}",
-            f"  read by    {d['read_path']}",
             "  provenance " + json.dumps(d["provenance"], sort_keys=True, default=str)]))
 
 
+def _inspect_outputs(out: Any) -> dict[str, Any]:
+    from blocklin.pipelines.manifest import load_manifest
+
+    m = load_manifest(out) or {}
+    outputs = {name: {**rec, "url": out.url(rec["path"])}
+               for name, rec in m.get("outputs", {}).items()}
+    return {"url": out.location, "pipeline": m.get("pipeline"), "mode": m.get("mode"),
+            "finished": m.get("finished"), "outputs": outputs}
+
+
 @app.command()
-def verify(path: Annotated[str, typer.Argument(help="zarr array path or URL")],
+def verify(path: PathArg,
            max_blocks: Annotated[int, typer.Option(
                "--max-blocks", min=1, help="refuse (exit 2) an array of more blocks than "
                "this, counted from its metadata before reading")] = 10_000_000,
-           as_json: JsonOpt = False) -> None:
-    """Read every chunk and check its checksum; exit 4 if any is corrupt or missing."""
+           as_json: JsonOpt = False, storage_option: StorageOpt = None) -> None:
+    """Read every chunk and check its checksum; exit 4 if any is corrupt or missing.
+
+    Given an output directory, checks every output its manifest names against the
+    identity the manifest records.
+    """
     from blocklin.pipelines.inspect import verify_array
+    from blocklin.pipelines.manifest import verify_outputs
 
     with _guard(as_json):
+        out = _located(path, storage_option)
+        if out is not None:
+            doc = verify_outputs(out, max_blocks=max_blocks)
+            lines = [f"{doc['url']}: {len(doc['outputs'])} outputs of {doc['manifest']}"]
+            for name, r in doc["outputs"].items():
+                why = r.get("error") or ("" if r["ok"] else "differs from the manifest's "
+                                         "record, or corrupt/missing chunks")
+                lines.append(f"  {name}: {'ok' if r['ok'] else 'FAILED'} {r['path']} {why}")
+            lines.append("ok" if doc["ok"] else "FAILED")
+            _emit(doc, as_json, "\n".join(lines))
+            if not doc["ok"]:
+                raise typer.Exit(EXIT_CORRUPT)
+            return
         d = verify_array(path, max_blocks=max_blocks)
         lines = [f"{d['url']}: {d['checked']} chunks checked, {len(d['corrupt'])} corrupt, "
                  f"{len(d['missing'])} missing"

@@ -1,8 +1,14 @@
-"""The write side of a run: lock, compute, store outputs, write manifest and report."""
+"""The write side of a run: lock, compute, store outputs, write manifest and report.
+
+The output directory is reached through :class:`~blocklin.pipelines.outdir.OutputDir`
+only; where a run stages its outputs and how they become the committed ones is that
+class's business (``.staging`` then renames locally, ``runs/<id>/`` on object stores).
+"""
 
 from __future__ import annotations
 
 import inspect
+import posixpath
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -14,19 +20,19 @@ from blocklin.pipelines.lock import OutputLock
 from blocklin.pipelines.manifest import (
     MANIFEST_NAME,
     arrays_digest,
-    move_into_place,
+    load_manifest,
     peak_rss_bytes,
     save_small,
     utc_now,
     versions,
     write_json_atomic,
 )
+from blocklin.pipelines.outdir import OutputDir
 from blocklin.pipelines.registry import BuildContext
 from blocklin.pipelines.runner import (
     Pipeline,
     RunOptions,
     build_steps,
-    clean_dir,
     compute_options,
     explain_pipeline,
     lazy_steps,
@@ -41,21 +47,19 @@ __all__ = ["execute", "finish_run", "run_eager"]
 def execute(pipe: Pipeline, opts: RunOptions, progress: ProgressHook | None) -> dict[str, Any]:
     """Run every step, store the outputs and write the manifest and report."""
     plan_info = explain_pipeline(pipe, opts)  # all checks, nothing written yet
-    out_dir = pipe.output_dir
-    staging = out_dir / ".staging"
+    out_dir = pipe.output_store()
     comp = compute_options(pipe, opts)
     check_reachable(comp)
     with OutputLock(out_dir, opts.command):
-        if not opts.resume:
-            clean_dir(staging)
-        staging.mkdir(parents=True, exist_ok=True)
+        area = out_dir.start_run(opts.resume, load_manifest(out_dir))
         inputs = open_inputs(pipe)
         started, t0 = utc_now(), time.perf_counter()
-        values, stats = compute_steps(pipe, inputs, staging, comp, opts.resume, progress)
+        values, stats = compute_steps(pipe, inputs, out_dir.url(area), comp, opts.resume,
+                                      progress)
         results = {name: values[out.step] for name, out in pipe.spec.outputs.items()}
         persist_states(pipe, results)
         manifest = finish_run(pipe, inputs, results, stats, comp, plan_info, started, t0,
-                              mode="run", extra=refresh_state(pipe, inputs))
+                              mode="run", extra=refresh_state(pipe, inputs), area=area)
     return manifest
 
 
@@ -77,10 +81,11 @@ def check_reachable(comp: Mapping[str, Any], timeout: float = 5.0) -> None:
         raise ExecutorError(f"cannot reach the dask scheduler at {address}: {exc}") from None
 
 
-def compute_steps(pipe: Pipeline, inputs: Mapping[str, Any], staging: Path,
+def compute_steps(pipe: Pipeline, inputs: Mapping[str, Any], staging: str,
                   comp: Mapping[str, Any], resume: bool,
                   progress: ProgressHook | None) -> tuple[dict[str, Any], RunStats]:
-    """One shared compute for every lazy step, then the eager steps in order."""
+    """One shared compute for every lazy step, then the eager steps in order; matrix
+    outputs are written under ``staging`` (a path or URL)."""
     from blocklin.executors.api import compute
 
     values = build_steps(pipe, inputs, output_paths(pipe, staging), comp)
@@ -108,57 +113,59 @@ def run_eager(pipe: Pipeline, name: str, values: Mapping[str, Any],
     return step.op.build(args, step.params, BuildContext(compute=comp))
 
 
-def _store_outputs(pipe: Pipeline, results: Mapping[str, Any],
-                   staging: Path) -> dict[str, dict[str, Any]]:
-    """Write small outputs into staging, then move every output into place."""
+def _store_outputs(pipe: Pipeline, results: Mapping[str, Any], out_dir: OutputDir,
+                   area: str) -> dict[str, dict[str, Any]]:
+    """Write small outputs into the run's ``area``, then publish every output."""
     from blocklin.storage import BlockMatrix
 
-    out_dir = pipe.output_dir
     record: dict[str, dict[str, Any]] = {}
-    moves: list[tuple[Path, Path]] = []
+    moves: list[tuple[str, str]] = []
     for name, value in results.items():
         step = pipe.step(pipe.spec.outputs[name].step)
         if isinstance(value, BlockMatrix):
-            src = Path(value.url)
-            dst = out_dir / f"{name}.zarr"
-            if src.parent != staging:  # a matrix result not stored by us: copy it
+            src = f"{area}/{name}.zarr"
+            if posixpath.dirname(value.url.rstrip("/")) != out_dir.url(area):
+                # a matrix result not stored by us: copy it
                 from blocklin.storage import from_array
 
-                value = from_array(value, staging / f"{name}.zarr", chunks=value.chunks,
+                value = from_array(value, out_dir.url(src), chunks=value.chunks,
                                    overwrite=True)
-                src = staging / f"{name}.zarr"
+            dst = out_dir.final_path(area, f"{name}.zarr")
             record[name] = {"step": step.name, "op": step.op.name, "kind": "matrix",
-                            "path": dst.name, "shape": list(value.shape),
+                            "path": dst, "shape": list(value.shape),
                             "chunks": list(value.chunks), "dtype": str(value.dtype),
                             "fingerprint": value.fingerprint}
             moves.append((src, dst))
             continue
         # A refresh hands over merged arrays; a run hands over operator results.
         arrays = dict(value) if isinstance(value, dict) else step.op.arrays(value)
-        src = staging / f"{name}.npz"
-        save_small(src, arrays)
+        src = f"{area}/{name}.npz"
+        save_small(out_dir, src, arrays)
+        dst = out_dir.final_path(area, f"{name}.npz")
         record[name] = {"step": step.name, "op": step.op.name, "kind": "small",
-                        "path": f"{name}.npz", "digest": arrays_digest(arrays),
+                        "path": dst, "digest": arrays_digest(arrays),
                         "arrays": {k: {"shape": list(a.shape), "dtype": str(a.dtype)}
                                    for k, a in arrays.items()}}
-        moves.append((src, out_dir / f"{name}.npz"))
+        moves.append((src, dst))
         if pipe.spec.refresh is not None:
             # An immutable copy named by content: the state a later refresh merges into,
             # safe from a refresh interrupted while moving outputs into place.
-            state = state_path(out_dir, name, record[name]["digest"])
-            state.parent.mkdir(parents=True, exist_ok=True)
-            save_small(state, arrays)
+            state = state_path(name, record[name]["digest"])
+            out_dir.makedirs(posixpath.dirname(state))
+            save_small(out_dir, state, arrays)
     for src, dst in moves:
-        move_into_place(src, dst)
+        out_dir.publish(src, dst)
     return record
 
 
 def finish_run(pipe: Pipeline, inputs: Mapping[str, Any], results: Mapping[str, Any],
                stats: RunStats, comp: Mapping[str, Any], plan_info: Mapping[str, Any],
-               started: str, t0: float, mode: str, extra: Mapping[str, Any]) -> dict[str, Any]:
+               started: str, t0: float, mode: str, extra: Mapping[str, Any],
+               area: str) -> dict[str, Any]:
     """Store outputs, then write the manifest (the commit point) and the report."""
-    out_dir = pipe.output_dir
-    outputs = _store_outputs(pipe, results, out_dir / ".staging")
+    out_dir = pipe.output_store()
+    previous = load_manifest(out_dir)
+    outputs = _store_outputs(pipe, results, out_dir, area)
     manifest = {
         "format": "blocklin-run/1",
         "mode": mode,
@@ -189,44 +196,47 @@ def finish_run(pipe: Pipeline, inputs: Mapping[str, Any], results: Mapping[str, 
         "versions": versions(),
         **extra,
     }
-    write_json_atomic(out_dir / MANIFEST_NAME, manifest)
+    write_json_atomic(out_dir, MANIFEST_NAME, manifest)
     _drop_old_states(out_dir, outputs)
     if pipe.spec.report:
         from blocklin.pipelines.report import write_report
 
-        manifest["report"] = write_report(out_dir, manifest)
-        write_json_atomic(out_dir / MANIFEST_NAME, manifest)
+        manifest["report"] = write_report(out_dir, out_dir.final_path(area, "report"),
+                                          manifest)
+        write_json_atomic(out_dir, MANIFEST_NAME, manifest)
+    out_dir.end_run(area, manifest, previous)
     return manifest
 
 
-def persist_dir(out_dir: Path, name: str) -> Path:
-    return out_dir / ".refresh" / "persist" / name
+def persist_dir(out_dir: OutputDir, name: str) -> str:
+    """Where an output's refresh state lives (a path or URL, for the operator's persister)."""
+    return out_dir.url(f".refresh/persist/{name}")
 
 
 def persist_states(pipe: Pipeline, results: Mapping[str, Any]) -> None:
     """Keep what incremental updates need beyond the outputs (e.g. an SVD's U segments)."""
     if pipe.spec.refresh is None:
         return
+    out_dir = pipe.output_store()
     for name, value in results.items():
         op = pipe.step(pipe.spec.outputs[name].step).op
         if op.persist is not None:
-            folder = persist_dir(pipe.output_dir, name)
-            folder.parent.mkdir(parents=True, exist_ok=True)
-            op.persist(value, str(folder))
+            out_dir.makedirs(".refresh/persist")
+            op.persist(value, persist_dir(out_dir, name))
 
 
-def state_path(out_dir: Path, name: str, digest: str) -> Path:
-    return out_dir / ".refresh" / "state" / f"{name}-{digest}.npz"
+def state_path(name: str, digest: str) -> str:
+    """The immutable merge state of a small output, relative to the output directory."""
+    return f".refresh/state/{name}-{digest}.npz"
 
 
-def _drop_old_states(out_dir: Path, outputs: Mapping[str, Mapping[str, Any]]) -> None:
-    folder = out_dir / ".refresh" / "state"
-    if not folder.is_dir():
-        return
-    keep = {state_path(out_dir, n, r["digest"]).name for n, r in outputs.items() if "digest" in r}
-    for p in folder.iterdir():
-        if p.name not in keep:
-            p.unlink(missing_ok=True)
+def _drop_old_states(out_dir: OutputDir, outputs: Mapping[str, Mapping[str, Any]]) -> None:
+    folder = ".refresh/state"
+    keep = {posixpath.basename(state_path(n, r["digest"]))
+            for n, r in outputs.items() if "digest" in r}
+    for name in out_dir.names(folder):
+        if name not in keep:
+            out_dir.delete(f"{folder}/{name}")
 
 
 def refresh_state(pipe: Pipeline, inputs: Mapping[str, Any]) -> dict[str, Any]:

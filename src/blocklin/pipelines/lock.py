@@ -1,13 +1,19 @@
 """A lock on a pipeline's output directory that survives a crashed holder.
 
-``<output_dir>/.blocklin.lock`` is created atomically (``O_CREAT | O_EXCL``) and
-holds JSON: pid, host, start time and the command. A second run finds it and
-refuses with :class:`~blocklin.errors.LockError`, naming the holder.
+``<output_dir>/.blocklin.lock`` is created atomically and holds JSON: pid, host,
+start time, the command and a token unique to the holder. A second run finds it and
+refuses with :class:`~blocklin.errors.LockError`, naming the holder. The creation is
+the output directory's exclusive create (:mod:`~blocklin.pipelines.outdir`):
+``O_CREAT | O_EXCL`` in a local folder, a conditional PUT (``If-None-Match: *``) on
+S3, fsspec's ``mode="create"`` elsewhere (a check then a write on back ends without
+conditional writes: two runs starting within that window may both proceed).
 
 A holder that crashed leaves the file behind. On the same host the lock is stale
 when its pid is no longer alive (or belongs to a process started after the lock):
-the next run takes it over. A lock written on another host cannot be checked from
-here, so it is only broken by hand:
+the next run takes it over, replacing the lock only if it still holds what was
+judged stale (rename aside and compare locally, ``If-Match`` on its ETag on S3). A
+lock written on another host cannot be checked from here, so it is only broken by
+hand:
 
 - ``blocklin unlock SPEC`` removes a stale lock, refusing while its holder on this
   host is alive;
@@ -26,6 +32,7 @@ import json
 import os
 import socket
 import time
+import uuid
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +42,7 @@ from typing import Any
 import psutil
 
 from blocklin.errors import LockError
+from blocklin.pipelines.outdir import OutputDir, output_dir_for
 
 __all__ = ["APPEND_LOCK_WAIT", "LOCK_NAME", "OutputLock", "array_lock", "break_lock",
            "read_lock"]
@@ -51,6 +59,7 @@ class LockInfo:
     host: str
     started: float
     command: str
+    token: str = ""
 
     def describe(self) -> str:
         when = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(self.started))
@@ -70,20 +79,40 @@ class LockInfo:
             return False
 
 
-def read_lock(path: Path) -> LockInfo | None:
-    """The lock's holder, or None if unlocked. An unreadable lock counts as held by nobody."""
-    try:
-        doc = json.loads(path.read_text())
-        return LockInfo(int(doc["pid"]), str(doc["host"]), float(doc["started"]),
-                        str(doc.get("command", "")))
-    except FileNotFoundError:
+def _parse(data: bytes | None) -> LockInfo | None:
+    if data is None:
         return None
+    try:
+        doc = json.loads(data)
+        return LockInfo(int(doc["pid"]), str(doc["host"]), float(doc["started"]),
+                        str(doc.get("command", "")), str(doc.get("token", "")))
     except (ValueError, KeyError, TypeError):
         return LockInfo(-1, "?", 0.0, "unreadable lock file")
 
 
+def _split(path: str | Path) -> tuple[OutputDir, str]:
+    text = os.fspath(path).rstrip("/")
+    parent, _, name = text.rpartition("/")
+    return output_dir_for(parent or "/"), name
+
+
+def read_lock(path: str | Path) -> LockInfo | None:
+    """The holder of the lock file at ``path`` (a local path or URL), or None if unlocked.
+
+    An unreadable lock counts as held by nobody alive.
+    """
+    where, name = _split(path)
+    return _parse(where.read_bytes(name))
+
+
 class OutputLock:
     """Context manager holding ``<directory>/.blocklin.lock`` for one run.
+
+    Parameters
+    ----------
+    directory : str, path or OutputDir
+        The folder the lock guards: a local path or an fsspec URL (whose storage
+        options are registered) or an :class:`~blocklin.pipelines.outdir.OutputDir`.
 
     Raises
     ------
@@ -91,24 +120,21 @@ class OutputLock:
         If another live run holds the lock (or one on another host does).
     """
 
-    def __init__(self, directory: str | Path, command: str = "blocklin", *,
+    def __init__(self, directory: str | Path | OutputDir, command: str = "blocklin", *,
                  name: str = LOCK_NAME, wait: float = 0.0, what: str | None = None) -> None:
-        self.path = Path(directory) / name
+        self.dir = output_dir_for(directory)
+        self.name = name
+        self.path = self.dir.url(name)
         self.command = command
         self.held = False
         self.wait = wait
-        self.what = what or f"outputs in {self.path.parent} are"
+        self.what = what or f"outputs in {self.dir.location} are"
+        self.token = uuid.uuid4().hex
 
-    def _create(self) -> bool:
-        doc = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.time(),
-               "command": self.command}
-        try:
-            fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-        except FileExistsError:
-            return False
-        with os.fdopen(fd, "w") as f:
-            json.dump(doc, f)
-        return True
+    def _doc(self) -> bytes:
+        return json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
+                           "started": time.time(), "command": self.command,
+                           "token": self.token}).encode()
 
     def acquire(self) -> None:
         """Take the lock, waiting up to ``wait`` seconds for a live holder.
@@ -118,7 +144,7 @@ class OutputLock:
         LockError
             Naming the holder, if it still holds the lock when the wait is over.
         """
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.dir.makedirs("")
         deadline = time.monotonic() + self.wait
         delay = 0.005
         while True:
@@ -133,29 +159,33 @@ class OutputLock:
 
     def _try_acquire(self) -> None:
         for _ in range(3):
-            if self._create():
+            if self.dir.create_exclusive(self.name, self._doc()):
                 self.held = True
                 return
-            info = read_lock(self.path)
-            if info is None:
+            seen = self.dir.read_bytes(self.name)
+            info = _parse(seen)
+            if info is None or seen is None:
                 continue  # released between our attempts
             stale = info.is_stale() if info.pid >= 0 else True
             if not stale:
                 hint = ("wait for it to finish" if stale is False else
                         f"if that run is gone, delete {self.path}"
-                        if self.path.name != LOCK_NAME else
+                        if self.name != LOCK_NAME else
                         "if that run is gone, clear it with `blocklin unlock SPEC --force`")
                 waited = f" (waited {self.wait:g} s)" if self.wait else ""
                 raise LockError(f"{self.what} locked by {info.describe()}{waited}; {hint}")
-            _remove_stale(self.path, info)
+            # Take over only the lock judged stale: one re-created meanwhile stays.
+            if self.dir.replace_if(self.name, self._doc(), seen):
+                self.held = True
+                return
         raise LockError(f"could not take the lock {self.path} (contended); try again")
 
     def release(self) -> None:
         if self.held:
             self.held = False
-            info = read_lock(self.path)
-            if info is not None and info.pid == os.getpid():
-                self.path.unlink(missing_ok=True)
+            info = _parse(self.dir.read_bytes(self.name))
+            if info is not None and info.token == self.token:
+                self.dir.delete(self.name)
 
     def __enter__(self) -> OutputLock:
         self.acquire()
@@ -179,22 +209,7 @@ def array_lock(url: str, command: str = "blocklin",
                       name="append.lock", wait=wait, what=f"array {url} is")
 
 
-def _remove_stale(path: Path, info: LockInfo) -> None:
-    # Rename first, so two runs racing to break the same stale lock cannot both
-    # delete a lock that one of them has just re-created.
-    aside = path.with_name(f"{LOCK_NAME}.stale-{os.getpid()}")
-    try:
-        os.rename(path, aside)
-    except FileNotFoundError:
-        return
-    current = read_lock(aside)
-    if current is not None and current != info:
-        os.rename(aside, path)  # not the lock we judged stale: put it back
-        return
-    aside.unlink(missing_ok=True)
-
-
-def break_lock(directory: str | Path, force: bool = False) -> dict[str, Any]:
+def break_lock(directory: str | Path | OutputDir, force: bool = False) -> dict[str, Any]:
     """Remove a stale lock (or any lock with ``force``); return what was removed.
 
     Raises
@@ -202,14 +217,15 @@ def break_lock(directory: str | Path, force: bool = False) -> dict[str, Any]:
     LockError
         If the holder is alive on this host, or on another host without ``force``.
     """
-    path = Path(directory) / LOCK_NAME
-    info = read_lock(path)
+    where = output_dir_for(directory)
+    path = where.url(LOCK_NAME)
+    info = _parse(where.read_bytes(LOCK_NAME))
     if info is None:
-        return {"removed": False, "lock": str(path)}
+        return {"removed": False, "lock": path}
     stale = info.is_stale() if info.pid >= 0 else True
     if not force and stale is not True:
         why = "is alive" if stale is False else "runs on another host and cannot be checked"
         raise LockError(f"the lock holder {info.describe()} {why}; pass --force to remove the "
                         "lock anyway")
-    path.unlink(missing_ok=True)
-    return {"removed": True, "lock": str(path), "holder": info.describe()}
+    where.delete(LOCK_NAME)
+    return {"removed": True, "lock": path, "holder": info.describe()}

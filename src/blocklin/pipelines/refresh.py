@@ -36,11 +36,9 @@ from __future__ import annotations
 
 import hashlib
 import os
-import shutil
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from blocklin.errors import InputValueError
@@ -67,6 +65,7 @@ from blocklin.pipelines.execute import (
 from blocklin.pipelines.ingest import ingest
 from blocklin.pipelines.lock import OutputLock
 from blocklin.pipelines.manifest import load_manifest, load_small, utc_now
+from blocklin.pipelines.outdir import OutputDir
 from blocklin.pipelines.registry import Arrays, BuildContext, UpdateContext
 from blocklin.pipelines.runner import (
     BoundStep,
@@ -84,6 +83,9 @@ __all__ = ["FAULT_ENV", "append_batch", "refresh_pipeline"]
 
 #: Test hook: the named point of a refresh raises (``after_append``, ``after_outputs``).
 FAULT_ENV = "BLOCKLIN_REFRESH_FAULT"
+
+#: Where batches are staged, relative to the output directory.
+BATCHES = ".refresh/batches"
 
 
 def _fault(point: str) -> None:
@@ -105,14 +107,14 @@ def _stage_batch(src: str, pipe: Pipeline, inputs: Mapping[str, BlockMatrix]) ->
     r = pipe.spec.refresh
     assert r is not None  # checked by the caller
     target = inputs[r.input]
-    folder = pipe.output_dir / ".refresh" / "batches"
-    incoming = folder / f"incoming-{os.getpid()}"
-    shutil.rmtree(incoming, ignore_errors=True)
-    incoming.mkdir(parents=True)
+    out = pipe.output_store()
+    incoming = f"{BATCHES}/incoming-{os.getpid()}"
+    out.delete(incoming)
+    out.makedirs(incoming)
     try:
-        res = ingest(src, str(incoming / "x.zarr"), label=r.label_column,
+        res = ingest(src, out.url(f"{incoming}/x.zarr"), label=r.label_column,
                      columns=batch_columns(src, target, r.label_column),
-                     label_dest=str(incoming / "y.zarr") if r.label_column else None,
+                     label_dest=out.url(f"{incoming}/y.zarr") if r.label_column else None,
                      chunk_rows=target.chunks[0], dtype=str(target.dtype), codec="none",
                      # NaN/inf are refused (nothing appended) unless the input was
                      # ingested with allow_nonfinite.
@@ -122,13 +124,22 @@ def _stage_batch(src: str, pipe: Pipeline, inputs: Mapping[str, BlockMatrix]) ->
                                   f"{target.url} has {target.shape[1]}")
         fps = [res.matrix.fingerprint] + ([res.label.fingerprint] if res.label else [])
         fp = hashlib.sha256(";".join(fps).encode()).hexdigest()[:32]
-        final = folder / fp
-        if not final.exists():
-            os.replace(incoming, final)
+        final = f"{BATCHES}/{fp}"
+        if not _staged(pipe, out, final):
+            out.publish(incoming, final)
     finally:
-        shutil.rmtree(incoming, ignore_errors=True)
-    y = open_matrix(str(final / "y.zarr")) if r.label_column else None
-    return StagedBatch(fp, open_matrix(str(final / "x.zarr")), y)
+        out.delete(incoming)
+    y = open_matrix(out.url(f"{final}/y.zarr")) if r.label_column else None
+    return StagedBatch(fp, open_matrix(out.url(f"{final}/x.zarr")), y)
+
+
+def _staged(pipe: Pipeline, out: OutputDir, folder: str) -> bool:
+    """Whether a batch is completely staged in ``folder`` (its arrays' metadata, written
+    last by :meth:`~blocklin.pipelines.outdir.OutputDir.publish`, are there)."""
+    r = pipe.spec.refresh
+    labels = r is not None and r.label_input is not None
+    return out.exists(f"{folder}/x.zarr/zarr.json") \
+        and (not labels or out.exists(f"{folder}/y.zarr/zarr.json"))
 
 
 def _appended(pipe: Pipeline) -> dict[str, str]:
@@ -166,23 +177,24 @@ def refresh_pipeline(pipe: Pipeline, batch_src: str, opts: RunOptions | None = N
     if pipe.spec.refresh is None:
         raise pipe.error("refresh", "the spec has no refresh section naming the input that "
                          "batches extend")
-    if load_manifest(pipe.output_dir) is None:
+    register_storage(pipe, opts)
+    out = pipe.output_store()
+    if load_manifest(out) is None:
         raise pipe.error("output_dir", f"no manifest in {pipe.output_dir}: run the pipeline "
                          "(`blocklin run`) before refreshing it")
     name = pipe.spec.refresh.input
     if not os.path.exists(batch_src) and "://" not in batch_src:
         raise FileNotFoundError(f"no such batch file: {batch_src}")
-    register_storage(pipe, opts)
     check_locations(pipe, opts)
     open_inputs(pipe)
     check_reachable(compute_options(pipe, opts))
-    with OutputLock(pipe.output_dir, opts.command):
+    with OutputLock(out, opts.command):
         inputs = open_inputs(pipe)
         batch = _stage_batch(batch_src, pipe, inputs)
         inputs.update(_append_all(pipe, inputs, batch, os.path.abspath(batch_src),
                                   opts.command))
         _fault("after_append")
-        manifest = load_manifest(pipe.output_dir) or {}
+        manifest = load_manifest(out) or {}
         done = manifest.get("refresh", {}).get("batches", [])
         pending = [b for b in batch_records(inputs[name]) if b.get("fingerprint") not in done]
         if not pending:
@@ -271,10 +283,12 @@ def _update(pipe: Pipeline, inputs: dict[str, Any], manifest: Mapping[str, Any],
     outs = pipe.spec.outputs
     inc = [n for n, o in outs.items() if _incremental(pipe, pipe.step(o.step))
            and n in manifest.get("outputs", {})]
-    folder = pipe.output_dir / ".refresh" / "batches"
-    batches = [_open_staged(pipe, inputs, folder, b) for b in pending]
-    prev = {n: load_small(state_path(pipe.output_dir, n, manifest["outputs"][n]["digest"]))
-            for n in inc}
+    out = pipe.output_store()
+    batches = [_open_staged(pipe, inputs, out, b) for b in pending]
+    prev = {n: load_small(out, state_path(n, manifest["outputs"][n]["digest"])) for n in inc}
+    # A refresh recomputes what it does not merge (no resume), and keeps what a killed
+    # run left for ``blocklin run --resume``.
+    area = out.start_run(True, manifest)
     results: dict[str, Any] = {}
     for b, rec in zip(batches, pending, strict=True):
         prev = _apply_batch(pipe, inc, prev, b, tuple(rec["rows"]), comp, stats, progress)
@@ -282,20 +296,20 @@ def _update(pipe: Pipeline, inputs: dict[str, Any], manifest: Mapping[str, Any],
     results.update(prev)
     rest = [n for n in outs if n not in results]
     if rest:
-        staging = pipe.output_dir / ".staging"
-        full, more = compute_steps(pipe, inputs, staging, comp, False, progress)
+        full, more = compute_steps(pipe, inputs, out.url(area), comp, False, progress)
         stats.merge(more)
         for n in rest:
             results[n], modes[n] = full[outs[n].step], "recomputed"
         persist_states(pipe, {n: results[n] for n in rest})
     extra = refresh_state(pipe, inputs)
     extra["refresh"].update(applied=[b["fingerprint"] for b in pending], outputs=modes)
-    out = finish_run(pipe, inputs, results, stats, comp, plan_info, started, t0, "refresh", extra)
+    done = finish_run(pipe, inputs, results, stats, comp, plan_info, started, t0, "refresh",
+                      extra, area=area)
     _fault("after_outputs")
-    return out
+    return done
 
 
-def _open_staged(pipe: Pipeline, inputs: Mapping[str, BlockMatrix], folder: Path,
+def _open_staged(pipe: Pipeline, inputs: Mapping[str, BlockMatrix], out: OutputDir,
                  rec: Mapping[str, Any]) -> StagedBatch:
     """A pending batch's rows: staged by this pipeline, else copied from the inputs.
 
@@ -303,24 +317,25 @@ def _open_staged(pipe: Pipeline, inputs: Mapping[str, BlockMatrix], folder: Path
     rows (and labels) are read from the inputs by the ranges their records give.
     """
     fp = str(rec["fingerprint"])
-    final = folder / fp
-    if not (final / "x.zarr").exists():
-        _copy_from_inputs(pipe, inputs, folder, rec)
-    y = open_matrix(str(final / "y.zarr")) if (final / "y.zarr").exists() else None
-    return StagedBatch(fp, open_matrix(str(final / "x.zarr")), y)
+    final = f"{BATCHES}/{fp}"
+    if not _staged(pipe, out, final):
+        _copy_from_inputs(pipe, inputs, out, rec)
+    y_url = out.url(f"{final}/y.zarr")
+    y = open_matrix(y_url) if out.exists(f"{final}/y.zarr/zarr.json") else None
+    return StagedBatch(fp, open_matrix(out.url(f"{final}/x.zarr")), y)
 
 
-def _copy_from_inputs(pipe: Pipeline, inputs: Mapping[str, BlockMatrix], folder: Path,
+def _copy_from_inputs(pipe: Pipeline, inputs: Mapping[str, BlockMatrix], out: OutputDir,
                       rec: Mapping[str, Any]) -> None:
     r = pipe.spec.refresh
     assert r is not None
     fp = str(rec["fingerprint"])
-    incoming = folder / f"incoming-{os.getpid()}"
-    shutil.rmtree(incoming, ignore_errors=True)
-    incoming.mkdir(parents=True)
+    incoming = f"{BATCHES}/incoming-{os.getpid()}"
+    out.delete(incoming)
+    out.makedirs(incoming)
     try:
         start, stop = (int(v) for v in rec["rows"])
-        copy_rows(inputs[r.input], start, stop, str(incoming / "x.zarr"))
+        copy_rows(inputs[r.input], start, stop, out.url(f"{incoming}/x.zarr"))
         if r.label_input is not None:
             yrec = find_batch(inputs[r.label_input], fp)
             if yrec is None:
@@ -328,11 +343,11 @@ def _copy_from_inputs(pipe: Pipeline, inputs: Mapping[str, BlockMatrix], folder:
                                       f"{r.input!r} but {r.label_input!r} holds no labels for "
                                       "it; finish the refresh that appended it, then retry")
             ystart, ystop = (int(v) for v in yrec["rows"])
-            copy_rows(inputs[r.label_input], ystart, ystop, str(incoming / "y.zarr"))
-        if not (folder / fp).exists():
-            os.replace(incoming, folder / fp)
+            copy_rows(inputs[r.label_input], ystart, ystop, out.url(f"{incoming}/y.zarr"))
+        if not _staged(pipe, out, f"{BATCHES}/{fp}"):
+            out.publish(incoming, f"{BATCHES}/{fp}")
     finally:
-        shutil.rmtree(incoming, ignore_errors=True)
+        out.delete(incoming)
 
 
 def _apply_batch(pipe: Pipeline, names: list[str], prev: dict[str, Arrays], b: StagedBatch,
@@ -358,7 +373,7 @@ def _apply_batch(pipe: Pipeline, names: list[str], prev: dict[str, Arrays], b: S
         update = steps[n].op.update
         if n not in lazy and update is not None:
             ctx = UpdateContext(prev[n], _batch_args(pipe, steps[n], b), (rows[0], rows[1]),
-                                str(persist_dir(pipe.output_dir, n)), comp)
+                                persist_dir(pipe.output_store(), n), comp)
             t0 = time.perf_counter()
             new[n] = update(ctx, steps[n].params)
             label = f"{n} ({steps[n].op.name} update)"

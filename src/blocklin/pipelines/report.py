@@ -13,14 +13,15 @@ operators have run:
 
 from __future__ import annotations
 
-import shutil
+import io
 from collections.abc import Callable, Mapping
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from blocklin.pipelines.manifest import load_small
+from blocklin.pipelines.outdir import OutputDir
 
 __all__ = ["write_report"]
 
@@ -38,14 +39,34 @@ def _figure() -> Any:
     return plt
 
 
-def _save(plt: Any, fig: Any, path: Path) -> str:
+@dataclass(frozen=True)
+class _File:
+    """A file of the report: ``rel`` in the output directory ``out``."""
+
+    out: OutputDir
+    rel: str
+
+    def __truediv__(self, name: str) -> _File:
+        return _File(self.out, f"{self.rel}/{name}")
+
+    @property
+    def name(self) -> str:
+        return self.rel.rsplit("/", 1)[-1]
+
+    def write(self, data: bytes) -> None:
+        self.out.write_bytes(self.rel, data)
+
+
+def _save(plt: Any, fig: Any, path: _File) -> str:
     fig.tight_layout()
-    fig.savefig(path, dpi=90)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=90)
     plt.close(fig)
+    path.write(buf.getvalue())
     return path.name
 
 
-def _plot_stages(plt: Any, seconds: Mapping[str, float], path: Path) -> str | None:
+def _plot_stages(plt: Any, seconds: Mapping[str, float], path: _File) -> str | None:
     if not seconds:
         return None
     labels = list(seconds)
@@ -57,7 +78,7 @@ def _plot_stages(plt: Any, seconds: Mapping[str, float], path: Path) -> str | No
     return _save(plt, fig, path)
 
 
-def _plot_spectrum(plt: Any, name: str, s: np.ndarray, path: Path,
+def _plot_spectrum(plt: Any, name: str, s: np.ndarray, path: _File,
                    evr: np.ndarray | None = None) -> str:
     s = np.sort(np.abs(s.ravel()))[::-1]
     energy = s**2
@@ -80,7 +101,7 @@ def _plot_spectrum(plt: Any, name: str, s: np.ndarray, path: Path,
     return _save(plt, fig, path)
 
 
-def _plot_history(plt: Any, name: str, h: np.ndarray, path: Path) -> str:
+def _plot_history(plt: Any, name: str, h: np.ndarray, path: _File) -> str:
     fig, ax = plt.subplots(figsize=(6, 3.5))
     ax.plot(np.arange(h.size), h.ravel(), "o-", ms=3)
     ax.set_xlabel("iteration")
@@ -89,7 +110,7 @@ def _plot_history(plt: Any, name: str, h: np.ndarray, path: Path) -> str:
     return _save(plt, fig, path)
 
 
-def _plot_residuals(plt: Any, name: str, r: np.ndarray, path: Path) -> str:
+def _plot_residuals(plt: Any, name: str, r: np.ndarray, path: _File) -> str:
     fig, ax = plt.subplots(figsize=(6, 3.5))
     ax.hist(r.ravel(), bins=40)
     ax.set_xlabel("residual")
@@ -97,7 +118,7 @@ def _plot_residuals(plt: Any, name: str, r: np.ndarray, path: Path) -> str:
     return _save(plt, fig, path)
 
 
-def _plot_columns(plt: Any, name: str, mean: np.ndarray, std: np.ndarray, path: Path) -> str:
+def _plot_columns(plt: Any, name: str, mean: np.ndarray, std: np.ndarray, path: _File) -> str:
     fig, ax = plt.subplots(figsize=(7, 3.5))
     ax.errorbar(np.arange(mean.size), mean, yerr=std, fmt="o", ms=3)
     ax.set_xlabel("column")
@@ -114,7 +135,7 @@ def _first(arrays: Mapping[str, np.ndarray], keys: tuple[str, ...]) -> np.ndarra
 
 
 def _output_plots(plt: Any, name: str, arrays: Mapping[str, np.ndarray], op: str,
-                  folder: Path) -> list[tuple[str, str]]:
+                  folder: _File) -> list[tuple[str, str]]:
     """(caption, file) of the plots that fit one output."""
     plots: list[tuple[str, str]] = []
     add: Callable[[str, str], None] = lambda cap, f: plots.append((cap, f))  # noqa: E731
@@ -140,20 +161,22 @@ def _output_plots(plt: Any, name: str, arrays: Mapping[str, np.ndarray], op: str
     return plots
 
 
-def write_report(out_dir: Path, manifest: Mapping[str, Any]) -> dict[str, Any]:
-    """Write ``report/report.md`` and its plots; return their relative paths."""
-    folder = out_dir / "report"
-    shutil.rmtree(folder, ignore_errors=True)  # no plot of an earlier run may linger
-    folder.mkdir()
+def write_report(out_dir: OutputDir, folder: str,
+                 manifest: Mapping[str, Any]) -> dict[str, Any]:
+    """Write ``<folder>/report.md`` and its plots in ``out_dir``; return their paths
+    relative to ``out_dir``."""
+    out_dir.delete(folder)  # no plot of an earlier run may linger
+    out_dir.makedirs(folder)
+    target = _File(out_dir, folder)
     plt = _figure()
     plots: list[tuple[str, str]] = []
-    stages = _plot_stages(plt, manifest["stats"]["stage_seconds"], folder / "stages.png")
+    stages = _plot_stages(plt, manifest["stats"]["stage_seconds"], target / "stages.png")
     if stages:
         plots.append(("time per stage", stages))
     for name, rec in manifest["outputs"].items():
         if rec["kind"] == "small":
-            arrays = load_small(out_dir / rec["path"])
-            plots.extend(_output_plots(plt, name, arrays, rec["op"], folder))
+            arrays = load_small(out_dir, rec["path"])
+            plots.extend(_output_plots(plt, name, arrays, rec["op"], target))
     lines = [f"# {manifest['pipeline']} ({manifest['mode']})", "",
              f"finished {manifest['finished']} in {manifest['seconds']:.2f} s on "
              f"{manifest['executor']['executor']}; {manifest['stats']['tasks_run']} tasks run, "
@@ -165,5 +188,5 @@ def write_report(out_dir: Path, manifest: Mapping[str, Any]) -> dict[str, Any]:
     lines += [f"- {url}: {p:g}" for url, p in manifest["passes"].items()]
     lines += ["", "## Plots", ""]
     lines += [f"![{cap}]({f})" for cap, f in plots]
-    (folder / "report.md").write_text("\n".join(lines) + "\n")
-    return {"markdown": "report/report.md", "plots": [f"report/{f}" for _, f in plots]}
+    (target / "report.md").write(("\n".join(lines) + "\n").encode())
+    return {"markdown": f"{folder}/report.md", "plots": [f"{folder}/{f}" for _, f in plots]}

@@ -12,11 +12,10 @@ from __future__ import annotations
 import difflib
 import hashlib
 import os
-import shutil
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
@@ -31,6 +30,9 @@ from blocklin.pipelines.spec import (
     format_loc,
     load_spec,
 )
+
+if TYPE_CHECKING:
+    from blocklin.pipelines.outdir import OutputDir
 
 __all__ = [
     "BoundStep",
@@ -81,8 +83,16 @@ class Pipeline:
         return os.path.normpath(p if p.is_absolute() else (self.base / p).absolute())
 
     @property
-    def output_dir(self) -> Path:
-        return Path(self.resolve(self.spec.output_dir))
+    def output_dir(self) -> str:
+        """The output directory: an absolute local path or a URL."""
+        return self.resolve(self.spec.output_dir)
+
+    def output_store(self) -> OutputDir:
+        """The output directory to read and write (register its storage options first:
+        :func:`register_storage`)."""
+        from blocklin.pipelines.outdir import output_dir_for
+
+        return output_dir_for(self.output_dir)
 
     def step(self, name: str) -> BoundStep:
         return next(s for s in self.steps if s.name == name)
@@ -104,13 +114,13 @@ class RunOptions:
     command: str = "blocklin run"
     extra: Mapping[str, Any] = field(default_factory=dict)
     #: ``--storage-option`` values: fsspec options for every URL location of the run
-    #: (inputs, work dir), over the spec's own. Never shown (``repr`` hides them).
+    #: (inputs, work dir, output dir), over the spec's own. Never shown (``repr`` hides them).
     storage_options: Mapping[str, Any] = field(default_factory=dict, repr=False)
 
 
 def register_storage(pipe: Pipeline, opts: RunOptions) -> None:
-    """Give each input and the work dir its storage options, for this process and
-    (through the compute's tasks) every worker.
+    """Give each input, the output dir and the work dir its storage options, for this
+    process and (through the compute's tasks) every worker.
 
     The spec's per-location options come first, the command line's on top of them;
     local paths take none.
@@ -120,8 +130,14 @@ def register_storage(pipe: Pipeline, opts: RunOptions) -> None:
     cli = dict(opts.storage_options)
     places = [(pipe.resolve(inp.path), inp.storage_options)
               for inp in pipe.spec.inputs.values()]
-    places.append((compute_options(pipe, opts)["work_dir"],
-                   pipe.spec.executor.work_dir_storage_options))
+    out, out_own = pipe.output_dir, pipe.spec.output_dir_storage_options
+    places.append((out, out_own))
+    work = compute_options(pipe, opts)["work_dir"]
+    work_own = pipe.spec.executor.work_dir_storage_options
+    # A work dir inside the output dir (the default, ``.work``) without options of its
+    # own takes the output dir's: registered alone, the CLI's would shadow them.
+    inside = work.startswith(out.rstrip("/") + "/")
+    places.append((work, work_own or (out_own if inside else {})))
     for url, own in places:
         if "://" in url and (own or cli):
             register_storage_options(url, {**own, **cli})
@@ -247,13 +263,17 @@ def open_inputs(pipe: Pipeline) -> dict[str, Any]:
     return out
 
 
-def output_paths(pipe: Pipeline, root: Path) -> dict[str, str]:
+def output_paths(pipe: Pipeline, root: str) -> dict[str, str]:
     """Step name -> where its matrix result is stored (matrix steps kept as outputs)."""
     paths = {}
     for name, out in pipe.spec.outputs.items():
         if pipe.step(out.step).op.kind == "matrix":
-            paths[out.step] = str(root / f"{name}.zarr")
+            paths[out.step] = _join(root, f"{name}.zarr")
     return paths
+
+
+def _join(base: str, name: str) -> str:
+    return f"{base.rstrip('/')}/{name}"
 
 
 def build_steps(pipe: Pipeline, inputs: Mapping[str, Any], matrix_out: Mapping[str, str],
@@ -279,7 +299,7 @@ def compute_options(pipe: Pipeline, opts: RunOptions) -> dict[str, Any]:
     return {
         "executor": opts.executor or spec.executor.executor,
         "address": opts.address if opts.address is not None else spec.executor.address,
-        "work_dir": pipe.resolve(work) if work else str(pipe.output_dir / ".work"),
+        "work_dir": pipe.resolve(work) if work else _join(pipe.output_dir, ".work"),
         "max_task_memory": opts.max_task_memory or spec.resources.max_task_memory,
         "num_workers": opts.num_workers or spec.executor.num_workers,
         "device": spec.resources.device,
@@ -294,12 +314,13 @@ def written_paths(pipe: Pipeline) -> list[tuple[str, str]]:
     paths = []
     for name, spec in pipe.spec.outputs.items():
         suffix = "zarr" if pipe.step(spec.step).op.kind == "matrix" else "npz"
-        paths.append((f"output {name!r}", str(out / f"{name}.{suffix}")))
+        paths.append((f"output {name!r}", _join(out, f"{name}.{suffix}")))
     from blocklin.pipelines.lock import LOCK_NAME
     from blocklin.pipelines.manifest import MANIFEST_NAME
 
-    for what in (MANIFEST_NAME, "report", ".staging", ".refresh", LOCK_NAME):
-        paths.append((f"the run's {what}", str(out / what)))
+    runs = pipe.output_store().run_folders()
+    for what in (MANIFEST_NAME, "report", *runs, ".refresh", LOCK_NAME):
+        paths.append((f"the run's {what}", _join(out, what)))
     return paths
 
 
@@ -348,7 +369,9 @@ def explain_pipeline(pipe: Pipeline, opts: RunOptions | None = None) -> dict[str
     check_locations(pipe, opts)
     inputs = open_inputs(pipe)
     comp = compute_options(pipe, opts)
-    values = build_steps(pipe, inputs, output_paths(pipe, pipe.output_dir / ".staging"), comp)
+    from blocklin.pipelines.outdir import STAGING
+
+    values = build_steps(pipe, inputs, output_paths(pipe, _join(pipe.output_dir, STAGING)), comp)
     lazies = [values[s.name] for s in lazy_steps(pipe)]
     limit = comp["max_task_memory"]
     limit = parse_memory(limit) if limit else default_max_task_memory()
@@ -388,7 +411,3 @@ def run_pipeline(pipe: Pipeline, opts: RunOptions | None = None,
 
 def spec_digest(source: str) -> str:
     return hashlib.sha256(Path(source).read_bytes()).hexdigest()[:32]
-
-
-def clean_dir(path: Path) -> None:
-    shutil.rmtree(path, ignore_errors=True)

@@ -177,11 +177,18 @@ class PipelineSpec(_Model):
     inputs: dict[str, InputSpec] = Field(min_length=1)
     steps: list[StepSpec] = Field(min_length=1)
     outputs: dict[str, OutputSpec] = Field(min_length=1)
-    output_dir: str = Field(min_length=1, description="where outputs, manifest and report go")
+    output_dir: str = Field(min_length=1, description="where outputs, manifest and report go "
+                            "(a folder relative to the spec, or a URL such as s3://bucket/out)")
+    output_dir_storage_options: dict[str, JsonValue] = Field(
+        default_factory=dict, repr=False, description=_STORAGE_OPTIONS_HELP)
     executor: ExecutorSpec = ExecutorSpec()
     resources: ResourceSpec = ResourceSpec()
     refresh: RefreshSpec | None = None
     report: bool = True
+
+    @field_serializer("output_dir_storage_options")
+    def _hide(self, v: dict[str, JsonValue]) -> dict[str, str]:
+        return _redact(v)
 
     @field_validator("inputs", "outputs")
     @classmethod
