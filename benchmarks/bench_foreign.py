@@ -1,0 +1,425 @@
+"""blocklin and dask on zarr arrays written by zarr-python ("foreign" arrays), beside
+each codec's machine limit.
+
+Four copies of one Gaussian float64 matrix (``--rows`` × 500), written by zarr-python
+in chunks of 50,000 rows: v2 Blosc-LZ4 with byte shuffle, v3 Zstd (level 1), v3
+sharded (shards of 100,000 rows, Zstd inner chunks of 25,000) and v3 uncompressed,
+plus a label column (blocklin-written) for the regressions. On each copy, in the same
+run: gram (``XᵀX``), a right Gaussian sketch (``XG``, k=100), randomized SVD (k=50,
+2 power iterations) and ``LinearRegression`` (``normal`` and ``qr``) in blocklin; in
+dask (``dask.array.from_zarr``): ``X.T @ X``, ``X @ G`` and
+``da.linalg.svd_compressed(X, k=50, n_power_iter=2)`` (no linear regression in dask).
+
+Each measurement runs in its own process (its peak RSS is its own: process and
+children), repeating the operation ``--repeat`` times (the process's block cache is
+cleared before each); the table shows medians.
+
+The limit of each operation on each copy is ``passes × T_decode + flops / rate``:
+``T_decode`` reads every stored chunk (inner chunk of a shard) into a reused buffer and
+decodes it with numcodecs into a reused array, on all cores, measured in the run on
+that copy; ``rate`` is the BLAS rate measured in the run on one 25,000 × 500 block
+with every core (``syrk`` for gram and the normal equations, ``gemm`` for the
+sketch and the SVD's products, ``geqrf`` for ``qr``); passes are blocklin's own
+(reported by the SVD and the estimators). On 2 cores reading and BLAS share the CPUs,
+so the two add up.
+
+    flock /tmp/blocklin-heavy.lock .venv/bin/python benchmarks/bench_foreign.py \
+        --rows 2000000 --repeat 3
+    .venv/bin/python benchmarks/bench_foreign.py            # 200,000 rows (quick: --rows 100000)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from _peers import run_reported, spawn
+
+HERE = Path(__file__).resolve()
+COLS = 500
+CHUNK = 50_000
+CODECS = ("v2-blosc-lz4", "v3-zstd", "v3-sharded-zstd", "v3-none")
+OPS = ("gram", "sketch", "rsvd", "lr-normal", "lr-qr")
+DASK_OPS = ("gram", "sketch", "rsvd")
+K_SKETCH, K_SVD, OVERSAMPLE, N_ITER = 100, 50, 10, 2
+
+
+# -- data ---------------------------------------------------------------------------------
+def write_copies(d: Path, rows: int) -> dict[str, str]:
+    """Write (once) the four zarr-python copies of X and the label y; return their paths."""
+    import numcodecs
+    import zarr
+    import zarr.codecs as zc
+
+    import blocklin as bl
+
+    spec = {"rows": rows, "cols": COLS, "chunk": CHUNK, "seed": 0}
+    stamp = d / "spec.json"
+    paths = {c: str(d / f"{c}.zarr") for c in CODECS} | {
+        "y": str(d / "y.zarr"), "y-sharded": str(d / "y-sharded.zarr")}
+    if stamp.exists() and json.loads(stamp.read_text()) == spec:
+        return paths
+    shutil.rmtree(d, ignore_errors=True)
+    d.mkdir(parents=True)
+    arrays = {
+        "v2-blosc-lz4": zarr.create_array(
+            paths["v2-blosc-lz4"], shape=(rows, COLS), chunks=(CHUNK, COLS), dtype="f8",
+            zarr_format=2, compressors=numcodecs.Blosc(cname="lz4", clevel=5,
+                                                       shuffle=numcodecs.Blosc.SHUFFLE)),
+        "v3-zstd": zarr.create_array(
+            paths["v3-zstd"], shape=(rows, COLS), chunks=(CHUNK, COLS), dtype="f8",
+            compressors=zc.ZstdCodec(level=1)),
+        "v3-sharded-zstd": zarr.create_array(
+            paths["v3-sharded-zstd"], shape=(rows, COLS), chunks=(CHUNK // 2, COLS),
+            shards=(2 * CHUNK, COLS), dtype="f8", compressors=zc.ZstdCodec(level=1)),
+        "v3-none": zarr.create_array(
+            paths["v3-none"], shape=(rows, COLS), chunks=(CHUNK, COLS), dtype="f8",
+            compressors=None),
+    }
+    w = np.random.default_rng(1).standard_normal(COLS)
+    y = np.empty((rows, 1))
+    step = 2 * CHUNK  # whole shards at a time
+    for start in range(0, rows, step):
+        stop = min(rows, start + step)
+        x = np.random.default_rng([0, start]).standard_normal((stop - start, COLS))
+        y[start:stop, 0] = x @ w + 0.1 * np.random.default_rng([1, start]).standard_normal(
+            stop - start)
+        for z in arrays.values():
+            z[start:stop] = x
+    # The estimators read y in X's row blocks: the sharded copy's are its inner chunks.
+    bl.from_array(y, paths["y"], chunks=(CHUNK, None), overwrite=True)
+    bl.from_array(y, paths["y-sharded"], chunks=(CHUNK // 2, None), overwrite=True)
+    stamp.write_text(json.dumps(spec))
+    return paths
+
+
+# -- the machine limit ----------------------------------------------------------------------
+def _stored_units(path: str) -> list[tuple[str, int, int]]:
+    """(file, offset, length) of every stored chunk (inner chunk of a shard): what a
+    decoder must read. Offsets come from the shard indexes (length -1: the whole file)."""
+    out = []
+    root = Path(path)
+    doc = json.loads((root / "zarr.json").read_text()) if (root / "zarr.json").exists() else {}
+    codecs = doc.get("codecs", [])
+    sharded = bool(codecs) and codecs[0]["name"] == "sharding_indexed"
+    for f in sorted(p for p in root.rglob("*") if p.is_file() and not p.name.startswith(".")
+                    and p.name != "zarr.json"):
+        if not sharded:
+            out.append((str(f), 0, -1))
+            continue
+        conf = codecs[0]["configuration"]
+        n = 1
+        for s, c in zip(doc["chunk_grid"]["configuration"]["chunk_shape"], conf["chunk_shape"],
+                        strict=True):
+            n *= s // c
+        raw = f.read_bytes()[-(16 * n + 4):-4]
+        for off, length in np.frombuffer(raw, "<u8").reshape(-1, 2).tolist():
+            if off != 2**64 - 1:
+                out.append((str(f), off, length))
+    return out
+
+
+def decode_seconds(path: str, cores: int, repeat: int) -> float:
+    """Read and decode every stored chunk of ``path`` with numcodecs into reused buffers,
+    ``cores`` at a time: the fastest any reader can turn these bytes into arrays."""
+    import numcodecs
+
+    doc_path = Path(path) / "zarr.json"
+    if doc_path.exists():
+        doc = json.loads(doc_path.read_text())
+        codecs = doc["codecs"]
+        if codecs[0]["name"] == "sharding_indexed":
+            codecs = codecs[0]["configuration"]["codecs"]
+        comp = [c["name"] for c in codecs[1:] if c["name"] != "crc32c"]
+        codec = numcodecs.get_codec({"id": comp[0]}) if comp else None
+    else:
+        cfg = json.loads((Path(path) / ".zarray").read_text())["compressor"]
+        codec = numcodecs.get_codec(cfg) if cfg else None
+    units = _stored_units(path)
+    biggest = max(os.path.getsize(f) if n < 0 else n for f, _, n in units)
+    import threading
+
+    local = threading.local()
+
+    def one(unit: tuple[str, int, int]) -> None:
+        f, off, n = unit
+        if not hasattr(local, "enc"):
+            local.enc = bytearray(biggest)
+            local.out = np.empty(CHUNK * COLS)
+        with open(f, "rb", buffering=0) as fh:
+            fh.seek(off)
+            size = os.fstat(fh.fileno()).st_size if n < 0 else n
+            view = memoryview(local.enc)[:size]
+            fh.readinto(view)
+        if codec is None:
+            np.frombuffer(view, "f8")  # the bytes are the array
+        else:
+            codec.decode(view, out=local.out)
+
+    def run() -> None:
+        with ThreadPoolExecutor(cores) as ex:
+            list(ex.map(one, units))
+
+    run()
+    times = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        run()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def block_kernels(cores: int, repeat: int) -> dict[str, float]:
+    """Seconds per row of each operation's dense kernel on in-memory 25,000 × 500
+    blocks, the faster of threaded BLAS on one block and one single-threaded block per
+    core: syrk (gram, normal equations), the sketch's gemm (n × 100), one power
+    iteration's two gemms (n × 60, then its transpose) and geqrf (qr)."""
+    from threadpoolctl import threadpool_limits
+
+    rows = CHUNK // 2
+    rng = np.random.default_rng(0)
+    blocks = [rng.standard_normal((rows, COLS)) for _ in range(cores)]
+    g100 = rng.standard_normal((COLS, K_SKETCH))
+    g60 = rng.standard_normal((COLS, K_SVD + OVERSAMPLE))
+    kernels = {"syrk": lambda b: b.T @ b,
+               "sketch": lambda b: b @ g100,
+               "svd": lambda b: b.T @ (b @ g60),
+               "geqrf": lambda b: np.linalg.qr(b, mode="r")}
+
+    def median_of(fn: Any) -> float:
+        fn()
+        times = []
+        for _ in range(repeat):
+            t0 = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t0)
+        return statistics.median(times)
+
+    out = {}
+    for name, k in kernels.items():
+        with threadpool_limits(cores, user_api="blas"):
+            threaded = median_of(lambda k=k: k(blocks[0])) / rows
+        with threadpool_limits(1, user_api="blas"), ThreadPoolExecutor(cores) as ex:
+            parallel = median_of(lambda k=k, ex=ex: list(ex.map(k, blocks))) / (rows * cores)
+        out[name] = min(threaded, parallel)
+    return out
+
+
+def limits(rows: int, t_decode: float, per_row: dict[str, float],
+           passes: dict[str, float]) -> dict[str, float]:
+    """Seconds each operation needs at least: its passes of decoding plus its kernels."""
+    power = passes.get("rsvd", 2 * N_ITER + 2)
+    return {
+        "gram": t_decode + rows * per_row["syrk"],
+        "sketch": t_decode + rows * per_row["sketch"],
+        # Each pass of the SVD is one side of a power iteration: half the two gemms.
+        "rsvd": power * (t_decode + rows * per_row["svd"] / 2),
+        "lr-normal": passes.get("lr-normal", 1) * (t_decode + rows * per_row["syrk"]),
+        "lr-qr": passes.get("lr-qr", 1) * (t_decode + rows * per_row["geqrf"]),
+    }
+
+
+# -- contenders (each in its own process: ``--worker``) --------------------------------------
+def _timed(fn: Any, repeat: int) -> tuple[float, Any]:
+    from blocklin.storage.blockcache import process_cache
+
+    times, out = [], None
+    for _ in range(repeat):
+        process_cache().clear()
+        t0 = time.perf_counter()
+        out = fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times), out
+
+
+def w_blocklin(a: argparse.Namespace) -> dict[str, Any]:
+    import blocklin as bl
+    from blocklin.ml import LinearRegression
+
+    X = bl.open(a.url)
+    opts: dict[str, Any] = {"num_workers": a.cores}
+    info: dict[str, Any] = {"read_path": X.meta.read_path}
+    if a.op == "gram":
+        secs, _ = _timed(lambda: bl.ops.gram(X).compute(work_dir=a.work, **opts), a.repeat)
+    elif a.op == "sketch":
+        secs, _ = _timed(lambda: bl.ops.sketch(X, K_SKETCH, side="right", seed=0)
+                         .compute(work_dir=a.work, **opts), a.repeat)
+    elif a.op == "rsvd":
+        secs, res = _timed(lambda: bl.ops.randomized_svd(
+            X, K_SVD, oversample=OVERSAMPLE, n_iter=N_ITER, seed=0, work_dir=a.work,
+            num_workers=a.cores), a.repeat)
+        info["passes"] = res.passes
+    else:
+        y = bl.open(a.y)
+        solver = a.op.split("-", 1)[1]
+        secs, m = _timed(lambda: LinearRegression(
+            solver=solver, work_dir=a.work, compute_options=dict(opts)).fit(X, y), a.repeat)
+        info["passes"] = m.n_passes_
+    return {"seconds": secs, **info}
+
+
+def w_dask(a: argparse.Namespace) -> dict[str, Any]:
+    import dask
+    import dask.array as da
+
+    def run() -> Any:
+        X = da.from_zarr(a.url)
+        if a.op == "gram":
+            r = X.T @ X
+        elif a.op == "sketch":
+            g = da.random.default_rng(0).standard_normal((COLS, K_SKETCH))
+            r = X @ g
+        else:
+            r = da.linalg.svd_compressed(X, K_SVD, n_power_iter=N_ITER, seed=0)
+        with dask.config.set(scheduler="threads", num_workers=a.cores):
+            return dask.compute(r)
+
+    secs, _ = _timed(run, a.repeat)
+    return {"seconds": secs}
+
+
+def w_limit(a: argparse.Namespace) -> dict[str, Any]:
+    return {"decode_seconds": decode_seconds(a.url, a.cores, a.repeat)}
+
+
+def w_blas(a: argparse.Namespace) -> dict[str, Any]:
+    return {"per_row": block_kernels(a.cores, a.repeat)}
+
+
+WORKERS = {"blocklin": w_blocklin, "dask": w_dask, "limit": w_limit, "blas": w_blas}
+
+
+# -- driver ---------------------------------------------------------------------------------
+def _worker_cmd(a: argparse.Namespace, kind: str, url: str = "", op: str = "",
+                y: str = "") -> list[str]:
+    return [sys.executable, str(HERE), "--worker", kind, "--url", url, "--op", op,
+            "--y", y, "--work", a.work, "--cores", str(a.cores), "--repeat", str(a.repeat)]
+
+
+def _gib(n: int) -> str:
+    return f"{n / 2**30:.2f} GiB"
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--rows", type=int, default=200_000)
+    p.add_argument("--repeat", type=int, default=3)
+    p.add_argument("--cores", type=int, default=os.cpu_count() or 1)
+    p.add_argument("--data", default=None, help="where the copies are written (kept)")
+    p.add_argument("--codecs", default=",".join(CODECS))
+    p.add_argument("--ops", default=",".join(OPS))
+    p.add_argument("--out", default=str(HERE.parent / "results" / "bench_foreign.md"))
+    p.add_argument("--timeout", type=float, default=1800)
+    p.add_argument("--worker", choices=sorted(WORKERS))
+    p.add_argument("--url", default="")
+    p.add_argument("--y", default="")
+    p.add_argument("--op", default="")
+    p.add_argument("--work", default="")
+    a = p.parse_args()
+    if a.worker:
+        run_reported(lambda: WORKERS[a.worker](a))
+        return
+    data = Path(a.data or Path(tempfile.gettempdir()) / f"blocklin-bench-foreign-{a.rows}")
+    t0 = time.perf_counter()
+    paths = write_copies(data, a.rows)
+    print(f"data in {data} ({time.perf_counter() - t0:.0f} s)", flush=True)
+    a.work = tempfile.mkdtemp(prefix="bench-foreign-work-")
+    rates = spawn(_worker_cmd(a, "blas"), "blas")["per_row"]
+    print("kernels, s per 25,000-row block: "
+          + ", ".join(f"{k} {v * CHUNK / 2:.3f}" for k, v in rates.items()), flush=True)
+    lines = []
+    for codec in a.codecs.split(","):
+        url = paths[codec]
+        dec = spawn(_worker_cmd(a, "limit", url), f"limit {codec}")["decode_seconds"]
+        gb = a.rows * COLS * 8 / 1e9
+        print(f"{codec}: decode {dec:.2f} s ({gb / dec:.2f} GB/s)", flush=True)
+        results: dict[str, dict[str, Any]] = {}
+        for op in a.ops.split(","):
+            for who in ("blocklin", "dask"):
+                if who == "dask" and op not in DASK_OPS:
+                    continue
+                try:
+                    y = paths["y-sharded" if "sharded" in codec else "y"]
+                    r = spawn(_worker_cmd(a, who, url, op, y), f"{who} {op} {codec}",
+                              timeout=a.timeout)
+                except (RuntimeError, TimeoutError) as exc:
+                    r = {"error": str(exc).strip().splitlines()[-1][:200]}
+                results[f"{who}:{op}"] = r
+                print(f"  {who:8s} {op:10s} {json.dumps(r)[:200]}", flush=True)
+                shutil.rmtree(a.work, ignore_errors=True)
+                os.makedirs(a.work, exist_ok=True)
+        passes = {op: float(str(results.get(f"blocklin:{op}", {}).get("passes", "nan")).split()[0])
+                  for op in ("rsvd", "lr-normal", "lr-qr")
+                  if "passes" in results.get(f"blocklin:{op}", {})}
+        lim = limits(a.rows, dec, rates, passes)
+        read_path = next((r["read_path"] for r in results.values() if "read_path" in r), "?")
+        lines.append((codec, dec, read_path, results, lim))
+    shutil.rmtree(a.work, ignore_errors=True)
+    text = report(a, rates, lines)
+    print(text)
+    Path(a.out).write_text(text)
+
+
+def _secs(r: dict[str, Any]) -> float | None:
+    v = r.get("seconds")
+    return v if isinstance(v, float) else None
+
+
+def _row(codec: str, op: str, b: dict[str, Any], d: dict[str, Any], lim: float) -> str:
+    bs, ds = _secs(b), _secs(d)
+    label = op + (f" ({b['passes']} passes)" if "passes" in b else "")
+    cells = [codec, label,
+             f"{bs:.2f}" if bs else ("err" if b else "—"),
+             f"{lim:.2f}",
+             f"{bs / lim:.2f}" if bs else "—",
+             f"{ds:.2f}" if ds else ("err" if d else "—"),
+             f"{ds / bs:.2f}" if ds and bs else "—",
+             _gib(b["peak_rss"]) if "peak_rss" in b else "—",
+             _gib(d["peak_rss"]) if "peak_rss" in d else "—"]
+    return "| " + " | ".join(cells) + " |"
+
+
+def report(a: argparse.Namespace, rates: dict[str, float], lines: list[Any]) -> str:
+    gb = a.rows * COLS * 8 / 1e9
+    out = [f"# blocklin vs dask on zarr-python arrays, {a.rows:,} × {COLS} float64 "
+           f"({gb:.1f} GB), {a.cores} cores",
+           "",
+           f"Medians of {a.repeat} runs per cell, each contender in its own process "
+           "(peak RSS its own). limit = passes × numcodecs decode of every stored chunk "
+           "(measured in this run) + the operation's dense kernels on in-memory blocks, "
+           "measured in this run (s per 25,000 × 500 block: "
+           + ", ".join(f"{k} {v * CHUNK / 2:.3f}" for k, v in rates.items()) + ").",
+           "Taken on a shared 2-core box while other engineers ran builds and tests: "
+           "ratios within one table are comparable, absolute times are noisy.",
+           "",
+           "| codec | op | blocklin s | limit s | blocklin/limit | dask s | dask/blocklin "
+           "| blocklin peak | dask peak |",
+           "|---|---|---|---|---|---|---|---|---|"]
+    for codec, _, _, results, lim in lines:
+        for op in a.ops.split(","):
+            out.append(_row(codec, op, results.get(f"blocklin:{op}", {}),
+                            results.get(f"dask:{op}", {}), lim[op]))
+    out += ["", "Read paths and decode rates:", ""]
+    for codec, dec, read_path, _, _ in lines:
+        out.append(f"- {codec}: numcodecs decode {dec:.2f} s ({gb / dec:.2f} GB/s); blocklin "
+                   f"reads it by {read_path}")
+    errors = [(c, k, r["error"]) for c, _, _, res, _ in lines for k, r in res.items()
+              if "error" in r]
+    if errors:
+        out += ["", "Failures:", ""] + [f"- {c} {k}: {e}" for c, k, e in errors]
+    return "\n".join(out) + "\n"
+
+
+if __name__ == "__main__":
+    main()
