@@ -226,9 +226,8 @@ def _progress_callback(xplan: Any, labels: dict[str, str], run: RunStats,
     if progress is None:
         return lambda m: run.add(m, labels.get(m["group"], m["group"]))
     totals = {rt.name: g.ntasks for rt, g in zip(xplan.runtimes, xplan.final.groups, strict=True)}
-    done = dict(totals)
-    for job in xplan.jobs:
-        done[xplan.runtimes[job.group].name] -= 1
+    done = {rt.name: totals[rt.name] - n
+            for rt, n in zip(xplan.runtimes, xplan.pending, strict=True)}
     for name, total in totals.items():
         progress(labels[name], done[name], total)
 
@@ -249,7 +248,7 @@ def _seal_outputs(final: FinalPlan, work_dir: str) -> None:
             meta = stage.output.resolve(work_dir)
             store = store_for(meta.url)
             crcs = done_blocks(store)
-            missing = [t.out for t in stage.tasks if t.out not in crcs]
+            missing = [out for out in stage.tasks.outs() if out not in crcs]
             if missing:
                 raise RuntimeError(f"stage {stage.op} finished without blocks {missing[:5]}")
             inputs = [i.array.fingerprint or i.array.name for i in stage.inputs]

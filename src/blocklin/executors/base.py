@@ -8,13 +8,13 @@ pending group tasks with the group tasks each depends on. It maps
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Protocol, TypeVar
 
 from blocklin.plan.finalize import FinalPlan
-from blocklin.plan.graph import Stage, Task
+from blocklin.plan.graph import Stage, Task, TaskSet
 from blocklin.plan.runtime import GroupRuntime, TaskMetrics, task_inputs_digest
 from blocklin.storage.blockcache import content_token
 from blocklin.storage.chunkio import block_ident, crc_ident
@@ -23,7 +23,7 @@ from blocklin.storage.records import clear_records, read_records
 from blocklin.storage.stores import store_for
 from blocklin.types import BlockIndex
 
-__all__ = ["ExecutionPlan", "Executor", "RunStats", "TaskBatch", "TaskJob", "cache_tokens",
+__all__ = ["ExecutionPlan", "Executor", "Jobs", "RunStats", "TaskBatch", "TaskJob", "cache_tokens",
            "prepare", "reset_outputs", "unseal_pending", "verified_blocks"]
 
 TaskCallback = Callable[[TaskMetrics], None]
@@ -46,14 +46,90 @@ class TaskJob:
 
 @dataclass(frozen=True)
 class ExecutionPlan:
+    """The groups' runtimes and what is pending, ready for an executor.
+
+    ``jobs`` is generated on demand in topological order, so an executor streams a
+    plan of a million tasks in bounded batches; nothing here lists tasks.
+    ``done[g][k]`` holds the output blocks of member ``k`` of group ``g`` that a
+    resumed run skips (empty without ``resume``), ``pending[g]`` the number of group
+    tasks of ``g`` that will run.
+    """
+
     final: FinalPlan
     runtimes: tuple[GroupRuntime, ...]
-    jobs: tuple[TaskJob, ...]
+    done: tuple[tuple[frozenset[BlockIndex], ...], ...]
+    pending: tuple[int, ...]
     skipped: int
     work_dir: str
 
+    @property
+    def jobs(self) -> Jobs:
+        """The pending group tasks with their dependencies, generated on demand."""
+        return Jobs(self)
+
     def key(self, group: int, pos: int) -> tuple[str, int]:
         return (self.runtimes[group].name, pos)
+
+
+class Jobs:
+    """The jobs of an execution plan: iterable (again and again), sized, never stored.
+
+    Each job lists the pending jobs of earlier groups that write a block it reads
+    (for a transform's parameter array: every pending job writing it).
+    """
+
+    def __init__(self, xplan: ExecutionPlan) -> None:
+        self.xplan = xplan
+
+    def __len__(self) -> int:
+        return sum(self.xplan.pending)
+
+    def __iter__(self) -> Iterator[TaskJob]:
+        xp = self.xplan
+        producers: dict[str, tuple[int, TaskSet]] = {}
+        for gi, g in enumerate(xp.final.groups):
+            for m in g.members:
+                producers[m.output.name] = (gi, m.tasks)
+        resumed = any(d for per_group in xp.done for d in per_group)
+
+        def pending(gi: int, pos: int) -> bool:
+            if not resumed:
+                return True
+            members = xp.final.groups[gi].members
+            return any(m.tasks.out(pos) not in d
+                       for m, d in zip(members, xp.done[gi], strict=True))
+
+        for gi, g in enumerate(xp.final.groups):
+            if not xp.pending[gi]:
+                continue
+            for pos in range(g.ntasks):
+                member_tasks = tuple(None if resumed and m.tasks.out(pos) in d else m.tasks[pos]
+                                     for m, d in zip(g.members, xp.done[gi], strict=True))
+                if all(t is None for t in member_tasks):
+                    continue
+                deps: set[tuple[int, int]] = set()
+                for m, t in zip(g.members, member_tasks, strict=True):
+                    if t is not None:
+                        deps.update(_task_deps(m, t, producers))
+                yield TaskJob(gi, pos, TaskBatch(member_tasks),
+                              tuple(sorted(d for d in deps if pending(*d))))
+
+
+def _task_deps(stage: Stage, task: Task,
+               producers: dict[str, tuple[int, TaskSet]]) -> Iterator[tuple[int, int]]:
+    """The (group, position) of every task writing a block ``task`` reads."""
+    for p, index in task.reads:
+        prod = producers.get(stage.inputs[p].array.name)
+        if prod is not None:
+            q = prod[1].position(index)
+            if q is None:
+                raise ValueError(f"stage {stage.op} reads block {index} of "
+                                 f"{stage.inputs[p].array.name}, which no task writes")
+            yield prod[0], q
+    for par in stage.param_arrays:
+        prod = producers.get(par.name)
+        if prod is not None:  # a small array: its few tasks
+            yield from ((prod[0], q) for q in range(len(prod[1])))
 
 
 @dataclass
@@ -155,10 +231,9 @@ def unseal_pending(xplan: ExecutionPlan) -> None:
     A result sealed by an earlier run must not stay readable while some of its
     blocks are being replaced: until the run seals it again, opening it fails.
     """
-    for job in xplan.jobs:
-        rt = xplan.runtimes[job.group]
-        for mr, task in zip(rt.members, job.batch.tasks, strict=True):
-            if task is not None:
+    for rt, g, done in zip(xplan.runtimes, xplan.final.groups, xplan.done, strict=True):
+        for mr, d in zip(rt.members, done, strict=True):
+            if len(d) < g.ntasks:  # some block of this array will be rewritten
                 store_for(mr.output_meta.url).delete_prefix(METADATA_KEY)
 
 
@@ -201,45 +276,36 @@ def prepare(final: FinalPlan, work_dir: str, resume: bool, blas_threads: int = 1
     records; per recorded block, one read of its record and one 4-byte read of its
     chunk's checksum trailer; per distinct source block those records read, one
     4-byte read (sparse blocks: three; arrays read through zarr: one ``stat``), all
-    issued 16 at a time. Nothing is decoded.
+    issued 16 at a time. Nothing is decoded. Without ``resume`` nothing is read and
+    no task is listed: the cost is per stage, and the jobs are generated as the
+    executor submits them (:class:`Jobs`).
     """
     tokens = cache_tokens(final) if cache_bytes > 0 else {}
     run = uuid.uuid4().hex if cache_bytes > 0 else ""
     runtimes = tuple(GroupRuntime.build(g, work_dir, blas_threads, cache_bytes, run, tokens)
                      for g in final.groups)
-    # Where each array's blocks come from: array name -> (group, {out block -> task pos}).
-    producers: dict[str, tuple[int, dict[tuple[int, ...], int]]] = {}
-    for gi, g in enumerate(final.groups):
-        for m in g.members:
-            producers[m.output.name] = (gi, {t.out: p for p, t in enumerate(m.tasks)})
-    done = verified_blocks(runtimes, final) if resume else [
-        [set() for _ in rt.members] for rt in runtimes]
-    jobs: list[TaskJob] = []
-    pending: set[tuple[int, int]] = set()
+    if not resume:
+        # A fresh run: everything is pending, and nothing is listed (see Jobs).
+        none: tuple[tuple[frozenset[BlockIndex], ...], ...] = tuple(
+            tuple(frozenset() for _ in g.members) for g in final.groups)
+        return ExecutionPlan(final, runtimes, none, tuple(g.ntasks for g in final.groups), 0,
+                             work_dir)
+    done = tuple(tuple(frozenset(d) for d in per_group)
+                 for per_group in verified_blocks(runtimes, final))
+    pending = []
     skipped = 0
-    for gi, (g, done_per_member) in enumerate(zip(final.groups, done, strict=True)):
-        for pos in range(g.ntasks):
-            member_tasks = tuple(None if m.tasks[pos].out in member_done else m.tasks[pos]
-                                 for m, member_done in zip(g.members, done_per_member, strict=True))
-            if all(t is None for t in member_tasks):
-                skipped += 1
-                continue
-            deps: set[tuple[int, int]] = set()
-            for m, t in zip(g.members, member_tasks, strict=True):
-                if t is None:
-                    continue
-                for p, index in t.reads:
-                    prod = producers.get(m.inputs[p].array.name)
-                    if prod is not None:
-                        deps.add((prod[0], prod[1][index]))
-                for par in m.param_arrays:
-                    prod = producers.get(par.name)
-                    if prod is not None:
-                        deps.update((prod[0], q) for q in prod[1].values())
-            deps &= pending
-            jobs.append(TaskJob(gi, pos, TaskBatch(member_tasks), tuple(sorted(deps))))
-            pending.add((gi, pos))
-    return ExecutionPlan(final, runtimes, tuple(jobs), skipped, work_dir)
+    for g, per_member in zip(final.groups, done, strict=True):
+        # A group task is skipped when every member's block is: start from the first
+        # member's verified blocks (the records read), never from the whole grid.
+        first, rest = g.members[0], list(zip(g.members[1:], per_member[1:], strict=True))
+        n = 0
+        for out in per_member[0]:
+            pos = first.tasks.position(out)
+            if pos is not None and all(m.tasks.out(pos) in d for m, d in rest):
+                n += 1
+        skipped += n
+        pending.append(g.ntasks - n)
+    return ExecutionPlan(final, runtimes, done, tuple(pending), skipped, work_dir)
 
 
 def verified_blocks(runtimes: tuple[GroupRuntime, ...],
@@ -253,9 +319,7 @@ def verified_blocks(runtimes: tuple[GroupRuntime, ...],
     tails: list[tuple[ArrayMeta, BlockIndex]] = []
     sources: set[tuple[ArrayMeta, BlockIndex]] = set()
     for mr, stage, recs in zip(members, _stages(final), records, strict=True):
-        for t in stage.tasks:
-            if t.out not in recs:
-                continue
+        for t in _recorded_tasks(stage, recs):
             tails.append((mr.output_meta, t.out))
             for p, index in t.reads:
                 if mr.input_metas[p].url not in produced:
@@ -285,7 +349,7 @@ def verified_blocks(runtimes: tuple[GroupRuntime, ...],
         for _ in rt.members:
             mr, stage, recs = next(it)
             ok: set[BlockIndex] = set()
-            for t in stage.tasks:
+            for t in _recorded_tasks(stage, recs):
                 rec = recs.get(t.out)
                 if (rec is None or rec.stage != mr.output.name
                         or stored.get((mr.output_meta, t.out)) != crc_ident(rec.crc)):
@@ -299,6 +363,13 @@ def verified_blocks(runtimes: tuple[GroupRuntime, ...],
             per_member.append(ok)
         out.append(per_member)
     return out
+
+
+def _recorded_tasks(stage: Stage, recs: Mapping[BlockIndex, object]) -> Iterator[Task]:
+    """The stage's tasks whose output block has a record, in position order: as many
+    as there are records, whatever the size of the grid."""
+    positions = sorted(p for out in recs if (p := stage.tasks.position(out)) is not None)
+    return (stage.tasks[p] for p in positions)
 
 
 def _stages(final: FinalPlan) -> list[Stage]:

@@ -1,8 +1,13 @@
-"""The Dask executor: one dask graph per compute, on local threads or a cluster.
+"""The Dask executor: block tasks on local threads or a ``distributed`` cluster.
 
 Each group task becomes one dask task calling :func:`blocklin.plan.run_task` with
 its block indices; its dependencies are the tasks writing the blocks it reads. Only
 block indices and a few numbers cross the scheduler, never blocks.
+
+Jobs are generated as they are submitted, in batches of ``BATCH_JOBS`` (one dask
+graph each): on a cluster at most ``WINDOW_JOBS`` unfinished ones are in flight,
+refilled as tasks finish; on local threads batches run one after another. A plan of
+a million tasks costs the driver a batch's graph, not a million-key one.
 
 With a block cache on a cluster, each task reading a cacheable row panel ``i`` prefers
 worker ``i mod n`` (workers sorted by address; a loose restriction the scheduler may
@@ -14,6 +19,8 @@ from __future__ import annotations
 
 import os
 import uuid
+from collections.abc import Iterable, Iterator
+from itertools import islice
 from typing import TYPE_CHECKING, Any
 
 from blocklin.config import default_block_cache_bytes, machine_memory
@@ -35,6 +42,11 @@ DEFAULT_CONNECT_TIMEOUT = 10.0
 #: Seconds to wait for a first worker on a cluster that has none (workers starting
 #: beside the scheduler, an autoscaler) before refusing the run.
 DEFAULT_WORKER_TIMEOUT = 60.0
+#: Jobs handed to dask at a time: the driver builds one batch's graph at a time.
+BATCH_JOBS = 5_000
+#: Unfinished jobs a cluster is given at most (on top of a new batch): bounds the
+#: futures the driver and the scheduler hold, whatever the plan's size.
+WINDOW_JOBS = 20_000
 #: Schemes a dask scheduler address may use.
 SCHEMES = ("tcp", "tls", "inproc", "ucx", "ws", "wss")
 _ADDRESS_HELP = ("a dask scheduler address is scheme://host:port, e.g. tcp://10.0.0.5:8786 "
@@ -130,6 +142,10 @@ class DaskExecutor:
     security : distributed.Security, optional
         TLS settings for ``address`` (see :func:`cluster_security`). A ``tls://``
         address without them uses dask's configuration (``distributed.comm.tls``).
+    batch_jobs : int
+        Tasks submitted to dask at a time (one graph each).
+    window_jobs : int
+        Unfinished tasks a cluster is given at most before the next batch.
 
     Raises
     ------
@@ -142,7 +158,8 @@ class DaskExecutor:
     def __init__(self, client: Client | None = None, address: str | None = None,
                  num_workers: int | None = None, retries: int = 1, device: str = "cpu",
                  connect_timeout: float | None = None, worker_timeout: float | None = None,
-                 security: Security | None = None) -> None:
+                 security: Security | None = None, batch_jobs: int = BATCH_JOBS,
+                 window_jobs: int = WINDOW_JOBS) -> None:
         if client is not None and address is not None:
             raise ExecutorError("give either a distributed client or an address, not both")
         if address is not None:
@@ -163,26 +180,11 @@ class DaskExecutor:
         self.address = address
         self.num_workers = num_workers or os.cpu_count() or 1
         self.retries = retries
-
-    def _graph(self, xplan: ExecutionPlan) -> tuple[dict[Any, Any], list[Any]]:
-        # Tasks have side effects (they write blocks), so their dask keys are unique per
-        # run: a cluster must never hand back a result (or an error) of an earlier run.
-        run = uuid.uuid4().hex[:10]
-        dsk: dict[Any, Any] = {}
-        for rt in xplan.runtimes:
-            dsk[f"blocklin-runtime-{rt.name}-{run}"] = rt
-
-        def key(group: int, pos: int) -> tuple[str, int]:
-            return (f"{xplan.runtimes[group].name}-{run}", pos)
-
-        keys = []
-        for job in xplan.jobs:
-            k = key(job.group, job.pos)
-            rt_key = f"blocklin-runtime-{xplan.runtimes[job.group].name}-{run}"
-            deps = [key(g, p) for g, p in job.deps]
-            dsk[k] = (run_task, rt_key, job.batch.tasks, *deps)
-            keys.append(k)
-        return dsk, keys
+        if batch_jobs < 1 or window_jobs < 1:
+            raise ConfigError(f"batch_jobs and window_jobs must be at least 1; got {batch_jobs}, "
+                              f"{window_jobs}")
+        self.batch_jobs = batch_jobs
+        self.window_jobs = window_jobs
 
     def check(self, xplan: ExecutionPlan) -> None:
         if self.client is None and self.address is None:
@@ -274,33 +276,72 @@ class DaskExecutor:
     def execute(self, xplan: ExecutionPlan, on_task_done: TaskCallback) -> None:
         if not xplan.jobs:
             return
-        dsk, keys = self._graph(xplan)
+        # Tasks have side effects (they write blocks), so their dask keys are unique per
+        # run: a cluster must never hand back a result (or an error) of an earlier run.
+        run = uuid.uuid4().hex[:10]
         if self.client is None and self.address is None:
-            self._run_threaded(dsk, keys, on_task_done,
+            self._run_threaded(xplan, run, on_task_done,
                                max((rt.blas_threads for rt in xplan.runtimes), default=1))
             return
-        from distributed import as_completed
-
         client, owned = self._client()
         try:
-            resources = {"GPU": 1} if self.device == "gpu" else None
-            graph = _placed(dsk, keys, xplan, client)
-            futures = client.get(graph, keys, sync=False, retries=self.retries,
-                                 resources=resources)
-            for fut in as_completed(futures, loop=client.loop):
-                on_task_done(fut.result())
+            self._stream(client, xplan, run, on_task_done)
         finally:
             if owned:
                 client.close()
 
-    def _run_threaded(self, dsk: dict[Any, Any], keys: list[Any], on_task_done: TaskCallback,
+    def _stream(self, client: Client, xplan: ExecutionPlan, run: str,
+                on_task_done: TaskCallback) -> None:
+        """Submit the jobs in batches of ``batch_jobs``, keeping at most ``window_jobs``
+        unfinished: the driver and the scheduler hold a window of the plan, not all of it.
+
+        A job's dependencies are the futures of the jobs it waits for that have not
+        finished yet; those that have are done (their blocks are written and recorded).
+        """
+        from distributed import as_completed
+
+        resources = {"GPU": 1} if self.device == "gpu" else None
+        workers = sorted(client.scheduler_info(n_workers=-1).get("workers", {})) \
+            if any(rt.cache_bytes for rt in xplan.runtimes) else []
+        # Each group's runtime is sent once, not with each of its tasks.
+        runtimes = [client.scatter(rt, hash=False) for rt in xplan.runtimes]
+        inflight: dict[Any, Any] = {}
+        done = as_completed(loop=client.loop)
+        for batch in _batches(xplan.jobs, self.batch_jobs):
+            dsk: dict[Any, Any] = {}
+            rows: dict[Any, int] = {}
+            for job in batch:
+                k = _key(xplan, run, job.group, job.pos)
+                deps = [dk if dk in dsk else inflight[dk]
+                        for dk in (_key(xplan, run, g, p) for g, p in job.deps)
+                        if dk in dsk or dk in inflight]
+                dsk[k] = (run_task, runtimes[job.group], job.batch.tasks, *deps)
+                if workers and (r := _cache_row(xplan, job)) is not None:
+                    rows[k] = r
+            keys = list(dsk)
+            futures = client.get(_placed(dsk, rows, workers), keys, sync=False,
+                                 retries=self.retries, resources=resources)
+            for k, fut in zip(keys, futures, strict=True):
+                inflight[k] = fut
+                done.add(fut)
+            while len(inflight) > self.window_jobs:
+                _finish(next(done), inflight, on_task_done)
+        for fut in done:
+            _finish(fut, inflight, on_task_done)
+
+    def _run_threaded(self, xplan: ExecutionPlan, run: str, on_task_done: TaskCallback,
                       blas_threads: int) -> None:
+        """Run the jobs on local threads, one dask graph per batch of ``batch_jobs``.
+
+        Batches run one after another, so a job's dependencies in earlier batches are
+        finished: only those within its batch stay in its graph.
+        """
         from concurrent.futures import ThreadPoolExecutor
 
         import dask.threaded
         from dask.callbacks import Callback
 
-        wanted = set(keys)
+        wanted: set[Any] = set()
 
         class _Done(Callback):  # type: ignore[misc]
             def _posttask(self, key: Any, result: Any, dsk: Any, state: Any, id: Any) -> None:
@@ -314,9 +355,34 @@ class DaskExecutor:
             pool = ThreadPoolExecutor(self.num_workers, thread_name_prefix="blocklin")
             try:
                 with _Done():
-                    dask.threaded.get(dsk, keys, pool=pool)
+                    for batch in _batches(xplan.jobs, self.batch_jobs):
+                        dsk: dict[Any, Any] = {}
+                        for job in batch:
+                            deps = [dk for g, p in job.deps
+                                    if (dk := _key(xplan, run, g, p)) in dsk]
+                            dsk[_key(xplan, run, job.group, job.pos)] = (
+                                run_task, xplan.runtimes[job.group], job.batch.tasks, *deps)
+                        wanted = set(dsk)
+                        dask.threaded.get(dsk, list(dsk), pool=pool)
             finally:
                 pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _key(xplan: ExecutionPlan, run: str, group: int, pos: int) -> tuple[str, int]:
+    return (f"{xplan.runtimes[group].name}-{run}", pos)
+
+
+def _batches(jobs: Iterable[TaskJob], size: int) -> Iterator[list[TaskJob]]:
+    it = iter(jobs)
+    while batch := list(islice(it, size)):
+        yield batch
+
+
+def _finish(fut: Any, inflight: dict[Any, Any], on_task_done: TaskCallback) -> None:
+    """Hand a finished task's metrics to the driver and drop its future (its error,
+    after the task's retries, is raised here)."""
+    inflight.pop(fut.key, None)
+    on_task_done(fut.result())
 
 
 def _tls_security(address: str, security: Security | None) -> Security | None:
@@ -356,19 +422,14 @@ def _cache_row(xplan: ExecutionPlan, job: TaskJob) -> int | None:
     return None
 
 
-def _placed(dsk: dict[Any, Any], keys: list[Any], xplan: ExecutionPlan, client: Client) -> Any:
+def _placed(dsk: dict[Any, Any], rows: dict[Any, int], workers: list[str]) -> Any:
     """``dsk`` as a graph whose cache-reading tasks prefer a worker chosen by row block.
 
     One layer per worker, annotated ``workers=[addr], allow_other_workers=True``: the
     scheduler places row block i on worker i mod n while it is there, and anywhere
     when it is not (or when stealing balances load). Without a cache, ``dsk`` as is.
     """
-    rows = {k: r for k, job in zip(keys, xplan.jobs, strict=True)
-            if (r := _cache_row(xplan, job)) is not None}
-    if not rows:
-        return dsk
-    workers = sorted(client.scheduler_info(n_workers=-1).get("workers", {}))
-    if len(workers) < 2:
+    if not rows or len(workers) < 2:
         return dsk
     from dask.highlevelgraph import HighLevelGraph, MaterializedLayer
 

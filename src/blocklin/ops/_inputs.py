@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -11,7 +12,7 @@ import scipy.sparse as sp
 
 from blocklin.errors import InputDtypeError, InputValueError
 from blocklin.executors.lazy import Lazy
-from blocklin.plan.graph import Affine, ArrayNode, Plan, StageInput
+from blocklin.plan.graph import Affine, ArrayNode, Plan, RowPanelTasks, StageInput
 from blocklin.storage.blockmatrix import BlockMatrix, Transposed, open_matrix
 
 __all__ = ["MatrixInput", "MatrixView", "as_matrix", "reads_csr"]
@@ -105,6 +106,13 @@ def reads_csr(m: MatrixInput) -> bool:
 def row_panel_reads(m: MatrixInput, position: int, row_block: int) -> tuple[tuple[int, tuple[int, ...]], ...]:
     """Reads of every column block of one row block (a row panel)."""
     return tuple((position, (row_block, j)) for j in range(m.grid[1]))
+
+
+def row_panel_tasks(ms: Sequence[MatrixInput], out_ndim: int = 3) -> RowPanelTasks:
+    """One task per row block of ``ms[0]``, reading that row panel of each of ``ms``
+    (input positions in order), by rule: no task is built until it is asked for."""
+    return RowPanelTasks(ms[0].grid[0], tuple((p, m.grid[1]) for p, m in enumerate(ms)),
+                         out_ndim)
 
 
 def hstack_panel(blocks: Any) -> Any:

@@ -36,8 +36,8 @@ from scipy.special import expit, log_expit, logsumexp
 from blocklin.errors import ShapeMismatchError
 from blocklin.executors.lazy import Lazy
 from blocklin.ops._extended import dd_sum_parts, exact_gram, kappa_limit, slices_for
-from blocklin.ops._inputs import MatrixInput, as_matrix, hstack_panel, row_panel_reads
-from blocklin.plan.graph import Kernel, Task, TaskContext, make_stage
+from blocklin.ops._inputs import MatrixInput, as_matrix, hstack_panel, row_panel_tasks
+from blocklin.plan.graph import Kernel, TaskContext, make_stage
 from blocklin.plan.reduce import DEFAULT_FAN_IN, SumParts, tree_reduce
 
 __all__ = [
@@ -705,12 +705,8 @@ def build_pass(spec: PassSpec, X: Any, y: Any, w: Any = None) -> Lazy:
         _check_aligned(xm, wm, "sample_weight")
         inputs.append(wm.input)
         plan = plan.merge(wm.plan)
-    tasks = []
-    for i in range(xm.grid[0]):
-        reads = (*row_panel_reads(xm, 0, i), (1, (i, 0)))
-        if wm is not None:
-            reads += ((2, (i, 0)),)
-        tasks.append(Task(out=(i, 0, 0), reads=reads))
+    # y and w are one column block each (checked above): row panels of every input.
+    tasks = row_panel_tasks([xm, ym] + ([wm] if wm is not None else []))
     rows, cols = spec.part_shape
     extra = 8 * (rows * cols + xm.node.chunks[0] * (xm.shape[1] + spec.row_floats))
     stage = make_stage(f"{spec.op}/partial", spec.kernel, inputs, tasks,

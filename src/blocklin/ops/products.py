@@ -11,7 +11,13 @@ import scipy.sparse as sp
 
 from blocklin.errors import InputDtypeError, ShapeMismatchError
 from blocklin.executors.lazy import Lazy
-from blocklin.ops._inputs import MatrixInput, as_matrix, hstack_panel, row_panel_reads
+from blocklin.ops._inputs import (
+    MatrixInput,
+    as_matrix,
+    hstack_panel,
+    row_panel_reads,
+    row_panel_tasks,
+)
 from blocklin.plan.graph import Task, TaskContext, make_stage
 from blocklin.plan.reduce import SumParts, tree_reduce
 from blocklin.storage.blockmatrix import Transposed
@@ -92,7 +98,7 @@ def gram(A: Any) -> Lazy:
     m = as_matrix(A)
     n = m.shape[1]
     dt = _compute_dtype(m.dtype)
-    tasks = [Task(out=(i, 0, 0), reads=row_panel_reads(m, 0, i)) for i in range(m.grid[0])]
+    tasks = row_panel_tasks([m])
     extra = n * n * dt.itemsize + (m.node.chunk_nbytes * m.grid[1] if m.grid[1] > 1 else 0)
     if m.input.transform is not None:
         extra += m.node.chunks[0] * n * 8
@@ -153,8 +159,7 @@ def _crossprod(X: MatrixInput, B: MatrixInput) -> Lazy:
     k, n = X.shape[1], B.shape[1]
     dt = _compute_dtype(X.dtype, B.dtype)
     nx = X.grid[1]
-    tasks = [Task(out=(i, 0, 0), reads=row_panel_reads(X, 0, i) + row_panel_reads(B, 1, i))
-             for i in range(X.grid[0])]
+    tasks = row_panel_tasks([X, B])
     stage = make_stage("matmul_tn/partial", CrossPartial(dt.name, nx), [X.input, B.input], tasks,
                        shape=(X.grid[0], k, n), chunks=(1, k, n), dtype=dt,
                        params={"dtype": dt.name}, extra_memory=k * n * dt.itemsize)
@@ -201,7 +206,7 @@ def matmul(A: Any, B: Any, *, out: str | None = None) -> Lazy:
         if B.dtype.kind not in "fiub":
             raise InputDtypeError(f"matmul: B must be real-valued; got {B.dtype}")
         dt = _compute_dtype(a.dtype, B.dtype)
-        tasks = [Task(out=(i, 0), reads=row_panel_reads(a, 0, i)) for i in range(a.grid[0])]
+        tasks = row_panel_tasks([a], out_ndim=2)
         stage = make_stage("matmul/panel", PanelProduct(dt.name, a.grid[1], B), [a.input], tasks,
                            shape=(a.shape[0], B.shape[1]), chunks=(a.node.chunks[0], B.shape[1]),
                            dtype=dt, params={"dtype": dt.name, "right": B},
@@ -212,10 +217,10 @@ def matmul(A: Any, B: Any, *, out: str | None = None) -> Lazy:
         raise ShapeMismatchError(f"matmul: A is {a.shape} and B is {b.shape}; inner dimensions "
                                  "differ")
     dt = _compute_dtype(a.dtype, b.dtype)
-    tasks = [Task(out=(i, j), reads=row_panel_reads(a, 0, i)
+    pairs = [Task(out=(i, j), reads=row_panel_reads(a, 0, i)
                   + tuple((1, (kk, j)) for kk in range(b.grid[0])))
              for i in range(a.grid[0]) for j in range(b.grid[1])]
-    stage = make_stage("matmul/panel", PanelProduct(dt.name, a.grid[1]), [a.input, b.input], tasks,
+    stage = make_stage("matmul/panel", PanelProduct(dt.name, a.grid[1]), [a.input, b.input], pairs,
                        shape=(a.shape[0], b.shape[1]), chunks=(a.node.chunks[0], b.node.chunks[1]),
                        dtype=dt, params={"dtype": dt.name},
                        extra_memory=a.node.chunks[0] * a.shape[1] * dt.itemsize, out_url=out)

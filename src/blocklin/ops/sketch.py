@@ -11,7 +11,7 @@ import scipy.sparse as sp
 
 from blocklin.errors import InputDtypeError, InputValueError
 from blocklin.executors.lazy import Lazy
-from blocklin.ops._inputs import MatrixInput, as_matrix, hstack_panel, row_panel_reads
+from blocklin.ops._inputs import MatrixInput, as_matrix, hstack_panel, row_panel_tasks
 from blocklin.ops._random import (
     GRANULE_ROWS,
     SIDES,
@@ -20,7 +20,7 @@ from blocklin.ops._random import (
     SketchSpec,
     sketch_rows,
 )
-from blocklin.plan.graph import Task, TaskContext, make_stage
+from blocklin.plan.graph import TaskContext, make_stage
 from blocklin.plan.reduce import SumParts, tree_reduce
 from blocklin.types import parse_option
 
@@ -125,7 +125,7 @@ def left_sketch_node(A: Any, k: int, kind: str = "gaussian", seed: int = 0,
     m = as_matrix(A)
     spec = parse_sketch_args(k, kind, seed, s, m, "left")
     n, r = m.shape[1], m.node.chunks[0]
-    tasks = [Task(out=(i, 0, 0), reads=row_panel_reads(m, 0, i)) for i in range(m.grid[0])]
+    tasks = row_panel_tasks([m])
     # Sᵀ rows of the panel (+ one granule while slicing) and the k × n partial.
     extra = 8 * spec.k * (r + GRANULE_ROWS + n) + (m.node.chunk_nbytes * m.grid[1]
                                                   if m.grid[1] > 1 else 0)
@@ -208,7 +208,7 @@ def sketch(A: Any, k: int, kind: SketchKind = "gaussian", seed: int = 0,
     m = as_matrix(A)
     spec = parse_sketch_args(k, kind, seed, s, m, "right")
     n, r = m.shape[1], m.node.chunks[0]
-    tasks = [Task(out=(i, 0), reads=row_panel_reads(m, 0, i)) for i in range(m.grid[0])]
+    tasks = row_panel_tasks([m], out_ndim=2)
     extra = 8 * spec.k * (n + GRANULE_ROWS) + (m.node.chunk_nbytes * m.grid[1]
                                                if m.grid[1] > 1 else 0)
     stage = make_stage("sketch_right/panel", RightSketchPanel(spec, n), [m.input], tasks,

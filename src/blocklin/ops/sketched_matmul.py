@@ -29,7 +29,7 @@ import scipy.sparse as sp
 
 from blocklin.errors import ShapeMismatchError
 from blocklin.executors.lazy import Lazy
-from blocklin.ops._inputs import as_matrix, hstack_panel, row_panel_reads
+from blocklin.ops._inputs import as_matrix, hstack_panel, row_panel_tasks
 from blocklin.ops._random import uniform_priorities
 from blocklin.ops.sketch import left_sketch_node, parse_sketch_args
 from blocklin.plan.graph import StageInput, Task, TaskContext, make_stage
@@ -123,7 +123,7 @@ def _coordinated_node(A: Any, k: int, seed: int) -> Lazy:
     m = as_matrix(A)
     parse_sketch_args(k, "gaussian", seed, 1, m)  # validates k, seed and dtype
     n = m.shape[1]
-    tasks = [Task(out=(i, 0, 0), reads=row_panel_reads(m, 0, i)) for i in range(m.grid[0])]
+    tasks = row_panel_tasks([m])
     params = {"k": int(k), "seed": int(seed)}
     shape = (k + 1, n + _VALUES)
     stage = make_stage("coordinated/partial", CoordinatedPartial(int(k), int(seed)), [m.input],

@@ -10,8 +10,8 @@ import numpy as np
 import scipy.sparse as sp
 
 from blocklin.executors.lazy import Lazy
-from blocklin.ops._inputs import as_matrix, hstack_panel, reads_csr, row_panel_reads
-from blocklin.plan.graph import Task, TaskContext, make_stage
+from blocklin.ops._inputs import as_matrix, hstack_panel, reads_csr, row_panel_tasks
+from blocklin.plan.graph import TaskContext, make_stage
 from blocklin.plan.reduce import tree_reduce
 
 __all__ = ["ColumnStats", "column_stats"]
@@ -145,7 +145,7 @@ def column_stats_node(A: Any) -> Lazy:
     """Like :func:`column_stats` but presenting the raw (1, 8, n) summary array."""
     m = as_matrix(A)
     n = m.shape[1]
-    tasks = [Task(out=(i, 0, 0), reads=row_panel_reads(m, 0, i)) for i in range(m.grid[0])]
+    tasks = row_panel_tasks([m])
     # A centered copy of a dense panel; for CSR, per-entry temporaries of the bincounts.
     csr = m.node.block_nbytes if reads_csr(m) else None
     work = 2 * m.node.chunks[0] * n * 8 if csr is None else 3 * csr

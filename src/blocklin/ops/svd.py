@@ -18,12 +18,12 @@ import numpy as np
 from blocklin.errors import InputDtypeError, InputValueError
 from blocklin.executors.api import compute
 from blocklin.executors.lazy import Lazy
-from blocklin.ops._inputs import MatrixInput, as_matrix, hstack_panel, row_panel_reads
+from blocklin.ops._inputs import MatrixInput, as_matrix, hstack_panel, row_panel_tasks
 from blocklin.ops.products import gram, matmul
 from blocklin.ops.sketch import as_float64, left_apply, right_apply
 from blocklin.ops.stats import ColumnStats, column_stats
 from blocklin.ops.tsqr import plan_finish, plan_form_q, plan_tree, row_signs
-from blocklin.plan.graph import Task, TaskContext, make_stage
+from blocklin.plan.graph import TaskContext, make_stage
 from blocklin.plan.reduce import SumParts, tree_reduce
 from blocklin.types import parse_option
 
@@ -137,7 +137,7 @@ def normal_product(A: Any, X: np.ndarray, *, shift: np.ndarray | None = None,
     m = as_matrix(A)
     n, width0 = m.shape[1], X.shape[1]
     width = width0 + 1 if with_sums else width0
-    tasks = [Task(out=(i, 0, 0), reads=row_panel_reads(m, 0, i)) for i in range(m.grid[0])]
+    tasks = row_panel_tasks([m])
     rows = m.node.chunks[0]
     stage = make_stage("rsvd/normal", NormalProduct(X, shift, with_sums), [m.input], tasks,
                        shape=(m.grid[0], n, width), chunks=(1, n, width), dtype="float64",

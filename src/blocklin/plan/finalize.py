@@ -8,6 +8,7 @@ its blocks once and runs every member's kernel on them.
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Hashable
 from dataclasses import dataclass, field
 
 from blocklin.errors import PlanMemoryError, format_bytes
@@ -61,23 +62,15 @@ class PlanReport:
         nodes: dict[str, ArrayNode] = {}
         rows = []
         for g in final.groups:
-            seen = set()
+            # Fused members read the same blocks (equal signatures): the first one's
+            # reads are the group's, counted from its rule, never by listing tasks.
+            first = g.members[0]
             read_bytes = 0
-            for m in g.members:
-                for t in m.tasks:
-                    for pos, idx in t.reads:
-                        node = m.inputs[pos].array
-                        key = (node.name, idx)
-                        if key in seen:
-                            continue
-                        seen.add(key)
-                        nodes[node.name] = node
-                        reads[node.name] += 1
-                        if node.block_nbytes is not None:  # CSR: what is stored
-                            read_bytes += node.block_nbytes
-                        else:
-                            read_bytes += (input_block_bytes(node) if node.codec
-                                           else node.chunk_nbytes)
+            for name, count in first.tasks.read_counts(first.input_names).items():
+                node = next(i.array for i in first.inputs if i.array.name == name)
+                nodes[name] = node
+                reads[name] += count
+                read_bytes += count * _stored_block_bytes(node)
             written = sum(m.output.chunk_nbytes * len(m.tasks) for m in g.members)
             rows.append((g.label, g.ntasks, g.memory, read_bytes, written))
         passes = {}
@@ -97,9 +90,11 @@ class PlanReport:
 
     def __str__(self) -> str:
         width = max([len(r[0]) for r in self.rows] + [5])
-        lines = [f"{'stage':<{width}}  {'tasks':>6}  {'mem/task':>10}  {'read':>10}  {'written':>10}"]
+        tw = max([len(str(r[1])) for r in self.rows] + [6])
+        lines = [f"{'stage':<{width}}  {'tasks':>{tw}}  {'mem/task':>10}  {'read':>10}  "
+                 f"{'written':>10}"]
         for label, ntasks, mem, rd, wr in self.rows:
-            lines.append(f"{label:<{width}}  {ntasks:>6}  {format_bytes(mem):>10}  "
+            lines.append(f"{label:<{width}}  {ntasks:>{tw}}  {format_bytes(mem):>10}  "
                          f"{format_bytes(rd):>10}  {format_bytes(wr):>10}")
         lines.append(f"max_task_memory: {format_bytes(self.max_task_memory)}")
         lines.append("passes over inputs:")
@@ -110,8 +105,18 @@ class PlanReport:
     __repr__ = __str__
 
 
+def _stored_block_bytes(node: ArrayNode) -> int:
+    """Bytes explain counts for reading one block of ``node``."""
+    if node.block_nbytes is not None:  # CSR: what is stored
+        return node.block_nbytes
+    return input_block_bytes(node) if node.codec else node.chunk_nbytes
+
+
 def finalize(plan: Plan, max_task_memory: int) -> FinalPlan:
     """Fuse stages sharing a pass, then refuse any group over ``max_task_memory``.
+
+    Costs in proportion to the number of stages: signatures, reads and memory come
+    from each stage's task rule (:class:`~blocklin.plan.graph.TaskSet`).
 
     Raises
     ------
@@ -120,12 +125,12 @@ def finalize(plan: Plan, max_task_memory: int) -> FinalPlan:
     """
     groups: list[list[Stage]] = []
     group_of: dict[str, int] = {}
-    signatures: list[tuple[object, ...]] = []
+    signatures: list[Hashable] = []
     for stage in plan.stages:
         sig = stage.read_signature()
         deps = [group_of[d.name] for d in plan.stage_deps(stage)]
         target = None
-        if stage.tasks and all(len(t.reads) for t in stage.tasks):
+        if len(stage.tasks) and stage.tasks.every_task_reads():
             for gi, gsig in enumerate(signatures):
                 if gsig == sig and all(d < gi for d in deps):
                     target = gi

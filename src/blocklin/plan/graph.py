@@ -7,9 +7,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from functools import cached_property
+from typing import Any, Protocol, overload
 
 import numpy as np
 
@@ -24,10 +25,14 @@ __all__ = [
     "ArrayNode",
     "Kernel",
     "Plan",
+    "RowPanelTasks",
     "Stage",
     "StageInput",
     "Task",
     "TaskContext",
+    "TaskList",
+    "TaskSet",
+    "TreeTasks",
     "content_name",
     "jsonable",
 ]
@@ -166,6 +171,192 @@ class Kernel(Protocol):
     def __call__(self, ctx: TaskContext, blocks: Sequence[Any]) -> Any: ...
 
 
+class TaskSet(Sequence[Task]):
+    """The tasks of a stage, one per output block, in output order.
+
+    Subclasses describe their tasks by rule and build each :class:`Task` only when it
+    is asked for, so a plan of a million blocks holds a few objects per stage; what
+    planning needs (fusion signatures, blocks read, the task writing a block) is
+    computed from the rule. Enumerated tasks are the same whatever the subclass.
+    """
+
+    def __len__(self) -> int:
+        raise NotImplementedError
+
+    def task(self, pos: int) -> Task:
+        """Task ``pos`` (``0 <= pos < len(self)``)."""
+        raise NotImplementedError
+
+    def position(self, out: BlockIndex) -> int | None:
+        """The position of the task writing block ``out``; None when no task does."""
+        raise NotImplementedError
+
+    def out(self, pos: int) -> BlockIndex:
+        """The output block of task ``pos``."""
+        return self.task(pos).out
+
+    def signature(self, names: Sequence[str]) -> Hashable:
+        """Per task, the set of ``(array name, block)`` it reads (``names[p]`` names
+        input ``p``), in a canonical form: equal signatures mean equal read sets."""
+        return _canonical([frozenset((names[p], b) for p, b in t.reads) for t in self])
+
+    def read_counts(self, names: Sequence[str]) -> dict[str, int]:
+        """Distinct blocks read over all tasks, by array name."""
+        seen: dict[str, set[BlockIndex]] = {}
+        for t in self:
+            for p, b in t.reads:
+                seen.setdefault(names[p], set()).add(b)
+        return {n: len(bs) for n, bs in seen.items()}
+
+    def every_task_reads(self) -> bool:
+        """Whether every task reads at least one block."""
+        return all(t.reads for t in self)
+
+    def outs(self) -> Iterator[BlockIndex]:
+        return (self.out(p) for p in range(len(self)))
+
+    @overload
+    def __getitem__(self, pos: int) -> Task: ...
+
+    @overload
+    def __getitem__(self, pos: slice) -> Sequence[Task]: ...
+
+    def __getitem__(self, pos: int | slice) -> Task | Sequence[Task]:
+        if isinstance(pos, slice):
+            return [self.task(p) for p in range(len(self))[pos]]
+        n = len(self)
+        if not -n <= pos < n:
+            raise IndexError(f"task {pos} of a stage of {n} tasks")
+        return self.task(pos % n)
+
+    def __iter__(self) -> Iterator[Task]:
+        return (self.task(p) for p in range(len(self)))
+
+
+def _canonical(per_task: list[frozenset[tuple[str, BlockIndex]]]) -> Hashable:
+    """A signature in :class:`RowPanelTasks`' form when the reads follow its rule
+    (task i reads column blocks 0..n-1 of row block i of some arrays), else as given."""
+    first = per_task[0] if per_task else frozenset()
+    panels: dict[str, int] = {}
+    for name, b in first:
+        if len(b) != 2 or b[0] != 0:
+            return tuple(per_task)
+        panels[name] = max(panels.get(name, 0), b[1] + 1)
+    if not first or len(first) != sum(panels.values()):
+        return tuple(per_task)
+    shape = frozenset(panels.items())
+    for i, reads in enumerate(per_task):
+        if reads != frozenset((n, (i, j)) for n, c in panels.items() for j in range(c)):
+            return tuple(per_task)
+    return ("row-panels", len(per_task), shape)
+
+
+@dataclass(frozen=True, eq=True)
+class TaskList(TaskSet):
+    """Tasks given one by one (stages of a few tasks, or no regular rule)."""
+
+    tasks: tuple[Task, ...] = ()
+
+    def __len__(self) -> int:
+        return len(self.tasks)
+
+    def task(self, pos: int) -> Task:
+        return self.tasks[pos]
+
+    @cached_property
+    def _positions(self) -> dict[BlockIndex, int]:
+        return {t.out: p for p, t in enumerate(self.tasks)}
+
+    def position(self, out: BlockIndex) -> int | None:
+        return self._positions.get(tuple(out))
+
+
+@dataclass(frozen=True, eq=True)
+class RowPanelTasks(TaskSet):
+    """Task ``i`` reads row block ``i`` of some inputs, every column block of each in
+    order, and writes block ``(i, 0, ...)`` of an output of ``out_ndim`` dimensions.
+
+    ``panels`` lists ``(input position, column blocks)`` in read order; a width of
+    1 reads the input's single column block.
+    """
+
+    nrows: int
+    panels: tuple[tuple[int, int], ...]
+    out_ndim: int = 3
+
+    def __len__(self) -> int:
+        return self.nrows
+
+    def task(self, pos: int) -> Task:
+        return Task(out=self.out(pos),
+                    reads=tuple((p, (pos, j)) for p, n in self.panels for j in range(n)))
+
+    def out(self, pos: int) -> BlockIndex:
+        return (pos,) + (0,) * (self.out_ndim - 1)
+
+    def position(self, out: BlockIndex) -> int | None:
+        ok = (len(out) == self.out_ndim and 0 <= out[0] < self.nrows
+              and not any(out[1:]))
+        return int(out[0]) if ok else None
+
+    def signature(self, names: Sequence[str]) -> Hashable:
+        if not self.nrows or not any(n for _, n in self.panels):
+            return super().signature(names)
+        return ("row-panels", self.nrows, frozenset(self._widths(names).items()))
+
+    def _widths(self, names: Sequence[str]) -> dict[str, int]:
+        """Column blocks read of each array (an array read twice counts once)."""
+        widths: dict[str, int] = {}
+        for p, n in self.panels:
+            if n:
+                widths[names[p]] = max(widths.get(names[p], 0), n)
+        return widths
+
+    def read_counts(self, names: Sequence[str]) -> dict[str, int]:
+        if not self.nrows:
+            return {}
+        return {name: self.nrows * n for name, n in self._widths(names).items()}
+
+    def every_task_reads(self) -> bool:
+        return any(n for _, n in self.panels)
+
+
+@dataclass(frozen=True, eq=True)
+class TreeTasks(TaskSet):
+    """One level of a fixed fan-in tree over the parts of input 0: task ``j`` reads
+    parts ``j·fan_in`` up to ``(j+1)·fan_in`` (fewer for the last), in order, and
+    writes part ``j`` (indices padded with ``ndim - 1`` zeros)."""
+
+    nparts: int
+    fan_in: int
+    ndim: int
+
+    def __len__(self) -> int:
+        return -(-self.nparts // self.fan_in)
+
+    def task(self, pos: int) -> Task:
+        rest = (0,) * (self.ndim - 1)
+        hi = min(self.nparts, (pos + 1) * self.fan_in)
+        return Task(out=(pos, *rest),
+                    reads=tuple((0, (k, *rest)) for k in range(pos * self.fan_in, hi)))
+
+    def out(self, pos: int) -> BlockIndex:
+        return (pos,) + (0,) * (self.ndim - 1)
+
+    def position(self, out: BlockIndex) -> int | None:
+        ok = len(out) == self.ndim and 0 <= out[0] < len(self) and not any(out[1:])
+        return int(out[0]) if ok else None
+
+    def signature(self, names: Sequence[str]) -> Hashable:
+        return ("tree", self.nparts, self.fan_in, self.ndim, names[0])
+
+    def read_counts(self, names: Sequence[str]) -> dict[str, int]:
+        return {names[0]: self.nparts} if self.nparts else {}
+
+    def every_task_reads(self) -> bool:
+        return True
+
+
 @dataclass(frozen=True)
 class Stage:
     """A set of block tasks producing one array, one task per output block.
@@ -190,33 +381,47 @@ class Stage:
     kernel: Kernel
     inputs: tuple[StageInput, ...]
     output: ArrayNode
-    tasks: tuple[Task, ...]
+    tasks: TaskSet
     extra_memory: int = 0
     params: Mapping[str, Any] = field(default_factory=dict, compare=False, hash=False)
     keeps_sparse: bool = False
 
-    def read_signature(self) -> tuple[frozenset[tuple[str, BlockIndex]], ...]:
-        """Per task, the source blocks it reads (transforms ignored): equal signatures fuse."""
-        return tuple(frozenset((self.inputs[p].array.name, b) for p, b in t.reads)
-                     for t in self.tasks)
+    def __post_init__(self) -> None:
+        if not isinstance(self.tasks, TaskSet):  # tasks given one by one
+            object.__setattr__(self, "tasks", TaskList(tuple(self.tasks)))
+
+    @property
+    def input_names(self) -> tuple[str, ...]:
+        return tuple(i.array.name for i in self.inputs)
+
+    def read_signature(self) -> Hashable:
+        """Per task, the source blocks it reads (transforms ignored): equal signatures
+        fuse. Computed from the stage's rule, not by listing its tasks."""
+        return self.tasks.signature(self.input_names)
 
     @property
     def param_arrays(self) -> tuple[ArrayNode, ...]:
         return tuple(i.transform.params for i in self.inputs if i.transform is not None)
 
 
-def make_stage(op: str, kernel: Kernel, inputs: Sequence[StageInput], tasks: Iterable[Task],
+def make_stage(op: str, kernel: Kernel, inputs: Sequence[StageInput],
+               tasks: TaskSet | Iterable[Task],
                *, shape: Shape, chunks: Shape, dtype: Any, params: Mapping[str, Any] | None = None,
                extra_memory: int = 0, out_url: str | None = None,
                codec: ChunkCodec | None = None, keeps_sparse: bool = False) -> Stage:
-    """Build a stage whose name and output name derive from its content."""
+    """Build a stage whose name and output name derive from its content.
+
+    ``tasks`` is a :class:`TaskSet` (a rule, for stages of one task per row block) or
+    the tasks one by one.
+    """
     params = dict(params or {})
     dt = np.dtype(dtype).name
     name = content_name("s", op, params, [i.token for i in inputs], list(shape), list(chunks), dt)
     output = ArrayNode(name=name.replace("s-", "a-", 1), shape=tuple(shape), chunks=tuple(chunks),
                        dtype=dt, codec=codec or ChunkCodec(), out_url=out_url)
     return Stage(name=name, op=op, kernel=kernel, inputs=tuple(inputs), output=output,
-                 tasks=tuple(tasks), extra_memory=extra_memory, params=params,
+                 tasks=tasks if isinstance(tasks, TaskSet) else TaskList(tuple(tasks)),
+                 extra_memory=extra_memory, params=params,
                  keeps_sparse=keeps_sparse)
 
 

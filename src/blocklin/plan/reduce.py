@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from blocklin.plan.graph import ArrayNode, Kernel, Plan, StageInput, Task, TaskContext, make_stage
+from blocklin.plan.graph import ArrayNode, Kernel, Plan, StageInput, TaskContext, TreeTasks, make_stage
 
 __all__ = ["DEFAULT_FAN_IN", "SumParts", "tree_reduce"]
 
@@ -35,7 +35,10 @@ def tree_reduce(plan: Plan, parts: ArrayNode, combine: Kernel, *, op: str,
                 extra_memory: int = 0) -> tuple[Plan, ArrayNode]:
     """Append the levels reducing ``parts`` to one part; return the plan and that array.
 
-    The result has shape ``(1, *s)``. With a single part no stage is added.
+    The result has shape ``(1, *s)``. With a single part no stage is added. Each
+    level is a rule (:class:`~blocklin.plan.graph.TreeTasks`), not a task list, and
+    keeps ``fan_in`` at any size: ``ceil(log_fan_in(nparts))`` levels, 7 for 10⁶
+    parts at the default fan-in of 8.
     """
     if fan_in < 2:
         raise ValueError(f"fan_in must be at least 2; got {fan_in}")
@@ -44,10 +47,7 @@ def tree_reduce(plan: Plan, parts: ArrayNode, combine: Kernel, *, op: str,
     while current.shape[0] > 1:
         n = current.shape[0]
         m = -(-n // fan_in)
-        rest = (0,) * (len(current.shape) - 1)
-        tasks = [Task(out=(j, *rest),
-                      reads=tuple((0, (k, *rest)) for k in range(j * fan_in, min(n, (j + 1) * fan_in))))
-                 for j in range(m)]
+        tasks = TreeTasks(n, fan_in, len(current.shape))
         stage = make_stage(f"{op}/reduce{level}", combine, [StageInput(current)], tasks,
                            shape=(m, *current.shape[1:]), chunks=current.chunks,
                            dtype=current.dtype, params={**(params or {}), "level": level,
