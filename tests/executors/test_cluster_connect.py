@@ -90,3 +90,24 @@ def test_tls_address_without_certificates_is_a_clear_error(x: bl.BlockMatrix,
                                                            tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"TLS address but no certificates.*--tls-ca-file"):
         bl.compute(bl.ops.gram(x), address="tls://127.0.0.1:8786", work_dir=str(tmp_path / "w"))
+
+
+@pytest.mark.parametrize("address", ["tcp://127.0.0.1:99999", "tcp://127.0.0.1:0", "127.0.0.1:70000"])
+def test_pipeline_reachability_check_names_a_bad_port(address: str) -> None:
+    """On 87a2a84 urlparse's port raised a bare ValueError ('Port out of range')."""
+    from blocklin.pipelines.execute import check_reachable
+
+    with pytest.raises(ConfigError, match=rf"{address!r}.*not a number in 1..65535"):
+        check_reachable({"executor": "dask", "address": address})
+
+
+def test_cli_port_out_of_range_exits_2(tmp_path: Path, x: bl.BlockMatrix) -> None:
+    spec = {"name": "t", "inputs": {"X": {"path": "X.zarr"}},
+            "steps": [{"name": "g", "op": "gram", "inputs": {"A": "X"}}],
+            "outputs": {"g": {"step": "g"}}, "output_dir": "out"}
+    (tmp_path / "spec.yaml").write_text(yaml.safe_dump(spec))
+    res = run_cli("run", "spec.yaml", "--address", "tcp://127.0.0.1:99999", cwd=tmp_path,
+                  timeout=50)
+    assert res.returncode == 2, res.stderr
+    assert "tcp://127.0.0.1:99999" in res.stderr and "1..65535" in res.stderr
+    assert not (tmp_path / "out").exists()

@@ -64,16 +64,28 @@ def execute(pipe: Pipeline, opts: RunOptions, progress: ProgressHook | None) -> 
 
 
 def check_reachable(comp: Mapping[str, Any], timeout: float = 5.0) -> None:
-    """Fail fast, before locking anything, when a dask scheduler address does not answer."""
+    """Fail fast, before locking anything, when a dask scheduler address does not answer.
+
+    Raises
+    ------
+    ConfigError
+        For a malformed address (a port out of 1..65535 included), naming it.
+    ExecutorError
+        When nothing answers at a ``tcp://`` address.
+    """
     import socket
     from urllib.parse import urlparse
 
     from blocklin.errors import ExecutorError
+    from blocklin.executors.dask import parse_address
 
     address = comp.get("address")
-    if comp.get("executor") != "dask" or not address or not str(address).startswith("tcp://"):
+    if comp.get("executor") != "dask" or not address:
         return
-    url = urlparse(str(address))
+    address = parse_address(str(address))  # urlparse's port raises a bare ValueError
+    if not address.startswith("tcp://"):
+        return
+    url = urlparse(address)
     try:
         with socket.create_connection((url.hostname or "", url.port or 8786), timeout=timeout):
             pass
