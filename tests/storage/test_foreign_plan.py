@@ -119,3 +119,23 @@ def test_missing_chunk_written_later_is_a_new_identity(tmp_path: Path, small_blo
     z[500:600] = x[500:600]
     g2 = bl.compute(bl.ops.gram(bl.open(path)), work_dir=work, resume=True)[0]
     np.testing.assert_allclose(g2, x.T @ x, rtol=1e-12, atol=1e-9)
+
+
+@pytest.mark.parametrize("order", ["C", "F"])
+def test_memory_projection_counts_one_chunks_buffers(tmp_path: Path, small_blocks: None,
+                                                    order: str) -> None:
+    from blocklin.plan.graph import ArrayNode
+    from blocklin.plan.memory import input_block_bytes
+
+    x = np.random.default_rng(5).standard_normal((ROWS, COLS))
+    z = zarr.create_array(tmp_path / "A.zarr", shape=x.shape, chunks=(100, COLS), dtype="f8",
+                          compressors=numcodecs.Zstd(level=1), zarr_format=2, order=order)
+    z[...] = x
+    A = bl.open(tmp_path / "A.zarr")
+    node = ArrayNode.from_meta(A.meta, A.fingerprint)
+    block, chunk = 400 * COLS * 8, 100 * COLS * 8
+    encoded = chunk + chunk // 64 + 4096
+    # C order: chunks decode in place into the block; F order through one scratch chunk.
+    assert input_block_bytes(node) == block + encoded + (chunk if order == "F" else 0)
+    np.testing.assert_allclose(bl.ops.gram(A).compute(work_dir=str(tmp_path / "w")),
+                               x.T @ x, rtol=1e-12, atol=1e-9)

@@ -8,11 +8,17 @@ declares (``Stage.extra_memory``, e.g. the n×n accumulator of a Gram partial).
 A CSR block counts as dense ``rows × cols`` unless every stage of the group reading
 it keeps it sparse (``Stage.keeps_sparse``, no transform): then twice its stored
 size (the read buffer and one working copy, e.g. a float64 conversion or a join).
+
+A block of a foreign array (``storage/foreign.py``) is decoded one stored chunk at a
+time: the block, one chunk's encoded bytes and, where chunks are not decoded in
+place, one decoded chunk.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+
+import numpy as np
 
 from blocklin.plan.graph import ArrayNode, Stage
 
@@ -25,6 +31,10 @@ def input_block_bytes(node: ArrayNode, keeps_sparse: bool = False) -> int:
     if keeps_sparse and node.block_nbytes is not None:
         return 2 * node.block_nbytes
     decoded = node.chunk_nbytes
+    if node.foreign is not None and node.foreign.pipeline is not None:
+        # Decoded chunk by chunk into the block: one chunk's buffers, not a block's.
+        return decoded + node.foreign.read_buffer_bytes(node.chunks, node.shape,
+                                                        np.dtype(node.dtype).itemsize)
     compressed = node.codec is not None and node.codec.compressor != "none"
     return decoded * 2 if compressed or node.codec is None else decoded
 

@@ -127,6 +127,18 @@ class ForeignLayout:
                     f"at {'start' if self.index.at_start else 'end'}")
         return f"fast decode (zarr v{self.zarr_format}: {what})"
 
+    def read_buffer_bytes(self, block: Shape, shape: Shape, itemsize: int) -> int:
+        """Bytes a block read holds beside the block itself: one stored chunk's encoded
+        bytes (compressors may grow incompressible data slightly), and a decoded chunk
+        where chunks cannot be decoded in place (edge chunks, tiles narrower than the
+        block, F order or transposes)."""
+        unit = math.prod(self.chunk_shape) * itemsize
+        encoded = unit + unit // 64 + 4096
+        in_place = (self.pipeline is not None and self.pipeline.in_order
+                    and all(s % c == 0 for s, c in zip(shape, self.chunk_shape, strict=True))
+                    and tuple(block[1:]) == tuple(self.chunk_shape[1:]))
+        return encoded + (0 if in_place else unit)
+
     def object_key(self, obj: BlockIndex) -> str:
         """Store key of stored object ``obj`` (chunk or shard grid index)."""
         if not obj:
