@@ -139,3 +139,18 @@ def test_memory_projection_counts_one_chunks_buffers(tmp_path: Path, small_block
     assert input_block_bytes(node) == block + encoded + (chunk if order == "F" else 0)
     np.testing.assert_allclose(bl.ops.gram(A).compute(work_dir=str(tmp_path / "w")),
                                x.T @ x, rtol=1e-12, atol=1e-9)
+
+
+def test_two_foreign_arrays_of_one_layout_are_different_sources(tmp_path: Path) -> None:
+    # Same shape, chunks and chunk keys, different numbers: one plan must not take
+    # them for one source (it did: both were named from layout and listing alone).
+    x = np.random.default_rng(6).standard_normal((100, 3))
+    for name, v in (("A", x), ("B", 2 * x)):
+        z = zarr.create_array(tmp_path / f"{name}.zarr", shape=v.shape, chunks=(50, 3),
+                              dtype="f8", compressors=zc.ZstdCodec(level=1))
+        z[...] = v
+    A, B = bl.open(tmp_path / "A.zarr"), bl.open(tmp_path / "B.zarr")
+    assert A.fingerprint != B.fingerprint
+    ga, gb = bl.compute(bl.ops.gram(A), bl.ops.gram(B), work_dir=str(tmp_path / "w"))
+    np.testing.assert_allclose(ga, x.T @ x, rtol=1e-12)
+    np.testing.assert_allclose(gb, 4 * x.T @ x, rtol=1e-12)

@@ -109,10 +109,17 @@ def fingerprint_from_crcs(meta: ArrayMeta, crcs: Mapping[BlockIndex, int]) -> st
 def compute_fingerprint(store: Store, meta: ArrayMeta, indices: Iterable[BlockIndex] = ()) -> str:
     """Fingerprint an array from its chunks' checksum trailers (4 bytes read per chunk).
 
-    Arrays with other codecs are fingerprinted from their metadata and chunk listing.
+    Arrays with other codecs (foreign arrays) are fingerprinted from their location,
+    their stored metadata and their chunk listing: two foreign arrays of one layout
+    are different sources (their chunks carry no checksum to tell them apart), and
+    a chunk rewritten in place is caught by its block identity (size and mtime or
+    ETag, :func:`blocklin.storage.chunkio.block_ident`).
     """
     if meta.codec is None:
+        from blocklin.storage.meta import metadata_bytes
+
         h = hashlib.sha256(json.dumps(meta.to_json(), sort_keys=True, default=str).encode())
+        h.update(b"\0" + meta.url.encode() + b"\0" + (metadata_bytes(store) or b""))
         for key in store.list("") if not indices else []:
             h.update(key.encode())
         return h.hexdigest()[:32]
