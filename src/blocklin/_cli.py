@@ -409,6 +409,7 @@ def inspect(path: PathArg, as_json: JsonOpt = False,
             f"  codecs     {' -> '.join(d['codecs'])}",
             f"  size       {format_bytes(d['nbytes'])} ({format_bytes(d['stored_bytes'])} stored)",
             f"  missing chunks: {d['missing_chunks']}",
+            f"  read by    {d['read_path']}",
             "  provenance " + json.dumps(d["provenance"], sort_keys=True, default=str)]))
 
 

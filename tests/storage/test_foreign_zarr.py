@@ -242,3 +242,18 @@ def test_ops_on_foreign_arrays_equal_numpy(tmp_path: Path) -> None:
     s = bl.ops.column_stats(B).compute(work_dir=str(tmp_path / "w"))
     np.testing.assert_allclose(s["mean"] if isinstance(s, dict) else s.mean, x.mean(0),
                                rtol=1e-12)
+
+
+def test_cli_inspect_names_the_read_path(tmp_path: Path) -> None:
+    from tests.pipelines.conftest import run_cli
+
+    fast = zarr.create_array(tmp_path / "F.zarr", shape=SHAPE, chunks=(10, 7), dtype="f8",
+                             compressors=numcodecs.Blosc(cname="lz4"), zarr_format=2)
+    slow = zarr.create_array(tmp_path / "S.zarr", shape=SHAPE, chunks=(10, 7), dtype="f8",
+                             filters=[numcodecs.Delta(dtype="f8")], zarr_format=2)
+    fast[...] = slow[...] = _data()
+    res = run_cli("inspect", str(tmp_path / "F.zarr"))
+    assert res.returncode == 0, res.stderr
+    assert "read by    fast decode (zarr v2: bytes(little-endian) -> blosc)" in res.stdout
+    res = run_cli("inspect", str(tmp_path / "S.zarr"))
+    assert "read by    zarr-python (fallback: v2 filters ['delta'])" in res.stdout
