@@ -33,7 +33,6 @@ import os
 import socket
 import time
 import uuid
-from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -197,16 +196,18 @@ class OutputLock:
 
 
 def array_lock(url: str, command: str = "blocklin",
-               wait: float = APPEND_LOCK_WAIT) -> AbstractContextManager[Any]:
+               wait: float = APPEND_LOCK_WAIT) -> OutputLock:
     """A lock on the array at ``url`` for appending to it (waits for another appender).
 
-    Local arrays only: on an object store (fsspec URL) there is no atomic create, and
-    appends rely on the version check of the array's metadata alone.
+    ``<array>/.blocklin/append.lock``, created like the output lock: exclusively on a
+    local disk and on S3 (a conditional PUT), with fsspec's ``mode="create"`` on other
+    object stores. Appends also check the array's metadata version before committing,
+    which catches a writer that bypassed the lock.
     """
-    if "://" in url and not url.startswith("file://"):
-        return nullcontext()
-    return OutputLock(Path(url.removeprefix("file://")) / ".blocklin", command,
-                      name="append.lock", wait=wait, what=f"array {url} is")
+    local = "://" not in url or url.startswith("file://")
+    base = url.removeprefix("file://") if local else url
+    return OutputLock(f"{base.rstrip('/')}/.blocklin", command, name="append.lock", wait=wait,
+                      what=f"array {url} is")
 
 
 def break_lock(directory: str | Path | OutputDir, force: bool = False) -> dict[str, Any]:
