@@ -257,3 +257,26 @@ def test_cli_inspect_names_the_read_path(tmp_path: Path) -> None:
     assert "read by    fast decode (zarr v2: bytes(little-endian) -> blosc)" in res.stdout
     res = run_cli("inspect", str(tmp_path / "S.zarr"))
     assert "read by    zarr-python (fallback: v2 filters ['delta'])" in res.stdout
+
+
+def test_sharded_over_fsspec_byte_ranges() -> None:
+    import uuid
+
+    import fsspec
+
+    url = f"memory://foreign-{uuid.uuid4().hex}/A.zarr"
+    store = zarr.storage.FsspecStore.from_url(url)
+    z = zarr.create_array(store, shape=SHAPE, chunks=(5, 7), shards=(20, 7), dtype="f8",
+                          compressors=zc.ZstdCodec(level=1), zarr_format=3)
+    x = _data()
+    z[:30] = x[:30]
+    try:
+        A = bl.open(url)
+        assert "sharding_indexed" in A.meta.read_path
+        ref = z[...]
+        np.testing.assert_array_equal(A.to_numpy(), ref)
+        for index, block in A.blocks():
+            np.testing.assert_array_equal(block, ref[A.meta.block_slices(index)])
+    finally:
+        fsspec.filesystem("memory").rm(url.removeprefix("memory://").split("/")[0],
+                                       recursive=True)
