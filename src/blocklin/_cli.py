@@ -135,7 +135,15 @@ def _exit_code(exc: BaseException) -> int:
     if isinstance(exc, ValueError | TypeError | FileNotFoundError | NotADirectoryError
                   | IsADirectoryError | PermissionError):
         return EXIT_USAGE
+    if _credentials_missing(exc):  # e.g. an s3:// output dir given no credentials
+        return EXIT_USAGE
     return EXIT_INTERNAL
+
+
+def _credentials_missing(exc: BaseException) -> bool:
+    from blocklin.pipelines.runner import is_credentials_error
+
+    return is_credentials_error(exc)
 
 
 def _emit(doc: Any, as_json: bool, text: Callable[[], str] | str) -> None:
@@ -161,6 +169,10 @@ def _guard(as_json: bool) -> Iterator[None]:
         msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         if code == EXIT_INTERNAL:
             msg = f"{type(exc).__name__}: {msg}"
+        if _credentials_missing(exc):
+            msg += (" (object storage reached without credentials: give them in the spec's "
+                    "inputs.NAME.storage_options, output_dir_storage_options or "
+                    "executor.work_dir_storage_options, or with --storage-option KEY=VALUE)")
         if _STATE["debug"]:
             traceback.print_exc()
         sys.stderr.write(f"error: {msg}\n")

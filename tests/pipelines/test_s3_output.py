@@ -342,3 +342,18 @@ def test_append_lock_of_an_s3_input_is_exclusive(s3: S3) -> None:
     got = append_batch(X, b, "b.zarr")  # takes and releases the lock itself
     np.testing.assert_array_equal(got.to_numpy(), np.vstack([x, x[:40] * 2]))
     assert not s3.fs().exists(f"{X.url.removeprefix('s3://')}/.blocklin/append.lock")
+
+
+def test_output_dir_without_credentials_is_a_usage_error(s3: S3, tmp_path: Path) -> None:
+    bucket = s3.bucket()
+    _data(s3, bucket, 200)
+    spec = _write_spec(s3, tmp_path / "specs", bucket, "X.zarr", "out", report=False,
+                       output_dir_storage_options={})
+    # No instance-metadata lookups either (they would only slow the failure down).
+    env = {**_env(), "AWS_EC2_METADATA_DISABLED": "true"}
+    res = subprocess.run([*CLI, "run", str(spec)], cwd=tmp_path, env=env, capture_output=True,
+                         text=True, timeout=240, check=False)
+    assert res.returncode == 2, res.stderr
+    assert "output_dir_storage_options" in res.stderr and "credentials" in res.stderr
+    assert not s3.fs().exists(f"{bucket.removeprefix('s3://')}/out")
+    _assert_no_secret(s3, [bucket], texts=(res.stdout, res.stderr))

@@ -260,7 +260,20 @@ def open_inputs(pipe: Pipeline) -> dict[str, Any]:
                              "`blocklin ingest`)") from None
         except (BlocklinError, OSError, ValueError) as exc:
             raise pipe.error(f"inputs.{name}.path", f"cannot open {url}: {exc}") from None
+        except Exception as exc:
+            if not is_credentials_error(exc):
+                raise
+            raise pipe.error(f"inputs.{name}.storage_options", f"cannot open {url}: "
+                             f"{type(exc).__name__}: {exc}; give the credentials in "
+                             f"inputs.{name}.storage_options or with --storage-option") from None
     return out
+
+
+def is_credentials_error(exc: BaseException) -> bool:
+    """Whether ``exc`` is a storage client's "no (or partial) credentials" error (botocore
+    raises those outside the OSError family; their messages name no secret)."""
+    return type(exc).__name__ in ("NoCredentialsError", "PartialCredentialsError",
+                                  "CredentialRetrievalError")
 
 
 def output_paths(pipe: Pipeline, root: str) -> dict[str, str]:
