@@ -9,6 +9,7 @@ Householder Q and multiplies it by its path of small tree factors, so
 
 from __future__ import annotations
 
+from bisect import bisect_right
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
@@ -27,7 +28,7 @@ from blocklin.ops._inputs import (
     row_panel_reads,
 )
 from blocklin.ops.sketch import right_apply
-from blocklin.plan.graph import ArrayNode, Plan, StageInput, Task, TaskContext, make_stage
+from blocklin.plan.graph import ArrayNode, Plan, StageInput, Task, TaskContext, TreeTasks, make_stage
 
 __all__ = ["QR", "SVDFactors", "svd", "tsqr", "tsqr_r"]
 
@@ -218,7 +219,7 @@ class FormQ:
     def __call__(self, ctx: TaskContext, blocks: Sequence[Any]) -> Any:
         c = self.c
         i = ctx.task.out[0]
-        g = next(k for k, (lo, hi) in enumerate(self.leaves) if lo <= i < hi)
+        g = _leaf_of(self.leaves, i)
         lo, hi = self.leaves[g]
         nread = (hi - lo) * sum(self.leaf.widths)
         # The small factor first (tree path times W: c × k), then the leaf's Householder
@@ -254,6 +255,12 @@ def _leaf_ranges(nblocks: int, chunk_rows: int, nrows: int, c: int) -> list[tupl
     if len(ranges) > 1 and last_rows < c:
         ranges[-2:] = [(ranges[-2][0], nblocks)]
     return ranges
+
+
+def _leaf_of(leaves: Sequence[tuple[int, int]], i: int) -> int:
+    """The leaf holding row block ``i`` (leaves are consecutive ranges): a bisection,
+    not a scan, so a plan or a task costs log(leaves), not leaves."""
+    return bisect_right(leaves, i, key=lambda r: r[0]) - 1
 
 
 def _check_inputs(mats: Sequence[Any]) -> tuple[MatrixInput, ...]:
@@ -317,9 +324,7 @@ def plan_tree(mats: Sequence[Any], *, with_q: bool, right: np.ndarray | None = N
     while current.shape[0] > 1:
         n = current.shape[0]
         mparts = -(-n // FAN_IN)
-        ts = [Task(out=(j, 0, 0), reads=tuple((0, (k, 0, 0))
-                                              for k in range(j * FAN_IN, min(n, (j + 1) * FAN_IN))))
-              for j in range(mparts)]
+        ts = TreeTasks(n, FAN_IN, 3)
         st = make_stage(f"{op}/tree{len(levels)}", TreeQR(c, with_q), [StageInput(current)], ts,
                         shape=(mparts, rows, c), chunks=(1, rows, c), dtype="float64",
                         params={**params, "level": len(levels), "with_q": with_q},
@@ -349,7 +354,7 @@ def plan_form_q(tree: _Tree, plan: Plan, finish: ArrayNode, op: str = "tsqr",
     nblocks = ms[0].grid[0]
     tasks = []
     for i in range(nblocks):
-        g = next(k for k, (lo, hi) in enumerate(tree.leaves) if lo <= i < hi)
+        g = _leaf_of(tree.leaves, i)
         lo, hi = tree.leaves[g]
         reads = _reads(ms, lo, hi)
         reads += tuple((len(ms) + lv, (g // FAN_IN**(lv + 1), 0, 0))
