@@ -46,8 +46,9 @@ EXIT_CODES = {
 }
 _EPILOG = "Exit codes: " + "; ".join(f"{k} {v}" for k, v in EXIT_CODES.items())
 
+# Plain click help: typer's rich panels print a "<bool>" type beside every flag.
 app = typer.Typer(name="blocklin", no_args_is_help=True, add_completion=False,
-                  pretty_exceptions_enable=False, epilog=_EPILOG,
+                  pretty_exceptions_enable=False, epilog=_EPILOG, rich_markup_mode=None,
                   help="Block-partitioned linear algebra over zarr chunks: run pipelines, "
                        "refresh them with new rows, ingest, inspect and verify arrays.")
 
@@ -100,9 +101,20 @@ def _storage_options(pairs: list[str] | None) -> dict[str, Any]:
     return out
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        import blocklin
+
+        sys.stdout.write(f"blocklin {blocklin.__version__}\n")
+        raise typer.Exit()
+
+
 @app.callback()
 def _main(debug: Annotated[bool, typer.Option("--debug", help="show tracebacks on errors")]
-          = False) -> None:
+          = False,
+          version: Annotated[bool, typer.Option(
+              "--version", is_eager=True, callback=_print_version,
+              help="print blocklin's version and exit")] = False) -> None:
     if debug:
         _STATE["debug"] = True
 
@@ -203,8 +215,13 @@ def ops(as_json: JsonOpt = False) -> None:
                    "params": list(o.params.model_fields), "incremental": o.incremental}
                for n, o in sorted(reg.items())}
         _emit(doc, as_json, lambda: "\n".join(
-            f"{n:<22} {o.kind:<6} ({', '.join(o.inputs)}) {o.summary}"
+            f"{n:<22} {o.kind:<6} ({', '.join(o.inputs)}) {o.summary}\n{'':<29}params: "
+            + (", ".join(_param_text(k, f) for k, f in o.params.model_fields.items()) or "none")
             for n, o in sorted(reg.items())))
+
+
+def _param_text(name: str, field: Any) -> str:
+    return f"{name} (required)" if field.is_required() else f"{name}={field.default!r}"
 
 
 # -- run, refresh, unlock -----------------------------------------------------------------------
@@ -422,7 +439,16 @@ def inspect(path: PathArg, as_json: JsonOpt = False,
             f"  size       {format_bytes(d['nbytes'])} ({format_bytes(d['stored_bytes'])} stored)",
             f"  missing chunks: {d['missing_chunks']}",
             f"  read by    {d['read_path']}",
-            "  provenance " + json.dumps(d["provenance"], sort_keys=True, default=str)]))
+            "  provenance", _indented_yaml(d["provenance"], "    ")]))
+
+
+def _indented_yaml(doc: Any, indent: str) -> str:
+    """A nested document as block YAML, one field a line (short lists stay inline)."""
+    import yaml
+
+    text = yaml.safe_dump(json.loads(json.dumps(doc, default=str)), sort_keys=True,
+                          default_flow_style=None, width=88)
+    return "\n".join(indent + line for line in text.rstrip("\n").splitlines())
 
 
 def _inspect_outputs(out: Any) -> dict[str, Any]:
