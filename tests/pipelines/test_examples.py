@@ -78,6 +78,10 @@ def test_ridge(tmp_path: Path) -> None:
     model = load_small(out / "model.npz")
     np.testing.assert_allclose(model["coef"], ref.coef_, rtol=1e-9)
     np.testing.assert_allclose(model["intercept"], ref.intercept_, rtol=1e-9)
+    resid = y - ref.predict(x)
+    np.testing.assert_allclose(model["summary_root_mean_squared_error"],
+                               np.sqrt(np.mean(resid ** 2)), rtol=1e-8)
+    np.testing.assert_allclose(model["summary_r2"], ref.score(x, y), rtol=1e-10)
     assert (out / "report" / "model-residuals.png").is_file()
     m = refresh_pipeline(pipe, str(tmp_path / "new.parquet"))
     assert m["refresh"]["outputs"]["model"] == "incremental"

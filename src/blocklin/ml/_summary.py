@@ -3,8 +3,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, fields
+from typing import Any, ClassVar
 
 import numpy as np
 import scipy.stats
@@ -17,13 +17,42 @@ __all__ = ["LinearRegressionSummary", "LogisticRegressionSummary", "linear_summa
            "logistic_summary"]
 
 
+class _MllibNames:
+    """MLlib's camelCase names (``rootMeanSquaredError``, ``pValues``, ...) as aliases.
+
+    Each field answers to its camelCase spelling too; ``_MLLIB`` lists the few whose
+    MLlib name is not plain camelCase.
+    """
+
+    _MLLIB: ClassVar[dict[str, str]] = {}
+
+    def __getattr__(self, name: str) -> Any:
+        for f in fields(self):  # type: ignore[arg-type]
+            if name in (self._MLLIB.get(f.name), _camel(f.name)) and name != f.name:
+                return getattr(self, f.name)
+        raise AttributeError(f"{type(self).__name__} has no attribute {name!r}")
+
+    def as_arrays(self) -> dict[str, np.ndarray]:
+        """Every available statistic as a named array (what pipeline outputs store)."""
+        return {f.name: np.asarray(getattr(self, f.name), dtype=np.float64)
+                for f in fields(self)  # type: ignore[arg-type]
+                if getattr(self, f.name) is not None}
+
+
+def _camel(name: str) -> str:
+    head, *rest = name.split("_")
+    return head + "".join(w[:1].upper() + w[1:] for w in rest)
+
+
 @dataclass(frozen=True)
-class LinearRegressionSummary:
+class LinearRegressionSummary(_MllibNames):
     """Fit statistics of a linear model on its training data (weighted as in MLlib).
 
     Coefficient arrays list the features' coefficients, then the intercept (as MLlib).
     Standard errors, t- and p-values come from the unpenalized design
     ``(ZᵀWZ)⁻¹σ̂²`` and are only available for the ``normal`` and ``qr`` solvers.
+    MLlib's names (``rootMeanSquaredError``, ``r2adj``, ``pValues``, ``tValues``,
+    ``coefficientStandardErrors``, ...) are aliases of the fields.
     """
 
     num_instances: int
@@ -74,12 +103,17 @@ def linear_summary(est: Any, data: TrainData) -> LinearRegressionSummary:
 
 
 @dataclass(frozen=True)
-class LogisticRegressionSummary:
+class LogisticRegressionSummary(_MllibNames):
     """Training summary of a logistic model: objective history, accuracy, binary AUC.
+
+    MLlib's names (``areaUnderROC``, ``objectiveHistory``, ``totalIterations``, ...)
+    are aliases of the fields.
 
     ``area_under_roc`` comes from weighted histograms of the predicted probability in
     2048 bins (ties within a bin count one half), so it is exact to about 1e-3.
     """
+
+    _MLLIB: ClassVar[dict[str, str]] = {"area_under_roc": "areaUnderROC"}
 
     num_instances: int
     objective_history: list[float]

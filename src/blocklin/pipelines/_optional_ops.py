@@ -156,6 +156,8 @@ def _fit(cls: Any) -> Callable[[Mapping[str, Any], Any, BuildContext], Any]:
     def build(inputs: Mapping[str, Any], p: Any, ctx: BuildContext) -> Any:
         est = _estimator(cls, p, ctx.compute).fit(inputs["X"], inputs["y"])
         est._pipeline_residuals = _residuals(est, inputs["X"], inputs["y"])
+        # One more pass over the training data, so outputs carry R², RMSE, p-values, ...
+        est._pipeline_summary = est.summary.as_arrays()
         return est
 
     return build
@@ -177,6 +179,9 @@ def _regression_arrays(est: Any) -> Arrays:
     r = getattr(est, "_pipeline_residuals", None)
     if r is not None:
         out["residuals"] = r
+    # A refresh (partial_fit) has no training summary: the rows are not read again.
+    for k, v in (getattr(est, "_pipeline_summary", None) or {}).items():
+        out[f"summary_{k}"] = v
     return out
 
 
