@@ -368,6 +368,9 @@ def ingest(src: Annotated[str, typer.Argument(help=".npy, .csv, .parquet file or
                "--label-dest", help="default: DEST with .label.zarr")] = None,
            columns: Annotated[str | None, typer.Option(
                "--columns", help="comma-separated feature columns (default: all numeric)")] = None,
+           exclude: Annotated[list[str] | None, typer.Option(
+               "--exclude", metavar="COL", help="leave this column out of the features "
+               "(repeatable; e.g. an id or a second label)")] = None,
            chunk_rows: Annotated[int | None, typer.Option(
                "--chunk-rows", help="rows per block (default: about 64 MiB blocks)")] = None,
            dtype: Annotated[str | None, typer.Option("--dtype", help="e.g. float32")] = None,
@@ -384,15 +387,30 @@ def ingest(src: Annotated[str, typer.Argument(help=".npy, .csv, .parquet file or
         cols = [c.strip() for c in columns.split(",") if c.strip()] if columns else None
         res = do_ingest(src, dest, label=label, label_dest=label_dest, columns=cols,
                         chunk_rows=chunk_rows, dtype=dtype, codec=codec, overwrite=overwrite,
-                        allow_nonfinite=allow_nonfinite)
+                        allow_nonfinite=allow_nonfinite, exclude=exclude or ())
         m = res.matrix
         doc = {"ok": True, "dest": m.url, "shape": list(m.shape), "chunks": list(m.chunks),
                "dtype": str(m.dtype), "format": res.format, "columns": list(res.columns),
                "fingerprint": m.fingerprint,
-               "label": res.label.url if res.label is not None else None}
-        _emit(doc, as_json, lambda: f"ingested {src} ({res.format}) -> {m.url}: shape "
-              f"{m.shape}, blocks of {m.chunks[0]} rows, {m.dtype}"
-              + (f"; labels -> {res.label.url}" if res.label is not None else ""))
+               "label": res.label.url if res.label is not None else None,
+               "dropped": {name: kind for name, kind in res.dropped}}
+        _emit(doc, as_json, lambda: _ingest_text(src, res))
+
+
+def _ingest_text(src: str, res: Any) -> str:
+    m = res.matrix
+    lines = [f"ingested {src} ({res.format}) -> {m.url}: shape {m.shape}, blocks of "
+             f"{m.chunks[0]} rows, {m.dtype}"
+             + (f"; labels -> {res.label.url}" if res.label is not None else "")]
+    if res.format in ("csv", "parquet"):
+        shown = ", ".join(res.columns[:30]) + (f", ... ({len(res.columns) - 30} more)"
+                                               if len(res.columns) > 30 else "")
+        lines.append(f"  features ({len(res.columns)}): {shown}")
+    if res.dropped:
+        lines.append("  dropped (not numeric): "
+                     + ", ".join(f"{name} ({kind})" for name, kind in res.dropped)
+                     + "; --columns or --exclude choose explicitly")
+    return "\n".join(lines)
 
 
 def _located(path: str, storage_option: list[str] | None) -> Any:

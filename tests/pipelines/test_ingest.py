@@ -95,3 +95,46 @@ def test_sparse_npz_ingest_verify_and_refresh_refused(tmp_path: Path) -> None:
     dense = bl.from_array(np.ones((5, 40)), tmp_path / "D.zarr")
     with pytest.raises(InputValueError, match="sparse"):
         append_batch(res.matrix, dense, "x")
+
+
+def test_exclude_and_dropped_columns_are_named(tmp_path: Path, table: tuple) -> None:
+    x, _, t = table
+    pq.write_table(t, tmp_path / "t.parquet")
+    res = ingest(str(tmp_path / "t.parquet"), str(tmp_path / "X.zarr"), label="label",
+                 exclude=["b", "d"])
+    assert res.columns == ("a", "c") and res.dropped == (("id", "string"),)
+    np.testing.assert_array_equal(bl.open(tmp_path / "X.zarr").to_numpy(), x[:, [0, 2]])
+    with pytest.raises(ValueError, match=r"--exclude 'z'.*no such column"):
+        ingest(str(tmp_path / "t.parquet"), str(tmp_path / "Y.zarr"), exclude=["z"])
+    assert not (tmp_path / "Y.zarr").exists()
+    np.save(tmp_path / "x.npy", x)
+    with pytest.raises(ValueError, match="not npy"):
+        ingest(str(tmp_path / "x.npy"), str(tmp_path / "Z.zarr"), exclude=["c0"])
+
+
+def test_cli_names_features_and_dropped_columns(tmp_path: Path, table: tuple) -> None:
+    from tests.pipelines.conftest import run_cli
+
+    _, _, t = table
+    pq.write_table(t.append_column("label2", t.column("label")), tmp_path / "t.parquet")
+    res = run_cli("ingest", "t.parquet", "X.zarr", "--label", "label", cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    # the second label-like column became a feature, and the output says so
+    assert "features (5): a, b, c, d, label2" in res.stdout
+    assert "dropped (not numeric): id (string)" in res.stdout
+    res = run_cli("ingest", "t.parquet", "X2.zarr", "--label", "label", "--exclude", "label2",
+                  cwd=tmp_path)
+    assert "features (4): a, b, c, d" in res.stdout
+
+
+def test_small_table_is_not_padded_to_a_default_block(tmp_path: Path) -> None:
+    rng = np.random.default_rng(9)
+    x = rng.normal(size=(442, 2))
+    pcsv.write_csv(pa.table({"a": x[:, 0], "b": x[:, 1], "y": x.sum(1)}), tmp_path / "t.csv")
+    res = ingest(str(tmp_path / "t.csv"), str(tmp_path / "X.zarr"), label="y", codec="none")
+    assert res.matrix.chunks == (442, 2) and res.label is not None
+    assert res.label.chunks == (442, 1)
+    stored = sum(p.stat().st_size for p in (tmp_path / "X.zarr").rglob("*") if p.is_file())
+    assert stored < 442 * 2 * 8 + 4096  # the data, its crc and metadata; not 64 MiB
+    np.testing.assert_array_equal(bl.open(tmp_path / "X.zarr").to_numpy(), x)
+    np.testing.assert_array_equal(bl.open(res.label.url).to_numpy()[:, 0], x.sum(1))

@@ -48,12 +48,13 @@ def _snapshot(root: Path) -> dict[str, str]:
             for p in sorted(root.rglob("*")) if p.is_file()}
 
 
-def _setup(root: Path, fmt: str, x: np.ndarray, columns: list[str] | None = None) -> Any:
+def _setup(root: Path, fmt: str, x: np.ndarray, columns: list[str] | None = None,
+           exclude: tuple[str, ...] = ()) -> Any:
     import yaml
 
     root.mkdir()
     ingest(_write(_table(x), root / f"train.{fmt}"), str(root / "X.zarr"), chunk_rows=64,
-           columns=columns)
+           columns=columns, exclude=exclude)
     (root / "spec.yaml").write_text(yaml.safe_dump(base_spec()))
     pipe = load_pipeline(root / "spec.yaml")
     run_pipeline(pipe)
@@ -85,6 +86,18 @@ def test_columns_chosen_at_ingest_are_read_by_name(tmp_path: Path) -> None:
     refresh_pipeline(pipe, _write(_table(b, NAMES[::-1]), tmp_path / "b.parquet"))
     full = np.vstack([x, b])[:, [2, 0]]
     np.testing.assert_array_equal(bl.open(tmp_path / "p" / "X.zarr").to_numpy(), full)
+
+
+def test_columns_excluded_at_ingest_may_ride_along_in_a_batch(tmp_path: Path) -> None:
+    rng = np.random.default_rng(8)
+    x, b = rng.normal(size=(100, 6)), rng.normal(size=(30, 6))
+    pipe = _setup(tmp_path / "p", "parquet", x, exclude=("s2", "s5"))
+    refresh_pipeline(pipe, _write(_table(b, NAMES[::-1]), tmp_path / "b.parquet"))
+    full = np.vstack([x, b])[:, [0, 2, 3, 5]]
+    np.testing.assert_array_equal(bl.open(tmp_path / "p" / "X.zarr").to_numpy(), full)
+    # a column that was neither kept nor excluded is still refused as new
+    with pytest.raises(InputValueError, match="'s7'"):
+        refresh_pipeline(pipe, _write(_table(b, NAMES, s7=np.ones(30)), tmp_path / "c.parquet"))
 
 
 @pytest.mark.parametrize(("case", "names", "more", "words"), [

@@ -2,7 +2,8 @@
 
 ``blocklin ingest`` of a CSV or Parquet table records the feature columns it kept,
 in order (``columns``), the kind of each (``column_kinds``: ``bool``, ``int`` or
-``float``) and whether they were chosen with ``--columns``. A batch appended to
+``float``) and whether they were chosen with ``--columns`` (or some left out with
+``--exclude``, which a batch may then carry). A batch appended to
 such an input is read by those names, so a batch with its columns in another order
 lands in the same stored columns; a batch with a column missing, renamed, added
 (when ingest kept every numeric column) or of another kind is refused before
@@ -59,7 +60,9 @@ def batch_columns(src: str, target: BlockMatrix, label: str | None) -> list[str]
             or detect_format(src) not in _TABLES:
         _check_positional(src, target, label, kinds)
         return None
-    _check_named(src, target, recorded, kinds, label, selected=params.get("columns") is not None)
+    left_out = params.get("exclude")
+    _check_named(src, target, recorded, kinds, label, selected=params.get("columns") is not None,
+                 excluded=[str(c) for c in left_out] if isinstance(left_out, list) else [])
     return recorded
 
 
@@ -71,14 +74,15 @@ def _kinds(prov: Mapping[str, Any], recorded: list[str] | None) -> list[str] | N
 
 
 def _check_named(src: str, target: BlockMatrix, recorded: Sequence[str],
-                 kinds: Sequence[str] | None, label: str | None, selected: bool) -> None:
+                 kinds: Sequence[str] | None, label: str | None, selected: bool,
+                 excluded: Sequence[str] = ()) -> None:
     schema = table_schema(src)
     features = {n: k for n, k in schema.items() if n != label}
     missing = [c for c in recorded if c not in features]
     # Ingest without --columns kept every numeric column: a new one would be dropped
     # silently, so it is refused; with --columns, other columns were meant to be left.
     extra = [] if selected else [c for c, k in features.items()
-                                 if k in _NUMERIC and c not in recorded]
+                                 if k in _NUMERIC and c not in recorded and c not in excluded]
     changed = [] if kinds is None else [
         f"{c!r} ({k} in the input, {features[c]} in the batch)"
         for c, k in zip(recorded, kinds, strict=True) if c in features and features[c] != k]

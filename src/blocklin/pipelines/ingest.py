@@ -54,6 +54,10 @@ class SourceInfo:
     kinds: tuple[str, ...] = ()
     #: The columns were chosen (``--columns``), not every numeric column of the table.
     selected: bool = False
+    #: Columns left out because they are not numeric (name -> source type).
+    dropped: tuple[tuple[str, str], ...] = ()
+    #: Columns left out on request (``--exclude``); a refresh batch may carry them.
+    excluded: tuple[str, ...] = ()
 
 
 def column_kind(dtype: Any) -> str:
@@ -121,12 +125,18 @@ def detect_format(src: str) -> str:
 
 
 def _numeric_columns(schema: Any, columns: Sequence[str] | None, label: str | None,
-                     src: str) -> list[str]:
+                     src: str, exclude: Sequence[str] = ()) -> list[str]:
     import pyarrow as pa
 
     names = list(schema.names)
     if label is not None and label not in names:
         raise InputValueError(f"{src} has no label column {label!r} (columns: {', '.join(names)})")
+    for c in exclude:
+        if c not in names:
+            raise InputValueError(f"--exclude {c!r}: {src} has no such column (columns: "
+                                  f"{', '.join(names)})")
+        if c == label:
+            raise InputValueError(f"--exclude {c!r} is the label column")
 
     def numeric(name: str) -> bool:
         t = schema.field(name).type
@@ -139,9 +149,9 @@ def _numeric_columns(schema: Any, columns: Sequence[str] | None, label: str | No
             if not numeric(c):
                 raise InputDtypeError(f"column {c!r} of {src} is {schema.field(c).type}, not "
                                       "numeric")
-        chosen = [c for c in columns if c != label]
+        chosen = [c for c in columns if c != label and c not in exclude]
     else:
-        chosen = [c for c in names if c != label and numeric(c)]
+        chosen = [c for c in names if c != label and c not in exclude and numeric(c)]
     if label is not None and not numeric(label):
         raise InputDtypeError(f"label column {label!r} of {src} is {schema.field(label).type}, "
                               "not numeric")
@@ -168,7 +178,8 @@ def _table_batches(batches: Iterator[Any], cols: list[str], label: str | None, s
 
 
 def read_source(src: str, *, label: str | None = None, columns: Sequence[str] | None = None,
-                dtype: str | None = None, batch_rows: int = 65536) -> SourceInfo:
+                dtype: str | None = None, batch_rows: int = 65536,
+                exclude: Sequence[str] = ()) -> SourceInfo:
     """Open a source for streaming (see the module docstring).
 
     Raises
@@ -180,9 +191,11 @@ def read_source(src: str, *, label: str | None = None, columns: Sequence[str] | 
     if fmt != "zarr" and "://" not in src and not os.path.isfile(src):
         raise FileNotFoundError(f"no such file: {src}")
     if fmt in ("csv", "parquet"):
-        return _open_table(src, fmt, label, columns, np.dtype(dtype or "float64"), batch_rows)
-    if label is not None or columns:
-        raise InputValueError(f"--label and --columns apply to CSV and Parquet sources, not {fmt}")
+        return _open_table(src, fmt, label, columns, np.dtype(dtype or "float64"), batch_rows,
+                           exclude)
+    if label is not None or columns or exclude:
+        raise InputValueError(f"--label, --columns and --exclude apply to CSV and Parquet "
+                              f"sources, not {fmt}")
     arr = _open_array(src, fmt)
     dt = check_numeric_dtype(dtype or arr.dtype, what=src)
     if arr.ndim != 2 or 0 in arr.shape:
@@ -212,7 +225,7 @@ def _open_array(src: str, fmt: str) -> Any:
 
 
 def _open_table(src: str, fmt: str, label: str | None, columns: Sequence[str] | None,
-                dtype: np.dtype[Any], batch_rows: int) -> SourceInfo:
+                dtype: np.dtype[Any], batch_rows: int, exclude: Sequence[str]) -> SourceInfo:
     import pyarrow as pa
 
     try:
@@ -221,7 +234,7 @@ def _open_table(src: str, fmt: str, label: str | None, columns: Sequence[str] | 
 
             pf = pq.ParquetFile(src)
             it_schema = pf.schema_arrow
-            cols = _numeric_columns(it_schema, columns, label, src)
+            cols = _numeric_columns(it_schema, columns, label, src, exclude)
             # iter_batches reads one row group at a time, never the whole file.
             it = pf.iter_batches(batch_size=batch_rows, columns=cols + ([label] if label else []))
         else:
@@ -229,13 +242,15 @@ def _open_table(src: str, fmt: str, label: str | None, columns: Sequence[str] | 
 
             reader = pcsv.open_csv(src, read_options=pcsv.ReadOptions(block_size=1 << 22))
             it_schema = reader.schema
-            cols = _numeric_columns(it_schema, columns, label, src)
+            cols = _numeric_columns(it_schema, columns, label, src, exclude)
             it = iter(reader)
     except pa.ArrowInvalid as exc:
         raise InputValueError(f"cannot read {src} as {fmt}: {str(exc).splitlines()[0]}") from None
     kinds = tuple(column_kind(it_schema.field(c).type) for c in cols)
+    used = {*cols, label, *exclude, *(columns or ())}
+    dropped = tuple((f.name, str(f.type)) for f in it_schema if f.name not in used)
     return SourceInfo(fmt, tuple(cols), label, _table_batches(it, cols, label, src, dtype), kinds,
-                      selected=bool(columns))
+                      selected=bool(columns), dropped=dropped, excluded=tuple(exclude))
 
 
 class BlockWriter:
@@ -256,6 +271,7 @@ class BlockWriter:
         self.crcs: dict[tuple[int, ...], int] = {}
         self.buf: list[np.ndarray] = []
         self.buffered = 0
+        self.fresh = base is None
         if base is not None:
             self._start_from(base)
 
@@ -302,6 +318,12 @@ class BlockWriter:
         ``before_commit`` runs between the two: an append checks there that the
         array's metadata is still the version it started from.
         """
+        if self.fresh and self.rows == 0 and 0 < self.buffered < self.meta.chunks[0]:
+            # The whole array fits in less than one block: store it as one chunk of its
+            # own size, not padded up to a default block (64 MiB for a 442 x 2 table).
+            from dataclasses import replace
+
+            self.meta = replace(self.meta, chunks=(self.buffered, self.meta.shape[1]))
         if self.buffered:
             self._flush(self.buffered)
         if self.rows == 0:
@@ -329,6 +351,8 @@ class IngestResult:
     label: BlockMatrix | None
     format: str
     columns: tuple[str, ...]
+    #: Table columns left out as not numeric: (name, source type).
+    dropped: tuple[tuple[str, str], ...] = ()
 
 
 def _target(path: str, overwrite: bool) -> Store:
@@ -338,11 +362,15 @@ def _target(path: str, overwrite: bool) -> Store:
 def ingest(src: str, dest: str, *, label: str | None = None, label_dest: str | None = None,
            columns: Sequence[str] | None = None, chunk_rows: int | None = None,
            dtype: str | None = None, codec: str = "auto", overwrite: bool = False,
-           allow_nonfinite: bool = False) -> IngestResult:
+           allow_nonfinite: bool = False, exclude: Sequence[str] = ()) -> IngestResult:
     """Stream ``src`` into a BlockMatrix at ``dest`` (and labels at ``label_dest``).
 
     Parameters
     ----------
+    columns, exclude : sequence of str, optional
+        Table sources: the feature columns to keep (default every numeric column but
+        the label), and columns to leave out of them. Non-numeric columns are left out
+        and named in the result's ``dropped``.
     allow_nonfinite : bool
         Store NaN and infinity (after the ``dtype`` cast) instead of refusing them, for
         data meant for tools that are defined on them; the array records it, and
@@ -364,9 +392,9 @@ def ingest(src: str, dest: str, *, label: str | None = None, label_dest: str | N
     if chunk_rows is not None and chunk_rows <= 0:
         raise InputValueError(f"--chunk-rows must be positive; got {chunk_rows}")
     if detect_format(src) == "npz":
-        return _ingest_sparse(src, dest, chunk_rows, dtype, overwrite, label or columns,
-                              allow_nonfinite)
-    info = read_source(src, label=label, columns=columns, dtype=dtype)
+        return _ingest_sparse(src, dest, chunk_rows, dtype, overwrite,
+                              label or columns or exclude, allow_nonfinite)
+    info = read_source(src, label=label, columns=columns, dtype=dtype, exclude=exclude)
     first = next(info.batches, None)
     if first is None:
         raise InputValueError(f"{src} holds no rows")
@@ -455,9 +483,11 @@ def _write_all(info: SourceInfo, first: Batch, src: str, store: Store, ystore: S
                                                else src, "format": info.format,
                                                "label": info.label,
                                                "columns": list(info.columns) if info.selected
-                                               else None},
+                                               else None,
+                                               **({"exclude": list(info.excluded)}
+                                                  if info.excluded else {})},
                              columns=list(info.columns), column_kinds=list(info.kinds), **extra)
     x = writer.close(attrs)
     y = ywriter.close(provenance_attrs("ingest", params={"source": src, "column": info.label})) \
         if ywriter is not None else None
-    return IngestResult(x, y, info.format, info.columns)
+    return IngestResult(x, y, info.format, info.columns, info.dropped)
