@@ -303,31 +303,36 @@ class DaskExecutor:
         resources = {"GPU": 1} if self.device == "gpu" else None
         workers = sorted(client.scheduler_info(n_workers=-1).get("workers", {})) \
             if any(rt.cache_bytes for rt in xplan.runtimes) else []
-        # Each group's runtime is sent once, not with each of its tasks.
-        runtimes = [client.scatter(rt, hash=False) for rt in xplan.runtimes]
-        inflight: dict[Any, Any] = {}
+        inflight = _Inflight()
         done = as_completed(loop=client.loop)
-        for batch in _batches(xplan.jobs, self.batch_jobs):
+        for number, batch in enumerate(_batches(xplan.jobs, self.batch_jobs)):
             dsk: dict[Any, Any] = {}
             rows: dict[Any, int] = {}
+            # A group's runtime enters each batch's graph once, as a literal node, not with
+            # each task. Not scattered: scattered data dies with its worker and cannot be
+            # recomputed, so every task needing it would be cancelled ("already forgotten").
+            runtimes = [(f"runtime-{run}-{number}", g) for g in range(len(xplan.runtimes))]
+            for j in {job.group for job in batch}:
+                dsk[runtimes[j]] = xplan.runtimes[j]
             for job in batch:
                 k = _key(xplan, run, job.group, job.pos)
-                deps = [dk if dk in dsk else inflight[dk]
-                        for dk in (_key(xplan, run, g, p) for g, p in job.deps)
-                        if dk in dsk or dk in inflight]
+                dep_keys = [dk for dk in (_key(xplan, run, g, p) for g, p in job.deps)
+                            if dk in dsk or dk in inflight.futures]
+                inflight.depend(k, dep_keys)
+                deps = [dk if dk in dsk else inflight.futures[dk] for dk in dep_keys]
                 dsk[k] = (run_task, runtimes[job.group], job.batch.tasks, *deps)
                 if workers and (r := _cache_row(xplan, job)) is not None:
                     rows[k] = r
-            keys = list(dsk)
+            keys = [k for k in dsk if k not in runtimes]
             futures = client.get(_placed(dsk, rows, workers), keys, sync=False,
                                  retries=self.retries, resources=resources)
             for k, fut in zip(keys, futures, strict=True):
-                inflight[k] = fut
+                inflight.futures[k] = fut
                 done.add(fut)
-            while len(inflight) > self.window_jobs:
-                _finish(next(done), inflight, on_task_done)
+            while len(inflight.futures) > self.window_jobs:
+                inflight.finish(next(done), on_task_done)
         for fut in done:
-            _finish(fut, inflight, on_task_done)
+            inflight.finish(fut, on_task_done)
 
     def _run_threaded(self, xplan: ExecutionPlan, run: str, on_task_done: TaskCallback,
                       blas_threads: int) -> None:
@@ -378,11 +383,39 @@ def _batches(jobs: Iterable[TaskJob], size: int) -> Iterator[list[TaskJob]]:
         yield batch
 
 
-def _finish(fut: Any, inflight: dict[Any, Any], on_task_done: TaskCallback) -> None:
-    """Hand a finished task's metrics to the driver and drop its future (its error,
-    after the task's retries, is raised here)."""
-    inflight.pop(fut.key, None)
-    on_task_done(fut.result())
+class _Inflight:
+    """The futures of unfinished jobs, and of finished ones that unfinished jobs wait on.
+
+    A finished job's future is kept until every job submitted with it as a dependency
+    has finished: released earlier, a worker lost with its result leaves the dependent
+    waiting on a key the scheduler has forgotten (``FutureCancelledError``). Memory
+    stays bounded by the window: only dependencies of unfinished jobs are kept.
+    """
+
+    def __init__(self) -> None:
+        self.futures: dict[Any, Any] = {}
+        self._kept: dict[Any, Any] = {}
+        self._waiters: dict[Any, int] = {}
+        self._deps: dict[Any, list[Any]] = {}
+
+    def depend(self, key: Any, deps: list[Any]) -> None:
+        self._deps[key] = deps
+        for d in deps:
+            self._waiters[d] = self._waiters.get(d, 0) + 1
+
+    def finish(self, fut: Any, on_task_done: TaskCallback) -> None:
+        """Hand a finished task's metrics to the driver (its error, after the task's
+        retries, is raised here) and release the futures no one waits on any more."""
+        key = fut.key
+        self.futures.pop(key, None)
+        if self._waiters.get(key):
+            self._kept[key] = fut
+        for d in self._deps.pop(key, ()):
+            self._waiters[d] -= 1
+            if not self._waiters[d]:
+                del self._waiters[d]
+                self._kept.pop(d, None)
+        on_task_done(fut.result())
 
 
 def _tls_security(address: str, security: Security | None) -> Security | None:
