@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numbers
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import scipy.linalg
@@ -20,11 +20,19 @@ from blocklin.ml._validation import (
     stored_matrix,
     validate_features,
 )
-from blocklin.ops.glm import loss_grad_spec, lsqr_spec, moments_spec, unpack_grad
+from blocklin.ops.glm import (
+    Conditioning,
+    conditioning,
+    loss_grad_spec,
+    lsqr_spec,
+    moments_spec,
+    unpack_grad,
+)
 
 __all__ = [
     "IterResult",
     "Moments",
+    "QRSolve",
     "check_common_params",
     "compute_options",
     "features",
@@ -294,11 +302,21 @@ def _check_solution(solver: str, x: np.ndarray, history: list[float]) -> None:
 QR_RANK_RCOND = 10 * np.finfo(float).eps
 
 
-def qr_solve(R: np.ndarray, k: int, l2: np.ndarray,
-             W: float) -> tuple[np.ndarray, np.ndarray, float, np.ndarray, bool]:
+class QRSolve(NamedTuple):
+    """What :func:`qr_solve` derives from a TSQR factor."""
+
+    beta: np.ndarray
+    cov: np.ndarray  # (ZᵀWZ)⁻¹
+    objective: float
+    T: np.ndarray  # triangular factor of the penalized system: TᵀT = ZᵀWZ + W·diag(l2)
+    deficient: bool
+    cond: Conditioning  # exact 2-norm ‖T‖ and κ(T), T scaled to unit columns
+
+
+def qr_solve(R: np.ndarray, k: int, l2: np.ndarray, W: float) -> QRSolve:
     """Solve from the R of √w·[Z y] (Z with k columns): β, (ZᵀWZ)⁻¹, objective, the
-    triangular factor T of the penalized system (TᵀT = ZᵀWZ + W·diag(l2)), and whether
-    T is rank deficient.
+    triangular factor T of the penalized system, whether T is rank deficient, and T's
+    conditioning (from the singular values the rank test computes anyway).
 
     Ridge penalties are added by stacking √(W·l2)·I under R (no normal equations).
     A rank-deficient T (equilibrated singular values below k·``QR_RANK_RCOND`` of the
@@ -315,20 +333,34 @@ def qr_solve(R: np.ndarray, k: int, l2: np.ndarray,
         rhs = q.T @ np.concatenate([r12, np.zeros(k)])
     s = np.linalg.norm(T, axis=0)
     s = np.where(s > 0, s, 1.0)
-    U, sv, Vt = np.linalg.svd(T / s)
+    # Singular values only (a sixth of a full SVD's work); the vectors only when T is
+    # rank deficient and needs them.
+    sv = np.linalg.svd(T / s, compute_uv=False)
     keep = sv > k * QR_RANK_RCOND * sv.max(initial=0.0)
     deficient = not keep.all()
     if not deficient:
         beta = scipy.linalg.solve_triangular(T, rhs)
-        Rinv = scipy.linalg.solve_triangular(R11, np.eye(k)) if np.all(np.diag(R11) != 0) \
-            else np.linalg.pinv(R11)
     else:
+        U, sv, Vt = np.linalg.svd(T / s)
+        keep = sv > k * QR_RANK_RCOND * sv.max(initial=0.0)
         beta = (Vt[keep].T @ ((U[:, keep].T @ rhs) / sv[keep])) / s
         beta = min_norm(beta, Vt[~keep].T / s[:, None], counted=p)
-        Rinv = np.linalg.pinv(R11)
     resid = R11 @ beta - r12
     obj = 0.5 * (resid @ resid + r22**2) / W + 0.5 * float(l2 @ beta[:p] ** 2)
-    return beta, Rinv @ Rinv.T, float(obj), T, deficient
+    return QRSolve(beta, _inverse_gram(R11), float(obj), T, deficient, conditioning(T, sv))
+
+
+def _inverse_gram(R: np.ndarray) -> np.ndarray:
+    """(RᵀR)⁻¹ from upper-triangular R: LAPACK ``dpotri`` (R is a Cholesky factor of
+    RᵀR), a third of the flops of R⁻¹R⁻ᵀ; the pseudo-inverse when R is singular."""
+    if np.all(np.diag(R) != 0) and np.all(np.isfinite(R)):
+        inv, info = scipy.linalg.lapack.dpotri(R, lower=0)
+        if info == 0:
+            out: np.ndarray = np.triu(inv) + np.triu(inv, 1).T
+            return out
+    pinv = np.linalg.pinv(R)
+    gram_inv: np.ndarray = pinv @ pinv.T
+    return gram_inv
 
 
 def exact_solve(gram: np.ndarray, k: int, l2: np.ndarray,

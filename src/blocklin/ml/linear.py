@@ -35,7 +35,6 @@ from blocklin.ml._solvers import (
 from blocklin.ml._summary import LinearRegressionSummary, linear_summary
 from blocklin.ops.glm import (
     PassSpec,
-    equilibrated_condition,
     loss_grad_spec,
     ls_condition,
     merge_moments,
@@ -61,20 +60,24 @@ MAX_NORMAL_FEATURES = 4096
 AUTO_QR_RCOND = 1e-3
 #: Up to this many features ``auto`` solves by TSQR (with the statistics in the same pass).
 AUTO_QR_MAX_FEATURES = 64
-#: The TSQR solution stands when the least-squares condition estimate
-#: κ_LS = κ·(1 + κ·‖r‖/(‖T‖·‖β‖)) of the column-equilibrated triangular factor T is at
-#: most this. u·κ_LS bounds the normwise relative error of any backward-stable solve (the
-#: one-pass TSQR included): below 10³ it has lost less than three of double's sixteen
-#: digits. Above it, TSQR and Householder QR each lose up to log10(κ_LS) digits in their
-#: own rounding pattern, so their coefficients may differ by a digit or more (NIST's
-#: Longley, Wampler1-5 and Filip sit at κ_LS from 3·10³ to 4·10¹⁰; Norris and Pontius at
-#: 4 and 25): ``qr`` then solves from the exact Gram gathered in the same pass, ``auto``
-#: makes a refinement pass.
+#: The TSQR solution stands when the least-squares condition number
+#: κ_LS = κ·(1 + κ·‖r‖/(‖T‖·‖β‖)) of the column-equilibrated triangular factor T, in
+#: 2-norms (the driver's κ and ‖T‖ are exact: singular values), is at most this. u·κ_LS
+#: bounds the normwise relative error of any backward-stable solve (the one-pass TSQR
+#: included): below 10³ it has lost less than three of double's sixteen digits. Above
+#: it, TSQR and Householder QR each lose up to log10(κ_LS) digits in their own rounding
+#: pattern, so their coefficients may differ by a digit or more (NIST's Longley,
+#: Wampler1-5 and Filip sit at κ_LS from 2·10³ to 10¹⁰; Norris and Pontius at 3 and 18):
+#: ``qr`` then solves from the exact Gram gathered in the same pass, ``auto`` makes a
+#: refinement pass.
 QR_REFINE_COND = 1e3
-#: The ``qr`` solver has a panel form its exact Gram when the panel's own condition
-#: estimate exceeds QR_REFINE_COND / QR_PANEL_MARGIN: a panel's κ_LS is about the whole
-#: problem's or larger (fewer rows), and the margin absorbs dtrcon's estimate spread,
-#: so an ill-conditioned problem almost always finds every panel's Gram at hand.
+#: The ``qr`` solver has a panel form its exact Gram when the panel's own κ_LS estimate
+#: (2-norm, by power and inverse iteration: :func:`blocklin.ops.glm.conditioning`)
+#: exceeds QR_REFINE_COND / QR_PANEL_MARGIN: a panel's κ_LS is about the whole problem's
+#: or larger (fewer rows), and the margin absorbs the estimate's spread (it reads at
+#: least 0.8 of κ₂), so an ill-conditioned problem almost always finds every panel's
+#: Gram at hand, and a well-conditioned one (a Gaussian design with a noisy label:
+#: κ_LS of a few units per panel) never pays for one.
 QR_PANEL_MARGIN = 10.0
 
 
@@ -121,12 +124,18 @@ class LinearRegression(RegressorMixin, BaseEstimator):  # type: ignore[misc]
         (MLlib's normal solver runs OWL-QN there; its ``l-bfgs`` one pass per
         evaluation). ``qr``: one pass of TSQR of √w·[X 1 y] (intercept column and
         weights applied inside each task), backward stable like a Householder solve;
-        the residual sum of squares is R's last diagonal entry squared. A panel whose
-        own R is ill-conditioned (least-squares condition estimate above 10²) also
-        forms its Gram exactly, in double-double (BLAS products of error-free column
-        slices, 6 to 16 times a plain Gram's flops as its κ asks). When the whole problem is
-        ill-conditioned (estimate above 10³, ``QR_REFINE_COND``) β comes from those
-        Grams by a double-double Cholesky solve, to about κ(X)²·10⁻³², beyond a
+        the residual sum of squares is R's last diagonal entry squared. Each task
+        copies its panel once, column-major, and LAPACK factors it in place (``dgeqrt``,
+        blocked Householder with recursive BLAS-3 panels, for panels of at least 48
+        columns: 2-4x faster than ``dgeqrf``); the R factors meet in a fixed-order
+        tree of fan-in 8. Cost: the read plus a Householder QR of every panel (2·m·c²
+        flops, c = p + 2: about twice a Gram's, at LAPACK's lower rate), then
+        O(c³) on the driver. A panel whose own R is ill-conditioned (2-norm
+        least-squares condition estimate above 10²) also forms its Gram exactly, in
+        double-double (BLAS products of error-free column slices, 6 to 16 times a plain
+        Gram's flops as its κ asks). When the whole problem is ill-conditioned
+        (κ_LS above 10³, ``QR_REFINE_COND``) β comes from those Grams by a double-double
+        Cholesky solve, to about κ(X)²·10⁻³², beyond a
         Householder solve's κ(X)·10⁻¹⁶ (NIST StRD's hardest sets to their data's
         rounding) without another pass. Only when some panels were well conditioned
         on their own does an ill-conditioned problem take a second pass, one step of
@@ -188,13 +197,16 @@ class LinearRegression(RegressorMixin, BaseEstimator):  # type: ignore[misc]
     Notes
     -----
     Passes: ``normal`` 1; ``qr`` 1 (2 in the mixed case above; ``n_iter_`` counts the
-    solves: 1 or 2); ``auto`` with at most 64 features a TSQR pass, plus a refinement
-    pass when R's condition calls for it, else 1 (2 or 3 when it refines, 3 or 4 when
-    it falls back to ``qr``); ``lbfgs``/``owlqn`` 1 + one
-    per function evaluation; ``sketch`` 3 + one per iteration; ``partial_fit`` 1 over
-    the new rows only.
-    Per-task memory is a row panel, one float64 copy of it and a few
-    (p+2)² matrices.
+    solves: 1 or 2), its per-task memory the read blocks, one column-major copy of the
+    panel ``√w·[X 1 y]`` (m_b × (p + 2), factored in place) and its partial: R and, for
+    ``qr``, room for the double-double Gram ((3p + 8) × (p + 2)); panels that form the
+    exact Gram copy the panel once more (plus 4096-row slice buffers); ``auto`` with at
+    most 64 features a TSQR pass, plus a refinement pass when R's condition calls for
+    it, else 1 (2 or 3 when it refines, 3 or 4 when it falls back to ``qr``);
+    ``lbfgs``/``owlqn`` 1 + one per function evaluation; ``sketch`` 3 + one per
+    iteration; ``partial_fit`` 1 over the new rows only.
+    Per-task memory of the other solvers is a row panel, one float64 copy of it and a
+    few (p+2)² matrices.
 
     Examples
     --------
@@ -408,27 +420,27 @@ class LinearRegression(RegressorMixin, BaseEstimator):  # type: ignore[misc]
         _, l2 = penalties(self, sx, sy, ym)
         # The objective comes from R alone (‖R₁₁β − r₁₂‖² + r₂₂², r₂₂ = R[-1, -1]): the
         # one-pass fit needs no residual pass for its history or summary sums.
-        beta, cov, obj, T, deficient = qr_solve(R, k, l2, W)
-        history = [obj]
+        sol = qr_solve(R, k, l2, W)
+        beta, history = sol.beta, [sol.objective]
         # A rank-deficient design keeps its least-norm TSQR solution: neither the exact
         # Gram (singular) nor a refinement step (T singular) can improve on it.
-        resid = float(np.sqrt(max(2.0 * W * obj, 0.0)))
-        kappa = equilibrated_condition(T)
-        if not deficient and ls_condition(T, beta, resid, kappa) > QR_REFINE_COND:
+        resid = float(np.sqrt(max(2.0 * W * sol.objective, 0.0)))
+        if not sol.deficient and ls_condition(sol.T, beta, resid, sol.cond) > QR_REFINE_COND:
             # The panels' Grams serve when they carry enough slices for this κ.
             solved = exact_solve(gram, k, l2, W) \
-                if gram is not None and kappa <= serves else None
+                if gram is not None and sol.cond.kappa <= serves else None
             if solved is not None:
                 beta, history = solved[0], [solved[1]]
             else:
-                beta, refined = self._refine(data, beta, T, l2, W)
+                beta, refined = self._refine(data, beta, sol.T, l2, W)
                 history.append(refined)
         intercept = float(beta[p]) if self.fit_intercept else 0.0
-        # With an intercept column, (RᵀR)[p, p+1] = Σw·y gives the label mean for free.
-        G = R.T @ R
-        center = float(G[p, p + 1] / G[p, p]) if self.fit_intercept and G[p, p] > 0 else 0.0
+        # With an intercept column, (RᵀR)[p, p+1] = Σw·y over (RᵀR)[p, p] = Σw gives the
+        # label mean for free (two column products, not the whole RᵀR).
+        ones = R[:, p] @ R[:, p] if self.fit_intercept else 0.0
+        center = float(R[:, p] @ R[:, p + 1] / ones) if ones > 0 else 0.0
         # n_iter_ counts the solves (scikit-learn wants at least one): 1, or 2 when refined.
-        return _Fit(beta[:p], intercept, history, len(history), "qr", cov, y_center=center)
+        return _Fit(beta[:p], intercept, history, len(history), "qr", sol.cov, y_center=center)
 
     def _refine_normal(self, data: TrainData, fit: _Fit, mom: Moments) -> _Fit | None:
         """Seminormal iterative refinement of an ill-conditioned normal-equation fit.

@@ -91,17 +91,74 @@ def _join(parts: list[Any], sparse_join: Any, dense_join: Any) -> Any:
     return dense_join(parts)
 
 
+#: Column block of LAPACK's compact-WY Householder QR (``dgeqrt``), whose panels factor
+#: recursively with BLAS-3 products: on panels at least this wide it runs 2-4x faster
+#: than ``dgeqrf`` (scipy's ``qr``), which factors 32-column panels, and everything
+#: narrower than its crossover of 128 columns, one column at a time with BLAS-2 (16,384 x
+#: 502 on one core: 0.46-0.51 s against 0.96-1.19 s; 65,536 x 64: 0.13 s against 0.35 s).
+#: 48 to 128 measured alike. Narrower panels keep ``dgeqrf`` and its exact rounding.
+QR_BLOCK = 48
+
+
+def _blocked(a: np.ndarray) -> bool:
+    """Whether :func:`householder_r` and :func:`_q_times` factor ``a`` by ``dgeqrt``."""
+    return bool(min(a.shape) >= QR_BLOCK)
+
+
+def _geqrt(a: np.ndarray, overwrite: bool) -> tuple[np.ndarray, np.ndarray]:
+    """LAPACK ``dgeqrt`` of a: reflectors below the diagonal and R on and above it
+    (Fortran order), and the block reflector factors T. With ``overwrite`` a
+    Fortran-ordered float64 ``a`` is factored in place, otherwise a copy is."""
+    f = a if overwrite and a.dtype == np.float64 and a.flags.f_contiguous \
+        else np.array(a, dtype=np.float64, order="F")
+    vr, t, info = scipy.linalg.lapack.dgeqrt(min(QR_BLOCK, *a.shape), f, overwrite_a=1)
+    if info != 0:
+        raise ValueError(f"LAPACK dgeqrt failed (info={info}) on a {a.shape} panel")
+    return vr, t
+
+
+def householder_r(a: np.ndarray, *, overwrite: bool = False) -> np.ndarray:
+    """Upper-trapezoidal Householder R (min(m, n) × n) of a nonempty ``a``: LAPACK
+    ``dgeqrt`` when both sides are at least ``QR_BLOCK``, ``dgeqrf`` otherwise.
+
+    With ``overwrite`` a Fortran-ordered float64 ``a`` may be factored in place (the
+    caller's buffer is then garbage); otherwise ``a`` is left as it is.
+    """
+    k = min(a.shape)
+    if _blocked(a):
+        return np.triu(_geqrt(a, overwrite)[0][:k])
+    # LAPACK dgeqrf with its optimal workspace, as scipy's ``qr`` calls it (the same
+    # bits), without the full m × n copy of R that ``qr(mode="r")`` returns.
+    f = a if overwrite and a.dtype == np.float64 and a.flags.f_contiguous \
+        else np.array(a, dtype=np.float64, order="F")
+    geqrf = scipy.linalg.lapack.dgeqrf
+    lwork = int(geqrf(f, lwork=-1)[2][0])
+    qr, _, _, info = geqrf(f, lwork=max(lwork, 1), overwrite_a=1)
+    if info != 0:
+        raise ValueError(f"LAPACK dgeqrf failed (info={info}) on a {a.shape} panel")
+    return np.triu(qr[:k])
+
+
 def _r_factor(a: np.ndarray) -> np.ndarray:
-    """Householder R (LAPACK geqrf through scipy, as :func:`_qr`, so both passes agree)."""
-    r: np.ndarray = scipy.linalg.qr(a, mode="r", check_finite=False)[0]
-    # scipy returns the full (m, n) R; callers guarantee m >= n.
-    return r[: a.shape[1]]
+    """Householder R (n × n; callers guarantee m ≥ n) by the same LAPACK routine as
+    :func:`_q_times`, so both passes of TSQR factor a leaf alike."""
+    return householder_r(a)
 
 
 def _q_times(a: np.ndarray, m: np.ndarray) -> np.ndarray:
-    """``Q @ m`` for the Householder QR of ``a`` (the same geqrf as :func:`_r_factor`)."""
-    y: np.ndarray = scipy.linalg.qr_multiply(a, m, mode="left")[0]
-    return y
+    """``Q @ m`` (m: n × k) for the Householder QR of ``a`` (the routine of
+    :func:`_r_factor`), applied by LAPACK ``dgemqrt`` or ``dormqr``: Q is never formed."""
+    if not _blocked(a):
+        y: np.ndarray = scipy.linalg.qr_multiply(a, m, mode="left")[0]
+        return y
+    vr, t = _geqrt(a, overwrite=False)
+    c = np.zeros((a.shape[0], m.shape[1]), order="F")
+    c[: m.shape[0]] = m
+    out, info = scipy.linalg.lapack.dgemqrt(vr, t, c, side="L", trans="N", overwrite_c=1)
+    if info != 0:
+        raise ValueError(f"LAPACK dgemqrt failed (info={info}) on a {a.shape} panel")
+    prod: np.ndarray = out
+    return prod
 
 
 def _qr(a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
