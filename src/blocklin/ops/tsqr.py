@@ -20,6 +20,7 @@ import scipy.sparse as sp
 
 from blocklin.errors import InputValueError, ShapeMismatchError
 from blocklin.executors.lazy import Lazy
+from blocklin.ops import _lapack as lapack
 from blocklin.ops._inputs import (
     MatrixInput,
     as_matrix,
@@ -106,15 +107,13 @@ def _blocked(a: np.ndarray) -> bool:
 
 
 def _geqrt(a: np.ndarray, overwrite: bool) -> tuple[np.ndarray, np.ndarray]:
-    """LAPACK ``dgeqrt`` of a: reflectors below the diagonal and R on and above it
-    (Fortran order), and the block reflector factors T. With ``overwrite`` a
-    Fortran-ordered float64 ``a`` is factored in place, otherwise a copy is."""
+    """LAPACK ``dgeqrt`` of a (without the GIL, :mod:`blocklin.ops._lapack`): reflectors
+    below the diagonal and R on and above it (Fortran order), and the block reflector
+    factors T. With ``overwrite`` a Fortran-ordered float64 ``a`` is factored in place,
+    otherwise a copy is."""
     f = a if overwrite and a.dtype == np.float64 and a.flags.f_contiguous \
-        else np.array(a, dtype=np.float64, order="F")
-    vr, t, info = scipy.linalg.lapack.dgeqrt(min(QR_BLOCK, *a.shape), f, overwrite_a=1)
-    if info != 0:
-        raise ValueError(f"LAPACK dgeqrt failed (info={info}) on a {a.shape} panel")
-    return vr, t
+        and a.flags.writeable else np.array(a, dtype=np.float64, order="F")
+    return lapack.dgeqrt(f, min(QR_BLOCK, *a.shape))
 
 
 def householder_r(a: np.ndarray, *, overwrite: bool = False) -> np.ndarray:
@@ -154,11 +153,7 @@ def _q_times(a: np.ndarray, m: np.ndarray) -> np.ndarray:
     vr, t = _geqrt(a, overwrite=False)
     c = np.zeros((a.shape[0], m.shape[1]), order="F")
     c[: m.shape[0]] = m
-    out, info = scipy.linalg.lapack.dgemqrt(vr, t, c, side="L", trans="N", overwrite_c=1)
-    if info != 0:
-        raise ValueError(f"LAPACK dgemqrt failed (info={info}) on a {a.shape} panel")
-    prod: np.ndarray = out
-    return prod
+    return lapack.dgemqrt(vr, t, c)
 
 
 def _qr(a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
