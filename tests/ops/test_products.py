@@ -124,6 +124,9 @@ def test_centering_and_scaling_are_fused(tmp_path: Path, executor: ExecutorCase)
     std = x.std(0, ddof=1)
     z = np.where(std > 0, xc / np.where(std > 0, std, 1), 0.0)  # MLlib: constant column -> 0
     np.testing.assert_allclose(gs, z.T @ z, rtol=1e-11, atol=1e-9)
+    # as the docstring of standardize says: (n - 1) times the covariance / correlation
+    np.testing.assert_allclose(gc / 899, np.cov(x.T), rtol=1e-11)
+    np.testing.assert_allclose(gs[:4, :4] / 899, np.corrcoef(x[:, :4].T), rtol=1e-11, atol=1e-14)
     # No centered copy was written: only the stats/affine intermediates and the Gram partials.
     shapes = [read_meta(store_for(str(p))).shape  # type: ignore[union-attr]
               for p in executor.work_dir.iterdir() if p.is_dir()]

@@ -71,6 +71,10 @@ def standardize(A: Any, with_mean: bool = True, with_std: bool = True, *, ddof: 
     -----
     Costs one pass for the statistics (none with explicit vectors); the transform
     itself costs a block-sized temporary per task in the consuming operator.
+
+    Scaling: with the default ``ddof=1``, ``gram(standardize(A))`` is ``(n - 1)`` times
+    the correlation matrix of A's columns (divide by ``n - 1`` for the correlations),
+    and ``gram(center(A))`` is ``(n - 1)`` times their covariance.
     """
     m = as_matrix(A)
     if m.input.transform is not None:
