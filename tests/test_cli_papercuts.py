@@ -43,3 +43,19 @@ def test_inspect_prints_provenance_one_field_a_line(tmp_path: Path) -> None:
     fields = dict(line.strip().split(": ", 1) for line in lines[at + 1:])
     assert fields["operator"] == "from_array" and fields["version"] == bl.__version__
     assert max(len(line) for line in lines) < 100
+
+
+def test_spark_without_pyspark_says_which_extra(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    bl.from_array(np.ones((10, 2)), str(tmp_path / "a.zarr"))
+    code = ("import sys; sys.modules['pyspark'] = None\n"  # as if pyspark were not installed
+            "import blocklin as bl\n"
+            f"bl.ops.gram(bl.open({str(tmp_path / 'a.zarr')!r})).compute(executor='spark', "
+            f"work_dir={str(tmp_path / 'w')!r})\n")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=120)
+    assert res.returncode == 1
+    last = res.stderr.strip().splitlines()[-1]
+    assert last.startswith("blocklin.errors.ConfigError") and "blocklin[spark]" in last

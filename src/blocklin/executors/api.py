@@ -69,6 +69,11 @@ def get_executor(executor: str | Executor = "dask", *, address: str | None = Non
         raise ConfigError("security= is a dask cluster's TLS settings; Spark takes its own "
                           "(spark.authenticate, spark.ssl.*) from the session or "
                           "spark-defaults.conf")
+    try:
+        import pyspark  # noqa: F401, TID251
+    except ImportError:
+        raise ConfigError("executor='spark' needs pyspark, which is not installed: pip "
+                          "install 'blocklin[spark]' (Java 17 must be on the PATH)") from None
     from blocklin.executors.spark import SparkExecutor
 
     return SparkExecutor(spark=spark, master=address, device=device)
