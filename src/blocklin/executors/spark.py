@@ -1,12 +1,26 @@
 """The Spark executor: each stage group of a plan runs as one Spark job.
 
 Groups run one after another in topological order (the order of
-``ExecutionPlan.runtimes``); a group's pending tasks become the partitions of one
-RDD, one task per partition, each calling :func:`blocklin.plan.run_task`. Tasks read
-their input blocks from zarr and write their output block there: only block indices
-(in) and a few numbers (out) travel through Spark. A failed task is retried by Spark
-itself (``spark.task.maxFailures``); completion records make a re-run with
-``resume=True`` skip finished blocks.
+``ExecutionPlan.runtimes``); a group's pending tasks are sliced into the partitions of
+one RDD, a few per core (:data:`PARTITIONS_PER_CORE`), and each Spark task calls
+:func:`blocklin.plan.run_task` on its slice's block tasks in turn. Tasks read their
+input blocks from zarr and write their output block there: only block indices (in)
+and a few numbers (out) travel through Spark. A failed Spark task is retried by Spark
+itself (``spark.task.maxFailures``), its whole slice again (block writes are atomic
+and give the same bits, so a block written twice is the same block); completion
+records make a re-run with ``resume=True`` skip finished blocks.
+
+Speed
+-----
+A Spark task costs far more to hand to a Python worker than a dask task to a thread:
+the JVM's scheduler, executor and Python runner threads each wake in turn, and over
+Spark's default TCP loopback socket every exchange with the Python worker waited
+about 40 ms more (measured: 20 empty Spark tasks on 2 cores took 0.6 s, 0.2 s over a
+Unix domain socket). So block tasks are batched into a few Spark tasks per core (the
+rest of the slicing still balances a slow core), and sessions the executor creates
+talk to their Python workers over Unix domain sockets
+(``spark.python.unix.domain.socket.enabled``, Spark 4.1 and later). Set it in a
+session you pass in too (``benchmarks/bench_spark.py`` measures both).
 
 Sessions
 --------
@@ -38,7 +52,7 @@ from __future__ import annotations
 import os
 import sys
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from blocklin.config import default_block_cache_bytes, machine_memory, parse_memory
@@ -60,7 +74,8 @@ from blocklin.types import DEVICES, parse_option
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession  # noqa: TID251
 
-__all__ = ["SparkExecutor", "local_session", "session_conf"]
+__all__ = ["PARTITIONS_PER_CORE", "SparkExecutor", "local_session", "partition_count",
+           "session_conf", "task_slices"]
 
 #: Spark's default number of attempts per task, also used for the sessions we create.
 DEFAULT_MAX_FAILURES = 4
@@ -85,6 +100,8 @@ def session_conf(master: str, device: str = "cpu",
         "spark.pyspark.driver.python": sys.executable,
         "spark.task.maxFailures": str(max_failures),
         "spark.ui.showConsoleProgress": "false",
+        # See "Speed" above: TCP loopback to the Python workers stalled each exchange.
+        "spark.python.unix.domain.socket.enabled": "true",
     }
     if device == "gpu":
         if master.startswith("local"):
@@ -139,20 +156,47 @@ def _build_session(master: str, conf: dict[str, str]) -> SparkSession:
     return builder.getOrCreate()
 
 
-#: Metrics key of a task that found non-finite data (see :func:`_run_one`).
+#: Metrics key of a task that found non-finite data (see :func:`_run_slice`).
 _DATA_ERROR = "nonfinite_error"
 
+#: Spark partitions per core in a group's job: few, since each Spark task costs tens of
+#: milliseconds of hand-offs, but more than one, so a core slowed by other work does
+#: not hold the whole job (the others take its remaining slices).
+PARTITIONS_PER_CORE = 2
 
-def _run_one(runtime: GroupRuntime) -> Callable[[tuple[Task | None, ...]], TaskMetrics]:
-    """The function Spark maps over a group's tasks (pickled with the runtime)."""
 
-    def run(tasks: tuple[Task | None, ...]) -> TaskMetrics:
-        try:
-            return run_task(runtime, tasks)
-        except (NonFiniteError, CorruptChunkError) as exc:
-            # Bad data fails the same way on every retry: hand the error to the driver
-            # (it pickles with its fields) instead of failing the task.
-            return {_DATA_ERROR: exc}
+def partition_count(ntasks: int, cores: int) -> int:
+    """Spark partitions for a group of ``ntasks`` block tasks on ``cores`` cores."""
+    return max(1, min(ntasks, PARTITIONS_PER_CORE * max(1, cores)))
+
+
+TaskTuple = tuple[Task | None, ...]
+
+
+def task_slices(tasks: list[TaskTuple], parts: int) -> list[list[TaskTuple]]:
+    """``tasks`` cut into ``parts`` contiguous slices whose sizes differ by one at most.
+
+    Made here rather than by ``parallelize``: pyspark pickles its input in batches and
+    slices those, which put 4, 2, 3 and 2 of 11 tasks in 4 partitions.
+    """
+    n = len(tasks)
+    return [tasks[i * n // parts:(i + 1) * n // parts] for i in range(parts)]
+
+
+def _run_slice(runtime: GroupRuntime) -> Callable[[Iterable[list[TaskTuple]]],
+                                                  Iterator[TaskMetrics]]:
+    """The function Spark maps over each partition (one slice) of a group's tasks
+    (pickled with the runtime): runs them in order, one metrics record each."""
+
+    def run(slices: Iterable[list[TaskTuple]]) -> Iterator[TaskMetrics]:
+        for member_tasks in (t for one in slices for t in one):
+            try:
+                yield run_task(runtime, member_tasks)
+            except (NonFiniteError, CorruptChunkError) as exc:
+                # Bad data fails the same way on every retry: hand the error to the
+                # driver (it pickles with its fields) instead of failing the task.
+                yield {_DATA_ERROR: exc}
+                return
 
     return run
 
@@ -176,9 +220,10 @@ class SparkExecutor:
 
     Notes
     -----
-    One Spark job per stage group, one Spark task per block task; the data never
-    passes through the driver. Per-task memory is the plan's projection for the
-    group; it is checked against ``spark.executor.pyspark.memory`` divided by
+    One Spark job per stage group, a few Spark tasks per core each running a slice
+    of its block tasks; the data never passes through the driver. Per-task memory is
+    the plan's projection for the group (a Spark task runs its block tasks one after
+    another); it is checked against ``spark.executor.pyspark.memory`` divided by
     ``spark.executor.cores`` when the session sets the former.
     """
 
@@ -274,8 +319,11 @@ class SparkExecutor:
                 jobs = by_group[gi]
                 label = xplan.final.groups[gi].label
                 sc.setJobDescription(f"blocklin {label} ({len(jobs)} tasks)")
-                rdd = sc.parallelize([j.batch.tasks for j in jobs], numSlices=len(jobs))
-                for metrics in self._collect(rdd.map(_run_one(xplan.runtimes[gi])), label):
+                slices = task_slices([j.batch.tasks for j in jobs],
+                                     partition_count(len(jobs), sc.defaultParallelism))
+                rdd = sc.parallelize(slices, numSlices=len(slices))
+                for metrics in self._collect(rdd.mapPartitions(_run_slice(xplan.runtimes[gi])),
+                                             label):
                     on_task_done(metrics)
         finally:
             if owned:
