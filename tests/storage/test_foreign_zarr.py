@@ -280,3 +280,51 @@ def test_sharded_over_fsspec_byte_ranges() -> None:
     finally:
         fsspec.filesystem("memory").rm(url.removeprefix("memory://").split("/")[0],
                                        recursive=True)
+
+
+class _CountingPool(BufferPool):
+    """A real buffer pool that records the size of every buffer a read asks for."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.asked: list[int] = []
+
+    def acquire(self, nbytes: int) -> memoryview:
+        self.asked.append(nbytes)
+        return super().acquire(nbytes)
+
+
+@pytest.mark.parametrize("shards", [None, (30, 7)], ids=["chunks", "sharded"])
+@pytest.mark.parametrize("endian", ["little", "big"])
+def test_raw_chunks_are_read_straight_into_the_block(tmp_path: Path, shards: Any,
+                                                     endian: str) -> None:
+    # Raw chunks are the block's bytes: no chunk-sized read buffer, no copy (a
+    # 200,000 x 500 block read of zarr-python's uncompressed copy held two 200 MB
+    # buffers per thread and copied one into the other).
+    x = _data()
+    z = zarr.create_array(tmp_path / "A.zarr", shape=x.shape, chunks=(15, 7), shards=shards,
+                          dtype="f8", serializer=zc.BytesCodec(endian=endian),
+                          compressors=None, zarr_format=3)
+    z[...] = x
+    A = _check(tmp_path / "A.zarr")
+    assert A.nblocks == (1, 1)
+    pool = _CountingPool()
+    block, _ = read_block_ident(A.store, A.meta, (0, 0), pool)
+    assert block.tobytes() == x.tobytes()
+    assert pool.asked == [x.nbytes]  # the block itself, nothing beside it
+
+
+@pytest.mark.parametrize("change", [-8, 8], ids=["truncated", "extended"])
+def test_raw_chunk_of_the_wrong_length_is_corrupt(tmp_path: Path, change: int) -> None:
+    z = zarr.create_array(tmp_path / "A.zarr", shape=(40, 7), chunks=(10, 7), dtype="f8",
+                          compressors=None, zarr_format=3)
+    z[...] = _data()[:40]
+    chunk = tmp_path / "A.zarr" / "c" / "2" / "0"
+    raw = chunk.read_bytes()
+    chunk.write_bytes(raw[:change] if change < 0 else raw + bytes(change))
+    for pool in (BufferPool(), None):
+        with pytest.raises(CorruptChunkError,
+                           match=rf"chunk 2\.0 .*holds {len(raw) + change} bytes, "
+                                 rf"expected {len(raw)}"):
+            read_block_ident(bl.open(tmp_path / "A.zarr").store,
+                             bl.open(tmp_path / "A.zarr").meta, (0, 0), pool)

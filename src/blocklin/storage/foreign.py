@@ -357,6 +357,15 @@ def _stated_size(cid: str, body: memoryview) -> int | None:
     return None
 
 
+def _same_memory(a: memoryview, b: memoryview) -> bool:
+    """Whether two byte views of one length start at the same address."""
+    if len(a) != len(b) or not len(a):
+        return len(a) == len(b)
+    start_a: int = np.frombuffer(a, np.uint8).__array_interface__["data"][0]
+    start_b: int = np.frombuffer(b, np.uint8).__array_interface__["data"][0]
+    return start_a == start_b
+
+
 def _decode_into(pipe: ChunkPipeline, raw: memoryview, target: memoryview) -> str | None:
     """Verify and decompress one stored chunk into ``target`` (exactly its bytes).
 
@@ -374,7 +383,8 @@ def _decode_into(pipe: ChunkPipeline, raw: memoryview, target: memoryview) -> st
     if pipe.compressor is None:
         if len(body) != len(target):
             return f"chunk holds {len(body)} bytes, expected {len(target)}"
-        target[:] = body
+        if not _same_memory(body, target):  # read straight into the block: nothing to do
+            target[:] = body
         return None
     stated = _stated_size(pipe.compressor, body)
     if stated is not None and stated != len(target):
@@ -449,20 +459,27 @@ class _ShardIndexes:
 
 
 def _fetch(store: Any, layout: ForeignLayout, unit: BlockIndex, bufs: _Buffers,
-           shards: _ShardIndexes | None, nbytes: int, url: str) -> memoryview | None:
-    """The stored bytes of unit chunk ``unit``, or None when it is absent."""
+           shards: _ShardIndexes | None, nbytes: int, url: str,
+           into: memoryview | None = None) -> memoryview | None:
+    """The stored bytes of unit chunk ``unit``, or None when it is absent.
+
+    ``into``: where raw chunks go (the block itself); stores that read into buffers
+    put the bytes there, others return them elsewhere (then copied by the decode).
+    """
     obj, pos = layout.object_of(unit)
     key = layout.object_key(obj)
     if shards is None:
         # Compressed data may come out slightly larger than raw (incompressible input).
-        return store.read_into(key, bufs.encoded_buf(nbytes + nbytes // 64 + 4096))  # type: ignore[no-any-return]
+        buf = into if into is not None else bufs.encoded_buf(nbytes + nbytes // 64 + 4096)
+        return store.read_into(key, buf)  # type: ignore[no-any-return]
     entries = shards.entries(key, obj)
     if entries is None:
         return None
     offset, length = (int(v) for v in entries[pos])
     if offset == _EMPTY and length == _EMPTY:
         return None
-    got = store.read_range_into(key, offset, length, bufs.encoded_buf(length))
+    buf = into if into is not None and len(into) == length else bufs.encoded_buf(length)
+    got = store.read_range_into(key, offset, length, buf)
     if got is None or len(got) != length:
         raise CorruptChunkError(url, unit, f"shard {key} ends before inner chunk {pos} "
                                            f"(bytes {offset}..{offset + length})")
@@ -477,8 +494,9 @@ def read_region_into(store: Any, layout: ForeignLayout, region: Sequence[slice],
     region's shape and the array's native dtype).
 
     A unit chunk that covers whole rows of ``out`` in its own order is decompressed
-    in place; others (edge chunks, tiles narrower than ``out``, F order, transposes)
-    through one reused scratch buffer. An absent chunk calls ``on_missing`` (which
+    in place (read in place when raw and without a checksum); others (edge chunks,
+    tiles narrower than ``out``, F order, transposes) through one reused scratch
+    buffer. An absent chunk calls ``on_missing`` (which
     raises for arrays blocklin wrote), then reads as ``fill``.
 
     Raises
@@ -502,14 +520,19 @@ def read_region_into(store: Any, layout: ForeignLayout, region: Sequence[slice],
         hi = [min((i + 1) * c, s.stop) for i, c, s in zip(u, unit, region, strict=True)]
         dst = out[tuple(slice(a - s.start, b - s.start) for a, b, s in zip(lo, hi, region,
                                                                            strict=True))]
-        raw = _fetch(store, layout, u, bufs, shards, nbytes, url)
+        whole = all(b - a == c for a, b, c in zip(lo, hi, unit, strict=True))
+        target = (memoryview(dst).cast("B")  # type: ignore[arg-type]
+                  if whole and pipe.in_order and dst.flags.c_contiguous else None)
+        # Raw chunks without a checksum are the block's bytes: read them straight into
+        # it (no chunk-sized buffer, no copy: half the memory traffic of the read).
+        direct = target if pipe.compressor is None and not pipe.crc32c else None
+        raw = _fetch(store, layout, u, bufs, shards, nbytes, url, direct)
         if raw is None:
             on_missing(u)
             dst[...] = fill
             continue
-        whole = all(b - a == c for a, b, c in zip(lo, hi, unit, strict=True))
-        if whole and pipe.in_order and dst.flags.c_contiguous:
-            reason = _decode_into(pipe, raw, memoryview(dst).cast("B"))  # type: ignore[arg-type]
+        if target is not None:
+            reason = _decode_into(pipe, raw, target)
             if reason is None and pipe.byteorder == ">":
                 dst.byteswap(inplace=True)
         else:
