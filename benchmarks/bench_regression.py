@@ -9,7 +9,10 @@ Each measurement runs in a fresh process (so peak RSS is its own: the process an
 children, Spark's JVM included), repeated ``--repeat`` times; the table shows medians.
 Accuracy: relative error of the coefficients against the least-squares solution
 (LAPACK's ``lstsq`` in memory, cached beside X) or, for logistic regression, against
-blocklin's Newton solution, relative objective gap in parentheses.
+blocklin's Newton solution, relative objective gap in parentheses. Two machine limits
+are measured in the run: one pass forming XᵀX (read + syrk), the floor of ``normal``,
+and one TSQR pass of [X 1 y] (read + LAPACK Householder QR of every panel), the floor
+of ``qr``; the table ends with ``qr``'s ratio to its limit and to ``normal``.
 
     flock /tmp/blocklin-heavy.lock .venv/bin/python benchmarks/bench_regression.py \
         --rows 200000 --cols 500
@@ -20,15 +23,19 @@ from __future__ import annotations
 
 import argparse
 import os
+import statistics
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import scipy.linalg.lapack as lapack
+from threadpoolctl import threadpool_limits
 
-from _common import gram_pass_limit
+from _common import gram_pass_limit, median_time, read_all_blocks
 from _peers import combine, run_reported, spawn
 
 HERE = Path(__file__).resolve()
@@ -199,6 +206,18 @@ def _measure(a: argparse.Namespace, worker: str, task: str, solver: str) -> dict
     return combine(runs, ("seconds", "load_seconds"))
 
 
+def _measure_blocklin(a: argparse.Namespace, task: str,
+                      solvers: list[str]) -> dict[str, dict[str, Any]]:
+    """blocklin's solvers, run in turn ``--repeat`` times (run 1 of each, then run 2...):
+    on a shared machine the load then weighs on every solver alike, so their ratios
+    hold even when the seconds drift."""
+    runs: dict[str, list[dict[str, Any]]] = {s: [] for s in solvers}
+    for _ in range(a.repeat):
+        for s in solvers:
+            runs[s].append(_spawn(a, "blocklin", task, s))
+    return {f"blocklin {s}": combine(r, ("seconds", "load_seconds")) for s, r in runs.items()}
+
+
 def _row(name: str, r: dict[str, Any], ref: np.ndarray, base: float) -> str:
     coef = np.asarray(r["coef"])
     err = float(np.linalg.norm(coef - ref) / np.linalg.norm(ref))
@@ -243,17 +262,81 @@ def machine_limit(a: argparse.Namespace) -> float:
     return t_read + t_syrk
 
 
+def _panel_design(X: Any, y: Any) -> np.ndarray:
+    """The first row panel's ``[X 1 y]`` in Fortran order: what a TSQR leaf factors."""
+    x = X.block(0, 0)
+    z = np.empty((x.shape[0], x.shape[1] + 2), order="F")
+    z[:, :-2], z[:, -2], z[:, -1] = x, 1.0, y.block(0, 0)[:, 0]
+    return z
+
+
+def _panel_qr_seconds(z: np.ndarray, routine: str, threads: int, repeat: int) -> float:
+    """Median wall time of ``threads`` single-threaded LAPACK QRs of copies of ``z`` run
+    at once (one per core, as the pass runs its tasks): one panel's time with every
+    core busy. The copies are made before the clock starts."""
+    # scipy's f2py dgeqrt holds the GIL (its threads would run one at a time): dgeqrt
+    # is called as blocklin calls it, GIL released; scipy's dgeqrf releases it itself.
+    from blocklin.ops import _lapack
+
+    lwork = int(lapack.dgeqrf_lwork(*z.shape)[0])
+
+    def one(buf: np.ndarray) -> None:
+        if routine == "dgeqrf":
+            lapack.dgeqrf(buf, lwork=lwork, overwrite_a=1)
+        else:
+            _lapack.dgeqrt(buf, min(48, z.shape[1]))
+
+    times = []
+    with threadpool_limits(1, user_api="blas"), ThreadPoolExecutor(threads) as ex:
+        for _ in range(repeat):
+            bufs = [z.copy(order="F") for _ in range(threads)]
+            t0 = time.perf_counter()
+            list(ex.map(one, bufs))
+            times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def qr_machine_limit(a: argparse.Namespace) -> tuple[float, float]:
+    """Print and return this machine's limit for one TSQR pass of ``[X 1 y]`` (read +
+    Householder QR of every panel) and its read share, measured now.
+
+    T_read reads and verifies every chunk of X with all cores (as the XᵀX limit does);
+    the panel QR is LAPACK's on the first panel, ``--cores`` at once, times the panels
+    (rows / panel rows) over the cores. Both LAPACK Householder QRs are timed: ``dgeqrf``
+    (scipy's ``qr``) and ``dgeqrt`` (blocklin's kernel); the limit takes the faster.
+    """
+    import blocklin as bl
+
+    X, y = bl.open(a.X), bl.open(a.y)
+    repeat = max(a.repeat, 3)
+    read_all_blocks(X, a.cores)  # warm the page cache and the buffers
+    t_read, _ = median_time(lambda: read_all_blocks(X, a.cores), repeat)
+    z = _panel_design(X, y)
+    panels = X.shape[0] / z.shape[0]
+    per = {r: _panel_qr_seconds(z, r, a.cores, repeat) for r in ("dgeqrf", "dgeqrt")}
+    t_qr = min(per.values()) * panels / a.cores
+    flops = 2 * z.shape[0] * z.shape[1] ** 2 - 2 * z.shape[1] ** 3 / 3
+    print(f"# machine limit, one TSQR pass of [X 1 y]: read {t_read:.2f} s + panel QR "
+          f"{min(per.values()):.3f} s x {panels:.1f} panels / {a.cores} cores = "
+          f"{t_read + t_qr:.2f} s (one {z.shape[0]} x {z.shape[1]} panel, {a.cores} at once: "
+          + ", ".join(f"{r} {t:.3f} s, {flops / t / 1e9:.0f} GFLOP/s a core"
+                      for r, t in per.items()) + ")")
+    return t_read + t_qr, t_read
+
+
 def report(a: argparse.Namespace) -> None:
     skip = set(filter(None, a.skip.split(",")))
     print(f"# {a.rows} x {a.cols} ({a.design} design), row blocks of {a.chunk_rows}, "
-          f"{a.cores} cores, median of {a.repeat} runs (peers {a.peer_repeat}), fresh process each")
+          f"{a.cores} cores, median of {a.repeat} runs (peers {a.peer_repeat}), fresh process "
+          "each, blocklin's solvers in turn")
     limit = machine_limit(a)
+    qr_limit = qr_machine_limit(a)[0] if "linear" in a.tasks.split(",") else None
     for task in a.tasks.split(","):
         solvers = (["auto", "normal", "qr", "sketch", "lbfgs"] if task == "linear"
                    else ["auto", "lbfgs"])
         if a.solvers:
             solvers = [s for s in solvers if s == "auto" or s in a.solvers.split(",")]
-        results = {f"blocklin {s}": _measure(a, "blocklin", task, s) for s in solvers}
+        results = _measure_blocklin(a, task, solvers)
         ref = (least_squares_reference(a) if task == "linear"
                else np.asarray(results["blocklin auto"]["coef"]))
         base = results["blocklin auto"]["seconds"]
@@ -261,6 +344,12 @@ def report(a: argparse.Namespace) -> None:
         for name, r in results.items():
             print(_row(name, r, ref, base), flush=True)
         print(f"{'(blocklin auto / machine limit)':<30}{base / limit:>33.1f}x", flush=True)
+        if task == "linear" and "blocklin qr" in results and qr_limit is not None:
+            qr = results["blocklin qr"]["seconds"]
+            print(f"{'(blocklin qr / qr limit)':<30}{qr / qr_limit:>33.1f}x", flush=True)
+            if "blocklin normal" in results:
+                ratio = qr / results["blocklin normal"]["seconds"]
+                print(f"{'(blocklin qr / normal)':<30}{ratio:>33.1f}x", flush=True)
         peers: list[tuple[str, str, str]] = []
         if "mllib" not in skip:
             mllib = ([m for m in ("normal", "l-bfgs") if f"mllib-{m}" not in skip]
