@@ -1,10 +1,17 @@
-"""blocklin's gram graph on Spark and Dask versus MLlib's RowMatrix.computeGramianMatrix.
+"""blocklin's gram graph on Spark (local mode and a standalone cluster) and on Dask
+threads, and versus MLlib's RowMatrix.computeGramianMatrix.
 
-All three read the same zarr matrix. MLlib needs its rows inside Spark first: that
-load (zarr blocks -> cached RDD of vectors, read in the executors) is timed apart
-from the Gramian; "MLlib end to end" is load + Gramian.
+All read the same zarr matrix. Spark and Dask computes alternate in one process on one
+started session, so their medians and ratio come from the same minutes of a shared
+machine; the session's start-up and the first compute (which starts Spark's Python
+workers and imports blocklin in them) are reported apart. ``--standalone`` then starts
+a standalone master and worker (pyspark's ``spark-class``, loopback, the same cores)
+and times the same plan there, again beside Dask. MLlib (``--mllib``) needs its rows
+inside Spark first: that load (zarr blocks -> cached RDD of vectors, read in the
+executors) is timed apart from the Gramian; "MLlib end to end" is load + Gramian.
 
-    flock /tmp/blocklin-heavy.lock .venv/bin/python benchmarks/bench_spark.py --rows 200000 --cols 500
+    flock /tmp/blocklin-heavy.lock .venv/bin/python benchmarks/bench_spark.py --standalone
+    flock /tmp/blocklin-heavy.lock .venv/bin/python benchmarks/bench_spark.py --mllib
     .venv/bin/python benchmarks/bench_spark.py --quick
     flock /tmp/blocklin-heavy.lock .venv/bin/python benchmarks/bench_spark.py --ingest \
         --rows 1000000 --cols 20 --chunk 50000
@@ -17,9 +24,17 @@ the driver JVM, reported separately).
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import socket
+import statistics
+import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +44,7 @@ import psutil
 import blocklin as bl
 from _common import median_time
 from _peers import PeakRSS
-from blocklin.executors.spark import local_session
+from blocklin.executors.spark import local_session, session_conf
 
 
 def _make_matrix(rows: int, cols: int, chunk: int, path: Path) -> Any:
@@ -44,50 +59,181 @@ def _rows_of_block(i: int, url: str) -> Any:
     return list(A.block(i, 0))
 
 
-def bench_gram(args: argparse.Namespace, tmp: Path) -> None:
-    from pyspark.mllib.linalg.distributed import RowMatrix  # noqa: TID251
+def _alternate(runs: dict[str, Callable[[], Any]], repeats: int) -> dict[str, list[float]]:
+    """Time each contender ``repeats`` times, interleaved (a, b, a, b...), so that load
+    from other work on the machine falls on all of them alike."""
+    times: dict[str, list[float]] = {k: [] for k in runs}
+    for _ in range(repeats):
+        for name, fn in runs.items():
+            t0 = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t0)
+    return times
 
-    A = _make_matrix(args.rows, args.cols, args.chunk, tmp / "A.zarr")
-    spark = local_session(cores=args.cores, driver_memory=args.driver_memory)
+
+def _spark_vs_dask(gram: Any, spark: Any, work: str, args: argparse.Namespace) -> dict[str, Any]:
+    """First compute on ``spark`` (Python workers start), then Spark and Dask threads
+    alternated; checks the results are bit-identical."""
+    def on_spark() -> Any:
+        return bl.compute(gram, executor="spark", spark=spark, work_dir=work)[0]
+
+    def on_dask() -> Any:
+        return bl.compute(gram, executor="dask", work_dir=work, num_workers=args.cores)[0]
+
+    t0 = time.perf_counter()
+    g_spark = on_spark()
+    first = time.perf_counter() - t0
+    assert np.array_equal(g_spark, on_dask()), "Spark and Dask gram differ"
+    times = _alternate({"spark": on_spark, "dask": on_dask}, args.repeats)
+    med = {k: statistics.median(v) for k, v in times.items()}
+    return {"first": first, "spark": med["spark"], "dask": med["dask"],
+            "ratio": med["spark"] / med["dask"], "times": times, "gram": g_spark}
+
+
+def _free_ports(n: int) -> list[int]:
+    socks = [socket.socket() for _ in range(n)]
     try:
-        sc = spark.sparkContext
-        gram = bl.ops.gram(A)
-        work = str(tmp / "work")
-        t_spark, g_spark = median_time(lambda: bl.compute(gram, executor="spark", spark=spark,
-                                                      work_dir=work)[0], args.repeats)
-        t_dask, g_dask = median_time(lambda: bl.compute(gram, executor="dask", work_dir=work,
-                                                    num_workers=args.cores)[0], args.repeats)
-        assert np.array_equal(g_spark, g_dask), "Spark and Dask gram differ"
+        for sk in socks:
+            sk.bind(("127.0.0.1", 0))
+        return [sk.getsockname()[1] for sk in socks]
+    finally:
+        for sk in socks:
+            sk.close()
 
-        url = A.url
 
-        def load() -> Any:
-            rdd = sc.parallelize(range(A.nblocks[0]), A.nblocks[0]) \
-                .flatMap(lambda i: _rows_of_block(i, url)).cache()
-            rdd.count()
-            return rdd
+@contextmanager
+def standalone_cluster(cores: int, memory: str, logs: Path) -> Iterator[str]:
+    """A standalone master and one worker of ``cores`` cores on loopback; yields the URL."""
+    import pyspark  # noqa: TID251
 
-        t0 = time.perf_counter()
-        rdd = load()
-        t_load = time.perf_counter() - t0
-        mat = RowMatrix(rdd)
-        t_mllib, g_ml = median_time(lambda: mat.computeGramianMatrix().toArray(), args.repeats)
-        rdd.unpersist()
-        err = float(np.abs(g_ml - g_spark).max() / np.abs(g_spark).max())
+    home = Path(pyspark.__file__).parent
+    env = {**os.environ, "SPARK_HOME": str(home), "SPARK_LOCAL_IP": "127.0.0.1",
+           "PYSPARK_PYTHON": sys.executable}
+    m_port, m_ui, w_port, w_ui = _free_ports(4)
+    url = f"spark://127.0.0.1:{m_port}"
+    spark_class = str(home / "bin" / "spark-class")
+    logs.mkdir(parents=True, exist_ok=True)
+    commands = [
+        ["org.apache.spark.deploy.master.Master", "--host", "127.0.0.1", "--port", str(m_port),
+         "--webui-port", str(m_ui)],
+        ["org.apache.spark.deploy.worker.Worker", "--host", "127.0.0.1", "--port", str(w_port),
+         "--webui-port", str(w_ui), "--cores", str(cores), "--memory", memory,
+         "--work-dir", str(logs / "work"), url]]
+    procs = []
+    try:
+        for cmd, name in zip(commands, ("master", "worker"), strict=True):
+            with open(logs / f"{name}.log", "wb") as out:
+                procs.append(subprocess.Popen([spark_class, *cmd], env=env, stdout=out,
+                                              stderr=subprocess.STDOUT))
+        deadline = time.monotonic() + 90
+        while _alive_workers(m_ui) < 1:
+            if time.monotonic() > deadline or any(p.poll() is not None for p in procs):
+                raise RuntimeError(f"standalone cluster did not come up; see {logs}")
+            time.sleep(0.5)
+        yield url
+    finally:
+        for p in reversed(procs):
+            p.terminate()
+            try:
+                p.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+
+
+def _alive_workers(ui_port: int) -> int:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{ui_port}/json/", timeout=2) as r:
+            return int(json.load(r).get("aliveworkers", 0))
+    except (OSError, ValueError):
+        return 0
+
+
+def _standalone_session(url: str, cores: int) -> Any:
+    conf = session_conf(url)
+    conf.update({"spark.executor.memory": "2g", "spark.cores.max": str(cores),
+                 "spark.driver.host": "127.0.0.1", "spark.driver.bindAddress": "127.0.0.1",
+                 "spark.ui.enabled": "false"})
+    from pyspark.sql import SparkSession  # noqa: TID251
+
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)  # workers run this Python
+    builder = SparkSession.builder.master(url)
+    for key, value in conf.items():
+        builder = builder.config(key, value)
+    spark = builder.getOrCreate()
+    spark.sparkContext.setLogLevel("ERROR")
+    # Wait for the executor to register: defaultParallelism counts its cores.
+    deadline = time.monotonic() + 60
+    while spark.sparkContext.defaultParallelism < cores and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return spark
+
+
+def _report_row(name: str, r: dict[str, Any], session: float) -> str:
+    return (f"| {name} | {session:.1f} | {r['first']:.2f} | {r['spark']:.2f} | {r['dask']:.2f} "
+            f"| {r['ratio']:.2f}x |")
+
+
+def bench_gram(args: argparse.Namespace, tmp: Path) -> None:
+    A = _make_matrix(args.rows, args.cols, args.chunk, tmp / "A.zarr")
+    gram = bl.ops.gram(A)
+    work = str(tmp / "work")
+    t0 = time.perf_counter()
+    spark = local_session(cores=args.cores, driver_memory=args.driver_memory)
+    t_session = time.perf_counter() - t0
+    try:
+        local = _spark_vs_dask(gram, spark, work, args)
+        mllib = _bench_mllib(A, spark, local["gram"], args) if args.mllib else None
     finally:
         spark.stop()
-    e2e = t_load + t_mllib
+    rows = [_report_row(f"local[{args.cores}]", local, t_session)]
+    if args.standalone:
+        with standalone_cluster(args.cores, "3g", tmp / "standalone") as url:
+            t0 = time.perf_counter()
+            spark = _standalone_session(url, args.cores)
+            t_session = time.perf_counter() - t0
+            try:
+                cluster = _spark_vs_dask(gram, spark, work, args)
+            finally:
+                spark.stop()
+        assert np.array_equal(cluster["gram"], local["gram"]), "standalone and local differ"
+        rows.append(_report_row(f"standalone, 1 worker x {args.cores} cores", cluster, t_session))
     print(f"gram of {args.rows} x {args.cols} float64 ({A.nbytes / 2**20:.0f} MiB, "
-          f"{A.nblocks[0]} row blocks), local[{args.cores}], median of {args.repeats}")
-    print(f"{'engine':<38}{'seconds':>10}{'vs blocklin-spark':>20}")
-    table = [("blocklin gram, Spark executor", t_spark),
-             ("blocklin gram, Dask threads", t_dask),
-             ("MLlib load zarr -> cached RDD (once)", t_load),
-             ("MLlib computeGramianMatrix", t_mllib),
-             ("MLlib end to end (load + gramian)", e2e)]
-    for name, t in table:
+          f"{A.nblocks[0]} row blocks of {A.chunks[0]}), Spark on {args.cores} cores vs Dask "
+          f"threads (num_workers={args.cores}), alternated, median of {args.repeats}; load "
+          f"average {os.getloadavg()[0]:.1f} at the end (shared machine)")
+    print("\n| Spark | session start s | first compute s | Spark s | Dask threads s "
+          "| Spark / Dask |\n|---|---|---|---|---|---|")
+    print("\n".join(rows))
+    if mllib is not None:
+        _print_mllib(mllib, local["spark"])
+
+
+def _bench_mllib(A: Any, spark: Any, g_ref: np.ndarray, args: argparse.Namespace) -> dict[str, float]:
+    from pyspark.mllib.linalg.distributed import RowMatrix  # noqa: TID251
+
+    sc = spark.sparkContext
+    url = A.url
+    t0 = time.perf_counter()
+    rdd = sc.parallelize(range(A.nblocks[0]), A.nblocks[0]) \
+        .flatMap(lambda i: _rows_of_block(i, url)).cache()
+    rdd.count()
+    t_load = time.perf_counter() - t0
+    mat = RowMatrix(rdd)
+    t_mllib, g_ml = median_time(lambda: mat.computeGramianMatrix().toArray(), args.repeats)
+    rdd.unpersist()
+    err = float(np.abs(g_ml - g_ref).max() / np.abs(g_ref).max())
+    return {"load": t_load, "gramian": t_mllib, "err": err}
+
+
+def _print_mllib(m: dict[str, float], t_spark: float) -> None:
+    print(f"\n{'engine':<38}{'seconds':>10}{'vs blocklin-spark':>20}")
+    for name, t in (("blocklin gram, Spark executor", t_spark),
+                    ("MLlib load zarr -> cached RDD (once)", m["load"]),
+                    ("MLlib computeGramianMatrix", m["gramian"]),
+                    ("MLlib end to end (load + gramian)", m["load"] + m["gramian"])):
         print(f"{name:<38}{t:>10.2f}{t / t_spark:>19.2f}x")
-    print(f"max relative difference MLlib vs blocklin: {err:.1e}")
+    print(f"max relative difference MLlib vs blocklin: {m['err']:.1e}")
 
 
 def bench_ingest(args: argparse.Namespace, tmp: Path) -> None:
@@ -124,10 +270,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rows", type=int, default=200_000)
     p.add_argument("--cols", type=int, default=500)
     p.add_argument("--chunk", type=int, default=10_000, help="rows per block")
-    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--repeats", type=int, default=7)
     p.add_argument("--cores", type=int, default=2)
     p.add_argument("--driver-memory", default="4g")
     p.add_argument("--quick", action="store_true", help="20,000 x 100, for development")
+    p.add_argument("--standalone", action="store_true",
+                   help="also on a standalone master + worker started here")
+    p.add_argument("--mllib", action="store_true",
+                   help="also MLlib's computeGramianMatrix (minutes at 200,000 x 500)")
     p.add_argument("--ingest", action="store_true", help="from_spark/to_spark and driver RSS")
     args = p.parse_args(argv)
     if args.quick:
