@@ -252,3 +252,66 @@ def test_resume_with_small_batches_recomputes_only_the_lost(tmp_path: Path) -> N
     assert_bitwise_equal(got, ref)
     # The lost partial, then its path up the tree (30 parts -> 4 -> 1).
     assert stats.tasks_run == 3 and stats.tasks_skipped == 30 + 4 + 1 - 3
+
+
+def _old_leaf_ranges(nblocks: int, chunk_rows: int, nrows: int, c: int) -> list[tuple[int, int]]:
+    """TSQR's leaves as they were listed before the rule."""
+    per = -(-c // chunk_rows)
+    ranges = [(s, min(s + per, nblocks)) for s in range(0, nblocks, per)]
+    if len(ranges) > 1 and nrows - ranges[-1][0] * chunk_rows < c:
+        ranges[-2:] = [(ranges[-2][0], nblocks)]
+    return ranges
+
+
+@pytest.mark.parametrize(("chunk_rows", "c"), [(1, 1), (3, 5), (7, 33), (10, 10), (64, 5)])
+def test_tsqr_leaf_rule_equals_the_listed_leaves(chunk_rows: int, c: int) -> None:
+    from blocklin.ops.tsqr import Leaves
+
+    for nrows in range(c, 400, 7):
+        nblocks = -(-nrows // chunk_rows)
+        leaves = Leaves.plan(nblocks, chunk_rows, nrows, c)
+        old = _old_leaf_ranges(nblocks, chunk_rows, nrows, c)
+        assert list(leaves) == old
+        assert leaves.max_blocks() == max(hi - lo for lo, hi in old)
+        assert all(old[leaves.of(i)][0] <= i < old[leaves.of(i)][1] for i in range(nblocks))
+
+
+def test_tsqr_rules_enumerate_the_listed_tasks(tmp_path: Path) -> None:
+    rng = np.random.default_rng(2)
+    A = bl.from_array(rng.standard_normal((230, 12)), tmp_path / "A.zarr", chunks=(5, 5))
+    from blocklin.ops.tsqr import FAN_IN, plan_finish, plan_form_q, plan_tree
+
+    tree = plan_tree([A], with_q=True)
+    plan, finish = plan_finish(tree, "svd")
+    q = plan_form_q(tree, plan, finish)
+    leaf_stage = next(s for s in q.plan.stages if s.op == "tsqr/leaf_r")
+    form_q = next(s for s in q.plan.stages if s.op == "tsqr/form_q")
+    old = _old_leaf_ranges(46, 5, 230, 12)
+    # A has 3 column blocks: every leaf reads them all, row block by row block.
+    listed = [Task((g, 0, 0), tuple((0, (r, j)) for r in range(lo, hi) for j in range(3)))
+              for g, (lo, hi) in enumerate(old)]
+    assert list(leaf_stage.tasks) == listed
+    levels = len(tree.levels)
+    for i in (0, 1, 17, 45):
+        g = next(k for k, (lo, hi) in enumerate(old) if lo <= i < hi)
+        reads = listed[g].reads + tuple((1 + lv, (g // FAN_IN**(lv + 1), 0, 0))
+                                        for lv in range(levels)) + ((1 + levels, (0, 0)),)
+        assert form_q.tasks[i] == Task((i, 0), reads)
+        assert form_q.tasks.position((i, 0)) == i
+    # mode "svd": Q·W is U, the left singular vectors (up to sign)
+    u = np.linalg.svd(A.to_numpy(), full_matrices=False)[0]
+    np.testing.assert_allclose(np.abs(q.compute(work_dir=str(tmp_path / "w"))), np.abs(u),
+                               atol=1e-10)
+
+
+def test_huge_tsqr_explains_without_listing_tasks(huge: bl.BlockMatrix) -> None:
+    from blocklin.ops.tsqr import plan_finish, plan_form_q, plan_tree
+
+    def explain() -> Any:
+        tree = plan_tree([huge], with_q=True, right=np.ones((HUGE[1], 60)))
+        plan, finish = plan_finish(tree, "svd")
+        return plan_form_q(tree, plan, finish).explain("4GiB")
+
+    report, peak = _peak(explain)
+    assert peak < BOUND
+    assert report.rows[0][1] == 10**6 and report.source_passes()[huge.url] == 2.0

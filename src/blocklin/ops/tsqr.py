@@ -9,8 +9,7 @@ Householder Q and multiplies it by its path of small tree factors, so
 
 from __future__ import annotations
 
-from bisect import bisect_right
-from collections.abc import Sequence
+from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -26,10 +25,20 @@ from blocklin.ops._inputs import (
     as_matrix,
     hstack_panel,
     reads_csr,
-    row_panel_reads,
 )
 from blocklin.ops.sketch import right_apply
-from blocklin.plan.graph import ArrayNode, Plan, StageInput, Task, TaskContext, TreeTasks, make_stage
+from blocklin.plan.graph import (
+    ArrayNode,
+    Plan,
+    RowPanelTasks,
+    StageInput,
+    Task,
+    TaskContext,
+    TaskSet,
+    TreeTasks,
+    make_stage,
+)
+from blocklin.types import BlockIndex
 
 __all__ = ["QR", "SVDFactors", "svd", "tsqr", "tsqr_r"]
 
@@ -263,7 +272,7 @@ class FormQ:
 
     leaf: LeafInput
     c: int
-    leaves: tuple[tuple[int, int], ...]
+    leaves: Leaves
     chunk_rows: int
     levels: int
     k: int
@@ -271,7 +280,7 @@ class FormQ:
     def __call__(self, ctx: TaskContext, blocks: Sequence[Any]) -> Any:
         c = self.c
         i = ctx.task.out[0]
-        g = _leaf_of(self.leaves, i)
+        g = self.leaves.of(i)
         lo, hi = self.leaves[g]
         nread = (hi - lo) * sum(self.leaf.widths)
         # The small factor first (tree path times W: c × k), then the leaf's Householder
@@ -294,25 +303,140 @@ class _Tree:
     inputs: tuple[MatrixInput, ...]
     leaf: LeafInput
     c: int
-    leaves: tuple[tuple[int, int], ...]
+    leaves: Leaves
     levels: tuple[ArrayNode, ...]
     top: ArrayNode
 
 
-def _leaf_ranges(nblocks: int, chunk_rows: int, nrows: int, c: int) -> list[tuple[int, int]]:
-    """Consecutive row-block ranges of at least c rows each (so every leaf R is c × c)."""
-    per = -(-c // chunk_rows)
-    ranges = [(s, min(s + per, nblocks)) for s in range(0, nblocks, per)]
-    last_rows = nrows - ranges[-1][0] * chunk_rows
-    if len(ranges) > 1 and last_rows < c:
-        ranges[-2:] = [(ranges[-2][0], nblocks)]
-    return ranges
+@dataclass(frozen=True)
+class Leaves(Sequence[tuple[int, int]]):
+    """TSQR's leaves: consecutive row-block ranges of ``per`` blocks (the last one
+    takes the rest, or joins its predecessor when it would hold fewer than c rows, so
+    every leaf R is c × c). A rule, not a list: a plan of a million blocks holds four
+    integers, and the leaf of a block is a division.
+    """
+
+    nblocks: int
+    per: int
+    size: int
+
+    @classmethod
+    def plan(cls, nblocks: int, chunk_rows: int, nrows: int, c: int) -> Leaves:
+        per = -(-c // chunk_rows)
+        size = -(-nblocks // per)
+        if size > 1 and nrows - (size - 1) * per * chunk_rows < c:
+            size -= 1
+        return cls(nblocks, per, size)
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __getitem__(self, g: Any) -> Any:
+        if isinstance(g, slice):
+            return [self[k] for k in range(self.size)[g]]
+        if not 0 <= g < self.size:
+            raise IndexError(f"leaf {g} of {self.size}")
+        return (g * self.per, self.nblocks if g == self.size - 1 else (g + 1) * self.per)
+
+    def of(self, i: int) -> int:
+        """The leaf holding row block ``i``."""
+        return min(i // self.per, self.size - 1)
+
+    def max_blocks(self) -> int:
+        last = self.nblocks - (self.size - 1) * self.per
+        return max(last, min(self.per, self.nblocks))
+
+    def describe(self) -> dict[str, int]:
+        """What names a plan (content names, provenance)."""
+        return {"nblocks": self.nblocks, "per": self.per, "count": self.size}
 
 
-def _leaf_of(leaves: Sequence[tuple[int, int]], i: int) -> int:
-    """The leaf holding row block ``i`` (leaves are consecutive ranges): a bisection,
-    not a scan, so a plan or a task costs log(leaves), not leaves."""
-    return bisect_right(leaves, i, key=lambda r: r[0]) - 1
+def _panel_reads(panels: tuple[tuple[int, int], ...], lo: int,
+                 hi: int) -> tuple[tuple[int, BlockIndex], ...]:
+    """Every column block of row blocks lo..hi-1 of each input, row by row."""
+    return tuple((p, (i, j)) for i in range(lo, hi) for p, n in panels for j in range(n))
+
+
+@dataclass(frozen=True, eq=True)
+class LeafTasks(TaskSet):
+    """Leaf g reads the row panels of its row blocks and writes R block (g, 0, 0)."""
+
+    leaves: Leaves
+    panels: tuple[tuple[int, int], ...]
+
+    def __len__(self) -> int:
+        return len(self.leaves)
+
+    def task(self, pos: int) -> Task:
+        return Task(out=(pos, 0, 0), reads=_panel_reads(self.panels, *self.leaves[pos]))
+
+    def position(self, out: BlockIndex) -> int | None:
+        ok = len(out) == 3 and 0 <= out[0] < len(self) and not any(out[1:])
+        return int(out[0]) if ok else None
+
+    def _one_block_each(self) -> bool:
+        return self.leaves.per == 1 and len(self.leaves) == self.leaves.nblocks
+
+    def signature(self, names: Sequence[str]) -> Hashable:
+        if self._one_block_each():  # as row panels: fuses with other one-pass stages
+            return RowPanelTasks(len(self), self.panels).signature(names)
+        widths = sorted({names[p]: n for p, n in self.panels}.items())
+        return ("leaf-panels", self.leaves.describe()["per"], self.leaves.nblocks,
+                len(self), tuple(widths))
+
+    def read_counts(self, names: Sequence[str]) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for p, n in self.panels:
+            out[names[p]] = max(out.get(names[p], 0), n * self.leaves.nblocks)
+        return out
+
+    def every_task_reads(self) -> bool:
+        return any(n for _, n in self.panels)
+
+
+@dataclass(frozen=True, eq=True)
+class FormQTasks(TaskSet):
+    """Row block i of Q reads its leaf's row panels, the tree parts on its leaf's path
+    (inputs ``ninputs + level``) and the finish block, and writes block (i, 0)."""
+
+    leaves: Leaves
+    panels: tuple[tuple[int, int], ...]
+    levels: int
+
+    def __len__(self) -> int:
+        return self.leaves.nblocks
+
+    def task(self, pos: int) -> Task:
+        g = self.leaves.of(pos)
+        n = len(self.panels)
+        reads = _panel_reads(self.panels, *self.leaves[g])
+        reads += tuple((n + lv, (g // FAN_IN**(lv + 1), 0, 0)) for lv in range(self.levels))
+        reads += ((n + self.levels, (0, 0)),)
+        return Task(out=(pos, 0), reads=reads)
+
+    def position(self, out: BlockIndex) -> int | None:
+        ok = len(out) == 2 and 0 <= out[0] < len(self) and out[1] == 0
+        return int(out[0]) if ok else None
+
+    def signature(self, names: Sequence[str]) -> Hashable:
+        return ("form-q", self.leaves.describe()["per"], self.leaves.nblocks, len(self.leaves),
+                self.levels, tuple(names[p] for p, _ in self.panels),
+                tuple(names[len(self.panels):]))
+
+    def read_counts(self, names: Sequence[str]) -> dict[str, int]:
+        n = len(self.panels)
+        out: dict[str, int] = {}
+        for p, w in self.panels:
+            out[names[p]] = max(out.get(names[p], 0), w * self.leaves.nblocks)
+        parts = len(self.leaves)
+        for lv in range(self.levels):
+            parts = -(-parts // FAN_IN)
+            out[names[n + lv]] = parts
+        out[names[n + self.levels]] = 1
+        return out
+
+    def every_task_reads(self) -> bool:
+        return True
 
 
 def _check_inputs(mats: Sequence[Any]) -> tuple[MatrixInput, ...]:
@@ -328,12 +452,9 @@ def _check_inputs(mats: Sequence[Any]) -> tuple[MatrixInput, ...]:
     return ms
 
 
-def _reads(ms: Sequence[MatrixInput], lo: int, hi: int) -> tuple[tuple[int, tuple[int, ...]], ...]:
-    out: list[tuple[int, tuple[int, ...]]] = []
-    for i in range(lo, hi):
-        for pos, m in enumerate(ms):
-            out.extend(row_panel_reads(m, pos, i))
-    return tuple(out)
+def _panels(ms: Sequence[MatrixInput]) -> tuple[tuple[int, int], ...]:
+    """(input position, column blocks) of each input, as row panels are read."""
+    return tuple((p, m.grid[1]) for p, m in enumerate(ms))
 
 
 def _keeps_sparse(ms: Sequence[MatrixInput], right: np.ndarray | None) -> bool:
@@ -356,16 +477,16 @@ def plan_tree(mats: Sequence[Any], *, with_q: bool, right: np.ndarray | None = N
         raise InputValueError(f"{op} needs a tall matrix (rows >= columns); got {nrows} x {c}. "
                               "Factor the transpose instead")
     chunk_rows = ms[0].node.chunks[0]
-    leaves = _leaf_ranges(ms[0].grid[0], chunk_rows, nrows, c)
+    leaves = Leaves.plan(ms[0].grid[0], chunk_rows, nrows, c)
     leaf = LeafInput(tuple(m.grid[1] for m in ms), right, shift)
-    tasks = [Task(out=(g, 0, 0), reads=_reads(ms, lo, hi)) for g, (lo, hi) in enumerate(leaves)]
+    tasks = LeafTasks(leaves, _panels(ms))
     # LAPACK's working copy of the panel (or of A·right) and R: rows × (n + 2c) at most;
     # CSR panels times ``right`` stay sparse (their blocks are counted as read).
     sparse = _keeps_sparse(ms, right)
-    leaf_rows = max(hi - lo for lo, hi in leaves) * chunk_rows
+    leaf_rows = leaves.max_blocks() * chunk_rows
     panel_bytes = leaf_rows * ((0 if sparse else ncols) + 2 * c) * 8
     plan = Plan().merge(*(m.plan for m in ms))
-    params = {"c": c, "right": right, "shift": shift, "leaves": leaves}
+    params = {"c": c, "right": right, "shift": shift, "leaves": leaves.describe()}
     stage = make_stage(f"{op}/leaf_r", LeafR(leaf), [m.input for m in ms], tasks,
                        shape=(len(leaves), c, c), chunks=(1, c, c), dtype="float64",
                        params=params, extra_memory=panel_bytes, keeps_sparse=sparse)
@@ -384,7 +505,7 @@ def plan_tree(mats: Sequence[Any], *, with_q: bool, right: np.ndarray | None = N
         plan = plan.add(st)
         current = st.output
         levels.append(current)
-    return _Tree(plan, ms, leaf, c, tuple(leaves), tuple(levels), current)
+    return _Tree(plan, ms, leaf, c, leaves, tuple(levels), current)
 
 
 def plan_finish(tree: _Tree, mode: str, op: str = "tsqr") -> tuple[Plan, ArrayNode]:
@@ -403,24 +524,15 @@ def plan_form_q(tree: _Tree, plan: Plan, finish: ArrayNode, op: str = "tsqr",
     ms, c = tree.inputs, tree.c
     k = c if k is None else k
     chunk_rows = ms[0].node.chunks[0]
-    nblocks = ms[0].grid[0]
-    tasks = []
-    for i in range(nblocks):
-        g = _leaf_of(tree.leaves, i)
-        lo, hi = tree.leaves[g]
-        reads = _reads(ms, lo, hi)
-        reads += tuple((len(ms) + lv, (g // FAN_IN**(lv + 1), 0, 0))
-                       for lv in range(len(tree.levels)))
-        reads += ((len(ms) + len(tree.levels), (0, 0)),)
-        tasks.append(Task(out=(i, 0), reads=reads))
+    tasks = FormQTasks(tree.leaves, _panels(ms), len(tree.levels))
     kernel = FormQ(tree.leaf, c, tree.leaves, chunk_rows, len(tree.levels), k)
     inputs = [m.input for m in ms] + [StageInput(lv) for lv in tree.levels] + [StageInput(finish)]
     ncols = sum(m.shape[1] for m in ms)
-    leaf_rows = max(hi - lo for lo, hi in tree.leaves) * chunk_rows
+    leaf_rows = tree.leaves.max_blocks() * chunk_rows
     sparse = _keeps_sparse(ms, tree.leaf.right)
     st = make_stage(f"{op}/form_q", kernel, inputs, tasks, shape=(ms[0].shape[0], k),
                     chunks=(chunk_rows, k), dtype="float64",
-                    params={"leaves": tree.leaves, "right": tree.leaf.right, "k": k,
+                    params={"leaves": tree.leaves.describe(), "right": tree.leaf.right, "k": k,
                             "shift": tree.leaf.shift, "finish": finish.name},
                     extra_memory=leaf_rows * ((0 if sparse else ncols) + 3 * c) * 8,
                     out_url=out, keeps_sparse=sparse)
