@@ -262,6 +262,21 @@ class Store(ABC):
             raise InputValueError(f"store {self.url} was opened read-only")
 
 
+def _read_exactly(fh: Any, length: int, buf: bytearray | memoryview) -> memoryview:
+    """Up to ``length`` bytes from ``fh``'s position into ``buf`` (a fresh buffer when
+    ``buf`` is too small); fewer only at the end of the file."""
+    if length > len(buf):
+        return memoryview(fh.read(length))
+    view = memoryview(buf)[:length]
+    got = 0
+    while got < length:
+        n = fh.readinto(view[got:])
+        if not n:
+            break
+        got += n
+    return view[:got]
+
+
 class LocalStore(Store):
     """A directory on a local (or network-mounted) file system."""
 
@@ -287,17 +302,7 @@ class LocalStore(Store):
         except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
             return None
         with fh:
-            size = os.fstat(fh.fileno()).st_size
-            if size > len(buf):
-                return memoryview(fh.read())
-            view = memoryview(buf)[:size]
-            got = 0
-            while got < size:
-                n = fh.readinto(view[got:])
-                if not n:
-                    break
-                got += n
-            return view[:got]
+            return _read_exactly(fh, os.fstat(fh.fileno()).st_size, buf)
 
     def get_tail(self, key: str, n: int) -> bytes | None:
         try:
@@ -317,16 +322,7 @@ class LocalStore(Store):
             return None
         with fh:
             fh.seek(start)
-            if length > len(buf):
-                return memoryview(fh.read(length))
-            view = memoryview(buf)[:length]
-            got = 0
-            while got < length:
-                n = fh.readinto(view[got:])
-                if not n:
-                    break
-                got += n
-            return view[:got]
+            return _read_exactly(fh, length, buf)
 
     def put(self, key: str, data: bytes | bytearray | memoryview) -> None:
         self.put_parts(key, [data])
