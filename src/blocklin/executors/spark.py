@@ -166,8 +166,16 @@ PARTITIONS_PER_CORE = 2
 
 
 def partition_count(ntasks: int, cores: int) -> int:
-    """Spark partitions for a group of ``ntasks`` block tasks on ``cores`` cores."""
-    return max(1, min(ntasks, PARTITIONS_PER_CORE * max(1, cores)))
+    """Spark partitions for a group of ``ntasks`` block tasks on ``cores`` cores.
+
+    :data:`PARTITIONS_PER_CORE` per core; a group too small to fill them gets one
+    partition per core (3 tasks on 2 cores: slices of 1 and 2, not a second wave of
+    one-task Spark tasks).
+    """
+    cores = max(1, cores)
+    if ntasks < PARTITIONS_PER_CORE * cores:
+        return max(1, min(ntasks, cores))
+    return PARTITIONS_PER_CORE * cores
 
 
 TaskTuple = tuple[Task | None, ...]
