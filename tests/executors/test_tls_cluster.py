@@ -136,3 +136,34 @@ def test_cli_and_spec_tls_settings_reach_the_cluster(tls_cluster: tuple[str, dic
     assert res.returncode == 2, res.stderr
     assert "no certificates" in res.stderr and "--tls-ca-file" in res.stderr
     assert "ssl_context" not in res.stderr
+
+
+def test_svd_steps_and_entry_points_reach_a_tls_cluster(
+        tls_cluster: tuple[str, dict[str, str]], tmp_path: Path) -> None:
+    """randomized_svd, pca and svd_update take the cluster's TLS settings, and a
+    pipeline's SVD step gets the CLI's (before: a tls:// address without them)."""
+    address, certs = tls_cluster
+    rng = np.random.default_rng(5)
+    x = rng.normal(size=(400, 8)) @ np.diag([9.0, 7, 5, 3, 2, 1, 0.5, 0.1])
+    X = bl.from_array(x, tmp_path / "X.zarr", chunks=(100, None))
+    sec = cluster_security(certs["ca"], certs["cert"], certs["key"])
+    s_ref = np.linalg.svd(x, compute_uv=False)
+    res = bl.ops.randomized_svd(X, 3, n_iter=4, address=address, security=sec,
+                                connect_timeout=30, work_dir=str(tmp_path / "w"))
+    np.testing.assert_allclose(res.s, s_ref[:3], rtol=1e-8)
+    xc = x - x.mean(0)
+    pc = bl.ops.pca(X, 2, n_iter=4, address=address, security=sec,
+                    work_dir=str(tmp_path / "w2"))
+    np.testing.assert_allclose(pc.s, np.linalg.svd(xc, compute_uv=False)[:2], rtol=1e-8)
+
+    spec = {"name": "t", "inputs": {"X": {"path": "X.zarr"}},
+            "steps": [{"name": "svd", "op": "randomized_svd", "inputs": {"A": "X"},
+                       "params": {"k": 3, "n_iter": 4}}],
+            "outputs": {"svd": {"step": "svd"}}, "output_dir": "out"}
+    (tmp_path / "svd.yaml").write_text(yaml.safe_dump(spec))
+    res_cli = run_cli("run", "svd.yaml", "--address", address, "--tls-ca-file", certs["ca"],
+                      "--tls-cert", certs["cert"], "--tls-key", certs["key"], "--json",
+                      cwd=tmp_path, timeout=180)
+    assert res_cli.returncode == 0, res_cli.stderr
+    got = np.load(tmp_path / "out" / "svd.npz")
+    np.testing.assert_allclose(got["singular_values"], s_ref[:3], rtol=1e-8)

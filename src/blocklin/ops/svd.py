@@ -169,10 +169,16 @@ def _check_args(m: MatrixInput, k: int, oversample: int, n_iter: int, method: st
 
 def _run_options(executor: Any, address: str | None, client: Any, spark: Any,
                  work_dir: str | None, max_task_memory: int | str | None,
-                 num_workers: int | None, device: str = "cpu") -> dict[str, Any]:
+                 num_workers: int | None, device: str = "cpu", security: Any = None,
+                 connect_timeout: float | None = None,
+                 worker_timeout: float | None = None) -> dict[str, Any]:
+    """The options every pass hands to :func:`blocklin.compute` (cluster settings only
+    where given, as compute's own defaults apply otherwise)."""
+    cluster = {k: v for k, v in (("security", security), ("connect_timeout", connect_timeout),
+                                 ("worker_timeout", worker_timeout)) if v is not None}
     return {"executor": executor, "address": address, "client": client, "spark": spark,
             "work_dir": work_dir, "max_task_memory": max_task_memory,
-            "num_workers": num_workers, "device": device}
+            "num_workers": num_workers, "device": device, **cluster}
 
 
 def _power_basis(A: Any, m: MatrixInput, width: int, n_iter: int, seed: int, krylov: bool,
@@ -260,7 +266,9 @@ def randomized_svd(A: Any, k: int, *, oversample: int = 10, n_iter: int = 2, see
                    method: SVDMethod = "power", executor: Any = "dask",
                    address: str | None = None, client: Any = None, spark: Any = None,
                    work_dir: str | None = None, max_task_memory: int | str | None = None,
-                   num_workers: int | None = None, device: str = "cpu") -> TruncatedSVDResult:
+                   num_workers: int | None = None, device: str = "cpu", security: Any = None,
+                   connect_timeout: float | None = None,
+                   worker_timeout: float | None = None) -> TruncatedSVDResult:
     """Top-k singular triplets of A by randomized subspace iteration, pass-efficiently.
 
     Parameters
@@ -289,6 +297,8 @@ def randomized_svd(A: Any, k: int, *, oversample: int = 10, n_iter: int = 2, see
         accuracy, and relative error grows as ``eps·(σ₁/σⱼ)²``.
     executor, address, client, spark, work_dir, max_task_memory, num_workers, device
         Where and how each pass runs, as :func:`blocklin.compute`.
+    security, connect_timeout, worker_timeout
+        A dask cluster's TLS settings and timeouts, as :func:`blocklin.compute`.
 
     Returns
     -------
@@ -323,7 +333,7 @@ def randomized_svd(A: Any, k: int, *, oversample: int = 10, n_iter: int = 2, see
     >>> U = res.U          # one more pass, only now
     """
     opts = _run_options(executor, address, client, spark, work_dir, max_task_memory,
-                        num_workers, device)
+                        num_workers, device, security, connect_timeout, worker_timeout)
     return _truncated(A, k, oversample, n_iter, seed, method, False, opts)
 
 
@@ -331,7 +341,8 @@ def pca(A: Any, k: int, *, oversample: int = 10, n_iter: int = 2, seed: int = 0,
         method: SVDMethod = "power", executor: Any = "dask", address: str | None = None,
         client: Any = None, spark: Any = None, work_dir: str | None = None,
         max_task_memory: int | str | None = None, num_workers: int | None = None,
-        device: str = "cpu") -> PCAResult:
+        device: str = "cpu", security: Any = None, connect_timeout: float | None = None,
+        worker_timeout: float | None = None) -> PCAResult:
     """Principal components of the rows of A, without writing a centered copy.
 
     Parameters are those of :func:`randomized_svd`.
@@ -350,7 +361,7 @@ def pca(A: Any, k: int, *, oversample: int = 10, n_iter: int = 2, seed: int = 0,
     and uses ``AᵀA − m·μμᵀ``, which cancels digits when ‖μ‖ dominates the spread.
     """
     opts = _run_options(executor, address, client, spark, work_dir, max_task_memory,
-                        num_workers, device)
+                        num_workers, device, security, connect_timeout, worker_timeout)
     res = _truncated(A, k, oversample, n_iter, seed, method, True, opts)
     return PCAResult(res.s, res.Vt, res.method, res.passes, res.u_passes, res.u_lazy, res.mean,
                      opts, n_samples=as_matrix(A).shape[0])

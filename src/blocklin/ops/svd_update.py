@@ -48,6 +48,7 @@ from blocklin.ops._svd_rows import (
     rows_sparse,
     update_factors,
 )
+from blocklin.ops.svd import _run_options
 from blocklin.ops.svd_state import SVDState, Term, _as_extras, basis_name
 from blocklin.ops.tsqr import plan_form_q, plan_tree, row_signs
 from blocklin.plan.graph import Task, make_stage
@@ -70,7 +71,9 @@ def svd_update(state: SVDState | str | os.PathLike[str], rows: Any = None, *,
                executor: Any = "dask", address: str | None = None, client: Any = None,
                spark: Any = None, work_dir: str | None = None,
                max_task_memory: int | str | None = None, num_workers: int | None = None,
-               device: str = "cpu", stats: RunStats | None = None) -> SVDState:
+               device: str = "cpu", stats: RunStats | None = None, security: Any = None,
+               connect_timeout: float | None = None,
+               worker_timeout: float | None = None) -> SVDState:
     """Update a persisted truncated SVD for appended rows or columns or a low-rank change.
 
     Parameters
@@ -104,6 +107,8 @@ def svd_update(state: SVDState | str | os.PathLike[str], rows: Any = None, *,
         shared with other statistics): the ``gram`` path then skips its own pass.
     executor, address, client, spark, work_dir, max_task_memory, num_workers, device
         As :func:`blocklin.compute` (used for passes over stored data).
+    security, connect_timeout, worker_timeout
+        A dask cluster's TLS settings and timeouts, as :func:`blocklin.compute`.
     stats : RunStats, optional
         Filled with the counters of every pass the update makes (blocks and arrays
         read), e.g. to check that the old bases were not read.
@@ -173,9 +178,9 @@ def svd_update(state: SVDState | str | os.PathLike[str], rows: Any = None, *,
         raise InputValueError(f"method={chosen!r} applies to row appends; column and "
                               "low-rank updates always orthonormalize by TSQR")
     ex = None if extras is None else _as_extras(extras)
-    run = _runner({"executor": executor, "address": address, "client": client,
-                   "spark": spark, "work_dir": work_dir, "max_task_memory": max_task_memory,
-                   "num_workers": num_workers, "device": device}, stats)
+    run = _runner(_run_options(executor, address, client, spark, work_dir, max_task_memory,
+                               num_workers, device, security, connect_timeout,
+                               worker_timeout), stats)
     if rows is not None:
         c = parse_rows(rows, st.shape[1])
         if row_gram is not None and np.shape(row_gram) != (st.shape[1], st.shape[1]):

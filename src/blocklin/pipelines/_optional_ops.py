@@ -56,17 +56,10 @@ def _sketched_crossprod(fn: Any) -> Callable[[Mapping[str, Any], Any, BuildConte
         # The same seed draws the same S for both (one counter-based stream per row
         # granule), so (SA)ᵀ(SB) is an unbiased estimate of AᵀB.
         sa, sb = compute(fn(inputs["A"], p.k, kind=p.kind, seed=p.seed),
-                         fn(inputs["B"], p.k, kind=p.kind, seed=p.seed), **_engine_options(ctx.compute))
+                         fn(inputs["B"], p.k, kind=p.kind, seed=p.seed), **ctx.compute)
         return np.asarray(sa).T @ np.asarray(sb)
 
     return build
-
-
-def _engine_options(comp: Mapping[str, Any]) -> dict[str, Any]:
-    """``comp`` less the dask cluster timeouts and TLS, which the SVD entry points do not
-    take yet (a tls:// address then fails with a message naming the missing settings)."""
-    return {k: v for k, v in comp.items()
-            if k not in ("connect_timeout", "worker_timeout", "security")}
 
 
 # -- SVD and PCA -------------------------------------------------------------------------------
@@ -81,7 +74,7 @@ class SVDParams(Params):
 def _svd(fn: Any) -> Callable[[Mapping[str, Any], Any, BuildContext], Any]:
     def build(inputs: Mapping[str, Any], p: Any, ctx: BuildContext) -> Any:
         return fn(inputs["A"], p.k, oversample=p.oversample, n_iter=p.n_iter, seed=p.seed,
-                  method=p.method, **_engine_options(ctx.compute))
+                  method=p.method, **ctx.compute)
 
     return build
 
@@ -109,7 +102,7 @@ def _svd_update(svd_state: Any, update: Any) -> Callable[[UpdateContext, Any], A
         st = svd_state.open(ctx.state_dir)
         start, stop = ctx.rows
         if st.n_rows == start:  # not applied yet; after an interruption it may already be
-            st = update(st, rows=ctx.batch["A"], **_engine_options(ctx.compute))
+            st = update(st, rows=ctx.batch["A"], **ctx.compute)
         elif st.n_rows != stop:
             raise InputValueError(f"the SVD state in {ctx.state_dir} covers {st.n_rows} rows; "
                                   f"cannot apply rows {start}..{stop}. Rerun the pipeline")
