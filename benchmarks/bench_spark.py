@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -45,6 +44,7 @@ import blocklin as bl
 from _common import median_time
 from _peers import PeakRSS
 from blocklin.executors.spark import local_session, session_conf
+from blocklin.testing.helpers import free_ports
 
 
 def _make_matrix(rows: int, cols: int, chunk: int, path: Path) -> Any:
@@ -90,17 +90,6 @@ def _spark_vs_dask(gram: Any, spark: Any, work: str, args: argparse.Namespace) -
             "ratio": med["spark"] / med["dask"], "times": times, "gram": g_spark}
 
 
-def _free_ports(n: int) -> list[int]:
-    socks = [socket.socket() for _ in range(n)]
-    try:
-        for sk in socks:
-            sk.bind(("127.0.0.1", 0))
-        return [sk.getsockname()[1] for sk in socks]
-    finally:
-        for sk in socks:
-            sk.close()
-
-
 @contextmanager
 def standalone_cluster(cores: int, memory: str, logs: Path) -> Iterator[str]:
     """A standalone master and one worker of ``cores`` cores on loopback; yields the URL."""
@@ -109,7 +98,7 @@ def standalone_cluster(cores: int, memory: str, logs: Path) -> Iterator[str]:
     home = Path(pyspark.__file__).parent
     env = {**os.environ, "SPARK_HOME": str(home), "SPARK_LOCAL_IP": "127.0.0.1",
            "PYSPARK_PYTHON": sys.executable}
-    m_port, m_ui, w_port, w_ui = _free_ports(4)
+    m_port, m_ui, w_port, w_ui = free_ports(4)
     url = f"spark://127.0.0.1:{m_port}"
     spark_class = str(home / "bin" / "spark-class")
     logs.mkdir(parents=True, exist_ok=True)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -21,6 +20,7 @@ import numpy as np
 import pytest
 
 import blocklin as bl
+from blocklin.testing.helpers import free_ports
 
 pytest.importorskip("pyspark")
 
@@ -36,17 +36,6 @@ g, s = bl.compute(bl.ops.gram(A), bl.ops.column_stats(A), executor="spark",
 np.save(sys.argv[4], np.vstack([g, s.mean[None]]))
 print("TASKS", stats.tasks_run, stats.executor)
 """
-
-
-def _free_ports(n: int) -> list[int]:
-    socks = [socket.socket() for _ in range(n)]
-    try:
-        for s in socks:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
 
 
 def _spark_home() -> Path:
@@ -77,7 +66,7 @@ def standalone(tmp_path: Path) -> Iterator[str]:
     home = _spark_home()
     env = {**os.environ, "SPARK_HOME": str(home), "SPARK_LOCAL_IP": "127.0.0.1",
            "PYSPARK_PYTHON": sys.executable}
-    m_port, m_ui, w_port, w_ui = _free_ports(4)
+    m_port, m_ui, w_port, w_ui = free_ports(4)
     spark_class = str(home / "bin" / "spark-class")
     procs: list[subprocess.Popen[bytes]] = []
     logs = tmp_path / "logs"

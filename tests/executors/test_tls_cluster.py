@@ -7,7 +7,6 @@ import datetime
 import ipaddress
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -21,6 +20,7 @@ from tests.pipelines.conftest import run_cli
 
 import blocklin as bl
 from blocklin.executors.dask import cluster_security
+from blocklin.testing.helpers import free_ports
 
 DASK = str(Path(sys.executable).with_name("dask"))
 
@@ -61,12 +61,6 @@ def _certificates(folder: Path) -> dict[str, str]:
     return {k: str(v) for k, v in paths.items()}
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
 def tls_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, dict[str, str]]]:
     if not os.path.exists(DASK) and shutil.which("dask") is None:
@@ -74,7 +68,7 @@ def tls_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str,
     folder = tmp_path_factory.mktemp("tls")
     certs = _certificates(folder)
     tls = ["--tls-ca-file", certs["ca"], "--tls-cert", certs["cert"], "--tls-key", certs["key"]]
-    port = _free_port()
+    port = free_ports()[0]
     address = f"tls://127.0.0.1:{port}"
     procs = [subprocess.Popen([DASK, "scheduler", "--protocol", "tls", "--host", "127.0.0.1",
                                "--port", str(port), "--dashboard-address", ":0", *tls],

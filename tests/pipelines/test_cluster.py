@@ -17,14 +17,9 @@ import pytest
 from tests.pipelines.conftest import base_spec, run_cli
 
 from blocklin.pipelines.manifest import load_small
+from blocklin.testing.helpers import free_ports
 
 DASK = str(Path(sys.executable).parent / "dask")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _wait_for_workers(address: str, n: int, timeout: float = 60) -> None:
@@ -36,7 +31,7 @@ def _wait_for_workers(address: str, n: int, timeout: float = 60) -> None:
 
 @pytest.fixture
 def cluster(tmp_path: Path) -> Iterator[str]:
-    port = _free_port()
+    port = free_ports()[0]
     address = f"tcp://127.0.0.1:{port}"
     log = (tmp_path / "cluster.log").open("w")
     procs = [subprocess.Popen([DASK, "scheduler", "--host", "127.0.0.1", "--port", str(port),

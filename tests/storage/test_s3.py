@@ -11,7 +11,6 @@ import json
 import os
 import pickle
 import signal
-import socket
 import subprocess
 import sys
 import textwrap
@@ -29,6 +28,7 @@ import pytest
 import blocklin as bl
 from blocklin.executors import RunStats
 from blocklin.storage.stores import StorageOptions, store_for
+from blocklin.testing.helpers import free_ports
 
 pytest.importorskip("moto.server")
 s3fs = pytest.importorskip("s3fs")
@@ -62,16 +62,9 @@ class S3:
         return {p: fs.cat_file(p) for p in fs.find(bucket.removeprefix("s3://"))}
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
 @pytest.fixture(scope="module")
 def s3() -> Iterator[S3]:
-    port = _free_port()
+    port = free_ports()[0]
     proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1",
                              "-p", str(port)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

@@ -2,11 +2,24 @@
 
 from __future__ import annotations
 
+import socket
 from typing import Any
 
 import numpy as np
 
-__all__ = ["assert_bitwise_equal", "random_matrix"]
+__all__ = ["assert_bitwise_equal", "free_ports", "random_matrix"]
+
+
+def free_ports(n: int = 1) -> list[int]:
+    """``n`` distinct TCP ports free on 127.0.0.1 now (for servers a test starts)."""
+    socks = [socket.socket() for _ in range(n)]
+    try:
+        for sk in socks:
+            sk.bind(("127.0.0.1", 0))
+        return [int(sk.getsockname()[1]) for sk in socks]
+    finally:
+        for sk in socks:
+            sk.close()
 
 
 def assert_bitwise_equal(a: Any, b: Any) -> None:
