@@ -11,8 +11,12 @@ dask (``dask.array.from_zarr``): ``X.T @ X``, ``X @ G`` and
 ``da.linalg.svd_compressed(X, k=50, n_power_iter=2)`` (no linear regression in dask).
 
 Each measurement runs in its own process (its peak RSS is its own: process and
-children), repeating the operation ``--repeat`` times (the process's block cache is
-cleared before each); the table shows medians.
+children), after an untimed warm-up on a tiny array (imports, thread pools). The
+contenders of one operation take turns, ``--repeat`` rounds of one timed run each
+(blocklin, dask, blocklin, dask, ...), so each ratio compares runs taken close in
+time on a shared box; the table shows medians over the rounds. (Run minutes apart,
+one cell of the first table, dask's randomized SVD on the uncompressed copy, read
+4.0 s beside 13.2 s for dask's gram of the same copy.)
 
 The limit of each operation on each copy is ``passes × T_decode + flops / rate``:
 ``T_decode`` reads every stored chunk (inner chunk of a shard) into a reused buffer and
@@ -231,8 +235,11 @@ def limits(rows: int, t_decode: float, per_row: dict[str, float],
 
 
 # -- contenders (each in its own process: ``--worker``) --------------------------------------
-def _timed(fn: Any, repeat: int) -> tuple[float, Any]:
+def _timed(fn: Any, repeat: int, warm_up: Any = None) -> tuple[float, Any]:
     from blocklin.storage.blockcache import process_cache
+
+    if warm_up is not None:
+        warm_up()
 
     times, out = [], None
     for _ in range(repeat):
@@ -250,21 +257,28 @@ def w_blocklin(a: argparse.Namespace) -> dict[str, Any]:
     X = bl.open(a.url)
     opts: dict[str, Any] = {"num_workers": a.cores}
     info: dict[str, Any] = {"read_path": X.meta.read_path}
+    tiny = bl.from_array(np.ones((64, 4)), os.path.join(a.work, "warm-up.zarr"),
+                         overwrite=True)
+
+    def warm_up() -> None:
+        bl.ops.gram(tiny).compute(work_dir=a.work, **opts)
     if a.op == "gram":
-        secs, _ = _timed(lambda: bl.ops.gram(X).compute(work_dir=a.work, **opts), a.repeat)
+        secs, _ = _timed(lambda: bl.ops.gram(X).compute(work_dir=a.work, **opts), a.repeat,
+                         warm_up)
     elif a.op == "sketch":
         secs, _ = _timed(lambda: bl.ops.sketch(X, K_SKETCH, side="right", seed=0)
-                         .compute(work_dir=a.work, **opts), a.repeat)
+                         .compute(work_dir=a.work, **opts), a.repeat, warm_up)
     elif a.op == "rsvd":
         secs, res = _timed(lambda: bl.ops.randomized_svd(
             X, K_SVD, oversample=OVERSAMPLE, n_iter=N_ITER, seed=0, work_dir=a.work,
-            num_workers=a.cores), a.repeat)
+            num_workers=a.cores), a.repeat, warm_up)
         info["passes"] = res.passes
     else:
         y = bl.open(a.y)
         solver = a.op.split("-", 1)[1]
         secs, m = _timed(lambda: LinearRegression(
-            solver=solver, work_dir=a.work, compute_options=dict(opts)).fit(X, y), a.repeat)
+            solver=solver, work_dir=a.work, compute_options=dict(opts)).fit(X, y), a.repeat,
+            warm_up)
         info["passes"] = m.n_passes_
     return {"seconds": secs, **info}
 
@@ -273,19 +287,20 @@ def w_dask(a: argparse.Namespace) -> dict[str, Any]:
     import dask
     import dask.array as da
 
-    def run() -> Any:
-        X = da.from_zarr(a.url)
+    def run(X: Any = None) -> Any:
+        X = da.from_zarr(a.url) if X is None else X
         if a.op == "gram":
             r = X.T @ X
         elif a.op == "sketch":
-            g = da.random.default_rng(0).standard_normal((COLS, K_SKETCH))
+            g = da.random.default_rng(0).standard_normal((X.shape[1], K_SKETCH))
             r = X @ g
         else:
-            r = da.linalg.svd_compressed(X, K_SVD, n_power_iter=N_ITER, seed=0)
+            r = da.linalg.svd_compressed(X, min(K_SVD, min(X.shape)), n_power_iter=N_ITER,
+                                         seed=0)
         with dask.config.set(scheduler="threads", num_workers=a.cores):
             return dask.compute(r)
 
-    secs, _ = _timed(run, a.repeat)
+    secs, _ = _timed(run, a.repeat, lambda: run(da.ones((64, 4), chunks=(16, 4))))
     return {"seconds": secs}
 
 
@@ -302,9 +317,40 @@ WORKERS = {"blocklin": w_blocklin, "dask": w_dask, "limit": w_limit, "blas": w_b
 
 # -- driver ---------------------------------------------------------------------------------
 def _worker_cmd(a: argparse.Namespace, kind: str, url: str = "", op: str = "",
-                y: str = "") -> list[str]:
+                y: str = "", repeat: int | None = None) -> list[str]:
     return [sys.executable, str(HERE), "--worker", kind, "--url", url, "--op", op,
-            "--y", y, "--work", a.work, "--cores", str(a.cores), "--repeat", str(a.repeat)]
+            "--y", y, "--work", a.work, "--cores", str(a.cores),
+            "--repeat", str(a.repeat if repeat is None else repeat)]
+
+
+def _rounds(a: argparse.Namespace, url: str, op: str, y: str,
+            who: list[str]) -> dict[str, dict[str, Any]]:
+    """``--repeat`` rounds of one timed run of each contender in turn: the medians of
+    their seconds, their largest peak RSS, and the rest of their first answer."""
+    runs: dict[str, list[dict[str, Any]]] = {w: [] for w in who}
+    for _ in range(a.repeat):
+        for w in who:
+            if runs[w] and "error" in runs[w][0]:
+                continue
+            try:
+                r = spawn(_worker_cmd(a, w, url, op, y, repeat=1), f"{w} {op}",
+                          timeout=a.timeout)
+            except (RuntimeError, TimeoutError) as exc:
+                r = {"error": str(exc).strip().splitlines()[-1][:200]}
+            runs[w].append(r)
+            shutil.rmtree(a.work, ignore_errors=True)
+            os.makedirs(a.work, exist_ok=True)
+    out = {}
+    for w, rs in runs.items():
+        ok = [r for r in rs if "error" not in r]
+        if not ok:
+            out[w] = rs[0]
+            continue
+        out[w] = {**ok[0], "seconds": statistics.median(r["seconds"] for r in ok),
+                  "runs": [round(r["seconds"], 2) for r in ok]}
+        if "peak_rss" in ok[0]:
+            out[w]["peak_rss"] = max(r["peak_rss"] for r in ok)
+    return out
 
 
 def _gib(n: int) -> str:
@@ -345,20 +391,12 @@ def main() -> None:
         gb = a.rows * COLS * 8 / 1e9
         print(f"{codec}: decode {dec:.2f} s ({gb / dec:.2f} GB/s)", flush=True)
         results: dict[str, dict[str, Any]] = {}
+        y = paths["y-sharded" if "sharded" in codec else "y"]
         for op in a.ops.split(","):
-            for who in ("blocklin", "dask"):
-                if who == "dask" and op not in DASK_OPS:
-                    continue
-                try:
-                    y = paths["y-sharded" if "sharded" in codec else "y"]
-                    r = spawn(_worker_cmd(a, who, url, op, y), f"{who} {op} {codec}",
-                              timeout=a.timeout)
-                except (RuntimeError, TimeoutError) as exc:
-                    r = {"error": str(exc).strip().splitlines()[-1][:200]}
-                results[f"{who}:{op}"] = r
-                print(f"  {who:8s} {op:10s} {json.dumps(r)[:200]}", flush=True)
-                shutil.rmtree(a.work, ignore_errors=True)
-                os.makedirs(a.work, exist_ok=True)
+            who = ["blocklin", "dask"] if op in DASK_OPS else ["blocklin"]
+            for w, r in _rounds(a, url, op, y, who).items():
+                results[f"{w}:{op}"] = r
+                print(f"  {w:8s} {op:10s} {json.dumps(r)[:220]}", flush=True)
         passes = {op: float(str(results.get(f"blocklin:{op}", {}).get("passes", "nan")).split()[0])
                   for op in ("rsvd", "lr-normal", "lr-qr")
                   if "passes" in results.get(f"blocklin:{op}", {})}
@@ -395,8 +433,9 @@ def report(a: argparse.Namespace, rates: dict[str, float], lines: list[Any]) -> 
     out = [f"# blocklin vs dask on zarr-python arrays, {a.rows:,} × {COLS} float64 "
            f"({gb:.1f} GB), {a.cores} cores",
            "",
-           f"Medians of {a.repeat} runs per cell, each contender in its own process "
-           "(peak RSS its own). limit = passes × numcodecs decode of every stored chunk "
+           f"Medians of {a.repeat} rounds per cell, the contenders of an operation in turn, "
+           "each run in its own process after an untimed warm-up (peak RSS its own). "
+           "limit = passes × numcodecs decode of every stored chunk "
            "(measured in this run) + the operation's dense kernels on in-memory blocks, "
            "measured in this run (s per 25,000 × 500 block: "
            + ", ".join(f"{k} {v * CHUNK / 2:.3f}" for k, v in rates.items()) + ").",
