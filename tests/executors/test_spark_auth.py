@@ -13,9 +13,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from tests.executors.test_spark_cluster import _alive_workers, _free_ports, _spark_home, _stop
+from tests.executors.test_spark_cluster import _alive_workers, _spark_home, _stop
 
 import blocklin as bl
+from blocklin.testing.helpers import free_ports
 
 pytest.importorskip("pyspark")
 
@@ -54,7 +55,7 @@ def auth_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str
         f"spark.authenticate true\nspark.authenticate.secret {SECRET}\n")
     env = {**os.environ, "SPARK_HOME": str(home), "SPARK_LOCAL_IP": "127.0.0.1",
            "PYSPARK_PYTHON": sys.executable, "SPARK_CONF_DIR": str(conf)}
-    m_port, m_ui, w_port, w_ui = _free_ports(4)
+    m_port, m_ui, w_port, w_ui = free_ports(4)
     spark_class = str(home / "bin" / "spark-class")
     props = ["--properties-file", str(conf / "spark-defaults.conf")]
     procs: list[subprocess.Popen[bytes]] = []
