@@ -1,6 +1,6 @@
 """Session-wide test setup: the shared fixtures, and a guard against reads beside the clone.
 
-A test that reads a file next to the repository (``../shared/data``, a sibling checkout)
+A test that reads a file next to the repository (a data folder or a sibling checkout)
 passes on the machine it was written on and fails in every fresh clone. The guard is an
 audit hook that sees every Python-level ``open`` in this process; a read-only open of a
 file that lies under the repository's parent directory but outside the repository, and
