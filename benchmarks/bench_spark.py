@@ -24,16 +24,12 @@ the driver JVM, reported separately).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -44,7 +40,7 @@ import blocklin as bl
 from _common import median_time
 from _peers import PeakRSS
 from blocklin.executors.spark import local_session, session_conf
-from blocklin.testing.helpers import free_ports
+from blocklin.testing.spark_cluster import standalone_cluster
 
 
 def _make_matrix(rows: int, cols: int, chunk: int, path: Path) -> Any:
@@ -90,54 +86,6 @@ def _spark_vs_dask(gram: Any, spark: Any, work: str, args: argparse.Namespace) -
             "ratio": med["spark"] / med["dask"], "times": times, "gram": g_spark}
 
 
-@contextmanager
-def standalone_cluster(cores: int, memory: str, logs: Path) -> Iterator[str]:
-    """A standalone master and one worker of ``cores`` cores on loopback; yields the URL."""
-    import pyspark  # noqa: TID251
-
-    home = Path(pyspark.__file__).parent
-    env = {**os.environ, "SPARK_HOME": str(home), "SPARK_LOCAL_IP": "127.0.0.1",
-           "PYSPARK_PYTHON": sys.executable}
-    m_port, m_ui, w_port, w_ui = free_ports(4)
-    url = f"spark://127.0.0.1:{m_port}"
-    spark_class = str(home / "bin" / "spark-class")
-    logs.mkdir(parents=True, exist_ok=True)
-    commands = [
-        ["org.apache.spark.deploy.master.Master", "--host", "127.0.0.1", "--port", str(m_port),
-         "--webui-port", str(m_ui)],
-        ["org.apache.spark.deploy.worker.Worker", "--host", "127.0.0.1", "--port", str(w_port),
-         "--webui-port", str(w_ui), "--cores", str(cores), "--memory", memory,
-         "--work-dir", str(logs / "work"), url]]
-    procs = []
-    try:
-        for cmd, name in zip(commands, ("master", "worker"), strict=True):
-            with open(logs / f"{name}.log", "wb") as out:
-                procs.append(subprocess.Popen([spark_class, *cmd], env=env, stdout=out,
-                                              stderr=subprocess.STDOUT))
-        deadline = time.monotonic() + 90
-        while _alive_workers(m_ui) < 1:
-            if time.monotonic() > deadline or any(p.poll() is not None for p in procs):
-                raise RuntimeError(f"standalone cluster did not come up; see {logs}")
-            time.sleep(0.5)
-        yield url
-    finally:
-        for p in reversed(procs):
-            p.terminate()
-            try:
-                p.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait()
-
-
-def _alive_workers(ui_port: int) -> int:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{ui_port}/json/", timeout=2) as r:
-            return int(json.load(r).get("aliveworkers", 0))
-    except (OSError, ValueError):
-        return 0
-
-
 def _standalone_session(url: str, cores: int) -> Any:
     conf = session_conf(url)
     conf.update({"spark.executor.memory": "2g", "spark.cores.max": str(cores),
@@ -177,7 +125,7 @@ def bench_gram(args: argparse.Namespace, tmp: Path) -> None:
         spark.stop()
     rows = [_report_row(f"local[{args.cores}]", local, t_session)]
     if args.standalone:
-        with standalone_cluster(args.cores, "3g", tmp / "standalone") as url:
+        with standalone_cluster(tmp / "standalone", cores=args.cores, memory="3g") as url:
             t0 = time.perf_counter()
             spark = _standalone_session(url, args.cores)
             t_session = time.perf_counter() - t0

@@ -7,16 +7,14 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
-from tests.executors.test_spark_cluster import _alive_workers, _spark_home, _stop
 
 import blocklin as bl
-from blocklin.testing.helpers import free_ports
+from blocklin.testing.spark_cluster import standalone_cluster
 
 pytest.importorskip("pyspark")
 
@@ -47,43 +45,14 @@ spark.stop()
 @pytest.fixture(scope="module")
 def auth_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
     tmp = tmp_path_factory.mktemp("sparkauth")
-    home = _spark_home()
     conf = tmp / "conf"
     conf.mkdir()
     # The daemons and the driver read the same spark-defaults.conf.
     (conf / "spark-defaults.conf").write_text(
         f"spark.authenticate true\nspark.authenticate.secret {SECRET}\n")
-    env = {**os.environ, "SPARK_HOME": str(home), "SPARK_LOCAL_IP": "127.0.0.1",
-           "PYSPARK_PYTHON": sys.executable, "SPARK_CONF_DIR": str(conf)}
-    m_port, m_ui, w_port, w_ui = free_ports(4)
-    spark_class = str(home / "bin" / "spark-class")
-    props = ["--properties-file", str(conf / "spark-defaults.conf")]
-    procs: list[subprocess.Popen[bytes]] = []
-    try:
-        with open(tmp / "master.log", "wb") as out:
-            procs.append(subprocess.Popen(
-                [spark_class, "org.apache.spark.deploy.master.Master", "--host", "127.0.0.1",
-                 "--port", str(m_port), "--webui-port", str(m_ui), *props],
-                env=env, stdout=out, stderr=subprocess.STDOUT))
-        url = f"spark://127.0.0.1:{m_port}"
-        with open(tmp / "worker.log", "wb") as out:
-            procs.append(subprocess.Popen(
-                [spark_class, "org.apache.spark.deploy.worker.Worker", "--host", "127.0.0.1",
-                 "--port", str(w_port), "--webui-port", str(w_ui), "--cores", "2",
-                 "--memory", "1g", "--work-dir", str(tmp / "worker"), *props, url],
-                env=env, stdout=out, stderr=subprocess.STDOUT))
-        deadline = time.monotonic() + 45
-        while _alive_workers(m_ui) < 1:
-            if time.monotonic() > deadline or any(p.poll() is not None for p in procs):
-                pytest.fail("authenticated standalone cluster did not come up:\n"
-                            + (tmp / "master.log").read_text()[-2000:]
-                            + (tmp / "worker.log").read_text()[-2000:])
-            time.sleep(0.5)
+    with standalone_cluster(tmp, cores=2, memory="1g", conf_dir=conf, timeout=45) as url:
         assert "authentication enabled" in (tmp / "master.log").read_text()
         yield url, conf
-    finally:
-        for p in reversed(procs):
-            _stop(p)
 
 
 @pytest.mark.parametrize("how", ["spark-defaults.conf", "session"])

@@ -7,12 +7,9 @@ to the master with ``executor="spark", address="spark://..."``.
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
-import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,7 +17,7 @@ import numpy as np
 import pytest
 
 import blocklin as bl
-from blocklin.testing.helpers import free_ports
+from blocklin.testing.spark_cluster import standalone_cluster
 
 pytest.importorskip("pyspark")
 
@@ -38,63 +35,10 @@ print("TASKS", stats.tasks_run, stats.executor)
 """
 
 
-def _spark_home() -> Path:
-    import pyspark  # noqa: TID251
-
-    return Path(pyspark.__file__).parent
-
-
-def _alive_workers(ui_port: int) -> int:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{ui_port}/json/", timeout=2) as r:
-            return int(json.load(r).get("aliveworkers", 0))
-    except (OSError, ValueError):
-        return 0
-
-
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    proc.terminate()
-    try:
-        proc.wait(timeout=15)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait(timeout=15)
-
-
 @pytest.fixture
 def standalone(tmp_path: Path) -> Iterator[str]:
-    home = _spark_home()
-    env = {**os.environ, "SPARK_HOME": str(home), "SPARK_LOCAL_IP": "127.0.0.1",
-           "PYSPARK_PYTHON": sys.executable}
-    m_port, m_ui, w_port, w_ui = free_ports(4)
-    spark_class = str(home / "bin" / "spark-class")
-    procs: list[subprocess.Popen[bytes]] = []
-    logs = tmp_path / "logs"
-    logs.mkdir()
-    try:
-        with open(logs / "master.log", "wb") as out:
-            procs.append(subprocess.Popen(
-                [spark_class, "org.apache.spark.deploy.master.Master", "--host", "127.0.0.1",
-                 "--port", str(m_port), "--webui-port", str(m_ui)],
-                env=env, stdout=out, stderr=subprocess.STDOUT))
-        url = f"spark://127.0.0.1:{m_port}"
-        with open(logs / "worker.log", "wb") as out:
-            procs.append(subprocess.Popen(
-                [spark_class, "org.apache.spark.deploy.worker.Worker", "--host", "127.0.0.1",
-                 "--port", str(w_port), "--webui-port", str(w_ui), "--cores", "2",
-                 "--memory", "1g", "--work-dir", str(tmp_path / "worker"), url],
-                env=env, stdout=out, stderr=subprocess.STDOUT))
-        deadline = time.monotonic() + 45
-        while _alive_workers(m_ui) < 1:
-            if time.monotonic() > deadline or any(p.poll() is not None for p in procs):
-                pytest.fail("standalone cluster did not come up:\n"
-                            + (logs / "master.log").read_text()[-2000:]
-                            + (logs / "worker.log").read_text()[-2000:])
-            time.sleep(0.5)
+    with standalone_cluster(tmp_path / "logs", cores=2, memory="1g", timeout=45) as url:
         yield url
-    finally:
-        for p in reversed(procs):
-            _stop(p)
 
 
 def test_graph_on_standalone_cluster(standalone: str, tmp_path: Path) -> None:
