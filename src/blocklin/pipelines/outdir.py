@@ -33,7 +33,6 @@ import json
 import os
 import posixpath
 import shutil
-import tempfile
 import time
 import uuid
 from abc import ABC, abstractmethod
@@ -42,6 +41,7 @@ from pathlib import Path
 from typing import Any
 
 from blocklin.errors import storage_error
+from blocklin.storage.stores import LocalStore
 
 __all__ = ["RUNS", "STAGING", "LocalDir", "ObjectDir", "OutputDir", "output_dir_for"]
 
@@ -147,32 +147,18 @@ class LocalDir(OutputDir):
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.root = Path(path).expanduser().absolute()
         self.location = str(self.root)
+        # Whole-file reads and atomic writes (temp file + rename, storage errors named)
+        # are the local store's.
+        self._files = LocalStore(self.root)
 
     def path(self, rel: str) -> Path:
         return self.root / rel if rel else self.root
 
     def read_bytes(self, rel: str) -> bytes | None:
-        try:
-            return self.path(rel).read_bytes()
-        except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
-            return None
+        return self._files.get(rel)
 
     def write_bytes(self, rel: str, data: bytes) -> None:
-        target = self.path(rel)
-        try:
-            target.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.tmp-")
-        except OSError as exc:
-            raise storage_error(exc, str(target)) from exc
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(data)
-            os.replace(tmp, target)
-        except BaseException as exc:
-            Path(tmp).unlink(missing_ok=True)
-            if isinstance(exc, OSError):
-                raise storage_error(exc, str(target)) from exc
-            raise
+        self._files.put(rel, data)
 
     def create_exclusive(self, rel: str, data: bytes) -> bool:
         try:
