@@ -13,7 +13,14 @@ from blocklin.config import (
     parse_memory,
 )
 from blocklin.errors import ConfigError, InputDtypeError
-from blocklin.executors.base import Executor, RunStats, prepare, reset_outputs, unseal_pending
+from blocklin.executors.base import (
+    Executor,
+    RunStats,
+    prepare,
+    record_run,
+    reset_outputs,
+    unseal_pending,
+)
 from blocklin.executors.lazy import Lazy
 from blocklin.plan.finalize import FinalPlan, finalize
 from blocklin.plan.graph import Plan, jsonable
@@ -183,6 +190,7 @@ def compute(*results: Lazy, executor: str | Executor = "dask", address: str | No
     else:
         unseal_pending(xplan)
     run = stats if stats is not None else RunStats()
+    before = run.copy()
     run.executor = engine.name
     run.cache_bytes = budget
     run.tasks_skipped = xplan.skipped
@@ -193,6 +201,7 @@ def compute(*results: Lazy, executor: str | Executor = "dask", address: str | No
     engine.execute(xplan, on_done)
     run.seconds = time.perf_counter() - t0
     _seal_outputs(final, work)
+    record_run(run.since(before))  # for collect_stats blocks (a pipeline's report)
     return tuple(_present(r, work) for r in results)
 
 

@@ -10,7 +10,9 @@ from __future__ import annotations
 import uuid
 from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from contextlib import contextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass, field, replace
 from typing import Protocol, TypeVar
 
 from blocklin.plan.finalize import FinalPlan
@@ -24,7 +26,8 @@ from blocklin.storage.stores import store_for
 from blocklin.types import BlockIndex
 
 __all__ = ["ExecutionPlan", "Executor", "Jobs", "RunStats", "TaskBatch", "TaskJob", "cache_tokens",
-           "prepare", "reset_outputs", "unseal_pending", "verified_blocks"]
+           "collect_stats", "prepare", "record_run", "reset_outputs", "unseal_pending",
+           "verified_blocks"]
 
 TaskCallback = Callable[[TaskMetrics], None]
 
@@ -175,6 +178,30 @@ class RunStats:
         for k, r in other.array_reads.items():
             self.array_reads[k] = self.array_reads.get(k, 0) + r
 
+    def copy(self) -> RunStats:
+        """An independent copy (its dicts are not shared)."""
+        return replace(self, stage_seconds=dict(self.stage_seconds),
+                       stage_tasks=dict(self.stage_tasks), passes=dict(self.passes),
+                       array_reads=dict(self.array_reads))
+
+    def since(self, before: RunStats) -> RunStats:
+        """The counters one compute added to this object, ``before`` being its copy taken
+        as that compute started (a ``stats=`` object reused across computes keeps
+        adding to its running totals; the per-compute fields are this compute's)."""
+        def minus(now: Mapping[str, float], then: Mapping[str, float]) -> dict[str, float]:
+            return {k: v - then.get(k, 0) for k, v in now.items() if v != then.get(k, 0)}
+
+        return replace(self.copy(), tasks_run=self.tasks_run - before.tasks_run,
+                       blocks_read=self.blocks_read - before.blocks_read,
+                       bytes_read=self.bytes_read - before.bytes_read,
+                       cache_hits=self.cache_hits - before.cache_hits,
+                       cache_misses=self.cache_misses - before.cache_misses,
+                       stage_seconds=minus(self.stage_seconds, before.stage_seconds),
+                       stage_tasks={k: int(v) for k, v in
+                                    minus(self.stage_tasks, before.stage_tasks).items()},
+                       array_reads={k: int(v) for k, v in
+                                    minus(self.array_reads, before.array_reads).items()})
+
     def add(self, metrics: TaskMetrics, label: str) -> None:
         self.tasks_run += 1
         self.blocks_read += int(metrics.get("blocks_read", 0))
@@ -185,6 +212,46 @@ class RunStats:
             self.array_reads[url] = self.array_reads.get(url, 0) + int(n)
         self.stage_seconds[label] = self.stage_seconds.get(label, 0.0) + float(metrics["seconds"])
         self.stage_tasks[label] = self.stage_tasks.get(label, 0) + 1
+
+
+#: The lists that :func:`collect_stats` blocks active in this context append to.
+_COLLECTORS: ContextVar[tuple[list[RunStats], ...]] = ContextVar("blocklin_run_stats",
+                                                                 default=())
+
+
+@contextmanager
+def collect_stats() -> Iterator[list[RunStats]]:
+    """Collect the :class:`RunStats` of every compute that finishes inside the block.
+
+    Iterative algorithms (randomized SVD passes, L-BFGS, estimators' fits) run many
+    computes of their own; a caller that wants their tasks and passes counted (a
+    pipeline's run report) wraps them in this block instead of threading ``stats=``
+    through every layer. Blocks nest: each active one gets every compute.
+
+    Yields
+    ------
+    list of RunStats
+        One entry per finished compute, in order; merge them with
+        :meth:`RunStats.merge`.
+
+    Examples
+    --------
+    >>> with collect_stats() as runs:
+    ...     TruncatedSVD(5).fit(A)
+    >>> total = RunStats(); [total.merge(r) for r in runs]
+    """
+    runs: list[RunStats] = []
+    token = _COLLECTORS.set((*_COLLECTORS.get(), runs))
+    try:
+        yield runs
+    finally:
+        _COLLECTORS.reset(token)
+
+
+def record_run(run: RunStats) -> None:
+    """Hand one finished compute's counters to every active :func:`collect_stats` block."""
+    for runs in _COLLECTORS.get():
+        runs.append(run.copy())
 
 
 class Executor(Protocol):
