@@ -133,3 +133,46 @@ def test_sparse_matches_dense(method: str, tmp_path: Path) -> None:
     xc = x.toarray() - x.toarray().mean(axis=0)
     s_ref = np.linalg.svd(xc, compute_uv=False)[:5]
     assert np.abs(pc.s - s_ref).max() <= (1e-12 if method != "power" else 1e-3) * s_ref[0]
+
+
+@pytest.mark.parametrize("method", ["power", "krylov"])
+def test_passes_read_storage_once_when_a_fits_the_cache(method: str, tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    import importlib
+
+    from blocklin.executors.base import RunStats
+    from blocklin.storage.blockcache import process_cache
+
+    x = _with_spectrum(SPECTRA["decaying"])
+    A = bl.from_array(x, tmp_path / "A.zarr", chunks=(100, None))
+    svd = importlib.import_module("blocklin.ops.svd")  # bl.ops.svd is a function
+    runs: list[RunStats] = []
+    real = svd.compute
+
+    def counted(*results, **kwargs):  # the real compute, with its counters kept
+        runs.append(RunStats())
+        return real(*results, stats=runs[-1], **kwargs)
+
+    monkeypatch.setattr(svd, "compute", counted)
+    res = bl.ops.randomized_svd(A, K, method=method, work_dir=str(tmp_path / "w"))
+    blocks = M // 100
+    assert len(runs) == res.passes == 4
+    # One pass reads A from storage; the other three take every block from memory.
+    assert sum(r.cache_misses for r in runs) == blocks
+    assert sum(r.cache_hits for r in runs) == 3 * blocks
+    assert len(process_cache()) == 0  # the decoded copy does not outlive the call
+    cached_reads = sum(r.blocks_read for r in runs)
+    runs.clear()
+    ref = bl.ops.randomized_svd(A, K, method=method, work_dir=str(tmp_path / "r"),
+                                cache_bytes=None)
+    assert sum(r.cache_hits for r in runs) == 0
+    assert sum(r.blocks_read for r in runs) - cached_reads == 3 * blocks
+    np.testing.assert_array_equal(res.s, ref.s)
+    np.testing.assert_array_equal(res.Vt, ref.Vt)
+    # An A larger than the default budget streams: a partial cache would cost the
+    # budget's memory to save a fraction of the reads.
+    monkeypatch.setenv("BLOCKLIN_BLOCK_CACHE_BYTES", str(x.nbytes // 2))
+    runs.clear()
+    big = bl.ops.randomized_svd(A, K, method=method, work_dir=str(tmp_path / "b"))
+    assert sum(r.cache_hits for r in runs) == 0
+    np.testing.assert_array_equal(big.s, ref.s)

@@ -9,12 +9,14 @@ backward stable, and U is formed only when asked.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, get_args
 
 import numpy as np
 
+from blocklin.config import default_block_cache_bytes, machine_memory
 from blocklin.errors import InputDtypeError, InputValueError
 from blocklin.executors.api import compute
 from blocklin.executors.lazy import Lazy
@@ -25,6 +27,7 @@ from blocklin.ops.stats import ColumnStats, column_stats
 from blocklin.ops.tsqr import plan_finish, plan_form_q, plan_tree, row_signs
 from blocklin.plan.graph import TaskContext, make_stage
 from blocklin.plan.reduce import SumParts, tree_reduce
+from blocklin.storage.blockcache import process_cache
 from blocklin.types import parse_option
 
 if TYPE_CHECKING:
@@ -78,6 +81,30 @@ class TruncatedSVDResult:
 
     def __iter__(self) -> Any:
         return iter((self.U, self.s, self.Vt))
+
+    @property
+    def total_variance(self) -> float | None:
+        """``‖A‖_F²`` (PCA: ``‖A − 1μᵀ‖_F²``), the sum of all squared singular values.
+
+        From the column statistics computed with the first pass (``with_stats=True``,
+        or ``method="gram"``); None without them.
+        """
+        st = self.column_stats
+        if st is None:
+            return None
+        if self.mean is not None:  # centered: Σ M2 = Σ variance·(m − 1)
+            return float(np.sum(st.variance) * max(st.count - 1, 0))
+        return float(np.sum(np.square(st.norm_l2)))
+
+    @property
+    def explained_variance_ratio(self) -> np.ndarray | None:
+        """``s² / total_variance``: each component's share of all of A's variance (PCA:
+        of the centered A), not of the top k only; None without column statistics."""
+        total = self.total_variance
+        if total is None:
+            return None
+        out: np.ndarray = self.s**2 / total if total > 0 else np.zeros_like(self.s)
+        return out
 
 
 @dataclass
@@ -171,14 +198,53 @@ def _run_options(executor: Any, address: str | None, client: Any, spark: Any,
                  work_dir: str | None, max_task_memory: int | str | None,
                  num_workers: int | None, device: str = "cpu", security: Any = None,
                  connect_timeout: float | None = None,
-                 worker_timeout: float | None = None) -> dict[str, Any]:
-    """The options every pass hands to :func:`blocklin.compute` (cluster settings only
-    where given, as compute's own defaults apply otherwise)."""
-    cluster = {k: v for k, v in (("security", security), ("connect_timeout", connect_timeout),
-                                 ("worker_timeout", worker_timeout)) if v is not None}
+                 worker_timeout: float | None = None,
+                 cache_bytes: int | str | None = None) -> dict[str, Any]:
+    """The options every pass hands to :func:`blocklin.compute` (cluster settings and the
+    block cache only where given, as compute's own defaults apply otherwise)."""
+    given = {k: v for k, v in (("security", security), ("connect_timeout", connect_timeout),
+                               ("worker_timeout", worker_timeout),
+                               ("cache_bytes", cache_bytes)) if v is not None}
     return {"executor": executor, "address": address, "client": client, "spark": spark,
             "work_dir": work_dir, "max_task_memory": max_task_memory,
-            "num_workers": num_workers, "device": device, **cluster}
+            "num_workers": num_workers, "device": device, **given}
+
+
+def _decoded_nbytes(m: MatrixInput) -> int:
+    """Bytes of A's blocks once read: dense rows × cols, CSR at their stored size."""
+    node = m.node
+    if node.block_nbytes is not None:
+        return int(node.block_nbytes) * int(np.prod(node.grid))
+    return int(np.prod(node.shape)) * np.dtype(node.dtype).itemsize
+
+
+def _pass_cache(m: MatrixInput, opts: dict[str, Any]) -> dict[str, Any]:
+    """``opts`` with the block cache the passes use: ``"auto"`` caches A only when all of
+    it fits this machine's default budget.
+
+    A few passes gain from a cache only when it holds all of A (a partial resident set
+    saves a fraction of the reads, at the full budget's memory), so a larger A streams
+    at the plan's per-task memory; an explicit size is passed on as given.
+    """
+    wanted = opts.get("cache_bytes", "auto")
+    if not (isinstance(wanted, str) and wanted.strip().lower() == "auto"):
+        return opts
+    fits = _decoded_nbytes(m) <= default_block_cache_bytes(machine_memory())
+    return {**opts, "cache_bytes": "auto" if fits else 0}
+
+
+@contextmanager
+def _cached_passes(m: MatrixInput, opts: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    """The options for a method's passes (see :func:`_pass_cache`); on exit this
+    process's block cache (the threaded scheduler's) is emptied, so the decoded copy of
+    A does not outlive the call. Worker processes free theirs at their next compute
+    without a cache."""
+    run = _pass_cache(m, opts)
+    try:
+        yield run
+    finally:
+        if run.get("cache_bytes"):
+            process_cache().clear()
 
 
 def _power_basis(A: Any, m: MatrixInput, width: int, n_iter: int, seed: int, krylov: bool,
@@ -243,16 +309,19 @@ def _truncated(A: Any, k: int, oversample: int, n_iter: int, seed: int, method: 
     (computed in the first pass, at no extra pass)."""
     m = as_matrix(A)
     width = _check_args(m, k, oversample, n_iter, method)
+    # U's pass runs later, alone: it gains nothing from a cache.
+    u_opts = {key: v for key, v in opts.items() if key != "cache_bytes"}
     if method == "gram":
         s, vt, mean, st = _gram_svd(A, m, k, centered, opts)
         d = row_signs(vt)
         vt = vt * d[:, None]
         u = _gram_u(A, vt, s, mean)
-        return TruncatedSVDResult(s, vt, method, 1, 1, u, mean, opts, st)
-    basis, mean, stats = _power_basis(A, m, width, n_iter, seed, method == "krylov", centered,
-                                      opts, with_stats)
-    s, vt, u = _range_finish(A, basis, mean, k, opts)
-    return TruncatedSVDResult(s, vt, method, n_iter + 2, 1, u, mean, opts, stats)
+        return TruncatedSVDResult(s, vt, method, 1, 1, u, mean, u_opts, st)
+    with _cached_passes(m, opts) as run:
+        basis, mean, stats = _power_basis(A, m, width, n_iter, seed, method == "krylov",
+                                          centered, run, with_stats)
+        s, vt, u = _range_finish(A, basis, mean, k, run)
+    return TruncatedSVDResult(s, vt, method, n_iter + 2, 1, u, mean, u_opts, stats)
 
 
 def _gram_u(A: Any, vt: np.ndarray, s: np.ndarray, mean: np.ndarray | None) -> Lazy:
@@ -268,7 +337,9 @@ def randomized_svd(A: Any, k: int, *, oversample: int = 10, n_iter: int = 2, see
                    work_dir: str | None = None, max_task_memory: int | str | None = None,
                    num_workers: int | None = None, device: str = "cpu", security: Any = None,
                    connect_timeout: float | None = None,
-                   worker_timeout: float | None = None) -> TruncatedSVDResult:
+                   worker_timeout: float | None = None,
+                   cache_bytes: int | str | None = "auto",
+                   with_stats: bool = False) -> TruncatedSVDResult:
     """Top-k singular triplets of A by randomized subspace iteration, pass-efficiently.
 
     Parameters
@@ -299,6 +370,17 @@ def randomized_svd(A: Any, k: int, *, oversample: int = 10, n_iter: int = 2, see
         Where and how each pass runs, as :func:`blocklin.compute`.
     security, connect_timeout, worker_timeout
         A dask cluster's TLS settings and timeouts, as :func:`blocklin.compute`.
+    cache_bytes : int, str or None
+        Block cache of the passes, as :func:`blocklin.compute`. ``"auto"`` (default)
+        keeps A's decoded blocks in memory between passes only when all of A fits the
+        default budget (a quarter of the memory, ``BLOCKLIN_BLOCK_CACHE_BYTES``): then
+        one pass reads storage and the others read memory. A larger A streams from
+        storage every pass at the plan's per-task memory. None or 0: no cache; a size:
+        that budget, a fixed resident set re-reading the rest each pass.
+    with_stats : bool
+        Also compute A's column statistics, in the first pass (no extra pass):
+        ``column_stats``, ``total_variance`` (‖A‖_F²) and ``explained_variance_ratio``
+        (``s²/‖A‖_F²``, each component's share of all of A). ``gram`` always has them.
 
     Returns
     -------
@@ -318,7 +400,9 @@ def randomized_svd(A: Any, k: int, *, oversample: int = 10, n_iter: int = 2, see
     (recomputing the TSQR leaves, so U is orthonormal to O(eps)). The classic
     scheme (scikit-learn, dask ``svd_compressed``) reads A 2·n_iter + 2 times.
     Per-task memory: a row panel, its product with X (rows × l) and an n × l
-    partial; driver memory O(n·l) (``gram``: O(n²)).
+    partial; driver memory O(n·l) (``gram``: O(n²)). With the block cache (A fits
+    its budget), the processes running the passes also hold A's decoded blocks until
+    the call returns.
 
     References
     ----------
@@ -333,8 +417,9 @@ def randomized_svd(A: Any, k: int, *, oversample: int = 10, n_iter: int = 2, see
     >>> U = res.U          # one more pass, only now
     """
     opts = _run_options(executor, address, client, spark, work_dir, max_task_memory,
-                        num_workers, device, security, connect_timeout, worker_timeout)
-    return _truncated(A, k, oversample, n_iter, seed, method, False, opts)
+                        num_workers, device, security, connect_timeout, worker_timeout,
+                        0 if cache_bytes is None else cache_bytes)
+    return _truncated(A, k, oversample, n_iter, seed, method, False, opts, with_stats)
 
 
 def pca(A: Any, k: int, *, oversample: int = 10, n_iter: int = 2, seed: int = 0,
@@ -342,10 +427,13 @@ def pca(A: Any, k: int, *, oversample: int = 10, n_iter: int = 2, seed: int = 0,
         client: Any = None, spark: Any = None, work_dir: str | None = None,
         max_task_memory: int | str | None = None, num_workers: int | None = None,
         device: str = "cpu", security: Any = None, connect_timeout: float | None = None,
-        worker_timeout: float | None = None) -> PCAResult:
+        worker_timeout: float | None = None, cache_bytes: int | str | None = "auto",
+        with_stats: bool = False) -> PCAResult:
     """Principal components of the rows of A, without writing a centered copy.
 
-    Parameters are those of :func:`randomized_svd`.
+    Parameters are those of :func:`randomized_svd`; with ``with_stats``,
+    ``total_variance`` is that of the centered A (``Σ (m−1)·var``), so
+    ``explained_variance_ratio`` is scikit-learn's PCA ratio.
 
     Returns
     -------
@@ -361,7 +449,8 @@ def pca(A: Any, k: int, *, oversample: int = 10, n_iter: int = 2, seed: int = 0,
     and uses ``AᵀA − m·μμᵀ``, which cancels digits when ‖μ‖ dominates the spread.
     """
     opts = _run_options(executor, address, client, spark, work_dir, max_task_memory,
-                        num_workers, device, security, connect_timeout, worker_timeout)
-    res = _truncated(A, k, oversample, n_iter, seed, method, True, opts)
+                        num_workers, device, security, connect_timeout, worker_timeout,
+                        0 if cache_bytes is None else cache_bytes)
+    res = _truncated(A, k, oversample, n_iter, seed, method, True, opts, with_stats)
     return PCAResult(res.s, res.Vt, res.method, res.passes, res.u_passes, res.u_lazy, res.mean,
-                     opts, n_samples=as_matrix(A).shape[0])
+                     opts, column_stats=res.column_stats, n_samples=as_matrix(A).shape[0])
