@@ -21,6 +21,7 @@ __all__ = [
     "LockError",
     "MetadataError",
     "MissingChunkError",
+    "ModelFormatError",
     "NonFiniteError",
     "OutputAliasError",
     "PlanMemoryError",
@@ -136,6 +137,11 @@ class MetadataError(InputValueError):
         self.array = array
         self.field = field
         super().__init__(f"array {array}: metadata field {field} {problem}")
+
+
+class ModelFormatError(InputValueError):
+    """A saved model cannot be loaded: written by an incompatible format version, of an
+    estimator class blocklin does not know, or malformed; the message names which."""
 
 
 class OutputAliasError(InputValueError):
