@@ -175,3 +175,95 @@ def test_blocked_householder_runs_without_the_gil() -> None:
     # Woken on time in most rounds (a busy machine may delay some) instead of after
     # every call: the median wait is far below one call's duration.
     assert float(np.median(waits)) < 0.5 * call
+
+
+def _panel(m: int, p: int, offset: float, noise: float, seed: int = 3,
+           const: float = 2.0) -> tuple[np.ndarray, np.ndarray]:
+    """A Gaussian design whose columns sit ``offset`` from zero (ill-conditioned with the
+    ones column, well conditioned once centred) and a label with R² = 1 − O(noise²)."""
+    rng = np.random.default_rng(seed)
+    x = offset + rng.standard_normal((m, p))
+    y = x @ rng.standard_normal(p) + const + noise * rng.standard_normal(m)
+    return x, y[:, None]
+
+
+def _householder_r(x: np.ndarray, y: np.ndarray, intercept: bool) -> np.ndarray:
+    cols = [x, np.ones((len(y), 1)), y] if intercept else [x, y]
+    r: np.ndarray = np.linalg.qr(np.hstack(cols), mode="r")
+    return r
+
+
+@pytest.mark.parametrize("intercept", [True, False])
+def test_well_conditioned_panel_takes_r_from_its_gram(intercept: bool) -> None:
+    """Issue 19 item 3: Householder's flops are 3x a Gram's, so a panel whose (centred)
+    design is well conditioned takes R from the Gram's Cholesky factor. RᵀR is the
+    panel's Gram, and R agrees with Householder's (up to row signs) to near machine
+    precision -- including its last entry, the residual norm, at R² = 1 − 1e-16 where
+    the Gram's yᵀy − ‖q‖² keeps hardly a correct digit."""
+    glm = importlib.import_module("blocklin.ops.glm")
+    x, y = _panel(2000, 30, offset=50.0 if intercept else 0.0, noise=1e-7,
+                  const=2.0 if intercept else 0.0)
+    r = glm._gram_r(x, intercept, y)
+    assert r is not None
+    ref = _householder_r(x, y, intercept)
+    signs = np.sign(np.diag(r)) * np.sign(np.diag(ref))
+    rel = np.abs(r * signs[:, None] - ref).max() / np.abs(ref).max()
+    assert rel < 1e-12
+    # Float64 data with R² = 1 − 1e-16 pins each residual to ~1e-7 of itself, so both
+    # factorizations agree with the exact residual norm to about 1e-8.
+    last = _residual_norm(x, y[:, 0], intercept)
+    assert abs(abs(r[-1, -1]) - last) <= 1e-7 * last
+    assert abs(abs(ref[-1, -1]) - last) <= 1e-7 * last
+    # What the Gram alone would say about the residual: hardly a digit of it.
+    z = np.hstack([x, np.ones((len(y), 1)), y] if intercept else [x, y])
+    g = z.T @ z
+    naive = g[-1, -1] - np.sum(scipy_solve_t(r[:-1, :-1], g[:-1, -1]) ** 2)
+    assert abs(np.sqrt(abs(naive)) - last) > 1e-3 * last
+    out = glm.QRLeaf(1, False, intercept)(None, [x, y])
+    np.testing.assert_array_equal(out[0, : r.shape[0]], r)
+
+
+def _residual_norm(x: np.ndarray, y: np.ndarray, intercept: bool) -> float:
+    """‖y − Zβ‖ of the least-squares β, from a refined solve and residuals summed in
+    extended precision (``longdouble``; the refinement step makes β's error second order)."""
+    z = np.hstack([x, np.ones((len(y), 1))]) if intercept else x
+    beta = np.linalg.lstsq(z, y, rcond=None)[0]
+    for _ in range(1):
+        resid = y.astype(np.longdouble) - z.astype(np.longdouble) @ beta.astype(np.longdouble)
+        beta = beta + np.linalg.lstsq(z, resid.astype(np.float64), rcond=None)[0]
+    resid = y.astype(np.longdouble) - z.astype(np.longdouble) @ beta.astype(np.longdouble)
+    return float(np.sqrt(np.sum(resid * resid)))
+
+
+def scipy_solve_t(t: np.ndarray, b: np.ndarray) -> np.ndarray:
+    import scipy.linalg
+
+    out: np.ndarray = scipy.linalg.solve_triangular(t, b, trans="T")
+    return out
+
+
+def test_ill_conditioned_panel_keeps_householder() -> None:
+    """A centred design with κ₂ above the bound (two nearly equal columns) is factored by
+    Householder: the leaf's R is LAPACK's, bit for bit."""
+    glm = importlib.import_module("blocklin.ops.glm")
+    x, y = _panel(2000, 8, offset=0.0, noise=0.1)
+    x[:, 1] = x[:, 0] + 1e-3 * x[:, 1]
+    assert glm._gram_r(x, True, y) is None
+    out = glm.QRLeaf(1, False, True)(None, [x, y])
+    z = np.asfortranarray(np.hstack([x, np.ones((len(y), 1)), y]))
+    np.testing.assert_array_equal(out[0, :10], tsqr_module.householder_r(z))
+
+
+def test_qr_solver_on_a_near_exact_fit_matches_lstsq(tmp_path: Path) -> None:
+    """End to end through the Gram route: coefficients to 1e-11 and the residual sum of
+    squares (the objective) to 1e-8 of numpy's lstsq at R² = 1 − 1e-12."""
+    x, y = _panel(6000, 20, offset=30.0, noise=1e-5, seed=5)
+    X = bl.from_array(x, tmp_path / "X.zarr", chunks=(1000, None))
+    Y = bl.from_array(y, tmp_path / "y.zarr", chunks=(1000, None))
+    model = LinearRegression(solver="qr", work_dir=str(tmp_path / "w")).fit(X, Y)
+    z = np.hstack([x, np.ones((len(y), 1))])
+    ref, *_ = np.linalg.lstsq(z, y[:, 0], rcond=None)
+    got = np.concatenate([model.coef_, [model.intercept_]])
+    assert np.abs(got - ref).max() <= 1e-11 * np.abs(ref).max()
+    rss = float(np.sum((y[:, 0] - z @ ref) ** 2))
+    assert abs(model.summary.objective_history[-1] * 2 * len(y) - rss) <= 1e-8 * rss

@@ -124,13 +124,19 @@ class LinearRegression(RegressorMixin, BaseEstimator):  # type: ignore[misc]
         (MLlib's normal solver runs OWL-QN there; its ``l-bfgs`` one pass per
         evaluation). ``qr``: one pass of TSQR of √w·[X 1 y] (intercept column and
         weights applied inside each task), backward stable like a Householder solve;
-        the residual sum of squares is R's last diagonal entry squared. Each task
-        copies its panel once, column-major, and LAPACK factors it in place (``dgeqrt``,
-        blocked Householder with recursive BLAS-3 panels, for panels of at least 48
-        columns: 2-4x faster than ``dgeqrf``); the R factors meet in a fixed-order
-        tree of fan-in 8. Cost: the read plus a Householder QR of every panel (2·m·c²
-        flops, c = p + 2: about twice a Gram's, at LAPACK's lower rate), then
-        O(c³) on the driver. A panel whose own R is ill-conditioned (2-norm
+        the residual sum of squares is R's last diagonal entry squared. A panel whose
+        centred design is well conditioned (2-norm condition estimate with unit
+        columns at most 10, ``GRAM_R_BELOW``) takes R from the Cholesky factor of its
+        Gram (one BLAS-3 product on the read buffer, a third of Householder's flops;
+        error κ²·u instead of κ·u, so at most a digit) and its residual norm from the
+        explicitly formed panel residual, which keeps every digit of a near-exact fit.
+        Other panels are copied once, column-major, and LAPACK factors them in place
+        (``dgeqrt``, blocked Householder with recursive BLAS-3 panels, for panels of at
+        least 48 columns: 2-4x faster than ``dgeqrf``); the R factors meet in a
+        fixed-order tree of fan-in 8. Cost: the read plus, per panel, a Gram
+        (well-conditioned panels) or a Householder QR (2·m·c² flops, c = p + 2: about
+        twice a Gram's, at LAPACK's lower rate), then O(c³) on the driver. A panel
+        whose own R is ill-conditioned (2-norm
         least-squares condition estimate above 10²) also forms its Gram exactly, in
         double-double (BLAS products of error-free column slices, 6 to 16 times a plain
         Gram's flops as its κ asks). When the whole problem is ill-conditioned
