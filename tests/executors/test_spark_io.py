@@ -33,7 +33,8 @@ def test_round_trip_with_label(frame: Any, spark_session: Any, tmp_path: Path) -
     assert df.rdd.getNumPartitions() == 7
     X, y = bl.from_spark(df, ["a", "b", "c", "d"], tmp_path / "X.zarr", label="y", chunks=300)
     assert X.shape == (2503, 4) and X.chunks == (300, 4)
-    assert y.shape == (2503, 1) and y.url.endswith("X_label.zarr")
+    # The label's name is ingest's (X.label.zarr), whichever way the data came in.
+    assert y.shape == (2503, 1) and y.url.endswith("X.label.zarr")
     np.testing.assert_array_equal(X.to_numpy(), data[:, :4])
     np.testing.assert_array_equal(y.to_numpy()[:, 0], data[:, 4])
     assert bl.open(X.url).provenance["operator"] == "from_spark"
@@ -66,3 +67,33 @@ def test_bad_input_writes_nothing(frame: Any, tmp_path: Path) -> None:
     with pytest.raises(InputValueError, match="no rows"):
         bl.from_spark(df.filter("id < 0"), ["a"], target)
     assert not target.exists() or not any(target.iterdir())
+
+
+def test_to_spark_names_columns_as_recorded(frame: Any, spark_session: Any,
+                                            tmp_path: Path) -> None:
+    """to_spark names columns as from_spark and ingest recorded them, not c0, c1, ..."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from blocklin.pipelines.ingest import ingest
+
+    df, data = frame
+    X, y = bl.from_spark(df, ["b", "a", "d"], tmp_path / "X.zarr", label="y", chunks=300)
+    back = bl.to_spark(X, spark_session)
+    assert back.columns == ["b", "a", "d"]
+    np.testing.assert_array_equal(np.array(back.select("d", "b").collect()), data[:, [3, 1]])
+    assert bl.to_spark(y, spark_session).columns == ["y"]
+
+    table = pa.table({"age": data[:50, 0], "s": ["x"] * 50, "income": data[:50, 1],
+                      "label": data[:50, 4]})
+    pq.write_table(table, tmp_path / "t.parquet")
+    res = ingest(str(tmp_path / "t.parquet"), str(tmp_path / "T.zarr"), label="label")
+    assert res.label is not None
+    back = bl.to_spark(res.matrix, spark_session)
+    assert back.columns == ["age", "income"]
+    np.testing.assert_array_equal(np.array(back.select("income").collect())[:, 0], data[:50, 1])
+    assert bl.to_spark(res.label, spark_session).columns == ["label"]
+    # Explicit names still win; arrays without recorded names keep c0, c1, ...
+    assert bl.to_spark(res.matrix, spark_session, columns=["p", "q"]).columns == ["p", "q"]
+    plain = bl.from_array(data[:10, :2], tmp_path / "P.zarr")
+    assert bl.to_spark(plain, spark_session).columns == ["c0", "c1"]

@@ -25,6 +25,7 @@ from blocklin.storage import ArrayMeta, BlockMatrix, Store, provenance_attrs, wr
 from blocklin.storage.blockmatrix import _prepare_target
 from blocklin.storage.chunkio import read_block, write_block
 from blocklin.storage.codecs import choose_codec
+from blocklin.storage.dataset import LABEL_DIMS, label_path_for, write_coordinates
 from blocklin.storage.finite import all_finite, first_nonfinite
 from blocklin.storage.meta import ATTRS_NAMESPACE, check_numeric_dtype
 from blocklin.storage.records import fingerprint_from_crcs
@@ -263,10 +264,14 @@ class BlockWriter:
     """
 
     def __init__(self, store: Store, ncols: int, dtype: np.dtype[Any], chunk_rows: int,
-                 codec: Any, base: BlockMatrix | None = None) -> None:
+                 codec: Any, base: BlockMatrix | None = None,
+                 dims: tuple[str, ...] | None = None) -> None:
         self.store = store
+        # An append keeps the dimension names the array was written with.
+        dims = base.meta.dims if base is not None and dims is None else dims
         self.meta = ArrayMeta(url=store.url, shape=(_UNKNOWN_ROWS, ncols),
-                              chunks=(chunk_rows, ncols), dtype=dtype.name, codec=codec)
+                              chunks=(chunk_rows, ncols), dtype=dtype.name, codec=codec,
+                              dims=dims)
         self.rows = 0
         self.crcs: dict[tuple[int, ...], int] = {}
         self.buf: list[np.ndarray] = []
@@ -441,8 +446,7 @@ def _ingest_sparse(src: str, dest: str, chunk_rows: int | None, dtype: str | Non
 
 
 def _label_path(dest: str) -> str:
-    d = dest.rstrip("/")
-    return (d[:-5] if d.endswith(".zarr") else d) + ".label.zarr"
+    return label_path_for(dest)  # the same name from_spark gives: X.zarr -> X.label.zarr
 
 
 _ALLOW = "nothing was stored; pass allow_nonfinite=True (--allow-nonfinite) to store them anyway"
@@ -467,7 +471,8 @@ def _write_all(info: SourceInfo, first: Batch, src: str, store: Store, ystore: S
     writer = BlockWriter(store, x0.shape[1], x0.dtype, rows, choose_codec(codec, x0[:rows]))
     ywriter = None
     if ystore is not None and first.y is not None:
-        ywriter = BlockWriter(ystore, 1, first.y.dtype, rows, choose_codec("none", first.y[:1]))
+        ywriter = BlockWriter(ystore, 1, first.y.dtype, rows, choose_codec("none", first.y[:1]),
+                              dims=LABEL_DIMS)
     batch: Batch | None = first
     row = 0
     while batch is not None:
@@ -488,6 +493,15 @@ def _write_all(info: SourceInfo, first: Batch, src: str, store: Store, ystore: S
                                                   if info.excluded else {})},
                              columns=list(info.columns), column_kinds=list(info.kinds), **extra)
     x = writer.close(attrs)
-    y = ywriter.close(provenance_attrs("ingest", params={"source": src, "column": info.label})) \
+    y = ywriter.close(provenance_attrs("ingest", params={"source": src, "column": info.label},
+                                       columns=[info.label])) \
         if ywriter is not None else None
+    # xarray's view: the folder a zarr group, the names of a table's columns (and of its
+    # label) as coordinates; an array source's columns have no names.
+    coords: dict[str, list[str]] = {}
+    if info.format in ("csv", "parquet"):
+        coords["col"] = list(info.columns)
+        if y is not None and info.label is not None:
+            coords["label"] = [info.label]
+    write_coordinates(x.url, coords)
     return IngestResult(x, y, info.format, info.columns, info.dropped)

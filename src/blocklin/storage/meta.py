@@ -15,7 +15,8 @@ from blocklin.storage.foreign import ForeignLayout, block_shape_for, describe_v2
 from blocklin.storage.stores import Store
 from blocklin.types import BlockIndex, Shape
 
-__all__ = ["MAX_METADATA_BYTES", "ArrayMeta", "check_numeric_dtype", "ensure_group",
+__all__ = ["MATRIX_DIMS", "MAX_METADATA_BYTES", "ArrayMeta", "check_numeric_dtype",
+           "default_dims", "ensure_group",
            "metadata_bytes", "parse_fill_value", "parse_metadata_json", "parse_shape", "read_meta",
            "read_meta_v2", "write_meta", "written_by_blocklin"]
 
@@ -71,6 +72,14 @@ class ArrayMeta:
     #: pipeline (``storage/foreign.py``). ``chunks`` is then blocklin's block shape, a
     #: whole multiple of the stored chunk (or inner chunk) shape.
     foreign: ForeignLayout | None = None
+    #: zarr v3 ``dimension_names``: what xarray calls the axes (None: the defaults of
+    #: :func:`default_dims`, ``("row", "col")`` for a matrix).
+    dims: tuple[str, ...] | None = field(default=None, compare=False)
+
+    @property
+    def dimension_names(self) -> tuple[str, ...]:
+        """The axes' names written to ``zarr.json`` (xarray's dimensions)."""
+        return self.dims if self.dims is not None else default_dims(len(self.shape))
 
     @property
     def read_path(self) -> str:
@@ -150,7 +159,19 @@ class ArrayMeta:
             "codecs": codec.zarr_codecs(dt.itemsize),
             "attributes": self.attrs,
             "storage_transformers": [],
+            # xarray names a variable's dimensions from these (it refuses a zarr v3
+            # array without them).
+            "dimension_names": list(self.dimension_names),
         }
+
+
+#: The dimensions of a matrix blocklin writes: rows, and the columns (the features).
+MATRIX_DIMS = ("row", "col")
+
+
+def default_dims(ndim: int) -> tuple[str, ...]:
+    """``("row", "col")`` for a matrix, else xarray's own defaults ``dim_0, dim_1, ...``."""
+    return MATRIX_DIMS if ndim == 2 else tuple(f"dim_{i}" for i in range(ndim))
 
 
 def ensure_group(store: Store) -> None:
@@ -220,7 +241,17 @@ def read_meta(store: Store) -> ArrayMeta | None:
         chunks = _block_chunks(foreign, shape, chunks, dtype)
     return ArrayMeta(url=store.url, shape=shape, chunks=chunks, dtype=dtype, codec=codec,
                      attrs=attrs, owned=written_by_blocklin(attrs), fill_value=fill,
-                     foreign=foreign)
+                     foreign=foreign, dims=_dimension_names(doc, len(shape)))
+
+
+def _dimension_names(doc: dict[str, Any], ndim: int) -> tuple[str, ...] | None:
+    """The stored ``dimension_names`` when every axis has a name (kept when blocklin
+    rewrites the metadata, e.g. on append); else None, the defaults."""
+    names = doc.get("dimension_names")
+    if isinstance(names, list) and len(names) == ndim \
+            and all(isinstance(n, str) and 0 < len(n) <= 256 for n in names):
+        return tuple(names)
+    return None
 
 
 #: zarr v2 metadata keys (array, attributes).

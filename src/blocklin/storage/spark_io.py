@@ -25,6 +25,7 @@ from blocklin.storage.blockmatrix import (
 )
 from blocklin.storage.chunkio import read_region, write_block
 from blocklin.storage.codecs import choose_codec
+from blocklin.storage.dataset import LABEL_DIMS, column_names, label_path_for, write_coordinates
 from blocklin.storage.meta import ArrayMeta, check_numeric_dtype, write_meta
 from blocklin.storage.records import fingerprint_from_crcs
 from blocklin.storage.stores import Store
@@ -37,12 +38,6 @@ __all__ = ["from_spark", "label_path_for", "to_spark"]
 
 # A piece of a row block: (offset of its first row inside the block, rows).
 Piece = tuple[int, np.ndarray]
-
-
-def label_path_for(path: str | os.PathLike[str]) -> str:
-    """Default location of the label matrix written beside ``path`` (``A.zarr`` → ``A_label.zarr``)."""
-    p = os.fspath(path).rstrip("/")
-    return p[:-5] + "_label.zarr" if p.endswith(".zarr") else p + "_label"
 
 
 def _check_columns(df: DataFrame, columns: Any, label: str | None) -> list[str]:
@@ -223,7 +218,8 @@ def from_spark(df: DataFrame, columns: Any, path: str | os.PathLike[str],
     dtype : numpy dtype
         Stored dtype (nulls become NaN for float dtypes).
     label_path : str, optional
-        Where to write the label matrix (default ``label_path_for(path)``).
+        Where to write the label matrix (default ``label_path_for(path)``: ``X.zarr`` →
+        ``X.label.zarr``, as ``blocklin ingest --label`` names it).
     overwrite : bool
         Replace existing arrays at ``path``/``label_path``.
     persist : bool
@@ -281,8 +277,9 @@ def _ingest(selected: DataFrame, cols: list[str], path: str | os.PathLike[str],
     targets = [(path, len(cols))] + ([(label_path or label_path_for(path), 1)] if label else [])
     stores = [_prepare_target(p, overwrite) for p, _ in targets]
     metas = [ArrayMeta(url=s.url, shape=(nrows, k), chunks=(step, k), dtype=np_dtype.name,
-                       codec=choose_codec(codec, sample if k > 1 else sample[:, :1]))
-             for s, (_, k) in zip(stores, targets, strict=True)]
+                       codec=choose_codec(codec, sample if k > 1 else sample[:, :1]),
+                       dims=None if i == 0 else LABEL_DIMS)
+             for i, (s, (_, k)) in enumerate(zip(stores, targets, strict=True))]
     splits = [0, len(cols), len(cols) + 1][: len(metas) + 1]
     offsets = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(int).tolist()
     nblocks = metas[0].grid[0]
@@ -309,11 +306,15 @@ def _seal(stores: list[Store], metas: list[ArrayMeta], crcs: dict[int, list[int]
     for k, (store, meta) in enumerate(zip(stores, metas, strict=True)):
         block_crcs: dict[BlockIndex, int] = {(b, 0): c[k] for b, c in crcs.items()}
         names = cols if k == 0 else [label]
+        # ``columns`` as ingest records it: to_spark names the DataFrame's columns so.
         attrs = provenance_attrs("from_spark", params={"columns": names},
-                                 fingerprint=fingerprint_from_crcs(meta, block_crcs))
+                                 fingerprint=fingerprint_from_crcs(meta, block_crcs),
+                                 columns=names)
         meta = meta.with_attrs(attrs)
         write_meta(store, meta)
         out.append(BlockMatrix(store, meta))
+    # xarray's view of the folder: the column names (and the label's) as coordinates.
+    write_coordinates(out[0].url, {"col": cols, **({"label": [label]} if label else {})})
     return (out[0], out[1]) if len(out) == 2 else out[0]
 
 
@@ -335,7 +336,8 @@ def to_spark(A: BlockMatrix | str | os.PathLike[str], spark: SparkSession,
     spark : pyspark.sql.SparkSession
         The session to create the DataFrame in.
     columns : list of str, optional
-        Column names (default ``c0, c1, ...``).
+        Column names (default: the names ``blocklin ingest`` or :func:`from_spark`
+        recorded for A's columns, else ``c0, c1, ...``).
 
     Returns
     -------
@@ -352,7 +354,8 @@ def to_spark(A: BlockMatrix | str | os.PathLike[str], spark: SparkSession,
 
     mat = A if isinstance(A, BlockMatrix) else open_matrix(A)
     n = mat.shape[1]
-    names = columns if columns is not None else [f"c{j}" for j in range(n)]
+    names = columns if columns is not None else \
+        (column_names(mat.attrs, n) or [f"c{j}" for j in range(n)])
     if len(names) != n:
         raise InputValueError(f"to_spark: {len(names)} column names for {n} columns")
     kind = mat.dtype
