@@ -60,8 +60,9 @@ K_SKETCH, K_SVD, OVERSAMPLE, N_ITER = 100, 50, 10, 2
 
 
 # -- data ---------------------------------------------------------------------------------
-def write_copies(d: Path, rows: int) -> dict[str, str]:
-    """Write (once) the four zarr-python copies of X and the label y; return their paths."""
+def write_copies(d: Path, rows: int, codecs: tuple[str, ...] = CODECS) -> dict[str, str]:
+    """Write (once) the zarr-python copies of X named in ``codecs`` and the label y;
+    return their paths. Copies already written for the same rows are kept."""
     import numcodecs
     import zarr
     import zarr.codecs as zc
@@ -72,25 +73,32 @@ def write_copies(d: Path, rows: int) -> dict[str, str]:
     stamp = d / "spec.json"
     paths = {c: str(d / f"{c}.zarr") for c in CODECS} | {
         "y": str(d / "y.zarr"), "y-sharded": str(d / "y-sharded.zarr")}
-    if stamp.exists() and json.loads(stamp.read_text()) == spec:
+    if not (stamp.exists() and json.loads(stamp.read_text()) == spec):
+        shutil.rmtree(d, ignore_errors=True)
+        d.mkdir(parents=True)
+        stamp.write_text(json.dumps(spec))
+    todo = [c for c in codecs if not (d / f"{c}.done").exists()]
+    with_y = not (d / "y.done").exists()
+    if not todo and not with_y:
         return paths
-    shutil.rmtree(d, ignore_errors=True)
-    d.mkdir(parents=True)
-    arrays = {
-        "v2-blosc-lz4": zarr.create_array(
+    makers = {
+        "v2-blosc-lz4": lambda: zarr.create_array(
             paths["v2-blosc-lz4"], shape=(rows, COLS), chunks=(CHUNK, COLS), dtype="f8",
             zarr_format=2, compressors=numcodecs.Blosc(cname="lz4", clevel=5,
-                                                       shuffle=numcodecs.Blosc.SHUFFLE)),
-        "v3-zstd": zarr.create_array(
+                                                       shuffle=numcodecs.Blosc.SHUFFLE),
+            overwrite=True),
+        "v3-zstd": lambda: zarr.create_array(
             paths["v3-zstd"], shape=(rows, COLS), chunks=(CHUNK, COLS), dtype="f8",
-            compressors=zc.ZstdCodec(level=1)),
-        "v3-sharded-zstd": zarr.create_array(
+            compressors=zc.ZstdCodec(level=1), overwrite=True),
+        "v3-sharded-zstd": lambda: zarr.create_array(
             paths["v3-sharded-zstd"], shape=(rows, COLS), chunks=(CHUNK // 2, COLS),
-            shards=(2 * CHUNK, COLS), dtype="f8", compressors=zc.ZstdCodec(level=1)),
-        "v3-none": zarr.create_array(
+            shards=(2 * CHUNK, COLS), dtype="f8", compressors=zc.ZstdCodec(level=1),
+            overwrite=True),
+        "v3-none": lambda: zarr.create_array(
             paths["v3-none"], shape=(rows, COLS), chunks=(CHUNK, COLS), dtype="f8",
-            compressors=None),
+            compressors=None, overwrite=True),
     }
+    arrays = {c: makers[c]() for c in todo}
     w = np.random.default_rng(1).standard_normal(COLS)
     y = np.empty((rows, 1))
     step = 2 * CHUNK  # whole shards at a time
@@ -101,10 +109,13 @@ def write_copies(d: Path, rows: int) -> dict[str, str]:
             stop - start)
         for z in arrays.values():
             z[start:stop] = x
-    # The estimators read y in X's row blocks: the sharded copy's are its inner chunks.
-    bl.from_array(y, paths["y"], chunks=(CHUNK, None), overwrite=True)
-    bl.from_array(y, paths["y-sharded"], chunks=(CHUNK // 2, None), overwrite=True)
-    stamp.write_text(json.dumps(spec))
+    for c in todo:
+        (d / f"{c}.done").touch()
+    if with_y:
+        # The estimators read y in X's row blocks: the sharded copy's are its inner chunks.
+        bl.from_array(y, paths["y"], chunks=(CHUNK, None), overwrite=True)
+        bl.from_array(y, paths["y-sharded"], chunks=(CHUNK // 2, None), overwrite=True)
+        (d / "y.done").touch()
     return paths
 
 
@@ -378,7 +389,7 @@ def main() -> None:
         return
     data = Path(a.data or Path(tempfile.gettempdir()) / f"blocklin-bench-foreign-{a.rows}")
     t0 = time.perf_counter()
-    paths = write_copies(data, a.rows)
+    paths = write_copies(data, a.rows, tuple(a.codecs.split(",")))
     print(f"data in {data} ({time.perf_counter() - t0:.0f} s)", flush=True)
     a.work = tempfile.mkdtemp(prefix="bench-foreign-work-")
     rates = spawn(_worker_cmd(a, "blas"), "blas")["per_row"]
