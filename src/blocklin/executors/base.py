@@ -13,11 +13,13 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field, replace
-from typing import Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
+
+import numpy as np
 
 from blocklin.plan.finalize import FinalPlan
 from blocklin.plan.graph import Stage, Task, TaskSet
-from blocklin.plan.runtime import GroupRuntime, TaskMetrics, task_inputs_digest
+from blocklin.plan.runtime import GroupRuntime, TaskMetrics, run_task, task_inputs_digest
 from blocklin.storage.blockcache import content_token
 from blocklin.storage.chunkio import block_ident, crc_ident
 from blocklin.storage.meta import METADATA_KEY, ArrayMeta, metadata_bytes
@@ -26,8 +28,8 @@ from blocklin.storage.stores import store_for
 from blocklin.types import BlockIndex
 
 __all__ = ["ExecutionPlan", "Executor", "Jobs", "RunStats", "TaskBatch", "TaskJob", "cache_tokens",
-           "collect_stats", "prepare", "record_run", "reset_outputs", "unseal_pending",
-           "verified_blocks"]
+           "collect_stats", "prepare", "record_run", "reset_outputs", "run_block_task",
+           "unseal_pending", "verified_blocks"]
 
 TaskCallback = Callable[[TaskMetrics], None]
 
@@ -453,3 +455,27 @@ def _io_map(fn: Callable[[_T], _R], items: list[_T]) -> list[_R]:
         return [fn(x) for x in items]
     with ThreadPoolExecutor(16) as pool:
         return list(pool.map(fn, items))
+
+
+def run_block_task(runtime: GroupRuntime, tasks: tuple[Task | None, ...], *deps: Any) -> TaskMetrics:
+    """What every engine runs for one group task: :func:`blocklin.plan.run_task`, with
+    numpy's floating-point errors (overflow, invalid value, divide by zero) counted into
+    the task's metrics (``fp_errors``) instead of printed as ``RuntimeWarning`` by the
+    worker.
+
+    The driver turns the counts into one warning per stage group
+    (:class:`blocklin.executors.progress.PassTracker`); a non-finite output is refused
+    by the task itself (:mod:`blocklin.plan.finite`). numpy's error state is per thread
+    (a context variable), so tasks running beside each other keep their own; kernels
+    that set their own ``errstate`` keep theirs.
+    """
+    counts: dict[str, int] = {}
+
+    def seen(kind: str, flag: int) -> None:
+        counts[kind] = counts.get(kind, 0) + 1
+
+    with np.errstate(over="call", divide="call", invalid="call", call=seen):
+        metrics = run_task(runtime, tasks, *deps)
+    if counts:
+        metrics["fp_errors"] = counts
+    return metrics

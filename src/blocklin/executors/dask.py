@@ -17,6 +17,7 @@ cache rather than reading it again on another worker.
 
 from __future__ import annotations
 
+import logging
 import os
 import uuid
 from collections.abc import Iterable, Iterator
@@ -25,11 +26,11 @@ from typing import TYPE_CHECKING, Any
 
 from blocklin.config import default_block_cache_bytes, machine_memory
 from blocklin.errors import ConfigError, ExecutorError, PlanMemoryError
-from blocklin.executors.base import ExecutionPlan, TaskCallback, TaskJob
+from blocklin.executors import progress
+from blocklin.executors.base import ExecutionPlan, TaskCallback, TaskJob, run_block_task
 from blocklin.plan import blas
 from blocklin.plan.finalize import FinalPlan
 from blocklin.plan.memory import fit_cache_budget
-from blocklin.plan.runtime import run_task
 
 if TYPE_CHECKING:
     from distributed import Client, Security
@@ -49,6 +50,8 @@ BATCH_JOBS = 5_000
 WINDOW_JOBS = 20_000
 #: Schemes a dask scheduler address may use.
 SCHEMES = ("tcp", "tls", "inproc", "ucx", "ws", "wss")
+logger = logging.getLogger(__name__)
+
 _ADDRESS_HELP = ("a dask scheduler address is scheme://host:port, e.g. tcp://10.0.0.5:8786 "
                  f"(schemes: {', '.join(SCHEMES)}; host:port alone means tcp)")
 
@@ -285,6 +288,7 @@ class DaskExecutor:
             return
         client, owned = self._client()
         try:
+            _announce(client)
             self._stream(client, xplan, run, on_task_done)
         finally:
             if owned:
@@ -320,7 +324,7 @@ class DaskExecutor:
                             if dk in dsk or dk in inflight.futures]
                 inflight.depend(k, dep_keys)
                 deps = [dk if dk in dsk else inflight.futures[dk] for dk in dep_keys]
-                dsk[k] = (run_task, runtimes[job.group], job.batch.tasks, *deps)
+                dsk[k] = (run_block_task, runtimes[job.group], job.batch.tasks, *deps)
                 if workers and (r := _cache_row(xplan, job)) is not None:
                     rows[k] = r
             keys = [k for k in dsk if k not in runtimes]
@@ -366,11 +370,30 @@ class DaskExecutor:
                             deps = [dk for g, p in job.deps
                                     if (dk := _key(xplan, run, g, p)) in dsk]
                             dsk[_key(xplan, run, job.group, job.pos)] = (
-                                run_task, xplan.runtimes[job.group], job.batch.tasks, *deps)
+                                run_block_task, xplan.runtimes[job.group], job.batch.tasks, *deps)
                         wanted = set(dsk)
                         dask.threaded.get(dsk, list(dsk), pool=pool)
             finally:
                 pool.shutdown(wait=True, cancel_futures=True)
+
+
+#: Schedulers whose dashboard link this process has logged (once each, not per pass).
+_ANNOUNCED: set[str] = set()
+
+
+def _announce(client: Client) -> None:
+    """Log the cluster's dashboard link (INFO, once per scheduler) and show it beside
+    the progress of every compute (dask's own task stream, worker memory and profiles)."""
+    try:
+        address = str(client.scheduler_info().get("address"))
+        link = str(client.dashboard_link)
+    except Exception:  # a client without a dashboard (no bokeh): nothing to show
+        return
+    text = f"dask dashboard: {link} (scheduler {address})"
+    if address not in _ANNOUNCED:
+        _ANNOUNCED.add(address)
+        logger.info(text)
+    progress.note(text)
 
 
 def _key(xplan: ExecutionPlan, run: str, group: int, pos: int) -> tuple[str, int]:

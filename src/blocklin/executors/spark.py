@@ -49,10 +49,15 @@ schedule GPUs, so ``device="gpu"`` needs a cluster master.
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
+import time
+import uuid
 import warnings
 from collections.abc import Callable, Iterable, Iterator
+from functools import partial
+from itertools import accumulate
 from typing import TYPE_CHECKING, Any
 
 from blocklin.config import default_block_cache_bytes, machine_memory, parse_memory
@@ -64,11 +69,12 @@ from blocklin.errors import (
     PlanMemoryError,
     TaskFailedError,
 )
-from blocklin.executors.base import ExecutionPlan, TaskCallback, TaskJob
+from blocklin.executors import progress
+from blocklin.executors.base import ExecutionPlan, TaskCallback, TaskJob, run_block_task
 from blocklin.plan.finalize import FinalPlan
 from blocklin.plan.graph import Task
 from blocklin.plan.memory import fit_cache_budget
-from blocklin.plan.runtime import GroupRuntime, TaskMetrics, run_task
+from blocklin.plan.runtime import GroupRuntime, TaskMetrics
 from blocklin.types import DEVICES, parse_option
 
 if TYPE_CHECKING:
@@ -76,6 +82,8 @@ if TYPE_CHECKING:
 
 __all__ = ["PARTITIONS_PER_CORE", "SparkExecutor", "local_session", "partition_count",
            "session_conf", "task_slices"]
+
+logger = logging.getLogger(__name__)
 
 #: Spark's default number of attempts per task, also used for the sessions we create.
 DEFAULT_MAX_FAILURES = 4
@@ -199,7 +207,7 @@ def _run_slice(runtime: GroupRuntime) -> Callable[[Iterable[list[TaskTuple]]],
     def run(slices: Iterable[list[TaskTuple]]) -> Iterator[TaskMetrics]:
         for member_tasks in (t for one in slices for t in one):
             try:
-                yield run_task(runtime, member_tasks)
+                yield run_block_task(runtime, member_tasks)
             except (NonFiniteError, CorruptChunkError) as exc:
                 # Bad data fails the same way on every retry: hand the error to the
                 # driver (it pickles with its fields) instead of failing the task.
@@ -321,36 +329,125 @@ class SparkExecutor:
         for job in xplan.jobs:
             by_group.setdefault(job.group, []).append(job)
         spark, owned = self._session()
+        track = progress.engine_tracker()
         try:
             sc = spark.sparkContext
+            if owned:
+                logger.info("Spark session on %s (UI %s)", sc.master, sc.uiWebUrl)
             for gi in sorted(by_group):  # group index order is topological
                 jobs = by_group[gi]
                 label = xplan.final.groups[gi].label
-                sc.setJobDescription(f"blocklin {label} ({len(jobs)} tasks)")
+                description = f"blocklin {label} ({len(jobs)} tasks)"
                 slices = task_slices([j.batch.tasks for j in jobs],
                                      partition_count(len(jobs), sc.defaultParallelism))
-                rdd = sc.parallelize(slices, numSlices=len(slices))
-                for metrics in self._collect(rdd.mapPartitions(_run_slice(xplan.runtimes[gi])),
-                                             label):
+                rdd = sc.parallelize(slices, numSlices=len(slices)).mapPartitions(
+                    _run_slice(xplan.runtimes[gi]))
+                t0 = time.perf_counter()
+                if track is None:
+                    sc.setJobDescription(description)
+                    result = _collect(rdd, label)
+                else:
+                    result = _collect_watched(sc, rdd, label, description,
+                                              [len(s) for s in slices],
+                                              partial(track, xplan.runtimes[gi].name))
+                logger.debug("Spark job of %s: %d block tasks in %d Spark tasks, %.3f s", label,
+                             len(jobs), len(slices), time.perf_counter() - t0)
+                for metrics in result:
                     on_task_done(metrics)
         finally:
             if owned:
                 spark.stop()
 
-    @staticmethod
-    def _collect(rdd: Any, label: str) -> list[TaskMetrics]:
-        from py4j.protocol import Py4JJavaError
-        from pyspark.errors.exceptions.captured import CapturedException  # noqa: TID251
 
+#: Seconds between two looks at Spark's status tracker while a group's job runs.
+POLL_SECONDS = 0.2
+
+
+def _collect(rdd: Any, label: str) -> list[TaskMetrics]:
+    """Run a group's job and return its metrics, one record per block task.
+
+    Raises
+    ------
+    TaskFailedError
+        When Spark gave up on a task after its retries.
+    NonFiniteError, CorruptChunkError
+        As a task found them (handed back as data, see :func:`_run_slice`).
+    """
+    from py4j.protocol import Py4JJavaError
+    from pyspark.errors.exceptions.captured import CapturedException  # noqa: TID251
+
+    try:
+        result: list[TaskMetrics] = rdd.collect()
+    except (Py4JJavaError, CapturedException) as exc:
+        raise TaskFailedError(f"stage {label} failed on Spark after its task retries: "
+                              f"{_last_python_error(str(exc))}") from exc
+    for metrics in result:
+        if _DATA_ERROR in metrics:
+            raise metrics[_DATA_ERROR]
+    return result
+
+
+def _collect_watched(sc: Any, rdd: Any, label: str, description: str, sizes: list[int],
+                     track: Callable[[int], None],
+                     poll: float = POLL_SECONDS) -> list[TaskMetrics]:
+    """:func:`_collect`, reporting progress per finished Spark task while the job runs.
+
+    Spark hands a job's results to Python only when the whole job ends, and a
+    SparkListener cannot be registered from Python; so the job runs in a thread (under
+    a job group of its own) while this thread polls ``sc.statusTracker()`` every
+    ``poll`` seconds: each finished Spark task is one slice of ``sizes`` block tasks
+    (slices differ by one task at most, so the count of block tasks is exact to one
+    while the job runs, and exact at its end). Progress callbacks stay on this thread.
+    Task attempts that failed and were retried are logged. Interrupted (Ctrl-C), the
+    job group is cancelled.
+    """
+    from pyspark import InheritableThread  # noqa: TID251
+
+    group = f"blocklin-{uuid.uuid4().hex[:12]}"
+    box: dict[str, Any] = {}
+
+    def work() -> None:
+        sc.setJobGroup(group, description)
         try:
-            result: list[TaskMetrics] = rdd.collect()
-        except (Py4JJavaError, CapturedException) as exc:
-            raise TaskFailedError(f"stage {label} failed on Spark after its task retries: "
-                                  f"{_last_python_error(str(exc))}") from exc
-        for metrics in result:
-            if _DATA_ERROR in metrics:
-                raise metrics[_DATA_ERROR]
-        return result
+            box["result"] = _collect(rdd, label)
+        except BaseException as exc:  # handed to the driver thread below
+            box["error"] = exc
+
+    worker = InheritableThread(target=work, daemon=True)
+    worker.start()
+    status = sc.statusTracker()
+    ends = list(accumulate(sizes))
+    try:
+        while worker.is_alive():
+            worker.join(poll)
+            completed, _ = _group_tasks(status, group)
+            if completed:
+                track(ends[min(completed, len(ends)) - 1])
+    except BaseException:
+        sc.cancelJobGroup(group)
+        worker.join()
+        raise
+    _, failed = _group_tasks(status, group)
+    if failed:
+        logger.warning("stage %s: %d Spark task attempt%s failed and %s retried by Spark", label,
+                       failed, "s" if failed != 1 else "", "were" if failed != 1 else "was")
+    if "error" in box:
+        raise box["error"]
+    result: list[TaskMetrics] = box["result"]
+    return result
+
+
+def _group_tasks(status: Any, group: str) -> tuple[int, int]:
+    """Completed and failed task attempts of a job group's stages (status tracker)."""
+    completed = failed = 0
+    for job in status.getJobIdsForGroup(group):
+        info = status.getJobInfo(job)
+        for stage in info.stageIds if info is not None else ():
+            st = status.getStageInfo(stage)
+            if st is not None:
+                completed += st.numCompletedTasks
+                failed += st.numFailedTasks
+    return completed, failed
 
 
 def _last_python_error(text: str) -> str:
