@@ -1,7 +1,11 @@
 """Process-wide defaults, overridable per call and through environment variables.
 
 ``BLOCKLIN_WORK_DIR``       where plans keep intermediate arrays (default
-                            ``~/.cache/blocklin/work``).
+                            ``~/.cache/blocklin/work``); a compute removes its own once
+                            its results are sealed, ``blocklin gc`` the rest.
+``BLOCKLIN_CHUNK_BYTES``    target size of a stored block when no chunk shape is given
+                            (default 64 MiB); small arrays take one block of their own
+                            rows, larger ones equal blocks, never padded up to the target.
 ``BLOCKLIN_MAX_TASK_MEMORY`` per-task memory limit in bytes (default 4 GiB).
 ``BLOCKLIN_BLOCK_CACHE_BYTES`` per-process budget of the decoded-block cache that
                             iterative solvers use (default a quarter of the process's
@@ -13,18 +17,42 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-__all__ = ["BLOCK_CACHE_FRACTION", "DEFAULT_BLOCK_BYTES", "default_block_cache_bytes",
-           "default_chunk_rows", "default_max_task_memory", "default_work_dir",
-           "machine_memory", "parse_cache_bytes", "parse_memory"]
+__all__ = ["BLOCK_CACHE_FRACTION", "DEFAULT_BLOCK_BYTES", "chunk_rows_for",
+           "default_block_cache_bytes", "default_chunk_bytes", "default_chunk_rows",
+           "default_max_task_memory", "default_work_dir", "machine_memory", "parse_cache_bytes",
+           "parse_duration", "parse_memory"]
 
 #: Target size of a row block when the caller does not choose one: large enough that
 #: per-task overhead is negligible, small enough that several fit in a worker.
 DEFAULT_BLOCK_BYTES = 64 * 2**20
 
 
+def default_chunk_bytes() -> int:
+    """Target bytes of a stored block: ``BLOCKLIN_CHUNK_BYTES``, else ``DEFAULT_BLOCK_BYTES``."""
+    env = os.environ.get("BLOCKLIN_CHUNK_BYTES")
+    return parse_memory(env) if env else DEFAULT_BLOCK_BYTES
+
+
 def default_chunk_rows(ncols: int, itemsize: int) -> int:
-    """Rows of a block of about ``DEFAULT_BLOCK_BYTES`` for ``ncols`` columns."""
-    return max(1, DEFAULT_BLOCK_BYTES // max(1, ncols * itemsize))
+    """Rows of a block of about :func:`default_chunk_bytes` for ``ncols`` columns (for
+    writers that do not know the row count yet; see :func:`chunk_rows_for`)."""
+    return max(1, default_chunk_bytes() // max(1, ncols * itemsize))
+
+
+def chunk_rows_for(nrows: int, ncols: int, itemsize: int) -> int:
+    """Rows per block of an ``nrows × ncols`` array when the caller does not choose.
+
+    At most :func:`default_chunk_rows`; a smaller array is one block of its own rows,
+    and a larger one is cut into equal blocks (the fewest of at most the target
+    size). zarr stores an edge chunk padded to the full chunk shape, so a fixed
+    target would pad the last block by up to a whole target (a 442 × 2 table took
+    64 MiB): with equal blocks the padding is under one row per block.
+    """
+    target = default_chunk_rows(ncols, itemsize)
+    if nrows <= target:
+        return max(1, nrows)
+    nblocks = -(-nrows // target)
+    return -(-nrows // nblocks)
 
 _UNITS = {"": 1, "b": 1, "k": 2**10, "kb": 10**3, "kib": 2**10, "m": 2**20, "mb": 10**6,
           "mib": 2**20, "g": 2**30, "gb": 10**9, "gib": 2**30, "t": 2**40, "tb": 10**12,
@@ -60,6 +88,41 @@ def parse_memory(value: int | str) -> int:
     if n <= 0:
         raise InputValueError(f"memory size must be positive; got {value!r}")
     return n
+
+
+_DURATION_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 7 * 86400.0}
+
+
+def parse_duration(value: float | int | str) -> float:
+    """Parse an age given as seconds or a string such as ``"7d"``, ``"12h"``, ``"30m"``.
+
+    Raises
+    ------
+    InputValueError
+        If the value is not a non-negative duration.
+    """
+    from blocklin.errors import InputValueError
+
+    if isinstance(value, bool):
+        raise InputValueError(f"a duration must look like '7d', '12h', '30m' or '90s'; got "
+                              f"{value!r}")
+    if isinstance(value, int | float):
+        seconds = float(value)
+    elif isinstance(value, str):
+        text = value.strip().lower().replace(" ", "")
+        unit = text[-1:] if text[-1:] in _DURATION_UNITS else "s"
+        digits = text[:-1] if text[-1:] in _DURATION_UNITS else text
+        try:
+            seconds = float(digits) * _DURATION_UNITS[unit]
+        except ValueError:
+            raise InputValueError(f"a duration must look like '7d', '12h', '30m' or '90s'; "
+                                  f"got {value!r}") from None
+    else:
+        raise InputValueError(f"a duration must look like '7d', '12h', '30m' or '90s'; got "
+                              f"{value!r}")
+    if not seconds >= 0 or seconds == float("inf"):
+        raise InputValueError(f"a duration must be finite and non-negative; got {value!r}")
+    return seconds
 
 
 def default_work_dir() -> str:

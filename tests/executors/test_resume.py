@@ -24,7 +24,7 @@ def test_resume_recomputes_only_missing_blocks(tmp_path: Path, succeed: int) -> 
     with pytest.raises(InjectedFault):
         bl.compute(faulty, work_dir=work, num_workers=1)
     stats = RunStats()
-    g = bl.compute(G, work_dir=work, resume=True, stats=stats)[0]
+    g = bl.compute(G, work_dir=work, resume=True, stats=stats, keep_intermediates=True)[0]
     # Exactly the missing partials run again; reduction tasks whose inputs were all
     # complete before the fault (12 parts -> 2 -> 1) may have completed too.
     assert stats.stage_tasks["gram/partial"] == 12 - succeed
@@ -32,7 +32,7 @@ def test_resume_recomputes_only_missing_blocks(tmp_path: Path, succeed: int) -> 
     assert stats.array_reads[A.url] == 12 - succeed
     ref = bl.ops.gram(A).compute(work_dir=str(tmp_path / "fresh"))
     assert_bitwise_equal(g, ref)
-    # A second resume finds everything complete and runs nothing.
+    # Kept on request: a second resume finds everything complete and runs nothing.
     again = RunStats()
     assert_bitwise_equal(bl.compute(G, work_dir=work, resume=True, stats=again)[0], ref)
     assert again.tasks_run == 0

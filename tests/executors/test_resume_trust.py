@@ -79,7 +79,7 @@ def _interrupted_gram(tmp_path: Path) -> tuple[bl.BlockMatrix, str, np.ndarray]:
     faulty = inject_fault(bl.ops.gram(A), "gram/partial", tmp_path / "fault", succeed=8)
     with pytest.raises(InjectedFault):
         bl.compute(faulty, work_dir=work, num_workers=1)
-    ref = bl.ops.gram(A).compute(work_dir=str(tmp_path / "fresh"))
+    ref = bl.ops.gram(A).compute(work_dir=str(tmp_path / "fresh"), keep_intermediates=True)
     return A, work, ref
 
 
@@ -109,7 +109,8 @@ def test_resume_distrusts_a_record_with_a_wrong_crc(tmp_path: Path) -> None:
     doc["crc"] = "deadbeef"
     rec.write_text(json.dumps(doc))
     stats = RunStats()
-    g = bl.compute(bl.ops.gram(A), work_dir=work, resume=True, stats=stats)[0]
+    g = bl.compute(bl.ops.gram(A), work_dir=work, resume=True, stats=stats,
+                   keep_intermediates=True)[0]
     assert_bitwise_equal(g, ref)
     assert stats.stage_tasks["gram/partial"] == 4 + 1
     # The partials' fingerprint is the fresh run's, not poisoned by the bad record.
@@ -131,7 +132,7 @@ def test_resume_after_intermediate_chunks_deleted(tmp_path: Path) -> None:
     x = _data(5, (1200, 16))
     A = bl.from_array(x, tmp_path / "A.zarr", chunks=(100, None))
     work = tmp_path / "w"
-    ref = bl.ops.gram(A).compute(work_dir=str(work))
+    ref = bl.ops.gram(A).compute(work_dir=str(work), keep_intermediates=True)
     chunks = [c for c in work.glob("*/c/**/*") if c.is_file()]
     assert len(chunks) >= 12
     for chunk in chunks:

@@ -241,7 +241,7 @@ def test_resume_with_small_batches_recomputes_only_the_lost(tmp_path: Path) -> N
     A = bl.from_array(x, tmp_path / "A.zarr", chunks=(10, None))
     work = tmp_path / "w"
     G = bl.ops.gram(A)
-    ref = G.compute(work_dir=str(work))
+    ref = G.compute(work_dir=str(work), keep_intermediates=True)
     partial = G.plan.stages[0].output.name
     (work / partial / ".blocklin" / "done" / "4.0.0").unlink()
     from blocklin.executors import RunStats

@@ -185,7 +185,7 @@ def test_metadata_written_last(tmp_path: Path) -> None:
 def test_work_dir_is_a_zarr_group_of_intermediates(tmp_path: Path) -> None:
     x = np.random.default_rng(7).standard_normal((300, 5))
     A = bl.from_array(x, tmp_path / "A.zarr", chunks=(100, None))
-    bl.ops.gram(A).compute(work_dir=str(tmp_path / "w"))
+    bl.ops.gram(A).compute(work_dir=str(tmp_path / "w"), keep_intermediates=True)
     group = zarr.open_group(str(tmp_path / "w"), mode="r")
     arrays = dict(group.arrays())
     assert arrays

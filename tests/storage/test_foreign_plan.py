@@ -91,13 +91,14 @@ def test_resume_recomputes_blocks_of_a_rewritten_foreign_chunk(
     x = rng.standard_normal((ROWS, COLS))
     path = _foreign(tmp_path, fmt, x)
     work = str(tmp_path / "w")
-    g = bl.ops.gram(bl.open(path)).compute(work_dir=work)
+    g = bl.ops.gram(bl.open(path)).compute(work_dir=work, keep_intermediates=True)
     np.testing.assert_allclose(g, x.T @ x, rtol=1e-12, atol=1e-9)
     z = zarr.open_array(path, mode="r+")
     z[700:800] = rng.standard_normal((100, COLS))  # the last chunk of block 1
     new = z[...]
     stats = RunStats()
-    g2 = bl.compute(bl.ops.gram(bl.open(path)), work_dir=work, resume=True, stats=stats)[0]
+    g2 = bl.compute(bl.ops.gram(bl.open(path)), work_dir=work, resume=True, stats=stats,
+                    keep_intermediates=True)[0]
     np.testing.assert_allclose(g2, new.T @ new, rtol=1e-12, atol=1e-9)
     assert stats.tasks_skipped >= 2  # blocks 0 and 2 were trusted, block 1 recomputed
     stats3 = RunStats()

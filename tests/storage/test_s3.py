@@ -296,7 +296,7 @@ def test_cluster_workers_read_and_write_s3_and_resume(s3: S3, tmp_path: Path) ->
         # listing: "stage gram/partial finished without blocks").
         first = RunStats()
         g, P1 = bl.compute(*plan(), client=client, work_dir=f"{bucket}/work", resume=True,
-                           stats=first, storage_options=s3.options)
+                           stats=first, storage_options=s3.options, keep_intermediates=True)
         assert first.tasks_skipped >= 4 and first.tasks_run > 0
         again = RunStats()
         g2, P2 = bl.compute(*plan(), client=client, work_dir=f"{bucket}/work", resume=True,

@@ -168,7 +168,7 @@ def rows_qr(s: np.ndarray, Vt: np.ndarray, c: NewRows, url: str, run: Runner) ->
         w = tree.c
         lazy = Lazy(tree.plan, tree.top, "small", lambda p: np.array(p[0][:w]),
                     label="update.R")
-        r_c = run(lazy)[0]
+        r_c = run(lazy, keep=True)[0]  # its leaves and tree: the Q·W pass below resumes them
         _check_finite(r_c, "R")
         um, sm, wt = update_factors(s, Vt, r_c)
         values = np.zeros((2 * w + 1, w))

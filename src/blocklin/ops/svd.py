@@ -281,7 +281,10 @@ def _range_finish(A: Any, basis: np.ndarray, mean: np.ndarray | None, k: int,
     tree = plan_tree([A], with_q=True, right=basis, shift=shift, op="rsvd")
     plan, finish = plan_finish(tree, "svd", op="rsvd")
     c = tree.c
-    f = compute(Lazy(plan, finish, "small", label="rsvd.finish"), **opts)[0]
+    # Kept: forming U (TruncatedSVDResult.U) resumes this plan's tree and finish
+    # instead of another pass over A, and removes them.
+    f = compute(Lazy(plan, finish, "small", label="rsvd.finish"), keep_intermediates=True,
+                **opts)[0]
     s = np.array(f[2 * c, :k])
     vt = (f[c:2 * c] @ basis.T)[:k]
     return s, vt, plan_form_q(tree, plan, finish, op="rsvd", k=k)

@@ -200,9 +200,9 @@ def svd_update(state: SVDState | str | os.PathLike[str], rows: Any = None, *,
 
 
 def _runner(opts: dict[str, Any], stats: RunStats | None) -> Runner:
-    def run(*results: Lazy, resume: bool = False) -> tuple[Any, ...]:
+    def run(*results: Lazy, resume: bool = False, keep: bool | None = None) -> tuple[Any, ...]:
         one = RunStats()
-        out = compute(*results, resume=resume, stats=one, **opts)
+        out = compute(*results, resume=resume, stats=one, keep_intermediates=keep, **opts)
         if stats is not None:
             stats.merge(one)
         return out

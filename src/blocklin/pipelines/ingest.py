@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from blocklin.config import default_chunk_rows
+from blocklin.config import chunk_rows_for, default_chunk_rows
 from blocklin.errors import InputDtypeError, InputValueError, NonFiniteError
 from blocklin.storage import ArrayMeta, BlockMatrix, Store, provenance_attrs, write_meta
 from blocklin.storage.blockmatrix import _prepare_target
@@ -59,6 +59,8 @@ class SourceInfo:
     dropped: tuple[tuple[str, str], ...] = ()
     #: Columns left out on request (``--exclude``); a refresh batch may carry them.
     excluded: tuple[str, ...] = ()
+    #: Rows of the source when known before reading it (arrays, Parquet); None for CSV.
+    nrows: int | None = None
 
 
 def column_kind(dtype: Any) -> str:
@@ -208,7 +210,7 @@ def read_source(src: str, *, label: str | None = None, columns: Sequence[str] | 
             yield Batch(np.asarray(arr[start: start + batch_rows], dtype=dt))
 
     return SourceInfo(fmt, tuple(f"c{i}" for i in range(arr.shape[1])), None, gen(),
-                      (column_kind(arr.dtype),) * arr.shape[1])
+                      (column_kind(arr.dtype),) * arr.shape[1], nrows=int(arr.shape[0]))
 
 
 def _open_array(src: str, fmt: str) -> Any:
@@ -238,6 +240,7 @@ def _open_table(src: str, fmt: str, label: str | None, columns: Sequence[str] | 
             cols = _numeric_columns(it_schema, columns, label, src, exclude)
             # iter_batches reads one row group at a time, never the whole file.
             it = pf.iter_batches(batch_size=batch_rows, columns=cols + ([label] if label else []))
+            nrows: int | None = int(pf.metadata.num_rows)
         else:
             import pyarrow.csv as pcsv
 
@@ -245,13 +248,15 @@ def _open_table(src: str, fmt: str, label: str | None, columns: Sequence[str] | 
             it_schema = reader.schema
             cols = _numeric_columns(it_schema, columns, label, src, exclude)
             it = iter(reader)
+            nrows = None  # known only once read
     except pa.ArrowInvalid as exc:
         raise InputValueError(f"cannot read {src} as {fmt}: {str(exc).splitlines()[0]}") from None
     kinds = tuple(column_kind(it_schema.field(c).type) for c in cols)
     used = {*cols, label, *exclude, *(columns or ())}
     dropped = tuple((f.name, str(f.type)) for f in it_schema if f.name not in used)
     return SourceInfo(fmt, tuple(cols), label, _table_batches(it, cols, label, src, dtype), kinds,
-                      selected=bool(columns), dropped=dropped, excluded=tuple(exclude))
+                      selected=bool(columns), dropped=dropped, excluded=tuple(exclude),
+                      nrows=nrows)
 
 
 class BlockWriter:
@@ -467,7 +472,10 @@ def _check_batch(batch: Batch, info: SourceInfo, src: str, row: int) -> None:
 def _write_all(info: SourceInfo, first: Batch, src: str, store: Store, ystore: Store | None,
                chunk_rows: int | None, codec: str, allow_nonfinite: bool) -> IngestResult:
     x0 = first.x
-    rows = chunk_rows or default_chunk_rows(x0.shape[1], x0.dtype.itemsize)
+    # Equal blocks when the row count is known (no edge block padded up to a full one);
+    # else target-size blocks, and a table smaller than one is one block of its own rows.
+    rows = chunk_rows or (chunk_rows_for(info.nrows, x0.shape[1], x0.dtype.itemsize)
+                          if info.nrows else default_chunk_rows(x0.shape[1], x0.dtype.itemsize))
     writer = BlockWriter(store, x0.shape[1], x0.dtype, rows, choose_codec(codec, x0[:rows]))
     ywriter = None
     if ystore is not None and first.y is not None:

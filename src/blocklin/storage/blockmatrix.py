@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from blocklin.config import default_chunk_rows
+from blocklin.config import chunk_rows_for
 from blocklin.errors import IncompleteArrayError, InputValueError
 from blocklin.storage.chunkio import read_block, read_region, write_block
 from blocklin.storage.codecs import choose_codec
@@ -200,7 +200,7 @@ def _parse_chunks(chunks: Any, shape: tuple[int, int], itemsize: int) -> tuple[i
     out = []
     for dim, (c, s) in enumerate(zip(chunks, shape, strict=True)):
         if c is None:
-            c = min(s, default_chunk_rows(shape[1], itemsize)) if dim == 0 else s
+            c = chunk_rows_for(s, shape[1], itemsize) if dim == 0 else s
         if isinstance(c, bool) or not isinstance(c, int | np.integer) or c <= 0:
             raise InputValueError(f"chunks must be positive ints or None; got {chunks!r}")
         out.append(int(min(c, s)))
@@ -241,8 +241,11 @@ def from_array(x: Any, path: str | os.PathLike[str], chunks: Any = None, *,
     path : str or path-like
         Local directory or fsspec URL (``s3://bucket/A.zarr``, ``memory://A.zarr``).
     chunks : (int or None, int or None), int or None
-        Block shape. ``None`` in the first place picks about 64 MiB row blocks;
-        ``None`` in the second keeps all columns in one block (row panels).
+        Block shape. ``None`` in the first place picks row blocks of at most
+        ``BLOCKLIN_CHUNK_BYTES`` (64 MiB): one block of the array's own rows when it is
+        smaller, else equal blocks (never a small edge block padded up to a full one);
+        ``None`` in the second keeps all columns in one block (row panels). A block
+        larger than the array is cut to the array.
     codec : {"auto", "none", "lz4", "zstd"}
         Chunk compression; every chunk also carries a crc32c checksum. ``auto``
         compresses only when a trial block shrinks by 15% or more.

@@ -312,11 +312,11 @@ def _np_dtype(value: Any, url: str) -> np.dtype[Any]:
 
 def _block_chunks(foreign: ForeignLayout | None, shape: Shape, chunks: Shape, dtype: str) -> Shape:
     """blocklin's block shape for a foreign array (see :func:`block_shape_for`)."""
-    from blocklin.config import DEFAULT_BLOCK_BYTES
+    from blocklin.config import default_chunk_bytes
 
     if foreign is None:
         return chunks
-    return block_shape_for(foreign, shape, np.dtype(dtype).itemsize, DEFAULT_BLOCK_BYTES)
+    return block_shape_for(foreign, shape, np.dtype(dtype).itemsize, default_chunk_bytes())
 
 
 def parse_metadata_json(raw: bytes, url: str) -> dict[str, Any]:

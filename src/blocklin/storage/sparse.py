@@ -31,7 +31,7 @@ import crc32c
 import numpy as np
 import scipy.sparse as sp
 
-from blocklin.config import DEFAULT_BLOCK_BYTES
+from blocklin.config import chunk_rows_for
 from blocklin.errors import (
     CorruptChunkError,
     InputValueError,
@@ -111,9 +111,10 @@ def _write_block(store: Store, i: int, block: sp.csr_matrix, dtype: np.dtype[Any
 
 
 def _default_rows(x: sp.csr_matrix, itemsize: int) -> int:
-    # Same rule as dense panels (about 64 MiB dense-equivalent per block) so that the
-    # planner's per-task memory projection, which counts dense chunk bytes, stays valid.
-    return max(1, min(int(x.shape[0]), DEFAULT_BLOCK_BYTES // max(1, int(x.shape[1]) * itemsize)))
+    # Same rule as dense panels (dense-equivalent bytes per block at most the target)
+    # so that the planner's per-task memory projection, which counts dense chunk bytes,
+    # stays valid.
+    return chunk_rows_for(int(x.shape[0]), int(x.shape[1]), itemsize)
 
 
 def _parse_rows(chunks: Any, x: sp.csr_matrix, itemsize: int) -> int:

@@ -1,0 +1,388 @@
+"""Leases: which entries of a work directory running computes use, and safe removal.
+
+A work directory (``BLOCKLIN_WORK_DIR`` or ``work_dir=``) is shared. Its arrays have
+content names, so processes computing overlapping plans use the same arrays, and
+``blocklin gc`` may run beside them. Whoever uses entries of it (top-level names:
+``a-<hash>`` arrays, an estimator's scratch folder) holds a *lease*,
+``<work>/.blocklin/leases/<token>.json``, naming them with its pid, host, start and
+last renewal. Whoever removes entries (a compute removing its intermediates,
+:func:`blocklin.storage.gc.collect_garbage`) removes only those no live lease names,
+and checks and removes while holding the work directory's lock, which taking a lease
+holds too: no lease is taken between a remover's check and its removal.
+
+Liveness
+    A lease written on this host is live while its process is (pid alive and started
+    before the lease). One written on another host cannot be checked from here: it is
+    live until :data:`LEASE_TTL` seconds after its last renewal, and its holder renews
+    it every :data:`LEASE_RENEW` seconds. A lease that cannot be parsed protects nothing.
+
+The lock
+    Local directories: ``flock`` on the directory itself (the kernel releases it when
+    its holder dies). fsspec URLs: ``.blocklin/gc.lock`` created exclusively (a
+    conditional PUT on S3, fsspec's ``mode="create"`` elsewhere: a check then a write
+    on back ends without conditional writes), taken over when its holder on this host
+    is gone or it is older than :data:`LOCK_TTL` seconds.
+
+Taking a lease on a directory that does not exist creates it; releasing the lease
+removes the folders it created when nothing else was written in them, so a compute
+refused before it runs leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Collection, Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+
+from blocklin.errors import LockError
+from blocklin.storage.stores import FsspecStore, LocalStore, Store, store_for
+
+__all__ = ["LEASES", "LEASE_RENEW", "LEASE_TTL", "LOCK_KEY", "LOCK_TTL", "Lease", "LeaseInfo",
+           "leased_names", "read_leases", "remove_unused", "work_lock"]
+
+#: Folder of the lease files, relative to the work directory.
+LEASES = ".blocklin/leases"
+#: The lock object of fsspec work directories (local ones lock the directory itself).
+LOCK_KEY = ".blocklin/gc.lock"
+#: Seconds a lease written on another host stays live after its last renewal.
+LEASE_TTL = 3600.0
+#: Seconds between renewals of a held lease.
+LEASE_RENEW = 300.0
+#: Seconds after which an fsspec lock object is taken over whoever holds it (a lock is
+#: held for a lease's write or one removal pass).
+LOCK_TTL = 600.0
+#: Seconds to wait for the lock before giving up.
+LOCK_WAIT = 300.0
+
+
+@dataclass(frozen=True)
+class LeaseInfo:
+    """A lease file's contents."""
+
+    token: str
+    pid: int
+    host: str
+    started: float
+    renewed: float
+    command: str
+    names: tuple[str, ...]
+
+    def to_json(self) -> bytes:
+        return json.dumps({"token": self.token, "pid": self.pid, "host": self.host,
+                           "started": self.started, "renewed": self.renewed,
+                           "command": self.command, "names": list(self.names)}).encode()
+
+    @classmethod
+    def parse(cls, data: bytes | None) -> LeaseInfo | None:
+        """The lease in ``data``; None when it cannot be parsed."""
+        try:
+            doc = json.loads(data or b"null")
+            names = doc["names"]
+            if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+                return None
+            return cls(str(doc["token"]), int(doc["pid"]), str(doc["host"]),
+                       float(doc["started"]), float(doc["renewed"]), str(doc.get("command", "")),
+                       tuple(names))
+        except (ValueError, KeyError, TypeError):
+            return None
+
+    def alive(self, now: float | None = None) -> bool:
+        """Whether the holder may still use what the lease names (see the module docs)."""
+        return _holder_alive(self.host, self.pid, self.started,
+                             self.renewed, LEASE_TTL, now)
+
+    def describe(self) -> str:
+        when = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(self.started))
+        return f"pid {self.pid} on {self.host} since {when} ({self.command})"
+
+
+def _holder_alive(host: str, pid: int, started: float, renewed: float, ttl: float,
+                  now: float | None) -> bool:
+    if host == socket.gethostname():
+        import psutil
+
+        try:
+            # A recycled pid belongs to a process younger than the lease.
+            return bool(psutil.Process(pid).create_time() <= started + 1.0)
+        except psutil.NoSuchProcess:
+            return False
+        except psutil.AccessDenied:
+            return True
+    return (time.time() if now is None else now) - renewed < ttl
+
+
+def names_under(store: Store, rel: str) -> list[str]:
+    """Names of the entries directly under ``rel`` of ``store`` (empty when none)."""
+    if isinstance(store, LocalStore):
+        try:
+            return sorted(os.listdir(store.root / rel if rel else store.root))
+        except (FileNotFoundError, NotADirectoryError):
+            return []
+    if not isinstance(store, FsspecStore):
+        raise TypeError(f"cannot list {store!r}")
+    key = f"{store.root}/{rel}".rstrip("/") if rel else store.root
+    store.fs.invalidate_cache(key)
+    try:
+        found = store.fs.ls(key, detail=False)
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+    return sorted({str(p).rstrip("/").rsplit("/", 1)[-1] for p in found} - {""})
+
+
+def read_leases(work_dir: str) -> list[tuple[str, LeaseInfo | None]]:
+    """Every lease file of ``work_dir``: (its key, the lease or None when unreadable)."""
+    store = store_for(work_dir)
+    out = []
+    for name in names_under(store, LEASES):
+        if name.endswith(".json"):
+            key = f"{LEASES}/{name}"
+            out.append((key, LeaseInfo.parse(store.get(key))))
+    return out
+
+
+def leased_names(work_dir: str, *, exclude: str = "",
+                 now: float | None = None) -> dict[str, LeaseInfo]:
+    """Entry name -> a live lease naming it (leases with token ``exclude`` left out)."""
+    held: dict[str, LeaseInfo] = {}
+    for _, info in read_leases(work_dir):
+        if info is not None and info.token != exclude and info.alive(now):
+            for n in info.names:
+                held.setdefault(n, info)
+    return held
+
+
+@contextmanager
+def work_lock(work_dir: str, wait: float = LOCK_WAIT) -> Iterator[None]:
+    """Hold the work directory's lock (see the module docs) for the block.
+
+    Raises
+    ------
+    LockError
+        When another holder keeps it for longer than ``wait`` seconds.
+    """
+    store = store_for(work_dir)
+    if isinstance(store, LocalStore):
+        with _flock(store.root, wait):
+            yield
+        return
+    if not isinstance(store, FsspecStore):
+        raise TypeError(f"cannot lock {store!r}")
+    token = uuid.uuid4().hex
+    _take_object_lock(store, token, wait)
+    try:
+        yield
+    finally:
+        held = store.get(LOCK_KEY)
+        if held is not None and _lock_token(held) == token:
+            store.delete_prefix(LOCK_KEY)
+
+
+@contextmanager
+def _flock(root: Path, wait: float) -> Iterator[None]:
+    import fcntl
+
+    fd = os.open(root, os.O_RDONLY)
+    try:
+        deadline = time.monotonic() + wait
+        delay = 0.002
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() + delay > deadline:
+                    raise LockError(f"the work directory {root} stayed locked for {wait:g} s "
+                                    "(another process is taking a lease or removing "
+                                    "intermediates); try again") from None
+                time.sleep(delay)
+                delay = min(2 * delay, 0.1)
+        try:
+            yield
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)
+
+
+def _lock_doc(token: str) -> bytes:
+    return json.dumps({"token": token, "pid": os.getpid(), "host": socket.gethostname(),
+                       "started": time.time()}).encode()
+
+
+def _lock_token(data: bytes) -> str:
+    try:
+        return str(json.loads(data).get("token", ""))
+    except (ValueError, AttributeError):
+        return ""
+
+
+def _take_object_lock(store: FsspecStore, token: str, wait: float) -> None:
+    deadline = time.monotonic() + wait
+    delay = 0.01
+    fs = store.fs
+    key = f"{store.root}/{LOCK_KEY}"
+    while True:
+        try:
+            fs.pipe_file(key, _lock_doc(token), mode="create")
+            return
+        except FileExistsError:
+            pass
+        except OSError as exc:
+            text = str(exc).lower()
+            if "pre-condition" not in text and "precondition" not in text:
+                raise
+        seen = store.get(LOCK_KEY)
+        try:
+            doc = json.loads(seen or b"null")
+            alive = _holder_alive(str(doc["host"]), int(doc["pid"]), float(doc["started"]),
+                                  float(doc["started"]), LOCK_TTL, None)
+        except (ValueError, KeyError, TypeError):
+            alive = seen is None  # vanished: try again; unreadable: nobody holds it
+        if not alive and seen is not None and store.get(LOCK_KEY) == seen:
+            store.delete_prefix(LOCK_KEY)  # the holder is gone: take it over
+            continue
+        if time.monotonic() + delay > deadline:
+            raise LockError(f"{store.url}/{LOCK_KEY} stayed locked for {wait:g} s (another "
+                            "process is taking a lease or removing intermediates); if its "
+                            "holder is gone, delete that object")
+        time.sleep(delay)
+        delay = min(2 * delay, 0.2)
+
+
+def _make_dirs(root: Path) -> list[Path]:
+    """Create ``root`` and missing parents; the ones created, deepest first."""
+    created = []
+    path = root
+    while not path.exists():
+        created.append(path)
+        if path.parent == path:
+            break
+        path = path.parent
+    root.mkdir(parents=True, exist_ok=True)
+    return created
+
+
+def _remove_empty(dirs: Iterable[Path]) -> None:
+    for d in dirs:
+        try:
+            d.rmdir()
+        except OSError:  # not empty (something else was written there) or gone
+            return
+
+
+def remove_unused(work_dir: str, names: Collection[str], *, exclude: str = "") -> list[str]:
+    """Remove the entries ``names`` of ``work_dir`` that no live lease names.
+
+    Leases with token ``exclude`` (the caller's own) do not count. Returns the names
+    removed. The check and the removal hold the work directory's lock.
+    """
+    if not names:
+        return []
+    with work_lock(work_dir):
+        return _remove_locked(work_dir, names, exclude)
+
+
+def _remove_locked(work_dir: str, names: Collection[str], exclude: str) -> list[str]:
+    store = store_for(work_dir)
+    held = leased_names(work_dir, exclude=exclude)
+    gone = [n for n in sorted(set(names)) if n not in held and _safe_name(n)]
+    for n in gone:
+        store.delete_prefix(n)
+    return gone
+
+
+def _safe_name(name: str) -> bool:
+    """A top-level entry name (never the group's metadata, the lease folder or a path)."""
+    return bool(name) and "/" not in name and name not in ("zarr.json", ".blocklin", ".", "..")
+
+
+class Lease:
+    """A lease on entries of a work directory, held for a ``with`` block.
+
+    Parameters
+    ----------
+    work_dir : str
+        A local path or an fsspec URL (its storage options registered).
+    names : iterable of str
+        Top-level entries the holder uses (array names, scratch folders).
+    command : str
+        What holds it, for ``blocklin gc``'s report.
+    """
+
+    def __init__(self, work_dir: str, names: Iterable[str], command: str = "compute") -> None:
+        self.work_dir = work_dir
+        self.store = store_for(work_dir)
+        self.names = tuple(sorted(set(names)))
+        self.command = command
+        self.token = uuid.uuid4().hex
+        self.key = f"{LEASES}/{self.token}.json"
+        self.started = 0.0
+        self._created: list[Path] = []
+        self._stop = threading.Event()
+        self._renewer: threading.Thread | None = None
+        self.held = False
+
+    def _info(self) -> LeaseInfo:
+        return LeaseInfo(self.token, os.getpid(), socket.gethostname(), self.started,
+                         time.time(), self.command, self.names)
+
+    def acquire(self) -> None:
+        """Write the lease (holding the work directory's lock) and start renewing it."""
+        if isinstance(self.store, LocalStore):
+            self._created = _make_dirs(self.store.root)
+        self.started = time.time()
+        try:
+            with work_lock(self.work_dir):
+                self.store.put(self.key, self._info().to_json())
+        except BaseException:
+            _remove_empty(self._created)
+            raise
+        self.held = True
+        self._renewer = threading.Thread(target=self._renew, daemon=True,
+                                         name=f"blocklin-lease-{self.token[:8]}")
+        self._renewer.start()
+
+    def _renew(self) -> None:
+        while not self._stop.wait(LEASE_RENEW):
+            try:
+                self.store.put(self.key, self._info().to_json())
+            except Exception:  # a failed renewal is retried at the next one
+                continue
+
+    def release(self, remove: Collection[str] = ()) -> list[str]:
+        """Remove ``remove`` (those no other live lease names), then the lease itself.
+
+        Returns the names removed. Folders ``acquire`` created are removed when nothing
+        else was written in them.
+        """
+        if not self.held:
+            return []
+        self._stop.set()
+        if self._renewer is not None:
+            self._renewer.join(timeout=10)
+        self.held = False
+        with work_lock(self.work_dir):
+            gone = _remove_locked(self.work_dir, remove, self.token) if remove else []
+            self.store.delete_prefix(self.key)
+            if isinstance(self.store, LocalStore):
+                # Under the lock: a lease being taken recreates these folders first.
+                root = self.store.root
+                _remove_empty([root / LEASES, root / ".blocklin"])
+        _remove_empty(self._created)
+        return gone
+
+    def __enter__(self) -> Lease:
+        self.acquire()
+        return self
+
+    def __exit__(self, tp: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.release()
