@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import logging
 import time
-from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from blocklin.config import (
@@ -23,6 +23,7 @@ from blocklin.executors.base import (
 )
 from blocklin.executors.intermediates import ComputeIntermediates
 from blocklin.executors.lazy import Lazy
+from blocklin.executors.progress import Progress, ProgressHook, tracking
 from blocklin.plan.finalize import FinalPlan, finalize
 from blocklin.plan.graph import Plan, jsonable
 from blocklin.storage.blockmatrix import BlockMatrix, provenance_attrs
@@ -38,8 +39,7 @@ if TYPE_CHECKING:
 
 __all__ = ["ProgressHook", "check_plan_locations", "compute", "get_executor"]
 
-#: ``progress(stage_label, tasks_done, tasks_total)``, called on the driver.
-ProgressHook = Callable[[str, int, int], None]
+logger = logging.getLogger(__name__)
 
 
 def get_executor(executor: str | Executor = "dask", *, address: str | None = None,
@@ -91,7 +91,7 @@ def compute(*results: Lazy, executor: str | Executor = "dask", address: str | No
             client: Client | None = None, spark: Any = None, resume: bool = False,
             work_dir: str | None = None, max_task_memory: int | str | None = None,
             num_workers: int | None = None, device: str = "cpu", stats: RunStats | None = None,
-            progress: ProgressHook | None = None,
+            progress: Progress = None,
             cache_bytes: int | str | None = None,
             storage_options: dict[str, Any] | None = None,
             connect_timeout: float | None = None, worker_timeout: float | None = None,
@@ -120,10 +120,14 @@ def compute(*results: Lazy, executor: str | Executor = "dask", address: str | No
         with numpy on the worker either way; ``gpu`` only places tasks.
     stats : RunStats, optional
         Filled with task counts, blocks read and per-stage timings.
-    progress : callable, optional
-        ``progress(stage_label, done, total)``, called on the driver once per stage
-        group before running (``done`` counting blocks skipped by ``resume``) and
-        after every finished task.
+    progress : bool, callable or ProgressSink, optional
+        Where this pass's progress goes (see :mod:`blocklin.executors.progress`): a
+        ``progress(stage_label, done, total)`` callable is called on the driver once per
+        stage group before running (``done`` counting blocks skipped by ``resume``) and
+        as tasks finish; a sink receives the pass, its stage groups and their tasks;
+        ``True`` reports to the enclosing sink, else to stderr (a bar on a terminal,
+        plain lines otherwise). None or False (default): the enclosing
+        :func:`~blocklin.executors.progress.progress_to` block's sink, if any.
     cache_bytes : int, str or None
         Keep the decoded blocks of source arrays in each worker process's memory, for
         later computes over the same data (iterative solvers pass ``"auto"`` for their
@@ -210,9 +214,10 @@ def compute(*results: Lazy, executor: str | Executor = "dask", address: str | No
         run.tasks_skipped = xplan.skipped
         run.passes = final.report().source_passes()
         labels = {rt.name: g.label for rt, g in zip(xplan.runtimes, final.groups, strict=True)}
-        on_done = _progress_callback(xplan, labels, run, progress)
+        _log_plan(final, xplan, engine.name, budget)
         t0 = time.perf_counter()
-        engine.execute(xplan, on_done)
+        with tracking(progress, xplan, labels, run, engine.name) as tracker:
+            engine.execute(xplan, tracker.on_done)
         run.seconds = time.perf_counter() - t0
         _seal_outputs(final, work)
         record_run(run.since(before))  # for collect_stats blocks (a pipeline's report)
@@ -251,24 +256,21 @@ def check_plan_locations(plan: Plan, work_dir: str) -> None:
     check_no_alias(outputs, [("an input", url) for url in sorted(sources)], work_dir)
 
 
-def _progress_callback(xplan: Any, labels: dict[str, str], run: RunStats,
-                       progress: ProgressHook | None) -> Callable[[Any], None]:
-    if progress is None:
-        return lambda m: run.add(m, labels.get(m["group"], m["group"]))
-    totals = {rt.name: g.ntasks for rt, g in zip(xplan.runtimes, xplan.final.groups, strict=True)}
-    done = {rt.name: totals[rt.name] - n
-            for rt, n in zip(xplan.runtimes, xplan.pending, strict=True)}
-    for name, total in totals.items():
-        progress(labels[name], done[name], total)
+def _log_plan(final: FinalPlan, xplan: Any, executor: str, cache_bytes: int) -> None:
+    """DEBUG: the plan's size and where it runs; INFO: what resume skips."""
+    from blocklin.errors import format_bytes
 
-    def on_done(m: Any) -> None:
-        run.add(m, labels.get(m["group"], m["group"]))
-        name = m["group"]
-        if name in done:
-            done[name] += 1
-            progress(labels[name], done[name], totals[name])
-
-    return on_done
+    total = sum(g.ntasks for g in final.groups)
+    if xplan.skipped:
+        logger.info("resume: %d of %d tasks are complete and verified; running %d", xplan.skipped,
+                    total, sum(xplan.pending))
+    if logger.isEnabledFor(logging.DEBUG):
+        memory = max((g.memory for g in final.groups), default=0)
+        logger.debug("plan: %d stages in %d groups, %d tasks, projected task memory %s, on %s "
+                     "(block cache %s per process)",
+                     sum(len(g.members) for g in final.groups), len(final.groups), total,
+                     format_bytes(memory), executor,
+                     format_bytes(cache_bytes) if cache_bytes else "off")
 
 
 def _seal_outputs(final: FinalPlan, work_dir: str) -> None:
