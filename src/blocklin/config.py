@@ -10,6 +10,11 @@
 ``BLOCKLIN_BLOCK_CACHE_BYTES`` per-process budget of the decoded-block cache that
                             iterative solvers use (default a quarter of the process's
                             memory bound; ``0`` turns the cache off).
+``BLOCKLIN_LOG_LEVEL``      level of blocklin's log messages on stderr (``DEBUG``,
+                            ``INFO``, ``WARNING``, ``ERROR`` or a number): the CLI's default
+                            (``-v``/``--quiet`` override it; else WARNING); set when
+                            ``blocklin`` is imported in Python, it installs a stderr
+                            handler on the ``blocklin`` logger (unset: a NullHandler only).
 """
 
 from __future__ import annotations
@@ -19,8 +24,8 @@ from pathlib import Path
 
 __all__ = ["BLOCK_CACHE_FRACTION", "DEFAULT_BLOCK_BYTES", "chunk_rows_for",
            "default_block_cache_bytes", "default_chunk_bytes", "default_chunk_rows",
-           "default_max_task_memory", "default_work_dir", "machine_memory", "parse_cache_bytes",
-           "parse_duration", "parse_memory"]
+           "default_log_level", "default_max_task_memory", "default_work_dir", "machine_memory",
+           "parse_cache_bytes", "parse_duration", "parse_log_level", "parse_memory"]
 
 #: Target size of a row block when the caller does not choose one: large enough that
 #: per-task overhead is negligible, small enough that several fit in a worker.
@@ -185,3 +190,39 @@ def machine_memory() -> int:
         if text.isdigit():
             total = min(total, int(text))
     return total
+
+
+_LOG_LEVELS = {"debug": 10, "info": 20, "warning": 30, "warn": 30, "error": 40, "critical": 50}
+
+
+def parse_log_level(value: str | int) -> int:
+    """A logging level from a name (``"debug"``, ``"INFO"``...) or a number.
+
+    Raises
+    ------
+    ConfigError
+        For anything else, naming the accepted values.
+    """
+    from blocklin.errors import ConfigError
+
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return value
+    text = str(value).strip().lower()
+    if text.isdigit():
+        return int(text)
+    if text in _LOG_LEVELS:
+        return _LOG_LEVELS[text]
+    raise ConfigError(f"log level must be DEBUG, INFO, WARNING, ERROR, CRITICAL or a number; "
+                      f"got {value!r} (BLOCKLIN_LOG_LEVEL)")
+
+
+def default_log_level() -> int | None:
+    """The level ``BLOCKLIN_LOG_LEVEL`` names, or None when it is unset or empty.
+
+    Raises
+    ------
+    ConfigError
+        For a value that names no level.
+    """
+    env = os.environ.get("BLOCKLIN_LOG_LEVEL", "").strip()
+    return parse_log_level(env) if env else None

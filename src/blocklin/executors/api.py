@@ -266,11 +266,11 @@ def _log_plan(final: FinalPlan, xplan: Any, executor: str, cache_bytes: int) -> 
                     total, sum(xplan.pending))
     if logger.isEnabledFor(logging.DEBUG):
         memory = max((g.memory for g in final.groups), default=0)
-        logger.debug("plan: %d stages in %d groups, %d tasks, projected task memory %s, on %s "
-                     "(block cache %s per process)",
-                     sum(len(g.members) for g in final.groups), len(final.groups), total,
+        logger.debug("plan: %d stages in %d groups, %d tasks, projected task memory %s, on %s, "
+                     "%s", sum(len(g.members) for g in final.groups), len(final.groups), total,
                      format_bytes(memory), executor,
-                     format_bytes(cache_bytes) if cache_bytes else "off")
+                     f"block cache {format_bytes(cache_bytes)} per process" if cache_bytes
+                     else "no block cache")
 
 
 def _seal_outputs(final: FinalPlan, work_dir: str) -> None:
