@@ -4,6 +4,7 @@ __all__: list[str] = []
 
 from blocklin.ml.linear import LinearRegression
 from blocklin.ml.logistic import LogisticRegression
+from blocklin.ml.persist import load
 from blocklin.ml.truncated_svd import TruncatedSVD
 
-__all__ += ["LinearRegression", "LogisticRegression", "TruncatedSVD"]
+__all__ += ["LinearRegression", "LogisticRegression", "TruncatedSVD", "load"]

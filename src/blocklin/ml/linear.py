@@ -33,6 +33,7 @@ from blocklin.ml._solvers import (
     training_data,
 )
 from blocklin.ml._summary import LinearRegressionSummary, linear_summary
+from blocklin.ml.persist import SaveMixin
 from blocklin.ops.glm import (
     PassSpec,
     loss_grad_spec,
@@ -93,7 +94,7 @@ class _Fit:
     y_center: float = 0.0  # a label-mean estimate for the summary's sums
 
 
-class LinearRegression(RegressorMixin, BaseEstimator):  # type: ignore[misc]
+class LinearRegression(SaveMixin, RegressorMixin, BaseEstimator):  # type: ignore[misc]
     """Linear least squares with elastic-net penalty, as Spark MLlib's ``LinearRegression``.
 
     Minimizes MLlib's documented objective

@@ -23,6 +23,7 @@ from blocklin.ml._glm import (
 from blocklin.ml._solvers import TrainData, coordinate_descent, solve_quadratic, training_data
 from blocklin.ml._summary import LogisticRegressionSummary, logistic_summary
 from blocklin.ml._validation import is_stored, open_stored
+from blocklin.ml.persist import SaveMixin
 from blocklin.ops.glm import loss_grad_spec, moments_spec, newton_spec, unpack_grad
 from blocklin.types import (
     LOGISTIC_FAMILIES,
@@ -42,7 +43,7 @@ MAX_NEWTON_COEFFICIENTS = 4096
 CHORD_SWITCH = 1e-3
 
 
-class LogisticRegression(ClassifierMixin, BaseEstimator):  # type: ignore[misc]
+class LogisticRegression(SaveMixin, ClassifierMixin, BaseEstimator):  # type: ignore[misc]
     """Logistic regression with elastic-net penalty, as Spark MLlib's ``LogisticRegression``.
 
     Minimizes MLlib's objective

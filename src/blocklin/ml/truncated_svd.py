@@ -18,6 +18,7 @@ from blocklin.errors import InputDtypeError, InputValueError
 from blocklin.executors.api import compute
 from blocklin.executors.base import RunStats
 from blocklin.ml._validation import is_stored, stored_matrix, validate_features
+from blocklin.ml.persist import SaveMixin
 from blocklin.ops._svd_rows import GRAM_MAX_COLUMNS, gram_step
 from blocklin.ops.products import gram, matmul
 from blocklin.ops.stats import column_stats
@@ -40,7 +41,7 @@ def _row_moments(x: np.ndarray) -> Moments:
     return x.shape[0], mean, ((x - mean) ** 2).sum(axis=0)
 
 
-class TruncatedSVD(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):  # type: ignore[misc]
+class TruncatedSVD(SaveMixin, ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):  # type: ignore[misc]
     """Dimensionality reduction by truncated SVD (no centering), as scikit-learn's.
 
     Parameters

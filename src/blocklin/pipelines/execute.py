@@ -8,11 +8,14 @@ class's business (``.staging`` then renames locally, ``runs/<id>/`` on object st
 from __future__ import annotations
 
 import inspect
+import json
 import posixpath
 import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from blocklin.executors.api import ProgressHook
 from blocklin.executors.base import RunStats
@@ -165,9 +168,71 @@ def _store_outputs(pipe: Pipeline, results: Mapping[str, Any], out_dir: OutputDi
             state = state_path(name, record[name]["digest"])
             out_dir.makedirs(posixpath.dirname(state))
             save_small(out_dir, state, arrays)
+        model = _model_of(step, value)
+        model_dst = out_dir.final_path(area, f"{name}{MODEL_SUFFIX}")
+        if model is not None:
+            # The estimator itself, for blocklin.ml.load (the .npz keeps the arrays the
+            # report and a refresh read).
+            model_src = f"{area}/{name}{MODEL_SUFFIX}"
+            model.save(out_dir.url(model_src), overwrite=True)
+            record[name].update(model=model_dst,
+                                estimator=f"blocklin.ml.{type(model).__name__}")
+            moves.append((model_src, model_dst))
+        elif out_dir.exists(model_dst):
+            out_dir.delete(model_dst)  # an earlier run's model, not this output's
+    if any(r["kind"] == "matrix" for r in record.values()):
+        _make_group(out_dir, out_dir.final_path(area, "zarr.json"))
     for src, dst in moves:
         out_dir.publish(src, dst)
     return record
+
+
+#: The folder beside ``<output>.npz`` holding an estimator output's model.
+MODEL_SUFFIX = ".model"
+#: How a refresh's merged arrays (an estimator step updated in place) map back onto
+#: the estimator's fitted attributes, so that its saved model follows the refresh:
+#: op -> (estimator, {array: (attribute, conversion)}, fixed attributes).
+_REFRESHED_MODELS: dict[str, tuple[str, dict[str, tuple[str, Any]], dict[str, Any]]] = {
+    # The refresh's partial_fit solves the merged normal equations.
+    "linear_regression": ("blocklin.ml.LinearRegression", {
+        "coef": ("coef_", np.asarray), "intercept": ("intercept_", float),
+        "n_iter": ("n_iter_", int), "n_features_in": ("n_features_in_", int),
+        "objective_history": ("objective_history_", lambda a: [float(v) for v in a]),
+        "sufficient_stats": ("sufficient_stats_", np.asarray)}, {"solver_": "normal"}),
+    "truncated_svd": ("blocklin.ml.TruncatedSVD", {
+        "components": ("components_", np.asarray),
+        "singular_values": ("singular_values_", np.asarray),
+        "explained_variance": ("explained_variance_", np.asarray),
+        "explained_variance_ratio": ("explained_variance_ratio_", np.asarray),
+        "n_samples_seen": ("n_samples_seen_", int), "n_features_in": ("n_features_in_", int),
+        "column_mean": ("_mean", np.asarray), "column_m2": ("_m2", np.asarray)}, {}),
+}
+
+
+def _model_of(step: Any, value: Any) -> Any:
+    """The estimator an output holds: a run's fitted one, or one rebuilt from a
+    refresh's merged arrays; None for other outputs."""
+    if type(value).__module__.startswith("blocklin.ml."):
+        from blocklin.ml.persist import estimator_classes
+
+        return value if type(value) in estimator_classes().values() else None
+    rebuilt = _REFRESHED_MODELS.get(step.op.name)
+    if rebuilt is None or not isinstance(value, dict):
+        return None
+    from blocklin.ml.persist import restore
+
+    cls, fields, fixed = rebuilt
+    fitted = {attr: convert(value[key]) for key, (attr, convert) in fields.items()
+              if key in value}
+    return restore(cls, step.params.model_dump(), {**fitted, **fixed})
+
+
+def _make_group(out_dir: OutputDir, rel: str) -> None:
+    """Make the folder of the matrix outputs a zarr group, so xarray opens them
+    (``xr.open_zarr(out_dir, consolidated=False)``)."""
+    if not out_dir.exists(rel):
+        out_dir.write_bytes(rel, json.dumps({"zarr_format": 3, "node_type": "group",
+                                             "attributes": {}}).encode())
 
 
 def finish_run(pipe: Pipeline, inputs: Mapping[str, Any], results: Mapping[str, Any],
