@@ -52,7 +52,7 @@ app = typer.Typer(name="blocklin", no_args_is_help=True, add_completion=False,
                   help="Block-partitioned linear algebra over zarr chunks: run pipelines, "
                        "refresh them with new rows, ingest, inspect and verify arrays.")
 
-_STATE = {"debug": os.environ.get("BLOCKLIN_DEBUG", "") not in ("", "0")}
+_STATE = {"debug": os.environ.get("BLOCKLIN_DEBUG", "") not in ("", "0"), "quiet": False}
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="print one JSON document on stdout")]
 SpecArg = Annotated[Path, typer.Argument(help="pipeline YAML file")]
@@ -74,6 +74,9 @@ TlsCertOpt = Annotated[str | None, typer.Option(
     "--tls-cert", help="client certificate for a tls:// dask cluster")]
 TlsKeyOpt = Annotated[str | None, typer.Option(
     "--tls-key", help="client private key for a tls:// dask cluster")]
+KeepOpt = Annotated[bool, typer.Option(
+    "--keep-intermediates", help="keep the work dir's intermediate arrays after a successful "
+    "run (a failed run keeps them for --resume; `blocklin gc` frees them)")]
 StorageOpt = Annotated[list[str] | None, typer.Option(
     "--storage-option", metavar="KEY=VALUE",
     help="fsspec option for the run's URL inputs, output dir and work dir (repeatable; "
@@ -114,9 +117,44 @@ def _main(debug: Annotated[bool, typer.Option("--debug", help="show tracebacks o
           = False,
           version: Annotated[bool, typer.Option(
               "--version", is_eager=True, callback=_print_version,
-              help="print blocklin's version and exit")] = False) -> None:
+              help="print blocklin's version and exit")] = False,
+          verbose: Annotated[int, typer.Option(
+              "--verbose", "-v", count=True,
+              help="log more: -v INFO (executor, cluster, resume, steps), -vv DEBUG (plan "
+                   "sizes, stage timings); default WARNING or BLOCKLIN_LOG_LEVEL")] = 0,
+          quiet: Annotated[bool, typer.Option(
+              "--quiet", "-q", help="errors only: no progress, no warnings")] = False) -> None:
     if debug:
         _STATE["debug"] = True
+    _STATE["quiet"] = quiet
+    with _guard(False):
+        _setup_logging(verbose, quiet)
+
+
+def _setup_logging(verbose: int, quiet: bool) -> None:
+    """The ``blocklin`` logger's handler on stderr at the level the options ask for.
+
+    Raises
+    ------
+    ConfigError
+        For ``-v`` with ``--quiet``, or a BLOCKLIN_LOG_LEVEL naming no level.
+    """
+    import logging
+
+    from blocklin._logging import install_handler
+    from blocklin.config import default_log_level
+    from blocklin.errors import ConfigError
+
+    if quiet and verbose:
+        raise ConfigError("give -v/--verbose or --quiet, not both")
+    env = default_log_level()  # refuses a bad BLOCKLIN_LOG_LEVEL even when -v overrides it
+    if quiet:
+        level = logging.ERROR
+    elif verbose:
+        level = logging.INFO if verbose == 1 else logging.DEBUG
+    else:
+        level = env if env is not None else logging.WARNING
+    install_handler(level)
 
 
 def _exit_code(exc: BaseException) -> int:
@@ -225,22 +263,25 @@ def _param_text(name: str, field: Any) -> str:
 
 
 # -- run, refresh, unlock -----------------------------------------------------------------------
-def _progress(as_json: bool) -> Any:
-    from blocklin.pipelines.progress import StageProgress
+def _progress(label: str) -> Any:
+    """Every pass of the run (the iterative steps' included) on stderr: a bar on a
+    terminal, plain lines otherwise, nothing with --quiet."""
+    from blocklin.pipelines.progress import cli_progress
 
-    return StageProgress(enabled=not as_json and sys.stdout.isatty())
+    return cli_progress(label, quiet=bool(_STATE["quiet"]))
 
 
 def _options(spec: Path, command: str, executor: str | None, address: str | None,
              work_dir: str | None, max_task_memory: str | None, resume: bool = False,
              storage_option: list[str] | None = None,
-             cluster: dict[str, Any] | None = None) -> Any:
+             cluster: dict[str, Any] | None = None, keep_intermediates: bool = False) -> Any:
     from blocklin.errors import ConfigError
     from blocklin.pipelines.runner import RunOptions
 
     if executor is not None and executor not in ("dask", "spark"):
         raise ConfigError(f"--executor must be dask or spark; got {executor!r}")
     return RunOptions(executor=executor, address=address, work_dir=work_dir, resume=resume,
+                      keep_intermediates=keep_intermediates,
                       max_task_memory=max_task_memory, command=f"blocklin {command} {spec}",
                       storage_options=_storage_options(storage_option),
                       extra=cluster or {})
@@ -256,7 +297,7 @@ def run(spec: SpecArg, executor: ExecutorOpt = None, address: AddressOpt = None,
         as_json: JsonOpt = False, storage_option: StorageOpt = None,
         connect_timeout: ConnectOpt = None, worker_timeout: WorkerWaitOpt = None,
         tls_ca_file: TlsCaOpt = None, tls_cert: TlsCertOpt = None,
-        tls_key: TlsKeyOpt = None) -> None:
+        tls_key: TlsKeyOpt = None, keep_intermediates: KeepOpt = False) -> None:
     """Run a pipeline spec (or show its plan with --dry-run)."""
     from blocklin.pipelines.runner import explain_pipeline, load_pipeline, run_pipeline
 
@@ -264,14 +305,15 @@ def run(spec: SpecArg, executor: ExecutorOpt = None, address: AddressOpt = None,
         opts = _options(spec, "run", executor, address, work_dir, max_task_memory, resume,
                         storage_option, cluster={
                             "connect_timeout": connect_timeout, "worker_timeout": worker_timeout,
-                            "tls_ca_file": tls_ca_file, "tls_cert": tls_cert, "tls_key": tls_key})
+                            "tls_ca_file": tls_ca_file, "tls_cert": tls_cert, "tls_key": tls_key},
+                        keep_intermediates=keep_intermediates)
         pipe = load_pipeline(spec)
         if dry_run:
             info = explain_pipeline(pipe, opts)
             _emit(info, as_json, lambda: _dry_run_text(info))
             return
-        with _progress(as_json) as bar:
-            manifest = run_pipeline(pipe, opts, progress=bar)
+        with _progress(f"run {pipe.spec.name}"):
+            manifest = run_pipeline(pipe, opts)
         _emit(_summary(manifest), as_json, lambda: _run_text(manifest, pipe.output_dir))
 
 
@@ -284,7 +326,7 @@ def refresh(spec: SpecArg,
             as_json: JsonOpt = False, storage_option: StorageOpt = None,
             connect_timeout: ConnectOpt = None, worker_timeout: WorkerWaitOpt = None,
             tls_ca_file: TlsCaOpt = None, tls_cert: TlsCertOpt = None,
-            tls_key: TlsKeyOpt = None) -> None:
+            tls_key: TlsKeyOpt = None, keep_intermediates: KeepOpt = False) -> None:
     """Append a row batch to the spec's refresh input and update its outputs incrementally."""
     from blocklin.pipelines.refresh import refresh_pipeline
     from blocklin.pipelines.runner import load_pipeline
@@ -293,10 +335,11 @@ def refresh(spec: SpecArg,
         opts = _options(spec, "refresh", executor, address, work_dir, max_task_memory,
                         storage_option=storage_option, cluster={
                             "connect_timeout": connect_timeout, "worker_timeout": worker_timeout,
-                            "tls_ca_file": tls_ca_file, "tls_cert": tls_cert, "tls_key": tls_key})
+                            "tls_ca_file": tls_ca_file, "tls_cert": tls_cert, "tls_key": tls_key},
+                        keep_intermediates=keep_intermediates)
         pipe = load_pipeline(spec)
-        with _progress(as_json) as bar:
-            res = refresh_pipeline(pipe, str(append), opts, progress=bar)
+        with _progress(f"refresh {pipe.spec.name}"):
+            res = refresh_pipeline(pipe, str(append), opts)
         if res.get("skipped"):
             _emit(res, as_json, res["message"])
             return
@@ -311,6 +354,11 @@ def _dry_run_text(info: dict[str, Any]) -> str:
     if info["eager_steps"]:
         lines.append("iterative steps (run their own passes after the plan): "
                      + ", ".join(info["eager_steps"]))
+    kept = info.get("intermediates", {})
+    if kept:
+        lines.append("intermediates: " + ("removed from the work dir once the run succeeds "
+                     "(kept for --resume if it fails)" if kept["removed_at_end"] else
+                     "kept in the work dir (--keep-intermediates); `blocklin gc` frees them"))
     return "\n".join(lines)
 
 
@@ -445,9 +493,13 @@ def inspect(path: PathArg, as_json: JsonOpt = False,
         out = _located(path, storage_option)
         if out is not None:
             doc = _inspect_outputs(out)
+            disk = doc["disk"]
             _emit(doc, as_json, lambda: "\n".join(
                 [f"{doc['url']}: {doc['pipeline']} ({doc['mode']}, finished {doc['finished']})"]
-                + [f"  {k:<16} {v['kind']:<6} {v['url']}" for k, v in doc["outputs"].items()]))
+                + [f"  {k:<16} {v['kind']:<6} {v['url']}" for k, v in doc["outputs"].items()]
+                + [f"  disk: {format_bytes(disk['freeable_bytes'])} in {disk['freeable']} "
+                   "entries no run uses (work dir leftovers, earlier runs): `blocklin gc "
+                   f"{doc['url']}` frees them"]))
             return
         d = inspect_array(path)
         _emit(d, as_json, lambda: "\n".join([
@@ -470,13 +522,17 @@ def _indented_yaml(doc: Any, indent: str) -> str:
 
 
 def _inspect_outputs(out: Any) -> dict[str, Any]:
+    from blocklin.pipelines.gc import collect_pipeline_garbage
     from blocklin.pipelines.manifest import load_manifest
 
     m = load_manifest(out) or {}
     outputs = {name: {**rec, "url": out.url(rec["path"])}
                for name, rec in m.get("outputs", {}).items()}
+    gc = collect_pipeline_garbage(out.location, dry_run=True)  # reads only
     return {"url": out.location, "pipeline": m.get("pipeline"), "mode": m.get("mode"),
-            "finished": m.get("finished"), "outputs": outputs}
+            "finished": m.get("finished"), "outputs": outputs,
+            "disk": {"freeable": len(gc.freed), "freeable_bytes": gc.freed_bytes,
+                     "in_use_bytes": gc.kept_bytes}}
 
 
 @app.command()
@@ -517,6 +573,29 @@ def verify(path: PathArg,
         _emit(d, as_json, "\n".join(lines))
         if not d["ok"]:
             raise typer.Exit(EXIT_CORRUPT)
+
+
+@app.command()
+def gc(path: Annotated[str | None, typer.Argument(
+           help="work directory, or a pipeline's output directory (default: "
+                "BLOCKLIN_WORK_DIR)")] = None,
+       older_than: Annotated[str | None, typer.Option(
+           "--older-than", help="only what was last written longer ago, e.g. 7d, 12h, 30m")]
+       = None,
+       dry_run: Annotated[bool, typer.Option("--dry-run", help="list what would be freed; "
+                                             "remove nothing")] = False,
+       as_json: JsonOpt = False, storage_option: StorageOpt = None) -> None:
+    """Free intermediate arrays no running compute uses, and earlier runs' outputs no
+    manifest names; never committed outputs or anything a live run holds."""
+    from blocklin.config import default_work_dir, parse_duration
+    from blocklin.pipelines.gc import collect
+
+    with _guard(as_json):
+        age = parse_duration(older_than) if older_than is not None else None
+        target = path or default_work_dir()
+        _located(target, storage_option)  # registers the --storage-option values
+        report = collect(target, older_than=age, dry_run=dry_run)
+        _emit(report.as_dict(), as_json, report.text)
 
 
 def main() -> None:

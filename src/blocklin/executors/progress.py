@@ -54,7 +54,7 @@ if TYPE_CHECKING:
 __all__ = ["FP_ERRORS_KEY", "HookSink", "PassEnd", "PassStart", "PassTracker", "PlainProgress",
            "Progress", "ProgressHook", "ProgressSink", "RichProgress", "StageCount",
            "current_sink", "current_step", "default_sink", "engine_tracker", "local_pass",
-           "note", "progress_to", "step"]
+           "note", "operation", "progress_to", "step"]
 
 logger = logging.getLogger(__name__)
 
@@ -207,6 +207,20 @@ def progress_to(progress: Progress) -> Iterator[ProgressSink | None]:
         _SINK.reset(token)
         if owned and sink is not None:
             sink.close()
+
+
+@contextmanager
+def operation(name: str, progress: Progress = False) -> Iterator[None]:
+    """An operator's or estimator's call: :func:`progress_to` ``progress``, inside the
+    step ``name`` (``"TruncatedSVD.fit"``, ``"randomized_svd"``).
+
+    Raises
+    ------
+    InputDtypeError
+        For a ``progress`` of the wrong type, before anything runs.
+    """
+    with progress_to(progress), step(name):
+        yield
 
 
 def engine_tracker() -> Callable[[str, int], None] | None:

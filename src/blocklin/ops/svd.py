@@ -20,6 +20,8 @@ from blocklin.config import default_block_cache_bytes, machine_memory
 from blocklin.errors import InputDtypeError, InputValueError
 from blocklin.executors.api import compute
 from blocklin.executors.lazy import Lazy
+from blocklin.executors.progress import Progress, operation
+from blocklin.executors.progress import step as progress_step
 from blocklin.ops._inputs import MatrixInput, as_matrix, hstack_panel, row_panel_tasks
 from blocklin.ops.products import gram, matmul
 from blocklin.ops.sketch import as_float64, left_apply, right_apply
@@ -70,13 +72,16 @@ class TruncatedSVDResult:
     options: dict[str, Any] = field(default_factory=dict, repr=False)
     column_stats: ColumnStats | None = field(default=None, repr=False)
     _u: BlockMatrix | None = field(default=None, repr=False)
+    #: Where forming U reports its pass (the ``progress`` the result was computed with).
+    progress: Progress = field(default=False, repr=False, compare=False)
 
     @property
     def U(self) -> BlockMatrix:
         """Left singular vectors (m × k BlockMatrix, A's row blocks), computed on first access."""
         if self._u is None:
             # resume: the small stages of the last pass are already recorded complete.
-            self._u = compute(self.u_lazy, resume=True, **self.options)[0]
+            with operation("forming U", self.progress):
+                self._u = compute(self.u_lazy, resume=True, **self.options)[0]
         return self._u
 
     def __iter__(self) -> Any:
@@ -258,14 +263,17 @@ def _power_basis(A: Any, m: MatrixInput, width: int, n_iter: int, seed: int, kry
     basis = [x]
     for t in range(n_iter + 1):
         extra = (column_stats(A),) if with_stats and t == 0 else ()
+        label = f"power iteration {t + 1}/{n_iter + 1}"
         if centered and mean is None:
             # The means arrive with the first pass: fold them into the small product
             # (CᵀCX = AᵀAX − m·μμᵀX); later passes center each block exactly.
-            zs, *got = compute(normal_product(A, x, with_sums=True), *extra, **opts)
+            with progress_step(label):
+                zs, *got = compute(normal_product(A, x, with_sums=True), *extra, **opts)
             mean = zs[:, -1] / rows
             z = zs[:, :-1] - rows * np.outer(mean, mean @ x)
         else:
-            z, *got = compute(normal_product(A, x, shift=mean), *extra, **opts)
+            with progress_step(label):
+                z, *got = compute(normal_product(A, x, shift=mean), *extra, **opts)
         stats = got[0] if got else stats
         x = _orth(z)
         basis.append(x)
@@ -283,8 +291,9 @@ def _range_finish(A: Any, basis: np.ndarray, mean: np.ndarray | None, k: int,
     c = tree.c
     # Kept: forming U (TruncatedSVDResult.U) resumes this plan's tree and finish
     # instead of another pass over A, and removes them.
-    f = compute(Lazy(plan, finish, "small", label="rsvd.finish"), keep_intermediates=True,
-                **opts)[0]
+    with progress_step("range finish (TSQR)"):
+        f = compute(Lazy(plan, finish, "small", label="rsvd.finish"), keep_intermediates=True,
+                    **opts)[0]
     s = np.array(f[2 * c, :k])
     vt = (f[c:2 * c] @ basis.T)[:k]
     return s, vt, plan_form_q(tree, plan, finish, op="rsvd", k=k)
@@ -295,7 +304,8 @@ def _gram_svd(A: Any, m: MatrixInput, k: int, centered: bool, opts: dict[str, An
     """One pass: AᵀA and column statistics, eigendecomposed on the driver."""
     rows = m.shape[0]
     mean = None
-    g, st = compute(gram(A), column_stats(A), **opts)
+    with progress_step("Gram pass"):
+        g, st = compute(gram(A), column_stats(A), **opts)
     if centered:
         mean = st.mean
         g = g - rows * np.outer(mean, mean)
@@ -342,7 +352,7 @@ def randomized_svd(A: Any, k: int, *, oversample: int = 10, n_iter: int = 2, see
                    connect_timeout: float | None = None,
                    worker_timeout: float | None = None,
                    cache_bytes: int | str | None = "auto",
-                   with_stats: bool = False) -> TruncatedSVDResult:
+                   with_stats: bool = False, progress: Progress = False) -> TruncatedSVDResult:
     """Top-k singular triplets of A by randomized subspace iteration, pass-efficiently.
 
     Parameters
@@ -384,6 +394,12 @@ def randomized_svd(A: Any, k: int, *, oversample: int = 10, n_iter: int = 2, see
         Also compute A's column statistics, in the first pass (no extra pass):
         ``column_stats``, ``total_variance`` (‖A‖_F²) and ``explained_variance_ratio``
         (``s²/‖A‖_F²``, each component's share of all of A). ``gram`` always has them.
+    progress : bool, callable or ProgressSink
+        Report each pass (power iterations, the TSQR finish, forming U later): ``True``
+        prints to stderr (a bar on a terminal, plain lines otherwise) unless an
+        enclosing :func:`blocklin.executors.progress.progress_to` block listens; see
+        :mod:`blocklin.executors.progress`. False (default): silent, unless such a block
+        encloses the call.
 
     Returns
     -------
@@ -422,7 +438,10 @@ def randomized_svd(A: Any, k: int, *, oversample: int = 10, n_iter: int = 2, see
     opts = _run_options(executor, address, client, spark, work_dir, max_task_memory,
                         num_workers, device, security, connect_timeout, worker_timeout,
                         0 if cache_bytes is None else cache_bytes)
-    return _truncated(A, k, oversample, n_iter, seed, method, False, opts, with_stats)
+    with operation("randomized_svd", progress):
+        res = _truncated(A, k, oversample, n_iter, seed, method, False, opts, with_stats)
+    res.progress = progress
+    return res
 
 
 def pca(A: Any, k: int, *, oversample: int = 10, n_iter: int = 2, seed: int = 0,
@@ -431,7 +450,7 @@ def pca(A: Any, k: int, *, oversample: int = 10, n_iter: int = 2, seed: int = 0,
         max_task_memory: int | str | None = None, num_workers: int | None = None,
         device: str = "cpu", security: Any = None, connect_timeout: float | None = None,
         worker_timeout: float | None = None, cache_bytes: int | str | None = "auto",
-        with_stats: bool = False) -> PCAResult:
+        with_stats: bool = False, progress: Progress = False) -> PCAResult:
     """Principal components of the rows of A, without writing a centered copy.
 
     Parameters are those of :func:`randomized_svd`; with ``with_stats``,
@@ -454,6 +473,8 @@ def pca(A: Any, k: int, *, oversample: int = 10, n_iter: int = 2, seed: int = 0,
     opts = _run_options(executor, address, client, spark, work_dir, max_task_memory,
                         num_workers, device, security, connect_timeout, worker_timeout,
                         0 if cache_bytes is None else cache_bytes)
-    res = _truncated(A, k, oversample, n_iter, seed, method, True, opts, with_stats)
+    with operation("pca", progress):
+        res = _truncated(A, k, oversample, n_iter, seed, method, True, opts, with_stats)
     return PCAResult(res.s, res.Vt, res.method, res.passes, res.u_passes, res.u_lazy, res.mean,
-                     opts, column_stats=res.column_stats, n_samples=as_matrix(A).shape[0])
+                     opts, column_stats=res.column_stats, progress=progress,
+                     n_samples=as_matrix(A).shape[0])

@@ -36,6 +36,7 @@ from blocklin.errors import InputDtypeError, InputValueError, ShapeMismatchError
 from blocklin.executors.api import compute
 from blocklin.executors.base import RunStats
 from blocklin.executors.lazy import Lazy
+from blocklin.executors.progress import Progress, operation
 from blocklin.ops._svd_rows import (
     GRAM_MAX_COLUMNS,
     ConstantFactor,
@@ -73,7 +74,7 @@ def svd_update(state: SVDState | str | os.PathLike[str], rows: Any = None, *,
                max_task_memory: int | str | None = None, num_workers: int | None = None,
                device: str = "cpu", stats: RunStats | None = None, security: Any = None,
                connect_timeout: float | None = None,
-               worker_timeout: float | None = None) -> SVDState:
+               worker_timeout: float | None = None, progress: Progress = False) -> SVDState:
     """Update a persisted truncated SVD for appended rows or columns or a low-rank change.
 
     Parameters
@@ -112,6 +113,8 @@ def svd_update(state: SVDState | str | os.PathLike[str], rows: Any = None, *,
     stats : RunStats, optional
         Filled with the counters of every pass the update makes (blocks and arrays
         read), e.g. to check that the old bases were not read.
+    progress : bool, callable or ProgressSink
+        Report each pass, as :func:`blocklin.ops.randomized_svd`'s ``progress``.
 
     Returns
     -------
@@ -165,6 +168,18 @@ def svd_update(state: SVDState | str | os.PathLike[str], rows: Any = None, *,
     >>> state = svd_update(state, rows=B)                 # appended rows
     >>> state = svd_update("svd.zarr", columns=D)         # after a restart
     """
+    with operation("svd_update", progress):
+        return _update(state, rows, columns, low_rank, method, batch, extras, row_gram,
+                       _run_options(executor, address, client, spark, work_dir,
+                                    max_task_memory, num_workers, device, security,
+                                    connect_timeout, worker_timeout), stats)
+
+
+def _update(state: SVDState | str | os.PathLike[str], rows: Any, columns: Any,
+            low_rank: tuple[Any, Any] | None, method: str, batch: int,
+            extras: Mapping[str, Any] | None, row_gram: np.ndarray | None,
+            opts: dict[str, Any], stats: RunStats | None) -> SVDState:
+    """The body of :func:`svd_update` (its arguments checked here, before any pass)."""
     st = state if isinstance(state, SVDState) else SVDState.open(state)
     given = [name for name, v in (("rows", rows), ("columns", columns),
                                   ("low_rank", low_rank)) if v is not None]
@@ -178,9 +193,7 @@ def svd_update(state: SVDState | str | os.PathLike[str], rows: Any = None, *,
         raise InputValueError(f"method={chosen!r} applies to row appends; column and "
                               "low-rank updates always orthonormalize by TSQR")
     ex = None if extras is None else _as_extras(extras)
-    run = _runner(_run_options(executor, address, client, spark, work_dir, max_task_memory,
-                               num_workers, device, security, connect_timeout,
-                               worker_timeout), stats)
+    run = _runner(opts, stats)
     if rows is not None:
         c = parse_rows(rows, st.shape[1])
         if row_gram is not None and np.shape(row_gram) != (st.shape[1], st.shape[1]):

@@ -1,44 +1,44 @@
-"""A rich progress bar per stage, fed by ``blocklin.compute(progress=...)``."""
+"""The CLI's progress display for ``run`` and ``refresh``: every pass of the run.
+
+The planned stages and the iterative steps' own passes (SVD power iterations, solver
+evaluations) all report to one sink (:mod:`blocklin.executors.progress`): a ``rich``
+bar on stderr when stderr is a terminal, plain lines on stderr otherwise (cron logs),
+nothing with ``--quiet``. Stdout keeps only the command's result (and ``--json``'s
+document).
+"""
 
 from __future__ import annotations
 
-from types import TracebackType
-from typing import Any
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import TextIO
 
-__all__ = ["StageProgress"]
+from blocklin.executors.progress import (
+    PlainProgress,
+    ProgressSink,
+    RichProgress,
+    progress_to,
+    step,
+)
+
+__all__ = ["cli_progress"]
 
 
-class StageProgress:
-    """Context manager and progress hook: one bar per stage group (tasks done/total).
+@contextmanager
+def cli_progress(label: str, quiet: bool = False,
+                 stream: TextIO | None = None) -> Iterator[ProgressSink | None]:
+    """Report every pass run inside to stderr (``stream``), under the step ``label``.
 
-    Disabled (a no-op hook) when ``enabled`` is false, e.g. when stdout is not a
-    terminal, so cron logs and ``--json`` output stay clean.
+    A bar when the stream is a terminal, plain lines otherwise; no sink with ``quiet``.
     """
-
-    def __init__(self, enabled: bool) -> None:
-        self.enabled = enabled
-        self._progress: Any = None
-        self._tasks: dict[str, Any] = {}
-
-    def __enter__(self) -> StageProgress:
-        if self.enabled:
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
-
-            self._progress = Progress(TextColumn("{task.description}"), BarColumn(),
-                                      MofNCompleteColumn(), transient=False)
-            self._progress.start()
-        return self
-
-    def __call__(self, label: str, done: int, total: int) -> None:
-        if self._progress is None:
-            return
-        task = self._tasks.get(label)
-        if task is None:
-            task = self._tasks[label] = self._progress.add_task(label[:60], total=total)
-        self._progress.update(task, completed=done, total=total)
-
-    def __exit__(self, tp: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
-        if self._progress is not None:
-            self._progress.stop()
-            self._progress = None
+    if quiet:
+        yield None
+        return
+    out = stream if stream is not None else sys.stderr
+    sink: ProgressSink = RichProgress(stream) if out.isatty() else PlainProgress(stream)
+    try:
+        with progress_to(sink), step(label):
+            yield sink
+    finally:
+        sink.close()
