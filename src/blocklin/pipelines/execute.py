@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import inspect
 import json
+import logging
 import posixpath
 import time
 from collections.abc import Mapping
@@ -19,6 +20,8 @@ import numpy as np
 
 from blocklin.executors.api import ProgressHook
 from blocklin.executors.base import RunStats
+from blocklin.executors.progress import progress_to
+from blocklin.executors.progress import step as progress_step
 from blocklin.pipelines.lock import OutputLock
 from blocklin.pipelines.manifest import (
     MANIFEST_NAME,
@@ -46,6 +49,8 @@ from blocklin.pipelines.runner import (
 
 __all__ = ["execute", "finish_run", "run_eager"]
 
+logger = logging.getLogger(__name__)
+
 
 def execute(pipe: Pipeline, opts: RunOptions, progress: ProgressHook | None) -> dict[str, Any]:
     """Run every step, store the outputs and write the manifest and report."""
@@ -53,7 +58,9 @@ def execute(pipe: Pipeline, opts: RunOptions, progress: ProgressHook | None) -> 
     out_dir = pipe.output_store()
     comp = compute_options(pipe, opts)
     check_reachable(comp)
-    with OutputLock(out_dir, opts.command):
+    _log_start(pipe, comp, plan_info)
+    # Every pass of the run reports to the hook, the eager steps' own computes included.
+    with progress_to(progress), OutputLock(out_dir, opts.command):
         area = out_dir.start_run(opts.resume, load_manifest(out_dir))
         inputs = open_inputs(pipe)
         started, t0 = utc_now(), time.perf_counter()
@@ -125,7 +132,27 @@ def run_eager(pipe: Pipeline, name: str, values: Mapping[str, Any],
               comp: Mapping[str, Any]) -> Any:
     step = pipe.step(name)
     args = {arg: values[ref] for arg, ref in step.spec.inputs.items()}
-    return step.op.build(args, step.params, BuildContext(compute=comp))
+    logger.info("step %s (%s): iterative, runs its own passes", name, step.op.name)
+    t0 = time.perf_counter()
+    with progress_step(f"step {name}"):
+        value = step.op.build(args, step.params, BuildContext(compute=comp))
+    logger.info("step %s done in %.2f s", name, time.perf_counter() - t0)
+    return value
+
+
+def _log_start(pipe: Pipeline, comp: Mapping[str, Any], plan_info: Mapping[str, Any]) -> None:
+    """INFO: where the run goes and what it runs."""
+    if not logger.isEnabledFor(logging.INFO):
+        return
+    where = comp.get("executor") or "dask"
+    if comp.get("address"):
+        where += f" at {comp['address']}"
+    lazy = [s.name for s in lazy_steps(pipe)]
+    eager = [s.name for s in pipe.steps if s.op.kind == "eager"]
+    tasks = sum(int(st.get("tasks", 0)) for st in plan_info.get("stages", []))
+    logger.info("pipeline %s on %s, work dir %s: %d steps in one plan (%d tasks)%s",
+                pipe.spec.name, where, comp.get("work_dir"), len(lazy), tasks,
+                f", then iterative steps {', '.join(eager)}" if eager else "")
 
 
 def _store_outputs(pipe: Pipeline, results: Mapping[str, Any], out_dir: OutputDir,
