@@ -162,6 +162,7 @@ def _store_outputs(pipe: Pipeline, results: Mapping[str, Any], out_dir: OutputDi
 
     record: dict[str, dict[str, Any]] = {}
     moves: list[tuple[str, str]] = []
+    matrices: dict[str, Any] = {}  # the matrix outputs' zarr.json, for xarray's group
     for name, value in results.items():
         step = pipe.step(pipe.spec.outputs[name].step)
         if isinstance(value, BlockMatrix):
@@ -178,6 +179,7 @@ def _store_outputs(pipe: Pipeline, results: Mapping[str, Any], out_dir: OutputDi
                             "chunks": list(value.chunks), "dtype": str(value.dtype),
                             "fingerprint": value.fingerprint}
             moves.append((src, dst))
+            matrices[f"{name}.zarr"] = json.loads(value.store.get("zarr.json") or b"{}")
             continue
         # A refresh hands over merged arrays; a run hands over operator results.
         arrays = dict(value) if isinstance(value, dict) else step.op.arrays(value)
@@ -207,10 +209,15 @@ def _store_outputs(pipe: Pipeline, results: Mapping[str, Any], out_dir: OutputDi
             moves.append((model_src, model_dst))
         elif out_dir.exists(model_dst):
             out_dir.delete(model_dst)  # an earlier run's model, not this output's
-    if any(r["kind"] == "matrix" for r in record.values()):
-        _make_group(out_dir, out_dir.final_path(area, "zarr.json"))
+    group = out_dir.final_path(area, "zarr.json")
+    ours = _outputs_group(out_dir, group)
+    if ours:
+        out_dir.delete(group)  # never naming outputs while they are being replaced
     for src, dst in moves:
         out_dir.publish(src, dst)
+    if matrices and ours is not False:
+        out_dir.write_bytes(group, json.dumps(_group_doc(pipe.spec.name, matrices),
+                                              sort_keys=True).encode())
     return record
 
 
@@ -254,12 +261,35 @@ def _model_of(step: Any, value: Any) -> Any:
     return restore(cls, step.params.model_dump(), {**fitted, **fixed})
 
 
-def _make_group(out_dir: OutputDir, rel: str) -> None:
-    """Make the folder of the matrix outputs a zarr group, so xarray opens them
-    (``xr.open_zarr(out_dir, consolidated=False)``)."""
-    if not out_dir.exists(rel):
-        out_dir.write_bytes(rel, json.dumps({"zarr_format": 3, "node_type": "group",
-                                             "attributes": {}}).encode())
+#: ``blocklin.kind`` of the group metadata a run writes over its matrix outputs.
+_OUTPUTS_GROUP = "pipeline outputs"
+
+
+def _outputs_group(out_dir: OutputDir, rel: str) -> bool | None:
+    """Whether ``rel`` is the outputs' group metadata a run wrote (None: there is none;
+    False: a ``zarr.json`` blocklin did not write there, left alone)."""
+    raw = out_dir.read_bytes(rel)
+    if raw is None:
+        return None
+    try:
+        doc = json.loads(raw)
+        return bool(doc["attributes"]["blocklin"]["kind"] == _OUTPUTS_GROUP)
+    except (ValueError, KeyError, TypeError):
+        return False
+
+
+def _group_doc(pipeline: str, matrices: Mapping[str, Any]) -> dict[str, Any]:
+    """zarr group metadata over the matrix outputs, their metadata consolidated in it.
+
+    xarray (``xr.open_zarr(out_dir)``) then reads the outputs from this one document
+    and never lists the folder, whose other entries (manifest, report, ``.npz``) are
+    not zarr. The outputs do not change once published (a refresh publishes new ones
+    and rewrites this), so the consolidated copy cannot go stale.
+    """
+    return {"zarr_format": 3, "node_type": "group",
+            "attributes": {"blocklin": {"kind": _OUTPUTS_GROUP, "pipeline": pipeline}},
+            "consolidated_metadata": {"kind": "inline", "must_understand": False,
+                                      "metadata": dict(matrices)}}
 
 
 def finish_run(pipe: Pipeline, inputs: Mapping[str, Any], results: Mapping[str, Any],
