@@ -2,7 +2,9 @@
 
 Before it reads a completion record, a compute takes a lease
 (:class:`blocklin.storage.leases.Lease`) on the work-directory arrays its plan writes
-or reads, so neither ``blocklin gc`` nor another compute removes them under it. Once
+or reads, so neither ``blocklin gc`` nor another compute removes them under it (and
+waits while another live compute writes one of the arrays it writes: the same
+content-named array is written by one compute at a time). Once
 its results are sealed and the small ones read back, it removes the arrays it
 produced (those no other live lease names: plans share arrays by content name),
 except:
@@ -144,7 +146,7 @@ class ComputeIntermediates:
         #: Matrix results living in the work directory: the caller holds them.
         self.results = {node.name for node, kind in results
                         if kind == "matrix" and node.out_url is None and node.url is None}
-        self.lease = Lease(work_dir, [*self.produced, *read], command="compute")
+        self.lease = Lease(work_dir, read, command="compute", writes=self.produced)
         self.sealed = False
         self.removed: list[str] = []
 

@@ -40,7 +40,9 @@ class Lazy:
         return np.dtype(self.output.dtype)
 
     def explain(self, max_task_memory: int | str | None = None) -> PlanReport:
-        """Stages, tasks, passes over each input, projected per-task memory, bytes moved.
+        """Stages, tasks, passes over each input, projected per-task memory, bytes moved,
+        and the intermediate arrays the compute writes in the work directory (and
+        removes once it succeeds).
 
         Raises
         ------
@@ -50,7 +52,7 @@ class Lazy:
         from blocklin.config import default_max_task_memory, parse_memory
 
         limit = parse_memory(max_task_memory) if max_task_memory else default_max_task_memory()
-        return finalize(self.plan, limit).report()
+        return finalize(self.plan, limit).report(results=[self.output])
 
     def compute(self, **kwargs: Any) -> Any:
         """Run the plan (see :func:`blocklin.compute` for the options) and return the value."""

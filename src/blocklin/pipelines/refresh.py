@@ -62,6 +62,7 @@ from blocklin.pipelines.execute import (
     refresh_state,
     state_path,
 )
+from blocklin.pipelines.gc import run_lifecycle
 from blocklin.pipelines.ingest import ingest
 from blocklin.pipelines.lock import OutputLock
 from blocklin.pipelines.manifest import load_manifest, load_small, utc_now
@@ -201,7 +202,8 @@ def refresh_pipeline(pipe: Pipeline, batch_src: str, opts: RunOptions | None = N
             return {"ok": True, "skipped": True, "batch": batch.fingerprint,
                     "message": f"batch {batch.fingerprint} already applied; nothing to do"}
         _check_labels_caught_up(pipe, inputs)
-        return _update(pipe, inputs, manifest, pending, opts, progress)
+        with run_lifecycle(pipe, opts):  # a successful refresh removes what it left
+            return _update(pipe, inputs, manifest, pending, opts, progress)
 
 
 def _append_all(pipe: Pipeline, inputs: Mapping[str, BlockMatrix], batch: StagedBatch,

@@ -111,6 +111,8 @@ class RunOptions:
     num_workers: int | None = None
     max_task_memory: int | str | None = None
     resume: bool = False
+    #: Keep the work directory's intermediates after a successful run (see pipelines.gc).
+    keep_intermediates: bool = False
     command: str = "blocklin run"
     extra: Mapping[str, Any] = field(default_factory=dict)
     #: ``--storage-option`` values: fsspec options for every URL location of the run
@@ -392,6 +394,7 @@ def explain_pipeline(pipe: Pipeline, opts: RunOptions | None = None) -> dict[str
         report = finalize(Plan().merge(*(v.plan for v in lazies)), limit).report()
     except PlanMemoryError as exc:
         raise pipe.error("resources.max_task_memory", str(exc)) from None
+    keep = opts.keep_intermediates or spec_keeps(pipe)
     return {
         "pipeline": pipe.spec.name,
         "executor": {k: comp[k] for k in ("executor", "address", "work_dir")},
@@ -401,6 +404,10 @@ def explain_pipeline(pipe: Pipeline, opts: RunOptions | None = None) -> dict[str
         "max_task_memory": report.max_task_memory,
         "projected_task_memory": max((r[2] for r in report.rows), default=0),
         "eager_steps": [s.name for s in pipe.steps if s.op.kind == "eager"],
+        # What the run leaves in the work dir: the plan's intermediates (the iterative
+        # steps' own come and go pass by pass), removed once it succeeds unless kept.
+        "intermediates": {"arrays": report.intermediates, "bytes": report.intermediate_bytes,
+                          "removed_at_end": not keep},
         "text": str(report),
     }
 
@@ -417,9 +424,16 @@ def run_pipeline(pipe: Pipeline, opts: RunOptions | None = None,
         If another run holds the output directory.
     """
     from blocklin.pipelines.execute import execute
+    from blocklin.pipelines.gc import run_lifecycle
 
     opts = opts or RunOptions()
-    return execute(pipe, opts, progress)
+    with run_lifecycle(pipe, opts):  # a successful run removes what its computes left
+        return execute(pipe, opts, progress)
+
+
+def spec_keeps(pipe: Pipeline) -> bool:
+    """Whether the spec asks to keep intermediates (``executor.keep_intermediates``)."""
+    return bool(pipe.spec.executor.keep_intermediates)
 
 
 def spec_digest(source: str) -> str:

@@ -127,6 +127,9 @@ class ExecutorSpec(_Model):
     work_dir_storage_options: dict[str, JsonValue] = Field(default_factory=dict, repr=False,
                                                            description=_STORAGE_OPTIONS_HELP)
     num_workers: int | None = Field(default=None, ge=1, description="local scheduler threads")
+    keep_intermediates: bool = Field(default=False, description="keep the work directory's "
+                                     "intermediate arrays after a successful run (a failed "
+                                     "run always keeps them for --resume)")
     connect_timeout: float | None = Field(default=None, gt=0,
                                           description="seconds to wait for the dask scheduler")
     worker_timeout: float | None = Field(default=None, gt=0, description="seconds to wait for "

@@ -8,7 +8,7 @@ its blocks once and runs every member's kernel on them.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Hashable
+from collections.abc import Hashable, Sequence
 from dataclasses import dataclass, field
 
 from blocklin.errors import PlanMemoryError, format_bytes
@@ -43,21 +43,32 @@ class FinalPlan:
     groups: tuple[StageGroup, ...]
     max_task_memory: int
 
-    def report(self) -> PlanReport:
-        return PlanReport.build(self)
+    def report(self, results: Sequence[ArrayNode] = ()) -> PlanReport:
+        """What ``explain()`` shows; ``results`` are the arrays the compute returns."""
+        return PlanReport.build(self, results)
 
 
 @dataclass(frozen=True)
 class PlanReport:
-    """What ``explain()`` shows: stages, tasks, passes, projected memory, bytes moved."""
+    """What ``explain()`` shows: stages, tasks, passes, projected memory, bytes moved,
+    and what the run keeps in the work directory.
+
+    ``intermediates`` and ``intermediate_bytes`` count the arrays the plan writes in
+    the work directory that a successful compute removes (uncompressed chunk bytes: an
+    upper bound); ``kept_bytes`` those that stay there, matrix results returned
+    without ``out=``.
+    """
 
     rows: tuple[tuple[str, int, int, int, int], ...]  # label, tasks, memory, read, written
     passes: dict[str, float] = field(default_factory=dict)
     inputs: dict[str, str] = field(default_factory=dict)
     max_task_memory: int = 0
+    intermediates: int = 0
+    intermediate_bytes: int = 0
+    kept_bytes: int = 0
 
     @classmethod
-    def build(cls, final: FinalPlan) -> PlanReport:
+    def build(cls, final: FinalPlan, results: Sequence[ArrayNode] = ()) -> PlanReport:
         reads: Counter[str] = Counter()
         nodes: dict[str, ArrayNode] = {}
         rows = []
@@ -82,7 +93,13 @@ class PlanReport:
                 nblocks *= n
             passes[name] = count / max(1, nblocks)
             labels[name] = node.url or node.out_url or f"(intermediate {name})"
-        return cls(tuple(rows), passes, labels, final.max_task_memory)
+        work = [m.output for g in final.groups for m in g.members if m.output.out_url is None]
+        stays = {r.name for r in results if r.out_url is None and r.url is None
+                 and len(r.shape) == 2}
+        gone = [a for a in work if a.name not in stays]
+        return cls(tuple(rows), passes, labels, final.max_task_memory, len(gone),
+                   sum(_written_bytes(a) for a in gone),
+                   sum(_written_bytes(a) for a in work if a.name in stays))
 
     def source_passes(self) -> dict[str, float]:
         """Passes over each stored input array (by URL)."""
@@ -100,9 +117,25 @@ class PlanReport:
         lines.append("passes over inputs:")
         for url, p in self.source_passes().items():
             lines.append(f"  {url}: {p:g}")
+        if self.intermediates:
+            lines.append(f"work dir: {self.intermediates} intermediate arrays, up to "
+                         f"{format_bytes(self.intermediate_bytes)}, removed once the compute "
+                         "succeeds (kept after a failure, for resume=True; "
+                         "keep_intermediates=True keeps them)")
+        if self.kept_bytes:
+            lines.append(f"work dir: the result ({format_bytes(self.kept_bytes)}) stays there "
+                         "(give out= to write it elsewhere)")
         return "\n".join(lines)
 
     __repr__ = __str__
+
+
+def _written_bytes(node: ArrayNode) -> int:
+    """Bytes a produced array takes at most: every chunk, padded, uncompressed."""
+    nblocks = 1
+    for n in node.grid:
+        nblocks *= n
+    return nblocks * node.chunk_nbytes
 
 
 def _stored_block_bytes(node: ArrayNode) -> int:

@@ -49,6 +49,8 @@ __all__ = ["SCRATCH_PREFIXES", "Entry", "GcReport", "collect_garbage", "format_a
 #: Name prefixes of estimators' scratch folders in a work directory.
 SCRATCH_PREFIXES = ("input-", "truncated-svd-")
 _CONTENT_NAME = re.compile(r"^a-[0-9a-f]{20}$")
+#: Files only a pipeline's output directory holds (its manifest, its lock).
+_OUTPUT_DIR_MARKS = ("manifest.json", ".blocklin.lock")
 
 
 @dataclass(frozen=True)
@@ -241,6 +243,10 @@ def scan_work_dir(work_dir: str) -> list[Entry]:
     names = [n for n in names_under(store, "") if n not in ("zarr.json", ".blocklin")]
     if not names and not names_under(store, ".blocklin"):
         return []
+    if any(n in _OUTPUT_DIR_MARKS for n in names):
+        raise InputValueError(f"{work_dir} is a pipeline's output directory, not a work "
+                              "directory: `blocklin gc` on it frees its .work and old runs "
+                              "(blocklin.pipelines.gc), never its outputs")
     if not is_work_dir(store):
         raise InputValueError(f"{work_dir} is not a blocklin work directory (no zarr group "
                               "metadata or .blocklin folder at its root); gc touches nothing "

@@ -23,6 +23,10 @@ The lock
     on back ends without conditional writes), taken over when its holder on this host
     is gone or it is older than :data:`LOCK_TTL` seconds.
 
+A lease also says which entries its holder *writes*: a compute writing an array (its
+plan's intermediates) waits until no other live lease writes it, since a run that
+starts clears the records of the arrays it writes.
+
 Taking a lease on a directory that does not exist creates it; releasing the lease
 removes the folders it created when nothing else was written in them, so a compute
 refused before it runs leaves nothing behind.
@@ -31,6 +35,7 @@ refused before it runs leaves nothing behind.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import socket
 import threading
@@ -47,6 +52,8 @@ from blocklin.storage.stores import FsspecStore, LocalStore, Store, store_for
 
 __all__ = ["LEASES", "LEASE_RENEW", "LEASE_TTL", "LOCK_KEY", "LOCK_TTL", "Lease", "LeaseInfo",
            "leased_names", "read_leases", "remove_unused", "work_lock"]
+
+logger = logging.getLogger(__name__)
 
 #: Folder of the lease files, relative to the work directory.
 LEASES = ".blocklin/leases"
@@ -74,23 +81,27 @@ class LeaseInfo:
     renewed: float
     command: str
     names: tuple[str, ...]
+    #: The names among ``names`` the holder writes: one writer at a time per array.
+    writes: tuple[str, ...] = ()
 
     def to_json(self) -> bytes:
         return json.dumps({"token": self.token, "pid": self.pid, "host": self.host,
                            "started": self.started, "renewed": self.renewed,
-                           "command": self.command, "names": list(self.names)}).encode()
+                           "command": self.command, "names": list(self.names),
+                           "writes": list(self.writes)}).encode()
 
     @classmethod
     def parse(cls, data: bytes | None) -> LeaseInfo | None:
         """The lease in ``data``; None when it cannot be parsed."""
         try:
             doc = json.loads(data or b"null")
-            names = doc["names"]
-            if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+            names, writes = doc["names"], doc.get("writes", [])
+            if not all(isinstance(v, list) and all(isinstance(n, str) for n in v)
+                       for v in (names, writes)):
                 return None
             return cls(str(doc["token"]), int(doc["pid"]), str(doc["host"]),
                        float(doc["started"]), float(doc["renewed"]), str(doc.get("command", "")),
-                       tuple(names))
+                       tuple(names), tuple(writes))
         except (ValueError, KeyError, TypeError):
             return None
 
@@ -315,12 +326,19 @@ class Lease:
         Top-level entries the holder uses (array names, scratch folders).
     command : str
         What holds it, for ``blocklin gc``'s report.
+    writes : iterable of str, optional
+        The entries among ``names`` the holder writes. Taking the lease waits while
+        another live lease writes one of them: two computes writing the same
+        content-named array (the same plan, or plans sharing stages) take turns, as
+        the later one's reset would otherwise clear the earlier one's records.
     """
 
-    def __init__(self, work_dir: str, names: Iterable[str], command: str = "compute") -> None:
+    def __init__(self, work_dir: str, names: Iterable[str], command: str = "compute",
+                 writes: Iterable[str] = ()) -> None:
         self.work_dir = work_dir
         self.store = store_for(work_dir)
-        self.names = tuple(sorted(set(names)))
+        self.writes = tuple(sorted(set(writes)))
+        self.names = tuple(sorted(set(names) | set(self.writes)))
         self.command = command
         self.token = uuid.uuid4().hex
         self.key = f"{LEASES}/{self.token}.json"
@@ -332,7 +350,7 @@ class Lease:
 
     def _info(self) -> LeaseInfo:
         return LeaseInfo(self.token, os.getpid(), socket.gethostname(), self.started,
-                         time.time(), self.command, self.names)
+                         time.time(), self.command, self.names, self.writes)
 
     def acquire(self) -> None:
         """Write the lease (holding the work directory's lock) and start renewing it."""
@@ -340,8 +358,7 @@ class Lease:
             self._created = _make_dirs(self.store.root)
         self.started = time.time()
         try:
-            with work_lock(self.work_dir):
-                self.store.put(self.key, self._info().to_json())
+            self._write_when_free()
         except BaseException:
             _remove_empty(self._created)
             raise
@@ -349,6 +366,32 @@ class Lease:
         self._renewer = threading.Thread(target=self._renew, daemon=True,
                                          name=f"blocklin-lease-{self.token[:8]}")
         self._renewer.start()
+
+    def _write_when_free(self) -> None:
+        """Write the lease once no other live lease writes what this one writes."""
+        delay, told = 0.01, False
+        while True:
+            with work_lock(self.work_dir):
+                busy = self._writer() if self.writes else None
+                if busy is None:
+                    self.store.put(self.key, self._info().to_json())
+                    return
+            if not told:
+                logger.info("waiting for %s, which writes the same arrays in %s", busy.describe(),
+                            self.work_dir)
+                told = True
+            time.sleep(delay)
+            delay = min(2 * delay, 0.5)
+
+    def _writer(self) -> LeaseInfo | None:
+        """Another live lease writing one of this lease's writes, if any."""
+        mine = set(self.writes)
+        now = time.time()
+        for _, info in read_leases(self.work_dir):
+            if (info is not None and info.token != self.token and mine.intersection(info.writes)
+                    and info.alive(now)):
+                return info
+        return None
 
     def _renew(self) -> None:
         while not self._stop.wait(LEASE_RENEW):
