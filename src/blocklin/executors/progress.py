@@ -280,8 +280,8 @@ def _summary(name: str, start: PassStart, end: PassEnd) -> str:
         return f"{name} failed after {end.seconds:.2f} s"
     skipped = f" ({end.tasks_skipped} skipped)" if end.tasks_skipped else ""
     stages = len(start.stages)
-    return (f"{name}: {end.tasks_run} tasks{skipped} in {stages} stage"
-            f"{'s' if stages != 1 else ''}, {end.seconds:.2f} s")
+    return (f"{name}: {end.tasks_run} task{'s' if end.tasks_run != 1 else ''}{skipped} in "
+            f"{stages} stage{'s' if stages != 1 else ''}, {end.seconds:.2f} s")
 
 
 class PlainProgress:

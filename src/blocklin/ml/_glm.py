@@ -12,6 +12,8 @@ import scipy.linalg
 
 from blocklin.config import default_work_dir
 from blocklin.errors import InputDtypeError, InputValueError, NonFiniteError, ShapeMismatchError
+from blocklin.executors.progress import local_pass
+from blocklin.executors.progress import step as progress_step
 from blocklin.ml._solvers import TrainData, lbfgs, min_norm, owlqn
 from blocklin.ml._validation import (
     _is_dask,
@@ -241,8 +243,9 @@ def iterative_fit(est: Any, data: TrainData, family: str, solver: str, k: int) -
     """
     p = data.n_features
     fi = bool(est.fit_intercept)
-    mom = Moments.from_packed(data.run(moments_spec(p, 1, data.has_weights,
-                                                    data.x_col_blocks, False)), p + 1)
+    with progress_step("column moments"):
+        mom = Moments.from_packed(data.run(moments_spec(p, 1, data.has_weights,
+                                                        data.x_col_blocks, False)), p + 1)
     sd = mom.std()
     sx = sd[:p]
     l1, l2 = penalties(est, sx, float(sd[p]), abs(float(mom.mean[p])))
@@ -258,9 +261,14 @@ def iterative_fit(est: Any, data: TrainData, family: str, solver: str, k: int) -
         c[:p] *= scale[:, None]
         return c
 
+    evaluations = [0]
+
     def fun(theta: np.ndarray) -> tuple[float, np.ndarray]:
         c = to_coef(theta)
-        packed = data.run(loss_grad_spec(family, c, fi, data.has_weights, data.x_col_blocks))
+        evaluations[0] += 1
+        with progress_step(f"{solver} evaluation {evaluations[0]}"):
+            packed = data.run(loss_grad_spec(family, c, fi, data.has_weights,
+                                             data.x_col_blocks))
         loss, W, g = unpack_grad(packed, shape)
         f = loss / W + 0.5 * float(np.sum(l2[:, None] * c[:p] ** 2))
         g = g / W
@@ -466,11 +474,12 @@ def _sketch_centered(data: TrainData, mu: np.ndarray, k: int, seed: int = 0) -> 
     step = max(1, 2**22 // k)
     out = np.zeros((k, mu.shape[0]))
     data.passes += 1
-    for i, start in enumerate(range(0, n, step)):
-        rng = np.random.default_rng([seed, i])
-        block = x[start:start + step]
-        block = np.asarray(block.toarray() if hasattr(block, "toarray") else block) - mu
-        out += rng.standard_normal((k, block.shape[0])) @ block / np.sqrt(k)
+    with local_pass("sketch"):
+        for i, start in enumerate(range(0, n, step)):
+            rng = np.random.default_rng([seed, i])
+            block = x[start:start + step]
+            block = np.asarray(block.toarray() if hasattr(block, "toarray") else block) - mu
+            out += rng.standard_normal((k, block.shape[0])) @ block / np.sqrt(k)
     return out
 
 
@@ -539,19 +548,22 @@ def sketch_solve(est: Any, data: TrainData) -> SketchResult:
     """
     p = data.n_features
     fi = bool(est.fit_intercept)
-    mom = Moments.from_packed(data.run(moments_spec(p, 1, data.has_weights, data.x_col_blocks,
-                                                    False)), p + 1)
+    with progress_step("column moments"):
+        mom = Moments.from_packed(data.run(moments_spec(p, 1, data.has_weights,
+                                                        data.x_col_blocks, False)), p + 1)
     sd = mom.std()
     _, l2 = penalties(est, sd[:p], float(sd[p]), abs(float(mom.mean[p])))
     mu = mom.mean[:p] if fi else np.zeros(p)
     ybar = float(mom.mean[p]) if fi else 0.0
     W = mom.W
     k = int(min(max(4 * p, p + 10), max(data.n_rows, p + 1)))
-    SA = _sketch_centered(data, mu, k)
+    with progress_step("sketch"):
+        SA = _sketch_centered(data, mu, k)
     drop = (sd[:p] <= _CONST_TOL * np.abs(mu)) if fi else np.zeros(p, dtype=bool)
     pen = np.sqrt(W * l2)
     P, keep = _preconditioner(SA, np.sqrt(W / data.n_rows), pen, drop)
     muk = mu[keep]
+    products = [0]
 
     def product(z: np.ndarray, c: float) -> tuple[float, np.ndarray]:
         """One pass: (tᵀt, Aᵀt) for t = A·z − c·ỹ over the kept columns."""
@@ -559,7 +571,11 @@ def sketch_solve(est: Any, data: TrainData) -> SketchResult:
         coef[:p][keep] = z
         if fi:
             coef[p] = c * ybar - muk @ z
-        out = data.run(lsqr_spec(coef, c, fi, data.has_weights, data.x_col_blocks)).reshape(-1)
+        label = f"LSQR iteration {products[0]}" if products[0] else "LSQR start"
+        products[0] += 1
+        with progress_step(label):
+            out = data.run(lsqr_spec(coef, c, fi, data.has_weights,
+                                     data.x_col_blocks)).reshape(-1)
         g = out[1:p + 1][keep]
         if fi:
             g = g - muk * out[p + 1]

@@ -29,6 +29,7 @@ import scipy.optimize
 
 from blocklin.errors import InputValueError, NonFiniteError, ShapeMismatchError
 from blocklin.executors.lazy import Lazy
+from blocklin.executors.progress import local_pass
 from blocklin.ml._validation import _is_dask, is_stored, stored_matrix
 from blocklin.ops.glm import PassSpec, build_pass, run_local
 from blocklin.storage.finite import all_finite
@@ -342,7 +343,8 @@ class TrainData:
         """
         assert self.local is not None
         x, y, w = self.local
-        out = run_local(spec, x, y, w, self.chunk_rows)
+        with local_pass(spec.op):  # one "task": the in-memory pass, for progress
+            out = run_local(spec, x, y, w, self.chunk_rows)
         if not all_finite(out):
             raise NonFiniteError(f"the {spec.op} pass result", detail=(
                 "computed from finite in-memory X, y and sample weights: the arithmetic "

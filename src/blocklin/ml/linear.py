@@ -12,6 +12,7 @@ from sklearn.base import BaseEstimator, RegressorMixin
 from sklearn.utils.validation import check_is_fitted
 
 from blocklin.errors import InputValueError
+from blocklin.executors.progress import step as progress_step
 from blocklin.ml._glm import (
     Moments,
     check_common_params,
@@ -25,6 +26,7 @@ from blocklin.ml._glm import (
     qr_solve,
     sketch_solve,
 )
+from blocklin.ml._progress import reports
 from blocklin.ml._solvers import (
     QuadSolution,
     TrainData,
@@ -187,6 +189,13 @@ class LinearRegression(SaveMixin, RegressorMixin, BaseEstimator):  # type: ignor
         fsspec options (credentials, ``endpoint_url``...) for ``state_path`` and
         ``work_dir`` when they are URLs; never written or printed (``repr`` names the
         keys only).
+    progress : bool, callable or ProgressSink
+        Report every pass over the data, as scikit-learn's ``verbose`` (off by default):
+        ``True`` prints each pass on stderr (a bar on a terminal, plain lines otherwise),
+        labelled by method and step (``LinearRegression.fit · lbfgs evaluation 7 · pass 8``); a callable
+        ``progress(stage, done, total)`` or a sink receives them instead (see
+        :mod:`blocklin.executors.progress`). With False an enclosing
+        ``progress_to`` block (the CLI's) still hears them.
 
     Attributes
     ----------
@@ -227,7 +236,8 @@ class LinearRegression(SaveMixin, RegressorMixin, BaseEstimator):  # type: ignor
                  label_scaling: LabelScaling = "none", state_path: str | None = None,
                  executor: Any = "dask", work_dir: str | None = None,
                  compute_options: dict[str, Any] | None = None,
-                 storage_options: Mapping[str, Any] | None = None) -> None:
+                 storage_options: Mapping[str, Any] | None = None,
+                 progress: Any = False) -> None:
         self.fit_intercept = fit_intercept
         self.reg_param = reg_param
         self.elastic_net_param = elastic_net_param
@@ -243,8 +253,10 @@ class LinearRegression(SaveMixin, RegressorMixin, BaseEstimator):  # type: ignor
         # Wrapped so the estimator's repr names the option keys, never their values
         # (anything else is kept as given and refused when used: __init__ never raises).
         self.storage_options = hide_options(storage_options)
+        self.progress = progress
 
     # ------------------------------------------------------------------ public API
+    @reports("fit")
     def fit(self, X: Any, y: Any, sample_weight: Any = None) -> LinearRegression:
         """Fit on X (numpy, scipy sparse, dask, BlockMatrix or zarr path) and labels y.
 
@@ -267,6 +279,7 @@ class LinearRegression(SaveMixin, RegressorMixin, BaseEstimator):  # type: ignor
         self._summary: LinearRegressionSummary | None = None
         return self
 
+    @reports("partial_fit")
     def partial_fit(self, X: Any, y: Any, sample_weight: Any = None) -> LinearRegression:
         """Update an OLS/ridge fit with new rows, reading only those rows (one pass).
 
@@ -301,6 +314,7 @@ class LinearRegression(SaveMixin, RegressorMixin, BaseEstimator):  # type: ignor
         self._summary = None
         return self
 
+    @reports("predict")
     def predict(self, X: Any) -> np.ndarray:
         """Predictions Xβ + b (an n-vector; one pass over stored X)."""
         check_is_fitted(self, "coef_")
@@ -308,6 +322,7 @@ class LinearRegression(SaveMixin, RegressorMixin, BaseEstimator):  # type: ignor
         return predict_margin(Xv, self.coef_[:, None], self.intercept_, self)[:, 0]
 
     @property
+    @reports("summary")
     def summary(self) -> LinearRegressionSummary:
         """Training summary (one more pass over the training data, on first access)."""
         check_is_fitted(self, "coef_")
@@ -346,7 +361,8 @@ class LinearRegression(SaveMixin, RegressorMixin, BaseEstimator):  # type: ignor
             fit = self._fit_qr(data, spec)
             return fit, self._qr_stats
         if solver == "normal":
-            stats = data.run(moments_spec(p, 1, data.has_weights, data.x_col_blocks, True))
+            with progress_step("normal equations"):
+                stats = data.run(moments_spec(p, 1, data.has_weights, data.x_col_blocks, True))
             fit = self._solve_stats(stats, "normal", coordinate=l1)
             if auto and fit.rcond < AUTO_QR_RCOND:
                 mom = Moments.from_packed(stats, p + 1)
@@ -412,7 +428,8 @@ class LinearRegression(SaveMixin, RegressorMixin, BaseEstimator):  # type: ignor
             specs.append(extra)
         elif need_std and mom is None:
             specs.append(moments_spec(p, 1, data.has_weights, data.x_col_blocks, False))
-        out = data.run_many(specs)
+        with progress_step("TSQR"):
+            out = data.run_many(specs)
         R, gram, serves = unpack_qr(out[0])
         if len(out) > 1:
             mom = Moments.from_packed(out[1], p + 1)
@@ -528,14 +545,15 @@ class LinearRegression(SaveMixin, RegressorMixin, BaseEstimator):  # type: ignor
         precision (``refine_spec``) or the BLAS loss/gradient kernel.
         """
         p = l2.shape[0]
-        if extended:
-            sse, g = unpack_refine(data.run(refine_spec(beta, self.fit_intercept,
-                                                        data.has_weights, data.x_col_blocks)))
-        else:
-            loss, _, grad = unpack_grad(data.run(loss_grad_spec(
-                "squared", beta[:, None], self.fit_intercept, data.has_weights,
-                data.x_col_blocks)), (beta.size, 1))
-            sse, g = 2.0 * loss, -grad[:, 0]
+        with progress_step("refinement"):
+            if extended:
+                sse, g = unpack_refine(data.run(refine_spec(
+                    beta, self.fit_intercept, data.has_weights, data.x_col_blocks)))
+            else:
+                loss, _, grad = unpack_grad(data.run(loss_grad_spec(
+                    "squared", beta[:, None], self.fit_intercept, data.has_weights,
+                    data.x_col_blocks)), (beta.size, 1))
+                sse, g = 2.0 * loss, -grad[:, 0]
         g[:p] -= W * l2 * beta[:p]
         obj = 0.5 * sse / W + 0.5 * float(l2 @ beta[:p] ** 2)
         delta = solve(g) if np.all(np.isfinite(g)) else None

@@ -11,6 +11,7 @@ from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted
 
 from blocklin.errors import InputValueError
+from blocklin.executors.progress import step as progress_step
 from blocklin.ml._glm import (
     Moments,
     check_common_params,
@@ -20,6 +21,7 @@ from blocklin.ml._glm import (
     penalties,
     predict_margin,
 )
+from blocklin.ml._progress import reports
 from blocklin.ml._solvers import TrainData, coordinate_descent, solve_quadratic, training_data
 from blocklin.ml._summary import LogisticRegressionSummary, logistic_summary
 from blocklin.ml._validation import is_stored, open_stored
@@ -73,6 +75,13 @@ class LogisticRegression(SaveMixin, ClassifierMixin, BaseEstimator):  # type: ig
     executor, work_dir, compute_options
         As :class:`blocklin.ml.LinearRegression`; every solver here keeps the decoded
         blocks in worker memory between its passes (``cache_bytes``, default ``"auto"``).
+    progress : bool, callable or ProgressSink
+        Report every pass over the data, as scikit-learn's ``verbose`` (off by default):
+        ``True`` prints each pass on stderr (a bar on a terminal, plain lines otherwise),
+        labelled by method and step (``LogisticRegression.fit · newton iteration 3 · pass 3``); a callable
+        ``progress(stage, done, total)`` or a sink receives them instead (see
+        :mod:`blocklin.executors.progress`). With False an enclosing
+        ``progress_to`` block (the CLI's) still hears them.
 
     Attributes
     ----------
@@ -94,7 +103,7 @@ class LogisticRegression(SaveMixin, ClassifierMixin, BaseEstimator):  # type: ig
                  solver: LogisticSolver = "auto", max_iter: int = 100, tol: float = 1e-6,
                  family: LogisticFamily = "auto", executor: Any = "dask",
                  work_dir: str | None = None,
-                 compute_options: dict[str, Any] | None = None) -> None:
+                 compute_options: dict[str, Any] | None = None, progress: Any = False) -> None:
         self.fit_intercept = fit_intercept
         self.reg_param = reg_param
         self.elastic_net_param = elastic_net_param
@@ -106,7 +115,9 @@ class LogisticRegression(SaveMixin, ClassifierMixin, BaseEstimator):  # type: ig
         self.executor = executor
         self.work_dir = work_dir
         self.compute_options = compute_options
+        self.progress = progress
 
+    @reports("fit")
     def fit(self, X: Any, y: Any, sample_weight: Any = None) -> LogisticRegression:
         """Fit on X (numpy, scipy sparse, dask, BlockMatrix or zarr path) and class labels y."""
         check_common_params(self)
@@ -201,16 +212,17 @@ class LogisticRegression(SaveMixin, ClassifierMixin, BaseEstimator):  # type: ig
         H_keep: np.ndarray | None = None  # a Hessian reused by gradient-only passes
         family = "binomial" if k == 1 else "multinomial"
         for _ in range(max(int(self.max_iter), 1)):
-            if H_keep is None:
-                out = data.run(newton_spec(beta.reshape(size, k), fi, data.has_weights,
-                                           data.x_col_blocks, p))
-                W = out[0, 1]
-                loss, grad = out[0, 0], out[1, :q]
-            else:
-                loss, W, gm = unpack_grad(data.run(loss_grad_spec(
-                    family, beta.reshape(size, k), fi, data.has_weights, data.x_col_blocks)),
-                    (size, k))
-                grad = gm.ravel()
+            with progress_step(f"newton iteration {iters + 1}"):
+                if H_keep is None:
+                    out = data.run(newton_spec(beta.reshape(size, k), fi, data.has_weights,
+                                               data.x_col_blocks, p))
+                    W = out[0, 1]
+                    loss, grad = out[0, 0], out[1, :q]
+                else:
+                    loss, W, gm = unpack_grad(data.run(loss_grad_spec(
+                        family, beta.reshape(size, k), fi, data.has_weights,
+                        data.x_col_blocks)), (size, k))
+                    grad = gm.ravel()
             F = loss / W + 0.5 * float(l2 @ beta**2) + float(l1 @ np.abs(beta))
             if prev is not None and prev[1] + 1e-12 * max(abs(prev[1]), 1.0) < F:
                 # Step too long: back off (a fresh Hessian if the reused one misled).
@@ -245,6 +257,7 @@ class LogisticRegression(SaveMixin, ClassifierMixin, BaseEstimator):  # type: ig
         return tags
 
     # ------------------------------------------------------------------ prediction
+    @reports("predict")
     def decision_function(self, X: Any) -> np.ndarray:
         """Margins Xβ + b: shape (n,) for binomial, (n, n_classes) for multinomial."""
         check_is_fitted(self, "coef_")
@@ -272,6 +285,7 @@ class LogisticRegression(SaveMixin, ClassifierMixin, BaseEstimator):  # type: ig
         return out
 
     @property
+    @reports("summary")
     def summary(self) -> LogisticRegressionSummary:
         """Objective history, accuracy, log-loss and (binomial) AUC; one pass on first access."""
         check_is_fitted(self, "coef_")

@@ -17,6 +17,7 @@ from blocklin.config import default_work_dir
 from blocklin.errors import InputDtypeError, InputValueError
 from blocklin.executors.api import compute
 from blocklin.executors.base import RunStats
+from blocklin.ml._progress import reports
 from blocklin.ml._validation import is_stored, stored_matrix, validate_features
 from blocklin.ml.persist import SaveMixin
 from blocklin.ops._svd_rows import GRAM_MAX_COLUMNS, gram_step
@@ -72,6 +73,13 @@ class TruncatedSVD(SaveMixin, ClassNamePrefixFeaturesOutMixin, TransformerMixin,
     storage_options : dict, optional
         fsspec options (credentials, ``endpoint_url``...) for ``state_path`` when it
         is a URL; never written or printed (``repr`` names the keys only).
+    progress : bool, callable or ProgressSink
+        Report every pass over the data, as scikit-learn's ``verbose`` (off by default):
+        ``True`` prints each pass on stderr (a bar on a terminal, plain lines otherwise),
+        labelled by method and step (``TruncatedSVD.fit · power iteration 2/3 · pass 2``); a callable
+        ``progress(stage, done, total)`` or a sink receives them instead (see
+        :mod:`blocklin.executors.progress`). With False an enclosing
+        ``progress_to`` block (the CLI's) still hears them.
 
     Attributes
     ----------
@@ -100,7 +108,8 @@ class TruncatedSVD(SaveMixin, ClassNamePrefixFeaturesOutMixin, TransformerMixin,
     def __init__(self, n_components: int = 2, *, oversample: int = 10, n_iter: int = 2,
                  random_state: Any = 0, method: str = "power", executor: str = "dask",
                  work_dir: str | None = None, state_path: str | None = None,
-                 storage_options: Mapping[str, Any] | None = None) -> None:
+                 storage_options: Mapping[str, Any] | None = None,
+                 progress: Any = False) -> None:
         self.n_components = n_components
         self.oversample = oversample
         self.n_iter = n_iter
@@ -112,17 +121,20 @@ class TruncatedSVD(SaveMixin, ClassNamePrefixFeaturesOutMixin, TransformerMixin,
         # Wrapped so the estimator's repr names the option keys, never their values
         # (anything else is kept as given and refused when used: __init__ never raises).
         self.storage_options = hide_options(storage_options)
+        self.progress = progress
 
     def _register_state(self) -> None:
         if self.state_path is not None and self.storage_options:
             register_storage_options(str(self.state_path), self.storage_options)
 
     # -- fitting -----------------------------------------------------------------------
+    @reports("fit")
     def fit(self, X: Any, y: Any = None) -> TruncatedSVD:
         """Fit on X (numpy, scipy.sparse, dask, BlockMatrix or zarr path); returns self."""
         self._fit(X)
         return self
 
+    @reports("fit_transform")
     def fit_transform(self, X: Any, y: Any = None, **fit_params: Any) -> Any:
         """Fit, then project X onto the components (one more pass for stored X)."""
         Xv = self._fit(X)
@@ -209,6 +221,7 @@ class TruncatedSVD(SaveMixin, ClassNamePrefixFeaturesOutMixin, TransformerMixin,
         base.mkdir(parents=True, exist_ok=True)
         return tempfile.TemporaryDirectory(prefix="truncated-svd-", dir=base)
 
+    @reports("partial_fit")
     def partial_fit(self, X: Any, y: Any = None) -> TruncatedSVD:
         """Update the fit with appended rows X (fits from scratch when not yet fitted).
 
@@ -308,6 +321,7 @@ class TruncatedSVD(SaveMixin, ClassNamePrefixFeaturesOutMixin, TransformerMixin,
         self._set_stats(total, mean, m2)
 
     # -- projecting --------------------------------------------------------------------
+    @reports("transform")
     def transform(self, X: Any) -> Any:
         """Project X onto the components: ``X @ components_.T`` (n_samples × k)."""
         check_is_fitted(self)
