@@ -29,6 +29,7 @@ refused: appends are short, and both refreshes must land.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import socket
 import time
@@ -45,6 +46,8 @@ from blocklin.pipelines.outdir import OutputDir, output_dir_for
 
 __all__ = ["APPEND_LOCK_WAIT", "LOCK_NAME", "OutputLock", "array_lock", "break_lock",
            "read_lock"]
+
+logger = logging.getLogger(__name__)
 
 LOCK_NAME = ".blocklin.lock"
 
@@ -144,15 +147,26 @@ class OutputLock:
             Naming the holder, if it still holds the lock when the wait is over.
         """
         self.dir.makedirs("")
-        deadline = time.monotonic() + self.wait
+        start = time.monotonic()
+        deadline = start + self.wait
         delay = 0.005
+        waiting = False
         while True:
             try:
                 self._try_acquire()
+                if waiting:
+                    logger.info("took the lock %s after waiting %.1f s", self.path,
+                                time.monotonic() - start)
+                else:
+                    logger.debug("took the lock %s", self.path)
                 return
-            except LockError:
+            except LockError as exc:
                 if time.monotonic() + delay > deadline:
                     raise
+                if not waiting:
+                    waiting = True
+                    logger.info("waiting up to %g s for the lock %s: %s", self.wait, self.path,
+                                exc)
             time.sleep(delay)
             delay = min(2 * delay, 0.1)
 
@@ -174,6 +188,7 @@ class OutputLock:
                 waited = f" (waited {self.wait:g} s)" if self.wait else ""
                 raise LockError(f"{self.what} locked by {info.describe()}{waited}; {hint}")
             # Take over only the lock judged stale: one re-created meanwhile stays.
+            logger.info("taking over the stale lock %s held by %s", self.path, info.describe())
             if self.dir.replace_if(self.name, self._doc(), seen):
                 self.held = True
                 return
