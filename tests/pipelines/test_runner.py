@@ -79,7 +79,7 @@ def test_dry_run_reports_plan_without_writing(matrix: Any, write_spec: Any,
 
 def test_resume_skips_finished_blocks(matrix: Any, write_spec: Any, tmp_path: Path) -> None:
     pipe = load_pipeline(write_spec(base_spec()))
-    run_pipeline(pipe)
+    run_pipeline(pipe, RunOptions(keep_intermediates=True))  # else a success removes them
     again = run_pipeline(pipe, RunOptions(resume=True))
     assert again["stats"]["tasks_run"] == 0 and again["stats"]["tasks_skipped"] > 0
     x, _ = matrix

@@ -297,6 +297,9 @@ def remove_unused(work_dir: str, names: Collection[str], *, exclude: str = "") -
     """
     if not names:
         return []
+    store = store_for(work_dir)
+    if isinstance(store, LocalStore) and not store.root.is_dir():
+        return []  # removed whole meanwhile (an estimator's scratch folder)
     with work_lock(work_dir):
         return _remove_locked(work_dir, names, exclude)
 
