@@ -12,11 +12,8 @@ checked, no pass over the data; NaN or infinity in them raises
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -24,6 +21,7 @@ import numpy as np
 from blocklin.config import default_work_dir
 from blocklin.errors import InputDtypeError, InputValueError, NonFiniteError, ShapeMismatchError
 from blocklin.storage.blockmatrix import BlockMatrix, from_array, open_matrix
+from blocklin.storage.leases import scratch_folder
 
 __all__ = ["is_stored", "n_rows", "open_stored", "stored_matrix", "validate_features"]
 
@@ -118,13 +116,10 @@ def stored_matrix(X: Any, *, work_dir: str | os.PathLike[str] | None = None,
     arr = X if _is_dask(X) or hasattr(X, "tocsr") else np.asarray(X)
     if arr.ndim == 1:
         arr = arr.reshape(-1, 1)
-    base = Path(work_dir) if work_dir is not None else Path(default_work_dir())
-    base.mkdir(parents=True, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=f"input-{name}-", dir=base)
-    try:
+    # A leased scratch folder: `blocklin gc` leaves it alone while the fit runs.
+    with scratch_folder(work_dir if work_dir is not None else default_work_dir(),
+                        f"input-{name}-") as tmp:
         yield _store_input(arr, os.path.join(tmp, f"{name}.zarr"), chunks, name)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _store_input(arr: Any, path: str, chunks: Any, name: str) -> BlockMatrix:

@@ -51,7 +51,7 @@ from blocklin.errors import LockError
 from blocklin.storage.stores import FsspecStore, LocalStore, Store, store_for
 
 __all__ = ["LEASES", "LEASE_RENEW", "LEASE_TTL", "LOCK_KEY", "LOCK_TTL", "Lease", "LeaseInfo",
-           "leased_names", "read_leases", "remove_unused", "work_lock"]
+           "leased_names", "read_leases", "remove_unused", "scratch_folder", "work_lock"]
 
 logger = logging.getLogger(__name__)
 
@@ -432,3 +432,32 @@ class Lease:
     def __exit__(self, tp: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
         self.release()
+
+
+@contextmanager
+def scratch_folder(work_dir: str | os.PathLike[str], prefix: str) -> Iterator[str]:
+    """A new folder ``<work_dir>/<prefix><random>`` (local), leased while the block runs
+    and removed after it, even when it raises.
+
+    Estimators keep temporary copies of in-memory inputs and their passes' arrays
+    there; the lease keeps ``blocklin gc`` off it for the whole fit, between passes
+    too. A killed process leaves the folder behind, and gc removes it.
+    """
+    import shutil
+    import tempfile
+
+    base = Path(work_dir).expanduser()
+    base.mkdir(parents=True, exist_ok=True)
+    path = tempfile.mkdtemp(prefix=prefix, dir=base)
+    name = os.path.basename(path)
+    lease = Lease(str(base), [name], command=f"scratch folder {name}", writes=[name])
+    try:
+        lease.acquire()
+    except BaseException:
+        shutil.rmtree(path, ignore_errors=True)
+        raise
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+        lease.release()
