@@ -521,6 +521,8 @@ def tracking(progress: Progress, xplan: ExecutionPlan, labels: Mapping[str, str]
     tracker = PassTracker(xplan, labels, run, sink)
     label = current_step()
     token = _ENGINE.set(tracker.engine_done if sink is not None else None)
+    # The engine's notes (a dashboard link) go to this pass's sink, an explicit one too.
+    sink_token = _SINK.set(sink)
     if sink is not None:
         sink.pass_started(PassStart(label, tracker.stages(), executor))
     t0 = time.perf_counter()
@@ -530,6 +532,7 @@ def tracking(progress: Progress, xplan: ExecutionPlan, labels: Mapping[str, str]
         ok = True
     finally:
         _ENGINE.reset(token)
+        _SINK.reset(sink_token)
         seconds = time.perf_counter() - t0
         tracker.warn_fp_errors()
         if logger.isEnabledFor(logging.DEBUG):

@@ -57,7 +57,6 @@ import uuid
 import warnings
 from collections.abc import Callable, Iterable, Iterator
 from functools import partial
-from itertools import accumulate
 from typing import TYPE_CHECKING, Any
 
 from blocklin.config import default_block_cache_bytes, machine_memory, parse_memory
@@ -199,20 +198,24 @@ def task_slices(tasks: list[TaskTuple], parts: int) -> list[list[TaskTuple]]:
     return [tasks[i * n // parts:(i + 1) * n // parts] for i in range(parts)]
 
 
-def _run_slice(runtime: GroupRuntime) -> Callable[[Iterable[list[TaskTuple]]],
-                                                  Iterator[TaskMetrics]]:
+def _run_slice(runtime: GroupRuntime, counter: Any = None
+               ) -> Callable[[Iterable[list[TaskTuple]]], Iterator[TaskMetrics]]:
     """The function Spark maps over each partition (one slice) of a group's tasks
-    (pickled with the runtime): runs them in order, one metrics record each."""
+    (pickled with the runtime): runs them in order, one metrics record each, adding one
+    to ``counter`` (a Spark accumulator, when the driver watches) per block task."""
 
     def run(slices: Iterable[list[TaskTuple]]) -> Iterator[TaskMetrics]:
         for member_tasks in (t for one in slices for t in one):
             try:
-                yield run_block_task(runtime, member_tasks)
+                metrics = run_block_task(runtime, member_tasks)
             except (NonFiniteError, CorruptChunkError) as exc:
                 # Bad data fails the same way on every retry: hand the error to the
                 # driver (it pickles with its fields) instead of failing the task.
                 yield {_DATA_ERROR: exc}
                 return
+            if counter is not None:
+                counter.add(1)
+            yield metrics
 
     return run
 
@@ -340,15 +343,16 @@ class SparkExecutor:
                 description = f"blocklin {label} ({len(jobs)} tasks)"
                 slices = task_slices([j.batch.tasks for j in jobs],
                                      partition_count(len(jobs), sc.defaultParallelism))
+                # Watched: block tasks are counted as their Spark tasks finish.
+                counter = sc.accumulator(0) if track is not None else None
                 rdd = sc.parallelize(slices, numSlices=len(slices)).mapPartitions(
-                    _run_slice(xplan.runtimes[gi]))
+                    _run_slice(xplan.runtimes[gi], counter))
                 t0 = time.perf_counter()
                 if track is None:
                     sc.setJobDescription(description)
                     result = _collect(rdd, label)
                 else:
-                    result = _collect_watched(sc, rdd, label, description,
-                                              [len(s) for s in slices],
+                    result = _collect_watched(sc, rdd, label, description, counter,
                                               partial(track, xplan.runtimes[gi].name))
                 logger.debug("Spark job of %s: %d block tasks in %d Spark tasks, %.3f s", label,
                              len(jobs), len(slices), time.perf_counter() - t0)
@@ -359,8 +363,8 @@ class SparkExecutor:
                 spark.stop()
 
 
-#: Seconds between two looks at Spark's status tracker while a group's job runs.
-POLL_SECONDS = 0.2
+#: Seconds between two looks at a group's task counter while its job runs.
+POLL_SECONDS = 0.1
 
 
 def _collect(rdd: Any, label: str) -> list[TaskMetrics]:
@@ -387,19 +391,22 @@ def _collect(rdd: Any, label: str) -> list[TaskMetrics]:
     return result
 
 
-def _collect_watched(sc: Any, rdd: Any, label: str, description: str, sizes: list[int],
+def _collect_watched(sc: Any, rdd: Any, label: str, description: str, counter: Any,
                      track: Callable[[int], None],
                      poll: float = POLL_SECONDS) -> list[TaskMetrics]:
-    """:func:`_collect`, reporting progress per finished Spark task while the job runs.
+    """:func:`_collect`, reporting block tasks as their Spark tasks finish.
 
-    Spark hands a job's results to Python only when the whole job ends, and a
-    SparkListener cannot be registered from Python; so the job runs in a thread (under
-    a job group of its own) while this thread polls ``sc.statusTracker()`` every
-    ``poll`` seconds: each finished Spark task is one slice of ``sizes`` block tasks
-    (slices differ by one task at most, so the count of block tasks is exact to one
-    while the job runs, and exact at its end). Progress callbacks stay on this thread.
-    Task attempts that failed and were retried are logged. Interrupted (Ctrl-C), the
-    job group is cancelled.
+    Spark hands a job's results to Python only when the whole job ends, a SparkListener
+    cannot be registered from Python, and the status tracker's counts lag (the store
+    behind it is written at most every ``spark.ui.liveUpdate.period`` per stage, on
+    events: a stage read 0 completed tasks until its job ended). What does arrive as
+    each Spark task ends is its accumulator update: ``counter`` counts the block tasks
+    of finished Spark tasks (a failed attempt's updates are dropped, so a retried slice
+    is not counted twice). So the job runs in a thread (under a job group of its own)
+    while this thread reads the counter every ``poll`` seconds (a Python attribute, no
+    call into the JVM); progress callbacks stay on this thread. Task attempts that
+    failed and were retried are logged. Interrupted (Ctrl-C), the job group is
+    cancelled.
     """
     from pyspark import InheritableThread  # noqa: TID251
 
@@ -415,19 +422,19 @@ def _collect_watched(sc: Any, rdd: Any, label: str, description: str, sizes: lis
 
     worker = InheritableThread(target=work, daemon=True)
     worker.start()
-    status = sc.statusTracker()
-    ends = list(accumulate(sizes))
+    seen = 0
     try:
         while worker.is_alive():
             worker.join(poll)
-            completed, _ = _group_tasks(status, group)
-            if completed:
-                track(ends[min(completed, len(ends)) - 1])
+            done = int(counter.value)
+            if done > seen:
+                seen = done
+                track(done)
     except BaseException:
         sc.cancelJobGroup(group)
         worker.join()
         raise
-    _, failed = _group_tasks(status, group)
+    failed = _failed_attempts(sc.statusTracker(), group)
     if failed:
         logger.warning("stage %s: %d Spark task attempt%s failed and %s retried by Spark", label,
                        failed, "s" if failed != 1 else "", "were" if failed != 1 else "was")
@@ -437,17 +444,16 @@ def _collect_watched(sc: Any, rdd: Any, label: str, description: str, sizes: lis
     return result
 
 
-def _group_tasks(status: Any, group: str) -> tuple[int, int]:
-    """Completed and failed task attempts of a job group's stages (status tracker)."""
-    completed = failed = 0
+def _failed_attempts(status: Any, group: str) -> int:
+    """Task attempts of a job group's stages that failed (Spark's status tracker)."""
+    failed = 0
     for job in status.getJobIdsForGroup(group):
         info = status.getJobInfo(job)
         for stage in info.stageIds if info is not None else ():
             st = status.getStageInfo(stage)
             if st is not None:
-                completed += st.numCompletedTasks
                 failed += st.numFailedTasks
-    return completed, failed
+    return failed
 
 
 def _last_python_error(text: str) -> str:
