@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import tempfile
 from collections.abc import Mapping
-from pathlib import Path
+from contextlib import AbstractContextManager
 from typing import Any
 
 import numpy as np
@@ -27,6 +26,7 @@ from blocklin.ops.svd import SVD_METHODS, _truncated
 from blocklin.ops.svd_state import SVDState
 from blocklin.ops.svd_update import svd_update, update_factors
 from blocklin.ops.tsqr import tsqr_r
+from blocklin.storage.leases import scratch_folder
 from blocklin.storage.stores import hide_options, register_storage_options
 from blocklin.types import parse_option
 
@@ -216,10 +216,10 @@ class TruncatedSVD(SaveMixin, ClassNamePrefixFeaturesOutMixin, TransformerMixin,
         self.explained_variance_ratio_ = (self.explained_variance_ / total if total > 0
                                           else np.zeros_like(ev))
 
-    def _scratch(self) -> tempfile.TemporaryDirectory[str]:
-        base = Path(self.work_dir) if self.work_dir is not None else Path(default_work_dir())
-        base.mkdir(parents=True, exist_ok=True)
-        return tempfile.TemporaryDirectory(prefix="truncated-svd-", dir=base)
+    def _scratch(self) -> AbstractContextManager[str]:
+        """A leased scratch work dir for one fit: gc leaves it alone between passes."""
+        return scratch_folder(self.work_dir if self.work_dir is not None
+                              else default_work_dir(), "truncated-svd-")
 
     @reports("partial_fit")
     def partial_fit(self, X: Any, y: Any = None) -> TruncatedSVD:
