@@ -71,7 +71,7 @@ def test_a_failed_compute_keeps_them_and_resume_skips(tmp_path: Path, A: bl.Bloc
     faulty = inject_fault(G, "gram/partial", tmp_path / "fault", succeed=7)
     with pytest.raises(InjectedFault):
         bl.compute(faulty, work_dir=str(work), num_workers=1)
-    names, files, _ = _usage(work)
+    names = _usage(work)[0]
     partial = G.plan.stages[0].output.name
     assert partial in names
     assert len(list((work / partial / ".blocklin" / "done").iterdir())) >= 6
@@ -98,9 +98,13 @@ def test_a_scope_removes_what_its_computes_left(tmp_path: Path, A: bl.BlockMatri
         bl.ops.gram(A).compute(work_dir=str(work))
     assert len(_usage(work)[0]) == 3
     # A scope that fails keeps what was left, for a resume.
-    with pytest.raises(RuntimeError), intermediates_scope():
-        bl.ops.matmul(A, W).compute(work_dir=str(work))
-        raise RuntimeError("the step failed after its pass")
+    def failing_step() -> None:
+        with intermediates_scope():
+            bl.ops.matmul(A, W).compute(work_dir=str(work))
+            raise RuntimeError("the step failed after its pass")
+
+    with pytest.raises(RuntimeError, match="failed after its pass"):
+        failing_step()
     assert len(_usage(work)[0]) == 4
 
 

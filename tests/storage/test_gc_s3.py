@@ -1,3 +1,4 @@
+# ruff: noqa: F811  (the moto fixture ``s3`` is imported, then requested by name)
 """Intermediates and gc on an S3 work directory (moto's server: conditional PUTs for the
 lock object, listings without a cache)."""
 
@@ -7,13 +8,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from tests.storage.test_s3 import S3, _no_aws_environment, s3  # noqa: F401  (fixtures)
 
 import blocklin as bl
 from blocklin.storage.gc import collect_garbage
 from blocklin.storage.leases import LOCK_KEY, Lease, work_lock
 from blocklin.testing import inject_fault
 from blocklin.testing.faults import InjectedFault
-from tests.storage.test_s3 import S3, _no_aws_environment, s3  # noqa: F401 - fixtures
 
 
 def _keys(s3: S3, url: str) -> list[str]:
@@ -54,7 +55,6 @@ def test_s3_lock_object_is_exclusive_and_released(s3: S3) -> None:
     register_storage_options(work, s3.options)
     with work_lock(work):
         assert LOCK_KEY in _keys(s3, work)
-        with pytest.raises(LockError, match="stayed locked"):
-            with work_lock(work, wait=0.2):
-                pass
+        with pytest.raises(LockError, match="stayed locked"), work_lock(work, wait=0.2):
+            pass
     assert LOCK_KEY not in _keys(s3, work)
