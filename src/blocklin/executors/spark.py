@@ -56,6 +56,7 @@ import time
 import uuid
 import warnings
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
@@ -404,44 +405,49 @@ def _collect_watched(sc: Any, rdd: Any, label: str, description: str, counter: A
     of finished Spark tasks (a failed attempt's updates are dropped, so a retried slice
     is not counted twice). So the job runs in a thread (under a job group of its own)
     while this thread reads the counter every ``poll`` seconds (a Python attribute, no
-    call into the JVM); progress callbacks stay on this thread. Task attempts that
-    failed and were retried are logged. Interrupted (Ctrl-C), the job group is
-    cancelled.
+    call into the JVM); progress callbacks stay on this thread. The job's thread is
+    pooled (:func:`_collectors`): a new Python thread opens its own connection to the
+    JVM, 6 ms each. It takes this thread's Spark local properties (scheduler pool...),
+    as ``pyspark.InheritableThread`` does. Task attempts that failed and were retried
+    are logged. Interrupted (Ctrl-C), the job group is cancelled.
     """
-    from pyspark import InheritableThread  # noqa: TID251
+    from concurrent.futures import wait
 
     group = f"blocklin-{uuid.uuid4().hex[:12]}"
-    box: dict[str, Any] = {}
+    props = sc._jsc.sc().getLocalProperties().clone()
 
-    def work() -> None:
+    def work() -> list[TaskMetrics]:
+        sc._jsc.sc().setLocalProperties(props)  # replaces the pool's previous job's
         sc.setJobGroup(group, description)
-        try:
-            box["result"] = _collect(rdd, label)
-        except BaseException as exc:  # handed to the driver thread below
-            box["error"] = exc
+        return _collect(rdd, label)
 
-    worker = InheritableThread(target=work, daemon=True)
-    worker.start()
+    job = _collectors().submit(work)
     seen = 0
     try:
-        while worker.is_alive():
-            worker.join(poll)
+        while not wait([job], timeout=poll).done:
             done = int(counter.value)
             if done > seen:
                 seen = done
                 track(done)
     except BaseException:
         sc.cancelJobGroup(group)
-        worker.join()
+        wait([job])
         raise
     failed = _failed_attempts(sc.statusTracker(), group)
     if failed:
         logger.warning("stage %s: %d Spark task attempt%s failed and %s retried by Spark", label,
                        failed, "s" if failed != 1 else "", "were" if failed != 1 else "was")
-    if "error" in box:
-        raise box["error"]
-    result: list[TaskMetrics] = box["result"]
-    return result
+    return job.result()
+
+
+_COLLECTORS: list[ThreadPoolExecutor] = []
+
+
+def _collectors() -> ThreadPoolExecutor:
+    """Threads that run watched jobs, reused (idle ones first) across groups and computes."""
+    if not _COLLECTORS:
+        _COLLECTORS.append(ThreadPoolExecutor(8, thread_name_prefix="blocklin-spark-job"))
+    return _COLLECTORS[0]
 
 
 def _failed_attempts(status: Any, group: str) -> int:
