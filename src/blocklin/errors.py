@@ -53,15 +53,18 @@ class ConfigError(InputValueError):
 
 
 class PlanMemoryError(BlocklinError, ValueError):
-    """A stage's projected per-task memory exceeds ``max_task_memory``."""
+    """A stage's projected per-task memory exceeds ``max_task_memory`` (or, ``limit``
+    naming it, the device memory a GPU task may use)."""
 
-    def __init__(self, stage: str, projected: int, allowed: int, hint: str = "") -> None:
+    def __init__(self, stage: str, projected: int, allowed: int, hint: str = "",
+                 limit: str = "max_task_memory") -> None:
         self.stage = stage
         self.projected = projected
         self.allowed = allowed
+        self.limit = limit
         msg = (
             f"stage {stage!r} needs {_fmt_bytes(projected)} per task, over the allowed "
-            f"max_task_memory of {_fmt_bytes(allowed)}"
+            f"{limit} of {_fmt_bytes(allowed)}"
         )
         if hint:
             msg += f"; {hint}"

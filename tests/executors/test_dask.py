@@ -9,6 +9,7 @@ import pytest
 
 import blocklin as bl
 from blocklin.errors import ConfigError, ExecutorError, PlanMemoryError
+from blocklin.plan.device import gpu_module
 from blocklin.testing import assert_bitwise_equal
 
 
@@ -41,9 +42,11 @@ def test_executor_errors(tmp_path: Path) -> None:
     assert not (tmp_path / "w").exists()
 
 
+@pytest.mark.skipif(gpu_module() is not None, reason="this machine has a usable GPU")
 def test_gpu_device_placement_is_checked(tmp_path: Path, dask_client: Any) -> None:
     A = bl.from_array(np.ones((100, 4)), tmp_path / "A.zarr", chunks=(50, None))
-    with pytest.raises(ConfigError, match="needs a dask cluster"):
+    # The local threaded scheduler computes here: without a GPU it is refused.
+    with pytest.raises(ConfigError, match=r"CuPy .*this machine .*dask cluster"):
         bl.ops.gram(A).compute(device="gpu", work_dir=str(tmp_path / "w"))
     with pytest.raises(ConfigError, match=r"no worker .* declares a GPU"):
         bl.ops.gram(A).compute(device="gpu", client=dask_client, work_dir=str(tmp_path / "w"))
@@ -52,13 +55,30 @@ def test_gpu_device_placement_is_checked(tmp_path: Path, dask_client: Any) -> No
     assert not (tmp_path / "w").exists()
 
 
-def test_gpu_resource_tasks_run_on_gpu_workers(tmp_path: Path) -> None:
-    """A cluster whose (CPU-only) workers declare a GPU resource accepts device='gpu'."""
+@pytest.mark.skipif(gpu_module() is not None, reason="this machine has a usable GPU")
+def test_gpu_resource_workers_without_a_gpu_are_refused(tmp_path: Path) -> None:
+    """A worker declaring a GPU resource is asked, before the run, whether CuPy sees a
+    device there: kernels run on the GPU, so a CPU-only worker cannot take the tasks."""
     from distributed import Client, LocalCluster
 
     x = np.random.default_rng(1).standard_normal((400, 6))
     A = bl.from_array(x, tmp_path / "A.zarr", chunks=(100, None))
     with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=":0",
+                      resources={"GPU": 1}) as cluster, Client(cluster, set_as_default=False) as c:
+        with pytest.raises(ConfigError, match=r"worker .* declares a GPU resource .*CuPy"):
+            bl.ops.gram(A).compute(device="gpu", client=c, work_dir=str(tmp_path / "w"))
+        g = bl.ops.gram(A).compute(client=c, work_dir=str(tmp_path / "w"))
+    np.testing.assert_allclose(g, x.T @ x, rtol=1e-13)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(gpu_module() is None, reason="needs CuPy and a CUDA device")
+def test_gpu_resource_tasks_run_on_the_workers_gpu(tmp_path: Path) -> None:
+    from distributed import Client, LocalCluster
+
+    x = np.random.default_rng(1).standard_normal((400, 6))
+    A = bl.from_array(x, tmp_path / "A.zarr", chunks=(100, None))
+    with LocalCluster(n_workers=1, threads_per_worker=2, processes=False, dashboard_address=":0",
                       resources={"GPU": 1}) as cluster, Client(cluster, set_as_default=False) as c:
         g = bl.ops.gram(A).compute(device="gpu", client=c, work_dir=str(tmp_path / "w"))
     np.testing.assert_allclose(g, x.T @ x, rtol=1e-13)

@@ -24,8 +24,10 @@ from blocklin.executors.base import (
 from blocklin.executors.intermediates import ComputeIntermediates
 from blocklin.executors.lazy import Lazy
 from blocklin.executors.progress import Progress, ProgressHook, tracking
+from blocklin.plan.device import GPU_TASKS, device_free_memory
 from blocklin.plan.finalize import FinalPlan, finalize
 from blocklin.plan.graph import Plan, jsonable
+from blocklin.plan.memory import plan_device_tasks
 from blocklin.storage.blockmatrix import BlockMatrix, provenance_attrs
 from blocklin.storage.chunkio import read_block
 from blocklin.storage.locations import check_no_alias
@@ -91,7 +93,7 @@ def compute(*results: Lazy, executor: str | Executor = "dask", address: str | No
             client: Client | None = None, spark: Any = None, resume: bool = False,
             work_dir: str | None = None, max_task_memory: int | str | None = None,
             num_workers: int | None = None, device: str = "cpu", stats: RunStats | None = None,
-            progress: Progress = None,
+            progress: Progress = None, max_device_memory: int | str | None = None,
             cache_bytes: int | str | None = None,
             storage_options: dict[str, Any] | None = None,
             connect_timeout: float | None = None, worker_timeout: float | None = None,
@@ -115,9 +117,16 @@ def compute(*results: Lazy, executor: str | Executor = "dask", address: str | No
     max_task_memory : int or str, optional
         Per-task memory limit; a plan over it is refused before anything runs.
     device : {"cpu", "gpu"}
-        Where tasks are placed: ``gpu`` requests one GPU per task (dask worker
-        resource ``GPU``, Spark ``spark.task.resource.gpu.amount``). Kernels compute
-        with numpy on the worker either way; ``gpu`` only places tasks.
+        Where tasks compute: ``gpu`` requests one GPU per task (dask worker resource
+        ``GPU``, Spark ``spark.task.resource.gpu.amount``; the local threaded
+        scheduler uses this machine's GPU) and runs the block kernels there with CuPy
+        (see ``docs/gpu.md``); reductions of partial results stay on the host, in
+        their fixed order. Needs CuPy and a CUDA device on every worker running them
+        (``ConfigError`` otherwise).
+    max_device_memory : int or str, optional
+        Device memory the GPU tasks may use (``"16GiB"``); default: the free memory
+        of this process's GPU when it has one (a dask cluster's GPU workers are asked
+        too). A plan whose task does not fit is refused before anything runs.
     stats : RunStats, optional
         Filled with task counts, blocks read and per-stage timings.
     progress : bool, callable or ProgressSink, optional
@@ -188,6 +197,7 @@ def compute(*results: Lazy, executor: str | Executor = "dask", address: str | No
         device = parse_option("device", device, DEVICES)
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
+    device_tasks = _device_tasks(final, device, max_device_memory)  # a plan over the GPU: refused
     engine = get_executor(executor, address=address, client=client, spark=spark,
                           num_workers=num_workers, device=device,
                           connect_timeout=connect_timeout, worker_timeout=worker_timeout,
@@ -199,7 +209,8 @@ def compute(*results: Lazy, executor: str | Executor = "dask", address: str | No
     # the results are sealed and read (kept on failure, for resume).
     with ComputeIntermediates(final, [(r.output, r.kind) for r in results], work,
                               keep_intermediates) as life:
-        xplan = prepare(final, work, resume, cache_bytes=budget)
+        xplan = prepare(final, work, resume, cache_bytes=budget, device=device,
+                        device_tasks=device_tasks)
         engine.check(xplan)
         # Checks passed: from here on the run writes.
         ensure_group(store_for(work))  # intermediates live in one zarr group per work dir
@@ -224,6 +235,15 @@ def compute(*results: Lazy, executor: str | Executor = "dask", address: str | No
         values = tuple(_present(r, work) for r in results)
         life.done()
     return values
+
+
+def _device_tasks(final: FinalPlan, device: str, option: int | str | None) -> int:
+    """Check a GPU plan's device memory (``max_device_memory``, else this process's GPU)
+    and return how many tasks may share one GPU; nothing to check on the CPU."""
+    if device != "gpu":
+        return GPU_TASKS
+    limit = parse_memory(option) if option is not None else device_free_memory()
+    return plan_device_tasks([g.members for g in final.groups], limit)
 
 
 def _register_options(plan: Plan, work_dir: str, options: dict[str, Any] | None) -> None:

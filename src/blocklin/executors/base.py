@@ -17,6 +17,7 @@ from typing import Any, Protocol, TypeVar
 
 import numpy as np
 
+from blocklin.plan.device import GPU_TASKS
 from blocklin.plan.finalize import FinalPlan
 from blocklin.plan.graph import Stage, Task, TaskSet
 from blocklin.plan.runtime import GroupRuntime, TaskMetrics, run_task, task_inputs_digest
@@ -329,12 +330,15 @@ def cache_tokens(final: FinalPlan) -> dict[str, str]:
 
 
 def prepare(final: FinalPlan, work_dir: str, resume: bool, blas_threads: int = 1,
-            cache_bytes: int = 0) -> ExecutionPlan:
+            cache_bytes: int = 0, device: str = "cpu",
+            device_tasks: int = GPU_TASKS) -> ExecutionPlan:
     """Resolve locations and select pending tasks (all of them unless ``resume``).
 
     ``cache_bytes`` is the per-process block-cache budget (from the executor's
-    ``cache_budget``). Reads completion records (and, with a cache, the sources'
-    metadata) only; it writes nothing (see :func:`reset_outputs`).
+    ``cache_budget``); ``device`` where device kernels compute, ``device_tasks`` how
+    many tasks may share one GPU (:mod:`blocklin.plan.device`). Reads completion
+    records (and, with a cache, the sources' metadata) only; it writes nothing (see
+    :func:`reset_outputs`).
 
     With ``resume`` a block is skipped only when its record (see
     :mod:`blocklin.storage.records`) is readable, names the same stage, matches the
@@ -351,7 +355,8 @@ def prepare(final: FinalPlan, work_dir: str, resume: bool, blas_threads: int = 1
     """
     tokens = cache_tokens(final) if cache_bytes > 0 else {}
     run = uuid.uuid4().hex if cache_bytes > 0 else ""
-    runtimes = tuple(GroupRuntime.build(g, work_dir, blas_threads, cache_bytes, run, tokens)
+    runtimes = tuple(GroupRuntime.build(g, work_dir, blas_threads, cache_bytes, run, tokens,
+                                        device, device_tasks)
                      for g in final.groups)
     if not resume:
         # A fresh run: everything is pending, and nothing is listed (see Jobs).

@@ -13,6 +13,13 @@ With a block cache on a cluster, each task reading a cacheable row panel ``i`` p
 worker ``i mod n`` (workers sorted by address; a loose restriction the scheduler may
 override), so the next pass of an iterative solver finds block ``i`` in that worker's
 cache rather than reading it again on another worker.
+
+``device="gpu"``: on a cluster every task asks for one unit of the workers' ``GPU``
+resource and its kernels run on the worker's current CUDA device (the one a
+``dask_cuda.LocalCUDACluster`` or ``CUDA_VISIBLE_DEVICES`` gives it); before a run the
+GPU workers are asked whether CuPy sees their device and how much of its memory is
+free, and a plan that does not fit is refused. On local threads the tasks use this
+machine's GPU, at most ``GPU_TASKS`` of them on it at a time.
 """
 
 from __future__ import annotations
@@ -29,8 +36,9 @@ from blocklin.errors import ConfigError, ExecutorError, PlanMemoryError
 from blocklin.executors import progress
 from blocklin.executors.base import ExecutionPlan, TaskCallback, TaskJob, run_block_task
 from blocklin.plan import blas
+from blocklin.plan.device import gpu_probe, require_gpu
 from blocklin.plan.finalize import FinalPlan
-from blocklin.plan.memory import fit_cache_budget
+from blocklin.plan.memory import check_device_memory, fit_cache_budget
 
 if TYPE_CHECKING:
     from distributed import Client, Security
@@ -176,8 +184,10 @@ class DaskExecutor:
         self.worker_timeout = worker_timeout or DEFAULT_WORKER_TIMEOUT
         self.security = security
         if device == "gpu" and client is None and address is None:
-            raise ConfigError("device='gpu' needs a dask cluster whose workers declare a GPU "
-                              "resource (dask worker --resources GPU=1); pass address= or client=")
+            # The local threaded scheduler computes here: this machine needs the GPU.
+            require_gpu("this machine (the local threaded scheduler runs the tasks here; or "
+                        "pass address= or client= of a dask cluster whose workers declare a "
+                        "GPU resource)")
         self.device = device
         self.client = client
         self.address = address
@@ -201,10 +211,8 @@ class DaskExecutor:
                 self._wait_for_workers(client, str(info.get("address")))
                 info = client.scheduler_info()
                 workers = info.get("workers", {})
-            if self.device == "gpu" and not any(w.get("resources", {}).get("GPU")
-                                                for w in workers.values()):
-                raise ConfigError("device='gpu' but no worker of the dask cluster declares a GPU "
-                                  "resource (start workers with --resources GPU=1)")
+            if self.device == "gpu":
+                self._check_gpus(client, xplan, workers)
             # The block cache shares the worker's memory with its threads' tasks.
             cache = max((rt.cache_bytes for rt in xplan.runtimes), default=0)
             for addr, w in workers.items():
@@ -219,6 +227,21 @@ class DaskExecutor:
         finally:
             if owned:
                 client.close()
+
+    def _check_gpus(self, client: Client, xplan: ExecutionPlan, workers: dict[str, Any]) -> None:
+        """Refuse a GPU run the cluster's GPU workers cannot take: none declares a GPU
+        resource, one has no CuPy or sees no device, or a task does not fit its free
+        device memory (one task per GPU resource unit)."""
+        gpus = sorted(a for a, w in workers.items() if w.get("resources", {}).get("GPU"))
+        if not gpus:
+            raise ConfigError("device='gpu' but no worker of the dask cluster declares a GPU "
+                              "resource (start workers with --resources GPU=1)")
+        groups = [g.members for g in xplan.final.groups]
+        for addr, (free, why) in sorted(client.run(gpu_probe, workers=gpus).items()):
+            if free is None:
+                raise ConfigError(f"worker {addr} declares a GPU resource but cannot run GPU "
+                                  f"tasks: {why}")
+            check_device_memory(groups, free, 1, where=f"on the GPU of worker {addr}")
 
     def cache_budget(self, final: FinalPlan, wanted: int | None) -> int:
         if wanted == 0:

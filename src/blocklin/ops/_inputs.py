@@ -8,10 +8,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import scipy.sparse as sp
 
 from blocklin.errors import InputDtypeError, InputValueError
 from blocklin.executors.lazy import Lazy
+from blocklin.ops._xp import concat
 from blocklin.plan.graph import Affine, ArrayNode, Plan, RowPanelTasks, StageInput
 from blocklin.storage.blockmatrix import BlockMatrix, Transposed, open_matrix
 
@@ -116,9 +116,6 @@ def row_panel_tasks(ms: Sequence[MatrixInput], out_ndim: int = 3) -> RowPanelTas
 
 
 def hstack_panel(blocks: Any) -> Any:
-    """Join the column blocks of a row panel (no copy for a single block); sparse stays sparse."""
-    if len(blocks) == 1:
-        return blocks[0]
-    if any(sp.issparse(b) for b in blocks):
-        return sp.csr_matrix(sp.hstack(blocks, format="csr"))
-    return np.hstack(blocks)
+    """Join the column blocks of a row panel (no copy for a single block); sparse stays
+    sparse; on the blocks' device (numpy, CuPy or any array namespace)."""
+    return concat(blocks, axis=1)

@@ -8,6 +8,12 @@ Sᵀ (m × k) is cut into *granules* of :data:`GRANULE_ROWS` consecutive rows; g
 random matrix depends only on (seed, kind, side, k, s) — never on chunking, executor
 or worker count — and no task ever holds more than one granule beyond its rows.
 
+Granules are always drawn on the host, with numpy's Philox, and a task computing on a
+GPU copies them to the device (:func:`blocklin.plan.device.like`): the same stream on
+every device by construction, with no device generator to prove equal to it. The
+cost is a host draw and a copy of ``rows × k`` floats per task, small beside the
+task's block.
+
 Kinds and their scaling (every kind has E[SᵀS] = I, so (SA)ᵀ(SB) is unbiased for AᵀB):
 
 ``gaussian``      i.i.d. N(0, 1/k).

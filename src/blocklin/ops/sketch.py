@@ -4,10 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import numpy as np
-import scipy.sparse as sp
 
 from blocklin.errors import InputDtypeError, InputValueError
 from blocklin.executors.lazy import Lazy
@@ -20,6 +19,8 @@ from blocklin.ops._random import (
     SketchSpec,
     sketch_rows,
 )
+from blocklin.ops._xp import as_dtype, to_dense
+from blocklin.plan.device import is_sparse, like
 from blocklin.plan.graph import TaskContext, make_stage
 from blocklin.plan.reduce import SumParts, tree_reduce
 from blocklin.types import parse_option
@@ -29,63 +30,71 @@ __all__ = ["SKETCH_KINDS", "SketchKind", "sketch"]
 Side = Literal["left", "right"]
 
 
-def dense(x: Any) -> np.ndarray:
-    """A product's result as a float64 ndarray (sparse·sparse products come back sparse)."""
-    if sp.issparse(x):
-        return np.asarray(x.toarray(), dtype=np.float64)
-    return np.asarray(x, dtype=np.float64)
+def dense(x: Any) -> Any:
+    """A product's result as a float64 dense array on its device (sparse·sparse products
+    come back sparse)."""
+    return as_dtype(to_dense(x), "float64")
 
 
 def as_float64(a: Any) -> Any:
     """A block or panel as float64, dense or CSR as given (no copy when already float64)."""
-    if sp.issparse(a):
+    if is_sparse(a):
         return a.astype(np.float64) if a.dtype != np.float64 else a
-    return np.asarray(a, dtype=np.float64)
+    return as_dtype(a, "float64")
 
 
-def left_apply(st: Any, a: Any) -> np.ndarray:
-    """(Sᵀ)ᵀ·A for Sᵀ (r × k) and A (r × n), either of them sparse: a k × n ndarray."""
+def left_apply(st: Any, a: Any) -> Any:
+    """(Sᵀ)ᵀ·A for Sᵀ (r × k) and A (r × n), either of them sparse: a k × n dense array
+    on A's device (a host Sᵀ is copied there)."""
     a = as_float64(a)
-    if sp.issparse(a):
-        if sp.issparse(st):
+    st = like(st, a)
+    if is_sparse(a):
+        if is_sparse(st):
             return dense(st.T @ a)
         # csr.T is CSC: (n × r)·(r × k) without densifying A; cost nnz(A)·k.
         return dense(a.T @ st).T
-    if sp.issparse(st):
+    if is_sparse(st):
         return dense(st.T @ a)
-    out: np.ndarray = st.T @ a
-    return out
+    return st.T @ a
 
 
-def right_apply(a: Any, omega: Any) -> np.ndarray:
-    """A·Ω for A (r × n) and Ω (n × k), either of them sparse: an r × k ndarray."""
+def right_apply(a: Any, omega: Any) -> Any:
+    """A·Ω for A (r × n) and Ω (n × k), either of them sparse: an r × k dense array on
+    A's device (a host Ω is copied there)."""
     a = as_float64(a)
-    if sp.issparse(a):
+    omega = like(omega, a)
+    if is_sparse(a):
         return dense(a @ omega)
-    if sp.issparse(omega):
+    if is_sparse(omega):
         # (Ωᵀ·Aᵀ)ᵀ keeps the sparse operand on the left, where scipy multiplies it.
         return dense(omega.T @ a.T).T
-    out: np.ndarray = a @ omega
-    return out
+    return a @ omega
 
 
 @dataclass(frozen=True)
 class LeftSketchPartial:
-    """S[:, rows]·Aᵢ for one row panel; the rows of S are regenerated, not read."""
+    """S[:, rows]·Aᵢ for one row panel; the rows of S are regenerated, not read.
+
+    Sᵀ's rows are drawn on the host from the counter-based stream and copied to the
+    panel's device: the same S on every device, by construction.
+    """
 
     spec: SketchSpec
+    on_device: ClassVar[bool] = True
 
     def __call__(self, ctx: TaskContext, blocks: Sequence[Any]) -> Any:
         start, stop = ctx.row_range(0, ctx.task.reads[0][1])
-        return left_apply(sketch_rows(self.spec, start, stop), hstack_panel(blocks))[None]
+        return left_apply(sketch_rows(self.spec, start, stop), hstack_panel(blocks))[None, ...]
 
 
 @dataclass(frozen=True)
 class RightSketchPanel:
-    """Aᵢ·Ω for one row panel; Ω (n × k) is regenerated in the task."""
+    """Aᵢ·Ω for one row panel; Ω (n × k) is regenerated in the task (on the host, as
+    :class:`LeftSketchPartial` draws S) and copied to the panel's device."""
 
     spec: SketchSpec
     ncols: int
+    on_device: ClassVar[bool] = True
 
     def __call__(self, ctx: TaskContext, blocks: Sequence[Any]) -> Any:
         return right_apply(hstack_panel(blocks), sketch_rows(self.spec, 0, self.ncols))

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
-import scipy.sparse as sp
 
 from blocklin.executors.lazy import Lazy
 from blocklin.ops._inputs import as_matrix, hstack_panel, reads_csr, row_panel_tasks
+from blocklin.ops._xp import as_dtype, col_sumsq
+from blocklin.plan.device import is_sparse, namespace, to_host
 from blocklin.plan.graph import TaskContext, make_stage
 from blocklin.plan.reduce import tree_reduce
 
@@ -65,23 +66,28 @@ class ColumnStats:
 
 
 class StatsPartial:
-    """Summary of one row panel."""
+    """Summary of one row panel (dense panels on the task's device)."""
+
+    on_device: ClassVar[bool] = True
 
     def __call__(self, ctx: TaskContext, blocks: Sequence[Any]) -> Any:
         panel = hstack_panel(blocks)
-        if sp.issparse(panel):
-            return _sparse_summary(panel)
-        x = np.asarray(panel, dtype=np.float64)
-        out = np.empty((1, NROWS, x.shape[1]))
-        mean = x.mean(axis=0)
-        out[0, COUNT] = x.shape[0]
-        out[0, MEAN] = mean
-        out[0, M2] = ((x - mean) ** 2).sum(axis=0)
-        out[0, MIN] = x.min(axis=0)
-        out[0, MAX] = x.max(axis=0)
-        out[0, L1] = np.abs(x).sum(axis=0)
-        out[0, SUMSQ] = np.einsum("ij,ij->j", x, x)
-        out[0, NNZ] = np.count_nonzero(x, axis=0)
+        if is_sparse(panel):
+            # O(nnz) bincounts on the host: a GPU's scatter-adds (atomics) would make the
+            # sums' order, and so their bits, change from run to run.
+            return _sparse_summary(to_host(panel))
+        x = as_dtype(panel, "float64")
+        xp = namespace(x)
+        out = xp.empty((1, NROWS, x.shape[1]), dtype=xp.float64)
+        mean = xp.mean(x, axis=0)
+        out[0, COUNT, :] = x.shape[0]
+        out[0, MEAN, :] = mean
+        out[0, M2, :] = xp.sum((x - mean) ** 2, axis=0)
+        out[0, MIN, :] = xp.min(x, axis=0)
+        out[0, MAX, :] = xp.max(x, axis=0)
+        out[0, L1, :] = xp.sum(xp.abs(x), axis=0)
+        out[0, SUMSQ, :] = col_sumsq(x)
+        out[0, NNZ, :] = xp.astype(xp.count_nonzero(x, axis=0), xp.float64)
         return out
 
     def __eq__(self, other: object) -> bool:

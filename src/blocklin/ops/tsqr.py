@@ -11,11 +11,11 @@ from __future__ import annotations
 
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import Any, ClassVar, NamedTuple
 
 import numpy as np
 import scipy.linalg
-import scipy.sparse as sp
+from array_api_compat import is_cupy_namespace
 
 from blocklin.errors import InputValueError, ShapeMismatchError
 from blocklin.executors.lazy import Lazy
@@ -26,7 +26,9 @@ from blocklin.ops._inputs import (
     hstack_panel,
     reads_csr,
 )
+from blocklin.ops._xp import as_dtype, concat, triu
 from blocklin.ops.sketch import right_apply
+from blocklin.plan.device import is_sparse, like, namespace, sparse_module
 from blocklin.plan.graph import (
     ArrayNode,
     Plan,
@@ -78,8 +80,8 @@ class SVDFactors(NamedTuple):
 def _panel(blocks: Sequence[Any], widths: tuple[int, ...], nrow_blocks: int) -> Any:
     """Stack the row panels of every input (``widths[k]`` column blocks each).
 
-    Dense blocks give a float64 ndarray; if any block is sparse (CSR) the panel
-    stays CSR, for a product with the right factor that keeps it sparse.
+    Dense blocks give a float64 array on their device; if any block is sparse (CSR)
+    the panel stays CSR, for a product with the right factor that keeps it sparse.
     """
     rows = []
     pos = 0
@@ -88,17 +90,26 @@ def _panel(blocks: Sequence[Any], widths: tuple[int, ...], nrow_blocks: int) -> 
         for w in widths:
             parts.append(hstack_panel(blocks[pos:pos + w]))
             pos += w
-        rows.append(parts[0] if len(parts) == 1 else _join(parts, sp.hstack, np.hstack))
-    a = rows[0] if len(rows) == 1 else _join(rows, sp.vstack, np.vstack)
-    if sp.issparse(a):
-        return sp.csr_matrix(a, dtype=np.float64)
-    return np.asarray(a, dtype=np.float64)
+        rows.append(concat(parts, axis=1))
+    a = concat(rows, axis=0)
+    if is_sparse(a):
+        return sparse_module(a).csr_matrix(a, dtype=np.float64)
+    return as_dtype(a, "float64")
 
 
-def _join(parts: list[Any], sparse_join: Any, dense_join: Any) -> Any:
-    if any(sp.issparse(p) for p in parts):
-        return sparse_join(parts, format="csr")
-    return dense_join(parts)
+def _device_qr(a: Any, mode: str) -> Any:
+    """R (``mode="r"``) or Q (``"q"``) of the reduced QR of a dense array off the host:
+    cuSOLVER's Householder ``geqrf`` (+ ``orgqr``) on a GPU, the namespace's
+    ``linalg.qr`` otherwise. Both passes of TSQR call it alike, so a leaf's Q and R
+    come from one factorization rule."""
+    xp = namespace(a)
+    if is_cupy_namespace(xp):
+        import cupy
+
+        # cupy's mode="r" skips forming Q (orgqr) where only R is wanted.
+        return cupy.linalg.qr(a, mode="r") if mode == "r" else cupy.linalg.qr(a)[0]
+    qr = xp.linalg.qr(a)
+    return qr[0] if mode == "q" else qr[1]
 
 
 #: Column block of LAPACK's compact-WY Householder QR (``dgeqrt``), whose panels factor
@@ -133,6 +144,9 @@ def householder_r(a: np.ndarray, *, overwrite: bool = False) -> np.ndarray:
     caller's buffer is then garbage); otherwise ``a`` is left as it is.
     """
     k = min(a.shape)
+    if type(a) is not np.ndarray:  # a GPU (or test-namespace) panel
+        r: np.ndarray = triu(_device_qr(a, "r")[:k, ...])  # the namespace's array
+        return r
     if _blocked(a):
         return np.triu(_geqrt(a, overwrite)[0][:k])
     # LAPACK dgeqrf with its optimal workspace, as scipy's ``qr`` calls it (the same
@@ -155,7 +169,11 @@ def _r_factor(a: np.ndarray) -> np.ndarray:
 
 def _q_times(a: np.ndarray, m: np.ndarray) -> np.ndarray:
     """``Q @ m`` (m: n × k) for the Householder QR of ``a`` (the routine of
-    :func:`_r_factor`), applied by LAPACK ``dgemqrt`` or ``dormqr``: Q is never formed."""
+    :func:`_r_factor`), applied by LAPACK ``dgemqrt`` or ``dormqr``: Q is never formed
+    on the host (a GPU panel forms its reduced Q and multiplies)."""
+    if type(a) is not np.ndarray:
+        q: Any = _device_qr(a, "q")
+        return q @ like(m, a)  # type: ignore[no-any-return]
     if not _blocked(a):
         y: np.ndarray = scipy.linalg.qr_multiply(a, m, mode="left")[0]
         return y
@@ -178,16 +196,15 @@ class LeafInput:
     right: np.ndarray | None = None
     shift: np.ndarray | None = None
 
-    def panel(self, blocks: Sequence[Any], nrow_blocks: int) -> np.ndarray:
+    def panel(self, blocks: Sequence[Any], nrow_blocks: int) -> Any:
         a = _panel(blocks, self.widths, nrow_blocks)
         if self.right is not None:
             a = right_apply(a, self.right)
-        elif sp.issparse(a):
+        elif is_sparse(a):
             a = a.toarray()
         if self.shift is not None:
-            a = a - self.shift
-        out: np.ndarray = a
-        return out
+            a = a - like(self.shift, a)
+        return a
 
 
 @dataclass(frozen=True, eq=False)
@@ -195,10 +212,11 @@ class LeafR:
     """R of one leaf (one or more consecutive row blocks), as a (1, c, c) part."""
 
     leaf: LeafInput
+    on_device: ClassVar[bool] = True
 
     def __call__(self, ctx: TaskContext, blocks: Sequence[Any]) -> Any:
         nrb = len(blocks) // sum(self.leaf.widths)
-        return _r_factor(self.leaf.panel(blocks, nrb))[None]
+        return _r_factor(self.leaf.panel(blocks, nrb))[None, ...]
 
 
 @dataclass(frozen=True)
@@ -276,6 +294,7 @@ class FormQ:
     chunk_rows: int
     levels: int
     k: int
+    on_device: ClassVar[bool] = True
 
     def __call__(self, ctx: TaskContext, blocks: Sequence[Any]) -> Any:
         c = self.c
@@ -288,10 +307,10 @@ class FormQ:
         m = blocks[nread + self.levels][:c, :self.k]
         for level in reversed(range(self.levels)):
             p = (g // FAN_IN**level) % FAN_IN
-            m = blocks[nread + level][0][c * (1 + p):c * (2 + p)] @ m
+            m = blocks[nread + level][0, c * (1 + p):c * (2 + p), :] @ m
         y = _q_times(self.leaf.panel(blocks[:nread], hi - lo), m)
         start = (i - lo) * self.chunk_rows
-        return y[start:start + self.chunk_rows]
+        return y[start:min(start + self.chunk_rows, y.shape[0]), ...]
 
 
 # -- planning -------------------------------------------------------------------------

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from blocklin.errors import NonFiniteError
+from blocklin.plan.device import to_host
 from blocklin.plan.graph import Task, TaskContext
 from blocklin.storage.finite import all_finite, first_nonfinite
 
@@ -46,7 +47,8 @@ def run_checked(member: MemberRuntime, ctx: TaskContext, args: Sequence[Any]) ->
         non-finite values (LAPACK failing to converge on NaN, NaN labels as indices).
     """
     try:
-        result = member.kernel(ctx, args)
+        # A device kernel's output comes back to the host here, before it is checked.
+        result = to_host(member.kernel(ctx, args))
     except Exception as exc:
         bad = locate_input(member, ctx.task, args)
         if bad is None:
@@ -66,7 +68,7 @@ def output_is_finite(kernel: Any, result: Any) -> bool:
 def locate_input(member: MemberRuntime, task: Task, args: Sequence[Any]) -> NonFiniteError | None:
     """The error naming the first non-finite value among a task's input blocks, if any."""
     for (pos, index), block in zip(task.reads, args, strict=True):
-        local = first_nonfinite(block)
+        local = first_nonfinite(to_host(block))
         if local is None:
             continue
         meta = member.input_metas[pos]

@@ -3,7 +3,9 @@
 A task reads each distinct input block once (into the thread's reusable buffers, or
 from the process's block cache when its compute keeps one), runs every member kernel
 of its group, writes each output block, and only then records the block complete. It
-returns a few numbers, never a block.
+returns a few numbers, never a block. On a ``gpu`` (or test) device, the blocks of
+kernels written against the array namespace are copied there once per task and their
+outputs come back to the host (:mod:`blocklin.plan.device`).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from blocklin.plan.blas import worker_blas
+from blocklin.plan.device import GPU_TASKS, DeviceScope, runs_on_device, to_device
 from blocklin.plan.finalize import StageGroup
 from blocklin.plan.finite import run_checked
 from blocklin.plan.graph import ArrayNode, Kernel, Task, TaskContext
@@ -70,11 +73,17 @@ class GroupRuntime:
     #: The driver's storage options by location (redacted in repr), registered in
     #: the process that runs the task: workers rebuild stores from URLs.
     storage_options: tuple[tuple[str, StorageOptions], ...] = ()
+    #: Where device kernels compute (:mod:`blocklin.plan.device`): ``cpu``, ``gpu``, or
+    #: ``array_api_strict`` (tests).
+    device: str = "cpu"
+    #: Tasks of a process that may hold one GPU at once (see ``DeviceScope``).
+    device_tasks: int = GPU_TASKS
 
     @classmethod
     def build(cls, group: StageGroup, work_dir: str, blas_threads: int = 1,
               cache_bytes: int = 0, cache_run: str = "",
-              cache_tokens: Mapping[str, str] | None = None) -> GroupRuntime:
+              cache_tokens: Mapping[str, str] | None = None,
+              device: str = "cpu", device_tasks: int = GPU_TASKS) -> GroupRuntime:
         """Resolve a group's arrays; ``cache_tokens`` maps cacheable array names to tokens."""
         tokens = cache_tokens or {}
         members = []
@@ -89,7 +98,8 @@ class GroupRuntime:
                 cache_tokens=tuple(tokens.get(i.array.name) for i in s.inputs)))
         return cls(name=group.name, members=tuple(members), blas_threads=blas_threads,
                    cache_bytes=cache_bytes, cache_run=cache_run,
-                   storage_options=registered_storage_options())
+                   storage_options=registered_storage_options(), device=device,
+                   device_tasks=device_tasks)
 
 
 def _apply_affine(block: np.ndarray, params: np.ndarray, col_block: int, col_chunk: int) -> Any:
@@ -115,13 +125,17 @@ def run_task(runtime: GroupRuntime, tasks: tuple[Task | None, ...], *deps: Any) 
     hits = misses = 0
     per_array: dict[str, int] = {}
     computed = []
+    # Device copies of the blocks read, shared by the group's device kernels.
+    on_device: dict[tuple[str, tuple[int, ...], str | None], Any] = {}
     try:
         # Fixed once for the worker's life: a count changed per task changes it for
         # the tasks running beside it (most BLAS keep one per process).
-        with worker_blas(runtime.blas_threads):
+        scope = DeviceScope(runtime.device, runtime.device_tasks)
+        with worker_blas(runtime.blas_threads), scope:
             for member, task in zip(runtime.members, tasks, strict=True):
                 if task is None:
                     continue
+                moved = runtime.device != "cpu" and runs_on_device(member.kernel)
                 args = []
                 for pos, index in task.reads:
                     meta = member.input_metas[pos]
@@ -145,6 +159,11 @@ def run_task(runtime: GroupRuntime, tasks: tuple[Task | None, ...], *deps: Any) 
                                                                        (0, 0))
                         block = _apply_affine(block, params_cache[tmeta.url][0], index[1],
                                               meta.chunks[1])
+                    if moved:
+                        dkey = (meta.url, index, tmeta.url if tmeta is not None else None)
+                        if dkey not in on_device:
+                            on_device[dkey] = to_device(block, runtime.device)
+                        block = on_device[dkey]
                     args.append(block)
                 ctx = TaskContext(task=task, inputs=member.inputs, output=member.output)
                 result = run_checked(member, ctx, args)  # NaN/inf in, NonFiniteError out
@@ -157,6 +176,7 @@ def run_task(runtime: GroupRuntime, tasks: tuple[Task | None, ...], *deps: Any) 
                 computed.append(member.stage)
     finally:
         blocks.clear()
+        on_device.clear()
         pool.release()
     # blocks_read/bytes_read count storage reads only (a hit reads nothing); cache_misses
     # are the storage reads of cacheable blocks.
