@@ -335,8 +335,9 @@ class PlainProgress:
         pass
 
 
-#: Longest row description of the bar (rich shortens the bar, not the text).
-_DESCRIPTION_CHARS = 72
+#: Longest row description of the bar (rich shortens the bar, not the text): an 80-column
+#: terminal keeps a bar of 20, the task counts and the time beside it.
+_DESCRIPTION_CHARS = 44
 
 
 class RichProgress:
@@ -367,7 +368,7 @@ class RichProgress:
             )
 
             console = Console(file=self.stream, stderr=self.stream is None)
-            self._progress = Progress(TextColumn("{task.description}"), BarColumn(),
+            self._progress = Progress(TextColumn("{task.description}"), BarColumn(bar_width=20),
                                       MofNCompleteColumn(), TimeElapsedColumn(),
                                       console=console, transient=False)
             self._progress.start()
@@ -377,8 +378,10 @@ class RichProgress:
         bar = self._display()
         self._start = start
         self._name = _pass_name(start.step, self._passes.next(start.step))
+        # The rows name the innermost step (the pass's full label ends its summary line).
+        inner = start.step.rsplit(SEP, 1)[-1]
         for s in start.stages:
-            text = f"{start.step}{SEP}{s.label}" if start.step else s.label
+            text = f"{inner}{SEP}{s.label}" if inner else s.label
             if len(text) > _DESCRIPTION_CHARS:
                 text = "…" + text[-(_DESCRIPTION_CHARS - 1):]
             self._rows[s.label] = bar.add_task(text, total=s.total, completed=s.done)
