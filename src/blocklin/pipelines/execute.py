@@ -35,6 +35,7 @@ from blocklin.pipelines.manifest import (
 )
 from blocklin.pipelines.outdir import OutputDir
 from blocklin.pipelines.registry import BuildContext
+from blocklin.pipelines.runlog import RunLog
 from blocklin.pipelines.runner import (
     Pipeline,
     RunOptions,
@@ -64,12 +65,16 @@ def execute(pipe: Pipeline, opts: RunOptions, progress: ProgressHook | None) -> 
         area = out_dir.start_run(opts.resume, load_manifest(out_dir))
         inputs = open_inputs(pipe)
         started, t0 = utc_now(), time.perf_counter()
-        values, stats = compute_steps(pipe, inputs, out_dir.url(area), comp, opts.resume,
-                                      progress)
+        log = RunLog()
+        values, _ = compute_steps(pipe, inputs, out_dir.url(area), comp, opts.resume,
+                                  progress, log)
         results = {name: values[out.step] for name, out in pipe.spec.outputs.items()}
-        persist_states(pipe, results)
-        manifest = finish_run(pipe, inputs, results, stats, comp, plan_info, started, t0,
-                              mode="run", extra=refresh_state(pipe, inputs), area=area)
+        if pipe.spec.refresh is not None:
+            with log.step("refresh state", "persist", "persist"):  # U of an SVD: one pass
+                persist_states(pipe, results)
+        manifest = finish_run(pipe, inputs, results, log.total(), comp, plan_info, started,
+                              t0, mode="run", extra=refresh_state(pipe, inputs), area=area,
+                              log=log)
     return manifest
 
 
@@ -104,28 +109,32 @@ def check_reachable(comp: Mapping[str, Any], timeout: float = 5.0) -> None:
 
 
 def compute_steps(pipe: Pipeline, inputs: Mapping[str, Any], staging: str,
-                  comp: Mapping[str, Any], resume: bool,
-                  progress: ProgressHook | None) -> tuple[dict[str, Any], RunStats]:
+                  comp: Mapping[str, Any], resume: bool, progress: ProgressHook | None,
+                  log: RunLog | None = None) -> tuple[dict[str, Any], RunStats]:
     """One shared compute for every lazy step, then the eager steps in order; matrix
-    outputs are written under ``staging`` (a path or URL)."""
+    outputs are written under ``staging`` (a path or URL).
+
+    Returns the values and the counters of every compute that ran, the eager steps'
+    own included; ``log`` (when given) gets a :class:`StepRun` per part.
+    """
     from blocklin.executors.api import compute
 
+    log = log if log is not None else RunLog()
+    first = len(log.steps)
     values = build_steps(pipe, inputs, output_paths(pipe, staging), comp)
     steps = lazy_steps(pipe)
-    stats = RunStats()
     if steps:
-        computed = compute(*(values[s.name] for s in steps), resume=resume, stats=stats,
-                           progress=progress, **comp)
+        with log.step("plan", ", ".join(sorted({s.op.name for s in steps})), "plan"):
+            computed = compute(*(values[s.name] for s in steps), resume=resume,
+                               progress=progress, **comp)
         for s, v in zip(steps, computed, strict=True):
             values[s.name] = v
     for step in pipe.steps:
         if step.op.kind == "eager":
-            # Iterative steps run their own computes; their wall time is recorded per step.
-            t0 = time.perf_counter()
-            values[step.name] = run_eager(pipe, step.name, values, comp)
-            label = f"{step.name} ({step.op.name}, iterative)"
-            stats.stage_seconds[label] = time.perf_counter() - t0
-    return values, stats
+            # Iterative steps run their own computes: each one is counted in the log.
+            with log.step(step.name, step.op.name, "eager"):
+                values[step.name] = run_eager(pipe, step.name, values, comp)
+    return values, RunLog(log.steps[first:]).total()
 
 
 def run_eager(pipe: Pipeline, name: str, values: Mapping[str, Any],
@@ -295,8 +304,12 @@ def _group_doc(pipeline: str, matrices: Mapping[str, Any]) -> dict[str, Any]:
 def finish_run(pipe: Pipeline, inputs: Mapping[str, Any], results: Mapping[str, Any],
                stats: RunStats, comp: Mapping[str, Any], plan_info: Mapping[str, Any],
                started: str, t0: float, mode: str, extra: Mapping[str, Any],
-               area: str) -> dict[str, Any]:
-    """Store outputs, then write the manifest (the commit point) and the report."""
+               area: str, log: RunLog | None = None) -> dict[str, Any]:
+    """Store outputs, then write the manifest (the commit point) and the report.
+
+    ``log`` adds ``step_runs`` to the manifest: each step's wall time, computes,
+    tasks and passes (what the report plots).
+    """
     out_dir = pipe.output_store()
     previous = load_manifest(out_dir)
     outputs = _store_outputs(pipe, results, out_dir, area)
@@ -324,6 +337,7 @@ def finish_run(pipe: Pipeline, inputs: Mapping[str, Any], results: Mapping[str, 
                   "stage_seconds": {k: round(v, 6) for k, v in stats.stage_seconds.items()},
                   "stage_tasks": dict(stats.stage_tasks)},
         "passes": dict(stats.passes),
+        "step_runs": log.records() if log is not None else [],
         "plan": list(plan_info.get("stages", [])),
         "projected_task_memory": plan_info.get("projected_task_memory", 0),
         "peak_memory": {"driver_rss_bytes": peak_rss_bytes()},
@@ -384,9 +398,16 @@ def refresh_state(pipe: Pipeline, inputs: Mapping[str, Any]) -> dict[str, Any]:
 
 def _input_record(m: Any) -> dict[str, Any]:
     prov = m.provenance
+    # Names ingest recorded (the report labels columns with them); a label array
+    # records its one column as a parameter.
+    params = prov.get("params")
+    label = params.get("column") if isinstance(params, dict) else None
+    cols = prov.get("columns") if prov.get("columns") is not None else \
+        ([label] if isinstance(label, str) else None)
     return {"url": m.url, "shape": list(m.shape), "chunks": list(m.chunks),
             "dtype": str(m.dtype), "fingerprint": m.fingerprint,
-            "batches": [b.get("fingerprint") for b in prov.get("batches", [])]}
+            "batches": [b.get("fingerprint") for b in prov.get("batches", [])],
+            "columns": [str(c) for c in cols] if isinstance(cols, list) else None}
 
 
 def accepts(func: Any, name: str) -> bool:
