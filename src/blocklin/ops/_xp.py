@@ -13,10 +13,12 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+import scipy.special
 
 from blocklin.plan.device import is_numpy, is_sparse, namespace, sparse_module
 
-__all__ = ["as_dtype", "col_sumsq", "concat", "to_dense", "triu"]
+__all__ = ["as_dtype", "col_sumsq", "concat", "empty", "expit", "log_expit", "logsumexp_rows",
+           "sumsq", "to_dense", "triu"]
 
 
 def to_dense(x: Any) -> Any:
@@ -57,8 +59,47 @@ def triu(x: Any) -> Any:
 
 def col_sumsq(x: Any) -> Any:
     """Σᵢ xᵢⱼ² per column (numpy: ``einsum``, whose bits the CPU results carry)."""
+    return sumsq(x, 0)
+
+
+def sumsq(x: Any, axis: int) -> Any:
+    """Sums of squares of a 2-D array along ``axis`` (numpy: ``einsum``)."""
     xp = namespace(x)
     if is_numpy(xp):
-        out: np.ndarray = np.einsum("ij,ij->j", x, x)
+        out: np.ndarray = np.einsum("ij,ij->j" if axis == 0 else "ij,ij->i", x, x)
         return out
-    return xp.sum(x * x, axis=0)
+    return xp.sum(x * x, axis=axis)
+
+
+def empty(xp: Any, shape: tuple[int, ...], order: str = "C") -> Any:
+    """An uninitialised float64 array; ``order`` (numpy only: LAPACK's column-major)."""
+    if is_numpy(xp):
+        return np.empty(shape, order=order)  # type: ignore[call-overload]
+    return xp.empty(shape, dtype=xp.float64)
+
+
+def expit(x: Any) -> Any:
+    """The logistic function 1/(1 + e⁻ˣ) (numpy: scipy's; elsewhere a form that never
+    overflows)."""
+    xp = namespace(x)
+    if is_numpy(xp):
+        return scipy.special.expit(x)
+    e = xp.exp(-xp.abs(x))
+    return xp.where(x >= 0, 1.0 / (1.0 + e), e / (1.0 + e))
+
+
+def log_expit(x: Any) -> Any:
+    """log(1/(1 + e⁻ˣ)) = min(x, 0) − log1p(e^−|x|), finite for every finite x."""
+    xp = namespace(x)
+    if is_numpy(xp):
+        return scipy.special.log_expit(x)
+    return xp.minimum(x, xp.zeros_like(x)) - xp.log1p(xp.exp(-xp.abs(x)))
+
+
+def logsumexp_rows(m: Any) -> Any:
+    """log Σⱼ exp(mᵢⱼ) per row, shifted by the row maximum (numpy: scipy's)."""
+    xp = namespace(m)
+    if is_numpy(xp):
+        return scipy.special.logsumexp(m, axis=1)
+    top = xp.max(m, axis=1, keepdims=True)
+    return top[:, 0] + xp.log(xp.sum(xp.exp(m - top), axis=1))

@@ -28,17 +28,27 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal, NamedTuple, cast
+from typing import Any, ClassVar, Literal, NamedTuple, cast
 
 import numpy as np
 import scipy.linalg
-from scipy.special import expit, log_expit, logsumexp
 
 from blocklin.errors import ShapeMismatchError
 from blocklin.executors.lazy import Lazy
 from blocklin.ops._extended import dd_sum_parts, exact_gram, kappa_limit, slices_for
 from blocklin.ops._inputs import MatrixInput, as_matrix, hstack_panel, row_panel_tasks
+from blocklin.ops._xp import (
+    as_dtype,
+    col_sumsq,
+    empty,
+    expit,
+    log_expit,
+    logsumexp_rows,
+    sumsq,
+    to_dense,
+)
 from blocklin.ops.tsqr import householder_r
+from blocklin.plan.device import is_sparse, like, namespace
 from blocklin.plan.graph import Kernel, TaskContext, make_stage
 from blocklin.plan.reduce import DEFAULT_FAN_IN, SumParts, tree_reduce
 
@@ -61,9 +71,9 @@ AUC_BINS = 2048
 
 
 def _dense(block: Any) -> np.ndarray:
-    if hasattr(block, "toarray"):
-        return np.asarray(block.toarray(), dtype=np.float64)
-    return np.asarray(block, dtype=np.float64)
+    """A block as dense float64 on its device (numpy, CuPy or another namespace)."""
+    out: np.ndarray = as_dtype(to_dense(block), "float64")
+    return out
 
 
 def _split(blocks: Sequence[Any], nx: int, has_w: bool) -> tuple[np.ndarray, np.ndarray,
@@ -76,7 +86,10 @@ def _split(blocks: Sequence[Any], nx: int, has_w: bool) -> tuple[np.ndarray, np.
 def _label_weight(blocks: Sequence[Any], nx: int,
                   has_w: bool) -> tuple[np.ndarray, np.ndarray | None]:
     y = _dense(blocks[nx])
-    w = _dense(blocks[nx + 1]).reshape(-1) if has_w else None
+    w = None
+    if has_w:
+        wb = _dense(blocks[nx + 1])
+        w = namespace(wb).reshape(wb, (-1,))
     return y, w
 
 
@@ -90,10 +103,11 @@ def _design(blocks: Sequence[Any], nx: int, intercept: bool,
     """
     p = sum(b.shape[1] for b in blocks[:nx])
     c = p + int(intercept) + (0 if y is None else y.shape[1])
-    z = np.empty((blocks[0].shape[0], c), order=order)
+    xp = namespace(*blocks[:nx])
+    z: np.ndarray = empty(xp, (blocks[0].shape[0], c), order)
     col = 0
     for b in blocks[:nx]:
-        z[:, col:col + b.shape[1]] = b.toarray() if hasattr(b, "toarray") else b
+        z[:, col:col + b.shape[1]] = as_dtype(to_dense(b), "float64")
         col += b.shape[1]
     if intercept:
         z[:, p] = 1.0
@@ -115,6 +129,7 @@ class MomentsPartial:
     nx: int
     has_w: bool
     full: bool
+    on_device: ClassVar[bool] = True
 
     def __call__(self, ctx: TaskContext | None, blocks: Sequence[Any]) -> Any:
         y, w = _label_weight(blocks, self.nx, self.has_w)
@@ -123,23 +138,25 @@ class MomentsPartial:
             if fast is not None:
                 return fast
         z = _design(blocks, self.nx, False, y)
+        xp = namespace(z)
         rows, d = z.shape
-        out = np.zeros((1, _moment_rows(d, self.full), max(d, 3)))
-        total = float(rows) if w is None else float(w.sum())
-        out[0, 0, :3] = total, (rows if w is None else float(w @ w)), rows
+        out = xp.zeros((1, _moment_rows(d, self.full), max(d, 3)), dtype=xp.float64)
+        total = float(rows) if w is None else float(xp.sum(w))
+        out[0, 0, :3] = xp.asarray([total, (rows if w is None else float(w @ w)), rows],
+                                   dtype=xp.float64)
         if total <= 0:
             return out
-        mu = z.mean(axis=0) if w is None else (w @ z) / total
+        mu = xp.mean(z, axis=0) if w is None else (w @ z) / total
         z -= mu
         if w is not None:
-            z *= np.sqrt(w)[:, None]
+            z *= xp.sqrt(w)[:, None]
         out[0, 1, :d] = mu
         if self.full:
             # numpy's zᵀz of one buffer is BLAS syrk with the GIL released (scipy's
             # blas.dsyrk holds the GIL and serialises concurrent tasks).
             out[0, 2:, :d] = z.T @ z
         else:
-            out[0, 2, :d] = np.einsum("ij,ij->j", z, z)
+            out[0, 2, :d] = col_sumsq(z)
         return out
 
 
@@ -231,20 +248,23 @@ class MomentsMerge:
 
 # --------------------------------------------------------------------------- loss/grad
 def _margins(x: np.ndarray, coef: np.ndarray, fit_intercept: bool) -> np.ndarray:
+    """``x @ coef[:p] (+ coef[p])``; ``coef`` (a host parameter) follows ``x``'s device."""
     p = x.shape[1]
-    m: np.ndarray = x @ coef[:p]
+    coef = like(coef, x)
+    m: np.ndarray = x @ coef[:p, ...]
     if fit_intercept:
-        m += coef[p]
+        m += coef[p, ...]
     return m
 
 
 def _loss_and_residual(family: str, m: np.ndarray, y: np.ndarray,
                        w: np.ndarray | None) -> tuple[float, np.ndarray]:
     """Loss summed over rows and dLoss/dmargin per row (weighted)."""
-    wt = np.ones(m.shape[0]) if w is None else w
+    xp = namespace(m)
+    wt = xp.ones(m.shape[0], dtype=xp.float64) if w is None else w
     if family == "squared":
         r = m - y
-        loss = 0.5 * float(wt @ np.einsum("ij,ij->i", r, r))
+        loss = 0.5 * float(wt @ sumsq(r, 1))
     elif family == "binomial":
         mm = m[:, 0]
         yy = y[:, 0]
@@ -252,11 +272,12 @@ def _loss_and_residual(family: str, m: np.ndarray, y: np.ndarray,
         loss = float(wt @ (-log_expit(mm) + (1.0 - yy) * mm))
         r = (expit(mm) - yy)[:, None]
     else:
-        labels = y[:, 0].astype(np.int64)
-        lse = logsumexp(m, axis=1)
-        loss = float(wt @ (lse - m[np.arange(m.shape[0]), labels]))
-        r = np.exp(m - lse[:, None])
-        r[np.arange(m.shape[0]), labels] -= 1.0
+        labels = xp.astype(y[:, 0], xp.int64)[:, None]
+        lse = logsumexp_rows(m)
+        loss = float(wt @ (lse - xp.take_along_axis(m, labels, axis=1)[:, 0]))
+        # Subtracting the one-hot labels changes exactly the entries r[i, yᵢ] -= 1.
+        onehot = xp.astype(labels == xp.arange(m.shape[1])[None, :], xp.float64)
+        r = xp.exp(m - lse[:, None]) - onehot
     return loss, r * wt[:, None]
 
 
@@ -269,16 +290,21 @@ class LossGradPartial:
     family: str
     fit_intercept: bool
     coef: np.ndarray  # (p + intercept, k)
+    on_device: ClassVar[bool] = True
 
     def __call__(self, ctx: TaskContext | None, blocks: Sequence[Any]) -> Any:
         x, y, w = _split(blocks, self.nx, self.has_w)
+        xp = namespace(x)
         loss, r = _loss_and_residual(self.family, _margins(x, self.coef, self.fit_intercept), y, w)
-        g = np.empty_like(self.coef)
-        g[: x.shape[1]] = x.T @ r
+        total = x.shape[0] if w is None else float(xp.sum(w))
+        out = xp.empty((1, 1, 2 + self.coef.size), dtype=xp.float64)
+        out[0, 0, :2] = xp.asarray([loss, total], dtype=xp.float64)
+        # The gradient row-major, as coef.ravel(): X's rows, then the intercept's.
+        p, k = x.shape[1], self.coef.shape[1]
+        out[0, 0, 2:2 + p * k] = xp.reshape(x.T @ r, (-1,))
         if self.fit_intercept:
-            g[x.shape[1]] = r.sum(axis=0)
-        total = x.shape[0] if w is None else float(w.sum())
-        return np.concatenate([[loss, total], g.ravel()])[None, None]
+            out[0, 0, 2 + p * k:] = xp.sum(r, axis=0)
+        return out
 
 
 def unpack_grad(packed: np.ndarray, shape: tuple[int, int]) -> tuple[float, float, np.ndarray]:
@@ -305,21 +331,23 @@ class LsqrPartial:
     fit_intercept: bool
     coef: np.ndarray  # (p + intercept,)
     c: float
+    on_device: ClassVar[bool] = True
 
     def __call__(self, ctx: TaskContext | None, blocks: Sequence[Any]) -> Any:
         x = hstack_panel(blocks[:self.nx])
-        x = x.astype(np.float64) if hasattr(x, "tocsr") else _dense(x)
+        x = x.astype(np.float64) if is_sparse(x) else _dense(x)
         y, w = _label_weight(blocks, self.nx, self.has_w)
+        xp = namespace(y)
         p = x.shape[1]
-        m = np.asarray(_margins(x, self.coef, self.fit_intercept), dtype=np.float64).reshape(-1)
+        m = xp.reshape(_dense(_margins(x, self.coef, self.fit_intercept)), (-1,))
         m -= self.c * y[:, 0]
         wm = m if w is None else w * m
-        out = np.empty(1 + self.coef.shape[0])
-        out[0] = m @ wm
-        out[1:p + 1] = np.asarray(x.T @ wm).reshape(-1)
+        out = xp.empty((1, 1, 1 + self.coef.shape[0]), dtype=xp.float64)
+        out[0, 0, 0] = m @ wm
+        out[0, 0, 1:p + 1] = xp.reshape(_dense(x.T @ wm), (-1,))
         if self.fit_intercept:
-            out[p + 1] = wm.sum()
-        return out[None, None]
+            out[0, 0, p + 1] = xp.sum(wm)
+        return out
 
 
 # --------------------------------------------------------------------------- Newton
@@ -338,34 +366,37 @@ class NewtonPartial:
     has_w: bool
     fit_intercept: bool
     coef: np.ndarray  # (P, K)
+    on_device: ClassVar[bool] = True
 
     def __call__(self, ctx: TaskContext | None, blocks: Sequence[Any]) -> Any:
         y, w = _label_weight(blocks, self.nx, self.has_w)
         z = _design(blocks, self.nx, self.fit_intercept)
+        xp = namespace(z)
         rows = z.shape[0]
         size, k = self.coef.shape
-        m = z @ self.coef
+        m = z @ like(self.coef, z)
         family = "binomial" if k == 1 else "multinomial"
         loss, r = _loss_and_residual(family, m, y, w)
         q = size * k
-        out = np.zeros((1, q + 2, max(q, 2)))
-        out[0, 0, :2] = loss, (rows if w is None else float(w.sum()))
-        out[0, 1, :q] = (z.T @ r).ravel()
+        out = xp.zeros((1, q + 2, max(q, 2)), dtype=xp.float64)
+        out[0, 0, :2] = xp.asarray([loss, (rows if w is None else float(xp.sum(w)))],
+                                   dtype=xp.float64)
+        out[0, 1, :q] = xp.reshape(z.T @ r, (-1,))
         wt = 1.0 if w is None else w
         if k == 1:
             prob = expit(m[:, 0])
-            z *= np.sqrt(prob * (1.0 - prob) * wt)[:, None]
+            z *= xp.sqrt(prob * (1.0 - prob) * wt)[:, None]
             out[0, 2:, :size] = z.T @ z  # syrk, GIL released
             return out
-        prob = np.exp(m - logsumexp(m, axis=1)[:, None])
-        h4 = np.zeros((size, k, size, k))
+        prob = xp.exp(m - logsumexp_rows(m)[:, None])
+        h4 = xp.zeros((size, k, size, k), dtype=xp.float64)
         for a in range(k):
             for b in range(a, k):
-                d = wt * prob[:, a] * ((a == b) - prob[:, b])
+                d = wt * prob[:, a] * (float(a == b) - prob[:, b])
                 hab = (z * d[:, None]).T @ z
                 h4[:, a, :, b] = hab
                 h4[:, b, :, a] = hab.T
-        out[0, 2:, :q] = h4.reshape(q, q)
+        out[0, 2:, :q] = xp.reshape(h4, (q, q))
         return out
 
 

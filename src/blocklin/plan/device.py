@@ -18,14 +18,13 @@ Devices of a task:
                       copy on the thread's own non-blocking stream (:class:`DeviceScope`),
                       so with two task threads per GPU the copy of one task's block
                       overlaps the compute of the other's.
-``array_api_strict``  For tests: dense blocks become ``array_api_strict`` arrays, which
+``array_api_strict``  For tests: blocks become ``array_api_strict`` arrays, which
                       refuse every call outside the standard (a call CuPy might not
                       have), so the device code path runs, and is checked, on every
-                      commit without a GPU. CSR blocks stay scipy's there (the strict
-                      namespace has no sparse arrays).
-
-Sparse host matrices given to a namespace without sparse arrays are densified by
-:func:`like` (only the strict test namespace).
+                      commit without a GPU. The strict namespace has no sparse arrays:
+                      CSR blocks (and sparse sketches, :func:`like`) arrive dense there,
+                      so the sparse kernels' GPU path (``cupyx.scipy.sparse``, scipy's
+                      API) is the one scipy runs on the CPU.
 """
 
 from __future__ import annotations
@@ -188,7 +187,8 @@ def to_device(x: Any, device: str) -> Any:
     if device == "array_api_strict":
         import array_api_strict
 
-        return x if sp.issparse(x) else array_api_strict.asarray(x)
+        # No sparse arrays in the strict namespace: a CSR block arrives dense.
+        return array_api_strict.asarray(x.toarray() if sp.issparse(x) else x)
     if device != "gpu":
         raise ConfigError(f"unknown device {device!r}; expected one of {RUNTIME_DEVICES}")
     cupy = require_gpu()
