@@ -56,7 +56,7 @@ def test_run_matches_numpy_and_writes_manifest_and_report(matrix: Any, write_spe
     assert doc["refresh"] == {"input": "X", "rows": 500, "batches": []}
     assert (out / "report" / "report.md").is_file()
     assert (out / "report" / "gram-spectrum.png").stat().st_size > 1000
-    assert (out / "report" / "stages.png").is_file()
+    assert (out / "report" / "time.png").is_file()
     # The progress hook reached every stage's total.
     finals: dict[str, tuple[int, int]] = {}
     for label, done, total in seen:

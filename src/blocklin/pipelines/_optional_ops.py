@@ -73,8 +73,11 @@ class SVDParams(Params):
 
 def _svd(fn: Any) -> Callable[[Mapping[str, Any], Any, BuildContext], Any]:
     def build(inputs: Mapping[str, Any], p: Any, ctx: BuildContext) -> Any:
+        # Column statistics ride in the first pass: the total variance the report's
+        # explained variance ratio is taken over.
+        extra = {"with_stats": True} if _takes(fn, "with_stats") else {}
         return fn(inputs["A"], p.k, oversample=p.oversample, n_iter=p.n_iter, seed=p.seed,
-                  method=p.method, **ctx.compute)
+                  method=p.method, **extra, **ctx.compute)
 
     return build
 
@@ -85,6 +88,10 @@ def _svd_arrays(res: Any) -> Arrays:
         out["mean"] = np.asarray(res.mean)
     if hasattr(res, "explained_variance"):
         out["explained_variance"] = np.asarray(res.explained_variance)
+    if getattr(res, "total_variance", None) is not None:
+        # Over all of A's variance (PCA: of the centered A), not over the top k.
+        out["total_variance"] = np.asarray(res.total_variance)
+        out["explained_variance_ratio"] = np.asarray(res.explained_variance_ratio)
     return out
 
 
@@ -148,7 +155,8 @@ def _estimator(cls: Any, p: Any, comp: Mapping[str, Any]) -> Any:
 def _fit(cls: Any) -> Callable[[Mapping[str, Any], Any, BuildContext], Any]:
     def build(inputs: Mapping[str, Any], p: Any, ctx: BuildContext) -> Any:
         est = _estimator(cls, p, ctx.compute).fit(inputs["X"], inputs["y"])
-        est._pipeline_residuals = _residuals(est, inputs["X"], inputs["y"])
+        est._pipeline_residuals, est._pipeline_fitted = _residuals(est, inputs["X"],
+                                                                   inputs["y"])
         # One more pass over the training data, so outputs carry R², RMSE, p-values, ...
         est._pipeline_summary = est.summary.as_arrays()
         return est
@@ -156,10 +164,12 @@ def _fit(cls: Any) -> Callable[[Mapping[str, Any], Any, BuildContext], Any]:
     return build
 
 
-def _residuals(est: Any, X: Any, y: Any) -> np.ndarray | None:
+def _residuals(est: Any, X: Any, y: Any) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """Residuals and fitted values of a regression (the report's residual plots)."""
     if X.shape[0] > _RESIDUAL_ROWS or not hasattr(est, "predict") or hasattr(est, "classes_"):
-        return None
-    return np.asarray(y.to_numpy()[:, 0] - est.predict(X))
+        return None, None
+    fitted = np.asarray(est.predict(X), dtype=np.float64)
+    return np.asarray(y.to_numpy()[:, 0] - fitted), fitted
 
 
 def _regression_arrays(est: Any) -> Arrays:
@@ -172,6 +182,7 @@ def _regression_arrays(est: Any) -> Arrays:
     r = getattr(est, "_pipeline_residuals", None)
     if r is not None:
         out["residuals"] = r
+        out["fitted"] = est._pipeline_fitted
     # A refresh (partial_fit) has no training summary: the rows are not read again.
     for k, v in (getattr(est, "_pipeline_summary", None) or {}).items():
         out[f"summary_{k}"] = v
