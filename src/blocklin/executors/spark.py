@@ -44,7 +44,9 @@ GPU placement
 gets ``spark.task.resource.gpu.amount=1`` and ``spark.executor.resource.gpu.amount=1``
 (the cluster's workers must advertise GPUs with a discovery script); a given session
 must already request ``spark.task.resource.gpu.amount``. Spark's local mode does not
-schedule GPUs, so ``device="gpu"`` needs a cluster master.
+schedule GPUs, so ``device="gpu"`` needs a cluster master. Each Spark task makes the
+GPU Spark assigned it (``TaskContext.resources()["gpu"].addresses``) its current CUDA
+device before its block tasks copy anything there (:func:`use_task_gpu`).
 """
 
 from __future__ import annotations
@@ -71,6 +73,7 @@ from blocklin.errors import (
 )
 from blocklin.executors import progress
 from blocklin.executors.base import ExecutionPlan, TaskCallback, TaskJob, run_block_task
+from blocklin.plan.device import select_gpu
 from blocklin.plan.finalize import FinalPlan
 from blocklin.plan.graph import Task
 from blocklin.plan.memory import fit_cache_budget
@@ -199,6 +202,18 @@ def task_slices(tasks: list[TaskTuple], parts: int) -> list[list[TaskTuple]]:
     return [tasks[i * n // parts:(i + 1) * n // parts] for i in range(parts)]
 
 
+def use_task_gpu() -> None:
+    """Make the GPU Spark assigned the running task (its ``gpu`` resource address) this
+    thread's CUDA device, so that a task on a GPU slot computes there and not on device
+    0. Outside a Spark task, or without a ``gpu`` resource, nothing changes."""
+    from pyspark import TaskContext  # noqa: TID251
+
+    ctx = TaskContext.get()
+    info = ctx.resources().get("gpu") if ctx is not None else None
+    if info is not None and info.addresses:
+        select_gpu(info.addresses[0])
+
+
 def _run_slice(runtime: GroupRuntime, counter: Any = None
                ) -> Callable[[Iterable[list[TaskTuple]]], Iterator[TaskMetrics]]:
     """The function Spark maps over each partition (one slice) of a group's tasks
@@ -206,6 +221,8 @@ def _run_slice(runtime: GroupRuntime, counter: Any = None
     to ``counter`` (a Spark accumulator, when the driver watches) per block task."""
 
     def run(slices: Iterable[list[TaskTuple]]) -> Iterator[TaskMetrics]:
+        if runtime.device == "gpu":
+            use_task_gpu()
         for member_tasks in (t for one in slices for t in one):
             try:
                 metrics = run_block_task(runtime, member_tasks)
