@@ -28,6 +28,7 @@ from blocklin.ops._inputs import as_matrix, row_panel_tasks
 from blocklin.ops.stats import ColumnStats
 from blocklin.plan.device import (
     GPU_TASKS,
+    DeviceScope,
     gpu_module,
     is_sparse,
     like,
@@ -229,6 +230,12 @@ def test_to_device_and_back() -> None:
 def test_gpu_without_cupy_is_a_clear_config_error(data: Data, tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="CuPy"):
         to_device(np.ones(3), "gpu")
+    # A GPU task whose kernels all stay on the host (a reduction level on a driver
+    # without a GPU) never asks for one; its first copy to the device does.
+    with DeviceScope("gpu"):
+        pass
+    with DeviceScope("gpu"), pytest.raises(ConfigError, match="CuPy"):
+        to_device(sp.eye(3, format="csr"), "gpu")
     with pytest.raises(ConfigError, match="CuPy"):
         bl.ops.gram(data.A).compute(device="gpu", work_dir=str(tmp_path / "w"))
     with pytest.raises(ConfigError, match="CuPy"):

@@ -197,7 +197,7 @@ def to_device(x: Any, device: str) -> Any:
 
         scope = getattr(_local, "scope", None)
         if scope is not None:
-            scope.hold()
+            scope.start()
 
         csr = x.tocsr()
         if csr.dtype.kind != "f":  # cuSPARSE multiplies floating point only
@@ -297,7 +297,7 @@ def _staged_upload(cupy: Any, block: np.ndarray) -> Any:
     if scope is None or block.size == 0:
         # Outside a task's scope (a test, a driver): a plain synchronous copy.
         return cupy.asarray(block)
-    scope.hold()
+    scope.start()
     out = cupy.empty(block.shape, dtype=block.dtype)
     host = scope.staging.take(cupy, block.nbytes).view(block.dtype).reshape(block.shape)
     np.copyto(host, block)
@@ -308,14 +308,16 @@ def _staged_upload(cupy: Any, block: np.ndarray) -> Any:
 
 
 class DeviceScope:
-    """What a task runs inside on its device. A no-op except on ``gpu``, where:
+    """What a task runs inside on its device. A no-op except on ``gpu``, where the
+    first copy of a block to the device (none for a task of host kernels only, such
+    as a reduction level on a driver without a GPU):
 
-    - this thread's non-blocking CUDA stream (one per thread and device) is current,
-      so copies and kernels of tasks on other threads overlap this task's;
-    - blocks are copied through this thread's pinned buffers, recycled on entry;
-    - the first copy to the device waits for one of ``tasks`` places on the GPU
-      (:data:`GPU_TASKS`), held until the task leaves: reading and decoding blocks
-      happen before, on as many threads as the worker has.
+    - waits for one of ``tasks`` places on the GPU (:data:`GPU_TASKS`), held until the
+      task leaves: reading and decoding blocks happen before, on as many threads as
+      the worker has;
+    - makes this thread's non-blocking CUDA stream (one per thread and device)
+      current, so the copies and kernels of tasks on other threads overlap this one's;
+    - recycles this thread's pinned buffers, through which dense blocks are copied.
     """
 
     def __init__(self, device: str, tasks: int = GPU_TASKS) -> None:
@@ -326,41 +328,43 @@ class DeviceScope:
         self.staging: _Staging
 
     def __enter__(self) -> DeviceScope:
-        if self.device != "gpu":
-            return self
+        if self.device == "gpu":
+            _local.scope = self
+        return self
+
+    def start(self) -> None:
+        """Take a place on the GPU and its stream (once per task, on the first copy)."""
+        if self._stream is not None:
+            return
         cupy = require_gpu()
         device_id = int(cupy.cuda.runtime.getDevice())
+        gate = _gate(device_id, self.tasks)
+        gate.acquire()
+        self._held = gate
         streams = getattr(_local, "streams", None)
         if streams is None:
             streams = _local.streams = {}
         if device_id not in streams:
             streams[device_id] = cupy.cuda.Stream(non_blocking=True)
-        self._stream = streams[device_id]
+        stream = streams[device_id]
         staging = getattr(_local, "staging", None)
         if staging is None:
             staging = _local.staging = _Staging()
-        self._stream.synchronize()  # the last task's copies out of the pinned regions are done
+        stream.synchronize()  # the last task's copies out of the pinned regions are done
         staging.reset()
         self.staging = staging
-        self._gate = _gate(device_id, self.tasks)
-        self._stream.__enter__()
-        _local.scope = self
-        return self
-
-    def hold(self) -> None:
-        """Take a place on the GPU (once per task)."""
-        if self._held is None:
-            self._gate.acquire()
-            self._held = self._gate
+        stream.__enter__()
+        self._stream = stream
 
     def __exit__(self, *exc: Any) -> None:
-        if self._stream is None:
+        if self.device != "gpu":
             return
         _local.scope = None
         try:
-            self._stream.synchronize()
+            if self._stream is not None:
+                self._stream.synchronize()
+                self._stream.__exit__(*exc)
         finally:
-            self._stream.__exit__(*exc)
             self._stream = None
             if self._held is not None:
                 self._held.release()
