@@ -26,6 +26,7 @@ from blocklin.ml import LinearRegression
 from blocklin.ops import glm
 from blocklin.ops._inputs import as_matrix, row_panel_tasks
 from blocklin.ops.stats import ColumnStats
+from blocklin.ops.svd import normal_product
 from blocklin.plan.device import (
     GPU_TASKS,
     DeviceScope,
@@ -90,6 +91,7 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> Data:
         W=rng.standard_normal((COLS, 6)))
 
 
+SHIFT = np.linspace(0.3, 0.7, COLS)
 COEF = np.linspace(-0.2, 0.3, COLS + 1)[:, None]
 COEF3 = np.linspace(-0.2, 0.3, 3 * (COLS + 1)).reshape(COLS + 1, 3)
 
@@ -122,6 +124,9 @@ CASES: dict[str, Callable[[Data], list[Lazy]]] = {
     "tsqr": lambda d: [*bl.ops.tsqr(d.A)],
     "tsqr_r_joined": lambda d: [bl.ops.tsqr_r(d.A, d.B)],
     "svd": lambda d: [*bl.ops.svd(d.A)],
+    "rsvd_normal_product": lambda d: [
+        normal_product(d.A, d.W), normal_product(d.A, d.W, shift=SHIFT, with_sums=True),
+        normal_product(d.S, d.W, shift=SHIFT, with_sums=True)],
     "glm_moments": lambda d: [glm.normal_stats(d.A, d.y), glm.normal_stats(d.A, d.y, d.w)],
     "glm_loss_grad": lambda d: [glm.loss_grad(d.A, d.y, COEF),
                                 glm.loss_grad(d.A, d.yb, COEF, family="binomial",

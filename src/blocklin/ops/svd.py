@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal, get_args
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, get_args
 
 import numpy as np
 
@@ -27,6 +27,7 @@ from blocklin.ops.products import gram, matmul
 from blocklin.ops.sketch import as_float64, left_apply, right_apply
 from blocklin.ops.stats import ColumnStats, column_stats
 from blocklin.ops.tsqr import plan_finish, plan_form_q, plan_tree, row_signs
+from blocklin.plan.device import is_sparse, like, namespace
 from blocklin.plan.graph import TaskContext, make_stage
 from blocklin.plan.reduce import SumParts, tree_reduce
 from blocklin.storage.blockcache import process_cache
@@ -140,20 +141,29 @@ class NormalProduct:
     x: np.ndarray
     shift: np.ndarray | None = None
     with_sums: bool = False
+    #: Runs on the task's device (array namespace of the blocks; see plan/device.py).
+    on_device: ClassVar[bool] = True
 
     def __call__(self, ctx: TaskContext, blocks: Sequence[Any]) -> Any:
         raw = hstack_panel(blocks)
         # Converted once here, not again in each of the two products below.
         a = as_float64(raw)
         y = right_apply(a, self.x)
+        xp = namespace(y)
         if self.shift is not None:
-            y -= self.shift @ self.x
+            y -= like(self.shift @ self.x, y)
         z = left_apply(y, a).T
         if self.shift is not None:
-            z -= np.outer(self.shift, y.sum(axis=0))
+            # np.outer's products, in any namespace.
+            z -= like(self.shift, y)[:, None] * xp.sum(y, axis=0)[None, :]
         if self.with_sums:
-            z = np.hstack([z, np.asarray(raw.sum(axis=0), dtype=np.float64).reshape(-1, 1)])
-        return np.ascontiguousarray(z)[None]
+            # A CSR's column sums come back as a 1 × n matrix.
+            sums = xp.asarray(raw.sum(axis=0) if is_sparse(raw) else xp.sum(raw, axis=0),
+                              dtype=xp.float64)
+            z = xp.concat([z, xp.reshape(sums, (-1, 1))], axis=1)
+        if type(z) is np.ndarray:
+            z = np.ascontiguousarray(z)
+        return z[None, ...]
 
 
 def normal_product(A: Any, X: np.ndarray, *, shift: np.ndarray | None = None,
