@@ -351,7 +351,7 @@ def _dry_run_text(info: dict[str, Any]) -> str:
     lines = [f"pipeline {info['pipeline']} (dry run: nothing is computed)",
              f"executor: {ex['executor']}" + (f" at {ex['address']}" if ex["address"] else "")
              + f", work_dir {ex['work_dir']}", "", info["text"]]
-    if info["eager_steps"]:
+    if info["eager_steps"] and not info.get("eager"):
         lines.append("iterative steps (run their own passes after the plan): "
                      + ", ".join(info["eager_steps"]))
     kept = info.get("intermediates", {})

@@ -14,6 +14,7 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import Field
 
+from blocklin.pipelines import checks
 from blocklin.pipelines.registry import (
     Arrays,
     BuildContext,
@@ -234,7 +235,8 @@ def discover(find: Finder) -> Iterator[Operator]:
         yield Operator("sketch", "random sketch SA (k × n) of A", ("A",), SketchParams, "small",
                        _sketch(sketch))
         yield Operator("sketched_crossprod", "(SA)ᵀ(SB) ≈ AᵀB with one shared sketch S",
-                       ("A", "B"), SketchParams, "eager", _sketched_crossprod(sketch))
+                       ("A", "B"), SketchParams, "eager", _sketched_crossprod(sketch),
+                       check=checks.check_crossprod)
     smm = find("blocklin.ops", "sketched_matmul")
     if smm is not None and _takes(smm, "kind", "seed", "s"):
         yield Operator("sketched_matmul", "sketched AᵀB with an a-posteriori error estimate "
@@ -261,13 +263,14 @@ def _svd_ops(find: Finder) -> Iterator[Operator]:
             "(randomized; refresh: " + ("SVD row update)" if incremental else "recompute)"),
             ("A",), SVDParams, "eager", _svd(fn), extract=_svd_arrays,
             persist=_svd_persist(state) if incremental else None,
-            update=_svd_update(state, update) if incremental else None)
+            update=_svd_update(state, update) if incremental else None,
+            check=checks.check_svd(centered=name == "pca"))
     tsvd = find("blocklin.ml", "TruncatedSVD")
     if tsvd is not None:
         yield Operator("truncated_svd", "TruncatedSVD estimator: components, singular values, "
                        "explained variance (refresh: partial_fit row update)", ("A",),
                        TSVDParams, "eager", _tsvd_fit(tsvd), extract=_tsvd_arrays,
-                       update=_tsvd_update(tsvd))
+                       update=_tsvd_update(tsvd), check=checks.check_tsvd)
 
 
 class TSVDParams(Params):
@@ -325,10 +328,11 @@ def _ml_ops(find: Finder) -> Iterator[Operator]:
         yield Operator("linear_regression", "least squares / ridge / elastic net (MLlib "
                        "objective); refresh merges sufficient statistics", ("X", "y"),
                        LinearParams, "eager", _fit(lin), extract=_regression_arrays,
-                       update=_linear_update(lin), updatable=_normal_equations)
+                       update=_linear_update(lin), updatable=_normal_equations,
+                       check=checks.check_regression("squared"))
     log = find("blocklin.ml", "LogisticRegression")
     if log is not None:
         yield Operator("logistic_regression", "binomial / multinomial logistic regression",
                        ("X", "y"), LogisticParams, "eager", _fit(log),
-                       extract=_regression_arrays)
+                       extract=_regression_arrays, check=checks.check_regression("binomial"))
 

@@ -53,6 +53,9 @@ Merger = Callable[[Arrays, Arrays], Arrays]
 Extractor = Callable[[Any], Arrays]
 #: ``persist(value, state_dir)``: keep what a later refresh needs beyond the outputs.
 Persister = Callable[[Any, str], None]
+#: ``check(inputs, params, ctx)``: a dry run's checks of an eager step, returning its
+#: projected passes (a :class:`blocklin.pipelines.checks.StepPlan`).
+Checker = Callable[[Mapping[str, Any], Any, BuildContext], Any]
 
 
 @dataclass(frozen=True)
@@ -85,6 +88,7 @@ class Operator:
     persist: Persister | None = None
     update: Updater | None = None
     updatable: Callable[[Any], bool] | None = None
+    check: Checker | None = None
 
     @property
     def incremental(self) -> bool:

@@ -394,22 +394,101 @@ def explain_pipeline(pipe: Pipeline, opts: RunOptions | None = None) -> dict[str
         report = finalize(Plan().merge(*(v.plan for v in lazies)), limit).report()
     except PlanMemoryError as exc:
         raise pipe.error("resources.max_task_memory", str(exc)) from None
+    _check_label_column(pipe, inputs)
+    eager = eager_projection(pipe, values, comp, limit)
     keep = opts.keep_intermediates or spec_keeps(pipe)
+    stages: list[dict[str, Any]] = [{"step": "plan", "stage": r[0], "tasks": r[1], "memory_per_task": r[2],
+               "bytes_read": r[3], "bytes_written": r[4]} for r in report.rows]
+    stages += [row for e in eager for row in e["stages"]]
     return {
         "pipeline": pipe.spec.name,
         "executor": {k: comp[k] for k in ("executor", "address", "work_dir")},
-        "stages": [{"stage": r[0], "tasks": r[1], "memory_per_task": r[2], "bytes_read": r[3],
-                    "bytes_written": r[4]} for r in report.rows],
+        "stages": stages,
         "passes": report.source_passes(),
         "max_task_memory": report.max_task_memory,
-        "projected_task_memory": max((r[2] for r in report.rows), default=0),
+        "projected_task_memory": max((r["memory_per_task"] for r in stages), default=0),
         "eager_steps": [s.name for s in pipe.steps if s.op.kind == "eager"],
+        "eager": eager,
         # What the run leaves in the work dir: the plan's intermediates (the iterative
         # steps' own come and go pass by pass), removed once it succeeds unless kept.
         "intermediates": {"arrays": report.intermediates, "bytes": report.intermediate_bytes,
                           "removed_at_end": not keep},
-        "text": str(report),
+        "text": (str(report) if lazies else "no planned steps") + _eager_text(eager),
     }
+
+
+def eager_projection(pipe: Pipeline, values: Mapping[str, Any], comp: Mapping[str, Any],
+                     limit: int) -> list[dict[str, Any]]:
+    """Check each eager step without its data's values and project its passes.
+
+    Each step's checker (:mod:`blocklin.pipelines.checks`) checks shapes and
+    parameter combinations and plans one pass of each kind the step makes; those
+    are finalized against ``limit`` like the shared plan.
+
+    Raises
+    ------
+    SpecError
+        Naming the step (and the parameter, where one is at fault).
+    """
+    from blocklin.plan.finalize import finalize
+    from blocklin.plan.graph import Plan
+
+    out = []
+    for step in pipe.steps:
+        if step.op.kind != "eager" or step.op.check is None:
+            continue
+        args = {arg: values[ref] for arg, ref in step.spec.inputs.items()}
+        try:
+            sp = step.op.check(args, step.params, BuildContext(compute=comp))
+        except (BlocklinError, ValueError, TypeError) as exc:
+            param = getattr(exc, "param", None)
+            raise pipe.error(f"{step.loc}.params.{param}" if param else step.loc,
+                             f"{step.op.name}: {exc}") from None
+        rows: list[dict[str, Any]] = []
+        reads: set[str] = set()
+        for what, plan in sp.plans:
+            try:
+                rep = finalize(Plan().merge(plan), limit).report()
+            except PlanMemoryError as exc:
+                raise pipe.error("resources.max_task_memory",
+                                 f"step {step.name!r} ({what}): {exc}") from None
+            reads.update(rep.source_passes())
+            rows += [{"step": step.name, "pass": what, "stage": r[0], "tasks": r[1],
+                      "memory_per_task": r[2], "bytes_read": r[3], "bytes_written": r[4]}
+                     for r in rep.rows]
+        out.append({"step": step.name, "op": step.op.name, "passes": list(sp.passes),
+                    "passes_text": sp.passes_text, "inputs": sorted(reads), "stages": rows})
+    return out
+
+
+def _eager_text(eager: list[dict[str, Any]]) -> str:
+    from blocklin.errors import format_bytes
+
+    if not eager:
+        return ""
+    lines = ["", "iterative steps (run after the plan, one compute per pass; each kind of "
+             "pass projected from shapes):"]
+    for e in eager:
+        lines.append(f"  {e['step']} ({e['op']}): {e['passes_text']} passes over "
+                     + ", ".join(e["inputs"]))
+        for r in e["stages"]:
+            lines.append(f"    {r['pass'][:26]:<26}  {r['stage'][:40]:<40}  {r['tasks']:>6}  "
+                         f"{format_bytes(r['memory_per_task']):>10}/task")
+    return "\n".join(lines)
+
+
+def _check_label_column(pipe: Pipeline, inputs: Mapping[str, Any]) -> None:
+    """A refresh's ``label_column`` must be the column ingest stored in ``label_input``
+    (where ingest recorded its name): batches are read by that name."""
+    r = pipe.spec.refresh
+    if r is None or r.label_input is None or r.label_column is None:
+        return
+    params = inputs[r.label_input].provenance.get("params")
+    recorded = params.get("column") if isinstance(params, dict) else None
+    if isinstance(recorded, str) and recorded != r.label_column:
+        raise pipe.error("refresh.label_column", f"{r.label_column!r} is not the label "
+                         f"column of input {r.label_input!r}: ingest stored {recorded!r} "
+                         "there")
 
 
 def run_pipeline(pipe: Pipeline, opts: RunOptions | None = None,
