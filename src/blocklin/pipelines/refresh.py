@@ -43,7 +43,6 @@ from typing import Any
 
 from blocklin.errors import InputValueError
 from blocklin.executors.api import ProgressHook
-from blocklin.executors.base import RunStats
 from blocklin.pipelines.append import (
     append_batch,
     append_rows,
@@ -68,6 +67,7 @@ from blocklin.pipelines.lock import OutputLock
 from blocklin.pipelines.manifest import load_manifest, load_small, utc_now
 from blocklin.pipelines.outdir import OutputDir
 from blocklin.pipelines.registry import Arrays, BuildContext, UpdateContext
+from blocklin.pipelines.runlog import RunLog
 from blocklin.pipelines.runner import (
     BoundStep,
     Pipeline,
@@ -281,7 +281,7 @@ def _update(pipe: Pipeline, inputs: dict[str, Any], manifest: Mapping[str, Any],
     comp = compute_options(pipe, opts)
     plan_info = explain_pipeline(pipe, opts)
     started, t0 = utc_now(), time.perf_counter()
-    stats = RunStats()
+    log = RunLog()  # every compute of every part, for the manifest and report
     outs = pipe.spec.outputs
     inc = [n for n, o in outs.items() if _incremental(pipe, pipe.step(o.step))
            and n in manifest.get("outputs", {})]
@@ -293,20 +293,20 @@ def _update(pipe: Pipeline, inputs: dict[str, Any], manifest: Mapping[str, Any],
     area = out.start_run(True, manifest)
     results: dict[str, Any] = {}
     for b, rec in zip(batches, pending, strict=True):
-        prev = _apply_batch(pipe, inc, prev, b, tuple(rec["rows"]), comp, stats, progress)
+        prev = _apply_batch(pipe, inc, prev, b, tuple(rec["rows"]), comp, log, progress)
     modes = dict.fromkeys(inc, "incremental")
     results.update(prev)
     rest = [n for n in outs if n not in results]
     if rest:
-        full, more = compute_steps(pipe, inputs, out.url(area), comp, False, progress)
-        stats.merge(more)
+        full, _ = compute_steps(pipe, inputs, out.url(area), comp, False, progress, log)
         for n in rest:
             results[n], modes[n] = full[outs[n].step], "recomputed"
-        persist_states(pipe, {n: results[n] for n in rest})
+        with log.step("refresh state", "persist", "persist"):
+            persist_states(pipe, {n: results[n] for n in rest})
     extra = refresh_state(pipe, inputs)
     extra["refresh"].update(applied=[b["fingerprint"] for b in pending], outputs=modes)
-    done = finish_run(pipe, inputs, results, stats, comp, plan_info, started, t0, "refresh",
-                      extra, area=area)
+    done = finish_run(pipe, inputs, results, log.total(), comp, plan_info, started, t0,
+                      "refresh", extra, area=area, log=log)
     _fault("after_outputs")
     return done
 
@@ -353,7 +353,7 @@ def _copy_from_inputs(pipe: Pipeline, inputs: Mapping[str, BlockMatrix], out: Ou
 
 
 def _apply_batch(pipe: Pipeline, names: list[str], prev: dict[str, Arrays], b: StagedBatch,
-                 rows: tuple[int, ...], comp: Mapping[str, Any], stats: RunStats,
+                 rows: tuple[int, ...], comp: Mapping[str, Any], log: RunLog,
                  progress: ProgressHook | None) -> dict[str, Arrays]:
     """Merge one batch into each incremental output: one shared compute for the lazy ones."""
     from blocklin.executors.api import compute
@@ -363,9 +363,11 @@ def _apply_batch(pipe: Pipeline, names: list[str], prev: dict[str, Arrays], b: S
     lazy = [n for n in names if steps[n].op.merge_rows is not None]
     built = [steps[n].op.build(_batch_args(pipe, steps[n], b), steps[n].params,
                                BuildContext(compute=comp)) for n in lazy]
-    one = RunStats()
-    values = compute(*built, stats=one, progress=progress, **comp) if built else ()
-    stats.merge(one)
+    values: tuple[Any, ...] = ()
+    if built:
+        with log.step(f"batch {b.fingerprint[:12]}", "merge rows: " + ", ".join(
+                sorted({steps[n].op.name for n in lazy})), "plan"):
+            values = compute(*built, progress=progress, **comp)
     new = dict(prev)
     for n, v in zip(lazy, values, strict=True):
         merge = steps[n].op.merge_rows
@@ -376,9 +378,6 @@ def _apply_batch(pipe: Pipeline, names: list[str], prev: dict[str, Arrays], b: S
         if n not in lazy and update is not None:
             ctx = UpdateContext(prev[n], _batch_args(pipe, steps[n], b), (rows[0], rows[1]),
                                 persist_dir(pipe.output_store(), n), comp)
-            t0 = time.perf_counter()
-            new[n] = update(ctx, steps[n].params)
-            label = f"{n} ({steps[n].op.name} update)"
-            stats.stage_seconds[label] = stats.stage_seconds.get(label, 0.0) \
-                + time.perf_counter() - t0
+            with log.step(steps[n].name, f"{steps[n].op.name} update", "update"):
+                new[n] = update(ctx, steps[n].params)
     return new
