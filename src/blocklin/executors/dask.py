@@ -144,8 +144,9 @@ class DaskExecutor:
     retries : int
         Retries of a failed task on a distributed cluster.
     device : {"cpu", "gpu"}
-        ``gpu`` places every task on a worker declaring a ``GPU`` resource
-        (``dask worker --resources GPU=1``), one GPU per task; it needs a cluster.
+        ``gpu`` runs the block kernels on a GPU: on a cluster, every task on a worker
+        declaring a ``GPU`` resource (``dask worker --resources GPU=1``), one GPU per
+        task; on local threads, this machine's GPU (CuPy needed where they run).
     connect_timeout : float, optional
         Seconds to wait for the scheduler at ``address`` (default 10).
     worker_timeout : float, optional

@@ -29,7 +29,7 @@ Devices of a task:
 
 from __future__ import annotations
 
-import os
+import platform
 import threading
 from functools import cache
 from importlib.util import find_spec
@@ -101,7 +101,7 @@ def require_gpu(where: str = "this worker") -> ModuleType:
     if cupy is None:
         why = ("CuPy is installed but sees no CUDA device" if find_spec("cupy") is not None
                else "CuPy is not installed (pip install 'blocklin[gpu]')")
-        raise ConfigError(f"device='gpu' but {why} on {where} (host {os.uname().nodename}); "
+        raise ConfigError(f"device='gpu' but {why} on {where} (host {platform.node()}); "
                           "run GPU tasks on workers with a GPU and CuPy, or use device='cpu'")
     return cupy
 
