@@ -315,3 +315,23 @@ def test_gpu_estimator_through_compute_options(data: Data, tmp_path: Path) -> No
     cpu.fit(data.A, data.y)
     gpu.fit(data.A, data.y)
     np.testing.assert_allclose(gpu.coef_, cpu.coef_, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.gpu
+@needs_gpu
+def test_gpu_blocks_go_through_pinned_buffers_on_the_task_stream() -> None:
+    cupy = gpu_module()
+    assert cupy is not None
+    blocks = [np.random.default_rng(i).standard_normal((3000, 70)) for i in range(3)]
+    with DeviceScope("gpu") as scope:
+        on_gpu = [to_device(b, "gpu") for b in blocks]
+        assert cupy.cuda.get_current_stream() is not cupy.cuda.Stream.null
+        sums = [float(cupy.sum(g)) for g in on_gpu]  # on the scope's stream, after its copies
+        before = list(scope.staging.buffers)
+    for b, g, s in zip(blocks, on_gpu, sums, strict=True):
+        np.testing.assert_array_equal(to_host(g), b)
+        assert s == pytest.approx(float(b.sum()), rel=1e-12)
+    # The next task reuses this thread's pinned buffers instead of allocating more.
+    with DeviceScope("gpu") as scope:
+        to_device(blocks[0], "gpu")
+        assert all(any(b is a for a in before) for b in scope.staging.buffers)
