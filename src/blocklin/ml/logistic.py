@@ -159,7 +159,11 @@ class LogisticRegression(SaveMixin, ClassifierMixin, BaseEstimator):  # type: ig
             assert_all_finite(y, input_name="y")
         if y.shape[0] != X.shape[0]:
             raise InputValueError(f"X has {X.shape[0]} rows but y has {y.shape[0]}")
-        check_classification_targets(y)
+        try:
+            check_classification_targets(y)
+        except ValueError as exc:  # scikit-learn's message and rule, under a named error
+            raise InputValueError(f"{exc} LogisticRegression needs class labels; for a "
+                                  "continuous target use LinearRegression") from None
         self.classes_, codes = np.unique(y, return_inverse=True)
         if len(self.classes_) < 2:
             raise InputValueError(f"needs samples of at least 2 classes; y holds 1 class "
