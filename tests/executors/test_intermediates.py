@@ -18,15 +18,17 @@ import pytest
 import blocklin as bl
 from blocklin.executors import RunStats
 from blocklin.executors.intermediates import intermediates_scope
-from blocklin.storage.leases import LEASES, LeaseInfo, read_leases
+from blocklin.storage.leases import LEASES, LeaseInfo, flush_removals, read_leases
 from blocklin.testing import assert_bitwise_equal, inject_fault
 from blocklin.testing.faults import InjectedFault
 
 
 def _usage(work: Path) -> tuple[list[str], int, int]:
-    """Top-level entries (the group's zarr.json aside), files and bytes under ``work``."""
+    """Top-level entries (the group's zarr.json and .blocklin aside), files and bytes
+    under ``work``, once the arrays removed are deleted from disk too."""
+    flush_removals()
     files = [p for p in work.rglob("*") if p.is_file()] if work.exists() else []
-    names = sorted(p.name for p in work.iterdir() if p.name != "zarr.json") \
+    names = sorted(p.name for p in work.iterdir() if p.name not in ("zarr.json", ".blocklin")) \
         if work.exists() else []
     return names, len(files), sum(p.stat().st_size for p in files)
 
@@ -134,7 +136,7 @@ def test_arrays_another_process_leases_are_not_removed(tmp_path: Path, A: bl.Blo
             time.sleep(0.02)
         g = G.compute(work_dir=str(work))
         # Another live process leases them: this compute left them in place.
-        assert sorted(_usage(work)[0]) == sorted([*names, ".blocklin"])
+        assert sorted(_usage(work)[0]) == sorted(names)
         holders = [info for _, info in read_leases(str(work)) if info is not None]
         assert [h.pid for h in holders] == [proc.pid]
     finally:
@@ -158,7 +160,8 @@ def test_a_dead_holders_lease_protects_nothing(tmp_path: Path, A: bl.BlockMatrix
     (work / LEASES / "stale.json").write_bytes(stale.to_json())
     assert not stale.alive()
     G.compute(work_dir=str(work))
-    assert _usage(work)[0] == [".blocklin"]  # only the stale lease file remains
+    assert _usage(work)[0] == []
+    assert (work / LEASES / "stale.json").exists()  # for gc to remove
 
 
 def test_concurrent_computes_of_one_plan_share_its_arrays_safely(

@@ -18,6 +18,7 @@ from blocklin.pipelines.gc import collect, collect_pipeline_garbage
 from blocklin.pipelines.lock import OutputLock
 from blocklin.pipelines.manifest import load_output
 from blocklin.pipelines.runner import RunOptions, explain_pipeline, load_pipeline, run_pipeline
+from blocklin.storage.leases import flush_removals
 
 from .conftest import base_spec, run_cli
 
@@ -43,9 +44,11 @@ def labelled(matrix: tuple[np.ndarray, Path], tmp_path: Path) -> np.ndarray:
 
 
 def _work(tmp_path: Path) -> list[str]:
+    """Entries of the run's work dir (its group metadata and .blocklin/ aside)."""
+    flush_removals()
     work = tmp_path / "out" / ".work"
-    return sorted(p.name for p in work.iterdir() if p.name != "zarr.json") if work.exists() \
-        else []
+    return sorted(p.name for p in work.iterdir() if p.name not in ("zarr.json", ".blocklin")) \
+        if work.exists() else []
 
 
 def test_a_run_leaves_nothing_in_its_work_dir(labelled: np.ndarray, tmp_path: Path,

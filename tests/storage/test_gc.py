@@ -18,7 +18,7 @@ import pytest
 import blocklin as bl
 from blocklin.errors import InputValueError
 from blocklin.storage.gc import collect_garbage, scan_work_dir
-from blocklin.storage.leases import LEASES, Lease
+from blocklin.storage.leases import LEASES, TRASH, Lease, flush_removals
 from blocklin.testing import inject_fault
 from blocklin.testing.faults import InjectedFault
 
@@ -171,17 +171,22 @@ def test_gc_refuses_a_directory_that_is_not_a_work_dir(tmp_path: Path) -> None:
     assert collect_garbage(str(tmp_path / "nowhere")).freed == []  # nothing there yet
 
 
-def test_stale_leases_are_removed(tmp_path: Path) -> None:
+def test_stale_leases_and_trash_are_removed(tmp_path: Path) -> None:
     work = tmp_path / "w"
     bl.ops.gram(bl.from_array(np.ones((10, 2)), tmp_path / "A.zarr")).compute(
         work_dir=str(work))
-    (work / LEASES).mkdir(parents=True)
+    flush_removals()  # the compute's own removals are done
+    (work / LEASES).mkdir(parents=True, exist_ok=True)
     (work / LEASES / "dead.json").write_text(json.dumps(
         {"token": "t", "pid": 999_999_999, "host": os.uname().nodename, "started": 1.0,
          "renewed": 1.0, "command": "killed", "names": ["a-0123456789abcdef0123"]}))
+    # What a process killed while deleting its removed arrays left behind.
+    dropped = work / TRASH / "5f3c-a-0123456789abcdef0123"
+    (dropped / "c" / "0").mkdir(parents=True)
+    (dropped / "c" / "0" / "0").write_bytes(b"x" * 100)
     report = collect_garbage(str(work))
-    assert [e.kind for e in report.freed] == ["lease"]
-    assert not (work / LEASES / "dead.json").exists()
+    assert sorted(e.kind for e in report.freed) == ["lease", "trash"]
+    assert not (work / LEASES / "dead.json").exists() and not dropped.exists()
 
 
 def test_cli_gc(leftovers: tuple[Path, dict[str, str]]) -> None:

@@ -27,6 +27,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -35,6 +36,7 @@ from typing import Any
 
 from blocklin.errors import InputValueError, format_bytes
 from blocklin.storage.leases import (
+    TRASH,
     LeaseInfo,
     leased_names,
     names_under,
@@ -59,8 +61,9 @@ class Entry:
 
     ``kind``: ``array`` (sealed), ``incomplete`` (a failed or interrupted compute's;
     ``resume=True`` can use it), ``scratch``, ``run`` (a pipeline run's folder),
-    ``lease`` (a lease file whose holder is gone) or ``foreign`` (not blocklin's,
-    never removed). ``what`` says which stage, operator or run it belongs to.
+    ``lease`` (a lease file whose holder is gone), ``trash`` (removed by a compute,
+    not yet deleted) or ``foreign`` (not blocklin's, never removed). ``what`` says which
+    stage, operator or run it belongs to.
     """
 
     name: str
@@ -256,6 +259,10 @@ def scan_work_dir(work_dir: str) -> list[Entry]:
         files, nbytes, mtime = tree_usage(store, n)
         kind, what = _classify(store, n)
         out.append(Entry(n, kind, nbytes, files, mtime, what))
+    for n in names_under(store, TRASH):
+        files, nbytes, mtime = tree_usage(store, f"{TRASH}/{n}")
+        out.append(Entry(f"{TRASH}/{n}", "trash", nbytes, files, mtime,
+                         "removed by a compute whose process ended before deleting it"))
     now = time.time()
     for key, info in read_leases(work_dir):
         if info is None or not info.alive(now):
@@ -263,6 +270,18 @@ def scan_work_dir(work_dir: str) -> list[Entry]:
             why = "unreadable lease" if info is None else f"stale lease of {info.describe()}"
             out.append(Entry(key, "lease", nbytes, files, mtime, why))
     return out
+
+
+def _delete(store: Store, rel: str) -> None:
+    if isinstance(store, LocalStore):
+        # A process removing the same trash concurrently is no error.
+        path = store.root / rel
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+        return
+    store.delete_prefix(rel)
 
 
 def _holders(work_dir: str, entries: list[Entry], now: float) -> dict[str, LeaseInfo]:
@@ -323,10 +342,10 @@ def collect_garbage(work_dir: str, *, older_than: float | None = None, dry_run: 
         # Again under the lock: a compute may have taken a lease since the scan.
         fresh = _holders(work_dir, entries, time.time())
         for e in candidates:
-            if e.kind != "lease" and e.name in fresh:
+            if e.kind not in ("lease", "trash") and e.name in fresh:
                 report.kept.append((e, f"in use by {fresh[e.name].describe()}"))
                 continue
-            store.delete_prefix(e.name)
+            _delete(store, e.name)
             report.freed.append(e)
     return report
 
@@ -338,6 +357,8 @@ def _sort(report: GcReport, entries: list[Entry], held: Mapping[str, LeaseInfo],
     for e in entries:
         if e.kind == "foreign":
             report.kept.append((e, e.what))
+        elif e.kind == "trash":
+            candidates.append(e)  # removed already: nothing uses it, whatever its age
         elif e.kind != "lease" and e.name in held:
             report.kept.append((e, f"in use by {held[e.name].describe()}"))
         elif older_than is not None and e.age(now) < older_than:
