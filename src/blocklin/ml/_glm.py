@@ -424,10 +424,12 @@ def predict_margin(X: Any, coef: np.ndarray, intercept: np.ndarray | float, est:
         out: np.ndarray = np.asarray(X @ coef, dtype=np.float64) + intercept
         return out
     from blocklin.executors.api import compute
+    from blocklin.executors.intermediates import intermediates_scope
     from blocklin.ops.products import matmul
 
     opts = compute_options(est)
-    with stored_matrix(X, work_dir=opts.get("work_dir"), name="X") as A:
+    # The margins' BlockMatrix lives in the work dir: read, then removed with the scope.
+    with stored_matrix(X, work_dir=opts.get("work_dir"), name="X") as A, intermediates_scope():
         M = compute(matmul(A, np.ascontiguousarray(coef, dtype=np.float64)), **opts)[0]
         return np.asarray(M.to_numpy(), dtype=np.float64) + intercept
 
