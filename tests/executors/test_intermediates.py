@@ -205,3 +205,16 @@ def test_explain_shows_what_stays(tmp_path: Path, A: bl.BlockMatrix) -> None:
     assert "the result (18.8 KiB) stays there (give out=" in str(rep)
     out = bl.ops.matmul(A, np.ones((16, 2)), out=str(tmp_path / "P.zarr")).explain()
     assert out.intermediates == 0 and out.kept_bytes == 0 and "work dir" not in str(out)
+
+
+def test_estimators_leave_nothing_in_the_work_dir(tmp_path: Path, A: bl.BlockMatrix) -> None:
+    from blocklin.ml import LinearRegression, TruncatedSVD
+
+    work = tmp_path / "w"
+    x = A.to_numpy()
+    y = x @ np.arange(16.0) + 1.0
+    lr = LinearRegression(work_dir=str(work)).fit(A.url, y)
+    np.testing.assert_allclose(lr.predict(A.url), y, rtol=1e-9, atol=1e-9)  # a stored pass
+    LinearRegression(solver="lbfgs", reg_param=0.01, work_dir=str(work)).fit(A.url, y)
+    TruncatedSVD(3, work_dir=str(work)).fit(A.url)
+    assert _usage(work)[0] == []
