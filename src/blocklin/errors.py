@@ -28,6 +28,7 @@ __all__ = [
     "ShapeMismatchError",
     "StorageError",
     "TaskFailedError",
+    "WorkerEnvironmentError",
     "storage_error",
 ]
 
@@ -198,6 +199,11 @@ class IncompleteArrayError(BlocklinError, OSError):
 
 class ExecutorError(BlocklinError, RuntimeError):
     """An executor could not be set up or reached."""
+
+
+class WorkerEnvironmentError(ExecutorError):
+    """An engine's workers cannot run blocklin tasks: their Python lacks blocklin (or
+    runs another version of it); the message names their interpreter and what to set."""
 
 
 class TaskFailedError(BlocklinError, RuntimeError):

@@ -73,6 +73,7 @@ from blocklin.errors import (
 )
 from blocklin.executors import progress
 from blocklin.executors.base import ExecutionPlan, TaskCallback, TaskJob, run_block_task
+from blocklin.executors.spark_python import check_worker_python
 from blocklin.plan.device import select_gpu
 from blocklin.plan.finalize import FinalPlan
 from blocklin.plan.graph import Task
@@ -290,6 +291,8 @@ class SparkExecutor:
     def check(self, xplan: ExecutionPlan) -> None:
         if self.spark is None:
             return
+        # Before anything is written: workers that cannot import blocklin fail every task.
+        check_worker_python(self.spark)
         conf = self.spark.sparkContext.getConf()
         py_mem = conf.get("spark.executor.pyspark.memory")
         if not py_mem:
@@ -352,6 +355,8 @@ class SparkExecutor:
         spark, owned = self._session()
         track = progress.engine_tracker()
         try:
+            if owned:  # a given session was checked by check()
+                check_worker_python(spark)
             sc = spark.sparkContext
             if owned:
                 logger.info("Spark session on %s (UI %s)", sc.master, sc.uiWebUrl)
