@@ -59,7 +59,7 @@ def execute(pipe: Pipeline, opts: RunOptions, progress: ProgressHook | None) -> 
     out_dir = pipe.output_store()
     comp = compute_options(pipe, opts)
     check_reachable(comp)
-    _log_start(pipe, comp, plan_info)
+    _log_start(pipe, comp)
     # Every pass of the run reports to the hook, the eager steps' own computes included.
     with progress_to(progress), OutputLock(out_dir, opts.command):
         area = out_dir.start_run(opts.resume, load_manifest(out_dir))
@@ -149,7 +149,7 @@ def run_eager(pipe: Pipeline, name: str, values: Mapping[str, Any],
     return value
 
 
-def _log_start(pipe: Pipeline, comp: Mapping[str, Any], plan_info: Mapping[str, Any]) -> None:
+def _log_start(pipe: Pipeline, comp: Mapping[str, Any]) -> None:
     """INFO: where the run goes and what it runs."""
     if not logger.isEnabledFor(logging.INFO):
         return
@@ -158,9 +158,8 @@ def _log_start(pipe: Pipeline, comp: Mapping[str, Any], plan_info: Mapping[str, 
         where += f" at {comp['address']}"
     lazy = [s.name for s in lazy_steps(pipe)]
     eager = [s.name for s in pipe.steps if s.op.kind == "eager"]
-    tasks = sum(int(st.get("tasks", 0)) for st in plan_info.get("stages", []))
-    logger.info("pipeline %s on %s, work dir %s: %d steps in one plan (%d tasks)%s",
-                pipe.spec.name, where, comp.get("work_dir"), len(lazy), tasks,
+    logger.info("pipeline %s on %s, work dir %s: %d steps in one plan%s", pipe.spec.name,
+                where, comp.get("work_dir"), len(lazy),
                 f", then iterative steps {', '.join(eager)}" if eager else "")
 
 
