@@ -14,7 +14,8 @@ from blocklin.config import default_work_dir
 from blocklin.errors import InputDtypeError, InputValueError, NonFiniteError, ShapeMismatchError
 from blocklin.executors.progress import local_pass
 from blocklin.executors.progress import step as progress_step
-from blocklin.ml._solvers import TrainData, lbfgs, min_norm, owlqn
+from blocklin.ml._quasi_newton import lbfgs, owlqn
+from blocklin.ml._solvers import TrainData, min_norm
 from blocklin.ml._validation import (
     _is_dask,
     is_stored,
@@ -236,10 +237,18 @@ def _initial(family: str, mom: Moments, p: int, k: int, fit_intercept: bool) -> 
 
 
 def iterative_fit(est: Any, data: TrainData, family: str, solver: str, k: int) -> IterResult:
-    """L-BFGS or OWL-QN over passes, in coordinates scaled by the feature deviations.
+    """L-BFGS or OWL-QN over passes, in standardized coordinates with a centred intercept.
 
-    One pass for the column moments (scales, penalties, a starting intercept), then
-    one pass per function evaluation.
+    One pass for the column moments (scales, centres, penalties, a starting
+    intercept), then one pass per function evaluation. The solver works on
+    ``vⱼ = βⱼ·√(σⱼ² + l2ⱼ)`` (σⱼ the weighted standard deviation: MLlib's standardization,
+    plus the L2 term's share so that a near-constant penalized feature stays O(1)) and
+    ``c = b + μᵀβ`` (μ the weighted column means): the margin is (x − μ)ᵀβ + c, so the
+    intercept is decoupled from the coefficients and every curvature is O(1) whatever
+    the columns' offsets and units. Each evaluation still multiplies X itself (the
+    pass gets β and b = c − μᵀβ); the gradient is mapped back by the chain rule. The
+    stopping rule (see :mod:`blocklin.ml._quasi_newton`) is ‖G‖_∞ ≤ tol·‖g₀‖_∞ in
+    these coordinates.
     """
     p = data.n_features
     fi = bool(est.fit_intercept)
@@ -249,16 +258,16 @@ def iterative_fit(est: Any, data: TrainData, family: str, solver: str, k: int) -
     sd = mom.std()
     sx = sd[:p]
     l1, l2 = penalties(est, sx, float(sd[p]), abs(float(mom.mean[p])))
-    # Diagonal preconditioning: coordinate j's curvature is about c·σⱼ² + l2ⱼ (c ≤ 1),
-    # so optimizing over vⱼ = βⱼ·√(σⱼ² + l2ⱼ) makes every curvature O(1) -- MLlib's
-    # standardization, plus the penalty's share (tiny σⱼ with an L2 term stays sane).
     curv = sx**2 + l2
-    scale = np.where(curv > 0, 1.0 / np.sqrt(np.where(curv > 0, curv, 1.0)), 1.0)
+    scale = np.where(curv > 0, 1.0 / np.sqrt(np.where(curv > 0, curv, 1.0)), 1.0)[:, None]
+    mu = (mom.mean[:p] if fi else np.zeros(p))[:, None]
     shape = (p + int(fi), k)
 
     def to_coef(theta: np.ndarray) -> np.ndarray:
         c = theta.reshape(shape).copy()
-        c[:p] *= scale[:, None]
+        c[:p] *= scale
+        if fi:
+            c[p] -= (mu * c[:p]).sum(axis=0)
         return c
 
     evaluations = [0]
@@ -273,19 +282,19 @@ def iterative_fit(est: Any, data: TrainData, family: str, solver: str, k: int) -
         f = loss / W + 0.5 * float(np.sum(l2[:, None] * c[:p] ** 2))
         g = g / W
         g[:p] += l2[:, None] * c[:p]
-        g[:p] *= scale[:, None]
+        if fi:
+            g[:p] -= mu * g[p]
+        g[:p] *= scale
         return f, g.ravel()
 
     theta0 = _initial(family, mom, p, k, fi)
-    theta0[:p] /= scale[:, None]
-    if solver == "owlqn":
-        l1t = np.zeros(shape)
-        l1t[:p] = (l1 * scale)[:, None]
-        x, hist = owlqn(fun, theta0.ravel(), l1t.ravel(), int(est.max_iter), float(est.tol))
-    else:
-        x, hist = lbfgs(fun, theta0.ravel(), int(est.max_iter), float(est.tol))
-    _check_solution(solver, x, hist)
-    return IterResult(to_coef(x), hist, mom)
+    res = (owlqn(fun, theta0.ravel(), np.vstack([l1[:, None] * scale,
+                                                 np.zeros((int(fi), 1))]).repeat(k, 1).ravel(),
+                 int(est.max_iter), float(est.tol))
+           if solver == "owlqn" else
+           lbfgs(fun, theta0.ravel(), int(est.max_iter), float(est.tol)))
+    _check_solution(solver, res.x, res.history)
+    return IterResult(to_coef(res.x), res.history, mom)
 
 
 def _check_solution(solver: str, x: np.ndarray, history: list[float]) -> None:

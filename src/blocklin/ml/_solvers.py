@@ -4,28 +4,23 @@
   equilibrated system, eigen-decomposition fallback for singular systems).
 * :func:`coordinate_descent` -- elastic net on a Gram matrix (no passes: the Gram
   matrix is already in memory).
-* :func:`owlqn` -- Andrew and Gao's orthant-wise limited-memory quasi-Newton for
-  L1-penalized smooth objectives.
-* :func:`lbfgs` -- scipy's L-BFGS-B for smooth objectives.
+* L-BFGS and OWL-QN live in :mod:`blocklin.ml._quasi_newton`.
 
 References
 ----------
-G. Andrew, J. Gao. Scalable training of L1-regularized log-linear models. ICML 2007.
 J. Friedman, T. Hastie, R. Tibshirani. Regularization paths for generalized linear
 models via coordinate descent. J. Stat. Softw. 33(1), 2010.
 """
 
 from __future__ import annotations
 
-from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import scipy.linalg
-import scipy.optimize
 
 from blocklin.errors import InputValueError, NonFiniteError, ShapeMismatchError
 from blocklin.executors.lazy import Lazy
@@ -38,14 +33,10 @@ __all__ = [
     "QuadSolution",
     "TrainData",
     "coordinate_descent",
-    "lbfgs",
     "min_norm",
-    "owlqn",
     "solve_quadratic",
     "training_data",
 ]
-
-ObjFun = Callable[[np.ndarray], tuple[float, np.ndarray]]
 
 #: Sweeps coordinate descent may make; sweeps cost no passes over the data.
 CD_MAX_SWEEPS = 20_000
@@ -155,100 +146,6 @@ def coordinate_descent(A: np.ndarray, b: np.ndarray, l1: np.ndarray, l2: np.ndar
         if biggest <= tol * max(size, 1e-300):
             break
     return QuadSolution(x, 0.0, "coordinate_descent", sweeps)
-
-
-def _pseudo_gradient(x: np.ndarray, g: np.ndarray, l1: np.ndarray) -> np.ndarray:
-    pg: np.ndarray = g + l1 * np.sign(x)
-    at_zero = x == 0
-    right = g + l1
-    left = g - l1
-    pg[at_zero] = np.where(right[at_zero] < 0, right[at_zero],
-                           np.where(left[at_zero] > 0, left[at_zero], 0.0))
-    return pg
-
-
-def _two_loop(q: np.ndarray, pairs: deque[tuple[np.ndarray, np.ndarray, float]]) -> np.ndarray:
-    alphas = []
-    d = q.copy()
-    for s, y, rho in reversed(pairs):
-        a = rho * float(s @ d)
-        alphas.append(a)
-        d -= a * y
-    if pairs:
-        s, y, _ = pairs[-1]
-        d *= float(s @ y) / float(y @ y)
-    for (s, y, rho), a in zip(pairs, reversed(alphas), strict=True):
-        beta = rho * float(y @ d)
-        d += (a - beta) * s
-    return d
-
-
-def owlqn(fun: ObjFun, x0: np.ndarray, l1: np.ndarray, max_iter: int, tol: float,
-          memory: int = 10) -> tuple[np.ndarray, list[float]]:
-    """Minimize f(x) + Σ l1ⱼ|xⱼ| with OWL-QN; ``fun`` returns f and its gradient.
-
-    Each evaluation of ``fun`` is one pass over the data; the backtracking line search
-    usually accepts the first step. Stops when the objective's relative decrease is
-    below ``tol`` (MLlib's criterion) or after ``max_iter`` iterations.
-
-    Returns
-    -------
-    x, history : the solution and the objective after each iteration.
-    """
-    x = np.array(x0, dtype=np.float64)
-    f, g = fun(x)
-    F = f + float(l1 @ np.abs(x))
-    history = [F]
-    pairs: deque[tuple[np.ndarray, np.ndarray, float]] = deque(maxlen=memory)
-    for _ in range(max_iter):
-        pg = _pseudo_gradient(x, g, l1)
-        if not np.any(pg):
-            break
-        d = -_two_loop(pg, pairs)
-        d[d * pg >= 0] = 0.0  # keep to the descent orthant of the pseudo-gradient
-        orthant = np.where(x != 0, np.sign(x), -np.sign(pg))
-        step = 1.0 if pairs else 1.0 / max(float(np.linalg.norm(pg)), 1e-300)
-        for _ls in range(40):
-            xn = x + step * d
-            xn[np.sign(xn) != orthant] = 0.0
-            fn, gn = fun(xn)
-            Fn = fn + float(l1 @ np.abs(xn))
-            if Fn <= F + 1e-4 * float(pg @ (xn - x)):
-                break
-            step *= 0.5
-        else:
-            break
-        s, yv = xn - x, gn - g
-        sy = float(s @ yv)
-        if sy > 1e-12 * float(np.linalg.norm(s) * np.linalg.norm(yv)):
-            pairs.append((s, yv, 1.0 / sy))
-        done = abs(F - Fn) <= tol * max(abs(F), abs(Fn), 1.0)
-        x, f, g, F = xn, fn, gn, Fn
-        history.append(F)
-        if done:
-            break
-    return x, history
-
-
-def lbfgs(fun: ObjFun, x0: np.ndarray, max_iter: int, tol: float) -> tuple[np.ndarray, list[float]]:
-    """Minimize a smooth f with scipy's L-BFGS-B (each evaluation one pass over the data).
-
-    The stopping rule is MLlib's: relative decrease of the objective below ``tol``.
-    """
-    history: list[float] = []
-
-    def wrapped(x: np.ndarray) -> tuple[float, np.ndarray]:
-        f, g = fun(x)
-        if not history:
-            history.append(f)
-        return f, g
-
-    def record(intermediate_result: scipy.optimize.OptimizeResult) -> None:
-        history.append(float(intermediate_result.fun))
-    res = scipy.optimize.minimize(wrapped, x0, jac=True, method="L-BFGS-B", callback=record,
-                                  options={"maxiter": max_iter, "ftol": tol, "gtol": 1e-12,
-                                           "maxcor": 10})
-    return np.asarray(res.x), history
 
 
 # --------------------------------------------------------------------------- passes
