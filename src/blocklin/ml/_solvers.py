@@ -34,6 +34,7 @@ __all__ = [
     "TrainData",
     "coordinate_descent",
     "min_norm",
+    "range_basis",
     "solve_quadratic",
     "training_data",
 ]
@@ -94,6 +95,40 @@ def solve_quadratic(A: np.ndarray, b: np.ndarray, l2: np.ndarray) -> QuadSolutio
         return QuadSolution(x, float(rcond), "eigh")
     x[idx] = xs * (s[:, None] if xs.ndim == 2 else s)
     return QuadSolution(x, float(rcond), method)
+
+
+def range_basis(H: np.ndarray) -> np.ndarray | None:
+    """An orthonormal basis of the numerical range of a PSD matrix; None if nonsingular.
+
+    The Hessians of logistic losses without a penalty are singular for structural
+    reasons: more features than rows of positive weight, and for the softmax its
+    invariance to a shift common to all classes. Their null space does not move with
+    the coefficients (every probability stays positive), so :func:`logistic newton
+    <blocklin.ml.logistic.LogisticRegression>` fixes this basis at its first iteration
+    and solves each later step within it. A truncated eigen-solve of every Hessian
+    instead decides anew, from rounding, whether an eigenvalue near its cut is noise;
+    two fits of the same objective (integer weights against repeated rows) then part
+    by 1e-3. The decision here is made once, on the Hessian at the start, where the
+    noise sits 10¹³ below the smallest genuine eigenvalue of ordinary data.
+    """
+    dg = np.diag(H)
+    active = dg > 0
+    idx = np.flatnonzero(active)
+    s = 1.0 / np.sqrt(dg[idx])
+    Ms = H[np.ix_(idx, idx)] * s[:, None] * s[None, :]
+    if active.all():
+        c, info = scipy.linalg.lapack.dpotrf(Ms, lower=0, clean=1)
+        if info == 0:
+            rcond, _ = scipy.linalg.lapack.dpocon(c, np.abs(Ms).sum(axis=0).max())
+            if rcond > 1e2 * np.finfo(float).eps:
+                return None
+    evals, evecs = np.linalg.eigh(Ms)
+    keep = evals > evals.max(initial=0.0) * Ms.shape[0] * np.finfo(float).eps
+    V = np.zeros((H.shape[0], int(keep.sum())))
+    # range(S⁻¹·Ms·S⁻¹) = S⁻¹·range(Ms)
+    V[idx] = evecs[:, keep] / s[:, None]
+    basis: np.ndarray = np.linalg.qr(V)[0]
+    return basis
 
 
 def min_norm(x: np.ndarray, null: np.ndarray, counted: int | None = None) -> np.ndarray:

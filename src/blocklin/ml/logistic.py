@@ -22,7 +22,13 @@ from blocklin.ml._glm import (
     predict_margin,
 )
 from blocklin.ml._progress import reports
-from blocklin.ml._solvers import TrainData, coordinate_descent, solve_quadratic, training_data
+from blocklin.ml._solvers import (
+    TrainData,
+    coordinate_descent,
+    range_basis,
+    solve_quadratic,
+    training_data,
+)
 from blocklin.ml._summary import LogisticRegressionSummary, logistic_summary
 from blocklin.ml._validation import is_stored, open_stored
 from blocklin.ml.persist import SaveMixin
@@ -59,14 +65,25 @@ class LogisticRegression(SaveMixin, ClassifierMixin, BaseEstimator):  # type: ig
 
     Parameters
     ----------
-    fit_intercept, reg_param, elastic_net_param, standardization, max_iter, tol
+    fit_intercept, reg_param, elastic_net_param, standardization, max_iter
         As :class:`blocklin.ml.LinearRegression`.
+    tol : float
+        ``lbfgs``/``owlqn``: as :class:`blocklin.ml.LinearRegression` (stop when the
+        gradient, OWL-QN's pseudo-gradient, in standardized coordinates with a centred
+        intercept has ‖·‖_∞ ≤ tol·‖g₀‖_∞, g₀ at the intercept-only start, or at the
+        rounding floor; relative coefficient error about tol·κ). ``newton``: stop when
+        the decrease the quadratic model predicts for the step is at most
+        (tol·max(|F|, 1))², or when F changed by at most 1e-3·tol·max(|F|, 1).
     solver : {"auto", "newton", "lbfgs", "owlqn"}
         ``newton``: each iteration is one pass computing loss, gradient and the Hessian
         ``[X 1]ᵀD[X 1]`` (binomial: a symmetric rank-k update per block; multinomial:
         K(K+1)/2 weighted products per block);
         with an L1 term each step minimizes the penalized quadratic model by coordinate
         descent on the driver (proximal Newton, as glmnet). Typically 5–10 passes.
+        A singular Hessian (no penalty with more features than weighted rows, or the
+        multinomial's shift over classes) gets the least-norm step within its range,
+        the range fixed at the first iteration, so rounding cannot change the rank
+        from one step to the next.
         ``lbfgs``: L-BFGS (OWL-QN with L1, as MLlib), one pass per evaluation.
         ``owlqn``: OWL-QN. ``auto``: ``newton`` with at most 4096 coefficients
         ((features + 1)·classes for multinomial), else ``lbfgs``/``owlqn``.
@@ -214,6 +231,7 @@ class LogisticRegression(SaveMixin, ClassifierMixin, BaseEstimator):  # type: ig
         history: list[float] = []
         iters = 0
         H_keep: np.ndarray | None = None  # a Hessian reused by gradient-only passes
+        basis: np.ndarray | None = None  # the range of a singular Hessian, fixed at the start
         family = "binomial" if k == 1 else "multinomial"
         for _ in range(max(int(self.max_iter), 1)):
             with progress_step(f"newton iteration {iters + 1}"):
@@ -239,7 +257,9 @@ class LogisticRegression(SaveMixin, ClassifierMixin, BaseEstimator):  # type: ig
             if l1.any():
                 new = coordinate_descent(H, H @ beta - g, l1, np.zeros(q), x0=beta).x
             else:
-                new = beta - solve_quadratic(H, g, np.zeros(q)).x
+                if len(history) == 1:
+                    basis = range_basis(H)
+                new = beta - _newton_step(H, g, basis)
             d = new - beta
             decrease = -(g @ d + 0.5 * d @ H @ d + float(l1 @ (np.abs(new) - np.abs(beta))))
             small = len(history) > 1 and \
@@ -304,6 +324,16 @@ class LogisticRegression(SaveMixin, ClassifierMixin, BaseEstimator):  # type: ig
                 self._summary = logistic_summary(self, data, self._family, self._coef_full)
         assert self._summary is not None
         return self._summary
+
+
+def _newton_step(H: np.ndarray, g: np.ndarray, basis: np.ndarray | None) -> np.ndarray:
+    """H⁻¹g; for a singular H (no penalty) the least-norm step within its range, the
+    range fixed at the first iteration (see :func:`blocklin.ml._solvers.range_basis`)."""
+    if basis is None:
+        return solve_quadratic(H, g, np.zeros(g.shape[0])).x
+    inner = solve_quadratic(basis.T @ H @ basis, basis.T @ g, np.zeros(basis.shape[1])).x
+    step: np.ndarray = basis @ inner
+    return step
 
 
 def _as_1d(y: Any) -> np.ndarray:
