@@ -103,9 +103,9 @@ def range_basis(H: np.ndarray) -> np.ndarray | None:
     The Hessians of logistic losses without a penalty are singular for structural
     reasons: more features than rows of positive weight, and for the softmax its
     invariance to a shift common to all classes. Their null space does not move with
-    the coefficients (every probability stays positive), so :func:`logistic newton
-    <blocklin.ml.logistic.LogisticRegression>` fixes this basis at its first iteration
-    and solves each later step within it. A truncated eigen-solve of every Hessian
+    the coefficients (every probability stays positive), so ``LogisticRegression``'s
+    Newton solver fixes this basis at its first iteration and solves each later step
+    within it. A truncated eigen-solve of every Hessian
     instead decides anew, from rounding, whether an eigenvalue near its cut is noise;
     two fits of the same objective (integer weights against repeated rows) then part
     by 1e-3. The decision here is made once, on the Hessian at the start, where the
