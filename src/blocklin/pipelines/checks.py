@@ -52,7 +52,8 @@ class StepPlan:
     Attributes
     ----------
     passes : tuple of int
-        Fewest and most passes over the step's inputs (equal when fixed).
+        Fewest and most passes over the step's inputs (equal when fixed; the usual
+        most when ``open_ended``).
     plans : tuple of (str, Plan)
         One representative of each kind of pass (what it is, its plan), for the
         memory projection; their stand-in parameters are zeros.
@@ -60,10 +61,15 @@ class StepPlan:
 
     passes: tuple[int, int]
     plans: tuple[tuple[str, Plan], ...]
+    #: An iterative solver's passes follow its function evaluations: line searches can
+    #: make more than ``max_iter``, so the upper figure is the usual, not a bound.
+    open_ended: bool = False
 
     @property
     def passes_text(self) -> str:
         lo, hi = self.passes
+        if self.open_ended:
+            return f"{lo} to about {hi}"
         return f"{lo}" if lo == hi else f"{lo} to {hi}"
 
 
@@ -210,10 +216,10 @@ def _regression_plan(family: str, p: Any, X: Any, y: Any, nfeat: int) -> StepPla
         specs.append(("Newton pass (binomial)", newton_spec(coef, fi, False, nx, nfeat)))
         specs.append(("loss and gradient pass", loss_grad_spec("binomial", coef, fi, False,
                                                                nx)))
-        fit, extra = (1, 1 + p.max_iter), (1, 1)
+        fit, extra, iterative = (1, 1 + p.max_iter), (1, 1), True
     with _aligned_label(X, y) as yy:
         plans = tuple((what, build_pass(spec, X, yy).plan) for what, spec in specs)
-    return StepPlan((fit[0] + extra[0], fit[1] + extra[1]), plans)
+    return StepPlan((fit[0] + extra[0], fit[1] + extra[1]), plans, iterative)
 
 
 # -- sketched cross product --------------------------------------------------------------------

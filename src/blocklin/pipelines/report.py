@@ -184,7 +184,7 @@ def _plot_spectrum(plt: Any, name: str, s: np.ndarray, ratio: np.ndarray | None,
         a2.set_xlabel("component")
         a2.set_ylabel(f"share of {what}")
         a2.set_title(f"{name}: explained variance ratio ({cum[-1]:.1%} in {s.size})")
-        a2.legend(fontsize=8, loc="center right")
+        a2.legend(fontsize=8, loc="upper left")  # the curve rises from the lower left
     return _save(plt, fig, path)
 
 
@@ -243,8 +243,15 @@ def _plot_coefficients(plt: Any, name: str, coef: np.ndarray, se: np.ndarray | N
 
 
 def _plot_history(plt: Any, name: str, h: np.ndarray, path: _File) -> str:
+    from matplotlib.ticker import MaxNLocator
+
     fig, ax = plt.subplots(figsize=(6, 3.5), layout="constrained")
     ax.plot(np.arange(h.size), h.ravel(), "o-", ms=3)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    if h.min() > 0 and h.max() > 100 * h.min():
+        ax.set_yscale("log")  # a fast early drop would flatten the rest of the curve
+    else:
+        ax.ticklabel_format(axis="y", useOffset=False)  # the values, not offsets from one
     ax.set_xlabel("iteration")
     ax.set_ylabel("objective")
     ax.set_title(f"{name}: objective history")
@@ -317,7 +324,7 @@ def _output_plots(out: _Plots, name: str, arrays: Mapping[str, np.ndarray], op: 
                 _plot_spectrum(plt, name, s, ratio, what, folder / f"{name}-spectrum.png"))
     _regression_plots(out, name, arrays, manifest, step)
     h = _first(arrays, _HISTORY_KEYS)
-    if h is not None:
+    if h is not None and h.size >= 3:  # a direct solve's one or two values draw no curve
         fig["objective_history"] = h.ravel().tolist()
         out.add(f"{name}: objective",
                 _plot_history(plt, name, h, folder / f"{name}-objective.png"))

@@ -457,7 +457,8 @@ def eager_projection(pipe: Pipeline, values: Mapping[str, Any], comp: Mapping[st
                       "memory_per_task": r[2], "bytes_read": r[3], "bytes_written": r[4]}
                      for r in rep.rows]
         out.append({"step": step.name, "op": step.op.name, "passes": list(sp.passes),
-                    "passes_text": sp.passes_text, "inputs": sorted(reads), "stages": rows})
+                    "open_ended": sp.open_ended, "passes_text": sp.passes_text,
+                    "inputs": sorted(reads), "stages": rows})
     return out
 
 
@@ -470,7 +471,9 @@ def _eager_text(eager: list[dict[str, Any]]) -> str:
              "pass projected from shapes):"]
     for e in eager:
         lines.append(f"  {e['step']} ({e['op']}): {e['passes_text']} passes over "
-                     + ", ".join(e["inputs"]))
+                     + ", ".join(e["inputs"]) + ("; one per function evaluation, more when "
+                                                 "line searches backtrack" if e["open_ended"]
+                                                 else ""))
         for r in e["stages"]:
             lines.append(f"    {r['pass'][:26]:<26}  {r['stage'][:40]:<40}  {r['tasks']:>6}  "
                          f"{format_bytes(r['memory_per_task']):>10}/task")
