@@ -71,11 +71,13 @@ def test_block_tasks_run_a_few_spark_tasks_per_core(spark_session: Any, mats: An
     jobs = sorted(tracker.getJobIdsForGroup("blocklin-slices"))
     spark_tasks = [sum(tracker.getStageInfo(s).numTasks for s in tracker.getJobInfo(j).stageIds)
                    for j in jobs]
-    # gram: 11 partial blocks, then its reduction tree, on 2 cores: 4 Spark tasks for
-    # the 11 (one per block task paid Spark's per-task hand-offs 11 times over).
+    # gram: 11 partial blocks on 2 cores: 4 Spark tasks for the 11 (one per block task
+    # paid Spark's per-task hand-offs 11 times over). Its reduction tree reads only
+    # small partials and runs on the driver, as treeAggregate's last level: no job.
     block_tasks = list(stats.stage_tasks.values())
     assert block_tasks[0] == A.nblocks[0] == 11
-    assert spark_tasks == [4, *[min(n, 2) for n in block_tasks[1:]]]
+    assert len(block_tasks) > 1  # the tree ran, and counted its tasks
+    assert spark_tasks == [4]
     np.testing.assert_allclose(g, x.T @ x, rtol=1e-12, atol=1e-9)
 
 
