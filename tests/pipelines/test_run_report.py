@@ -186,3 +186,23 @@ def test_dry_run_refuses_an_l1_penalty_the_solver_lacks(tmp_path: Path, data: An
     assert res.returncode == 2, res.stderr
     assert "steps[3]: linear_regression: solver 'qr' has no L1 penalty" in res.stderr
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(("step", "message"), [
+    ({"name": "p", "op": "pca", "inputs": {"A": "z"}, "params": {"k": 2, "method": "gram"}},
+     "already a transformed view"),
+    ({"name": "t", "op": "truncated_svd", "inputs": {"A": "z"}, "params": {"n_components": 2}},
+     "A is a lazy view"),
+    ({"name": "r", "op": "linear_regression", "inputs": {"X": "z", "y": "y"}},
+     "X is a lazy view"),
+])
+def test_dry_run_refuses_views_the_step_cannot_read(tmp_path: Path, data: Any,
+                                                    step: dict[str, Any], message: str) -> None:
+    doc = spec()
+    doc["steps"] = [{"name": "z", "op": "standardize", "inputs": {"A": "X"}}, step]
+    doc["outputs"] = {"out": {"step": step["name"]}}
+    pipe = load_pipeline(write(tmp_path, doc))
+    with pytest.raises(SpecError) as err:
+        explain_pipeline(pipe)
+    assert err.value.loc == "steps[1]" and message in err.value.message
+    assert not (tmp_path / "out").exists()

@@ -92,6 +92,10 @@ def _svd_plan(A: Any, k: int, oversample: int, n_iter: int, method: str, centere
     width = _check_args(m, k, oversample, n_iter, method)
     stats = column_stats(A).plan
     if method == "gram":
+        if centered:  # U = (A − 1μᵀ)V/s is planned with the result: a view cannot be centered
+            from blocklin.ops.transforms import center
+
+            center(A, np.zeros(cols))
         return StepPlan((1, 1), (("Gram + column stats pass",
                                   gram(A).plan.merge(stats)),))
     x = np.zeros((cols, width))
@@ -113,8 +117,20 @@ def check_svd(centered: bool) -> Checker:
     return check
 
 
+def _no_view(value: Any, arg: str) -> None:
+    """Estimators take stored matrices (inputs, matrix steps), not lazy views."""
+    from blocklin.errors import InputDtypeError
+    from blocklin.ops._inputs import MatrixView
+
+    if isinstance(value, MatrixView):
+        raise InputDtypeError(f"the estimator fits stored matrices but {arg} is a lazy view "
+                              "(standardize); give it the input itself, or use the "
+                              "randomized_svd/pca operators, which read views")
+
+
 def check_tsvd(inputs: Mapping[str, Any], p: Any, ctx: BuildContext) -> StepPlan:
     """The checker of ``truncated_svd`` steps (no centering, as scikit-learn's)."""
+    _no_view(inputs["A"], "A")
     return _svd_plan(inputs["A"], p.n_components, p.oversample, p.n_iter, p.method, False,
                      param="n_components")
 
@@ -171,6 +187,8 @@ def check_regression(family: str) -> Checker:
     check, shapes, and the memory of its passes."""
 
     def check(inputs: Mapping[str, Any], p: Any, ctx: BuildContext) -> StepPlan:
+        for arg in ("X", "y"):
+            _no_view(inputs[arg], arg)
         X, y, xs, _ = _xy(inputs)
         _check_estimator_params(family, p)
         return _regression_plan(family, p, X, y, xs[1])

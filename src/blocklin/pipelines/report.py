@@ -352,6 +352,8 @@ def _regression_plots(out: _Plots, name: str, arrays: Mapping[str, np.ndarray],
         fig.update(r2=float(arrays["summary_r2"]),
                    rmse=float(arrays["summary_root_mean_squared_error"]))
     coef = arrays.get("coef")
+    if coef is not None and coef.ndim == 2 and coef.shape[0] == 1:
+        coef = coef[0]  # a binomial model's one row
     if coef is not None and coef.ndim == 1 and 1 <= coef.size <= 500:
         names = column_names(manifest, step, coef.size)
         se = arrays.get("summary_coefficient_standard_errors")
