@@ -119,3 +119,68 @@ def hstack_panel(blocks: Any) -> Any:
     """Join the column blocks of a row panel (no copy for a single block); sparse stays
     sparse; on the blocks' device (numpy, CuPy or any array namespace)."""
     return concat(blocks, axis=1)
+
+
+@dataclass(frozen=True)
+class RowSlice:
+    """Kernel of :func:`row_aligned`: the rows of one output block, cut from the input's
+    row blocks (all their column blocks) that overlap them."""
+
+    def __call__(self, ctx: Any, blocks: Sequence[Any]) -> Any:
+        start, stop = _out_rows(ctx)
+        first = ctx.task.reads[0][1][0]
+        in_rows = ctx.inputs[0].chunks[0]
+        ncol_blocks = ctx.inputs[0].grid[1]
+        panels = [hstack_panel(blocks[i:i + ncol_blocks])
+                  for i in range(0, len(blocks), ncol_blocks)]
+        joined = panels[0] if len(panels) == 1 else np.vstack([np.asarray(p) for p in panels])
+        offset = start - first * in_rows
+        return np.ascontiguousarray(np.asarray(joined, dtype=ctx.output.dtype)
+                                    [offset:offset + stop - start])
+
+
+def _out_rows(ctx: Any) -> tuple[int, int]:
+    rows = ctx.output.chunks[0]
+    start = ctx.task.out[0] * rows
+    return start, min(start + rows, ctx.output.shape[0])
+
+
+def row_aligned(m: MatrixInput, rows: int, what: str) -> MatrixInput:
+    """``m`` read in row blocks of ``rows`` rows and one column block.
+
+    A narrow operand (a label or weight column) stored with other row blocks than X's
+    (``from_array`` picks each array's block rows from its own width) is copied into
+    X's row blocks by a stage of one task per X row block, each reading the few blocks
+    it overlaps: one extra read of the narrow operand, none of X. An operand already in
+    those blocks is returned as it is.
+
+    Raises
+    ------
+    InputValueError
+        When ``m`` is stored as sparse blocks, or an aligned block would exceed 64 MiB.
+    """
+    from blocklin.plan.graph import Task, TaskList, make_stage
+
+    node = m.node
+    if node.chunks[0] == rows and m.grid[1] == 1:
+        return m
+    if node.block_nbytes is not None:
+        raise InputValueError(f"{what} is stored as sparse blocks; store it with X's row "
+                              f"blocks (chunks=({rows}, None))")
+    itemsize = np.dtype(m.dtype).itemsize
+    if rows * m.shape[1] * itemsize > 64 * 2**20:
+        raise InputValueError(f"{what} is too wide to re-block on the fly into X's row "
+                              f"blocks of {rows} rows; store it with chunks=({rows}, None)")
+    in_rows, ncol = node.chunks[0], m.grid[1]
+    nout = -(-m.shape[0] // rows)
+    tasks = []
+    for i in range(nout):
+        lo, hi = i * rows, min((i + 1) * rows, m.shape[0])
+        reads = tuple((0, (j, c)) for j in range(lo // in_rows, (hi - 1) // in_rows + 1)
+                      for c in range(ncol))
+        tasks.append(Task((i, 0), reads))
+    stage = make_stage("realign_rows", RowSlice(), [m.input], TaskList(tuple(tasks)),
+                       shape=m.shape, chunks=(rows, m.shape[1]), dtype=m.dtype,
+                       params={"rows": rows},
+                       extra_memory=2 * (rows + 2 * in_rows) * m.shape[1] * itemsize)
+    return MatrixInput(m.plan.add(stage), StageInput(stage.output))

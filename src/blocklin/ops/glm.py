@@ -36,7 +36,13 @@ import scipy.linalg
 from blocklin.errors import ShapeMismatchError
 from blocklin.executors.lazy import Lazy
 from blocklin.ops._extended import dd_sum_parts, exact_gram, kappa_limit, slices_for
-from blocklin.ops._inputs import MatrixInput, as_matrix, hstack_panel, row_panel_tasks
+from blocklin.ops._inputs import (
+    MatrixInput,
+    as_matrix,
+    hstack_panel,
+    row_aligned,
+    row_panel_tasks,
+)
 from blocklin.ops._xp import (
     as_dtype,
     col_sumsq,
@@ -854,14 +860,11 @@ def eval_spec(family: str, coef: np.ndarray, fit_intercept: bool, has_w: bool, n
 
 
 # --------------------------------------------------------------------------- runners
-def _check_aligned(X: MatrixInput, other: MatrixInput, what: str) -> None:
+def _aligned(X: MatrixInput, other: MatrixInput, what: str) -> MatrixInput:
+    """``other`` (y or w) in X's row blocks, one column block (see :func:`row_aligned`)."""
     if other.shape[0] != X.shape[0]:
         raise ShapeMismatchError(f"{what} has {other.shape[0]} rows; X has {X.shape[0]}")
-    if other.node.chunks[0] != X.node.chunks[0] or other.grid[1] != 1:
-        raise ShapeMismatchError(
-            f"{what} must be one column block with X's row blocks ({X.node.chunks[0]} rows); "
-            f"got blocks of {other.node.chunks}. Store it with bl.from_array({what}, path, "
-            f"chunks=({X.node.chunks[0]}, None))")
+    return row_aligned(other, X.node.chunks[0], what)
 
 
 def build_pass(spec: PassSpec, X: Any, y: Any, w: Any = None) -> Lazy:
@@ -871,17 +874,15 @@ def build_pass(spec: PassSpec, X: Any, y: Any, w: Any = None) -> Lazy:
     reduced by a fixed-order tree of fan-in 8.
     """
     xm = as_matrix(X, "X")
-    ym = as_matrix(y, "y")
-    _check_aligned(xm, ym, "y")
+    ym = _aligned(xm, as_matrix(y, "y"), "y")
     inputs = [xm.input, ym.input]
     plan = xm.plan.merge(ym.plan)
     wm = None
     if w is not None:
-        wm = as_matrix(w, "sample_weight")
-        _check_aligned(xm, wm, "sample_weight")
+        wm = _aligned(xm, as_matrix(w, "sample_weight"), "sample_weight")
         inputs.append(wm.input)
         plan = plan.merge(wm.plan)
-    # y and w are one column block each (checked above): row panels of every input.
+    # y and w are one column block each in X's row blocks: row panels of every input.
     tasks = row_panel_tasks([xm, ym] + ([wm] if wm is not None else []))
     rows, cols = spec.part_shape
     extra = 8 * (rows * cols + xm.node.chunks[0] * (xm.shape[1] + spec.row_floats))
