@@ -24,6 +24,7 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 from blocklin.errors import LockError
+from blocklin.pipelines.outdir import manifest_areas
 from blocklin.storage.gc import Entry, GcReport, collect_garbage, format_age, tree_usage
 from blocklin.storage.locations import location
 from blocklin.storage.stores import store_for
@@ -74,18 +75,6 @@ def run_lifecycle(pipe: Pipeline, opts: RunOptions) -> Iterator[None]:
             logger.warning("could not free the work directory %s after the run: %s", work, exc)
 
 
-def _referenced(manifest: Mapping[str, Any] | None) -> set[str]:
-    """The ``runs/<id>`` folders a manifest names (its outputs and report)."""
-    if not manifest:
-        return set()
-    paths = [str(rec.get("path", "")) for rec in manifest.get("outputs", {}).values()
-             if isinstance(rec, Mapping)]
-    report = manifest.get("report")
-    if isinstance(report, Mapping):
-        paths.append(str(report.get("markdown", "")))
-    return {"/".join(p.split("/")[:2]) for p in paths if p.startswith("runs/")}
-
-
 def _pending(out: OutputDir) -> str | None:
     try:
         area = json.loads(out.read_bytes("runs/.pending.json") or b"null")["area"]
@@ -97,7 +86,7 @@ def _pending(out: OutputDir) -> str | None:
 def _run_entries(out: OutputDir, manifest: Mapping[str, Any] | None) -> list[Entry]:
     """Run folders no manifest names, and a local run's staging folder."""
     store = store_for(out.location)
-    referenced = _referenced(manifest)
+    referenced = manifest_areas(manifest)
     pending = _pending(out)
     found = []
     for name in out.names("runs"):

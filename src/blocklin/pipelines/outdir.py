@@ -43,7 +43,8 @@ from typing import Any
 from blocklin.errors import storage_error
 from blocklin.storage.stores import LocalStore
 
-__all__ = ["RUNS", "STAGING", "LocalDir", "ObjectDir", "OutputDir", "output_dir_for"]
+__all__ = ["RUNS", "STAGING", "LocalDir", "ObjectDir", "OutputDir", "manifest_areas",
+           "output_dir_for"]
 
 #: Where a local run stages its outputs before renaming them into place.
 STAGING = ".staging"
@@ -342,7 +343,7 @@ class ObjectDir(OutputDir):
 
     # -- runs under runs/<id>/ ---------------------------------------------------------
     def start_run(self, resume: bool, committed: Mapping[str, Any] | None) -> str:
-        done = _areas(committed)
+        done = manifest_areas(committed)
         if resume:
             pending = _pending_area(self.read_bytes(PENDING))
             if pending is not None and pending not in done:
@@ -360,7 +361,7 @@ class ObjectDir(OutputDir):
             self.delete(PENDING)
         # The previous run's outputs stay: a reader that read the manifest just before
         # this commit can still read what it named.
-        keep = {area} | _areas(committed) | _areas(previous)
+        keep = {area} | manifest_areas(committed) | manifest_areas(previous)
         for name in self.names(RUNS):
             if not name.startswith(".") and f"{RUNS}/{name}" not in keep:
                 self.delete(f"{RUNS}/{name}")
@@ -377,7 +378,7 @@ def _pending_area(data: bytes | None) -> str | None:
     return area if isinstance(area, str) and area.startswith(f"{RUNS}/") else None
 
 
-def _areas(manifest: Mapping[str, Any] | None) -> set[str]:
+def manifest_areas(manifest: Mapping[str, Any] | None) -> set[str]:
     """The ``runs/<id>`` prefixes a manifest names (its outputs and report)."""
     if not manifest:
         return set()
