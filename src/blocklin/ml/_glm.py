@@ -14,7 +14,7 @@ from blocklin.config import default_work_dir
 from blocklin.errors import InputDtypeError, InputValueError, NonFiniteError, ShapeMismatchError
 from blocklin.executors.progress import local_pass
 from blocklin.executors.progress import step as progress_step
-from blocklin.ml._quasi_newton import lbfgs, owlqn
+from blocklin.ml._quasi_newton import Move, lbfgs, owlqn
 from blocklin.ml._solvers import TrainData, min_norm
 from blocklin.ml._validation import (
     _is_dask,
@@ -288,13 +288,64 @@ def iterative_fit(est: Any, data: TrainData, family: str, solver: str, k: int) -
         return f, g.ravel()
 
     theta0 = _initial(family, mom, p, k, fi)
-    res = (owlqn(fun, theta0.ravel(), np.vstack([l1[:, None] * scale,
-                                                 np.zeros((int(fi), 1))]).repeat(k, 1).ravel(),
-                 int(est.max_iter), float(est.tol))
+    a, c = l1[:, None] * scale, l2[:, None] * scale**2  # penalty weights in θ
+    move = _shift_move(shape, p, a[:, 0], c[:, 0]) if k > 1 else None
+    res = (owlqn(fun, theta0.ravel(), np.vstack([a, np.zeros((int(fi), 1))]).repeat(k, 1).ravel(),
+                 int(est.max_iter), float(est.tol), move=move)
            if solver == "owlqn" else
-           lbfgs(fun, theta0.ravel(), int(est.max_iter), float(est.tol)))
+           lbfgs(fun, theta0.ravel(), int(est.max_iter), float(est.tol), move=move))
     _check_solution(solver, res.x, res.history)
     return IterResult(to_coef(res.x), res.history, mom)
+
+
+def class_shift(V: np.ndarray, a: np.ndarray, c: np.ndarray) -> np.ndarray:
+    """Per row j, the t minimizing Σₖ aⱼ|Vⱼₖ + t| + ½cⱼ(Vⱼₖ + t)² (0 unless it lowers it).
+
+    The softmax loss does not change when a feature's coefficients move by the same t
+    in every class, so only the penalty decides that shift: a convex piecewise
+    quadratic whose minimum is at a kink (t = −Vⱼₖ) or at the stationary point of a
+    piece, clipped to the piece. All candidates are evaluated, vectorized over rows.
+    """
+    p, k = V.shape
+    kinks = np.sort(-V, axis=1)
+    lo = np.hstack([np.full((p, 1), -np.inf), kinks])
+    hi = np.hstack([kinks, np.full((p, 1), np.inf)])
+    # On piece i, i of the k terms are positive: a(2i − k) + c(ΣV + k·t) = 0.
+    i = np.arange(k + 1)[None, :]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        t = -(a[:, None] * (2 * i - k) + c[:, None] * V.sum(axis=1, keepdims=True)) / \
+            (c[:, None] * k)
+    t = np.clip(np.where(np.isfinite(t), t, 0.0), lo, hi)
+    cand = np.hstack([np.zeros((p, 1)), kinks, t])
+    W = V[:, None, :] + cand[:, :, None]
+    h = (a[:, None] * np.abs(W).sum(axis=2) + 0.5 * c[:, None] * (W * W).sum(axis=2))
+    best = h.argmin(axis=1)  # the first minimum: t = 0 (no move) on ties
+    out: np.ndarray = cand[np.arange(p), best]
+    return out
+
+
+def _shift_move(shape: tuple[int, int], p: int, a: np.ndarray, c: np.ndarray) -> Move:
+    """The multinomial's loss-free move for the solver: every feature's coefficients
+    shifted over classes to the penalty's minimum (see :func:`class_shift`).
+
+    In θ the penalty of feature j is aⱼ‖θⱼ‖₁ + ½cⱼ‖θⱼ‖² and the smooth part of the
+    objective holds the L2 term, so the move changes f by the L2 term's change and ∇f
+    by cⱼ·t on row j. Without it the shift direction's curvature is cⱼ alone, tiny for a
+    feature with a large deviation (c = λ(1−α)/σ²), and L-BFGS/OWL-QN crawl along it.
+    """
+
+    def move(x: np.ndarray) -> tuple[np.ndarray, float, np.ndarray]:
+        theta = x.reshape(shape)
+        t = class_shift(theta[:p], a, c)
+        dx = np.zeros(shape)
+        dx[:p] = t[:, None]
+        new = theta[:p] + dx[:p]
+        df = 0.5 * float(np.sum(c[:, None] * (new * new - theta[:p] ** 2)))
+        dg = np.zeros(shape)
+        dg[:p] = c[:, None] * dx[:p]
+        return dx.ravel(), df, dg.ravel()
+
+    return move
 
 
 def _check_solution(solver: str, x: np.ndarray, history: list[float]) -> None:

@@ -65,6 +65,9 @@ import numpy as np
 __all__ = ["QNResult", "lbfgs", "owlqn"]
 
 ObjFun = Callable[[np.ndarray], tuple[float, np.ndarray]]
+#: x -> (Δx, Δf, Δ∇f): a move along directions the data term of f does not see (the
+#: softmax's shift common to all classes), lowering the penalty; it costs no pass.
+Move = Callable[[np.ndarray], tuple[np.ndarray, float, np.ndarray]]
 
 #: Armijo constant (sufficient decrease) and curvature constant of the line searches.
 C1 = 1e-4
@@ -258,8 +261,16 @@ def _stalled(grad_norms: list[float], history: list[float]) -> bool:
     return bool(no_new_low and history[-w - 1] - history[-1] <= STALL_RISE * abs(history[-1]))
 
 
+def _moved(pt: _Point, move: Move | None, l1: np.ndarray | None) -> _Point:
+    if move is None:
+        return pt
+    dx, df, dg = move(pt.x)
+    x, f = pt.x + dx, pt.f + df
+    return _Point(x, f, pt.g + dg, f + (0.0 if l1 is None else float(l1 @ np.abs(x))))
+
+
 def _minimize(fun: ObjFun, x0: np.ndarray, l1: np.ndarray | None, max_iter: int, tol: float,
-              memory: int | None) -> QNResult:
+              memory: int | None, move: Move | None) -> QNResult:
     x = np.array(x0, dtype=np.float64)
     if memory is None:
         memory = default_memory(x.shape[0])
@@ -303,6 +314,7 @@ def _minimize(fun: ObjFun, x0: np.ndarray, l1: np.ndarray | None, max_iter: int,
         if new is None:
             reason = "stalled"
             break
+        new = _moved(new, move, l1)
         mem.update(new.x - pt.x, new.g - pt.g)
         pt = new
         history.append(pt.F)
@@ -310,22 +322,23 @@ def _minimize(fun: ObjFun, x0: np.ndarray, l1: np.ndarray | None, max_iter: int,
 
 
 def lbfgs(fun: ObjFun, x0: np.ndarray, max_iter: int, tol: float,
-          memory: int | None = None) -> QNResult:
+          memory: int | None = None, move: Move | None = None) -> QNResult:
     """Minimize a smooth convex f by L-BFGS; ``fun(x)`` returns (f, ∇f) in one pass.
 
     Stops when ‖∇f(x_k)‖_∞ ≤ ``tol``·‖∇f(x₀)‖_∞, after ``max_iter`` iterations, or when
     no step decreases f (rounding floor); see the module docstring. Usually one
     evaluation per iteration (two or three on the first).
     """
-    return _minimize(fun, x0, None, max_iter, tol, memory)
+    return _minimize(fun, x0, None, max_iter, tol, memory, move)
 
 
 def owlqn(fun: ObjFun, x0: np.ndarray, l1: np.ndarray, max_iter: int, tol: float,
-          memory: int | None = None) -> QNResult:
+          memory: int | None = None, move: Move | None = None) -> QNResult:
     """Minimize f(x) + Σ l1ⱼ|xⱼ| (f smooth, convex) by OWL-QN; ``fun`` returns (f, ∇f).
 
     Stops when the pseudo-gradient's ‖·‖_∞ is at most ``tol``·‖∇f(x₀)‖_∞, after
     ``max_iter`` iterations, or when no step decreases the objective (rounding floor);
     see the module docstring.
     """
-    return _minimize(fun, x0, np.asarray(l1, dtype=np.float64), max_iter, tol, memory)
+    return _minimize(fun, x0, np.asarray(l1, dtype=np.float64), max_iter, tol, memory,
+                     move)
