@@ -335,7 +335,7 @@ def test_converges_to_the_minimizer(case: Case) -> None:
     assert out["error"] < 1e-6, out
     # No more iterations than MLlib's L-BFGS/OWL-QN at the same tol, which stops with
     # 300-100,000x the error (10% slack for rounding-dependent line-search decisions on
-    # other BLAS builds: today 54-110 against MLlib's 67-211), and about one pass each.
+    # other BLAS builds: today 41-93 against MLlib's 67-211), and about one pass each.
     assert out["iterations"] <= 1.1 * MLLIB_ITERATIONS[case.name], out
     assert out["passes"] <= 1.25 * out["iterations"] + 2, out
 
@@ -354,7 +354,7 @@ def test_badly_scaled_multinomial_enet() -> None:
     coordinates their penalty weights are λα/σ and λ(1−α)/σ², so the shift of their
     coefficients common to all classes, which only the penalty fixes, has a curvature
     near 1e-9, and L-BFGS/OWL-QN crawled along it (660 iterations here). The exact
-    shift move (``class_shift``) takes it out: same accuracy in 140."""
+    shift move (``blocklin.ml._iterative.class_shift``) takes it out: same accuracy in 140."""
     X = design(5, p=30)
     X[:, :3] = X[:, :3] * 1e3 + 1e4
     y = labels(X, "multinomial", 6, classes=4)

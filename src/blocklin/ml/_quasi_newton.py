@@ -4,7 +4,7 @@ Both minimize ``F(x) = f(x) + Σⱼ l1ⱼ·|xⱼ|`` (``l1 = 0`` for L-BFGS) give
 returning f and ∇f, as MLlib does through breeze: limited-memory BFGS, OWL-QN's
 pseudo-gradient and orthant projection for the L1 term. What differs from breeze is
 how they stop and how their line searches treat rounding, so that ``tol`` controls the
-accuracy of the answer, and three changes that cut the passes (on the correlated
+accuracy of the answer, and four changes that cut the passes (on the correlated
 problems of tests/ml/test_solver_convergence.py, OWL-QN needs 3-4x fewer):
 
 * 30 correction pairs instead of 10 (``MEMORY``, within ``MEMORY_BYTES``);
@@ -16,7 +16,10 @@ problems of tests/ml/test_solver_convergence.py, OWL-QN needs 3-4x fewer):
   projection of the line search, and the direction is still one of descent
   (checked; the constrained steepest descent direction otherwise);
 * OWL-QN's correction pairs act on the free coordinates only (nonzero, or with a
-  nonzero pseudo-gradient).
+  nonzero pseudo-gradient);
+* an optional ``move`` after each step, along directions the data term ignores
+  (the multinomial's shift over classes, which only the penalty fixes and whose
+  curvature can be 1e-9: :func:`blocklin.ml._iterative.class_shift`).
 
 **Stopping rule.** Let g₀ = ∇f(x₀) and, at iterate k, G_k the gradient of F (OWL-QN: its
 pseudo-gradient, the minimum-norm subgradient, which is 0 exactly at a minimizer).

@@ -19,13 +19,13 @@ from blocklin.ml._glm import (
     compute_options,
     exact_solve,
     features,
-    iterative_fit,
     labels_1d,
     penalties,
     predict_margin,
     qr_solve,
     sketch_solve,
 )
+from blocklin.ml._iterative import iterative_fit
 from blocklin.ml._progress import reports
 from blocklin.ml._solvers import (
     QuadSolution,

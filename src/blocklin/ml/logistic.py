@@ -17,10 +17,10 @@ from blocklin.ml._glm import (
     check_common_params,
     compute_options,
     features,
-    iterative_fit,
     penalties,
     predict_margin,
 )
+from blocklin.ml._iterative import iterative_fit
 from blocklin.ml._progress import reports
 from blocklin.ml._solvers import (
     TrainData,
