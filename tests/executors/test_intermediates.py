@@ -7,7 +7,6 @@ from __future__ import annotations
 import socket
 import subprocess
 import sys
-import textwrap
 import threading
 import time
 from pathlib import Path
@@ -21,6 +20,7 @@ from blocklin.executors.intermediates import intermediates_scope
 from blocklin.storage.leases import LEASES, LeaseInfo, flush_removals, read_leases
 from blocklin.testing import assert_bitwise_equal, inject_fault
 from blocklin.testing.faults import InjectedFault
+from blocklin.testing.leases import lease_held_elsewhere
 
 
 def _usage(work: Path) -> tuple[list[str], int, int]:
@@ -110,39 +110,16 @@ def test_a_scope_removes_what_its_computes_left(tmp_path: Path, A: bl.BlockMatri
     assert len(_usage(work)[0]) == 4
 
 
-_HOLDER = textwrap.dedent("""
-    import sys, time
-    from pathlib import Path
-    from blocklin.storage.leases import Lease
-    work, ready, stop, *names = sys.argv[1:]
-    with Lease(work, names, command="holder test"):
-        Path(ready).touch()
-        while not Path(stop).exists():
-            time.sleep(0.02)
-""")
-
-
 def test_arrays_another_process_leases_are_not_removed(tmp_path: Path, A: bl.BlockMatrix) -> None:
     work = tmp_path / "w"
     G = bl.ops.gram(A)
     names = [s.output.name for s in G.plan.stages]
-    ready, stop = tmp_path / "ready", tmp_path / "stop"
-    proc = subprocess.Popen([sys.executable, "-c", _HOLDER, str(work), str(ready), str(stop),
-                             *names])
-    try:
-        deadline = time.monotonic() + 60
-        while not ready.exists():
-            assert proc.poll() is None and time.monotonic() < deadline
-            time.sleep(0.02)
+    with lease_held_elsewhere(work, names) as proc:
         g = G.compute(work_dir=str(work))
         # Another live process leases them: this compute left them in place.
         assert sorted(_usage(work)[0]) == sorted(names)
         holders = [info for _, info in read_leases(str(work)) if info is not None]
         assert [h.pid for h in holders] == [proc.pid]
-    finally:
-        stop.touch()
-        proc.wait(30)
-    assert proc.returncode == 0
     # The holder is gone: the next compute of the plan removes them.
     assert_bitwise_equal(G.compute(work_dir=str(work)), g)
     assert _usage(work)[0] == []

@@ -7,7 +7,6 @@ import json
 import os
 import subprocess
 import sys
-import textwrap
 import time
 from pathlib import Path
 from typing import Any
@@ -21,6 +20,7 @@ from blocklin.storage.gc import collect_garbage, scan_work_dir
 from blocklin.storage.leases import LEASES, TRASH, Lease, flush_removals
 from blocklin.testing import inject_fault
 from blocklin.testing.faults import InjectedFault
+from blocklin.testing.leases import lease_held_elsewhere
 
 CLI = [sys.executable, "-m", "blocklin._cli"]
 DAY = 86400.0
@@ -110,40 +110,17 @@ def test_older_than_keeps_recent_entries(leftovers: tuple[Path, dict[str, str]])
     assert {why for e, why in report.kept if e.name in recent} == {"newer than 7.0 d"}
 
 
-_HOLDER = textwrap.dedent("""
-    import sys, time
-    from pathlib import Path
-    from blocklin.storage.leases import Lease
-    work, ready, stop, *names = sys.argv[1:]
-    with Lease(work, names, command="a running fit"):
-        Path(ready).touch()
-        while not Path(stop).exists():
-            time.sleep(0.02)
-""")
-
-
 def test_entries_in_use_by_another_process_are_untouched(
         leftovers: tuple[Path, dict[str, str]], tmp_path: Path) -> None:
     work, kinds = leftovers
     held = sorted(n for n, k in kinds.items() if k in ("scratch", "incomplete"))
-    ready, stop = tmp_path / "ready", tmp_path / "stop"
-    proc = subprocess.Popen([sys.executable, "-c", _HOLDER, str(work), str(ready), str(stop),
-                             *held])
-    try:
-        deadline = time.monotonic() + 60
-        while not ready.exists():
-            assert proc.poll() is None and time.monotonic() < deadline
-            time.sleep(0.02)
+    with lease_held_elsewhere(work, held, command="a running fit") as proc:
         report = collect_garbage(str(work))
         assert _names(work) == sorted([*held, "notes.txt"])
         reasons = {e.name: why for e, why in report.kept}
         for n in held:
             assert reasons[n].startswith(f"in use by pid {proc.pid} on ")
             assert reasons[n].endswith("(a running fit)")
-    finally:
-        stop.touch()
-        proc.wait(30)
-    assert proc.returncode == 0
     collect_garbage(str(work))
     assert _names(work) == ["notes.txt"]
 
