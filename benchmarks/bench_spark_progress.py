@@ -19,30 +19,8 @@ from pathlib import Path
 import numpy as np
 
 import blocklin as bl
-from blocklin.executors.progress import PassEnd, PassStart
+from blocklin.executors.progress import HookSink
 from blocklin.executors.spark import local_session
-
-
-class Counting:
-    """A sink that only counts updates (no output)."""
-
-    def __init__(self) -> None:
-        self.updates = 0
-
-    def pass_started(self, start: PassStart) -> None:
-        pass
-
-    def stage_progress(self, stage: str, done: int, total: int) -> None:
-        self.updates += 1
-
-    def pass_finished(self, end: PassEnd) -> None:
-        pass
-
-    def note(self, text: str) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
 
 
 def main() -> None:
@@ -58,9 +36,14 @@ def main() -> None:
         x = np.random.default_rng(0).standard_normal((args.rows, args.cols))
         A = bl.from_array(x, Path(tmp) / "A.zarr", chunks=(args.chunk_rows, None))
         G = bl.ops.gram(A)
-        sink = Counting()
+        updates = [0]
 
-        def run(progress: Counting | None) -> float:
+        def count(stage: str, done: int, total: int) -> None:
+            updates[0] += 1
+
+        sink = HookSink(count)  # counts updates, prints nothing
+
+        def run(progress: HookSink | None) -> float:
             t0 = time.perf_counter()
             bl.compute(G, executor="spark", spark=spark, work_dir=str(Path(tmp) / "w"),
                        progress=progress)
@@ -79,7 +62,7 @@ def main() -> None:
     print(f"gram {args.rows}x{args.cols}, {A.nblocks[0]} blocks, local[{args.cores}], "
           f"{args.rounds} rounds: progress off median {m_off:.3f} s (min {min(off):.3f}), "
           f"on median {m_on:.3f} s (min {min(on):.3f}), on/off {m_on / m_off:.3f}; "
-          f"{sink.updates} progress updates")
+          f"{updates[0]} progress updates")
 
 
 if __name__ == "__main__":
