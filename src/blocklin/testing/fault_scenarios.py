@@ -639,10 +639,19 @@ def damage(path: Path, how: Damage, rng: np.random.Generator) -> str:
 
 
 def _stored_files(*dirs: Path) -> list[Path]:
-    """Chunks, completion records and array metadata under ``dirs``, in a fixed order."""
+    """Chunks, completion records and array metadata under ``dirs``, in a fixed order.
+
+    Arrays a compute removed are first deleted for good: they wait in the work dir's
+    ``.blocklin/trash`` for a background thread, which must not delete under the walk.
+    """
+    from blocklin.storage.leases import flush_removals
+
+    flush_removals()
     found = []
     for d in dirs:
         for p in sorted(d.rglob("*")):
+            if p.relative_to(d).parts[:2] == (".blocklin", "trash"):
+                continue
             if p.is_file() and p.suffix != ".npz" and (
                     "c" in p.relative_to(d).parts or ".blocklin" in p.parts
                     or p.name == "zarr.json"):
