@@ -16,6 +16,7 @@ from blocklin.errors import InputDtypeError, ShapeMismatchError
 from blocklin.executors import RunStats
 from blocklin.ops import SVDState, svd_update
 from blocklin.ops.svd_update import UPDATE_METHODS
+from blocklin.storage.leases import flush_removals
 from blocklin.testing import inject_fault
 from blocklin.testing.faults import InjectedFault
 
@@ -54,6 +55,7 @@ def _assert_exact(state: SVDState, x: np.ndarray, *, vt: bool = True) -> None:
 
 def _files(root: Path) -> dict[str, int]:
     """Every file under root with its modification time (ns): any write shows."""
+    flush_removals()  # removed arrays leave the tree before the walk, not under it
     return {str(p.relative_to(root)): p.stat().st_mtime_ns for p in root.rglob("*") if p.is_file()}
 
 

@@ -24,6 +24,7 @@ from blocklin.pipelines.ingest import ingest
 from blocklin.pipelines.manifest import load_small
 from blocklin.pipelines.refresh import refresh_pipeline
 from blocklin.pipelines.runner import load_pipeline, run_pipeline
+from blocklin.storage.leases import flush_removals
 
 NAMES = [f"s{i}" for i in range(1, 7)]
 
@@ -44,6 +45,7 @@ def _write(t: pa.Table, path: Path) -> str:
 
 
 def _snapshot(root: Path) -> dict[str, str]:
+    flush_removals()  # removed arrays leave the tree before the walk, not under it
     return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
             for p in sorted(root.rglob("*")) if p.is_file()}
 

@@ -26,6 +26,7 @@ from blocklin.ml import LinearRegression
 from blocklin.pipelines.ingest import ingest
 from blocklin.pipelines.runner import RunOptions, explain_pipeline, load_pipeline, run_pipeline
 from blocklin.pipelines.spec import SpecError
+from blocklin.storage.leases import flush_removals
 
 NAMES = ["age", "dose", "weight", "height", "score", "income"]
 ROWS, COLS = 600, len(NAMES)
@@ -135,6 +136,7 @@ def test_report_figures_match_references(tmp_path: Path, data: Any) -> None:
 
 
 def _files(root: Path) -> set[Path]:
+    flush_removals()  # removed arrays leave the tree before the walk, not under it
     return {p for p in root.rglob("*")}
 
 
