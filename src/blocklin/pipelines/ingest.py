@@ -32,7 +32,6 @@ from blocklin.storage.records import fingerprint_from_crcs
 
 __all__ = ["BlockWriter", "IngestResult", "ingest", "read_source"]
 
-FORMATS = ("npy", "npz", "csv", "parquet", "zarr")
 _UNKNOWN_ROWS = 2**62
 
 

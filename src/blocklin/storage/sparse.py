@@ -301,11 +301,3 @@ def csr_block_nbytes(meta: ArrayMeta) -> int | None:
     per_entry = meta.np_dtype.itemsize + _index_dtype(meta.shape[1]).itemsize
     return int(max(nnz)) * per_entry + (int(meta.chunks[0]) + 1) * 8
 
-
-def open_sparse(path: str | os.PathLike[str]) -> BlockMatrix | None:
-    """Open the sparse BlockMatrix at ``path``, or None if none is there."""
-    from blocklin.storage.blockmatrix import BlockMatrix
-
-    store = store_for(path)
-    meta = read_sparse_meta(store)
-    return None if meta is None else BlockMatrix(store, meta)

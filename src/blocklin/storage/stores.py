@@ -12,7 +12,6 @@ import json
 import os
 import tempfile
 import threading
-import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Mapping, Sequence
 from functools import lru_cache
@@ -545,7 +544,3 @@ def join_url(base: str, name: str) -> str:
     """Join a child name onto a path or URL."""
     return f"{base.rstrip('/')}/{name.strip('/')}"
 
-
-def unique_suffix() -> str:
-    """A short random suffix for temporary names (never used for content names)."""
-    return uuid.uuid4().hex[:12]
