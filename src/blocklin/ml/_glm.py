@@ -213,6 +213,19 @@ def penalties(est: Any, sx: np.ndarray, sy: float, y_mean_abs: float) -> tuple[n
     return l1, l2
 
 
+def column_moments(est: Any, data: TrainData) -> tuple[Moments, np.ndarray, np.ndarray,
+                                                       np.ndarray]:
+    """One pass for the weighted means and standard deviations of ``[X y]``; returns the
+    moments, the standard deviations and the per-feature L1 and L2 penalties."""
+    p = data.n_features
+    with progress_step("column moments"):
+        mom = Moments.from_packed(data.run(moments_spec(p, 1, data.has_weights,
+                                                        data.x_col_blocks, False)), p + 1)
+    sd = mom.std()
+    l1, l2 = penalties(est, sd[:p], float(sd[p]), abs(float(mom.mean[p])))
+    return mom, sd, l1, l2
+
+
 # --------------------------------------------------------------------------- QR
 #: A TSQR factor whose column-equilibrated singular values fall below this fraction of
 #: the largest (times k) is rank deficient: exact linear dependence leaves σ of a few
@@ -461,11 +474,7 @@ def sketch_solve(est: Any, data: TrainData) -> SketchResult:
     """
     p = data.n_features
     fi = bool(est.fit_intercept)
-    with progress_step("column moments"):
-        mom = Moments.from_packed(data.run(moments_spec(p, 1, data.has_weights,
-                                                        data.x_col_blocks, False)), p + 1)
-    sd = mom.std()
-    _, l2 = penalties(est, sd[:p], float(sd[p]), abs(float(mom.mean[p])))
+    mom, sd, _, l2 = column_moments(est, data)
     mu = mom.mean[:p] if fi else np.zeros(p)
     ybar = float(mom.mean[p]) if fi else 0.0
     W = mom.W

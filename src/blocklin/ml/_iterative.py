@@ -11,10 +11,10 @@ import numpy as np
 
 from blocklin.errors import NonFiniteError
 from blocklin.executors.progress import step as progress_step
-from blocklin.ml._glm import Moments, penalties
+from blocklin.ml._glm import Moments, column_moments
 from blocklin.ml._quasi_newton import Move, lbfgs, owlqn
 from blocklin.ml._solvers import TrainData
-from blocklin.ops.glm import loss_grad_spec, moments_spec, unpack_grad
+from blocklin.ops.glm import loss_grad_spec, unpack_grad
 
 __all__ = ["IterResult", "class_shift", "iterative_fit"]
 
@@ -52,12 +52,8 @@ def iterative_fit(est: Any, data: TrainData, family: str, solver: str, k: int) -
     """
     p = data.n_features
     fi = bool(est.fit_intercept)
-    with progress_step("column moments"):
-        mom = Moments.from_packed(data.run(moments_spec(p, 1, data.has_weights,
-                                                        data.x_col_blocks, False)), p + 1)
-    sd = mom.std()
+    mom, sd, l1, l2 = column_moments(est, data)
     sx = sd[:p]
-    l1, l2 = penalties(est, sx, float(sd[p]), abs(float(mom.mean[p])))
     curv = sx**2 + l2
     scale = np.where(curv > 0, 1.0 / np.sqrt(np.where(curv > 0, curv, 1.0)), 1.0)[:, None]
     mu = (mom.mean[:p] if fi else np.zeros(p))[:, None]
