@@ -12,8 +12,17 @@ import numpy as np
 from blocklin.errors import InputDtypeError, InputValueError
 from blocklin.executors.lazy import Lazy
 from blocklin.ops._xp import concat
-from blocklin.plan.graph import Affine, ArrayNode, Plan, RowPanelTasks, StageInput
+from blocklin.plan.graph import (
+    Affine,
+    ArrayNode,
+    Plan,
+    RowPanelTasks,
+    StageInput,
+    Task,
+    TaskSet,
+)
 from blocklin.storage.blockmatrix import BlockMatrix, Transposed, open_matrix
+from blocklin.types import BlockIndex
 
 __all__ = ["MatrixInput", "MatrixView", "as_matrix", "reads_csr"]
 
@@ -121,6 +130,40 @@ def hstack_panel(blocks: Any) -> Any:
     return concat(blocks, axis=1)
 
 
+@dataclass(frozen=True, eq=True)
+class RowRangeTasks(TaskSet):
+    """Task ``i`` writes row block ``i`` (of ``out_rows`` rows) of a one-column-block
+    output, reading every column block of the input's row blocks (of ``in_rows`` rows)
+    that overlap its rows: a rule, so a plan holds no per-block task list."""
+
+    nrows: int
+    out_rows: int
+    in_rows: int
+    ncol_blocks: int
+
+    def __len__(self) -> int:
+        return -(-self.nrows // self.out_rows)
+
+    def _span(self, pos: int) -> range:
+        lo, hi = pos * self.out_rows, min((pos + 1) * self.out_rows, self.nrows)
+        return range(lo // self.in_rows, (hi - 1) // self.in_rows + 1)
+
+    def task(self, pos: int) -> Task:
+        return Task((pos, 0), tuple((0, (j, c)) for j in self._span(pos)
+                                    for c in range(self.ncol_blocks)))
+
+    def position(self, out: BlockIndex) -> int | None:
+        ok = len(out) == 2 and out[1] == 0 and 0 <= out[0] < len(self)
+        return int(out[0]) if ok else None
+
+    def read_counts(self, names: Sequence[str]) -> dict[str, int]:
+        nblocks = -(-self.nrows // self.in_rows)
+        return {names[0]: nblocks * self.ncol_blocks} if self.nrows else {}
+
+    def every_task_reads(self) -> bool:
+        return True
+
+
 @dataclass(frozen=True)
 class RowSlice:
     """Kernel of :func:`row_aligned`: the rows of one output block, cut from the input's
@@ -159,7 +202,7 @@ def row_aligned(m: MatrixInput, rows: int, what: str) -> MatrixInput:
     InputValueError
         When ``m`` is stored as sparse blocks, or an aligned block would exceed 64 MiB.
     """
-    from blocklin.plan.graph import Task, TaskList, make_stage
+    from blocklin.plan.graph import make_stage
 
     node = m.node
     if node.chunks[0] == rows and m.grid[1] == 1:
@@ -171,15 +214,9 @@ def row_aligned(m: MatrixInput, rows: int, what: str) -> MatrixInput:
     if rows * m.shape[1] * itemsize > 64 * 2**20:
         raise InputValueError(f"{what} is too wide to re-block on the fly into X's row "
                               f"blocks of {rows} rows; store it with chunks=({rows}, None)")
-    in_rows, ncol = node.chunks[0], m.grid[1]
-    nout = -(-m.shape[0] // rows)
-    tasks = []
-    for i in range(nout):
-        lo, hi = i * rows, min((i + 1) * rows, m.shape[0])
-        reads = tuple((0, (j, c)) for j in range(lo // in_rows, (hi - 1) // in_rows + 1)
-                      for c in range(ncol))
-        tasks.append(Task((i, 0), reads))
-    stage = make_stage("realign_rows", RowSlice(), [m.input], TaskList(tuple(tasks)),
+    in_rows = node.chunks[0]
+    tasks = RowRangeTasks(m.shape[0], rows, in_rows, m.grid[1])
+    stage = make_stage("realign_rows", RowSlice(), [m.input], tasks,
                        shape=m.shape, chunks=(rows, m.shape[1]), dtype=m.dtype,
                        params={"rows": rows},
                        extra_memory=2 * (rows + 2 * in_rows) * m.shape[1] * itemsize)
