@@ -39,10 +39,9 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-import psutil
-
 from blocklin.errors import LockError
 from blocklin.pipelines.outdir import OutputDir, output_dir_for
+from blocklin.storage.leases import describe_holder, local_holder_alive
 
 __all__ = ["APPEND_LOCK_WAIT", "LOCK_NAME", "OutputLock", "array_lock", "break_lock",
            "read_lock"]
@@ -64,21 +63,12 @@ class LockInfo:
     token: str = ""
 
     def describe(self) -> str:
-        when = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(self.started))
-        return f"pid {self.pid} on {self.host} since {when} ({self.command})"
+        return describe_holder(self.pid, self.host, self.started, self.command)
 
     def is_stale(self) -> bool | None:
         """True if the holder is gone, False if alive, None if it cannot be told (other host)."""
-        if self.host != socket.gethostname():
-            return None
-        try:
-            proc = psutil.Process(self.pid)
-            # A recycled pid belongs to a process younger than the lock.
-            return bool(proc.create_time() > self.started + 1.0)
-        except psutil.NoSuchProcess:
-            return True
-        except psutil.AccessDenied:
-            return False
+        alive = local_holder_alive(self.host, self.pid, self.started)
+        return None if alive is None else not alive
 
 
 def _parse(data: bytes | None) -> LockInfo | None:

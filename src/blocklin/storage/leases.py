@@ -53,8 +53,9 @@ from blocklin.errors import LockError
 from blocklin.storage.stores import FsspecStore, LocalStore, Store, store_for
 
 __all__ = ["LEASES", "LEASE_RENEW", "LEASE_TTL", "LOCK_KEY", "LOCK_TTL", "TRASH", "Lease",
-           "LeaseInfo", "flush_removals", "leased_names", "read_leases", "remove_unused",
-           "scratch_folder", "work_lock"]
+           "LeaseInfo", "describe_holder", "flush_removals", "leased_names",
+           "local_holder_alive", "read_leases", "remove_unused", "scratch_folder",
+           "work_lock"]
 
 logger = logging.getLogger(__name__)
 
@@ -116,22 +117,36 @@ class LeaseInfo:
                              self.renewed, LEASE_TTL, now)
 
     def describe(self) -> str:
-        when = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(self.started))
-        return f"pid {self.pid} on {self.host} since {when} ({self.command})"
+        return describe_holder(self.pid, self.host, self.started, self.command)
+
+
+def local_holder_alive(host: str, pid: int, started: float) -> bool | None:
+    """Whether process ``pid``, which took a lease or lock at ``started``, still runs:
+    None when it ran on another host (this one cannot tell)."""
+    if host != socket.gethostname():
+        return None
+    import psutil
+
+    try:
+        # A recycled pid belongs to a process younger than the lease or lock.
+        return bool(psutil.Process(pid).create_time() <= started + 1.0)
+    except psutil.NoSuchProcess:
+        return False
+    except psutil.AccessDenied:
+        return True
+
+
+def describe_holder(pid: int, host: str, started: float, command: str) -> str:
+    """``pid P on HOST since TIME (COMMAND)``: who holds a lease or lock."""
+    when = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(started))
+    return f"pid {pid} on {host} since {when} ({command})"
 
 
 def _holder_alive(host: str, pid: int, started: float, renewed: float, ttl: float,
                   now: float | None) -> bool:
-    if host == socket.gethostname():
-        import psutil
-
-        try:
-            # A recycled pid belongs to a process younger than the lease.
-            return bool(psutil.Process(pid).create_time() <= started + 1.0)
-        except psutil.NoSuchProcess:
-            return False
-        except psutil.AccessDenied:
-            return True
+    alive = local_holder_alive(host, pid, started)
+    if alive is not None:
+        return alive
     return (time.time() if now is None else now) - renewed < ttl
 
 
