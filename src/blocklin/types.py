@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal, get_args
+from typing import Literal, TypeVar, get_args
 
 __all__ = [
     "CODECS",
@@ -19,6 +19,7 @@ __all__ = [
     "LabelScaling",
     "LogisticFamily",
     "LogisticSolver",
+    "Option",
     "Shape",
     "Solver",
     "parse_option",
@@ -28,34 +29,55 @@ Shape = tuple[int, ...]
 BlockIndex = tuple[int, ...]
 
 ExecutorName = Literal["dask", "spark"]
-EXECUTORS: tuple[str, ...] = get_args(ExecutorName)
+EXECUTORS: tuple[ExecutorName, ...] = get_args(ExecutorName)
 
 Device = Literal["cpu", "gpu"]
-DEVICES: tuple[str, ...] = get_args(Device)
+DEVICES: tuple[Device, ...] = get_args(Device)
 
 CodecName = Literal["none", "lz4", "zstd"]
-CODECS: tuple[str, ...] = get_args(CodecName)
+CODECS: tuple[CodecName, ...] = get_args(CodecName)
 
 #: Solvers of ``blocklin.ml.LinearRegression``.
 Solver = Literal["auto", "normal", "qr", "lbfgs", "owlqn", "sketch"]
-SOLVERS: tuple[str, ...] = get_args(Solver)
+SOLVERS: tuple[Solver, ...] = get_args(Solver)
 
 #: Solvers of ``blocklin.ml.LogisticRegression``.
 LogisticSolver = Literal["auto", "newton", "lbfgs", "owlqn"]
-LOGISTIC_SOLVERS: tuple[str, ...] = get_args(LogisticSolver)
+LOGISTIC_SOLVERS: tuple[LogisticSolver, ...] = get_args(LogisticSolver)
 
 #: ``none``: minimize the documented objective; ``mllib``: reproduce MLlib's fit on a
 #: label divided by its standard deviation (its L2 penalty is then divided by std(y)).
 LabelScaling = Literal["none", "mllib"]
-LABEL_SCALINGS: tuple[str, ...] = get_args(LabelScaling)
+LABEL_SCALINGS: tuple[LabelScaling, ...] = get_args(LabelScaling)
 
 #: Logistic regression families (MLlib's ``family``).
 LogisticFamily = Literal["auto", "binomial", "multinomial"]
-LOGISTIC_FAMILIES: tuple[str, ...] = get_args(LogisticFamily)
+LOGISTIC_FAMILIES: tuple[LogisticFamily, ...] = get_args(LogisticFamily)
 
 
-def parse_option(name: str, value: object, allowed: tuple[str, ...]) -> str:
+#: An option set's member type (a ``Literal`` of strings): what :func:`parse_option` returns.
+Option = TypeVar("Option", bound=str)
+
+
+def parse_option(name: str, value: object, allowed: tuple[Option, ...]) -> Option:
     """Return ``value`` if it is one of ``allowed``, else raise a clear error.
+
+    Typed by its option set: ``parse_option("solver", s, SOLVERS)`` returns a
+    :data:`Solver`, so callers need no cast.
+
+    Parameters
+    ----------
+    name : str
+        The option's name, for the message.
+    value : object
+        What the caller passed.
+    allowed : tuple of str
+        The option set, e.g. ``get_args(Solver)``.
+
+    Returns
+    -------
+    str
+        ``value``, typed as a member of ``allowed``.
 
     Raises
     ------
@@ -68,6 +90,7 @@ def parse_option(name: str, value: object, allowed: tuple[str, ...]) -> str:
 
     if not isinstance(value, str):
         raise InputDtypeError(f"{name} must be a string, one of {allowed}; got {value!r}")
-    if value not in allowed:
-        raise InputValueError(f"{name} must be one of {allowed}; got {value!r}")
-    return value
+    for option in allowed:
+        if option == value:
+            return option
+    raise InputValueError(f"{name} must be one of {allowed}; got {value!r}")

@@ -52,8 +52,10 @@ __all__ = [
 #: Rows per granule of the random matrix; a power of two (the SRHT's Hadamard order).
 GRANULE_ROWS = 4096
 
+#: The sketch kinds, defined here once (``sketch``, ``sketched_matmul`` and the pipeline
+#: registry import them).
 SketchKind = Literal["gaussian", "rademacher", "sparse_sign", "countsketch", "srht"]
-SKETCH_KINDS: tuple[str, ...] = get_args(SketchKind)
+SKETCH_KINDS: tuple[SketchKind, ...] = get_args(SketchKind)
 
 # Stable stream identifiers: never renumber (they key every stored sketch's randomness).
 _STREAM_IDS = {"gaussian": 1, "rademacher": 2, "sparse_sign": 3, "countsketch": 4, "srht": 5,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal, get_args
 
 import numpy as np
 
@@ -119,8 +119,7 @@ def parse_sketch_args(k: Any, kind: Any, seed: Any, s: Any, m: MatrixInput,
                               "'sparse_sign' for larger sketches")
     if m.dtype.kind not in "fiub":
         raise InputDtypeError(f"sketch needs a real-valued matrix; got {m.dtype}")
-    spec_kind: SketchKind = kind  # type: ignore[assignment]
-    return SketchSpec(kind=spec_kind, k=int(k), seed=int(seed), side=SIDES[side], s=int(s))
+    return SketchSpec(kind=kind, k=int(k), seed=int(seed), side=SIDES[side], s=int(s))
 
 
 def _params(spec: SketchSpec) -> dict[str, Any]:
@@ -208,7 +207,7 @@ def sketch(A: Any, k: int, kind: SketchKind = "gaussian", seed: int = 0,
     >>> SA = bl.ops.sketch(A, 200, kind="sparse_sign", seed=1).compute()
     >>> Y = bl.ops.sketch(A, 20, side="right").compute()   # BlockMatrix, m × 20
     """
-    side = parse_option("side", side, tuple(SIDES))  # type: ignore[assignment]
+    side = parse_option("side", side, get_args(Side))
     if side == "left":
         if out is not None:
             raise InputValueError("out= stores the right sketch AΩ; SA is a small array")

@@ -15,7 +15,7 @@ LZ4, 1.0 for zstd-1), so compression is kept only when it saves at least 15%.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import crc32c
 import numcodecs
@@ -26,6 +26,8 @@ from blocklin.types import CODECS, CodecName, parse_option
 __all__ = ["ChunkCodec", "choose_codec", "codec_from_metadata"]
 
 _CRC_BYTES = 4
+#: What ``codec=`` accepts: a codec, or ``auto`` (:func:`choose_codec`).
+_CHOICES: tuple[CodecName | Literal["auto"], ...] = ("auto", *CODECS)
 
 
 @dataclass(frozen=True)
@@ -154,10 +156,10 @@ def choose_codec(codec: str, sample: np.ndarray) -> ChunkCodec:
     ``auto`` compresses a sample block with LZ4 and keeps compression only if it saves
     at least 15% of the bytes.
     """
-    if codec == "auto":
+    name = parse_option("codec", codec, _CHOICES)
+    if name == "auto":
         if sample.size == 0:
             return ChunkCodec("none")
         trial = ChunkCodec("lz4").encode(sample)[0][0]
         return ChunkCodec("lz4") if len(trial) < 0.85 * sample.nbytes else ChunkCodec("none")
-    name = parse_option("codec", codec, ("auto", *CODECS))
-    return ChunkCodec(name)  # type: ignore[arg-type]
+    return ChunkCodec(name)
