@@ -39,11 +39,12 @@ from blocklin.errors import InputValueError, ModelFormatError
 if TYPE_CHECKING:
     from typing import TypeAlias
 
+    from blocklin.ml.ease import EASE
     from blocklin.ml.linear import LinearRegression
     from blocklin.ml.logistic import LogisticRegression
     from blocklin.ml.truncated_svd import TruncatedSVD
 
-    Estimator: TypeAlias = LinearRegression | LogisticRegression | TruncatedSVD
+    Estimator: TypeAlias = LinearRegression | LogisticRegression | TruncatedSVD | EASE
 
 __all__ = ["ARRAYS_FILE", "FORMAT", "FORMAT_VERSION", "MODEL_FILE", "RUNTIME_PARAMS",
            "SaveMixin", "estimator_classes", "load", "restore", "save"]
@@ -68,11 +69,12 @@ _SCALARS = (bool, int, float, str)
 
 def estimator_classes() -> dict[str, type]:
     """The estimators :func:`load` builds, by the name ``model.json`` records."""
+    from blocklin.ml.ease import EASE
     from blocklin.ml.linear import LinearRegression
     from blocklin.ml.logistic import LogisticRegression
     from blocklin.ml.truncated_svd import TruncatedSVD
 
-    classes: tuple[type, ...] = (LinearRegression, LogisticRegression, TruncatedSVD)
+    classes: tuple[type, ...] = (LinearRegression, LogisticRegression, TruncatedSVD, EASE)
     return {f"blocklin.ml.{c.__name__}": c for c in classes}
 
 
@@ -154,7 +156,7 @@ def load(path: str | os.PathLike[str], *,
 
     Returns
     -------
-    LinearRegression, LogisticRegression or TruncatedSVD
+    LinearRegression, LogisticRegression, TruncatedSVD or EASE
         Fitted, with the saved hyperparameters; the run parameters (``executor``,
         ``work_dir``...) have their defaults.
 
