@@ -209,6 +209,11 @@ def _panels(c: NewRows) -> Iterator[Any]:
 
 
 # -- sparse path ----------------------------------------------------------------------------
+#: Fold V's small factor into its base once its condition number passes this: V = base·Kv
+#: is then formed with a relative rounding of about eps·cond(Kv) (1e-12 here).
+FOLD_COND = 1e4
+
+
 def _batches(c: NewRows, batch: int) -> Iterator[Any]:
     for panel in _panels(c):
         for a in range(0, panel.shape[0], batch):
@@ -219,16 +224,62 @@ def _batches(c: NewRows, batch: int) -> Iterator[Any]:
             yield part
 
 
-def _brand_batch(s: np.ndarray, V: np.ndarray, c: Any
-                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+class FactoredV:
+    """Right singular vectors kept as ``V = base·K`` (n × k times k × k), as Deng et al.
+
+    A batch of rows C changes V to ``V·M + Cᵀ·T`` (M k × k, T p × k). Written as
+    ``(base + Cᵀ·T·(K·M)⁻¹)·(K·M)``, only the base rows at C's nonzero columns change:
+    O(nnz(C)·k + p·k² + k³) per batch, whatever n. The factor is folded into the base
+    (O(n·k²)) only when its condition number passes :data:`FOLD_COND`.
+    """
+
+    def __init__(self, V: np.ndarray) -> None:
+        self.base = np.array(V, dtype=np.float64, order="C")
+        self.K = np.eye(V.shape[1])
+        self.folds = 0
+
+    def rows_times(self, c: Any) -> tuple[np.ndarray, Any, np.ndarray | None]:
+        """``L = C·V`` (p × k), C restricted to its nonzero columns, and those columns."""
+        if not sp.issparse(c):
+            return (c @ self.base) @ self.K, c, None
+        uid, local = np.unique(c.indices, return_inverse=True)
+        cu = sp.csr_matrix((c.data, local.ravel(), c.indptr), shape=(c.shape[0], uid.size))
+        return np.asarray(cu @ self.base[uid]) @ self.K, cu, uid
+
+    def update(self, M: np.ndarray, cu: Any, uid: np.ndarray | None, t: np.ndarray) -> None:
+        """V ← V·M + Cᵀ·T, with ``cu``/``uid`` from :meth:`rows_times`."""
+        k_new = self.K @ M
+        sv = np.linalg.svd(k_new, compute_uv=False)
+        if sv[-1] <= sv[0] / FOLD_COND:
+            # Ill-conditioned (or singular) factor: form V once and restart from K = I.
+            self.base = self.base @ k_new
+            self.K = np.eye(k_new.shape[0])
+            delta = t
+            self.folds += 1
+        else:
+            self.K = k_new
+            delta = np.linalg.solve(k_new.T, t.T).T      # T·(K·M)⁻¹, p × k
+        if uid is None:
+            self.base += cu.T @ delta
+        else:
+            self.base[uid] += np.asarray(cu.T @ delta)
+
+    def matrix(self) -> np.ndarray:
+        """V formed (n × k): O(n·k²)."""
+        out: np.ndarray = self.base @ self.K
+        return out
+
+
+def _brand_batch(s: np.ndarray, V: FactoredV, c: Any) -> tuple[np.ndarray, np.ndarray]:
     """One batch: ``[U S Vᵀ; C] = diag(U, I)·[[S, 0], [L, K]]·[V Q]ᵀ``, Q never formed.
 
-    Returns ``Um`` ((k + p) × k: old rows map through ``Um[:k]``, the batch's rows are
-    ``Um[k:]``), s' and V' (n × k).
+    Updates V in place and returns ``Um`` ((k + p) × k: old rows map through ``Um[:k]``,
+    the batch's rows are ``Um[k:]``) and s'. Cost O(nnz(C)·k + (k + p)³), independent
+    of n and of the rows already absorbed.
     """
     k = s.size
-    L = dense(c @ V)                                  # p × k, nnz·k flops
-    cc = dense(c @ c.T)                               # p × p from the nonzeros
+    L, cu, uid = V.rows_times(c)                      # p × k, nnz·k flops
+    cc = dense(cu @ cu.T)                             # p × p from the nonzeros
     h = cc - L @ L.T                                  # HHᵀ for H = C − L·Vᵀ (VᵀV = I)
     lam, z = np.linalg.eigh((h + h.T) / 2)
     # Eigenvalues below the rounding of CCᵀ − LLᵀ are noise, not directions of H.
@@ -244,29 +295,35 @@ def _brand_batch(s: np.ndarray, V: np.ndarray, c: Any
     um, sm, w = um[:, :k], sm[:k], wt[:k].T
     # V' = [V Q]·W with Q = Hᵀ·Z·Λ^{-1/2}: V(W₁ − LᵀT) + CᵀT, T = Z·Λ^{-1/2}·W₂ (p × k).
     t = (zr / np.sqrt(lr)) @ w[k:]
-    v2 = V @ (w[:k] - L.T @ t) + dense(c.T @ t)
-    # Rayleigh–Ritz on V's rounding: V' = Q_V·R_V, SVD of diag(s')·R_Vᵀ re-diagonalizes.
-    qv, rv = np.linalg.qr(v2)
-    a, s3, bt = np.linalg.svd(sm[:, None] * rv.T)
-    return um @ a, s3, qv @ bt.T
+    V.update(w[:k] - L.T @ t, cu, uid, t)
+    return um, sm
 
 
 def rows_sparse(s: np.ndarray, Vt: np.ndarray, c: NewRows, url: str, batch: int) -> RowStep:
-    """Brand's update in batches of at most ``batch`` rows, H = C − CVVᵀ kept implicit."""
+    """Deng et al.'s update in batches of at most ``batch`` rows, H = C − CVVᵀ implicit.
+
+    V stays factored (:class:`FactoredV`) across the batches and is formed once at
+    the end, followed by one Rayleigh–Ritz re-orthonormalization (a QR of V, O(n·k²)
+    per call, not per batch).
+    """
     k = s.size
-    V = np.ascontiguousarray(Vt.T)
+    V = FactoredV(Vt.T)
     parts: list[np.ndarray] = []
     rots: list[np.ndarray] = []
     for cb in _batches(c, batch):
-        um, s, V = _brand_batch(s, V, cb)
+        um, s = _brand_batch(s, V, cb)
         parts.append(um[k:])
         rots.append(um[:k])
+    # V's rounding (and the squared conditioning of HHᵀ): V = Q_V·R_V, and the SVD of
+    # diag(s)·R_Vᵀ re-diagonalizes, rotating U by a.
+    qv, rv = np.linalg.qr(V.matrix())
+    a, s, bt = np.linalg.svd(s[:, None] * rv.T)
     # Part b is later rotated by every later batch's Um[:k]: apply suffix products once.
-    acc = np.eye(k)
+    acc = a
     for b in range(len(parts) - 1, -1, -1):
         parts[b] = parts[b] @ acc
         acc = rots[b] @ acc
-    vt = V.T
+    vt = bt @ qv.T
     d = row_signs(vt)
     from_array(np.vstack(parts) * d, url)
     return RowStep(acc * d, s, vt * d[:, None], c.shape[0])
