@@ -293,7 +293,7 @@ class TrainData:
 
 
 @contextmanager
-def training_data(estimator: Any, X: Any, y: np.ndarray | Any, sample_weight: Any,
+def training_data(X: Any, y: np.ndarray | Any, sample_weight: Any,
                   compute_options: dict[str, Any]) -> Iterator[TrainData]:
     """Yield :class:`TrainData` for validated X (in memory or BlockMatrix/dask) and labels.
 

@@ -277,7 +277,7 @@ class LinearRegression(SaveMixin, RegressorMixin, BaseEstimator):  # type: ignor
         solver = self._check_params()
         Xv = features(self, X, reset=True)
         yv = labels_1d(y, Xv)
-        with training_data(self, Xv, yv, sample_weight, compute_options(self)) as data:
+        with training_data(Xv, yv, sample_weight, compute_options(self)) as data:
             fit, stats = self._fit_data(data, solver)
             self.n_passes_ = data.passes
         self._set_fit(fit)
@@ -309,7 +309,7 @@ class LinearRegression(SaveMixin, RegressorMixin, BaseEstimator):  # type: ignor
         old = self._load_state()
         Xv = features(self, X, reset=old is None)
         yv = labels_1d(y, Xv)
-        with training_data(self, Xv, yv, sample_weight, compute_options(self)) as data:
+        with training_data(Xv, yv, sample_weight, compute_options(self)) as data:
             new = data.run(moments_spec(data.n_features, 1, data.has_weights,
                                         data.x_col_blocks, True))
             self.n_passes_ = data.passes
@@ -341,7 +341,7 @@ class LinearRegression(SaveMixin, RegressorMixin, BaseEstimator):  # type: ignor
                 raise InputValueError("no training summary after partial_fit; call fit")
             X, y, w = train
             Xv = features(self, X, reset=False)
-            with training_data(self, Xv, labels_1d(y, Xv), w, compute_options(self)) as data:
+            with training_data(Xv, labels_1d(y, Xv), w, compute_options(self)) as data:
                 self._summary = linear_summary(self, data)
         assert self._summary is not None
         return self._summary

@@ -147,7 +147,7 @@ class LogisticRegression(SaveMixin, ClassifierMixin, BaseEstimator):  # type: ig
             family = "binomial" if k <= 2 else "multinomial"
         if family == "binomial" and k > 2:
             raise InputValueError(f"family='binomial' needs two classes; y has {k}")
-        with training_data(self, Xv, codes, sample_weight, compute_options(self)) as data:
+        with training_data(Xv, codes, sample_weight, compute_options(self)) as data:
             coef, hist, iters, used = self._fit_data(data, family, solver)
             self.n_passes_ = data.passes
         p = data.n_features
@@ -237,7 +237,7 @@ class LogisticRegression(SaveMixin, ClassifierMixin, BaseEstimator):  # type: ig
             with progress_step(f"newton iteration {iters + 1}"):
                 if H_keep is None:
                     out = data.run(newton_spec(beta.reshape(size, k), fi, data.has_weights,
-                                               data.x_col_blocks, p))
+                                               data.x_col_blocks))
                     W = out[0, 1]
                     loss, grad = out[0, 0], out[1, :q]
                 else:
@@ -320,7 +320,7 @@ class LogisticRegression(SaveMixin, ClassifierMixin, BaseEstimator):  # type: ig
             X, y, w = train
             Xv = features(self, X, reset=False)
             codes = np.searchsorted(self.classes_, _as_1d(y)).astype(np.float64)
-            with training_data(self, Xv, codes, w, compute_options(self)) as data:
+            with training_data(Xv, codes, w, compute_options(self)) as data:
                 self._summary = logistic_summary(self, data, self._family, self._coef_full)
         assert self._summary is not None
         return self._summary

@@ -26,7 +26,7 @@ estimators also run them on in-memory arrays chunk by chunk (:func:`run_local`).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal, NamedTuple, cast
 
@@ -842,7 +842,7 @@ def lsqr_spec(coef: np.ndarray, c: float, fit_intercept: bool, has_w: bool, nx: 
                     row_floats=4)
 
 
-def newton_spec(coef: np.ndarray, fit_intercept: bool, has_w: bool, nx: int, p: int) -> PassSpec:
+def newton_spec(coef: np.ndarray, fit_intercept: bool, has_w: bool, nx: int) -> PassSpec:
     q = coef.size
     return PassSpec("glm/newton", NewtonPartial(nx, has_w, fit_intercept, coef),
                     SumParts(), (q + 2, max(q, 2)),
@@ -975,7 +975,7 @@ def newton_pass(X: Any, y: Any, coef: np.ndarray, *, fit_intercept: bool = True,
     """
     xm = as_matrix(X, "X")
     coef = np.asarray(coef, dtype=np.float64)
-    spec = newton_spec(coef, fit_intercept, sample_weight is not None, xm.grid[1], xm.shape[1])
+    spec = newton_spec(coef, fit_intercept, sample_weight is not None, xm.grid[1])
     return build_pass(spec, X, y, sample_weight)
 
 
@@ -987,6 +987,3 @@ def eval_pass(X: Any, y: Any, coef: np.ndarray, *, family: Family = "squared",
     spec = eval_spec(family, np.asarray(coef, dtype=np.float64), fit_intercept,
                      sample_weight is not None, xm.grid[1], y_mean)
     return build_pass(spec, X, y, sample_weight)
-
-
-Runner = Callable[[PassSpec], np.ndarray]

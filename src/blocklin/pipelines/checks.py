@@ -231,7 +231,7 @@ def _regression_plan(family: str, p: Any, X: Any, y: Any, nfeat: int) -> StepPla
             (2, 2 + p.max_iter) if iterative else (1, 3)
         extra = (1, 2)  # the summary's pass; residuals' when the rows are few enough
     else:
-        specs.append(("Newton pass (binomial)", newton_spec(coef, fi, False, nx, nfeat)))
+        specs.append(("Newton pass (binomial)", newton_spec(coef, fi, False, nx)))
         specs.append(("loss and gradient pass", loss_grad_spec("binomial", coef, fi, False,
                                                                nx)))
         fit, extra, iterative = (1, 1 + p.max_iter), (1, 1), True
