@@ -83,7 +83,7 @@ def compute_options(est: Any) -> dict[str, Any]:
 
 def features(est: Any, X: Any, *, reset: bool) -> Any:
     """Validate X (see :func:`blocklin.ml._validation.validate_features`); scipy sparse
-    matrices are accepted in memory (each chunk is densified inside the kernels)."""
+    matrices are accepted in memory as CSR (the kernels keep each chunk sparse)."""
     if hasattr(X, "tocsr") and hasattr(X, "nnz"):
         from sklearn.utils.validation import validate_data
 
@@ -404,8 +404,12 @@ def _sketch_centered(data: TrainData, mu: np.ndarray, k: int, seed: int = 0) -> 
         for i, start in enumerate(range(0, n, step)):
             rng = np.random.default_rng([seed, i])
             block = x[start:start + step]
-            block = np.asarray(block.toarray() if hasattr(block, "toarray") else block) - mu
-            out += rng.standard_normal((k, block.shape[0])) @ block / np.sqrt(k)
+            g = rng.standard_normal((k, block.shape[0]))
+            if hasattr(block, "toarray"):
+                # G(X − 1μᵀ) = (XᵀGᵀ)ᵀ − (G1)μᵀ: the CSR chunk is never densified.
+                out += (np.asarray(block.T @ g.T).T - np.outer(g.sum(axis=1), mu)) / np.sqrt(k)
+            else:
+                out += g @ (np.asarray(block) - mu) / np.sqrt(k)
     return out
 
 

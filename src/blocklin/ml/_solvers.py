@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 import scipy.linalg
+import scipy.sparse as sp
 
 from blocklin.errors import InputValueError, NonFiniteError, ShapeMismatchError
 from blocklin.executors.lazy import Lazy
@@ -234,6 +235,13 @@ class TrainData:
         if self.local is not None:
             return self.local[2] is not None
         return self.stored is not None and self.stored[2] is not None
+
+    @property
+    def sparse(self) -> bool:
+        """Whether X is CSR (in memory or stored): its passes keep the panels sparse."""
+        if self.local is not None:
+            return bool(sp.issparse(self.local[0]))
+        return self.stored is not None and getattr(self.stored[0].meta, "format", "") == "csr"
 
     @property
     def x_col_blocks(self) -> int:

@@ -11,7 +11,7 @@ import scipy.linalg
 from sklearn.base import BaseEstimator, RegressorMixin
 from sklearn.utils.validation import check_is_fitted
 
-from blocklin.errors import InputValueError
+from blocklin.errors import InputValueError, format_bytes
 from blocklin.executors.progress import step as progress_step
 from blocklin.ml._glm import (
     Moments,
@@ -51,7 +51,7 @@ from blocklin.ops.glm import (
 from blocklin.storage.stores import hide_options
 from blocklin.types import LABEL_SCALINGS, SOLVERS, LabelScaling, Solver, parse_option
 
-__all__ = ["LinearRegression"]
+__all__ = ["LinearRegression", "auto_solver"]
 
 #: MLlib's limit for the normal-equation solver (``WeightedLeastSquares.MAX_NUM_FEATURES``).
 MAX_NORMAL_FEATURES = 4096
@@ -82,6 +82,44 @@ QR_REFINE_COND = 1e3
 #: Gram at hand, and a well-conditioned one (a Gaussian design with a noisy label:
 #: κ_LS of a few units per panel) never pays for one.
 QR_PANEL_MARGIN = 10.0
+
+
+def auto_solver(n_features: int, l1: bool, sparse: bool) -> tuple[str, str]:
+    """The solver ``auto`` picks, and why (what a dry run's ``explain`` prints).
+
+    Parameters
+    ----------
+    n_features : int
+        Columns of X.
+    l1 : bool
+        Whether the penalty has an L1 part (λα > 0).
+    sparse : bool
+        Whether X is CSR (stored or in memory): its passes keep the panels sparse,
+        except TSQR's, whose Householder QR densifies each panel.
+
+    Returns
+    -------
+    (solver, reason) : (str, str)
+        ``solver`` one of ``normal``, ``qr``, ``lbfgs``, ``owlqn``.
+    """
+    p = n_features
+    if p > MAX_NORMAL_FEATURES:
+        gram = format_bytes(8 * (p + 2) ** 2)
+        chosen = "owlqn" if l1 else "lbfgs"
+        return chosen, (f"{p:,} features: the normal equations' (p+2)² statistics would take "
+                        f"{gram} per task and on the driver (dense in the feature count "
+                        f"whatever X's sparsity); {chosen} keeps O(p) state and one "
+                        "gradient pass per evaluation")
+    if l1:
+        return "normal", ("L1 penalty: coordinate descent on the one-pass statistics "
+                          f"({format_bytes(8 * (p + 2) ** 2)}), no further pass")
+    if p <= AUTO_QR_MAX_FEATURES and not sparse:
+        return "qr", (f"{p} features: one TSQR pass, as accurate as Householder "
+                      "(statistics in the same pass)")
+    why = (f"{p} features, CSR X: the statistics are a sparse weighted Gram (TSQR would "
+           "densify each panel)") if sparse else f"{p} features"
+    return "normal", (why + "; one pass of normal-equation statistics, refined when "
+                      "ill-conditioned")
 
 
 @dataclass
@@ -154,13 +192,18 @@ class LinearRegression(SaveMixin, RegressorMixin, BaseEstimator):  # type: ignor
         ``sketch``: the QR of a sparse-sign sketch of the centered X (4p rows) as
         preconditioner, then LSQR over X itself (not the normal equations; one pass per
         iteration, no n-vector kept between passes) to ``tol``, the error halving at each
-        iteration whatever κ(X); ridge as stacked rows, no L1. ``auto``:
-        with at most 64 features ``qr`` (its statistics computed in the same pass); up to
-        4096 features (MLlib's limit) ``normal``; when the equilibrated normal
+        iteration whatever κ(X); ridge as stacked rows, no L1. ``auto``
+        (:func:`auto_solver`): with at most 64 features ``qr`` (its statistics computed
+        in the same pass; ``normal`` for CSR X, whose TSQR would densify each panel); up
+        to 4096 features (MLlib's limit) ``normal``; when the equilibrated normal
         equations are too ill-conditioned (reciprocal condition below 1e-3) to match
         QR's accuracy, one or two passes of seminormal iterative refinement (exact
         residuals, the Cholesky factor of the centred statistics), or ``qr`` when
-        κ(XᵀWX) (centred, equilibrated) > 10¹²; with more features ``owlqn`` or ``lbfgs``.
+        κ(XᵀWX) (centred, equilibrated) > 10¹²; with more features ``owlqn`` or
+        ``lbfgs``, whose memory is O(p) where the statistics are (p + 2)² (20 GB at
+        50,000 features). CSR X stays sparse in every pass but TSQR's: moments and
+        refinement are sparse products and a sparse weighted Gram, L-BFGS/OWL-QN and
+        LSQR sparse products (no dense m_b × p panel, no densified ``X − 1μᵀ``).
     max_iter : int
         Iterations of ``lbfgs``/``owlqn``/``sketch`` (each costs about one pass).
     tol : float
@@ -360,10 +403,13 @@ class LinearRegression(SaveMixin, RegressorMixin, BaseEstimator):  # type: ignor
     def _fit_data(self, data: TrainData, solver: str) -> tuple[_Fit, np.ndarray | None]:
         p = data.n_features
         l1 = self.reg_param * self.elastic_net_param > 0
+        auto_qr = False
         if solver == "auto":
-            solver = "normal" if p <= MAX_NORMAL_FEATURES else ("owlqn" if l1 else "lbfgs")
+            solver, _ = auto_solver(p, l1, data.sparse)
+            auto_qr = solver == "qr"
+            solver = "normal" if auto_qr else solver
         auto = self.solver == "auto" and not l1
-        if solver == "normal" and auto and p <= AUTO_QR_MAX_FEATURES:
+        if auto_qr:
             # Few features: TSQR costs little more than the Gram (the pass is memory-bound)
             # and is as accurate as a Householder solve; the statistics ride along.
             spec = moments_spec(p, 1, data.has_weights, data.x_col_blocks, True)

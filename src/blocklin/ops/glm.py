@@ -19,6 +19,12 @@ The passes behind every solver of :mod:`blocklin.ml`:
   in the same pass (a symmetric rank-k update per block), for Newton/IRLS.
 * :func:`eval_pass` -- the sums of the training summaries.
 
+CSR row panels stay sparse in every pass but the TSQR one (a Householder QR is
+dense by nature): margins and gradients are sparse products, the moments and the
+Newton Hessian sparse weighted Grams with the centring done implicitly
+(:mod:`blocklin.ops._glm_sparse`), so a pass over a CSR X costs O(nnz) per panel and
+never the dense m_b × p panel.
+
 Every pass is a fixed-order tree over row-block index, so results are bitwise
 identical on every executor. Each kernel is a pure function of its blocks, so the
 estimators also run them on in-memory arrays chunk by chunk (:func:`run_local`).
@@ -36,10 +42,12 @@ import scipy.linalg
 from blocklin.errors import ShapeMismatchError
 from blocklin.executors.lazy import Lazy
 from blocklin.ops._extended import dd_sum_parts, exact_gram, kappa_limit, slices_for
+from blocklin.ops._glm_sparse import csr_panel, sparse_moments, weighted_gram
 from blocklin.ops._inputs import (
     MatrixInput,
     as_matrix,
     hstack_panel,
+    reads_csr,
     row_aligned,
     row_panel_tasks,
 )
@@ -82,9 +90,12 @@ def _dense(block: Any) -> np.ndarray:
     return out
 
 
-def _split(blocks: Sequence[Any], nx: int, has_w: bool) -> tuple[np.ndarray, np.ndarray,
+def _split(blocks: Sequence[Any], nx: int, has_w: bool) -> tuple[Any, np.ndarray,
                                                                  np.ndarray | None]:
-    x = _dense(hstack_panel(blocks[:nx]))
+    """X's row panel (scipy CSR stays CSR, float64; anything else dense float64), y, w."""
+    x = csr_panel(blocks, nx)
+    if x is None:
+        x = _dense(hstack_panel(blocks[:nx]))
     y, w = _label_weight(blocks, nx, has_w)
     return x, y, w
 
@@ -139,6 +150,9 @@ class MomentsPartial:
 
     def __call__(self, ctx: TaskContext | None, blocks: Sequence[Any]) -> Any:
         y, w = _label_weight(blocks, self.nx, self.has_w)
+        xs = csr_panel(blocks, self.nx)
+        if xs is not None:
+            return self._sparse(xs, y, w)
         if self.full and w is None:
             fast = _moments_in_place(blocks, self.nx, y)
             if fast is not None:
@@ -164,6 +178,13 @@ class MomentsPartial:
         else:
             out[0, 2, :d] = col_sumsq(z)
         return out
+
+    def _sparse(self, x: Any, y: np.ndarray, w: np.ndarray | None) -> np.ndarray:
+        rows, d = x.shape[0], x.shape[1] + y.shape[1]
+        out = np.zeros((1, _moment_rows(d, self.full), max(d, 3)))
+        total = float(rows) if w is None else float(w.sum())
+        out[0, 0, :3] = total, (rows if w is None else float(w @ w)), rows
+        return out if total <= 0 else sparse_moments(x, y, w, self.full, out)
 
 
 #: Largest mean²/variance of a column for which the co-moments are taken from the
@@ -376,6 +397,9 @@ class NewtonPartial:
 
     def __call__(self, ctx: TaskContext | None, blocks: Sequence[Any]) -> Any:
         y, w = _label_weight(blocks, self.nx, self.has_w)
+        xs = csr_panel(blocks, self.nx)
+        if xs is not None:
+            return self._sparse(xs, y, w)
         z = _design(blocks, self.nx, self.fit_intercept)
         xp = namespace(z)
         rows = z.shape[0]
@@ -403,6 +427,37 @@ class NewtonPartial:
                 h4[:, a, :, b] = hab
                 h4[:, b, :, a] = hab.T
         out[0, 2:, :q] = xp.reshape(h4, (q, q))
+        return out
+
+    def _sparse(self, x: Any, y: np.ndarray, w: np.ndarray | None) -> np.ndarray:
+        """The same partial from a CSR panel: margins and gradient by sparse products,
+        each Hessian block ``Zᵀdiag(d)Z`` a sparse weighted Gram (:func:`weighted_gram`)."""
+        rows = x.shape[0]
+        size, k = self.coef.shape
+        fi = self.fit_intercept
+        m = _margins(x, self.coef, fi)
+        loss, r = _loss_and_residual("binomial" if k == 1 else "multinomial", m, y, w)
+        q = size * k
+        out = np.zeros((1, q + 2, max(q, 2)))
+        out[0, 0, :2] = loss, (rows if w is None else float(w.sum()))
+        grad = np.empty((size, k))
+        grad[:x.shape[1]] = x.T @ r
+        if fi:
+            grad[-1] = r.sum(axis=0)
+        out[0, 1, :q] = grad.reshape(-1)
+        wt = np.ones(rows) if w is None else w
+        if k == 1:
+            prob = expit(m[:, 0])
+            out[0, 2:, :size] = weighted_gram(x, prob * (1.0 - prob) * wt, fi)
+            return out
+        prob = np.exp(m - logsumexp_rows(m)[:, None])
+        h4 = np.zeros((size, k, size, k))
+        for a in range(k):
+            for b in range(a, k):
+                hab = weighted_gram(x, wt * prob[:, a] * (float(a == b) - prob[:, b]), fi)
+                h4[:, a, :, b] = hab
+                h4[:, b, :, a] = hab.T
+        out[0, 2:, :q] = h4.reshape(q, q)
         return out
 
 
@@ -678,7 +733,7 @@ def qr_spec(p: int, q: int, fit_intercept: bool, has_w: bool, nx: int,
     return PassSpec("glm/tsqr_r", QRLeaf(nx, has_w, fit_intercept, extend_above), QRCombine(c),
                     (_qr_rows(c, extend_above), c),
                     {"intercept": fit_intercept, "has_w": has_w, "extend_above": extend_above},
-                    row_floats=2 * c if extend_above == np.inf else 4 * c)
+                    row_floats=2 * c if extend_above == np.inf else 4 * c, keeps_sparse=False)
 
 
 def unpack_qr(part: np.ndarray) -> tuple[np.ndarray, np.ndarray | None, float]:
@@ -711,14 +766,14 @@ class RefinePartial:
         x, y, w = _split(blocks, self.nx, self.has_w)
         p = x.shape[1]
         beta = self.coef.astype(np.longdouble)
-        xl = x.astype(np.longdouble)
+        xl = x.astype(np.longdouble)  # CSR stays CSR (scipy multiplies in long double)
         r = y[:, 0].astype(np.longdouble) - xl @ beta[:p]
         if self.fit_intercept:
             r -= beta[p]
         wr = r if w is None else r * w.astype(np.longdouble)
         vals = np.empty(self.coef.shape[0] + 1, dtype=np.longdouble)
         vals[0] = wr @ r
-        vals[1:p + 1] = xl.T @ wr
+        vals[1:p + 1] = np.asarray(xl.T @ wr).reshape(-1)
         if self.fit_intercept:
             vals[p + 1] = wr.sum()
         return _double_double(vals)[None]
@@ -816,13 +871,19 @@ class PassSpec:
     part_shape: tuple[int, int]
     params: dict[str, Any] = field(default_factory=dict)
     row_floats: int = 0  # per-row working floats (copies of the panel), for memory projection
+    #: The kernel keeps a CSR panel sparse (all passes but TSQR's): a CSR X is projected
+    #: at its stored size and no dense m_b × p panel copy is counted.
+    keeps_sparse: bool = True
+    #: Per-row working floats on a CSR panel when they differ from ``row_floats`` (the
+    #: moments' dense copies of ``[X y]`` do not exist there).
+    sparse_row_floats: int | None = None
 
 
 def moments_spec(p: int, q: int, has_w: bool, nx: int, full: bool) -> PassSpec:
     d = p + q
     return PassSpec("glm/moments", MomentsPartial(nx, has_w, full), MomentsMerge(d, full),
                     (_moment_rows(d, full), max(d, 3)), {"full": full, "has_w": has_w},
-                    row_floats=2 * d)
+                    row_floats=2 * d, sparse_row_floats=3 * q + 4)
 
 
 def loss_grad_spec(family: str, coef: np.ndarray, fit_intercept: bool, has_w: bool,
@@ -885,10 +946,19 @@ def build_pass(spec: PassSpec, X: Any, y: Any, w: Any = None) -> Lazy:
     # y and w are one column block each in X's row blocks: row panels of every input.
     tasks = row_panel_tasks([xm, ym] + ([wm] if wm is not None else []))
     rows, cols = spec.part_shape
-    extra = 8 * (rows * cols + xm.node.chunks[0] * (xm.shape[1] + spec.row_floats))
+    sparse = spec.keeps_sparse and reads_csr(xm)
+    if sparse:
+        # The joined float64 CSR panel, a weighted copy and per-entry temporaries (three
+        # times the stored panel) and the kernel's sparse products (XᵀDX's entries: at
+        # most the partial's size, counted twice), never the dense m_b × p panel.
+        panel = 3 * int(xm.node.block_nbytes or 0)
+        per_row = spec.row_floats if spec.sparse_row_floats is None else spec.sparse_row_floats
+        extra = panel + 8 * (2 * rows * cols + xm.node.chunks[0] * per_row)
+    else:
+        extra = 8 * (rows * cols + xm.node.chunks[0] * (xm.shape[1] + spec.row_floats))
     stage = make_stage(f"{spec.op}/partial", spec.kernel, inputs, tasks,
                        shape=(xm.grid[0], rows, cols), chunks=(1, rows, cols), dtype="float64",
-                       params=spec.params, extra_memory=extra)
+                       params=spec.params, extra_memory=extra, keeps_sparse=sparse)
     plan, out = tree_reduce(plan.add(stage), stage.output, spec.combine, op=spec.op,
                             params=spec.params, extra_memory=8 * rows * cols)
     return Lazy(plan, out, "small", lambda v: v[0], label=spec.op)
@@ -902,7 +972,8 @@ def run_local(spec: PassSpec, x: Any, y: np.ndarray, w: np.ndarray | None,
               chunk_rows: int) -> np.ndarray:
     """Run a pass on in-memory arrays: the same kernels over fixed row chunks, merged in order.
 
-    ``x`` may be a numpy array or a scipy sparse matrix (each chunk is densified).
+    ``x`` may be a numpy array or a scipy sparse matrix (its chunks stay sparse in
+    every kernel but TSQR's).
     """
     n = x.shape[0]
     parts = []
