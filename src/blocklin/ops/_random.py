@@ -59,7 +59,7 @@ SKETCH_KINDS: tuple[SketchKind, ...] = get_args(SketchKind)
 
 # Stable stream identifiers: never renumber (they key every stored sketch's randomness).
 _STREAM_IDS = {"gaussian": 1, "rademacher": 2, "sparse_sign": 3, "countsketch": 4, "srht": 5,
-               "coordinated": 6}
+               "coordinated": 6, "mlmc": 7}
 SIDES = {"left": 0, "right": 1}
 _PER_GRANULE, _SHARED = 0, 1
 
