@@ -18,6 +18,7 @@ from blocklin.errors import InputValueError, ShapeMismatchError
 from blocklin.ops._random import SKETCH_KINDS, SketchSpec, sketch_rows
 from blocklin.ops.sketched_matmul import (
     PRODUCT_KINDS,
+    CoordinatedSketch,
     SketchedProduct,
     estimate_product,
     sketch_for_product,
@@ -157,10 +158,15 @@ def test_sketched_products_bitwise_identical_on_every_executor(tmp_path: Path,
               for kind in PRODUCT_KINDS]
     lazies += [bl.ops.sketch(A, 30, kind=kind, seed=2, side=side)  # type: ignore[arg-type]
                for kind in ("sparse_sign", "srht") for side in ("left", "right")]
+    lazies.append(sketch_for_product(B, 50, "coordinated", seed=2))
     ref = bl.compute(*lazies, work_dir=str(tmp_path / "ref"))
     got = executor.compute(*lazies)
     for r, g in zip(ref, got, strict=True):
-        if isinstance(r, SketchedProduct):
+        if isinstance(r, CoordinatedSketch):
+            assert_bitwise_equal(g.rows, r.rows)
+            assert_bitwise_equal(g.values.toarray(), r.values.toarray())
+            assert g.threshold == r.threshold
+        elif isinstance(r, SketchedProduct):
             assert_bitwise_equal(g.estimate, r.estimate)
             assert g.error == r.error
         elif isinstance(r, np.ndarray):

@@ -25,26 +25,29 @@ from dataclasses import dataclass
 from typing import Any, Literal, get_args
 
 import numpy as np
-import scipy.sparse as sp
 
 from blocklin.errors import ShapeMismatchError
 from blocklin.executors.lazy import Lazy
-from blocklin.ops._inputs import as_matrix, hstack_panel, row_panel_tasks
-from blocklin.ops._random import SketchKind, uniform_priorities
+from blocklin.ops._coordinated import (
+    CoordinatedSketch,
+    RecordLayout,
+    coordinated_estimate,
+    coordinated_node,
+    load_coordinated_sketch,
+)
+from blocklin.ops._inputs import as_matrix
+from blocklin.ops._random import SketchKind
 from blocklin.ops.sketch import left_sketch_node, parse_sketch_args
 from blocklin.plan.graph import StageInput, Task, TaskContext, make_stage
-from blocklin.plan.reduce import tree_reduce
 from blocklin.types import parse_option
 
-__all__ = ["PRODUCT_KINDS", "ProductKind", "SketchedProduct", "estimate_product",
-           "sketch_for_product", "sketched_matmul"]
+__all__ = ["PRODUCT_KINDS", "CoordinatedSketch", "ProductKind", "SketchedProduct",
+           "estimate_product", "load_coordinated_sketch", "sketch_for_product",
+           "sketched_matmul"]
 
 #: The linear sketch kinds (:data:`blocklin.ops._random.SketchKind`) and coordinated sampling.
 ProductKind = Literal[SketchKind, "coordinated"]
 PRODUCT_KINDS: tuple[ProductKind, ...] = get_args(ProductKind)
-
-# Columns of a coordinated sample: rank h(i)/‖aᵢ‖², row index i, then the row aᵢ.
-_RANK, _ROW, _VALUES = 0, 1, 2
 
 
 @dataclass(frozen=True)
@@ -55,102 +58,6 @@ class SketchedProduct:
     error: float
     kind: str
     k: int
-
-
-# -- coordinated sampling -----------------------------------------------------------------
-def _row_sqnorms(a: Any) -> np.ndarray:
-    if sp.issparse(a):
-        sq = a.multiply(a) if a.dtype.kind == "f" else a.astype(np.float64).multiply(a)
-        return np.asarray(sq.sum(axis=1), dtype=np.float64).ravel()
-    a = np.asarray(a, dtype=np.float64)
-    out: np.ndarray = np.einsum("ij,ij->i", a, a)
-    return out
-
-
-def _take_smallest(sample: np.ndarray, keep: int) -> np.ndarray:
-    """The ``keep`` rows of smallest rank, ties broken by row index (deterministic)."""
-    order = np.lexsort((sample[:, _ROW], sample[:, _RANK]))[:keep]
-    return sample[order]
-
-
-@dataclass(frozen=True)
-class CoordinatedPartial:
-    """The k + 1 rows of smallest rank h(i)/‖aᵢ‖² of one row panel."""
-
-    k: int
-    seed: int
-
-    def __call__(self, ctx: TaskContext, blocks: Sequence[Any]) -> Any:
-        start, stop = ctx.row_range(0, ctx.task.reads[0][1])
-        a = hstack_panel(blocks)
-        sq = _row_sqnorms(a)
-        with np.errstate(divide="ignore"):
-            rank = np.where(sq > 0, uniform_priorities(self.seed, start, stop) / sq, np.inf)
-        # A row holding NaN ranks first (as one holding inf does), so it is sampled and
-        # its values reach the output, where the task's finite check finds them.
-        rank[np.isnan(sq)] = 0.0
-        keep = min(self.k + 1, stop - start)
-        pick = np.lexsort((np.arange(stop - start), rank))[:keep]
-        out = np.full((self.k + 1, a.shape[1] + _VALUES), np.inf)
-        out[:, _ROW] = -1.0
-        out[:keep, _RANK] = rank[pick]
-        out[:keep, _ROW] = start + pick
-        rows = a[pick]
-        out[:keep, _VALUES:] = rows.toarray() if sp.issparse(rows) else rows
-        out[keep:, _VALUES:] = 0.0
-        return out[None]
-
-    def finite_part(self, out: np.ndarray) -> np.ndarray:
-        """Row indices and values; the rank column holds inf for zero rows and padding."""
-        return out[..., _ROW:]
-
-
-@dataclass(frozen=True)
-class CoordinatedMerge:
-    """Merge samples in index order, keeping the k + 1 smallest ranks."""
-
-    k: int
-
-    def __call__(self, ctx: TaskContext, blocks: Sequence[Any]) -> Any:
-        return _take_smallest(np.concatenate([b[0] for b in blocks]), self.k + 1)[None]
-
-    def finite_part(self, out: np.ndarray) -> np.ndarray:
-        """As :meth:`CoordinatedPartial.finite_part`."""
-        return out[..., _ROW:]
-
-
-def _coordinated_node(A: Any, k: int, seed: int) -> Lazy:
-    m = as_matrix(A)
-    parse_sketch_args(k, "gaussian", seed, 1, m)  # validates k, seed and dtype
-    n = m.shape[1]
-    tasks = row_panel_tasks([m])
-    params = {"k": int(k), "seed": int(seed)}
-    shape = (k + 1, n + _VALUES)
-    stage = make_stage("coordinated/partial", CoordinatedPartial(int(k), int(seed)), [m.input],
-                       tasks, shape=(m.grid[0], *shape), chunks=(1, *shape), dtype="float64",
-                       params=params, extra_memory=8 * (3 * m.node.chunks[0] + 2 * shape[0] * shape[1]))
-    plan, out = tree_reduce(m.plan.add(stage), stage.output, CoordinatedMerge(int(k)),
-                            op="coordinated", params=params,
-                            extra_memory=8 * 9 * shape[0] * shape[1])
-    return Lazy(plan, out, "small", lambda p: p[0], label="coordinated")
-
-
-def _coordinated_estimate(sa: np.ndarray, sb: np.ndarray, k: int) -> tuple[np.ndarray, float]:
-    def threshold(s: np.ndarray) -> float:
-        return float(s[k, _RANK]) if s.shape[0] > k else np.inf
-
-    ta, tb = threshold(sa), threshold(sb)
-    ka, kb = sa[:k][np.isfinite(sa[:k, _RANK])], sb[:k][np.isfinite(sb[:k, _RANK])]
-    _, ia, ib = np.intersect1d(ka[:, _ROW], kb[:, _ROW], return_indices=True)
-    a, b = ka[ia, _VALUES:], kb[ib, _VALUES:]
-    wa, wb = np.einsum("ij,ij->i", a, a), np.einsum("ij,ij->i", b, b)
-    with np.errstate(invalid="ignore"):  # inf threshold times a weight: probability one
-        p = np.minimum(1.0, np.minimum(np.nan_to_num(wa * ta, nan=np.inf, posinf=np.inf),
-                                       np.nan_to_num(wb * tb, nan=np.inf, posinf=np.inf)))
-    est = (a / p[:, None]).T @ b
-    # Horvitz–Thompson variance estimate: rows are kept independently given τ.
-    var = float(np.sum((1.0 - p) / p**2 * wa * wb))
-    return est, float(np.sqrt(max(var, 0.0)))
 
 
 # -- linear sketches ----------------------------------------------------------------------
@@ -167,39 +74,59 @@ def _linear_estimate(sa: np.ndarray, sb: np.ndarray) -> tuple[np.ndarray, float]
     return est, float(np.sqrt(max(var, 0.0)))
 
 
-def estimate_product(sa: np.ndarray, sb: np.ndarray, kind: ProductKind = "gaussian",
-                     k: int | None = None) -> SketchedProduct:
+def estimate_product(sa: np.ndarray | CoordinatedSketch, sb: np.ndarray | CoordinatedSketch,
+                     kind: ProductKind = "gaussian", k: int | None = None) -> SketchedProduct:
     """Combine two sketches (from :func:`sketch_for_product`, same seed) into AᵀB ≈ estimate.
+
+    Parameters
+    ----------
+    sa, sb : ndarray or CoordinatedSketch
+        Sketches of A and B: SA and SB (k × n_A, k × n_B) for linear kinds;
+        :class:`CoordinatedSketch` objects for ``coordinated`` (a sample in the
+        former dense (k + 1) × (n + 2) layout is converted).
+    kind : str
+        The kind both were made with (inferred as ``coordinated`` for
+        :class:`CoordinatedSketch` inputs).
+    k : int, optional
+        Sample size of a dense-layout coordinated sample (default: its rows − 1).
 
     Raises
     ------
     ShapeMismatchError
         If the sketches have different sizes.
+    InputValueError
+        For coordinated sketches made with different seeds.
     """
     kind = parse_option("kind", kind, PRODUCT_KINDS)
+    if kind == "coordinated" or not isinstance(sa, np.ndarray) or not isinstance(sb, np.ndarray):
+        ca = sa if isinstance(sa, CoordinatedSketch) else CoordinatedSketch.from_dense(sa, k)
+        cb = sb if isinstance(sb, CoordinatedSketch) else CoordinatedSketch.from_dense(sb, k)
+        est, err = coordinated_estimate(ca, cb)
+        return SketchedProduct(estimate=est, error=err, kind="coordinated", k=ca.k)
     if sa.shape[0] != sb.shape[0]:
         raise ShapeMismatchError(f"sketches of A and B must have the same size; got "
                                  f"{sa.shape[0]} and {sb.shape[0]} rows")
-    if kind == "coordinated":
-        size = sa.shape[0] - 1 if k is None else k
-        est, err = _coordinated_estimate(sa, sb, size)
-    else:
-        size = sa.shape[0]
-        est, err = _linear_estimate(sa, sb)
-    return SketchedProduct(estimate=est, error=err, kind=kind, k=size)
+    est, err = _linear_estimate(sa, sb)
+    return SketchedProduct(estimate=est, error=err, kind=kind, k=sa.shape[0])
 
 
 def sketch_for_product(A: Any, k: int, kind: ProductKind = "gaussian", seed: int = 0, *,
                        s: int = 8) -> Lazy:
     """The sketch of one factor of AᵀB, computable on its own (one pass over A).
 
-    Linear kinds compute to SA (k × n); ``coordinated`` to a (k + 1) × (n + 2) sample
-    (rank, row index, row values). Combine two of them, made with the same seed, with
-    :func:`estimate_product`.
+    Linear kinds compute to SA (k × n); ``coordinated`` to a :class:`CoordinatedSketch`
+    (the kept rows' ids and nonzeros, and the threshold: its size follows the sampled
+    nonzeros, not k × n), which ``save`` stores in zarr and
+    :func:`load_coordinated_sketch` reads back. Combine two of them, made with the same
+    seed (on any store, at any time), with :func:`estimate_product`.
     """
     kind = parse_option("kind", kind, PRODUCT_KINDS)
     if kind == "coordinated":
-        return _coordinated_node(A, k, seed)
+        parse_sketch_args(k, "gaussian", seed, 1, as_matrix(A))  # validates k, seed, dtype
+        node, layout = coordinated_node(A, k, seed)
+        return Lazy(node.plan, node.output, "small",
+                    lambda p: CoordinatedSketch.from_record(layout, p[0], int(seed)),
+                    label="coordinated")
     lazy = left_sketch_node(A, k, kind, seed, s)
     return Lazy(lazy.plan, lazy.output, "small", lambda p: p[0], label=lazy.label)
 
@@ -210,13 +137,30 @@ class CombineSketches:
 
     kind: ProductKind
     k: int
+    #: Record layouts of A's and B's coordinated samples (None for linear kinds).
+    records: tuple[RecordLayout, RecordLayout] | None = None
+    seed: int = 0
 
     def __call__(self, ctx: TaskContext, blocks: Sequence[Any]) -> Any:
-        r = estimate_product(blocks[0][0], blocks[1][0], self.kind, self.k)
+        if self.records is None:
+            r = estimate_product(blocks[0][0], blocks[1][0], self.kind, self.k)
+        else:
+            sa, sb = (CoordinatedSketch.from_record(lay, b[0], self.seed)
+                      for lay, b in zip(self.records, blocks, strict=True))
+            r = estimate_product(sa, sb, self.kind)
         out = np.zeros((1, r.estimate.shape[0] + 1, r.estimate.shape[1]))
         out[0, :-1] = r.estimate
         out[0, -1, 0] = r.error
         return out
+
+
+def _factor_sketch(M: Any, k: int, kind: ProductKind, seed: int,
+                   s: int) -> tuple[Lazy, RecordLayout | None]:
+    """One factor's sketch node, and its record layout for coordinated sampling."""
+    if kind != "coordinated":
+        return sketch_for_product(M, k, kind, seed, s=s), None
+    parse_sketch_args(k, "gaussian", seed, 1, as_matrix(M))
+    return coordinated_node(M, k, seed)
 
 
 def sketched_matmul(A: Any, B: Any, k: int, kind: ProductKind = "gaussian", seed: int = 0,
@@ -255,8 +199,9 @@ def sketched_matmul(A: Any, B: Any, k: int, kind: ProductKind = "gaussian", seed
     Notes
     -----
     One pass over A and one over B (shared with other operators of the same
-    :func:`blocklin.compute`). Per-task memory: a row panel plus the sketch (k × n,
-    or (k + 1) × (n + 2) for coordinated). The combination runs in one small task.
+    :func:`blocklin.compute`). Per-task memory: a row panel plus the sketch (k × n;
+    for coordinated, a record of the k + 1 sampled rows' nonzeros, at most
+    (k + 1) × n, and at most nnz(A) for CSR A). The combination runs in one small task.
 
     References
     ----------
@@ -274,15 +219,18 @@ def sketched_matmul(A: Any, B: Any, k: int, kind: ProductKind = "gaussian", seed
     if a.shape[0] != b.shape[0]:
         raise ShapeMismatchError(f"sketched_matmul(A, B) approximates AᵀB and needs A and B "
                                  f"with the same rows; got {a.shape} and {b.shape}")
-    la = sketch_for_product(A, k, kind, seed, s=s)
-    lb = sketch_for_product(B, k, kind, seed, s=s)
+    la, ra = _factor_sketch(A, k, kind, seed, s)
+    lb, rb = _factor_sketch(B, k, kind, seed, s)
     na, nb = a.shape[1], b.shape[1]
-    task = Task(out=(0, 0, 0), reads=((0, (0, 0, 0)), (1, (0, 0, 0))))
-    stage = make_stage("sketched_matmul/combine", CombineSketches(kind, int(k)),
+    records = (ra, rb) if ra is not None and rb is not None else None
+    task = Task(out=(0, 0, 0), reads=((0, (0,) * len(la.shape)), (1, (0,) * len(lb.shape))))
+    stage = make_stage("sketched_matmul/combine",
+                       CombineSketches(kind, int(k), records, int(seed)),
                        [StageInput(la.output), StageInput(lb.output)], [task],
                        shape=(1, na + 1, nb), chunks=(1, na + 1, nb), dtype="float64",
                        params={"kind": kind, "k": int(k), "seed": int(seed)},
-                       extra_memory=8 * (3 * na * nb + 2 * (k + 1) * (na + nb + 4)))
+                       extra_memory=8 * (3 * na * nb + 2 * (k + 1) * (na + nb + 4)
+                                         + 2 * sum(r.length for r in records or ())))
     plan = la.plan.merge(lb.plan).add(stage)
 
     def present(p: np.ndarray) -> SketchedProduct:
