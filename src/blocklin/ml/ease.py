@@ -36,10 +36,10 @@ from blocklin.storage.leases import scratch_folder
 
 __all__ = ["EASE", "EASE_MAX_ITEMS", "ease_weights", "top_n"]
 
-#: Most items whose weights the driver computes: P and B are n × n float64 (3.2 GB each
-#: at 20,000 items) and the fit holds the Gram, its factor and B at once (≈ 24·n²
-#: bytes: 9.6 GB at 20,000). Beyond it a blocked or distributed inverse is needed,
-#: which blocklin does not have yet.
+#: Most items whose weights the driver computes: the Gram and B are n × n float64 (3.2 GB
+#: each at 20,000 items), and the Gram's result and its symmetrization briefly hold
+#: three such arrays (≈ 24·n² bytes at the peak: 9.6 GB at 20,000). Beyond it a blocked
+#: or distributed inverse is needed, which blocklin does not have yet.
 EASE_MAX_ITEMS = 20_000
 #: Bytes of B read by one recommend task: B is cut into column panels of this size.
 _PANEL_BYTES = 128 * 2**20
@@ -79,7 +79,7 @@ def ease_weights(g: np.ndarray, l2: float) -> np.ndarray:
     Notes
     -----
     Cholesky factorization and inverse (LAPACK ``dpotrf``/``dpotri``, n³ flops), in
-    place on one n × n copy of G: memory 2·8n² bytes with G.
+    place on one n × n copy of G, which becomes B: 8n² bytes beside G.
     """
     n = g.shape[0]
     a = np.array(g, dtype=np.float64, order="F", copy=True)
@@ -97,10 +97,13 @@ def ease_weights(g: np.ndarray, l2: float) -> np.ndarray:
         p[j:j + step, :j] = p[:j, j:j + step].T
         blk = p[j:j + step, j:j + step]
         blk[...] = np.triu(blk) + np.triu(blk, 1).T
-    d = np.diagonal(p).copy()
-    p /= -d[None, :]
-    p[np.diag_indices(n)] = 0.0
-    return np.ascontiguousarray(p)
+    # p is Fortran-ordered and now symmetric: its transpose is the same matrix in C
+    # order, so B is formed in place, without a copy.
+    b: np.ndarray = p.T
+    d = np.diagonal(b).copy()
+    b /= -d[None, :]
+    b[np.diag_indices(n)] = 0.0
+    return b
 
 
 def top_n(scores: np.ndarray, seen: Any, n: int, offset: int = 0) -> np.ndarray:
@@ -228,6 +231,12 @@ class EASE(SaveMixin, BaseEstimator):  # type: ignore[misc]
     work_dir : str, optional
         Directory for temporary arrays (in-memory X, B's column panels while
         recommending); must be reachable by the workers.
+    compute_options : dict, optional
+        More keywords for :func:`blocklin.compute` (``client``, ``address``,
+        ``max_task_memory``...). The Gram pass holds n_items² floats per task and its
+        reduction levels eight of them: thousands of items need a ``max_task_memory``
+        above the default (about 10·8·n² bytes; 26 GiB at 20,000 items), or X in one row
+        block.
     progress : bool, callable or ProgressSink
         Report each pass (see :class:`~blocklin.ml.TruncatedSVD`).
 
@@ -245,8 +254,9 @@ class EASE(SaveMixin, BaseEstimator):  # type: ignore[misc]
     Notes
     -----
     ``fit`` is one pass over X (its Gram, the sparse kernel for CSR blocks), then a
-    Cholesky inverse on the driver: n³ flops and about 24·n² bytes (the Gram, the
-    inverse and B; 9.6 GB at the limit). Up to :data:`EASE_MAX_ITEMS` items (20,000);
+    Cholesky inverse on the driver: n³ flops and about 24·n² bytes at the peak (the
+    Gram as computed and symmetrized, then the Gram kept and B formed in place; 9.6 GB
+    at the limit). Up to :data:`EASE_MAX_ITEMS` items (20,000);
     more is refused before any pass. ``partial_fit(X_new)`` reads only the new rows
     and refactors: the earlier rows are never read again.
 
@@ -261,11 +271,19 @@ class EASE(SaveMixin, BaseEstimator):  # type: ignore[misc]
     """
 
     def __init__(self, l2: float = 500.0, *, executor: str = "dask",
-                 work_dir: str | None = None, progress: Any = False) -> None:
+                 work_dir: str | None = None, compute_options: dict[str, Any] | None = None,
+                 progress: Any = False) -> None:
         self.l2 = l2
         self.executor = executor
         self.work_dir = work_dir
+        self.compute_options = compute_options
         self.progress = progress
+
+    def _compute(self, lazy: Lazy, wd: str) -> Any:
+        opts = dict(self.compute_options or {})
+        opts.setdefault("executor", self.executor)
+        opts["work_dir"] = wd
+        return compute(lazy, **opts)[0]
 
     def _check_l2(self) -> float:
         l2 = self.l2
@@ -273,6 +291,8 @@ class EASE(SaveMixin, BaseEstimator):  # type: ignore[misc]
             raise InputDtypeError(f"l2 must be a number; got {l2!r}")
         if not np.isfinite(l2) or l2 < 0:
             raise InputValueError(f"l2 must be finite and >= 0; got {l2}")
+        if self.compute_options is not None and not isinstance(self.compute_options, dict):
+            raise InputDtypeError("compute_options must be a dict of blocklin.compute keywords")
         return float(l2)
 
     def _scratch(self, prefix: str) -> AbstractContextManager[str]:
@@ -286,8 +306,7 @@ class EASE(SaveMixin, BaseEstimator):  # type: ignore[misc]
         if isinstance(Xv, np.ndarray):
             return np.asarray(Xv.T @ Xv, dtype=np.float64)
         with self._scratch("ease-") as wd, stored_matrix(Xv, work_dir=wd) as A:
-            return np.asarray(compute(gram(A), executor=self.executor, work_dir=wd)[0],
-                              dtype=np.float64)
+            return np.asarray(self._compute(gram(A), wd), dtype=np.float64)
 
     @reports("fit")
     def fit(self, X: Any, y: Any = None) -> EASE:
@@ -386,8 +405,7 @@ class EASE(SaveMixin, BaseEstimator):  # type: ignore[misc]
         with self._scratch("ease-recommend-") as wd, stored_matrix(Xv, work_dir=wd) as A:
             b = from_array(self.coef_, f"{wd}/B.zarr", chunks=(items, cb))
             lazy = recommend_plan(as_matrix(A, "X"), as_matrix(b, "B"), n)
-            res = compute(lazy, executor=self.executor, work_dir=wd)[0]
-            out: np.ndarray = res.to_numpy()
+            out: np.ndarray = self._compute(lazy, wd).to_numpy()
         return out
 
     def __sklearn_tags__(self) -> Any:
