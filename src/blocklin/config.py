@@ -59,9 +59,11 @@ def chunk_rows_for(nrows: int, ncols: int, itemsize: int) -> int:
     nblocks = -(-nrows // target)
     return -(-nrows // nblocks)
 
-_UNITS = {"": 1, "b": 1, "k": 2**10, "kb": 10**3, "kib": 2**10, "m": 2**20, "mb": 10**6,
-          "mib": 2**20, "g": 2**30, "gb": 10**9, "gib": 2**30, "t": 2**40, "tb": 10**12,
-          "tib": 2**40}
+
+#: Single-letter units are binary, as in Spark and JVM memory settings (``512m`` is
+#: 512 MiB; ``spark.executor.pyspark.memory`` is read with this function), where
+#: ``dask.utils.parse_bytes`` reads them as decimal.
+_BINARY_LETTERS = frozenset("kmgtp")
 
 
 def parse_memory(value: int | str) -> int:
@@ -72,6 +74,8 @@ def parse_memory(value: int | str) -> int:
     InputValueError
         If the value is not a positive size.
     """
+    from dask.utils import parse_bytes
+
     from blocklin.errors import InputValueError
 
     if isinstance(value, bool):
@@ -82,9 +86,13 @@ def parse_memory(value: int | str) -> int:
         text = value.strip().lower().replace(" ", "")
         digits = text.rstrip("abcdefghijklmnopqrstuvwxyz")
         unit = text[len(digits):]
+        if unit in _BINARY_LETTERS:
+            unit += "i"
         try:
-            n = int(float(digits) * _UNITS[unit])
-        except (KeyError, ValueError):
+            if not digits:  # dask reads a bare unit as one of it
+                raise ValueError(value)
+            n = parse_bytes(digits + unit)
+        except ValueError:
             raise InputValueError(
                 f"memory size must look like '2GiB', '500MB' or a byte count; got {value!r}"
             ) from None

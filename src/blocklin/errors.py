@@ -64,8 +64,8 @@ class PlanMemoryError(BlocklinError, ValueError):
         self.allowed = allowed
         self.limit = limit
         msg = (
-            f"stage {stage!r} needs {_fmt_bytes(projected)} per task, over the allowed "
-            f"{limit} of {_fmt_bytes(allowed)}"
+            f"stage {stage!r} needs {format_bytes(projected)} per task, over the allowed "
+            f"{limit} of {format_bytes(allowed)}"
         )
         if hint:
             msg += f"; {hint}"
@@ -214,15 +214,15 @@ class LockError(BlocklinError, RuntimeError):
     """Another run holds the lock on the same outputs."""
 
 
-def _fmt_bytes(n: int) -> str:
+def format_bytes(n: int) -> str:
+    """Format a byte count for messages and reports (``1.5 GiB``).
+
+    One decimal in binary units, as every report and message of blocklin prints sizes
+    (``dask.utils.format_bytes`` prints two and ``kiB``).
+    """
     value = float(n)
     for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
         if abs(value) < 1024 or unit == "TiB":
             return f"{value:.1f} {unit}" if unit != "B" else f"{int(value)} B"
         value /= 1024
     raise AssertionError("unreachable")
-
-
-def format_bytes(n: int) -> str:
-    """Format a byte count for messages and reports (``1.5 GiB``)."""
-    return _fmt_bytes(n)

@@ -30,6 +30,19 @@ _CRC_BYTES = 4
 _CHOICES: tuple[CodecName | Literal["auto"], ...] = ("auto", *CODECS)
 
 
+def _verified_body(raw: memoryview) -> tuple[memoryview, str | None]:
+    """A stored chunk's body (what precedes its crc32c trailer), and why the chunk is
+    corrupt: None when the trailer matches the body."""
+    if len(raw) < _CRC_BYTES:
+        return raw, f"chunk holds {len(raw)} bytes, fewer than its checksum"
+    body, tail = raw[:-_CRC_BYTES], raw[-_CRC_BYTES:]
+    stored = int.from_bytes(tail, "little")
+    computed = crc32c.crc32c(body)
+    if stored != computed:
+        return body, f"crc32c checksum mismatch (stored {stored:08x}, computed {computed:08x})"
+    return body, None
+
+
 @dataclass(frozen=True)
 class ChunkCodec:
     """How one array's chunks are encoded.
@@ -45,7 +58,7 @@ class ChunkCodec:
     compressor: CodecName = "none"
     level: int = 1
 
-    def _numcodec(self, itemsize: int) -> Any:
+    def _numcodec(self) -> Any:
         if self.compressor == "lz4":
             return numcodecs.Blosc(cname="lz4", clevel=self.level, shuffle=numcodecs.Blosc.SHUFFLE)
         if self.compressor == "zstd":
@@ -63,7 +76,7 @@ class ChunkCodec:
         arr = np.ascontiguousarray(chunk)
         if arr.dtype.byteorder == ">":
             arr = arr.astype(arr.dtype.newbyteorder("<"))
-        codec = self._numcodec(arr.dtype.itemsize)
+        codec = self._numcodec()
         body = memoryview(arr).cast("B") if codec is None else codec.encode(arr)  # type: ignore[arg-type]
         crc = crc32c.crc32c(body)
         return [body, crc.to_bytes(_CRC_BYTES, "little")], crc
@@ -73,15 +86,11 @@ class ChunkCodec:
 
         Returns None on success, or the reason the chunk is corrupt.
         """
-        if len(raw) < _CRC_BYTES:
-            return f"chunk holds {len(raw)} bytes, fewer than its checksum"
-        body, tail = raw[:-_CRC_BYTES], raw[-_CRC_BYTES:]
-        stored = int.from_bytes(tail, "little")
-        computed = crc32c.crc32c(body)
-        if stored != computed:
-            return f"crc32c checksum mismatch (stored {stored:08x}, computed {computed:08x})"
+        body, reason = _verified_body(raw)
+        if reason is not None:
+            return reason
         target = memoryview(out).cast("B")  # type: ignore[arg-type]
-        codec = self._numcodec(out.dtype.itemsize)
+        codec = self._numcodec()
         if codec is None:
             if len(body) != len(target):
                 return f"chunk holds {len(body)} bytes, expected {len(target)}"
@@ -103,12 +112,8 @@ class ChunkCodec:
         if self.compressor == "none":
             if len(raw) != nbytes + _CRC_BYTES:
                 return f"chunk holds {len(raw) - _CRC_BYTES} bytes, expected {nbytes}"
-            body, tail = raw[:-_CRC_BYTES], raw[-_CRC_BYTES:]
-            stored = int.from_bytes(tail, "little")
-            computed = crc32c.crc32c(body)
-            if stored != computed:
-                return f"crc32c checksum mismatch (stored {stored:08x}, computed {computed:08x})"
-            return np.frombuffer(body, dtype=dtype).reshape(shape)
+            body, reason = _verified_body(raw)
+            return reason if reason is not None else np.frombuffer(body, dtype=dtype).reshape(shape)
         if scratch is None or len(scratch) < nbytes:
             out = np.empty(shape, dtype=dtype)
         else:
