@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from contextlib import AbstractContextManager
 from typing import Any
 
@@ -17,15 +17,22 @@ from blocklin.errors import InputDtypeError, InputValueError
 from blocklin.executors.api import compute
 from blocklin.executors.base import RunStats
 from blocklin.ml._progress import reports
-from blocklin.ml._validation import is_stored, stored_matrix, validate_features
+from blocklin.ml._validation import is_stored, open_stored, stored_matrix, validate_features
 from blocklin.ml.persist import SaveMixin
-from blocklin.ops._svd_rows import GRAM_MAX_COLUMNS, gram_step
+from blocklin.ops._svd_rows import (
+    GRAM_MAX_COLUMNS,
+    NewRows,
+    brand_rows,
+    gram_step,
+    parse_rows,
+    row_batches,
+)
 from blocklin.ops.products import gram, matmul
 from blocklin.ops.stats import column_stats
 from blocklin.ops.svd import SVD_METHODS, _truncated
 from blocklin.ops.svd_state import SVDState
 from blocklin.ops.svd_update import svd_update, update_factors
-from blocklin.ops.tsqr import tsqr_r
+from blocklin.ops.tsqr import row_signs, tsqr_r
 from blocklin.storage.leases import scratch_folder
 from blocklin.storage.stores import hide_options, register_storage_options
 from blocklin.types import parse_option
@@ -42,6 +49,55 @@ def _row_moments(x: np.ndarray) -> Moments:
     return x.shape[0], mean, ((x - mean) ** 2).sum(axis=0)
 
 
+def _sparse_moments(x: sp.csr_matrix) -> Moments:
+    """:func:`_row_moments` from the nonzeros: the zeros of column j add (p − nnz_j)·μ_j²."""
+    p = x.shape[0]
+    mean = np.asarray(x.sum(axis=0)).ravel() / p
+    nnz = np.bincount(x.indices, minlength=x.shape[1])
+    dev = x.data - mean[x.indices]
+    m2 = np.bincount(x.indices, weights=dev * dev, minlength=x.shape[1]) + (p - nnz) * mean**2
+    return p, mean, m2
+
+
+def _merge(a: Moments | None, b: Moments) -> Moments:
+    """Chan's pairwise merge of two (count, mean, M2)."""
+    if a is None:
+        return b
+    na, nb = a[0], b[0]
+    delta = b[1] - a[1]
+    return (na + nb, a[1] + delta * (nb / (na + nb)),
+            a[2] + b[2] + delta**2 * (na * nb / (na + nb)))
+
+
+def _is_csr(X: Any) -> bool:
+    if sp.issparse(X):
+        return True
+    return is_stored(X) and getattr(open_stored(X).meta, "format", "dense") != "dense"
+
+
+#: Rows per batch of the sparse update (each costs an SVD of a (k + batch)² matrix).
+_SPARSE_BATCH = 512
+
+
+def _sparse_step(s: np.ndarray, vt: np.ndarray,
+                 c: NewRows) -> tuple[tuple[Any, np.ndarray, np.ndarray], Moments]:
+    """(None, s', Vt') and the rows' column moments, in one read of their nonzeros."""
+    moments: Moments | None = None
+
+    def batches() -> Iterator[Any]:
+        nonlocal moments
+        for part in row_batches(c, _SPARSE_BATCH):
+            part = sp.csr_matrix(part) if not sp.issparse(part) else part
+            moments = _merge(moments, _sparse_moments(part))
+            yield part
+
+    run = brand_rows(s, vt, batches())
+    if moments is None:  # pragma: no cover - parse_rows refuses empty rows
+        raise InputValueError("no rows to update with")
+    d = row_signs(run.Vt)
+    return (None, run.s, run.Vt * d[:, None]), moments
+
+
 class TruncatedSVD(SaveMixin, ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):  # type: ignore[misc]
     """Dimensionality reduction by truncated SVD (no centering), as scikit-learn's.
 
@@ -52,7 +108,8 @@ class TruncatedSVD(SaveMixin, ClassNamePrefixFeaturesOutMixin, TransformerMixin,
     oversample : int
         Extra sketch columns (accuracy for clustered spectra, cost per pass).
     n_iter : int
-        Power iterations (``method="power"`` reads X n_iter + 2 times).
+        Power iterations, counted as scikit-learn does (the same subspace for the
+        same n_iter); ``method="power"`` reads X n_iter + 1 times.
     random_state : int, RandomState or None
         Seed of the Gaussian test matrix.
     method : {"power", "krylov", "gram"}
@@ -95,7 +152,7 @@ class TruncatedSVD(SaveMixin, ClassNamePrefixFeaturesOutMixin, TransformerMixin,
 
     Notes
     -----
-    ``fit`` reads X n_iter + 2 times (``gram``: once); column statistics for the
+    ``fit`` reads X n_iter + 1 times (``gram``: once); column statistics for the
     explained variance ride along the first pass. ``partial_fit(X_new)`` after a fit
     is a Zha–Simon/Brand row-append update: it reads only the new rows (once) and
     costs O(p·n² + n³) — the earlier rows are never read again. Updates are exact
@@ -105,7 +162,7 @@ class TruncatedSVD(SaveMixin, ClassNamePrefixFeaturesOutMixin, TransformerMixin,
     ``transform`` of a stored X (BlockMatrix, zarr path) returns a BlockMatrix.
     """
 
-    def __init__(self, n_components: int = 2, *, oversample: int = 10, n_iter: int = 2,
+    def __init__(self, n_components: int = 2, *, oversample: int = 10, n_iter: int = 3,
                  random_state: Any = 0, method: str = "power", executor: str = "dask",
                  work_dir: str | None = None, state_path: str | None = None,
                  storage_options: Mapping[str, Any] | None = None,
@@ -243,10 +300,15 @@ class TruncatedSVD(SaveMixin, ClassNamePrefixFeaturesOutMixin, TransformerMixin,
             return self.fit(X)
         Xv = validate_features(self, X, reset=False, accept_sparse=True)
         n = self.n_features_in_
-        if sp.issparse(Xv):  # in-memory appended rows: p × n is small, factor it densely
-            Xv = Xv.toarray()
         s, vt = self.singular_values_, self.components_
-        if not isinstance(Xv, np.ndarray) and int(Xv.shape[0]) >= n:
+        step: tuple[Any, np.ndarray, np.ndarray] | None
+        if _is_csr(Xv):
+            # CSR rows (in memory or stored): Deng et al.'s update from their nonzeros,
+            # never an n-wide dense row.
+            step, moments = _sparse_step(s, vt, parse_rows(open_stored(Xv) if is_stored(Xv)
+                                                           else Xv, n))
+            self.n_passes_ = 1
+        elif not isinstance(Xv, np.ndarray) and int(Xv.shape[0]) >= n:
             with self._scratch() as wd, stored_matrix(Xv, work_dir=wd) as A:
                 # XᵀX and the column statistics share one pass; a TSQR pass follows only
                 # when the Gram's squared conditioning would cost accuracy.
@@ -274,8 +336,8 @@ class TruncatedSVD(SaveMixin, ClassNamePrefixFeaturesOutMixin, TransformerMixin,
         with self._scratch() as wd:
             try:
                 if isinstance(Xv, np.ndarray) or sp.issparse(Xv):
-                    self._merge_stats(*_row_moments(
-                        Xv.toarray() if sp.issparse(Xv) else np.asarray(Xv, dtype=np.float64)))
+                    self._merge_stats(*(_sparse_moments(sp.csr_matrix(Xv)) if sp.issparse(Xv)
+                                        else _row_moments(np.asarray(Xv, dtype=np.float64))))
                     # Sparse rows go to svd_update as CSR: its sparse path reads nonzeros only.
                     self._update_state(Xv, wd, stats)
                     self.n_passes_ = 1

@@ -8,11 +8,13 @@ the new ``s`` and ``Vt``, and the new rows' U segment, already written as a basi
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import scipy.linalg
+import scipy.linalg.lapack
 import scipy.sparse as sp
 
 from blocklin.errors import InputDtypeError, InputValueError, ShapeMismatchError
@@ -23,8 +25,8 @@ from blocklin.ops.tsqr import plan_form_q, plan_tree, row_signs
 from blocklin.plan.graph import Task, TaskContext, make_stage
 from blocklin.storage.blockmatrix import BlockMatrix, from_array, open_matrix
 
-__all__ = ["GRAM_MAX_COLUMNS", "NewRows", "RowStep", "parse_rows", "rows_gram", "rows_qr",
-           "rows_sparse", "update_factors"]
+__all__ = ["GRAM_MAX_COLUMNS", "NewRows", "RowStep", "SparseRun", "brand_rows", "parse_rows",
+           "row_batches", "rows_gram", "rows_qr", "rows_sparse", "update_factors"]
 
 #: Widest n for which ``method="auto"`` takes the gram path (an n × n Gram on the driver).
 GRAM_MAX_COLUMNS = 8192
@@ -214,7 +216,8 @@ def _panels(c: NewRows) -> Iterator[Any]:
 FOLD_COND = 1e4
 
 
-def _batches(c: NewRows, batch: int) -> Iterator[Any]:
+def row_batches(c: NewRows, batch: int) -> Iterator[Any]:
+    """C in batches of at most ``batch`` rows (CSR stays CSR), each checked finite."""
     for panel in _panels(c):
         for a in range(0, panel.shape[0], batch):
             part = panel[a:a + batch]
@@ -249,8 +252,10 @@ class FactoredV:
     def update(self, M: np.ndarray, cu: Any, uid: np.ndarray | None, t: np.ndarray) -> None:
         """V ← V·M + Cᵀ·T, with ``cu``/``uid`` from :meth:`rows_times`."""
         k_new = self.K @ M
-        sv = np.linalg.svd(k_new, compute_uv=False)
-        if sv[-1] <= sv[0] / FOLD_COND:
+        lu = scipy.linalg.lu_factor(k_new, check_finite=False)
+        # LAPACK's 1-norm condition estimate from the LU: O(k²), no SVD.
+        rcond = scipy.linalg.lapack.dgecon(lu[0], np.abs(k_new).sum(axis=0).max())[0]
+        if not rcond > 1.0 / FOLD_COND:
             # Ill-conditioned (or singular) factor: form V once and restart from K = I.
             self.base = self.base @ k_new
             self.K = np.eye(k_new.shape[0])
@@ -258,11 +263,30 @@ class FactoredV:
             self.folds += 1
         else:
             self.K = k_new
-            delta = np.linalg.solve(k_new.T, t.T).T      # T·(K·M)⁻¹, p × k
+            delta = scipy.linalg.lu_solve(lu, t.T, trans=1, check_finite=False).T  # T·(K·M)⁻¹
         if uid is None:
             self.base += cu.T @ delta
         else:
             self.base[uid] += np.asarray(cu.T @ delta)
+
+    def orthonormal(self, s: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Rayleigh–Ritz on V's rounding: ``(a, s', Vt')`` with U rotating by a.
+
+        V = Q·R by Cholesky QR (R from VᵀV = Kᵀ·baseᵀbase·K; V is orthonormal to
+        rounding, so squaring its conditioning costs nothing), the SVD of diag(s)·Rᵀ
+        re-diagonalizes: V' = V·R⁻¹·B. Two n × k × k products (BLAS 3), O(n·k²).
+        """
+        g = self.K.T @ (self.base.T @ self.base) @ self.K
+        try:
+            r = scipy.linalg.cholesky((g + g.T) / 2, lower=False)
+        except np.linalg.LinAlgError:  # V lost rank: Householder QR instead
+            q, r = np.linalg.qr(self.matrix())
+            a, s2, bt = np.linalg.svd(s[:, None] * r.T)
+            return a, s2, bt @ q.T
+        a, s2, bt = np.linalg.svd(s[:, None] * r.T)
+        w = self.K @ scipy.linalg.solve_triangular(r, bt.T)
+        vt: np.ndarray = (self.base @ w).T
+        return a, s2, vt
 
     def matrix(self) -> np.ndarray:
         """V formed (n × k): O(n·k²)."""
@@ -299,31 +323,47 @@ def _brand_batch(s: np.ndarray, V: FactoredV, c: Any) -> tuple[np.ndarray, np.nd
     return um, sm
 
 
-def rows_sparse(s: np.ndarray, Vt: np.ndarray, c: NewRows, url: str, batch: int) -> RowStep:
-    """Deng et al.'s update in batches of at most ``batch`` rows, H = C − CVVᵀ implicit.
+@dataclass(frozen=True)
+class SparseRun:
+    """Batches of rows absorbed by :func:`brand_rows` (V formed, not yet sign-fixed)."""
+
+    parts: list[np.ndarray]     # each batch's Um[k:] (its rows of U, before later rotations)
+    rots: list[np.ndarray]      # each batch's Um[:k] (the rotation of the rows before it)
+    last: np.ndarray            # the closing Rayleigh–Ritz rotation (k × k)
+    s: np.ndarray
+    Vt: np.ndarray
+    folds: int                  # times V's factor was folded into its base
+
+
+def brand_rows(s: np.ndarray, Vt: np.ndarray, batches: Iterable[Any]) -> SparseRun:
+    """Deng et al.'s update over ``batches`` of rows (CSR or dense), H = C − CVVᵀ implicit.
 
     V stays factored (:class:`FactoredV`) across the batches and is formed once at
-    the end, followed by one Rayleigh–Ritz re-orthonormalization (a QR of V, O(n·k²)
-    per call, not per batch).
+    the end, followed by one Rayleigh–Ritz re-orthonormalization (a QR of V). Cost:
+    O(Σ_b (nnz_b·k + (k + p_b)³) + n·k²); memory O(n·k + Σ_b p_b·k).
     """
     k = s.size
     V = FactoredV(Vt.T)
     parts: list[np.ndarray] = []
     rots: list[np.ndarray] = []
-    for cb in _batches(c, batch):
+    for cb in batches:
         um, s = _brand_batch(s, V, cb)
         parts.append(um[k:])
         rots.append(um[:k])
-    # V's rounding (and the squared conditioning of HHᵀ): V = Q_V·R_V, and the SVD of
-    # diag(s)·R_Vᵀ re-diagonalizes, rotating U by a.
-    qv, rv = np.linalg.qr(V.matrix())
-    a, s, bt = np.linalg.svd(s[:, None] * rv.T)
+    # V's rounding (and the squared conditioning of HHᵀ) corrected once per call.
+    a, s, vt = V.orthonormal(s)
+    return SparseRun(parts, rots, a, s, vt, V.folds)
+
+
+def rows_sparse(s: np.ndarray, Vt: np.ndarray, c: NewRows, url: str, batch: int) -> RowStep:
+    """:func:`brand_rows` over C in batches of at most ``batch`` rows; writes U's new rows."""
+    run = brand_rows(s, Vt, row_batches(c, batch))
+    parts = run.parts
     # Part b is later rotated by every later batch's Um[:k]: apply suffix products once.
-    acc = a
+    acc = run.last
     for b in range(len(parts) - 1, -1, -1):
         parts[b] = parts[b] @ acc
-        acc = rots[b] @ acc
-    vt = bt @ qv.T
-    d = row_signs(vt)
+        acc = run.rots[b] @ acc
+    d = row_signs(run.Vt)
     from_array(np.vstack(parts) * d, url)
-    return RowStep(acc * d, s, vt * d[:, None], c.shape[0])
+    return RowStep(acc * d, run.s, run.Vt * d[:, None], c.shape[0])

@@ -1,0 +1,294 @@
+"""Row updates of a truncated SVD on sparse data: blocklin against IncSVD (Deng et al.).
+
+Two seeded CSR matrices are generated in memory: a Zipf term-document matrix
+(default 55,000 × 20,000 at density 1e-3: documents of about 20 terms whose columns
+are drawn with popularity ``P(j) ∝ (j+1)^-1``, values the term counts) and a wider
+one (``--big-rows`` × 50,000 at 1e-4, same construction; the issue's size is
+1,000,000 rows, set ``--big-rows 1000000``; ``--big-rows 0`` skips it). The last
+``--append`` rows (5,000) are appended in batches of b rows (10, 50, 500, 5,000) to
+the exact rank-k SVD of the rows before them (``scipy.sparse.linalg.svds``, shared by
+every contender), at most ``--max-updates`` batches per size.
+
+Contenders, each timed per batch (one b-row update) in this process:
+
+* ``blocklin``: :func:`blocklin.ops.svd_update` with ``method="sparse"`` called once
+  on all the appended rows with ``batch=b`` (sub-batches of at most ``--sub-batch``
+  rows for larger b). Per batch = the call's wall time (the zarr commit, the final
+  V formation and the U basis write included) / number of batches.
+* ``blocklin/call``: one ``svd_update`` call (and zarr commit) per batch.
+* ``IncSVD isvd1``: ``EvolvingMatrix(sparse=True, method="ZhaSimon")`` (Deng et al.'s
+  exact sparse update) and ``IncSVD ZhaSimon``: ``sparse=False`` (the dense
+  Zha–Simon update, the rows given dense, converted outside the timer). A run whose
+  projected time passes ``--peer-budget`` seconds is skipped and says so
+  (projection: the previous batch size's time per row scaled by b/b_prev for isvd1's
+  Gram–Schmidt loop, which is quadratic in b per update).
+
+Accuracy: the largest relative error of the top-10 and top-k updated singular values
+against ``svds`` of all the rows absorbed (computed once per distinct row count).
+The machine's BLAS threads apply to every contender alike (``--threads``, default 1:
+on a shared 2-core box the small k × k products of all contenders run fastest
+single-threaded).
+
+Also runs, when present, ``_sparse_regression.run_sparse_regression()`` and
+``_sparse_sketch.run_sparse_sketch()`` (benchmarks written alongside) and prints
+their dicts as tables.
+
+    flock /tmp/blocklin-heavy.lock .venv/bin/python benchmarks/bench_sparse.py
+    .venv/bin/python benchmarks/bench_sparse.py --quick
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import scipy.sparse as sp
+import scipy.sparse.linalg as sla
+from threadpoolctl import threadpool_limits
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+Svd = tuple[np.ndarray, np.ndarray, np.ndarray]
+
+
+# -- data ------------------------------------------------------------------------------------
+def zipf_matrix(m: int, n: int, density: float, seed: int) -> sp.csr_matrix:
+    """Term counts: m documents, column j drawn with probability ∝ 1/(j+1), ~density·m·n nonzeros."""
+    rng = np.random.default_rng(seed)
+    p = 1.0 / np.arange(1, n + 1)
+    p /= p.sum()
+    want = int(round(density * m * n))
+    rows, cols = np.empty(0, np.int64), np.empty(0, np.int64)
+    x = sp.csr_matrix((m, n))
+    draw = want
+    while x.nnz < want:  # repeated (row, term) pairs merge into counts: top up
+        rows = np.concatenate([rows, rng.integers(0, m, draw)])
+        cols = np.concatenate([cols, rng.choice(n, draw, p=p)])
+        x = sp.csr_matrix((np.ones(rows.size), (rows, cols)), shape=(m, n))
+        x.sum_duplicates()
+        draw = max(int(1.2 * (want - x.nnz)), 1)
+    return x
+
+
+def top_svd(x: sp.csr_matrix, k: int) -> Svd:
+    """Exact rank-k SVD (ARPACK to machine precision), values descending."""
+    u, s, vt = sla.svds(x, k, tol=0, random_state=0)
+    order = np.argsort(s)[::-1]
+    return u[:, order], s[order], vt[order]
+
+
+def errors(s: np.ndarray, ref: np.ndarray) -> tuple[float, float]:
+    rel = np.abs(np.sort(s)[::-1] - ref) / ref
+    return float(rel[:10].max()), float(rel.max())
+
+
+# -- contenders --------------------------------------------------------------------------------
+def blocklin_once(init: Svd, new: sp.csr_matrix, b: int, sub: int, tmp: Path) -> tuple[float, np.ndarray]:
+    """One svd_update call over every batch; returns (seconds, s)."""
+    from blocklin.ops import SVDState, svd_update
+
+    u, s, vt = init
+    state = SVDState.create(tmp / "once", u, s, vt, overwrite=True)
+    t0 = time.perf_counter()
+    state = svd_update(state, rows=new, method="sparse", batch=min(b, sub))
+    return time.perf_counter() - t0, state.s
+
+
+def blocklin_calls(init: Svd, new: sp.csr_matrix, b: int, sub: int, tmp: Path) -> tuple[float, np.ndarray]:
+    """One svd_update call (and commit) per batch; returns (seconds in all, s)."""
+    from blocklin.ops import SVDState, svd_update
+
+    u, s, vt = init
+    state = SVDState.create(tmp / "calls", u, s, vt, overwrite=True)
+    t0 = time.perf_counter()
+    for a in range(0, new.shape[0], b):
+        state = svd_update(state, rows=new[a:a + b], method="sparse", batch=min(b, sub))
+    return time.perf_counter() - t0, state.s
+
+
+def _evolving(init: Svd, sparse: bool) -> Any:
+    """IncSVD's EvolvingMatrix on the shared initial SVD (its constructor would rerun svds)."""
+    from IncSVD.EvolvingMatrix import EvolvingMatrix
+
+    u, s, vt = init
+    k = s.size
+    em = EvolvingMatrix.__new__(EvolvingMatrix)
+    em._m, em._n = u.shape[0], vt.shape[1]
+    em._sparse = sparse
+    em._method_dict = {"ZhaSimon": 1, "GKL": 2, "RPI": 3}
+    em._method = 1
+    em._k_dim = k
+    em._Uk, em._sigmak, em._Vk = u.copy(), s.copy(), np.ascontiguousarray(vt.T)
+    em._Ku = np.eye(k) if sparse else None
+    em._Kv = np.eye(k) if sparse else None
+    em._inverted_index = [0] * max(em._m, em._n)
+    return em
+
+
+def incsvd(init: Svd, new: sp.csr_matrix, b: int, sparse: bool) -> tuple[float, np.ndarray]:
+    em = _evolving(init, sparse)
+    batches = [new[a:a + b] for a in range(0, new.shape[0], b)]
+    if not sparse:
+        batches = [np.asarray(x.toarray()) for x in batches]  # Zha–Simon's input is dense
+    spent = 0.0
+    for x in batches:
+        t0 = time.perf_counter()
+        em.add_row(x)
+        spent += time.perf_counter() - t0
+    return spent, np.asarray(em.Sigmak)
+
+
+# -- one matrix --------------------------------------------------------------------------------
+def run_matrix(name: str, x: sp.csr_matrix, k: int, append: int, sizes: list[int], max_updates: int,
+               sub: int, budget: float, peers: bool) -> list[dict[str, Any]]:
+    m = x.shape[0]
+    m0 = m - append
+    t0 = time.perf_counter()
+    init = top_svd(x[:m0], k)
+    print(f"{name}: {x.shape[0]:,} x {x.shape[1]:,}, {x.nnz:,} nonzeros; initial svds of "
+          f"{m0:,} rows: {time.perf_counter() - t0:.1f} s", flush=True)
+    refs: dict[int, np.ndarray] = {}
+    rows: list[dict[str, Any]] = []
+    last: dict[str, tuple[int, float]] = {}  # contender -> (b, seconds per row) for projections
+    tmp = Path(tempfile.mkdtemp(prefix="bench-sparse-"))
+    try:
+        for b in sizes:
+            nb = max(1, min(append // b, max_updates))
+            p = nb * b
+            if p > append:
+                continue
+            new = sp.csr_matrix(x[m0:m0 + p])
+            if p not in refs:
+                refs[p] = top_svd(x[:m0 + p], k)[1]
+            runs: list[tuple[str, Callable[[], tuple[float, np.ndarray]], float]] = [
+                ("blocklin", lambda: blocklin_once(init, new, b, sub, tmp), 1.0),
+                ("blocklin/call", lambda: blocklin_calls(init, new, b, sub, tmp), 1.0)]
+            if peers:
+                runs += [("IncSVD isvd1", lambda: incsvd(init, new, b, True), 2.0),
+                         ("IncSVD ZhaSimon", lambda: incsvd(init, new, b, False), 2.0)]
+            for who, fn, power in runs:
+                row: dict[str, Any] = {"matrix": name, "b": b, "updates": nb, "who": who}
+                if who in last and who.startswith("IncSVD"):
+                    b0, per_row = last[who]
+                    projected = per_row * p * (b / b0) ** (power - 1)
+                    if projected > budget:
+                        row["note"] = f"skipped: projected {projected:.0f} s > {budget:.0f} s"
+                        rows.append(row)
+                        print(_line(row), flush=True)
+                        continue
+                seconds, s = fn()
+                last[who] = (b, seconds / p)
+                e10, ek = errors(s, refs[p])
+                row |= {"per_update": seconds / nb, "err10": e10, "errk": ek}
+                rows.append(row)
+                print(_line(row), flush=True)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return rows
+
+
+def _line(r: dict[str, Any]) -> str:
+    head = f"  b={r['b']:>5} x{r['updates']:<4} {r['who']:<16}"
+    if "note" in r:
+        return f"{head} {r['note']}"
+    return f"{head} {r['per_update']:.4f} s/update  top-10 err {r['err10']:.1e}  top-k err {r['errk']:.1e}"
+
+
+def table(rows: list[dict[str, Any]], k: int) -> str:
+    out = ["| matrix | b | updates | contender | s per update | top-10 rel. err | "
+           f"top-{k} rel. err |", "|---|---:|---:|---|---:|---:|---:|"]
+    for r in rows:
+        if "note" in r:
+            out.append(f"| {r['matrix']} | {r['b']} | {r['updates']} | {r['who']} | {r['note']} | | |")
+        else:
+            out.append(f"| {r['matrix']} | {r['b']} | {r['updates']} | {r['who']} | "
+                       f"{r['per_update']:.4f} | {r['err10']:.1e} | {r['errk']:.1e} |")
+    return "\n".join(out)
+
+
+# -- the sibling benchmarks --------------------------------------------------------------------
+def print_dict_table(title: str, result: Any) -> None:
+    print(f"\n## {title}")
+    if isinstance(result, dict) and result and all(isinstance(v, dict) for v in result.values()):
+        keys = sorted({c for v in result.values() for c in v})
+        print("| case | " + " | ".join(keys) + " |")
+        print("|---|" + "---|" * len(keys))
+        for case, v in result.items():
+            print(f"| {case} | " + " | ".join(str(v.get(c, "")) for c in keys) + " |")
+    elif isinstance(result, dict):
+        print("| key | value |\n|---|---|")
+        for key, value in result.items():
+            print(f"| {key} | {value} |")
+    else:
+        print(result)
+
+
+def siblings() -> None:
+    for module, fn in (("_sparse_regression", "run_sparse_regression"),
+                       ("_sparse_sketch", "run_sparse_sketch")):
+        try:
+            mod = importlib.import_module(module)
+        except ImportError as exc:
+            print(f"\n## {module}: skipped ({exc})")
+            continue
+        if not hasattr(mod, fn):
+            print(f"\n## {module}: skipped (no {fn})")
+            continue
+        print_dict_table(f"{module}.{fn}()", getattr(mod, fn)())
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--rows", type=int, default=55_000)
+    ap.add_argument("--cols", type=int, default=20_000)
+    ap.add_argument("--density", type=float, default=1e-3)
+    ap.add_argument("--big-rows", type=int, default=200_000,
+                    help="rows of the wide matrix (the issue's: 1,000,000; 0 skips it)")
+    ap.add_argument("--big-cols", type=int, default=50_000)
+    ap.add_argument("--big-density", type=float, default=1e-4)
+    ap.add_argument("--k", type=int, default=64)
+    ap.add_argument("--append", type=int, default=5_000)
+    ap.add_argument("--sizes", default="10,50,500,5000")
+    ap.add_argument("--max-updates", type=int, default=50)
+    ap.add_argument("--sub-batch", type=int, default=500,
+                    help="blocklin's rows per internal batch for larger b")
+    ap.add_argument("--peer-budget", type=float, default=300.0)
+    ap.add_argument("--no-peers", action="store_true")
+    ap.add_argument("--no-siblings", action="store_true")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--quick", action="store_true", help="small sizes, for a smoke run")
+    a = ap.parse_args(argv)
+    if a.quick:
+        a.rows, a.cols, a.big_rows, a.big_cols, a.k, a.append = 3_000, 2_000, 0, 0, 16, 500
+        a.sizes, a.density = "10,50,500", 5e-3
+    sizes = [int(v) for v in a.sizes.split(",")]
+    peers = not a.no_peers and importlib.util.find_spec("IncSVD") is not None
+    if not peers and not a.no_peers:
+        print("IncSVD not installed (pip install 'blocklin[bench]'): blocklin only")
+    rows: list[dict[str, Any]] = []
+    with threadpool_limits(a.threads):
+        x = zipf_matrix(a.rows, a.cols, a.density, a.seed)
+        rows += run_matrix(f"zipf {a.rows:,}x{a.cols:,}", x, a.k, a.append, sizes,
+                           a.max_updates, a.sub_batch, a.peer_budget, peers)
+        if a.big_rows:
+            x = zipf_matrix(a.big_rows, a.big_cols, a.big_density, a.seed + 1)
+            rows += run_matrix(f"zipf {a.big_rows:,}x{a.big_cols:,}", x, a.k, a.append, sizes,
+                               a.max_updates, a.sub_batch, a.peer_budget, peers)
+    print(f"\n## Row updates (k = {a.k}, BLAS threads {a.threads})\n")
+    print(table(rows, a.k))
+    if not a.no_siblings:
+        siblings()
+
+
+if __name__ == "__main__":
+    main()
