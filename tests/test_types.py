@@ -42,4 +42,4 @@ def test_unknown_and_non_string_values_are_refused(allowed: tuple[str, ...]) -> 
 
 def test_product_kinds_are_the_sketch_kinds_and_coordinated() -> None:
     # One definition: a sketch kind added to SketchKind is a product kind too.
-    assert get_args(ProductKind) == (*get_args(SketchKind), "coordinated")
+    assert get_args(ProductKind) == (*get_args(SketchKind), "coordinated", "mlmc")

@@ -133,3 +133,25 @@ def test_layouts_must_match() -> None:
                          mlmc_rows(mlmc_layout(100, 30), 0, 0, 100).T @ a], axis=1)
     with pytest.raises(bl.errors.ShapeMismatchError):
         mlmc_estimate(sa, sb)
+
+
+def test_public_api(tmp_path: Path) -> None:
+    from blocklin.ops.sketched_matmul import estimate_product, sketch_for_product
+
+    a, b = _smooth(3000, 0.05, seed=8)
+    A = bl.from_array(a, str(tmp_path / "A.zarr"), chunks=(700, None))
+    B = bl.from_array(b, str(tmp_path / "B.zarr"), chunks=(1000, None))
+    r = bl.ops.sketched_matmul(A, B, 64, kind="mlmc", seed=3).compute(
+        work_dir=str(tmp_path / "w"))
+    assert r.kind == "mlmc" and r.k == 64
+    np.testing.assert_allclose(r.estimate, _estimate(a, b, 64, 3), rtol=1e-12, atol=1e-12)
+    sa = sketch_for_product(A, 64, "mlmc", seed=3).compute(work_dir=str(tmp_path / "w"))
+    sb = sketch_for_product(B, 64, "mlmc", seed=3).compute(work_dir=str(tmp_path / "w"))
+    apart = estimate_product(sa, sb, "mlmc")
+    np.testing.assert_allclose(apart.estimate, r.estimate, rtol=1e-12, atol=1e-12)
+    assert apart.error == pytest.approx(r.error, rel=1e-12)
+    # Smooth ordered rows: well under the gaussian sketch's expected error at this k.
+    gauss_rms = np.sqrt((np.sum(a * a) * np.sum(b * b) + np.sum((a.T @ b) ** 2)) / 64)
+    assert np.linalg.norm(r.estimate - a.T @ b) < 0.5 * gauss_rms
+    with pytest.raises(InputValueError, match="kind='mlmc' needs k"):
+        bl.ops.sketched_matmul(A, B, 6, kind="mlmc")

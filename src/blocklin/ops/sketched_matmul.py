@@ -13,6 +13,10 @@ Two families:
   by both, pᵢ = min(1, ‖aᵢ‖²τ_A, ‖bᵢ‖²τ_B) with τ the (k+1)-th smallest rank. Rows
   where only one side is nonzero cost nothing, so for sparse A and B (s rows shared)
   the sketch needs O(s/ε²) rows instead of O(d/ε²).
+* **Multilevel Monte Carlo** (``mlmc``): a Haar hierarchy of row cells, the coarse
+  cell sums kept exactly and the level corrections sampled (:mod:`blocklin.ops._mlmc`);
+  far more accurate than the linear kinds when neighbouring rows are alike (rows
+  ordered in time or space), less when rows come in random order.
 
 Each sketch is one pass over its matrix and may be computed on its own (another
 store, another day): :func:`sketch_for_product` and :func:`estimate_product`.
@@ -36,6 +40,7 @@ from blocklin.ops._coordinated import (
     load_coordinated_sketch,
 )
 from blocklin.ops._inputs import as_matrix
+from blocklin.ops._mlmc import mlmc_estimate, mlmc_matmul, mlmc_sketch
 from blocklin.ops._random import SketchKind
 from blocklin.ops.sketch import left_sketch_node, parse_sketch_args
 from blocklin.plan.graph import StageInput, Task, TaskContext, make_stage
@@ -46,7 +51,7 @@ __all__ = ["PRODUCT_KINDS", "CoordinatedSketch", "ProductKind", "SketchedProduct
            "sketched_matmul"]
 
 #: The linear sketch kinds (:data:`blocklin.ops._random.SketchKind`) and coordinated sampling.
-ProductKind = Literal[SketchKind, "coordinated"]
+ProductKind = Literal[SketchKind, "coordinated", "mlmc"]
 PRODUCT_KINDS: tuple[ProductKind, ...] = get_args(ProductKind)
 
 
@@ -98,6 +103,10 @@ def estimate_product(sa: np.ndarray | CoordinatedSketch, sb: np.ndarray | Coordi
         For coordinated sketches made with different seeds.
     """
     kind = parse_option("kind", kind, PRODUCT_KINDS)
+    if kind == "mlmc" and isinstance(sa, np.ndarray) and isinstance(sb, np.ndarray):
+        # Tagged sketches (mlmc_sketch): each row carries its level and sample count.
+        est, err = mlmc_estimate(sa, sb)
+        return SketchedProduct(estimate=est, error=err, kind="mlmc", k=sa.shape[0])
     if kind == "coordinated" or not isinstance(sa, np.ndarray) or not isinstance(sb, np.ndarray):
         ca = sa if isinstance(sa, CoordinatedSketch) else CoordinatedSketch.from_dense(sa, k)
         cb = sb if isinstance(sb, CoordinatedSketch) else CoordinatedSketch.from_dense(sb, k)
@@ -121,6 +130,8 @@ def sketch_for_product(A: Any, k: int, kind: ProductKind = "gaussian", seed: int
     seed (on any store, at any time), with :func:`estimate_product`.
     """
     kind = parse_option("kind", kind, PRODUCT_KINDS)
+    if kind == "mlmc":  # rows tagged with level and sample count, then SA's values
+        return mlmc_sketch(A, k, seed)
     if kind == "coordinated":
         parse_sketch_args(k, "gaussian", seed, 1, as_matrix(A))  # validates k, seed, dtype
         node, layout = coordinated_node(A, k, seed)
@@ -173,9 +184,14 @@ def sketched_matmul(A: Any, B: Any, k: int, kind: ProductKind = "gaussian", seed
         Row-aligned matrices; their chunkings may differ (each is sketched alone).
     k : int
         Sketch size (rows kept). Error ≈ ‖A‖_F‖B‖_F/√k for linear kinds.
-    kind : {"gaussian", "rademacher", "sparse_sign", "countsketch", "srht", "coordinated"}
-        Linear sketch kind (see :func:`blocklin.ops.sketch`) or coordinated priority
-        sampling, the better choice for sparse A and B.
+    kind : {"gaussian", "rademacher", "sparse_sign", "countsketch", "srht", "coordinated", \
+"mlmc"}
+        Linear sketch kind (see :func:`blocklin.ops.sketch`), coordinated priority
+        sampling, the better choice for sparse A and B, or the multilevel Monte Carlo
+        estimator, the better choice for rows ordered so that neighbours are alike
+        (its sketch has at most k rows: up to k/2 coarse cell sums, the rest samples,
+        at least one per level, so k/2 must reach about log₂(2m/k)). Its variance is
+        :func:`blocklin.ops._mlmc.mlmc_variance`.
     seed : int
         Shared seed: A and B must be sketched with the same one.
     s : int
@@ -187,7 +203,8 @@ def sketched_matmul(A: Any, B: Any, k: int, kind: ProductKind = "gaussian", seed
         Computes to a :class:`SketchedProduct`: ``estimate`` (n_A × n_B) and
         ``error``, an a-posteriori estimate of ‖estimate − AᵀB‖_F (the sample
         variance of the k rank-one terms for linear kinds, the Horvitz–Thompson
-        variance for coordinated sampling).
+        variance for coordinated sampling and, summed over the sampled levels, for
+        ``mlmc``).
 
     Raises
     ------
@@ -207,7 +224,9 @@ def sketched_matmul(A: Any, B: Any, k: int, kind: ProductKind = "gaussian", seed
     ----------
     Daliri, Freire, Musco, Santos, Zhang, "Sampling methods for inner product
     sketching", VLDB 2024. Woodruff, "Sketching as a Tool for Numerical Linear
-    Algebra", 2014, §2.2 (approximate matrix product).
+    Algebra", 2014, §2.2 (approximate matrix product). Giles, "Multilevel Monte Carlo
+    path simulation", Operations Research 2008; Wu, Polydorides, "A multilevel Monte
+    Carlo estimator for matrix multiplication", SIAM J. Sci. Comput. 2020.
 
     Examples
     --------
@@ -219,6 +238,12 @@ def sketched_matmul(A: Any, B: Any, k: int, kind: ProductKind = "gaussian", seed
     if a.shape[0] != b.shape[0]:
         raise ShapeMismatchError(f"sketched_matmul(A, B) approximates AᵀB and needs A and B "
                                  f"with the same rows; got {a.shape} and {b.shape}")
+    if kind == "mlmc":
+        lazy, _ = mlmc_matmul(A, B, k, seed)
+        return Lazy(lazy.plan, lazy.output, "small",
+                    lambda p: SketchedProduct(estimate=p[0, :-1].copy(),
+                                              error=float(p[0, -1, 0]), kind="mlmc", k=int(k)),
+                    label="sketched_matmul[mlmc]")
     la, ra = _factor_sketch(A, k, kind, seed, s)
     lb, rb = _factor_sketch(B, k, kind, seed, s)
     na, nb = a.shape[1], b.shape[1]
