@@ -7,14 +7,15 @@ read; ``eager``: an iterative algorithm that runs its own computes), how to turn
 result into named arrays, and, where the result can absorb appended rows, how to
 merge a batch's result into the previous one (used by ``blocklin refresh``).
 
-Operators owned by other modules (sketches, SVD, regression) are registered only
-when importable, so a missing one never breaks the registry.
+The matrix-product operators are registered below; those over blocklin's sketches,
+SVD, TSQR and estimators in :mod:`blocklin.pipelines._optional_ops`, loaded by plain
+import on the first :func:`registry` call (a module that fails to import fails the
+registry loudly).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import importlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -113,8 +114,8 @@ def register(op: Operator) -> Operator:
 
 
 def registry() -> dict[str, Operator]:
-    """All registered operators, loading the optional ones on first use."""
-    _load_optional()
+    """All registered operators (the library's own are loaded on first use)."""
+    _load_library()
     return dict(_REGISTRY)
 
 
@@ -230,24 +231,18 @@ register(Operator("standardize", "lazy (A - mean) / std view read by later steps
                   StandardizeParams, "view", _standardize))
 
 
-# -- operators landing from other modules --------------------------------------------------
+# -- the library's sketch, SVD and estimator operators ------------------------------------
 _LOADED = False
 
 
-def _try_import(module: str, attr: str) -> Any:
-    try:
-        mod = importlib.import_module(module)
-    except ImportError:
-        return None
-    return getattr(mod, attr, None)
-
-
-def _load_optional() -> None:
+def _load_library() -> None:
     global _LOADED
     if _LOADED:
         return
-    _LOADED = True
+    # Imported here, not at the top: that module imports this one (Operator, Params),
+    # and loads the estimators (scikit-learn), which most imports of this module never use.
     from blocklin.pipelines import _optional_ops
 
-    for op in _optional_ops.discover(_try_import):
+    for op in _optional_ops.library_operators():
         register(op)
+    _LOADED = True
