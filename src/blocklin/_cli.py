@@ -277,9 +277,10 @@ def _options(spec: Path, command: str, executor: str | None, address: str | None
              cluster: dict[str, Any] | None = None, keep_intermediates: bool = False) -> Any:
     from blocklin.errors import ConfigError
     from blocklin.pipelines.runner import RunOptions
+    from blocklin.types import EXECUTORS
 
-    if executor is not None and executor not in ("dask", "spark"):
-        raise ConfigError(f"--executor must be dask or spark; got {executor!r}")
+    if executor is not None and executor not in EXECUTORS:
+        raise ConfigError(f"--executor must be {' or '.join(EXECUTORS)}; got {executor!r}")
     return RunOptions(executor=executor, address=address, work_dir=work_dir, resume=resume,
                       keep_intermediates=keep_intermediates,
                       max_task_memory=max_task_memory, command=f"blocklin {command} {spec}",

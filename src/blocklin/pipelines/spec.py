@@ -34,6 +34,7 @@ from pydantic import (
 
 from blocklin.config import parse_memory
 from blocklin.errors import ConfigError
+from blocklin.types import Device, ExecutorName
 
 __all__ = [
     "ExecutorSpec",
@@ -121,7 +122,7 @@ class OutputSpec(_Model):
 class ExecutorSpec(_Model):
     """Where the plan runs; the CLI's ``--executor``/``--address`` override these."""
 
-    executor: Literal["dask", "spark"] = "dask"
+    executor: ExecutorName = "dask"
     address: str | None = Field(default=None, description="dask scheduler or Spark master URL")
     work_dir: str | None = Field(default=None, description="intermediates (shared by workers)")
     work_dir_storage_options: dict[str, JsonValue] = Field(default_factory=dict, repr=False,
@@ -149,7 +150,7 @@ class ExecutorSpec(_Model):
 class ResourceSpec(_Model):
     """Resource hints: device and per-task memory limit (a plan over it is refused)."""
 
-    device: Literal["cpu", "gpu"] = "cpu"
+    device: Device = "cpu"
     max_task_memory: int | str | None = Field(default=None, description="e.g. '2GiB'")
 
     @field_validator("max_task_memory")
