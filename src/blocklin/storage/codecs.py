@@ -77,7 +77,7 @@ class ChunkCodec:
         if arr.dtype.byteorder == ">":
             arr = arr.astype(arr.dtype.newbyteorder("<"))
         codec = self._numcodec()
-        body = memoryview(arr).cast("B") if codec is None else codec.encode(arr)  # type: ignore[arg-type]
+        body = arr.data.cast("B") if codec is None else codec.encode(arr)
         crc = crc32c.crc32c(body)
         return [body, crc.to_bytes(_CRC_BYTES, "little")], crc
 
@@ -89,7 +89,7 @@ class ChunkCodec:
         body, reason = _verified_body(raw)
         if reason is not None:
             return reason
-        target = memoryview(out).cast("B")  # type: ignore[arg-type]
+        target = out.data.cast("B")
         codec = self._numcodec()
         if codec is None:
             if len(body) != len(target):
