@@ -95,6 +95,69 @@ def test_srht_granule_rows_are_orthogonal() -> None:
     np.testing.assert_allclose(np.abs(T), 1 / np.sqrt(k))
 
 
+def test_srht_beyond_the_granule_order(tmp_path: Path, x: np.ndarray) -> None:
+    # k = 2G samples every row of the Hadamard matrix of order 2G: a granule's block
+    # of S is then exactly orthonormal in its columns (H's columns are orthonormal,
+    # signs square to one), a closed form.
+    k = 2 * GRANULE_ROWS
+    T = sketch_rows(SketchSpec("srht", k, 3), 0, GRANULE_ROWS).T
+    np.testing.assert_allclose(T[:, :300].T @ T[:, :300], np.eye(300), atol=1e-12)
+    # k = 5000 (order 8192): entries ±1/√k, so every column of S has norm exactly one.
+    T = sketch_rows(SketchSpec("srht", 5000, 3), 0, 2 * GRANULE_ROWS).T
+    np.testing.assert_allclose(np.abs(T), 1 / np.sqrt(5000))
+    # k ≤ G samples the same rows as before the limit was lifted (stored sketches keep
+    # their meaning): rows drawn from range(G).
+    from blocklin.ops._random import hadamard_order
+
+    assert hadamard_order(GRANULE_ROWS) == GRANULE_ROWS
+    assert hadamard_order(GRANULE_ROWS + 1) == 2 * GRANULE_ROWS
+    A = bl.from_array(x[:3000], tmp_path / "A.zarr", chunks=(1000, None))
+    SA = bl.ops.sketch(A, 5000, kind="srht", seed=3).compute(work_dir=str(tmp_path / "w"))
+    St = sketch_rows(SketchSpec("srht", 5000, 3), 0, 3000)
+    assert _rel(SA, np.asarray(St).T @ x[:3000]) < 1e-13
+    # An embedding of the 13 columns: distortion of order √(13/5000).
+    u = np.linalg.qr(x[:3000])[0]
+    sv = np.linalg.svd(np.asarray(St).T @ u, compute_uv=False)
+    assert max(sv.max() - 1, 1 - sv.min()) < 2 * np.sqrt(13 / 5000)
+
+
+def test_fjlt_is_a_hadamard_step_then_a_sparse_gaussian_projection() -> None:
+    from blocklin.ops._random import FJLT_DENSITY, fjlt_factors
+
+    k, G = 48, GRANULE_ROWS
+    spec = SketchSpec("fjlt", k, 6)
+    St = sketch_rows(spec, G, 2 * G)  # granule 1
+    d, pt = fjlt_factors(spec, 1)
+    r = np.arange(G)
+    H = (1.0 - 2.0 * (np.bitwise_count(r[:, None] & r[None, :]) & 1)) / np.sqrt(G)
+    # Sᵀ = D·H·Pᵀ against an explicit Walsh–Hadamard matrix (the FWHT's reference).
+    np.testing.assert_allclose(St, d[:, None] * (H @ pt), atol=1e-13)
+    assert set(np.unique(d)) == {-1.0, 1.0}
+    # P: entries nonzero with probability q = ln²G/G, then N(0, 1/(qk)).
+    nz = pt[pt != 0]
+    q = nz.size / pt.size
+    assert abs(q - FJLT_DENSITY) < 4 * np.sqrt(FJLT_DENSITY / pt.size)
+    assert abs(nz.var() * FJLT_DENSITY * k - 1) < 0.05
+    assert abs(nz.mean()) < 4 * nz.std() / np.sqrt(nz.size)
+
+
+def test_fjlt_norm_preservation_distribution() -> None:
+    # For x = e₀ the Hadamard step spreads x evenly (|HDx|ᵢ = 1/√G), and
+    # ‖Sx‖² = Σᵣ (Σⱼ bᵣⱼ gᵣⱼ yⱼ)²/(qk) has mean 1 and variance
+    # (2 + 3(1/q − 1)·Σyⱼ⁴)/k = (2 + 3(1/q − 1)/G)/k (Gaussian fourth moment, Bernoulli
+    # masks). ‖Sx‖² is the squared norm of row 0 of Sᵀ.
+    from blocklin.ops._random import FJLT_DENSITY
+
+    k, G, q = 64, GRANULE_ROWS, FJLT_DENSITY
+    vals = np.array([float(np.sum(sketch_rows(SketchSpec("fjlt", k, seed), 0, 1) ** 2))
+                     for seed in range(250)])
+    var = (2 + 3 * (1 / q - 1) / G) / k
+    assert abs(vals.mean() - 1) < 3 * np.sqrt(var / len(vals))
+    assert 0.75 < vals.var(ddof=1) / var < 1.3, vals.var(ddof=1) / var
+    # Without the Hadamard step the variance would be (2 + 3(1/q − 1))/k, ~90× larger.
+    assert vals.var(ddof=1) < 0.1 * (2 + 3 * (1 / q - 1)) / k
+
+
 def test_sketch_distribution_moments() -> None:
     # E[SᵀS] = I for every kind: the column norms of S average to one.
     for kind in SKETCH_KINDS:
@@ -116,8 +179,6 @@ def test_bad_arguments_are_refused_before_compute(tmp_path: Path, x: np.ndarray)
         bl.ops.sketch(A, 2.5)  # type: ignore[arg-type]
     with pytest.raises(InputValueError, match="non-negative"):
         bl.ops.sketch(A, 5, seed=-1)
-    with pytest.raises(InputValueError, match="srht"):
-        bl.ops.sketch(A, GRANULE_ROWS + 1, kind="srht")
     with pytest.raises(InputValueError, match="side"):
         bl.ops.sketch(A, 5, side="up")  # type: ignore[arg-type]
     with pytest.raises(InputDtypeError, match="from_array"):

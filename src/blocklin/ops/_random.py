@@ -27,7 +27,19 @@ Kinds and their scaling (every kind has E[SᵀS] = I, so (SA)ᵀ(SB) is unbiased
                   (shared by every granule), and D_g (G signs) and D̃_g (k signs) are drawn
                   per granule. Each granule is an SRHT; the per-granule output signs D̃_g
                   decorrelate granules so their sum is an embedding of the whole row
-                  dimension. The last granule is zero-padded implicitly. k ≤ G.
+                  dimension. The last granule is zero-padded implicitly. For k > G the
+                  granule is zero-padded to order N, the next power of two ≥ k, and H
+                  is the Walsh–Hadamard matrix of order N restricted to its first G
+                  columns (an SRHT of the padded granule); k ≤ G keeps N = G.
+``fjlt``          Ailon–Chazelle's fast Johnson–Lindenstrauss transform per granule:
+                  S = [P₁HD₁, …, P_pHD_p] with D_g random signs (G), H the orthonormal
+                  Walsh–Hadamard matrix of order G, and P_g (k × G) sparse Gaussian:
+                  each entry is nonzero with probability q, then N(0, 1/(qk)).
+                  q = min(1, ln²(G)/G) (≈ 0.017, about 69 nonzeros per row of P per
+                  granule), the paper's density with the number of points taken as G,
+                  so that S does not depend on the matrix sketched (two matrices
+                  sketched with one seed share S). Sᵀ's granule D·H·Pᵀ is formed by a
+                  fast Walsh–Hadamard transform of Pᵀ (G·k·log₂G additions).
 """
 
 from __future__ import annotations
@@ -40,11 +52,15 @@ import numpy as np
 import scipy.sparse as sp
 
 __all__ = [
+    "FJLT_DENSITY",
     "GRANULE_ROWS",
     "SKETCH_KINDS",
     "SketchKind",
     "SketchSpec",
+    "fjlt_factors",
+    "fwht",
     "granule_rng",
+    "hadamard_order",
     "sketch_rows",
     "uniform_priorities",
 ]
@@ -54,12 +70,12 @@ GRANULE_ROWS = 4096
 
 #: The sketch kinds, defined here once (``sketch``, ``sketched_matmul`` and the pipeline
 #: registry import them).
-SketchKind = Literal["gaussian", "rademacher", "sparse_sign", "countsketch", "srht"]
+SketchKind = Literal["gaussian", "rademacher", "sparse_sign", "countsketch", "srht", "fjlt"]
 SKETCH_KINDS: tuple[SketchKind, ...] = get_args(SketchKind)
 
 # Stable stream identifiers: never renumber (they key every stored sketch's randomness).
 _STREAM_IDS = {"gaussian": 1, "rademacher": 2, "sparse_sign": 3, "countsketch": 4, "srht": 5,
-               "coordinated": 6, "mlmc": 7}
+               "coordinated": 6, "mlmc": 7, "fjlt": 8}
 SIDES = {"left": 0, "right": 1}
 _PER_GRANULE, _SHARED = 0, 1
 
@@ -100,20 +116,59 @@ def _floyd_subsets(rng: np.random.Generator, n: int, k: int, s: int) -> np.ndarr
     return sel
 
 
+def hadamard_order(k: int) -> int:
+    """The order N of the Hadamard matrix an SRHT of size k samples: G, or the next
+    power of two ≥ k beyond it."""
+    return max(GRANULE_ROWS, 1 << (int(k) - 1).bit_length())
+
+
 @lru_cache(maxsize=4)
 def _hadamard_rows(seed: int, side: int, k: int) -> np.ndarray:
     """±1 entries of the k sampled Walsh–Hadamard rows, as a (G, k) float matrix.
 
-    H[r, c] = (-1)^popcount(r & c) (Sylvester order); cached per process because every
-    granule shares the sampled rows R.
+    H[r, c] = (-1)^popcount(r & c) (Sylvester order), rows sampled from the order
+    N = :func:`hadamard_order` (G for k ≤ G: the same rows as before N could exceed
+    G), columns the granule's G; cached per process because every granule shares
+    the sampled rows R.
     """
     rng = granule_rng(seed, "srht", side, 0, tag=_SHARED)
-    rows = rng.choice(GRANULE_ROWS, size=k, replace=False)
-    cols = np.arange(GRANULE_ROWS)
+    # int32 halves the (G, k) temporaries; the parities are those of the int64 indices.
+    rows = rng.choice(hadamard_order(k), size=k, replace=False).astype(np.int32)
+    cols = np.arange(GRANULE_ROWS, dtype=np.int32)
     parity = np.bitwise_count(cols[:, None] & rows[None, :]) & 1
     out: np.ndarray = 1.0 - 2.0 * parity
     out.flags.writeable = False
     return out
+
+
+#: FJLT density: Ailon–Chazelle's q = min(1, log²n/d) with n = d = G (see module docs).
+FJLT_DENSITY = min(1.0, float(np.log(GRANULE_ROWS)) ** 2 / GRANULE_ROWS)
+
+
+def fwht(x: np.ndarray) -> np.ndarray:
+    """Unnormalized fast Walsh–Hadamard transform along axis 0, in place (Sylvester
+    order, length a power of two): returns H·x with H[r, c] = (-1)^popcount(r & c)."""
+    n = x.shape[0]
+    h = 1
+    while h < n:
+        y = x.reshape(n // (2 * h), 2, h, -1)
+        a = y[:, 0].copy()
+        y[:, 0] += y[:, 1]
+        np.subtract(a, y[:, 1], out=y[:, 1])
+        h *= 2
+    return x
+
+
+def fjlt_factors(spec: SketchSpec, g: int) -> tuple[np.ndarray, np.ndarray]:
+    """The random factors of granule ``g`` of an FJLT: signs D (G,) and Pᵀ (G × k),
+    dense with about q·G·k nonzeros."""
+    G, k = GRANULE_ROWS, spec.k
+    rng = granule_rng(spec.seed, spec.kind, spec.side, g)
+    d = _sign(rng, (G,))
+    pt = np.zeros((G, k))
+    mask = rng.random((G, k)) < FJLT_DENSITY
+    pt[mask] = rng.standard_normal(int(mask.sum())) * (1.0 / np.sqrt(FJLT_DENSITY * k))
+    return d, pt
 
 
 def _granule(spec: SketchSpec, g: int) -> np.ndarray | sp.csr_matrix:
@@ -126,6 +181,12 @@ def _granule(spec: SketchSpec, g: int) -> np.ndarray | sp.csr_matrix:
         return out
     if spec.kind == "rademacher":
         return _sign(rng, (G, k)) * (1.0 / np.sqrt(k))
+    if spec.kind == "fjlt":
+        d, pt = fjlt_factors(spec, g)
+        # Sᵀ = (P·H·D)ᵀ = D·H·Pᵀ (H symmetric), H orthonormal: the FWHT scaled by 1/√G.
+        out = fwht(pt)
+        out *= d[:, None] * (1.0 / np.sqrt(G))
+        return out
     if spec.kind == "srht":
         d = _sign(rng, (G, 1))
         d_out = _sign(rng, (1, k)) * (1.0 / np.sqrt(k))

@@ -113,13 +113,15 @@ def parse_sketch_args(k: Any, kind: Any, seed: Any, s: Any, m: MatrixInput,
         raise InputValueError(f"seed must be a non-negative int; got {seed}")
     if s < 1:
         raise InputValueError(f"sparse_sign needs s >= 1 nonzeros per column; got {s}")
-    if kind == "srht" and k > GRANULE_ROWS:
-        raise InputValueError(f"srht samples k rows of a Hadamard matrix of order "
-                              f"{GRANULE_ROWS}; got k={k}. Use kind='gaussian' or "
-                              "'sparse_sign' for larger sketches")
     if m.dtype.kind not in "fiub":
         raise InputDtypeError(f"sketch needs a real-valued matrix; got {m.dtype}")
     return SketchSpec(kind=kind, k=int(k), seed=int(seed), side=SIDES[side], s=int(s))
+
+
+def _granule_memory_rows(spec: SketchSpec) -> int:
+    """Rows of k floats a task holds while drawing one granule: the granule, plus the
+    cached Hadamard rows (srht) or the uniform draws deciding P's nonzeros (fjlt)."""
+    return GRANULE_ROWS * (2 if spec.kind in ("srht", "fjlt") else 1)
 
 
 def _params(spec: SketchSpec) -> dict[str, Any]:
@@ -135,8 +137,8 @@ def left_sketch_node(A: Any, k: int, kind: str = "gaussian", seed: int = 0,
     n, r = m.shape[1], m.node.chunks[0]
     tasks = row_panel_tasks([m])
     # Sᵀ rows of the panel (+ one granule while slicing) and the k × n partial.
-    extra = 8 * spec.k * (r + GRANULE_ROWS + n) + (m.node.chunk_nbytes * m.grid[1]
-                                                  if m.grid[1] > 1 else 0)
+    extra = 8 * spec.k * (r + _granule_memory_rows(spec) + n) + (
+        m.node.chunk_nbytes * m.grid[1] if m.grid[1] > 1 else 0)
     stage = make_stage("sketch/partial", LeftSketchPartial(spec), [m.input], tasks,
                        shape=(m.grid[0], spec.k, n), chunks=(1, spec.k, n), dtype="float64",
                        params=_params(spec), extra_memory=extra, keeps_sparse=True)
@@ -156,9 +158,9 @@ def sketch(A: Any, k: int, kind: SketchKind = "gaussian", seed: int = 0,
     k : int
         Sketch size. Errors of sketched products shrink like 1/√k; a subspace
         embedding of d dimensions with distortion ε needs k ≈ d/ε² (gaussian,
-        rademacher, srht up to log factors, sparse_sign with s ≈ 8) or ≈ d²/ε²
+        rademacher, srht and fjlt up to log factors, sparse_sign with s ≈ 8) or ≈ d²/ε²
         (countsketch).
-    kind : {"gaussian", "rademacher", "sparse_sign", "countsketch", "srht"}
+    kind : {"gaussian", "rademacher", "sparse_sign", "countsketch", "srht", "fjlt"}
         The random matrix; see :mod:`blocklin.ops._random` for each construction.
         Every kind has E[SᵀS] = I.
     seed : int
@@ -180,7 +182,7 @@ def sketch(A: Any, k: int, kind: SketchKind = "gaussian", seed: int = 0,
     Raises
     ------
     InputValueError
-        For an unknown kind or side, k < 1, a negative seed, or ``srht`` with k > 4096.
+        For an unknown kind or side, k < 1 or a negative seed.
     InputDtypeError
         For non-integer k, seed or s, and in-memory (unstored) A.
 
@@ -192,7 +194,11 @@ def sketch(A: Any, k: int, kind: SketchKind = "gaussian", seed: int = 0,
     flops per row; sparse kinds s·n per row; sparse A nnz·k), and partials are summed
     in a fixed-order tree of fan-in 8, so results are bitwise identical on every
     executor for a given chunking, and equal to rounding (≈1e-15 relative) across
-    chunkings. Per-task memory: a row panel, (rows + 4096) × k for S and k × n.
+    chunkings. Per-task memory: a row panel, (rows + 4096) × k for S and k × n
+    (another 4096 × k for ``srht``'s Hadamard rows and ``fjlt``'s draws). ``fjlt``
+    forms each granule of Sᵀ by a fast Walsh–Hadamard transform of its sparse
+    Gaussian factor (4096·k·12 additions); ``srht`` beyond k = 4096 samples the
+    rows of a Hadamard matrix of order the next power of two ≥ k.
     Right: each task regenerates Ω (n × k) and writes one m_i × k block.
     Sparse blocks are never densified.
 
@@ -201,6 +207,8 @@ def sketch(A: Any, k: int, kind: SketchKind = "gaussian", seed: int = 0,
     Woodruff, "Sketching as a Tool for Numerical Linear Algebra", 2014.
     Balabanov, Beaupère, Grigori, Lederer, "Block subsampled randomized Hadamard
     transform for low-rank approximation on distributed architectures", 2022.
+    Ailon, Chazelle, "The fast Johnson–Lindenstrauss transform and approximate
+    nearest neighbors", SIAM J. Comput. 39(1), 2009 (``fjlt``).
 
     Examples
     --------
@@ -217,8 +225,8 @@ def sketch(A: Any, k: int, kind: SketchKind = "gaussian", seed: int = 0,
     spec = parse_sketch_args(k, kind, seed, s, m, "right")
     n, r = m.shape[1], m.node.chunks[0]
     tasks = row_panel_tasks([m], out_ndim=2)
-    extra = 8 * spec.k * (n + GRANULE_ROWS) + (m.node.chunk_nbytes * m.grid[1]
-                                               if m.grid[1] > 1 else 0)
+    extra = 8 * spec.k * (n + _granule_memory_rows(spec)) + (
+        m.node.chunk_nbytes * m.grid[1] if m.grid[1] > 1 else 0)
     stage = make_stage("sketch_right/panel", RightSketchPanel(spec, n), [m.input], tasks,
                        shape=(m.shape[0], spec.k), chunks=(r, spec.k), dtype="float64",
                        params=_params(spec), extra_memory=extra, out_url=out,
