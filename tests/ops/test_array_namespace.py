@@ -116,7 +116,7 @@ CASES: dict[str, Callable[[Data], list[Lazy]]] = {
     "column_stats": lambda d: [bl.ops.column_stats(d.A)],
     "column_stats_sparse": lambda d: [bl.ops.column_stats(d.S)],
     **{f"sketch_{k}": _sketch_case(k)
-       for k in ("gaussian", "rademacher", "sparse_sign", "countsketch", "srht")},
+       for k in ("gaussian", "rademacher", "sparse_sign", "countsketch", "srht", "fjlt")},
     "sketch_sparse_A": lambda d: [bl.ops.sketch(d.S, 12, kind="sparse_sign", seed=3),
                                   bl.ops.sketch(d.S, 12, kind="gaussian", seed=3)],
     "sketch_right": lambda d: [bl.ops.sketch(d.A, 7, side="right", seed=4),

@@ -3,7 +3,7 @@
 Two families:
 
 * **Linear sketches** (``gaussian``, ``rademacher``, ``sparse_sign``, ``countsketch``,
-  ``srht``): SA and SB with the same S (same seed), estimate (SA)ᵀ(SB). Its error is
+  ``srht``, ``fjlt``): SA and SB with the same S (same seed), estimate (SA)ᵀ(SB). Its error is
   ≈ ‖A‖_F‖B‖_F/√k whatever the sparsity of A and B.
 * **Coordinated sampling** (``coordinated``): priority sampling of rows with a hash
   h(i) shared through the seed (Daliri, Freire, Musco, Santos, Zhang, "Sampling
@@ -184,8 +184,8 @@ def sketched_matmul(A: Any, B: Any, k: int, kind: ProductKind = "gaussian", seed
         Row-aligned matrices; their chunkings may differ (each is sketched alone).
     k : int
         Sketch size (rows kept). Error ≈ ‖A‖_F‖B‖_F/√k for linear kinds.
-    kind : {"gaussian", "rademacher", "sparse_sign", "countsketch", "srht", "coordinated", \
-"mlmc"}
+    kind : {"gaussian", "rademacher", "sparse_sign", "countsketch", "srht", "fjlt", \
+"coordinated", "mlmc"}
         Linear sketch kind (see :func:`blocklin.ops.sketch`), coordinated priority
         sampling, the better choice for sparse A and B, or the multilevel Monte Carlo
         estimator, the better choice for rows ordered so that neighbours are alike
