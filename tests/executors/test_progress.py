@@ -63,11 +63,11 @@ def data(tmp_path: Path) -> tuple[np.ndarray, Any]:
 def test_truncated_svd_reports_every_pass(data: Any, tmp_path: Path,
                                           capsys: pytest.CaptureFixture[str]) -> None:
     x, X = data
-    est = TruncatedSVD(3, n_iter=2, progress=True, work_dir=str(tmp_path / "w")).fit(X)
+    est = TruncatedSVD(3, n_iter=3, progress=True, work_dir=str(tmp_path / "w")).fit(X)
     np.testing.assert_allclose(est.singular_values_, np.linalg.svd(x, compute_uv=False)[:3],
                                rtol=1e-8)
     lines = _pass_lines(capsys.readouterr().err)
-    # n_iter + 1 power passes and the TSQR finish, each one line, numbered in order.
+    # n_iter power passes and the TSQR finish, each one line, numbered in order.
     assert len(lines) == est.n_passes_ == 4
     assert [int(m["n"]) for m in lines] == [1, 2, 3, 4]
     assert [m["label"] for m in lines] == [

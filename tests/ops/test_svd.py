@@ -51,13 +51,37 @@ def test_spectra_vs_lapack(spectrum: str, method: str, tmp_path: Path) -> None:
     assert res.passes == (1 if method == "gram" else 4)
 
 
+@pytest.mark.parametrize("n_iter", [0, 1, 2])
+@pytest.mark.parametrize("centered", [False, True])
+def test_n_iter_counts_as_scikit_learn(n_iter: int, centered: bool, tmp_path: Path) -> None:
+    """n_iter power iterations span A·(AᵀA)^n_iter·Ω, as in Halko et al. (scikit-learn's
+    and dask's n_iter), in n_iter + 1 passes (plus a moments pass for pca at 0)."""
+    # A slow decay, so that each degree of the polynomial gives visibly other values.
+    x = _with_spectrum(np.linspace(1.0, 0.4, N), m=400) + 0.5
+    A = bl.from_array(x, tmp_path / "A.zarr", chunks=(100, None))
+    width = K + 10
+    omega = np.linalg.qr(np.random.default_rng(3).standard_normal((N, width)))[0]
+    c = x - x.mean(axis=0) if centered else x
+    y = c @ omega
+    for _ in range(n_iter):  # the classic scheme: re-orthonormalize after each product
+        y = np.linalg.qr(c @ np.linalg.qr(c.T @ np.linalg.qr(y)[0])[0])[0]
+    q = np.linalg.qr(y)[0]
+    s_ref = np.linalg.svd(q.T @ c, compute_uv=False)[:K]
+    run = bl.ops.pca if centered else bl.ops.randomized_svd
+    res = run(A, K, n_iter=n_iter, seed=3, work_dir=str(tmp_path / "w"))
+    np.testing.assert_allclose(res.s, s_ref, rtol=1e-9, atol=1e-12 * s_ref[0])
+    assert res.passes == n_iter + 1 + int(centered and n_iter == 0)
+    s_true = np.linalg.svd(c, compute_uv=False)[:K]
+    assert np.abs(res.s - s_true).max() > 1e-6  # not the exact values: the degree shows
+
+
 def test_every_executor_bitwise_and_u(executor, tmp_path: Path) -> None:
     x = _with_spectrum(SPECTRA["decaying"], m=300)
     A = bl.from_array(x, tmp_path / "A.zarr", chunks=(100, None))
     # Fixed-order reductions and a driver-side Ω: bitwise the threaded result.
-    ref = bl.ops.randomized_svd(A, 4, n_iter=0, work_dir=str(tmp_path / "ref"))
+    ref = bl.ops.randomized_svd(A, 4, n_iter=1, work_dir=str(tmp_path / "ref"))
     opts = executor.kwargs | {"work_dir": str(executor.work_dir)}
-    res = bl.ops.randomized_svd(A, 4, n_iter=0, **opts)
+    res = bl.ops.randomized_svd(A, 4, n_iter=1, **opts)
     np.testing.assert_array_equal(res.s, ref.s)
     np.testing.assert_array_equal(res.Vt, ref.Vt)
     u_ref, s_ref, vt_ref = np.linalg.svd(x, full_matrices=False)

@@ -262,18 +262,36 @@ def _cached_passes(m: MatrixInput, opts: dict[str, Any]) -> Iterator[dict[str, A
             process_cache().clear()
 
 
+def svd_passes(method: str, n_iter: int, centered: bool) -> int:
+    """Passes over A that ``s`` and ``Vt`` cost: ``gram`` 1; ``power``/``krylov``
+    n_iter fused ``AᵀA`` passes and the TSQR finish, plus a moments pass when the
+    centred finish has no power pass to bring the means."""
+    if method == "gram":
+        return 1
+    return n_iter + 1 + int(centered and n_iter == 0)
+
+
 def _power_basis(A: Any, m: MatrixInput, width: int, n_iter: int, seed: int, krylov: bool,
                  centered: bool, opts: dict[str, Any],
                  with_stats: bool) -> tuple[np.ndarray, np.ndarray | None, ColumnStats | None]:
-    """n_iter + 1 fused passes of ``AᵀA``; the orthonormal basis (and the column means)."""
+    """n_iter fused passes of ``AᵀA``; the orthonormal basis (and the column means).
+
+    Without a power pass the basis is Ω itself; a centred problem then reads A once
+    for its means (the finish needs them before it starts), and the column statistics
+    of an uncentred one come with the finish (:func:`_range_finish`).
+    """
     rows, n = m.shape
     x = _orth(np.random.default_rng(seed).standard_normal((n, width)))
     mean: np.ndarray | None = None
     stats = None
+    if n_iter == 0 and centered:
+        with progress_step("column means"):
+            stats = compute(column_stats(A), **opts)[0]
+        mean = stats.mean
     basis = [x]
-    for t in range(n_iter + 1):
+    for t in range(n_iter):
         extra = (column_stats(A),) if with_stats and t == 0 else ()
-        label = f"power iteration {t + 1}/{n_iter + 1}"
+        label = f"power iteration {t + 1}/{n_iter}"
         if centered and mean is None:
             # The means arrive with the first pass: fold them into the small product
             # (CᵀCX = AᵀAX − m·μμᵀX); later passes center each block exactly.
@@ -293,20 +311,27 @@ def _power_basis(A: Any, m: MatrixInput, width: int, n_iter: int, seed: int, kry
 
 
 def _range_finish(A: Any, basis: np.ndarray, mean: np.ndarray | None, k: int,
-                  opts: dict[str, Any]) -> tuple[np.ndarray, np.ndarray, Lazy]:
-    """One TSQR pass over ``(A − 1μᵀ)·basis``: s, Vt and the lazy U."""
+                  opts: dict[str, Any], with_stats: bool = False
+                  ) -> tuple[np.ndarray, np.ndarray, Lazy, ColumnStats | None]:
+    """One TSQR pass over ``Y = (A − 1μᵀ)·basis`` that also carries ``B = QᵀA`` up the
+    tree (Q from Y's TSQR): s and Vt from the SVD of B, the lazy U = Q·U_B (and A's
+    column statistics, read in the same pass, when asked). ``A ≈ QQᵀA`` is the
+    classic range finder's approximation (Halko et al.), with the pass that forms B
+    folded into the one that finds Q."""
     shift = None if mean is None else mean @ basis
-    tree = plan_tree([A], with_q=True, right=basis, shift=shift, op="rsvd")
-    plan, finish = plan_finish(tree, "svd", op="rsvd")
+    tree = plan_tree([A], with_q=True, right=basis, shift=shift, op="rsvd", project=True,
+                     mean=mean)
+    plan, finish = plan_finish(tree, "project", op="rsvd")
     c = tree.c
     # Kept: forming U (TruncatedSVDResult.U) resumes this plan's tree and finish
     # instead of another pass over A, and removes them.
     with progress_step("range finish (TSQR)"):
-        f = compute(Lazy(plan, finish, "small", label="rsvd.finish"), keep_intermediates=True,
-                    **opts)[0]
-    s = np.array(f[2 * c, :k])
-    vt = (f[c:2 * c] @ basis.T)[:k]
-    return s, vt, plan_form_q(tree, plan, finish, op="rsvd", k=k)
+        f, *got = compute(Lazy(plan, finish, "small", label="rsvd.finish"),
+                          *((column_stats(A),) if with_stats else ()),
+                          keep_intermediates=True, **opts)
+    s = np.array(f[c, :k])
+    vt = np.ascontiguousarray(f[c + 1:, :k].T)
+    return s, vt, plan_form_q(tree, plan, finish, op="rsvd", k=k), (got[0] if got else None)
 
 
 def _gram_svd(A: Any, m: MatrixInput, k: int, centered: bool, opts: dict[str, Any]
@@ -343,8 +368,10 @@ def _truncated(A: Any, k: int, oversample: int, n_iter: int, seed: int, method: 
     with _cached_passes(m, opts) as run:
         basis, mean, stats = _power_basis(A, m, width, n_iter, seed, method == "krylov",
                                           centered, run, with_stats)
-        s, vt, u = _range_finish(A, basis, mean, k, run)
-    return TruncatedSVDResult(s, vt, method, n_iter + 2, 1, u, mean, u_opts, stats)
+        late = with_stats and stats is None
+        s, vt, u, got = _range_finish(A, basis, mean, k, run, late)
+    return TruncatedSVDResult(s, vt, method, svd_passes(method, n_iter, centered), 1, u, mean,
+                              u_opts, got if late else stats)
 
 
 def _gram_u(A: Any, vt: np.ndarray, s: np.ndarray, mean: np.ndarray | None) -> Lazy:
@@ -354,7 +381,7 @@ def _gram_u(A: Any, vt: np.ndarray, s: np.ndarray, mean: np.ndarray | None) -> L
     return matmul(center(A, mean) if mean is not None else A, vt.T * inv)
 
 
-def randomized_svd(A: Any, k: int, *, oversample: int = 10, n_iter: int = 2, seed: int = 0,
+def randomized_svd(A: Any, k: int, *, oversample: int = 10, n_iter: int = 3, seed: int = 0,
                    method: SVDMethod = "power", executor: Any = "dask",
                    address: str | None = None, client: Any = None, spark: Any = None,
                    work_dir: str | None = None, max_task_memory: int | str | None = None,
@@ -375,16 +402,18 @@ def randomized_svd(A: Any, k: int, *, oversample: int = 10, n_iter: int = 2, see
         Extra sketch columns; l = k + oversample (capped at n). More columns, better
         accuracy for clustered spectra, at cost l per pass.
     n_iter : int
-        Power iterations. ``power`` makes n_iter + 1 fused ``AᵀA`` passes, so its
-        error decays like that of the classic scheme (Halko et al.) with the same
-        n_iter, or better: the sketch is ``(AᵀA)^(n_iter+1)·Ω``.
+        Power iterations, as scikit-learn's ``randomized_svd`` and dask's
+        ``svd_compressed`` count them: the range is that of ``A·(AᵀA)^n_iter·Ω``, the
+        same subspace (and so the same accuracy) as theirs for the same n_iter. Each
+        iteration is one fused ``AᵀA`` pass here, where they read A twice. The
+        default, 3, reads A 4 times (dask reads it 8 times for that subspace).
     seed : int
         Seed of the Gaussian test matrix Ω (n × l, drawn on the driver with
         ``numpy.random.default_rng(seed)``): same seed, same result on any executor.
     method : {"power", "krylov", "gram"}
         ``power``: subspace iteration, then a one-pass TSQR of ``A·X`` (stable).
         ``krylov``: same passes, but the final basis is the whole block Krylov
-        space ``[Ω, AᵀAΩ, …]`` (l·(n_iter+2) columns): markedly better for slowly
+        space ``[Ω, AᵀAΩ, …, (AᵀA)^n_iter·Ω]`` (l·(n_iter+1) columns): markedly better for slowly
         decaying or clustered spectra. ``gram``: one pass forming AᵀA (n × n on the
         driver) and its eigendecomposition; exact up to squaring the condition
         number: singular values below ``sqrt(eps)·σ₁`` (≈1.5e-8·σ₁) lose all
@@ -424,10 +453,11 @@ def randomized_svd(A: Any, k: int, *, oversample: int = 10, n_iter: int = 2, see
 
     Notes
     -----
-    Passes over A: ``power`` and ``krylov`` n_iter + 2 (n_iter + 1 fused power
-    passes and one TSQR pass), ``gram`` 1; forming U costs one more pass for each
-    (recomputing the TSQR leaves, so U is orthonormal to O(eps)). The classic
-    scheme (scikit-learn, dask ``svd_compressed``) reads A 2·n_iter + 2 times.
+    Passes over A: ``power`` and ``krylov`` n_iter + 1 (n_iter fused power passes and
+    one TSQR pass that also forms ``QᵀA``), ``gram`` 1; forming U costs one more pass
+    for each (recomputing the TSQR leaves, so U is orthonormal to O(eps)). The classic
+    scheme (scikit-learn, dask ``svd_compressed``) reads A 2·n_iter + 2 times for the
+    same subspace.
     Per-task memory: a row panel, its product with X (rows × l) and an n × l
     partial; driver memory O(n·l) (``gram``: O(n²)). With the block cache (A fits
     its budget), the processes running the passes also hold A's decoded blocks until
@@ -454,7 +484,7 @@ def randomized_svd(A: Any, k: int, *, oversample: int = 10, n_iter: int = 2, see
     return res
 
 
-def pca(A: Any, k: int, *, oversample: int = 10, n_iter: int = 2, seed: int = 0,
+def pca(A: Any, k: int, *, oversample: int = 10, n_iter: int = 3, seed: int = 0,
         method: SVDMethod = "power", executor: Any = "dask", address: str | None = None,
         client: Any = None, spark: Any = None, work_dir: str | None = None,
         max_task_memory: int | str | None = None, num_workers: int | None = None,
@@ -477,7 +507,8 @@ def pca(A: Any, k: int, *, oversample: int = 10, n_iter: int = 2, seed: int = 0,
     -----
     Same passes as :func:`randomized_svd`: the column means come with the first
     power pass (folded in as ``AᵀAX − m·μμᵀX``); later passes subtract the mean
-    from each block as read. ``gram`` computes AᵀA and the means in one fused pass
+    from each block as read. With ``n_iter=0`` there is no power pass to bring them,
+    so a moments pass precedes the finish (2 passes). ``gram`` computes AᵀA and the means in one fused pass
     and uses ``AᵀA − m·μμᵀ``, which cancels digits when ‖μ‖ dominates the spread.
     """
     opts = _run_options(executor, address, client, spark, work_dir, max_task_memory,

@@ -27,7 +27,7 @@ from blocklin.ops._inputs import (
     reads_csr,
 )
 from blocklin.ops._xp import as_dtype, concat, triu
-from blocklin.ops.sketch import right_apply
+from blocklin.ops.sketch import dense, right_apply
 from blocklin.plan.device import is_sparse, like, namespace, sparse_module
 from blocklin.plan.graph import (
     ArrayNode,
@@ -183,6 +183,21 @@ def _q_times(a: np.ndarray, m: np.ndarray) -> np.ndarray:
     return lapack.dgemqrt(vr, t, c)
 
 
+def _q_and_r(a: Any) -> tuple[Any, Any]:
+    """Thin Householder Q (rows × c) and R of a leaf panel, by the reflectors that
+    :func:`_r_factor` and :func:`_q_times` use, from one factorization."""
+    c = a.shape[1]
+    if type(a) is not np.ndarray:
+        return _device_qr(a, "q"), triu(_device_qr(a, "r")[:c, ...])
+    if not _blocked(a):
+        q, r = scipy.linalg.qr(a, mode="economic", check_finite=False)
+        return q, r
+    vr, t = _geqrt(a, overwrite=False)
+    eye = np.zeros((a.shape[0], c), order="F")
+    eye[np.arange(c), np.arange(c)] = 1.0
+    return lapack.dgemqrt(vr, t, eye), np.triu(vr[:c])
+
+
 def _qr(a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     q, r = scipy.linalg.qr(a, mode="economic", check_finite=False)
     return q, r
@@ -219,6 +234,29 @@ class LeafR:
         return _r_factor(self.leaf.panel(blocks, nrb))[None, ...]
 
 
+@dataclass(frozen=True, eq=False)
+class LeafProject:
+    """R of one leaf's ``Y = (A − 1μᵀ)·right`` and the projection ``Qᵀ(A − 1μᵀ)`` of its
+    rows on the leaf's Householder Q, as a (1, c + n, c) part: rows ``[0, c)`` R, rows
+    ``[c, c + n)`` the transposed projection ``(A − 1μᵀ)ᵀQ``."""
+
+    leaf: LeafInput
+    mean: np.ndarray | None
+    on_device: ClassVar[bool] = True
+
+    def __call__(self, ctx: TaskContext, blocks: Sequence[Any]) -> Any:
+        nrb = len(blocks) // sum(self.leaf.widths)
+        a = _panel(blocks, self.leaf.widths, nrb)
+        y = right_apply(a, self.leaf.right)
+        if self.leaf.shift is not None:
+            y = y - like(self.leaf.shift, y)
+        q, r = _q_and_r(y)
+        wt = a.T @ q
+        if self.mean is not None:
+            wt = wt - like(self.mean, q)[:, None] * q.sum(axis=0)[None, :]
+        return concat([r, dense(wt)], axis=0)[None, ...]
+
+
 @dataclass(frozen=True)
 class TreeQR:
     """QR of stacked R parts; with ``with_q`` the part also carries the stacked Q factor.
@@ -229,16 +267,22 @@ class TreeQR:
 
     c: int
     with_q: bool
+    project: int = 0
 
     def __call__(self, ctx: TaskContext, blocks: Sequence[Any]) -> Any:
-        c = self.c
+        c, n = self.c, self.project
         stacked = np.vstack([b[0][:c] for b in blocks])
         if not self.with_q:
             return _r_factor(stacked)[None]
         q, r = _qr(stacked)
-        out = np.zeros(((FAN_IN + 1) * c, c))
+        out = np.zeros(((FAN_IN + 1) * c + n, c))
         out[:c] = r
         out[c:c + q.shape[0]] = q
+        if n:
+            # The projections below the children's R: Σ_p Wₚᵀ·Qₚ, in child order.
+            wt = out[(FAN_IN + 1) * c:]
+            for p, b in enumerate(blocks):
+                wt += b[0][-n:] @ q[p * c:(p + 1) * c]
         return out[None]
 
 
@@ -254,9 +298,12 @@ class Finish:
     c: int
     mode: str
     right: np.ndarray | None = None
+    project: int = 0
 
     def __call__(self, ctx: TaskContext, blocks: Sequence[Any]) -> Any:
         c = self.c
+        if self.mode == "project":
+            return self._project(blocks[0][0])
         r = blocks[0][0][:c]
         out = np.zeros((2 * c + 1, c))
         if self.mode == "svd":
@@ -267,6 +314,19 @@ class Finish:
             d = _signs(r)
             out[:c] = np.diag(d)
             out[c:2 * c] = d[:, None] * r
+        return out
+
+    def _project(self, part: np.ndarray) -> np.ndarray:
+        """SVD of the projection ``B = QᵀA`` (c × n) carried up the tree: rows ``[0, c)``
+        its left vectors (Q's right factor, for U), row c the values, rows below Vtᵀ."""
+        c, n = self.c, self.project
+        b = part[-n:].T
+        ub, s, vt = np.linalg.svd(b, full_matrices=False)
+        d = row_signs(vt)
+        out = np.zeros((c + 1 + n, c))
+        out[:c, :ub.shape[1]] = ub * d
+        out[c, :s.size] = s
+        out[c + 1:, :vt.shape[0]] = (vt * d[:, None]).T
         return out
 
 
@@ -325,6 +385,7 @@ class _Tree:
     leaves: Leaves
     levels: tuple[ArrayNode, ...]
     top: ArrayNode
+    project: int = 0
 
 
 @dataclass(frozen=True)
@@ -483,8 +544,15 @@ def _keeps_sparse(ms: Sequence[MatrixInput], right: np.ndarray | None) -> bool:
 
 
 def plan_tree(mats: Sequence[Any], *, with_q: bool, right: np.ndarray | None = None,
-              shift: np.ndarray | None = None, op: str = "tsqr") -> _Tree:
-    """Plan the R pass and the tree for the column-concatenation of ``mats`` (times ``right``)."""
+              shift: np.ndarray | None = None, op: str = "tsqr", project: bool = False,
+              mean: np.ndarray | None = None) -> _Tree:
+    """Plan the R pass and the tree for the column-concatenation of ``mats`` (times ``right``).
+
+    With ``project`` (and ``right``; ``mean`` μ with ``shift = μᵀ·right``) every part
+    also carries the projection ``Qᵀ(A − 1μᵀ)`` of the rows below it on its Q, so the top
+    holds ``QᵀA`` for the whole of A: the range finder's ``B`` in the same pass as R
+    (:func:`plan_finish` mode ``"project"``).
+    """
     ms = _check_inputs(mats)
     nrows = ms[0].shape[0]
     ncols = sum(m.shape[1] for m in ms)
@@ -503,37 +571,57 @@ def plan_tree(mats: Sequence[Any], *, with_q: bool, right: np.ndarray | None = N
     # CSR panels times ``right`` stay sparse (their blocks are counted as read).
     sparse = _keeps_sparse(ms, right)
     leaf_rows = leaves.max_blocks() * chunk_rows
-    panel_bytes = leaf_rows * ((0 if sparse else ncols) + 2 * c) * 8
+    wide = ncols if project else 0
+    if project and right is None:
+        raise InputValueError(f"{op}: a projecting TSQR needs a right factor")
+    # With a projection the leaf also holds its thin Q (rows × c) and (A − 1μᵀ)ᵀQ.
+    panel_bytes = leaf_rows * ((0 if sparse else ncols) + (3 if project else 2) * c) * 8 \
+        + 2 * wide * c * 8
     plan = Plan().merge(*(m.plan for m in ms))
-    params = {"c": c, "right": right, "shift": shift, "leaves": leaves.describe()}
-    stage = make_stage(f"{op}/leaf_r", LeafR(leaf), [m.input for m in ms], tasks,
-                       shape=(len(leaves), c, c), chunks=(1, c, c), dtype="float64",
-                       params=params, extra_memory=panel_bytes, keeps_sparse=sparse)
+    params = {"c": c, "right": right, "shift": shift, "leaves": leaves.describe(),
+              **({"project": True, "mean": mean} if project else {})}
+    kernel = LeafProject(leaf, mean) if project else LeafR(leaf)
+    stage = make_stage(f"{op}/leaf_r", kernel, [m.input for m in ms], tasks,
+                       shape=(len(leaves), c + wide, c), chunks=(1, c + wide, c),
+                       dtype="float64", params=params, extra_memory=panel_bytes,
+                       keeps_sparse=sparse)
     plan = plan.add(stage)
     current = stage.output
     levels: list[ArrayNode] = []
-    rows = (FAN_IN + 1) * c if with_q else c
+    if project and not with_q:
+        raise InputValueError(f"{op}: a projecting TSQR keeps the tree's Q")
+    rows = ((FAN_IN + 1) * c if with_q else c) + wide
     while current.shape[0] > 1:
         n = current.shape[0]
         mparts = -(-n // FAN_IN)
         ts = TreeTasks(n, FAN_IN, 3)
-        st = make_stage(f"{op}/tree{len(levels)}", TreeQR(c, with_q), [StageInput(current)], ts,
+        st = make_stage(f"{op}/tree{len(levels)}", TreeQR(c, with_q, wide),
+                        [StageInput(current)], ts,
                         shape=(mparts, rows, c), chunks=(1, rows, c), dtype="float64",
                         params={**params, "level": len(levels), "with_q": with_q},
-                        extra_memory=3 * (FAN_IN + 1) * c * c * 8)
+                        extra_memory=3 * (FAN_IN + 1) * c * c * 8 + 2 * rows * c * 8)
         plan = plan.add(st)
         current = st.output
         levels.append(current)
-    return _Tree(plan, ms, leaf, c, leaves, tuple(levels), current)
+    return _Tree(plan, ms, leaf, c, leaves, tuple(levels), current, wide)
 
 
 def plan_finish(tree: _Tree, mode: str, op: str = "tsqr") -> tuple[Plan, ArrayNode]:
-    """Append the one-task stage deriving W and R (or s, Vt) from the top R."""
-    c = tree.c
-    st = make_stage(f"{op}/finish", Finish(c, mode, tree.leaf.right), [StageInput(tree.top)],
-                    [Task(out=(0, 0), reads=((0, (0, 0, 0)),))], shape=(2 * c + 1, c),
-                    chunks=(2 * c + 1, c), dtype="float64",
-                    params={"mode": mode, "top": tree.top.name}, extra_memory=6 * c * c * 8)
+    """Append the one-task stage deriving W and R (or s, Vt) from the top R.
+
+    Mode ``"project"`` (a tree planned with ``project``) takes the SVD of the carried
+    ``B = QᵀA`` instead: layout ``(c + 1 + n, c)``, rows ``[0, c)`` W (B's left
+    vectors), row c the singular values, rows below ``Vtᵀ`` (n × c).
+    """
+    c, n = tree.c, tree.project
+    if (mode == "project") != bool(n):
+        raise InputValueError(f"{op}: finish mode {mode!r} does not match the planned tree")
+    rows = c + 1 + n if n else 2 * c + 1
+    st = make_stage(f"{op}/finish", Finish(c, mode, tree.leaf.right, n), [StageInput(tree.top)],
+                    [Task(out=(0, 0), reads=((0, (0, 0, 0)),))], shape=(rows, c),
+                    chunks=(rows, c), dtype="float64",
+                    params={"mode": mode, "top": tree.top.name},
+                    extra_memory=6 * c * c * 8 + 4 * n * c * 8)
     return tree.plan.add(st), st.output
 
 

@@ -74,7 +74,7 @@ def _sketched_matmul(inputs: Mapping[str, Any], p: ProductParams, ctx: BuildCont
 class SVDParams(Params):
     k: int = Field(ge=1, description="number of singular triplets")
     oversample: int = Field(10, ge=0)
-    n_iter: int = Field(2, ge=0)
+    n_iter: int = Field(3, ge=0)
     seed: int = Field(0, ge=0)
     method: SVDMethod = "power"
 
@@ -124,7 +124,7 @@ def _svd_update(ctx: UpdateContext, p: SVDParams) -> Arrays:
 class TSVDParams(Params):
     n_components: int = Field(ge=1)
     oversample: int = Field(10, ge=0)
-    n_iter: int = Field(2, ge=0)
+    n_iter: int = Field(3, ge=0)
     random_state: int = Field(0, ge=0)
     method: SVDMethod = "power"
 

@@ -81,7 +81,7 @@ def _svd_plan(A: Any, k: int, oversample: int, n_iter: int, method: str, centere
               param: str = "k") -> StepPlan:
     from blocklin.ops import column_stats, gram
     from blocklin.ops._inputs import as_matrix
-    from blocklin.ops.svd import _check_args, normal_product
+    from blocklin.ops.svd import _check_args, normal_product, svd_passes
     from blocklin.ops.tsqr import plan_finish, plan_tree
 
     m = as_matrix(A)
@@ -101,9 +101,9 @@ def _svd_plan(A: Any, k: int, oversample: int, n_iter: int, method: str, centere
     x = np.zeros((cols, width))
     first = normal_product(A, x, with_sums=centered).plan.merge(stats)
     tree = plan_tree([A], with_q=True, right=x, shift=np.zeros(width) if centered else None,
-                     op="rsvd")
-    finish, _ = plan_finish(tree, "svd", op="rsvd")
-    n = n_iter + 2
+                     op="rsvd", project=True, mean=np.zeros(cols) if centered else None)
+    finish, _ = plan_finish(tree, "project", op="rsvd")
+    n = svd_passes(method, n_iter, centered)
     return StepPlan((n, n), (("power pass + column stats", first),
                              ("range finish (TSQR)", finish)))
 
