@@ -127,8 +127,11 @@ class Moments:
     W2: float
     n: int
     mean: np.ndarray
-    C: np.ndarray  # (d, d) centered co-moments; diagonal-only summaries hold diag(C)
+    #: (d, d) centered co-moments; a diagonal-only summary holds none (shape (0, 0)):
+    #: a d × d matrix of its diagonal would be 20 GB at 50,000 features.
+    C: np.ndarray
     full: bool
+    diag: np.ndarray  # (d,) the co-moments' diagonal, Σw(z − μ)²
 
     @property
     def d(self) -> int:
@@ -137,16 +140,21 @@ class Moments:
     @classmethod
     def from_packed(cls, packed: np.ndarray, d: int) -> Moments:
         full = packed.shape[0] == d + 2 and d > 1
-        C = packed[2:2 + d, :d] if full else np.diag(packed[2, :d])
+        if full:
+            C = np.array(packed[2:2 + d, :d])
+            diag = np.diag(C).copy()
+        else:
+            C, diag = np.zeros((0, 0)), packed[2, :d].copy()
         return cls(float(packed[0, 0]), float(packed[0, 1]), int(packed[0, 2]),
-                   packed[1, :d].copy(), np.array(C), full)
+                   packed[1, :d].copy(), C, full, diag)
 
     def std(self) -> np.ndarray:
         """Unbiased weighted standard deviations (MLlib's Summarizer)."""
         denom = self.W - self.W2 / self.W
         if denom <= 0:
             denom = self.W
-        return np.sqrt(np.maximum(np.diag(self.C), 0.0) / denom)
+        out: np.ndarray = np.sqrt(np.maximum(self.diag, 0.0) / denom)
+        return out
 
     def inverse_design(self, fit_intercept: bool) -> np.ndarray:
         """(ZᵀWZ)⁻¹ for Z = [X 1] (or X), from the centered statistics (pseudo-inverse)."""
