@@ -51,7 +51,11 @@ def data() -> sp.csr_matrix:
 
 
 @pytest.mark.parametrize("fmt", ["dense", "csr"])
-def test_fit_matches_numpy_reference(data: sp.csr_matrix, tmp_path: Path, fmt: str) -> None:
+@pytest.mark.parametrize("panel_items", [90, 32])
+def test_fit_matches_numpy_reference(data: sp.csr_matrix, tmp_path: Path, fmt: str,
+                                     monkeypatch: pytest.MonkeyPatch, panel_items: int) -> None:
+    # 32 columns per Gram panel: three passes, each a column panel of XᵀX.
+    monkeypatch.setattr(ease_mod, "_GRAM_PANEL_BYTES", 8 * 90 * panel_items)
     x = data.toarray()
     stored = bl.from_array(x if fmt == "dense" else data, str(tmp_path / "X.zarr"),
                            chunks=(128, None))
@@ -84,12 +88,13 @@ def test_partial_fit_reads_only_new_rows(data: sp.csr_matrix, tmp_path: Path) ->
     assert np.abs(fresh.coef_ - ref).max() <= 1e-10 * np.abs(ref).max()
 
 
-@pytest.mark.parametrize("panel_items", [90, 16])
+@pytest.mark.parametrize("panel_bytes", [8 * 90 * 90 * 4, 8 * 90 * 16])
 def test_recommend_blocks_match_reference(data: sp.csr_matrix, tmp_path: Path,
                                           monkeypatch: pytest.MonkeyPatch,
-                                          panel_items: int) -> None:
-    # 16 items per panel of B: six panels, so the merge stage runs.
-    monkeypatch.setattr(ease_mod, "_PANEL_BYTES", 8 * 90 * panel_items)
+                                          panel_bytes: int) -> None:
+    # One panel of B, tasks scoring groups of three row blocks (the last one short);
+    # or 16 items per panel: six panels, one row block per task, and the merge stage.
+    monkeypatch.setattr(ease_mod, "_PANEL_BYTES", panel_bytes)
     x = data.toarray()
     model = EASE(l2=L2, work_dir=str(tmp_path / "work")).fit(data)
     n = 5

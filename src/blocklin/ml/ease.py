@@ -29,8 +29,8 @@ from blocklin.ml._progress import reports
 from blocklin.ml._validation import is_stored, stored_matrix, validate_features
 from blocklin.ml.persist import SaveMixin
 from blocklin.ops._inputs import MatrixInput, as_matrix, hstack_panel, row_panel_reads
-from blocklin.ops.products import gram
 from blocklin.plan.graph import RowPanelTasks, StageInput, Task, TaskContext, make_stage
+from blocklin.plan.reduce import SumParts, tree_reduce
 from blocklin.storage.blockmatrix import from_array
 from blocklin.storage.leases import scratch_folder
 
@@ -45,6 +45,8 @@ EASE_MAX_ITEMS = 20_000
 _PANEL_BYTES = 128 * 2**20
 #: Rows of an in-memory user matrix scored at once (bounds the rows × items scores).
 _MEMORY_ROWS = 2048
+#: Bytes of one column panel of the Gram (items × panel columns), per task and part.
+_GRAM_PANEL_BYTES = 256 * 2**20
 
 
 def _check_items(n: int) -> None:
@@ -151,16 +153,57 @@ def _merge_top(blocks: Sequence[np.ndarray], n: int) -> np.ndarray:
 
 
 @dataclass(frozen=True)
+class GramPanel:
+    """Xᵢᵀ·Xᵢ[:, j0:j1] of one row panel: a column panel of its Gram, sparse kept sparse."""
+
+    j0: int
+    j1: int
+
+    def __call__(self, ctx: TaskContext, blocks: Sequence[Any]) -> Any:
+        x = hstack_panel(blocks)
+        if sp.issparse(x):
+            x = sp.csr_matrix(x, dtype=np.float64)
+            return np.asarray((x.T @ x[:, self.j0:self.j1]).toarray())[None, ...]
+        x = np.asarray(x, dtype=np.float64)
+        return (x.T @ x[:, self.j0:self.j1])[None, ...]
+
+
+def gram_panels(X: MatrixInput, width: int) -> list[tuple[int, int, Lazy]]:
+    """XᵀX as column panels of ``width`` columns, each its own pass and fixed-order tree
+    sum: a task holds items × width floats (not items²), so wide interaction matrices
+    fit in a task's memory."""
+    n = X.shape[1]
+    out = []
+    for j0 in range(0, n, width):
+        j1 = min(n, j0 + width)
+        extra = 8 * n * (j1 - j0) + 8 * X.node.chunks[0] * (j1 - j0)
+        stage = make_stage("ease/gram", GramPanel(j0, j1), [X.input],
+                           RowPanelTasks(X.grid[0], ((0, X.grid[1]),)),
+                           shape=(X.grid[0], n, j1 - j0), chunks=(1, n, j1 - j0),
+                           dtype="float64", params={"cols": [j0, j1]}, extra_memory=extra,
+                           keeps_sparse=True)
+        plan, part = tree_reduce(X.plan.add(stage), stage.output, SumParts(), op="ease/gram",
+                                 params={"cols": [j0, j1]})
+        out.append((j0, j1, Lazy(plan, part, "small", lambda p: p[0], label="ease.gram")))
+    return out
+
+
+@dataclass(frozen=True)
 class ScoreTopN:
-    """Top-n of one user row panel against one column panel of B (seen items excluded)."""
+    """Top-n of a group of user row panels against one column panel of B (the last
+    block read; seen items excluded)."""
 
     n: int
     nx: int
 
     def __call__(self, ctx: TaskContext, blocks: Sequence[Any]) -> Any:
-        x = hstack_panel(blocks[: self.nx])
-        b = np.asarray(blocks[self.nx], dtype=np.float64)
-        j0 = ctx.task.reads[self.nx][1][1] * ctx.inputs[self.nx].chunks[1]
+        panels = [hstack_panel(blocks[r:r + self.nx]) for r in range(0, len(blocks) - 1, self.nx)]
+        if len(panels) == 1:
+            x = panels[0]
+        else:
+            x = sp.vstack(panels, format="csr") if sp.issparse(panels[0]) else np.vstack(panels)
+        b = np.asarray(blocks[-1], dtype=np.float64)
+        j0 = ctx.task.reads[-1][1][1] * ctx.inputs[1].chunks[1]
         j1 = j0 + b.shape[1]
         if sp.issparse(x):
             x = x.tocsr()
@@ -197,12 +240,20 @@ def recommend_plan(X: MatrixInput, B: MatrixInput, n: int) -> Lazy:
     """The two stages of a stored recommend: per (user row panel, B column panel) top-n
     candidates, then their merge per row panel; computes to a (users, 2n) matrix."""
     m, items = X.shape
-    rows = X.node.chunks[0]
     nb = B.grid[1]
     cb = B.node.chunks[1]
     nx = X.grid[1]
-    tasks = [Task(out=(i, j), reads=(*row_panel_reads(X, 0, i), (1, (0, j))))
-             for i in range(X.grid[0]) for j in range(nb)]
+    # A task scores a group of row blocks: B's panel is read once per group, not once
+    # per (possibly small: sparse) row block. Groups keep the rows × panel scores (and
+    # a dense group of X) near _PANEL_BYTES.
+    per_row = 8 * (cb + (0 if X.node.block_nbytes is not None else items))
+    group = max(1, _PANEL_BYTES // (per_row * X.node.chunks[0]))
+    rows = group * X.node.chunks[0]
+    ngroups = -(-X.grid[0] // group)
+    tasks = [Task(out=(g, j), reads=(*(r for i in range(g * group, min((g + 1) * group,
+                                                                       X.grid[0]))
+                                       for r in row_panel_reads(X, 0, i)), (1, (0, j))))
+             for g in range(ngroups) for j in range(nb)]
     width = 2 * n
     stage = make_stage("ease/score", ScoreTopN(n, nx), [X.input, B.input], tasks,
                        shape=(m, nb * width), chunks=(rows, width), dtype="float64",
@@ -212,7 +263,7 @@ def recommend_plan(X: MatrixInput, B: MatrixInput, n: int) -> Lazy:
     if nb == 1:
         return Lazy(plan, stage.output, "matrix", label="ease.recommend")
     merge = make_stage("ease/merge", MergeTopN(n), [StageInput(stage.output)],
-                       RowPanelTasks(X.grid[0], ((0, nb),), out_ndim=2),
+                       RowPanelTasks(ngroups, ((0, nb),), out_ndim=2),
                        shape=(m, width), chunks=(rows, width), dtype="float64",
                        params={"n": n}, extra_memory=8 * 4 * rows * nb * width)
     return Lazy(plan.add(merge), merge.output, "matrix", label="ease.recommend")
@@ -233,10 +284,7 @@ class EASE(SaveMixin, BaseEstimator):  # type: ignore[misc]
         recommending); must be reachable by the workers.
     compute_options : dict, optional
         More keywords for :func:`blocklin.compute` (``client``, ``address``,
-        ``max_task_memory``...). The Gram pass holds n_items² floats per task and its
-        reduction levels eight of them: thousands of items need a ``max_task_memory``
-        above the default (about 10·8·n² bytes; 26 GiB at 20,000 items), or X in one row
-        block.
+        ``max_task_memory``...).
     progress : bool, callable or ProgressSink
         Report each pass (see :class:`~blocklin.ml.TruncatedSVD`).
 
@@ -253,8 +301,10 @@ class EASE(SaveMixin, BaseEstimator):  # type: ignore[misc]
 
     Notes
     -----
-    ``fit`` is one pass over X (its Gram, the sparse kernel for CSR blocks), then a
-    Cholesky inverse on the driver: n³ flops and about 24·n² bytes at the peak (the
+    ``fit`` computes XᵀX by column panels of at most 256 MiB (items × panel columns):
+    one pass over X for up to 5,792 items, ⌈8n²/256 MiB⌉ passes beyond (12 at
+    20,000), each task holding a row block and one panel, sparse blocks kept sparse;
+    then a Cholesky inverse on the driver: n³ flops and about 24·n² bytes at the peak (the
     Gram as computed and symmetrized, then the Gram kept and B formed in place; 9.6 GB
     at the limit). Up to :data:`EASE_MAX_ITEMS` items (20,000);
     more is refused before any pass. ``partial_fit(X_new)`` reads only the new rows
@@ -305,8 +355,15 @@ class EASE(SaveMixin, BaseEstimator):  # type: ignore[misc]
             return np.asarray((Xv.T @ Xv).toarray(), dtype=np.float64)
         if isinstance(Xv, np.ndarray):
             return np.asarray(Xv.T @ Xv, dtype=np.float64)
+        n = int(Xv.shape[1])
+        g = np.empty((n, n))
+        width = max(1, min(n, _GRAM_PANEL_BYTES // (8 * n)))
         with self._scratch("ease-") as wd, stored_matrix(Xv, work_dir=wd) as A:
-            return np.asarray(self._compute(gram(A), wd), dtype=np.float64)
+            # One pass per column panel (one in all up to 5,792 items): X is sparse and
+            # read again cheaply, where an items × items partial per task would not fit.
+            for j0, j1, lazy in gram_panels(as_matrix(A, "X"), width):
+                g[:, j0:j1] = self._compute(lazy, wd)
+        return g
 
     @reports("fit")
     def fit(self, X: Any, y: Any = None) -> EASE:
