@@ -64,6 +64,8 @@ class StepPlan:
     #: An iterative solver's passes follow its function evaluations: line searches can
     #: make more than ``max_iter``, so the upper figure is the usual, not a bound.
     open_ended: bool = False
+    #: Why the step makes these passes (``auto``'s solver and its reason), for ``explain``.
+    note: str = ""
 
     @property
     def passes_text(self) -> str:
@@ -210,18 +212,26 @@ def _regression_plan(family: str, p: Any, X: Any, y: Any, nfeat: int) -> StepPla
     from blocklin.ops._inputs import as_matrix
     from blocklin.ops.glm import build_pass, loss_grad_spec, moments_spec, newton_spec, qr_spec
 
-    nx = int(as_matrix(X, "X").grid[1])
+    xm = as_matrix(X, "X")
+    nx = int(xm.grid[1])
+    sparse = xm.node.format == "csr"
     fi = bool(p.fit_intercept)
     coef = np.zeros((nfeat + int(fi), 1))
     l1 = p.reg_param * p.elastic_net_param > 0
-    specs: list[tuple[str, Any]] = [("moments pass", moments_spec(nfeat, 1, False, nx, True))]
+    note = ""
     # Passes of the fit; the pipeline adds one for the summary and one for residuals.
     if family == "squared":
-        from blocklin.ml.linear import AUTO_QR_MAX_FEATURES, MAX_NORMAL_FEATURES
+        from blocklin.ml.linear import auto_solver
 
-        auto_qr = p.solver == "auto" and not l1 and nfeat <= AUTO_QR_MAX_FEATURES
-        iterative = p.solver in ("lbfgs", "owlqn", "sketch") or (
-            p.solver == "auto" and nfeat > MAX_NORMAL_FEATURES)
+        solver = p.solver
+        if solver == "auto":
+            solver, why = auto_solver(nfeat, l1, sparse)
+            note = f"solver auto -> {solver}: {why}"
+        auto_qr = p.solver == "auto" and solver == "qr"
+        iterative = solver in ("lbfgs", "owlqn", "sketch")
+        # Iterative solvers take the moments' diagonal only (O(p), not (p+2)²).
+        specs: list[tuple[str, Any]] = [("moments pass",
+                                         moments_spec(nfeat, 1, False, nx, not iterative))]
         if auto_qr or not iterative:  # normal falls back to QR when ill-conditioned
             specs.append(("TSQR pass", qr_spec(nfeat, 1, fi, False, nx)))
         if iterative:
@@ -231,13 +241,25 @@ def _regression_plan(family: str, p: Any, X: Any, y: Any, nfeat: int) -> StepPla
             (2, 2 + p.max_iter) if iterative else (1, 3)
         extra = (1, 2)  # the summary's pass; residuals' when the rows are few enough
     else:
-        specs.append(("Newton pass (binomial)", newton_spec(coef, fi, False, nx)))
+        from blocklin.ml.logistic import MAX_NEWTON_COEFFICIENTS
+
+        # A dry run does not know the classes: the binomial case.
+        newton = p.solver == "newton" or (p.solver == "auto"
+                                          and nfeat + 1 <= MAX_NEWTON_COEFFICIENTS)
+        specs = [("moments pass", moments_spec(nfeat, 1, False, nx, False))]
+        if newton:
+            specs.append(("Newton pass (binomial)", newton_spec(coef, fi, False, nx)))
+        if p.solver == "auto":
+            note = (f"solver auto -> {'newton' if newton else 'lbfgs'}: " + (
+                f"{nfeat + 1} coefficients: Newton's Hessian is {nfeat + 1}² (binomial)"
+                if newton else f"{nfeat + 1:,} coefficients exceed {MAX_NEWTON_COEFFICIENTS}: "
+                "Newton's Hessian is dense in the coefficients; L-BFGS keeps O(p) state"))
         specs.append(("loss and gradient pass", loss_grad_spec("binomial", coef, fi, False,
                                                                nx)))
         fit, extra, iterative = (1, 1 + p.max_iter), (1, 1), True
     with _aligned_label(X, y) as yy:
         plans = tuple((what, build_pass(spec, X, yy).plan) for what, spec in specs)
-    return StepPlan((fit[0] + extra[0], fit[1] + extra[1]), plans, iterative)
+    return StepPlan((fit[0] + extra[0], fit[1] + extra[1]), plans, iterative, note)
 
 
 # -- sketched cross product --------------------------------------------------------------------

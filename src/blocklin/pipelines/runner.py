@@ -458,7 +458,7 @@ def eager_projection(pipe: Pipeline, values: Mapping[str, Any], comp: Mapping[st
                      for r in rep.rows]
         out.append({"step": step.name, "op": step.op.name, "passes": list(sp.passes),
                     "open_ended": sp.open_ended, "passes_text": sp.passes_text,
-                    "inputs": sorted(reads), "stages": rows})
+                    "inputs": sorted(reads), "stages": rows, "note": sp.note})
     return out
 
 
@@ -474,6 +474,8 @@ def _eager_text(eager: list[dict[str, Any]]) -> str:
                      + ", ".join(e["inputs"]) + ("; one per function evaluation, more when "
                                                  "line searches backtrack" if e["open_ended"]
                                                  else ""))
+        if e.get("note"):
+            lines.append(f"    {e['note']}")
         for r in e["stages"]:
             lines.append(f"    {r['pass'][:26]:<26}  {r['stage'][:40]:<40}  {r['tasks']:>6}  "
                          f"{format_bytes(r['memory_per_task']):>10}/task")
