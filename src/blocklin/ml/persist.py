@@ -42,9 +42,10 @@ if TYPE_CHECKING:
     from blocklin.ml.ease import EASE
     from blocklin.ml.linear import LinearRegression
     from blocklin.ml.logistic import LogisticRegression
+    from blocklin.ml.pca import PCA
     from blocklin.ml.truncated_svd import TruncatedSVD
 
-    Estimator: TypeAlias = LinearRegression | LogisticRegression | TruncatedSVD | EASE
+    Estimator: TypeAlias = LinearRegression | LogisticRegression | TruncatedSVD | EASE | PCA
 
 __all__ = ["ARRAYS_FILE", "FORMAT", "FORMAT_VERSION", "MODEL_FILE", "RUNTIME_PARAMS",
            "SaveMixin", "estimator_classes", "load", "restore", "save"]
@@ -72,9 +73,10 @@ def estimator_classes() -> dict[str, type]:
     from blocklin.ml.ease import EASE
     from blocklin.ml.linear import LinearRegression
     from blocklin.ml.logistic import LogisticRegression
+    from blocklin.ml.pca import PCA
     from blocklin.ml.truncated_svd import TruncatedSVD
 
-    classes: tuple[type, ...] = (LinearRegression, LogisticRegression, TruncatedSVD, EASE)
+    classes: tuple[type, ...] = (LinearRegression, LogisticRegression, TruncatedSVD, EASE, PCA)
     return {f"blocklin.ml.{c.__name__}": c for c in classes}
 
 
@@ -156,7 +158,7 @@ def load(path: str | os.PathLike[str], *,
 
     Returns
     -------
-    LinearRegression, LogisticRegression, TruncatedSVD or EASE
+    LinearRegression, LogisticRegression, TruncatedSVD, EASE or PCA
         Fitted, with the saved hyperparameters; the run parameters (``executor``,
         ``work_dir``...) have their defaults.
 
