@@ -53,7 +53,7 @@ if TYPE_CHECKING:
 
 __all__ = ["FP_ERRORS_KEY", "HookSink", "PassEnd", "PassStart", "PassTracker", "PlainProgress",
            "Progress", "ProgressHook", "ProgressSink", "RichProgress", "StageCount",
-           "current_sink", "current_step", "default_sink", "engine_tracker", "local_pass",
+           "current_step", "default_sink", "engine_tracker", "local_pass",
            "note", "operation", "progress_to", "step"]
 
 logger = logging.getLogger(__name__)
@@ -124,11 +124,6 @@ _SINK: ContextVar[ProgressSink | None] = ContextVar("blocklin_progress_sink", de
 _STEPS: ContextVar[tuple[str, ...]] = ContextVar("blocklin_progress_steps", default=())
 _ENGINE: ContextVar[Callable[[str, int], None] | None] = ContextVar("blocklin_engine_tracker",
                                                                      default=None)
-
-
-def current_sink() -> ProgressSink | None:
-    """The sink in effect (None: nobody listens)."""
-    return _SINK.get()
 
 
 def current_step() -> str:

@@ -23,8 +23,8 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-__all__ = ["BuildContext", "Operator", "Params", "UpdateContext", "get_operator",
-           "operator_names", "register", "registry", "to_arrays"]
+__all__ = ["BuildContext", "Operator", "Params", "UpdateContext", "operator_names", "register",
+           "registry", "to_arrays"]
 
 Kind = Literal["small", "matrix", "view", "eager"]
 Arrays = dict[str, np.ndarray]
@@ -121,10 +121,6 @@ def registry() -> dict[str, Operator]:
 
 def operator_names() -> list[str]:
     return sorted(registry())
-
-
-def get_operator(name: str) -> Operator | None:
-    return registry().get(name)
 
 
 # -- turning results into named arrays ---------------------------------------------------

@@ -47,7 +47,6 @@ __all__ = [
     "DeviceScope",
     "RuntimeDevice",
     "device_free_memory",
-    "device_of",
     "gpu_module",
     "gpu_probe",
     "gpu_tasks_for",
@@ -120,11 +119,6 @@ def is_sparse(x: Any) -> bool:
 def _is_cupy(x: Any) -> bool:
     mod = _module_of(x)
     return mod.startswith("cupy.") or mod.startswith("cupyx.") or mod == "cupy"
-
-
-def device_of(x: Any) -> str:
-    """``gpu`` for CuPy arrays and sparse matrices, else ``cpu``."""
-    return "gpu" if _is_cupy(x) else "cpu"
 
 
 def namespace(*xs: Any) -> Any:

@@ -58,7 +58,7 @@ from blocklin.types import BlockIndex
 if TYPE_CHECKING:
     from blocklin.storage.blockmatrix import BlockMatrix
 
-__all__ = ["CSR", "CSRBlock", "csr_block_nbytes", "from_sparse", "is_sparse_matrix",
+__all__ = ["CSR", "CSRBlock", "csr_block_nbytes", "from_sparse",
            "read_csr_block", "read_sparse_meta", "sparse_block_ident", "to_scipy"]
 
 CSR = "csr"
@@ -72,11 +72,6 @@ class CSRBlock(sp.csr_matrix):  # type: ignore[misc]
     @property
     def nbytes(self) -> int:
         return int(self.data.nbytes + self.indices.nbytes + self.indptr.nbytes)
-
-
-def is_sparse_matrix(x: Any) -> bool:
-    """Whether ``x`` is a scipy.sparse matrix or array."""
-    return bool(sp.issparse(x))
 
 
 def _index_dtype(ncols: int) -> np.dtype[Any]:
