@@ -100,7 +100,7 @@ def read_block_ident(store: Store, meta: ArrayMeta, index: BlockIndex,
         from blocklin.storage.sparse import read_csr_block, sparse_block_ident
 
         csr: Any = read_csr_block(store, meta, index)
-        return csr, sparse_block_ident(store, meta, index) or FILL_IDENT
+        return csr, sparse_block_ident(store, index) or FILL_IDENT
     meta.check_index(index)
     if meta.codec is None:
         # Identity first: a chunk rewritten between this stat and the read then reads
@@ -160,7 +160,7 @@ def block_ident(store: Store, meta: ArrayMeta, index: BlockIndex) -> str | None:
     if meta.format != "dense":
         from blocklin.storage.sparse import sparse_block_ident
 
-        return sparse_block_ident(store, meta, index)
+        return sparse_block_ident(store, index)
     if meta.codec is None:
         if meta.foreign is None:
             keys = [_zarr_chunk_key(store, index)]

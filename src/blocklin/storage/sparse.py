@@ -219,7 +219,7 @@ def read_sparse_meta(store: Store) -> ArrayMeta | None:
                      attrs=attrs)
 
 
-def sparse_block_ident(store: Store, meta: ArrayMeta, index: BlockIndex) -> str | None:
+def sparse_block_ident(store: Store, index: BlockIndex) -> str | None:
     """The identity of row block ``index``: its components' checksums combined, as
     written (an absent data or indices component is an empty one); None when the
     block is lost (its ``indptr``, always written, is absent)."""
