@@ -8,7 +8,7 @@ result into named arrays, and, where the result can absorb appended rows, how to
 merge a batch's result into the previous one (used by ``blocklin refresh``).
 
 The matrix-product operators are registered below; those over blocklin's sketches,
-SVD, TSQR and estimators in :mod:`blocklin.pipelines._optional_ops`, loaded by plain
+SVD, TSQR and estimators in :mod:`blocklin.pipelines._library_ops`, loaded by plain
 import on the first :func:`registry` call (a module that fails to import fails the
 registry loudly).
 """
@@ -237,8 +237,8 @@ def _load_library() -> None:
         return
     # Imported here, not at the top: that module imports this one (Operator, Params),
     # and loads the estimators (scikit-learn), which most imports of this module never use.
-    from blocklin.pipelines import _optional_ops
+    from blocklin.pipelines import _library_ops
 
-    for op in _optional_ops.library_operators():
+    for op in _library_ops.library_operators():
         register(op)
     _LOADED = True
