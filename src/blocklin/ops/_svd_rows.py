@@ -217,14 +217,33 @@ FOLD_COND = 1e4
 
 
 def row_batches(c: NewRows, batch: int) -> Iterator[Any]:
-    """C in batches of at most ``batch`` rows (CSR stays CSR), each checked finite."""
+    """C in consecutive batches of ``batch`` rows (the last may be shorter), whatever
+    its row blocks, so the result does not depend on how C is chunked; CSR stays
+    CSR, each batch checked finite."""
+    held: list[Any] = []
+    count = 0
     for panel in _panels(c):
-        for a in range(0, panel.shape[0], batch):
-            part = panel[a:a + batch]
-            part = sp.csr_matrix(part, dtype=np.float64) if sp.issparse(part) else \
-                np.asarray(part, dtype=np.float64)
-            _check_finite(np.asarray(part.data if sp.issparse(part) else part), "a row batch")
-            yield part
+        a = 0
+        while a < panel.shape[0]:
+            part = panel[a:a + batch - count]
+            a += part.shape[0]
+            held.append(part)
+            count += part.shape[0]
+            if count == batch:
+                yield _joined(held)
+                held, count = [], 0
+    if held:
+        yield _joined(held)
+
+
+def _joined(parts: list[Any]) -> Any:
+    if any(sp.issparse(p) for p in parts):
+        out: Any = sp.csr_matrix(sp.vstack(parts, format="csr") if len(parts) > 1 else parts[0],
+                                 dtype=np.float64)
+    else:
+        out = np.asarray(np.vstack(parts) if len(parts) > 1 else parts[0], dtype=np.float64)
+    _check_finite(np.asarray(out.data if sp.issparse(out) else out), "a row batch")
+    return out
 
 
 class FactoredV:
@@ -233,12 +252,14 @@ class FactoredV:
     A batch of rows C changes V to ``V·M + Cᵀ·T`` (M k × k, T p × k). Written as
     ``(base + Cᵀ·T·(K·M)⁻¹)·(K·M)``, only the base rows at C's nonzero columns change:
     O(nnz(C)·k + p·k² + k³) per batch, whatever n. The factor is folded into the base
-    (O(n·k²)) only when its condition number passes :data:`FOLD_COND`.
+    (O(n·k²)) only when its condition number passes ``fold_cond``
+    (:data:`FOLD_COND`; 1 folds after every batch).
     """
 
-    def __init__(self, V: np.ndarray) -> None:
+    def __init__(self, V: np.ndarray, fold_cond: float = FOLD_COND) -> None:
         self.base = np.array(V, dtype=np.float64, order="C")
         self.K = np.eye(V.shape[1])
+        self.fold_cond = fold_cond
         self.folds = 0
 
     def rows_times(self, c: Any) -> tuple[np.ndarray, Any, np.ndarray | None]:
@@ -255,7 +276,7 @@ class FactoredV:
         lu = scipy.linalg.lu_factor(k_new, check_finite=False)
         # LAPACK's 1-norm condition estimate from the LU: O(k²), no SVD.
         rcond = scipy.linalg.lapack.dgecon(lu[0], np.abs(k_new).sum(axis=0).max())[0]
-        if not rcond > 1.0 / FOLD_COND:
+        if not rcond > 1.0 / self.fold_cond:
             # Ill-conditioned (or singular) factor: form V once and restart from K = I.
             self.base = self.base @ k_new
             self.K = np.eye(k_new.shape[0])
@@ -335,7 +356,8 @@ class SparseRun:
     folds: int                  # times V's factor was folded into its base
 
 
-def brand_rows(s: np.ndarray, Vt: np.ndarray, batches: Iterable[Any]) -> SparseRun:
+def brand_rows(s: np.ndarray, Vt: np.ndarray, batches: Iterable[Any],
+               fold_cond: float = FOLD_COND) -> SparseRun:
     """Deng et al.'s update over ``batches`` of rows (CSR or dense), H = C − CVVᵀ implicit.
 
     V stays factored (:class:`FactoredV`) across the batches and is formed once at
@@ -343,7 +365,7 @@ def brand_rows(s: np.ndarray, Vt: np.ndarray, batches: Iterable[Any]) -> SparseR
     O(Σ_b (nnz_b·k + (k + p_b)³) + n·k²); memory O(n·k + Σ_b p_b·k).
     """
     k = s.size
-    V = FactoredV(Vt.T)
+    V = FactoredV(Vt.T, fold_cond)
     parts: list[np.ndarray] = []
     rots: list[np.ndarray] = []
     for cb in batches:
