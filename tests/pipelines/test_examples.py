@@ -9,8 +9,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import scipy.sparse as sp
 from sklearn.linear_model import Ridge
 
+import blocklin as bl
 from blocklin.pipelines.ingest import ingest
 from blocklin.pipelines.manifest import load_small
 from blocklin.pipelines.refresh import refresh_pipeline
@@ -29,27 +31,37 @@ def _table(x: np.ndarray, y: np.ndarray | None = None) -> pa.Table:
     return pa.table(cols | ({"y": y} if y is not None else {}))
 
 
+def _sparse_factor(rows: int, cols: int, per_row: int, rng: np.random.Generator) -> sp.csr_matrix:
+    """Nonnegative, ``per_row`` nonzeros in each row."""
+    idx = np.argsort(rng.random((rows, cols)), axis=1)[:, :per_row]
+    return sp.csr_matrix((np.abs(rng.normal(size=rows * per_row)) + 0.1,
+                          (np.repeat(np.arange(rows), per_row), idx.ravel())), shape=(rows, cols))
+
+
 def test_lsa_weekly(tmp_path: Path) -> None:
     rng = np.random.default_rng(0)
-    # A rank-8 nonnegative "tf-idf" matrix: the randomized SVD and its row updates are
-    # exact for it (to rounding), so they must match LAPACK.
-    terms = np.abs(rng.normal(size=(8, 40)))
-    docs = np.abs(rng.normal(size=(700, 8)))
-    new = np.abs(rng.normal(size=(120, 8)))
-    pq.write_table(_table(docs @ terms), tmp_path / "terms.parquet", row_group_size=250)
-    pq.write_table(_table(new @ terms), tmp_path / "week2.parquet")
+    # A sparse rank-8 nonnegative "tf-idf" matrix (each document in 2 of 8 topics, each
+    # topic 6 of 40 terms): the randomized SVD and its row updates are exact for it (to
+    # rounding), so they must match LAPACK.
+    terms = _sparse_factor(8, 40, 6, rng)
+    docs, new = _sparse_factor(700, 8, 2, rng), _sparse_factor(120, 8, 2, rng)
+    sp.save_npz(tmp_path / "terms.npz", sp.csr_matrix(docs @ terms))
+    sp.save_npz(tmp_path / "week2.npz", sp.csr_matrix(new @ terms))
     spec = _copy("lsa_weekly.yaml", tmp_path)
-    ingest(str(tmp_path / "terms.parquet"), str(tmp_path / "data" / "terms.zarr"),
-           chunk_rows=200)
+    stored = ingest(str(tmp_path / "terms.npz"), str(tmp_path / "data" / "terms.zarr"),
+                    chunk_rows=200).matrix
+    assert stored.meta.format == "csr"
     pipe = load_pipeline(spec)
     run_pipeline(pipe)
     out = tmp_path / "out" / "lsa"
-    s_ref = np.linalg.svd(docs @ terms, compute_uv=False)[:8]
+    s_ref = np.linalg.svd((docs @ terms).toarray(), compute_uv=False)[:8]
     np.testing.assert_allclose(load_small(out / "embedding.npz")["singular_values"], s_ref,
                                rtol=1e-8)
-    m = refresh_pipeline(pipe, str(tmp_path / "week2.parquet"))
+    m = refresh_pipeline(pipe, str(tmp_path / "week2.npz"))
     assert m["refresh"]["outputs"] == {"embedding": "incremental", "term_stats": "incremental"}
-    full = np.vstack([docs, new]) @ terms
+    grown = bl.open(tmp_path / "data" / "terms.zarr")
+    assert grown.meta.format == "csr" and grown.shape == (820, 40)  # appended as CSR
+    full = (sp.vstack([docs, new]) @ terms).toarray()
     s_full, vt_full = np.linalg.svd(full, full_matrices=False)[1:]
     got = load_small(out / "embedding.npz")
     np.testing.assert_allclose(got["singular_values"], s_full[:8], rtol=1e-8)

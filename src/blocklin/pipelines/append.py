@@ -27,6 +27,8 @@ from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from typing import Any
 
+import scipy.sparse as sp
+
 from blocklin.errors import InputChangedError, InputValueError
 from blocklin.pipelines.ingest import BlockWriter
 from blocklin.pipelines.lock import array_lock
@@ -35,6 +37,7 @@ from blocklin.storage import BlockMatrix, open_matrix, provenance_attrs
 from blocklin.storage.chunkio import read_region
 from blocklin.storage.codecs import ChunkCodec
 from blocklin.storage.meta import ATTRS_NAMESPACE, ArrayMeta, read_meta
+from blocklin.storage.sparse import CSR, append_sparse, from_sparse, read_sparse_meta
 from blocklin.storage.stores import store_for
 
 __all__ = ["append_batch", "append_rows", "batch_records", "copy_rows", "find_batch",
@@ -80,10 +83,14 @@ def append_rows(target_url: str, rows: BlockMatrix, source: str, batch_id: str,
     ``match_content``) the fingerprint of the same rows; labels are matched by id
     only, since equal labels may belong to different rows.
 
+    A sparse (CSR) target gets CSR row blocks (:func:`blocklin.storage.sparse.append_sparse`):
+    its last partial block is rewritten with the same leading rows, the batch's rows
+    follow; the batch's blocks (CSR from a ``.npz`` batch, or dense) never densify.
+
     Raises
     ------
     InputValueError
-        A sparse target or a dtype that differs.
+        A dtype that differs.
     InputChangedError
         The metadata changed between planning and commit (a writer that did not
         take the lock); this append committed nothing.
@@ -95,16 +102,13 @@ def append_rows(target_url: str, rows: BlockMatrix, source: str, batch_id: str,
     target = open_matrix(target_url)
     if find_batch(target, batch_id, rows.fingerprint if match_content else None) is not None:
         return target
-    if getattr(target.meta, "format", None) == "csr":
-        raise InputValueError(f"refresh appends rows to dense inputs; {target.url} is sparse "
-                              "(CSR). Re-ingest it with the new rows and rerun the pipeline")
     if rows.dtype != target.dtype:
         raise InputValueError(f"batch dtype {rows.dtype} differs from {target.url}'s "
                               f"{target.dtype}")
     planned = _version(target.meta)
 
     def check_unchanged() -> None:
-        now = read_meta(target.store)
+        now = (read_sparse_meta if target.meta.format == CSR else read_meta)(target.store)
         if now is None or _version(now) != planned:
             raise InputChangedError(
                 f"{target.url} changed while batch {batch_id} was being appended (a writer "
@@ -112,15 +116,18 @@ def append_rows(target_url: str, rows: BlockMatrix, source: str, batch_id: str,
                 f"may have rewritten the array's last block: run `blocklin verify "
                 f"{target.url}`, then rerun the refresh")
 
+    start = target.shape[0]
+    record = {"fingerprint": batch_id, "content": rows.fingerprint,
+              "rows": [start, start + rows.shape[0]], "source": source, "applied": utc_now()}
+    batches = [*batch_records(target), record]
+    if target.meta.format == CSR:
+        return append_sparse(target, (rows.block(i, 0) for i in range(rows.nblocks[0])),
+                             {"batches": batches}, before_commit=check_unchanged)
     writer = BlockWriter(target.store, target.shape[1], target.dtype, target.chunks[0],
                          target.meta.codec, base=target)
     for _, block in rows.blocks():
         writer.append(block)
-    start = target.shape[0]
-    record = {"fingerprint": batch_id, "content": rows.fingerprint,
-              "rows": [start, start + rows.shape[0]], "source": source, "applied": utc_now()}
-    prov = target.provenance
-    doc = {**prov, "batches": [*batch_records(target), record]}
+    doc = {**target.provenance, "batches": batches}
     return writer.close({**target.meta.attrs, ATTRS_NAMESPACE: doc}, before_commit=check_unchanged)
 
 
@@ -154,6 +161,13 @@ def copy_rows(m: BlockMatrix, start: int, stop: int, dest: str) -> BlockMatrix:
         raise InputValueError(f"rows [{start}, {stop}) are not inside {m.url} "
                               f"({m.shape[0]} rows)")
     r = m.chunks[0]
+    if m.meta.format == CSR:  # CSR rows stay CSR: the overlapping blocks, cut
+        first, last = start // r, (stop - 1) // r
+        part = sp.vstack([m.block(i, 0) for i in range(first, last + 1)], format="csr")
+        lo = start - first * r
+        return from_sparse(part[lo:lo + stop - start], dest, chunks=(r, None),
+                           attrs={"operator": "refresh/copy",
+                                  "params": {"source": m.url, "rows": [start, stop]}})
     writer = BlockWriter(store_for(dest), m.shape[1], m.dtype, r, ChunkCodec())
     for lo in range(start, stop, r):
         hi = min(lo + r, stop)

@@ -12,6 +12,11 @@ A.zarr/b/<i>/indices/            nnz_i column indices  (int32, int64 beyond 2Â³Â
 A.zarr/b/<i>/indptr/             rows_i + 1 offsets     (int64)
 ```
 
+Appending rows (:func:`append_sparse`, for refresh) rewrites the last partial block
+with its leading rows unchanged and writes new blocks, then commits the group's
+``zarr.json``; a reader of the previous metadata reads the leading rows of a longer
+block, so an interrupted append leaves the matrix as it was.
+
 Blocks are row panels (all columns). Reading block ``i`` returns a
 ``scipy.sparse.csr_matrix`` after verifying each component's crc32c; a corrupt
 component raises :class:`~blocklin.errors.CorruptChunkError` naming the array and
@@ -22,8 +27,10 @@ interrupted write leaves no readable matrix (and is removed on failure).
 
 from __future__ import annotations
 
+import copy
 import json
 import os
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
@@ -58,7 +65,7 @@ from blocklin.types import BlockIndex
 if TYPE_CHECKING:
     from blocklin.storage.blockmatrix import BlockMatrix
 
-__all__ = ["CSR", "CSRBlock", "csr_block_nbytes", "from_sparse",
+__all__ = ["CSR", "CSRBlock", "append_sparse", "csr_block_nbytes", "from_sparse",
            "read_csr_block", "read_sparse_meta", "sparse_block_ident", "to_scipy"]
 
 CSR = "csr"
@@ -263,14 +270,108 @@ def read_csr_block(store: Store, meta: ArrayMeta, index: BlockIndex) -> CSRBlock
     indptr = _read_component(store, meta, index, "indptr", np.dtype(np.int64))
     if indptr.size == 0:
         indptr = np.zeros(rows + 1, dtype=np.int64)
-    nnz = int(indptr[-1])
+    total = int(indptr[-1])
     index_dtype = _index_dtype(n)
     indices = _read_component(store, meta, index, "indices", index_dtype)
     data = _read_component(store, meta, index, "data", meta.np_dtype)
-    if indptr.size != rows + 1 or indices.size != nnz or data.size != nnz:
+    # A last block that an append extended (uncommitted, or read with the metadata of
+    # before it) holds more rows than this metadata's: its leading rows are these.
+    if indptr.size < rows + 1 or indices.size != total or data.size != total:
         raise CorruptChunkError(meta.url, index, f"CSR components disagree: {rows} rows, "
                                 f"indptr {indptr.size}, indices {indices.size}, data {data.size}")
+    if indptr.size > rows + 1:
+        indptr = indptr[:rows + 1]
+        nnz = int(indptr[-1])
+        indices, data = indices[:nnz], data[:nnz]
     return CSRBlock((data, indices, indptr), shape=(rows, n), copy=False)
+
+
+def _block_crc(store: Store, meta: ArrayMeta, i: int) -> int:
+    ident = sparse_block_ident(store, (i, 0))
+    if ident is None:
+        raise MissingChunkError(meta.url, (i, 0), "its indptr component is absent")
+    return int(ident[1:], 16)
+
+
+def append_sparse(target: BlockMatrix, blocks: Iterable[Any], provenance: dict[str, Any],
+                  before_commit: Callable[[], None] | None = None) -> BlockMatrix:
+    """Append the rows of ``blocks`` (CSR or dense row blocks) to a sparse BlockMatrix.
+
+    The last partial block is rewritten with its leading rows unchanged and then the
+    new rows; full blocks follow; the group's metadata (shape, per-block nnz,
+    fingerprint and ``provenance`` merged into the ``blocklin`` attributes) is written
+    last, after ``before_commit`` (a compare-and-swap check) has passed. The caller
+    holds the array's lock.
+
+    Raises
+    ------
+    InputValueError
+        A block with another number of columns.
+    NonFiniteError
+        A NaN or infinite value (unless the target allows them); nothing committed.
+
+    Notes
+    -----
+    One pass over ``blocks``; memory one CSR row block. The old blocks are not read
+    (their checksums are: 12 bytes each), except the last partial one.
+    """
+    from blocklin.storage.blockmatrix import BlockMatrix
+
+    meta, store = target.meta, target.store
+    (m, n), r = meta.shape, int(meta.chunks[0])
+    attrs = copy.deepcopy(meta.attrs)
+    ns = attrs.setdefault(ATTRS_NAMESPACE, {})
+    layout = ns.get("layout", {})
+    nnz = [int(v) for v in layout.get("nnz", [])]
+    index_dtype = _index_dtype(n)
+    check = ns.get("allow_nonfinite") is not True
+    crcs: dict[BlockIndex, int] = {(i, 0): _block_crc(store, meta, i)
+                                   for i in range(meta.grid[0])}
+    last = meta.grid[0] - 1
+    held = m - last * r
+    pending: list[sp.csr_matrix] = []
+    cur = last + 1
+    if 0 < held < r:
+        pending, cur = [sp.csr_matrix(read_csr_block(store, meta, (last, 0)))], last
+    count = sum(b.shape[0] for b in pending)
+    added = 0
+
+    def flush() -> None:
+        nonlocal pending, count, cur
+        block = sp.csr_matrix(sp.vstack(pending, format="csr"))
+        nz, crc = _write_block(store, cur, block, meta.np_dtype, index_dtype)
+        crcs[(cur, 0)] = crc
+        nnz[cur:cur + 1] = [nz]
+        pending, count, cur = [], 0, cur + 1
+
+    for raw in blocks:
+        block = sp.csr_matrix(raw)
+        if block.shape[1] != n:
+            raise InputValueError(f"rows of {block.shape[1]} columns cannot extend "
+                                  f"{meta.url} ({n} columns)")
+        if check and not all_finite(block.data):
+            row, col = first_nonfinite(block) or (0, 0)
+            raise NonFiniteError(meta.url, ((m + added + row) // r, 0), m + added + row, col,
+                                 detail="refused on append; nothing was committed")
+        start = 0
+        while start < block.shape[0]:
+            take = min(r - count, block.shape[0] - start)
+            pending.append(block[start:start + take])
+            count, start, added = count + take, start + take, added + take
+            if count == r:
+                flush()
+    if count:
+        flush()
+    new = ArrayMeta(url=meta.url, shape=(m + added, n), chunks=(r, n), dtype=meta.dtype,
+                    format=CSR)
+    ns.update(provenance)
+    ns["fingerprint"] = fingerprint_from_crcs(new, crcs)
+    ns["layout"] = {**layout, "shape": [m + added, n], "nnz": nnz}
+    if before_commit is not None:
+        before_commit()
+    group = {"zarr_format": 3, "node_type": "group", "attributes": attrs}
+    store.put(METADATA_KEY, json.dumps(group, indent=1, sort_keys=True).encode())
+    return BlockMatrix(store, new.with_attrs(attrs))
 
 
 def to_scipy(A: BlockMatrix) -> sp.csr_matrix:
