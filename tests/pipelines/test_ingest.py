@@ -71,10 +71,9 @@ def test_failed_ingest_leaves_nothing(tmp_path: Path) -> None:
     assert not (tmp_path / "X.zarr").exists()
 
 
-def test_sparse_npz_ingest_verify_and_refresh_refused(tmp_path: Path) -> None:
+def test_sparse_npz_ingest_verify_and_refresh_appends_csr(tmp_path: Path) -> None:
     import scipy.sparse as sp
 
-    from blocklin.errors import InputValueError
     from blocklin.pipelines.inspect import inspect_array, verify_array
     from blocklin.pipelines.refresh import append_batch
 
@@ -92,9 +91,13 @@ def test_sparse_npz_ingest_verify_and_refresh_refused(tmp_path: Path) -> None:
     part.write_bytes(bytes(raw))
     report = verify_array(str(tmp_path / "S.zarr"))
     assert not report["ok"] and [c["chunk"] for c in report["corrupt"]] == ["b/1"]
+    # A dense batch extends a CSR input with CSR rows (the corrupt block is not read:
+    # its checksum trailer is, and verify still names it).
     dense = bl.from_array(np.ones((5, 40)), tmp_path / "D.zarr")
-    with pytest.raises(InputValueError, match="sparse"):
-        append_batch(res.matrix, dense, "x")
+    grown = append_batch(res.matrix, dense, "x")
+    assert grown.shape == (305, 40) and grown.meta.format == "csr"
+    np.testing.assert_array_equal(grown.block(3).toarray(), np.ones((5, 40)))
+    assert [c["chunk"] for c in verify_array(str(tmp_path / "S.zarr"))["corrupt"]] == ["b/1"]
 
 
 def test_exclude_and_dropped_columns_are_named(tmp_path: Path, table: tuple) -> None:
