@@ -37,9 +37,9 @@ from blocklin.plan.graph import (
     Task,
     TaskContext,
     TaskSet,
-    TreeTasks,
     make_stage,
 )
+from blocklin.plan.reduce import tree_levels
 from blocklin.types import BlockIndex
 
 __all__ = ["QR", "SVDFactors", "svd", "tsqr", "tsqr_r"]
@@ -586,24 +586,15 @@ def plan_tree(mats: Sequence[Any], *, with_q: bool, right: np.ndarray | None = N
                        dtype="float64", params=params, extra_memory=panel_bytes,
                        keeps_sparse=sparse)
     plan = plan.add(stage)
-    current = stage.output
-    levels: list[ArrayNode] = []
     if project and not with_q:
         raise InputValueError(f"{op}: a projecting TSQR keeps the tree's Q")
     rows = ((FAN_IN + 1) * c if with_q else c) + wide
-    while current.shape[0] > 1:
-        n = current.shape[0]
-        mparts = -(-n // FAN_IN)
-        ts = TreeTasks(n, FAN_IN, 3)
-        st = make_stage(f"{op}/tree{len(levels)}", TreeQR(c, with_q, wide),
-                        [StageInput(current)], ts,
-                        shape=(mparts, rows, c), chunks=(1, rows, c), dtype="float64",
-                        params={**params, "level": len(levels), "with_q": with_q},
-                        extra_memory=3 * (FAN_IN + 1) * c * c * 8 + 2 * rows * c * 8)
-        plan = plan.add(st)
-        current = st.output
-        levels.append(current)
-    return _Tree(plan, ms, leaf, c, leaves, tuple(levels), current, wide)
+    plan, levels = tree_levels(plan, stage.output, TreeQR(c, with_q, wide), op=op,
+                               params={**params, "with_q": with_q}, fan_in=FAN_IN,
+                               extra_memory=3 * (FAN_IN + 1) * c * c * 8 + 2 * rows * c * 8,
+                               part_shape=(rows, c), level_name="tree")
+    top = levels[-1] if levels else stage.output
+    return _Tree(plan, ms, leaf, c, leaves, levels, top, wide)
 
 
 def plan_finish(tree: _Tree, mode: str, op: str = "tsqr") -> tuple[Plan, ArrayNode]:
