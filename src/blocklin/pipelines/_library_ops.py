@@ -173,21 +173,22 @@ class NoParams(Params):
 
 
 # -- regression --------------------------------------------------------------------------------
-class LinearParams(Params):
+class _PenaltyParams(Params):
+    """The MLlib objective's intercept and penalty, shared by both regressions."""
+
     fit_intercept: bool = True
     reg_param: float = Field(0.0, ge=0)
     elastic_net_param: float = Field(0.0, ge=0, le=1)
     standardization: bool = False
+
+
+class LinearParams(_PenaltyParams):
     solver: Solver = "auto"
     max_iter: int = Field(100, ge=1)
     tol: float = Field(1e-6, gt=0)
 
 
-class LogisticParams(Params):
-    fit_intercept: bool = True
-    reg_param: float = Field(0.0, ge=0)
-    elastic_net_param: float = Field(0.0, ge=0, le=1)
-    standardization: bool = False
+class LogisticParams(_PenaltyParams):
     solver: LogisticSolver = "auto"
     family: LogisticFamily = "auto"
     max_iter: int = Field(100, ge=1)
