@@ -24,6 +24,7 @@ class IterResult:
     coef: np.ndarray  # (p + intercept, k)
     history: list[float]
     moments: Moments
+    grad_scale: float = 0.0  # the gradient norm the stopping rule is relative to
 
 
 def _initial(family: str, mom: Moments, p: int, k: int, fit_intercept: bool) -> np.ndarray:
@@ -36,7 +37,9 @@ def _initial(family: str, mom: Moments, p: int, k: int, fit_intercept: bool) -> 
     return theta
 
 
-def iterative_fit(est: Any, data: TrainData, family: str, solver: str, k: int) -> IterResult:
+def iterative_fit(est: Any, data: TrainData, family: str, solver: str, k: int,
+                  start: np.ndarray | None = None,
+                  grad_scale: float | None = None) -> IterResult:
     """L-BFGS or OWL-QN over passes, in standardized coordinates with a centred intercept.
 
     One pass for the column moments (scales, centres, penalties, a starting
@@ -48,7 +51,10 @@ def iterative_fit(est: Any, data: TrainData, family: str, solver: str, k: int) -
     the columns' offsets and units. Each evaluation still multiplies X itself (the
     pass gets β and b = c − μᵀβ); the gradient is mapped back by the chain rule. The
     stopping rule (see :mod:`blocklin.ml._quasi_newton`) is ‖G‖_∞ ≤ tol·‖g₀‖_∞ in
-    these coordinates.
+    these coordinates. ``start`` (coefficients as returned, intercept last) replaces
+    the intercept-only start (a warm start: ``partial_fit``); the tolerance stays
+    relative to the cold start's gradient: ``grad_scale`` (a previous fit's), or else
+    one more evaluation, at the cold start, measures it.
     """
     p = data.n_features
     fi = bool(est.fit_intercept)
@@ -84,14 +90,22 @@ def iterative_fit(est: Any, data: TrainData, family: str, solver: str, k: int) -
         return f, g.ravel()
 
     theta0 = _initial(family, mom, p, k, fi)
+    if start is not None:
+        if grad_scale is None:
+            grad_scale = float(np.max(np.abs(fun(theta0.ravel())[1]), initial=0.0))
+        theta0 = np.array(start, dtype=float).reshape(shape)  # to_coef's inverse
+        if fi:
+            theta0[p] += (mu * theta0[:p]).sum(axis=0)
+        theta0[:p] /= scale
     a, c = l1[:, None] * scale, l2[:, None] * scale**2  # penalty weights in θ
     move = _shift_move(shape, p, a[:, 0], c[:, 0]) if k > 1 else None
     res = (owlqn(fun, theta0.ravel(), np.vstack([a, np.zeros((int(fi), 1))]).repeat(k, 1).ravel(),
-                 int(est.max_iter), float(est.tol), move=move)
+                 int(est.max_iter), float(est.tol), move=move, scale=grad_scale)
            if solver == "owlqn" else
-           lbfgs(fun, theta0.ravel(), int(est.max_iter), float(est.tol), move=move))
+           lbfgs(fun, theta0.ravel(), int(est.max_iter), float(est.tol), move=move,
+                 scale=grad_scale))
     _check_solution(solver, res.x, res.history)
-    return IterResult(to_coef(res.x), res.history, mom)
+    return IterResult(to_coef(res.x), res.history, mom, res.scale)
 
 
 def class_shift(V: np.ndarray, a: np.ndarray, c: np.ndarray) -> np.ndarray:

@@ -108,6 +108,7 @@ class QNResult:
     evaluations: int
     reason: str  # "gradient", "max_iter" or "stalled"
     grad_norms: list[float] = field(default_factory=list)  # ‖G_k‖_∞ per iterate
+    scale: float = 0.0  # the ‖∇f‖_∞ that ``tol`` is relative to
 
     @property
     def iterations(self) -> int:
@@ -273,7 +274,7 @@ def _moved(pt: _Point, move: Move | None, l1: np.ndarray | None) -> _Point:
 
 
 def _minimize(fun: ObjFun, x0: np.ndarray, l1: np.ndarray | None, max_iter: int, tol: float,
-              memory: int | None, move: Move | None) -> QNResult:
+              memory: int | None, move: Move | None, scale: float | None) -> QNResult:
     x = np.array(x0, dtype=np.float64)
     if memory is None:
         memory = default_memory(x.shape[0])
@@ -282,7 +283,8 @@ def _minimize(fun: ObjFun, x0: np.ndarray, l1: np.ndarray | None, max_iter: int,
     penalty = 0.0 if l1 is None else float(l1 @ np.abs(x))
     pt = _Point(x, f, g, f + penalty)
     history = [pt.F]
-    scale = float(np.max(np.abs(g), initial=0.0))
+    if scale is None:
+        scale = float(np.max(np.abs(g), initial=0.0))
     mem = _Memory(memory)
     grad_norms: list[float] = []
     reason = "max_iter"
@@ -321,27 +323,30 @@ def _minimize(fun: ObjFun, x0: np.ndarray, l1: np.ndarray | None, max_iter: int,
         mem.update(new.x - pt.x, new.g - pt.g)
         pt = new
         history.append(pt.F)
-    return QNResult(pt.x, history, count[0], reason, grad_norms)
+    return QNResult(pt.x, history, count[0], reason, grad_norms, scale)
 
 
 def lbfgs(fun: ObjFun, x0: np.ndarray, max_iter: int, tol: float,
-          memory: int | None = None, move: Move | None = None) -> QNResult:
+          memory: int | None = None, move: Move | None = None,
+          scale: float | None = None) -> QNResult:
     """Minimize a smooth convex f by L-BFGS; ``fun(x)`` returns (f, ∇f) in one pass.
 
-    Stops when ‖∇f(x_k)‖_∞ ≤ ``tol``·‖∇f(x₀)‖_∞, after ``max_iter`` iterations, or when
-    no step decreases f (rounding floor); see the module docstring. Usually one
-    evaluation per iteration (two or three on the first).
+    Stops when ‖∇f(x_k)‖_∞ ≤ ``tol``·‖∇f(x₀)‖_∞ (``scale`` in place of ‖∇f(x₀)‖_∞ when
+    given: a warm start keeps its cold start's reference), after ``max_iter``
+    iterations, or when no step decreases f (rounding floor); see the module
+    docstring. Usually one evaluation per iteration (two or three on the first).
     """
-    return _minimize(fun, x0, None, max_iter, tol, memory, move)
+    return _minimize(fun, x0, None, max_iter, tol, memory, move, scale)
 
 
 def owlqn(fun: ObjFun, x0: np.ndarray, l1: np.ndarray, max_iter: int, tol: float,
-          memory: int | None = None, move: Move | None = None) -> QNResult:
+          memory: int | None = None, move: Move | None = None,
+          scale: float | None = None) -> QNResult:
     """Minimize f(x) + Σ l1ⱼ|xⱼ| (f smooth, convex) by OWL-QN; ``fun`` returns (f, ∇f).
 
-    Stops when the pseudo-gradient's ‖·‖_∞ is at most ``tol``·‖∇f(x₀)‖_∞, after
-    ``max_iter`` iterations, or when no step decreases the objective (rounding floor);
-    see the module docstring.
+    Stops when the pseudo-gradient's ‖·‖_∞ is at most ``tol``·‖∇f(x₀)‖_∞ (or
+    ``tol``·``scale``, as :func:`lbfgs`), after ``max_iter`` iterations, or when no step
+    decreases the objective (rounding floor); see the module docstring.
     """
     return _minimize(fun, x0, np.asarray(l1, dtype=np.float64), max_iter, tol, memory,
-                     move)
+                     move, scale)

@@ -106,6 +106,9 @@ class LogisticRegression(SaveMixin, ClassifierMixin, BaseEstimator):  # type: ig
     coef_ : ndarray (1, n_features) binomial or (n_classes, n_features) multinomial
     intercept_ : ndarray (1,) or (n_classes,)
     n_iter_, n_passes_, objective_history_, solver_
+    grad_scale_ : float
+        ``lbfgs``/``owlqn``: ‖∇‖_∞ at the cold start, which ``tol`` is relative to;
+        ``partial_fit`` keeps it, so a warm start stops by the same rule.
 
     Notes
     -----
@@ -114,6 +117,10 @@ class LogisticRegression(SaveMixin, ClassifierMixin, BaseEstimator):  # type: ig
     evaluation. Multinomial intercepts (and, without a penalty, coefficients) are
     centered over classes as MLlib does, the softmax being invariant to a common shift.
     """
+
+    classes_: np.ndarray
+    coef_: np.ndarray
+    intercept_: np.ndarray
 
     def __init__(self, fit_intercept: bool = True, reg_param: float = 0.0,
                  elastic_net_param: float = 0.0, standardization: bool = False,
@@ -137,18 +144,49 @@ class LogisticRegression(SaveMixin, ClassifierMixin, BaseEstimator):  # type: ig
     @reports("fit")
     def fit(self, X: Any, y: Any, sample_weight: Any = None) -> LogisticRegression:
         """Fit on X (numpy, scipy sparse, dask, BlockMatrix or zarr path) and class labels y."""
+        return self._fit(X, y, sample_weight, None)
+
+    @reports("partial_fit")
+    def partial_fit(self, X: Any, y: Any, classes: Any = None,
+                    sample_weight: Any = None) -> LogisticRegression:
+        """Refit on X and y starting from the current coefficients (a warm start).
+
+        X and y are the whole training set as it stands now (say, a stored matrix after
+        rows were appended): the objective is the documented one over all of them, and
+        the result is that of :meth:`fit` on them to the solver's tolerance. Starting
+        from the last solution saves iterations, so passes, when the data changed
+        little: each Newton iteration or L-BFGS/OWL-QN evaluation is one pass over X
+        (plus the moments pass of ``lbfgs``/``owlqn``, or of a standardized penalty),
+        and a start that is already optimal stops after the first. The classes are
+        those of the first fit (or ``classes``, when given before any fit); a label
+        outside them is refused, as is a change of features or family.
+        """
+        if not hasattr(self, "coef_"):
+            if classes is not None:
+                self._given_classes = np.unique(np.asarray(classes))
+            return self._fit(X, y, sample_weight, None)
+        coef = self.coef_.T
+        start = np.vstack([coef, self.intercept_[None, :]]) if self.fit_intercept else coef
+        return self._fit(X, y, sample_weight, start)
+
+    def _fit(self, X: Any, y: Any, sample_weight: Any,
+             start: np.ndarray | None) -> LogisticRegression:
         check_common_params(self)
         solver = parse_option("solver", self.solver, LOGISTIC_SOLVERS)
         family = parse_option("family", self.family, LOGISTIC_FAMILIES)
-        Xv = features(self, X, reset=True)
-        codes = self._encode(y, Xv)
+        Xv = features(self, X, reset=start is None)
+        codes = self._encode(y, Xv, keep=start is not None)
         k = len(self.classes_)
         if family == "auto":
             family = "binomial" if k <= 2 else "multinomial"
         if family == "binomial" and k > 2:
             raise InputValueError(f"family='binomial' needs two classes; y has {k}")
+        fitted = "binomial" if start is not None and start.shape[1] == 1 else "multinomial"
+        if start is not None and family != fitted:
+            raise InputValueError(f"partial_fit continues a {fitted} fit; family "
+                                  f"{family!r} differs")
         with training_data(Xv, codes, sample_weight, compute_options(self)) as data:
-            coef, hist, iters, used = self._fit_data(data, family, solver)
+            coef, hist, iters, used = self._fit_data(data, family, solver, start)
             self.n_passes_ = data.passes
         p = data.n_features
         self._family = family
@@ -162,7 +200,7 @@ class LogisticRegression(SaveMixin, ClassifierMixin, BaseEstimator):  # type: ig
         self._summary: LogisticRegressionSummary | None = None
         return self
 
-    def _encode(self, y: Any, X: Any) -> np.ndarray:
+    def _encode(self, y: Any, X: Any, keep: bool = False) -> np.ndarray:
         if is_stored(y):
             y = open_stored(y).to_numpy()[:, 0]
         if y is None:
@@ -181,14 +219,25 @@ class LogisticRegression(SaveMixin, ClassifierMixin, BaseEstimator):  # type: ig
         except ValueError as exc:  # scikit-learn's message and rule, under a named error
             raise InputValueError(f"{exc} LogisticRegression needs class labels; for a "
                                   "continuous target use LinearRegression") from None
+        known: np.ndarray | None = self.classes_ if keep else getattr(self, "_given_classes",
+                                                                      None)
+        if known is not None:
+            # partial_fit: the classes stay those of the first fit (or of ``classes``).
+            extra = np.setdiff1d(np.unique(y), known)
+            if extra.size:
+                raise InputValueError(f"y holds labels {extra.tolist()!r} outside the classes "
+                                      f"{known.tolist()!r} of this estimator")
+            self.classes_ = known
+            out: np.ndarray = np.searchsorted(known, y).astype(np.float64)
+            return out
         self.classes_, codes = np.unique(y, return_inverse=True)
         if len(self.classes_) < 2:
             raise InputValueError(f"needs samples of at least 2 classes; y holds 1 class "
                                   f"({self.classes_[0]!r})")
         return codes.astype(np.float64)
 
-    def _fit_data(self, data: TrainData, family: str,
-                  solver: str) -> tuple[np.ndarray, list[float], int, str]:
+    def _fit_data(self, data: TrainData, family: str, solver: str,
+                  start: np.ndarray | None = None) -> tuple[np.ndarray, list[float], int, str]:
         l1 = self.reg_param * self.elastic_net_param > 0
         p = data.n_features
         k = 1 if family == "binomial" else len(self.classes_)
@@ -197,11 +246,13 @@ class LogisticRegression(SaveMixin, ClassifierMixin, BaseEstimator):  # type: ig
         # Every solver here makes several passes: keep the blocks in worker memory.
         with data.cached():
             if solver == "newton":
-                coef, hist, iters = self._newton(data, k)
+                coef, hist, iters = self._newton(data, k, start)
                 used = "newton"
             else:
                 used = "owlqn" if (solver == "owlqn" or l1) else "lbfgs"
-                res = iterative_fit(self, data, family, used, k)
+                warm = None if start is None else getattr(self, "grad_scale_", None)
+                res = iterative_fit(self, data, family, used, k, start, warm)
+                self.grad_scale_ = res.grad_scale
                 coef, hist, iters = res.coef, res.history, len(res.history) - 1
         if family == "multinomial":
             if self.fit_intercept:
@@ -210,7 +261,8 @@ class LogisticRegression(SaveMixin, ClassifierMixin, BaseEstimator):  # type: ig
                 coef[:p] -= coef[:p].mean(axis=1, keepdims=True)
         return coef, hist, iters, used
 
-    def _newton(self, data: TrainData, k: int) -> tuple[np.ndarray, list[float], int]:
+    def _newton(self, data: TrainData, k: int,
+                start: np.ndarray | None = None) -> tuple[np.ndarray, list[float], int]:
         """Damped (proximal) Newton: one pass per iteration for loss, gradient and Hessian."""
         p = data.n_features
         fi = bool(self.fit_intercept)
@@ -225,7 +277,7 @@ class LogisticRegression(SaveMixin, ClassifierMixin, BaseEstimator):  # type: ig
         l2m = np.zeros((size, k))
         l1m[:p], l2m[:p] = l1p[:, None], l2p[:, None]
         l1, l2 = l1m.ravel(), l2m.ravel()
-        beta = np.zeros(size * k)
+        beta = np.zeros(size * k) if start is None else np.array(start, dtype=float).ravel()
         q = size * k
         prev: tuple[np.ndarray, float] | None = None
         history: list[float] = []
