@@ -172,8 +172,8 @@ def _q_times(a: np.ndarray, m: np.ndarray) -> np.ndarray:
     :func:`_r_factor`), applied by LAPACK ``dgemqrt`` or ``dormqr``: Q is never formed
     on the host (a GPU panel forms its reduced Q and multiplies)."""
     if type(a) is not np.ndarray:
-        q: Any = _device_qr(a, "q")
-        return q @ like(m, a)  # type: ignore[no-any-return]
+        qm: np.ndarray = _device_qr(a, "q") @ like(m, a)  # the namespace's array
+        return qm
     if not _blocked(a):
         y: np.ndarray = scipy.linalg.qr_multiply(a, m, mode="left")[0]
         return y
