@@ -236,13 +236,6 @@ class LocalDir(OutputDir):
         return (STAGING,)
 
 
-def _precondition_failed(exc: OSError) -> bool:
-    # s3fs maps a 412 to FileExistsError for If-None-Match and to a bare OSError
-    # (EINVAL, "pre-conditions ... did not hold") for If-Match.
-    text = str(exc).lower()
-    return isinstance(exc, FileExistsError) or "pre-condition" in text or "precondition" in text
-
-
 class ObjectDir(OutputDir):
     """A prefix in an object store or any fsspec file system (see the module docs).
 
@@ -271,34 +264,10 @@ class ObjectDir(OutputDir):
         self.store.put(rel, data)  # one PUT: atomic on object stores
 
     def create_exclusive(self, rel: str, data: bytes) -> bool:
-        try:
-            self.fs.pipe_file(self._key(rel), data, mode="create")
-        except OSError as exc:
-            if _precondition_failed(exc):
-                return False
-            raise storage_error(exc, self.url(rel)) from exc
-        return True
+        return self.store.create_exclusive(rel, data)
 
     def replace_if(self, rel: str, data: bytes, seen: bytes) -> bool:
-        key = self._key(rel)
-        try:
-            info = self.fs.info(key)
-        except FileNotFoundError:
-            return self.create_exclusive(rel, data)
-        if self.read_bytes(rel) != seen:
-            return False
-        tag = info.get("ETag") or info.get("etag")
-        if self.protocol in ("s3", "s3a") and tag:
-            # Compare and swap on the version judged: a lock re-created since fails.
-            try:
-                self.fs.pipe_file(key, data, IfMatch=tag)
-            except OSError as exc:
-                if _precondition_failed(exc):
-                    return False
-                raise storage_error(exc, self.url(rel)) from exc
-            return True
-        self.delete(rel)
-        return self.create_exclusive(rel, data)
+        return self.store.replace_if(rel, data, seen)
 
     def exists(self, rel: str) -> bool:
         self.fs.invalidate_cache(self._key(rel))

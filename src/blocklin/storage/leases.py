@@ -258,18 +258,9 @@ def _lock_token(data: bytes) -> str:
 def _take_object_lock(store: FsspecStore, token: str, wait: float) -> None:
     deadline = time.monotonic() + wait
     delay = 0.01
-    fs = store.fs
-    key = f"{store.root}/{LOCK_KEY}"
     while True:
-        try:
-            fs.pipe_file(key, _lock_doc(token), mode="create")
+        if store.create_exclusive(LOCK_KEY, _lock_doc(token)):
             return
-        except FileExistsError:
-            pass
-        except OSError as exc:
-            text = str(exc).lower()
-            if "pre-condition" not in text and "precondition" not in text:
-                raise
         seen = store.get(LOCK_KEY)
         try:
             doc = json.loads(seen or b"null")
@@ -277,9 +268,8 @@ def _take_object_lock(store: FsspecStore, token: str, wait: float) -> None:
                                   float(doc["started"]), LOCK_TTL, None)
         except (ValueError, KeyError, TypeError):
             alive = seen is None  # vanished: try again; unreadable: nobody holds it
-        if not alive and seen is not None and store.get(LOCK_KEY) == seen:
-            store.delete_prefix(LOCK_KEY)  # the holder is gone: take it over
-            continue
+        if not alive and seen is not None and store.replace_if(LOCK_KEY, _lock_doc(token), seen):
+            return  # the holder is gone: taken over, unless someone else was quicker
         if time.monotonic() + delay > deadline:
             raise LockError(f"{store.url}/{LOCK_KEY} stayed locked for {wait:g} s (another "
                             "process is taking a lease or removing intermediates); if its "

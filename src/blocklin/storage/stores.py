@@ -8,6 +8,7 @@ paths relative to the array root, exactly as zarr v3 lays them out.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import tempfile
@@ -384,6 +385,14 @@ class LocalStore(Store):
         return zarr.storage.LocalStore(self.root, read_only=self.read_only)
 
 
+def precondition_failed(exc: OSError) -> bool:
+    """Whether a conditional write failed its condition: s3fs maps a 412 to
+    FileExistsError for If-None-Match and to a bare OSError ("pre-conditions ... did
+    not hold") for If-Match."""
+    text = str(exc).lower()
+    return isinstance(exc, FileExistsError) or "pre-condition" in text or "precondition" in text
+
+
 class FsspecStore(Store):
     """Any fsspec URL; writes are single-object puts, which object stores make atomic."""
 
@@ -431,6 +440,43 @@ class FsspecStore(Store):
             self.fs.pipe_file(self._path(key), bytes(data))
         except OSError as exc:  # a full or read-only bucket/volume is named, not a bug
             raise storage_error(exc, join_url(self.url, key)) from exc
+
+    def create_exclusive(self, key: str, data: bytes) -> bool:
+        """Write ``key`` only if absent (If-None-Match on S3, O_EXCL on files): True if
+        this call created it, False if it was there."""
+        self._check_writable()
+        try:
+            self.fs.pipe_file(self._path(key), data, mode="create")
+        except OSError as exc:
+            if precondition_failed(exc):
+                return False
+            raise storage_error(exc, join_url(self.url, key)) from exc
+        return True
+
+    def replace_if(self, key: str, data: bytes, seen: bytes) -> bool:
+        """Replace ``key`` with ``data`` only if it still holds ``seen`` (created when
+        absent): True if replaced. On S3 the write is conditional on the ETag of the
+        version judged, so a version written since makes it fail; elsewhere a content
+        check, then delete and exclusive create (the loser of a race sees False)."""
+        path = self._path(key)
+        try:
+            info = self.fs.info(path)
+        except FileNotFoundError:
+            return self.create_exclusive(key, data)
+        if self.get(key) != seen:
+            return False
+        tag = info.get("ETag") or info.get("etag")
+        if self.url.split("://", 1)[0] in ("s3", "s3a") and tag:
+            try:
+                self.fs.pipe_file(path, data, IfMatch=tag)
+            except OSError as exc:
+                if precondition_failed(exc):
+                    return False
+                raise storage_error(exc, join_url(self.url, key)) from exc
+            return True
+        with contextlib.suppress(FileNotFoundError):
+            self.fs.rm_file(path)
+        return self.create_exclusive(key, data)
 
     def exists(self, key: str) -> bool:
         return bool(self.fs.isfile(self._path(key)))
