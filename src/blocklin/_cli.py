@@ -428,15 +428,22 @@ def ingest(src: Annotated[str, typer.Argument(help=".npy, .csv, .parquet file or
            allow_nonfinite: Annotated[bool, typer.Option(
                "--allow-nonfinite", help="store NaN and infinity instead of refusing them "
                "(exit 2); refresh batches for the array are then accepted alike")] = False,
+           sparse: Annotated[bool, typer.Option(
+               "--sparse", help="SRC is a Parquet table of nonzeros (row, col, value): "
+               "stored as CSR (.npz files are sparse without it)")] = False,
+           ncols: Annotated[int | None, typer.Option(
+               "--ncols", help="with --sparse: the column count (default: largest col + 1)")
+           ] = None,
            as_json: JsonOpt = False) -> None:
-    """Stream a .npy, CSV, Parquet file or zarr array into a BlockMatrix."""
+    """Stream a .npy, .npz (scipy.sparse), CSV, Parquet file or zarr array into a BlockMatrix."""
     from blocklin.pipelines.ingest import ingest as do_ingest
 
     with _guard(as_json):
         cols = [c.strip() for c in columns.split(",") if c.strip()] if columns else None
         res = do_ingest(src, dest, label=label, label_dest=label_dest, columns=cols,
                         chunk_rows=chunk_rows, dtype=dtype, codec=codec, overwrite=overwrite,
-                        allow_nonfinite=allow_nonfinite, exclude=exclude or ())
+                        allow_nonfinite=allow_nonfinite, exclude=exclude or (), sparse=sparse,
+                        ncols=ncols)
         m = res.matrix
         doc = {"ok": True, "dest": m.url, "shape": list(m.shape), "chunks": list(m.chunks),
                "dtype": str(m.dtype), "format": res.format, "columns": list(res.columns),

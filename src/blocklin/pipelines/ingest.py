@@ -6,6 +6,14 @@ block, so a source larger than memory ingests with about one row block of memory
 (plus one source batch). Table sources keep their numeric columns (or those given),
 and may split a label column into a second array.
 
+Sparse sources become CSR row panels: a ``scipy.sparse.save_npz`` file, or (with
+``sparse=True``) a Parquet table of the nonzeros as ``(row, col, value)`` records (the
+coordinate layout of interaction logs and term counts): integer ``row`` and ``col``
+(0-based), a numeric ``value``; duplicate coordinates are summed; the shape is the
+schema metadata key ``shape`` (JSON ``[rows, cols]``) when present, else one past the
+largest row and column (``ncols`` fixes the columns, as a refresh batch of an input
+has). In-memory ``scipy.sparse`` matrices are stored by :func:`blocklin.from_array`.
+
 On any failure nothing is left at the destination.
 """
 
@@ -371,11 +379,17 @@ def _target(path: str, overwrite: bool) -> Store:
 def ingest(src: str, dest: str, *, label: str | None = None, label_dest: str | None = None,
            columns: Sequence[str] | None = None, chunk_rows: int | None = None,
            dtype: str | None = None, codec: str = "auto", overwrite: bool = False,
-           allow_nonfinite: bool = False, exclude: Sequence[str] = ()) -> IngestResult:
+           allow_nonfinite: bool = False, exclude: Sequence[str] = (), sparse: bool = False,
+           ncols: int | None = None) -> IngestResult:
     """Stream ``src`` into a BlockMatrix at ``dest`` (and labels at ``label_dest``).
 
     Parameters
     ----------
+    sparse : bool
+        ``src`` is a Parquet table of nonzeros ``(row, col, value)`` (see the module
+        notes): stored as CSR row panels. ``.npz`` sources are sparse whatever this says.
+    ncols : int, optional
+        Sparse sources: the number of columns (default one past the largest ``col``).
     columns, exclude : sequence of str, optional
         Table sources: the feature columns to keep (default every numeric column but
         the label), and columns to leave out of them. Non-numeric columns are left out
@@ -400,6 +414,12 @@ def ingest(src: str, dest: str, *, label: str | None = None, label_dest: str | N
     """
     if chunk_rows is not None and chunk_rows <= 0:
         raise InputValueError(f"--chunk-rows must be positive; got {chunk_rows}")
+    if sparse or ncols is not None:
+        if detect_format(src) != "parquet" or label or columns or exclude:
+            raise InputValueError("--sparse reads a Parquet table of (row, col, value) records; "
+                                  "--label, --columns and --exclude do not apply (.npz files "
+                                  "are sparse without it)")
+        return _ingest_coo(src, dest, chunk_rows, dtype, overwrite, allow_nonfinite, ncols)
     if detect_format(src) == "npz":
         return _ingest_sparse(src, dest, chunk_rows, dtype, overwrite,
                               label or columns or exclude, allow_nonfinite)
@@ -447,6 +467,74 @@ def _ingest_sparse(src: str, dest: str, chunk_rows: int | None, dtype: str | Non
     except NonFiniteError as exc:
         raise NonFiniteError(src, None, exc.row, exc.col, detail=_ALLOW) from None
     return IngestResult(m, None, "npz", tuple(f"c{i}" for i in range(x.shape[1])))
+
+
+#: Columns of the sparse (coordinate) Parquet layout.
+COO_COLUMNS = ("row", "col", "value")
+
+
+def _coo_shape(meta: Any, rmax: int, cmax: int, ncols: int | None, src: str) -> tuple[int, int]:
+    """(rows, cols) from the schema's ``shape`` metadata, else the largest indices."""
+    raw = (meta or {}).get(b"shape")
+    rows, cols = rmax + 1, cmax + 1 if ncols is None else ncols
+    if raw is not None:
+        import json
+
+        try:
+            rows, cols = (int(v) for v in json.loads(raw))
+        except (ValueError, TypeError) as exc:
+            raise InputValueError(f"{src}: schema metadata 'shape' must be [rows, cols]; got "
+                                  f"{raw!r}") from exc
+        if ncols is not None and cols != ncols:
+            raise InputValueError(f"{src} has {cols} columns (its 'shape'); the input has "
+                                  f"{ncols}")
+    if rmax >= rows or cmax >= cols or rows <= 0 or cols <= 0:
+        raise InputValueError(f"{src}: entries reach row {rmax} and column {cmax}, outside the "
+                              f"shape ({rows}, {cols})")
+    return rows, cols
+
+
+def _ingest_coo(src: str, dest: str, chunk_rows: int | None, dtype: str | None,
+                overwrite: bool, allow_nonfinite: bool, ncols: int | None) -> IngestResult:
+    """A Parquet table of nonzeros ``(row, col, value)`` into CSR row panels.
+
+    Memory: the source's three columns and the CSR matrix (O(nnz)); one pass.
+    """
+    import pyarrow.parquet as pq
+    import scipy.sparse as sp
+
+    from blocklin.storage import from_array
+
+    if not os.path.isfile(src):
+        raise FileNotFoundError(f"no such file: {src}")
+    schema = pq.read_schema(src)
+    missing = [c for c in COO_COLUMNS if c not in schema.names]
+    if missing:
+        raise InputValueError(f"{src} is not a sparse (row, col, value) table: no column "
+                              f"{', '.join(map(repr, missing))}; it has {', '.join(schema.names)}")
+    table = pq.read_table(src, columns=list(COO_COLUMNS))
+    r, c = (table.column(n).to_numpy() for n in COO_COLUMNS[:2])
+    v = table.column("value").to_numpy()
+    for name, arr in (("row", r), ("col", c)):
+        if arr.dtype.kind not in "iu" or (arr.size and arr.min() < 0):
+            raise InputValueError(f"{src}: column {name!r} must hold non-negative integers; "
+                                  f"got {arr.dtype}")
+    out_dtype = check_numeric_dtype(dtype or v.dtype, what=src)
+    rmax = int(r.max()) if r.size else -1
+    cmax = int(c.max()) if c.size else -1
+    shape = _coo_shape(schema.metadata, rmax, cmax, ncols, src)
+    x = sp.coo_matrix((v.astype(out_dtype), (r, c)), shape=shape).tocsr()
+    _target(dest, overwrite)
+    attrs: dict[str, Any] = {"columns": [f"c{i}" for i in range(shape[1])],
+                             "source_layout": "coo"}
+    if allow_nonfinite:
+        attrs["allow_nonfinite"] = True
+    try:
+        m = from_array(x, dest, chunks=(chunk_rows, None), overwrite=True,
+                       check_finite=not allow_nonfinite, attrs=attrs)
+    except NonFiniteError as exc:
+        raise NonFiniteError(src, None, exc.row, exc.col, detail=_ALLOW) from None
+    return IngestResult(m, None, "parquet-coo", tuple(attrs["columns"]))
 
 
 def _label_path(dest: str) -> str:

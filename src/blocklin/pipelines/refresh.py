@@ -112,14 +112,22 @@ def _stage_batch(src: str, pipe: Pipeline, inputs: Mapping[str, BlockMatrix]) ->
     incoming = f"{BATCHES}/incoming-{os.getpid()}"
     out.delete(incoming)
     out.makedirs(incoming)
+    # NaN/inf are refused (nothing appended) unless the input was ingested with
+    # allow_nonfinite.
+    nonfinite = target.provenance.get("allow_nonfinite") is True
     try:
-        res = ingest(src, out.url(f"{incoming}/x.zarr"), label=r.label_column,
-                     columns=batch_columns(src, target, r.label_column),
-                     label_dest=out.url(f"{incoming}/y.zarr") if r.label_column else None,
-                     chunk_rows=target.chunks[0], dtype=str(target.dtype), codec="none",
-                     # NaN/inf are refused (nothing appended) unless the input was
-                     # ingested with allow_nonfinite.
-                     allow_nonfinite=target.provenance.get("allow_nonfinite") is True)
+        if target.provenance.get("source_layout") == "coo":
+            # An input ingested from (row, col, value) records takes its batches alike,
+            # with the input's columns.
+            res = ingest(src, out.url(f"{incoming}/x.zarr"), sparse=True,
+                         ncols=target.shape[1], chunk_rows=target.chunks[0],
+                         dtype=str(target.dtype), allow_nonfinite=nonfinite)
+        else:
+            res = ingest(src, out.url(f"{incoming}/x.zarr"), label=r.label_column,
+                         columns=batch_columns(src, target, r.label_column),
+                         label_dest=out.url(f"{incoming}/y.zarr") if r.label_column else None,
+                         chunk_rows=target.chunks[0], dtype=str(target.dtype), codec="none",
+                         allow_nonfinite=nonfinite)
         if res.matrix.shape[1] != target.shape[1]:
             raise InputValueError(f"batch {src} has {res.matrix.shape[1]} columns; the input "
                                   f"{target.url} has {target.shape[1]}")
