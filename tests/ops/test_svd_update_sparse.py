@@ -106,3 +106,60 @@ def test_batch_cost_does_not_touch_untouched_columns() -> None:
     _brand_batch(s, V, sp.csr_matrix(c))
     assert np.array_equal(V.base[20:], before[20:])
     assert not np.array_equal(V.base[:20], before[:20])
+
+
+def _stored_arrays(root: Path) -> set[str]:
+    from blocklin.storage.leases import flush_removals
+
+    flush_removals()  # removed arrays leave the tree before the listing
+    return {p.name for p in root.iterdir() if p.name.startswith(("U_", "F_"))}
+
+
+@pytest.mark.parametrize("max_terms", [1, 3, 64])
+def test_u_materialized_at_the_term_budget(max_terms: int, tmp_path: Path) -> None:
+    x = _data(400, 50, seed=7)
+    dense_x = x.toarray()
+    u0, s0, vt0 = _exact(dense_x[:160], K)
+    state = SVDState.create(tmp_path / "state", u0, s0, vt0)
+    for a in range(160, 400, 40):  # six calls of two 20-row batches
+        state = svd_update(str(tmp_path / "state"), rows=x[a:a + 40], method="sparse",
+                           batch=20, max_terms=max_terms, work_dir=str(tmp_path / "w"))
+    state = SVDState.open(tmp_path / "state")
+    # 1 + 6 terms; past the budget U becomes one basis (3: after calls 3 and 6).
+    assert len(state.terms) == {1: 1, 3: 1, 64: 7}[max_terms]
+    assert state.version == {1: 12, 3: 8, 64: 6}[max_terms]
+    u_ref, s_ref, vt_ref = _reference(dense_x, 160, 20)
+    assert np.abs(state.s - s_ref).max() <= 1e-10 * s_ref[0]
+    np.testing.assert_allclose(state.Vt, vt_ref, atol=1e-10)
+    np.testing.assert_allclose(state.u_to_numpy(), u_ref, atol=1e-10)
+    # Only what the committed version names is stored: materialized bases and their
+    # factors are gone.
+    named = {t.basis for t in state.terms} | {t.factor for t in state.terms}
+    assert _stored_arrays(tmp_path / "state") == named
+
+
+def test_shared_u_factor_folds_when_ill_conditioned(tmp_path: Path) -> None:
+    # Three of the data's directions are 1e-5 times weaker in the first rows than in
+    # the next: after the first append U's restriction to the first basis (in effect
+    # K_u) has singular values from ~1 down to ~1e-5, past FOLD_COND, so K_u is folded
+    # into the factors (rewritten under the new version's names) and restarts at I.
+    from blocklin.ops.svd_state import FOLD_COND
+
+    rng = np.random.default_rng(9)
+    basis = rng.standard_normal((K, 40))
+    g = rng.standard_normal((500, K))
+    g[:200, :3] *= 1e-5
+    x = g @ basis
+    state = SVDState.create(tmp_path / "state", *_exact(x[:200], K))
+    state = svd_update(state, rows=x[200:300], method="qr")
+    assert [t.factor for t in state.terms] == ["F_v00001_00000", "F_v00001_00001"]
+    np.testing.assert_array_equal(state.Ku, np.eye(K))
+    for a in range(300, 500, 100):
+        state = svd_update(state, rows=x[a:a + 100], method="qr")
+        assert np.linalg.cond(state.Ku) < FOLD_COND
+    assert _stored_arrays(tmp_path / "state") == \
+        {t.basis for t in state.terms} | {t.factor for t in state.terms}
+    reopened = SVDState.open(tmp_path / "state")
+    u = reopened.u_to_numpy()
+    assert np.abs(u.T @ u - np.eye(K)).max() <= 1e-11
+    assert np.abs((u * reopened.s) @ reopened.Vt - x).max() <= 1e-10 * np.abs(x).max()

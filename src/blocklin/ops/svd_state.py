@@ -1,28 +1,35 @@
 """The persisted state of an updatable truncated SVD ``A ≈ U diag(s) Vt``.
 
 U is never rewritten. It is a sum of *terms*, each a stored basis placed at a row
-offset times a small in-memory factor:
+offset times a small stored factor, all times one shared k × k factor (Deng et al.'s
+``U = U'·U''``):
 
-    U = Σ_t place(B_t at rows [r_t, r_t + m_t)) · G_t,     B_t: m_t × w_t,  G_t: w_t × k
+    U = Σ_t place(B_t at rows [r_t, r_t + m_t)) · F_t · K_u,   B_t: m_t × w_t,  F_t: w_t × k
 
 Row appends add a term at the bottom; column appends and low-rank changes add a
-term spanning all rows. An update right-multiplies every G_t by a k × k matrix (the
-Rayleigh–Ritz rotation) and never touches a stored basis, so its cost does not grow
-with the rows already seen. Bases stay narrow (k, or the width of the appended
-columns / low-rank factor), so reading all of U costs O(m·Σw_t).
+term spanning all rows. An update right-multiplies K_u by a k × k matrix (the
+Rayleigh–Ritz rotation) and stores the new term's ``F = G_new·K_u⁻¹``: O(k³) and
+two small arrays written, whatever the number of terms or rows already seen. Each
+F_t is written once. When K_u's condition number passes :data:`FOLD_COND` it is
+folded into the F_t (rewritten under new names, O(T·k³)); when the terms pass a
+budget, :meth:`SVDState.materialize_u` writes U as one basis (a pass over the
+bases, O(m·k)). Bases stay narrow (k, or the width of the appended columns /
+low-rank factor), so reading all of U costs O(m·Σw_t).
 
 Layout of the zarr group at ``path``::
 
     zarr.json          group metadata; attributes["blocklin_svd_state"] names the
                        committed version, its terms and sizes (the commit record)
     U_v00000.zarr ...  the bases (BlockMatrix, dense), named by the version adding them
+    F_v00000_00000 ... F_t (w_t × k), named by the version writing it and the term
     v<version>/s       (k,)         singular values
     v<version>/Vt      (k, n)       right singular vectors
-    v<version>/G       (Σw_t, k)    the G_t stacked in term order
+    v<version>/Ku      (k, k)       the shared factor K_u
     v<version>/x_<name>             small arrays the owner keeps with the state
 
-An update writes the new basis and ``v<version+1>/`` first, then replaces
-``zarr.json`` atomically (the commit), then removes ``v<version>/``. A crash at any
+An update writes the new basis, its F and ``v<version+1>/`` first, then replaces
+``zarr.json`` atomically (the commit), then removes ``v<version>/`` and whatever
+the new version no longer names (folded factors, materialized bases). A crash at any
 point before the commit leaves the previous version readable; the leftovers of a
 failed attempt are overwritten by the next one.
 """
@@ -32,11 +39,13 @@ from __future__ import annotations
 import itertools
 import json
 import os
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
+import scipy.linalg
+import scipy.linalg.lapack
 
 from blocklin.errors import InputValueError, ShapeMismatchError
 from blocklin.executors.lazy import Lazy
@@ -51,7 +60,10 @@ from blocklin.storage.stores import join_url, store_for
 __all__ = ["SVDState", "Term"]
 
 _ATTR = "blocklin_svd_state"
-_FORMAT = 2
+_FORMAT = 3
+#: K_u is folded into the terms' factors when its condition number passes this (the
+#: new terms' ``G·K_u⁻¹`` would carry a relative rounding of about eps times it).
+FOLD_COND = 1e4
 
 
 @dataclass(frozen=True)
@@ -62,6 +74,7 @@ class Term:
     row: int
     rows: int
     width: int
+    factor: str = ""  # the stored F_t ("" until the first commit of a format-2 state)
 
 
 @dataclass(frozen=True, eq=False)
@@ -81,24 +94,35 @@ class SVDState:
         Right singular vectors (rows).
     terms : tuple of Term
         U's stored bases and where they sit.
-    G : tuple of ndarray
-        ``G[t]`` (``terms[t].width`` × k): the factor of term t.
+    F : tuple of ndarray
+        ``F[t]`` (``terms[t].width`` × k): the stored factor of term t.
+    Ku : ndarray (k, k)
+        The factor shared by every term: term t's part of U is ``B_t·F_t·Ku``.
     n_rows : int
         Rows of A covered so far (m).
     version : int
         Incremented by every update.
     extras : mapping of str to ndarray
         Small arrays committed with the state (e.g. an estimator's column statistics).
+    fresh : frozenset of int
+        Terms whose F is not stored yet (written by :meth:`commit`).
     """
 
     path: str
     s: np.ndarray
     Vt: np.ndarray
     terms: tuple[Term, ...]
-    G: tuple[np.ndarray, ...]
+    F: tuple[np.ndarray, ...]
+    Ku: np.ndarray
     n_rows: int
     version: int
     extras: Mapping[str, np.ndarray] = field(default_factory=dict)
+    fresh: frozenset[int] = frozenset()
+
+    @property
+    def G(self) -> tuple[np.ndarray, ...]:
+        """``G[t] = F[t]·Ku`` (``terms[t].width`` × k): term t's part of U is ``B_t·G_t``."""
+        return tuple(f @ self.Ku for f in self.F)
 
     @property
     def k(self) -> int:
@@ -118,8 +142,8 @@ class SVDState:
     def u_to_numpy(self) -> np.ndarray:
         """U as one in-memory array (m × k): for tests and small problems."""
         u = np.zeros((self.n_rows, self.k))
-        for t, term in enumerate(self.terms):
-            u[term.row:term.row + term.rows] += self.basis(t).to_numpy() @ self.G[t]
+        for t, (term, g) in enumerate(zip(self.terms, self.G, strict=True)):
+            u[term.row:term.row + term.rows] += self.basis(t).to_numpy() @ g
         return u
 
     def u_lazy(self, *, out: str | None = None, chunk_rows: int | None = None) -> Lazy:
@@ -194,8 +218,9 @@ class SVDState:
         chunks = (U.chunks[0], None) if isinstance(U, BlockMatrix) else None
         from_array(src, join_url(store.url, name), chunks=chunks)
         m = int(U.shape[0])
-        state = cls(store.url, s, Vt, (Term(name, 0, m, s.size),), (np.eye(s.size),), m, 0,
-                    _as_extras(extras or {}))
+        k = s.size
+        state = cls(store.url, s, Vt, (Term(name, 0, m, k, factor_name(0, 0)),), (np.eye(k),),
+                    np.eye(k), m, 0, _as_extras(extras or {}), frozenset({0}))
         state.commit(previous=None)
         return state
 
@@ -213,20 +238,26 @@ class SVDState:
         doc = json.loads(raw).get("attributes", {}).get(_ATTR) if raw is not None else None
         if not isinstance(doc, dict):
             raise FileNotFoundError(f"no blocklin SVD state at {store.url}")
-        if doc.get("format") != _FORMAT:
+        fmt = doc.get("format")
+        if fmt not in (2, _FORMAT):
             raise FileNotFoundError(f"the SVD state at {store.url} was written by an older "
                                     "blocklin (format without terms); recreate it with "
                                     "SVDState.create")
         v = int(doc["version"])
         vdir = join_url(store.url, f"v{v}")
-        terms = tuple(Term(str(t["basis"]), int(t["row"]), int(t["rows"]), int(t["width"]))
-                      for t in doc["terms"])
-        stacked = _read(vdir, "G")
-        bounds = np.cumsum([0] + [t.width for t in terms])
-        G = tuple(np.array(stacked[a:b]) for a, b in itertools.pairwise(bounds))
+        terms = tuple(Term(str(t["basis"]), int(t["row"]), int(t["rows"]), int(t["width"]),
+                           str(t.get("factor", ""))) for t in doc["terms"])
         extras = {name: _read(vdir, f"x_{name}") for name in doc.get("extras", [])}
-        return cls(store.url, _read(vdir, "s"), _read(vdir, "Vt"), terms, G,
-                   int(doc["n_rows"]), v, extras)
+        s, Vt = _read(vdir, "s"), _read(vdir, "Vt")
+        if fmt == 2:  # the G_t stacked in the version: they become F_t, stored at next commit
+            stacked = _read(vdir, "G")
+            bounds = np.cumsum([0] + [t.width for t in terms])
+            F = tuple(np.array(stacked[a:b]) for a, b in itertools.pairwise(bounds))
+            terms = tuple(replace(t, factor=factor_name(v + 1, i)) for i, t in enumerate(terms))
+            return cls(store.url, s, Vt, terms, F, np.eye(s.size), int(doc["n_rows"]), v,
+                       extras, frozenset(range(len(terms))))
+        F = tuple(_read(store.url, t.factor) for t in terms)
+        return cls(store.url, s, Vt, terms, F, _read(vdir, "Ku"), int(doc["n_rows"]), v, extras)
 
     def next_basis_url(self) -> str:
         """Where the next update writes its basis (cleared first: a failed attempt's leftover)."""
@@ -239,38 +270,93 @@ class SVDState:
         import zarr
         from zarr.codecs import Crc32cCodec
 
+        for t in sorted(self.fresh):  # each F_t once, under a name no committed term uses
+            _write(join_url(self.path, self.terms[t].factor), self.F[t])
         vdir = join_url(self.path, f"v{self.version}")
         # Through blocklin's store: it carries the location's storage options.
         group = zarr.open_group(store_for(vdir).zarr_store(), mode="w")  # clears a leftover
-        arrays = {"s": self.s, "Vt": self.Vt, "G": np.vstack(self.G)}
+        arrays = {"s": self.s, "Vt": self.Vt, "Ku": self.Ku}
         arrays |= {f"x_{name}": value for name, value in self.extras.items()}
         for name, value in arrays.items():
             group.create_array(name, data=np.ascontiguousarray(value),
                                compressors=[Crc32cCodec()])
         doc = {"format": _FORMAT, "version": self.version, "n_rows": self.n_rows,
                "k": self.k, "n": int(self.Vt.shape[1]), "extras": sorted(self.extras),
-               "terms": [{"basis": t.basis, "row": t.row, "rows": t.rows, "width": t.width}
-                         for t in self.terms]}
+               "terms": [{"basis": t.basis, "row": t.row, "rows": t.rows, "width": t.width,
+                          "factor": t.factor} for t in self.terms]}
         meta = {"zarr_format": 3, "node_type": "group", "attributes": {_ATTR: doc}}
         store = store_for(self.path)
         store.put(METADATA_KEY, json.dumps(meta, indent=1).encode())  # atomic: the commit
         if previous is not None and previous.version != self.version:
             store.delete_prefix(f"v{previous.version}")
+            named = {t.basis for t in self.terms} | {t.factor for t in self.terms}
+            for old in {t.basis for t in previous.terms} | {t.factor for t in previous.terms}:
+                if old and old not in named:  # folded factors, materialized bases
+                    store.delete_prefix(old)
 
     def updated(self, rotation: np.ndarray, s: np.ndarray, Vt: np.ndarray,
                 new_term: Term | None, new_g: np.ndarray | None,
                 extras: Mapping[str, Any] | None, n_rows: int) -> SVDState:
-        """The next version: every G_t times ``rotation`` (k × k), plus an optional new term."""
-        G = tuple(g @ rotation for g in self.G)
-        terms = self.terms
+        """The next version: every G_t times ``rotation`` (k × k), plus an optional new term
+        with ``G = new_g``. O(k³ + w·k²) (w the new term's width); O(T·k³) more when
+        K_u is folded into the T factors (condition number past :data:`FOLD_COND`)."""
+        v = self.version + 1
+        ku = self.Ku @ rotation
+        F, terms, fresh = list(self.F), list(self.terms), set(self.fresh)
+        lu = scipy.linalg.lu_factor(ku, check_finite=False)
+        # LAPACK's 1-norm condition estimate from the LU: O(k²).
+        rcond = scipy.linalg.lapack.dgecon(lu[0], np.abs(ku).sum(axis=0).max())[0]
+        folded = not rcond > 1.0 / FOLD_COND
+        if folded:  # new names: the committed version keeps reading its own factors
+            F = [f @ ku for f in F]
+            terms = [replace(t, factor=factor_name(v, i)) for i, t in enumerate(terms)]
+            fresh = set(range(len(terms)))
+            ku = np.eye(ku.shape[0])
         if new_term is not None and new_g is not None:
-            terms, G = (*terms, new_term), (*G, new_g)
+            f_new = new_g if folded else scipy.linalg.lu_solve(lu, new_g.T, trans=1).T
+            F.append(f_new)
+            terms.append(replace(new_term, factor=factor_name(v, len(terms))))
+            fresh.add(len(terms) - 1)
         ex = self.extras if extras is None else _as_extras(extras)
-        return SVDState(self.path, s, Vt, terms, G, n_rows, self.version + 1, ex)
+        return SVDState(self.path, s, Vt, tuple(terms), tuple(F), ku, n_rows, v, ex,
+                        frozenset(fresh))
+
+    def materialize_u(self, run: Callable[[Lazy], Any], *,
+                      chunk_rows: int | None = None) -> SVDState:
+        """Write U as one basis and commit it as the next version (one term, F = Ku = I).
+
+        One pass over every basis (O(m·Σw_t) read, m·k written), run by ``run`` (e.g.
+        ``lambda lazy: lazy.compute()``); later reads of U touch one array. The old
+        bases and factors are removed after the commit.
+        """
+        v = self.version + 1
+        url = join_url(self.path, basis_name(v))
+        store_for(url).delete_prefix("")
+        run(self.u_lazy(out=url, chunk_rows=chunk_rows))
+        k = self.k
+        new = SVDState(self.path, self.s, self.Vt,
+                       (Term(basis_name(v), 0, self.n_rows, k, factor_name(v, 0)),),
+                       (np.eye(k),), np.eye(k), self.n_rows, v, self.extras, frozenset({0}))
+        new.commit(previous=self)
+        return new
 
 
 def basis_name(version: int) -> str:
     return f"U_v{version:05d}.zarr"
+
+
+def factor_name(version: int, term: int) -> str:
+    return f"F_v{version:05d}_{term:05d}"
+
+
+def _write(url: str, value: np.ndarray) -> None:
+    import zarr
+    from zarr.codecs import Crc32cCodec
+
+    store = store_for(url)
+    store.delete_prefix("")
+    zarr.create_array(store.zarr_store(), data=np.ascontiguousarray(value),
+                      compressors=[Crc32cCodec()])
 
 
 def _as_extras(extras: Mapping[str, Any]) -> dict[str, np.ndarray]:

@@ -10,7 +10,9 @@ new (Zha & Simon; Brand), followed by an SVD of a small middle matrix:
   ``Q_C·Uₘ[k:]`` equals ``C·V'·diag(1/s')``. The *gram* path gets R_C from CᵀC (one
   pass) and writes that segment (one more); the *qr* path gets R_C by TSQR; the
   *sparse* path (Deng et al.) never forms the n-wide residual ``H = C − CVVᵀ``:
-  it factors ``HHᵀ = CCᵀ − LLᵀ`` (L = CV) from C's nonzeros, in batches of rows.
+  it factors ``HHᵀ = CCᵀ − LLᵀ`` (L = CV) from C's nonzeros, in batches of rows,
+  with V kept as ``base·K_v`` so a batch changes only K_v and the base rows at its
+  nonzero columns.
 * columns D (m × q) and low-rank changes ``A + XYᵀ``: one Householder TSQR of
   ``[U X]`` (U formed from its bases in the same plan) splits
   ``X = U·M_X + P·R_X`` with P orthonormal and orthogonal to U (stored as a new
@@ -18,8 +20,10 @@ new (Zha & Simon; Brand), followed by an SVD of a small middle matrix:
   ``[[S, 0], [0, 0]] + [M_X; R_X][M_Y; R_Y]ᵀ``. Appended columns are the change
   ``[A 0] + D·[0 I]`` with V padded by zero rows.
 
-Old rows are never read by a row append; column and low-rank updates read U's
-bases once (O(m·(k + q)), the new data's size when bases are narrow).
+Old rows are never read by a row append, and U's terms share one k × k factor
+K_u (:mod:`blocklin.ops.svd_state`), so an update's cost on the U side is O(k³)
+whatever the rows and terms before it. Column and low-rank updates read U's bases
+once (O(m·(k + q)), the new data's size when bases are narrow).
 """
 
 from __future__ import annotations
@@ -67,7 +71,7 @@ _INCOMING = "incoming.zarr"  # in-memory X or D, stored for the pass over U's ba
 
 def svd_update(state: SVDState | str | os.PathLike[str], rows: Any = None, *,
                columns: Any = None, low_rank: tuple[Any, Any] | None = None,
-               method: UpdateMethod = "auto", batch: int = 512,
+               method: UpdateMethod = "auto", batch: int = 512, max_terms: int = 64,
                extras: Mapping[str, Any] | None = None, row_gram: np.ndarray | None = None,
                executor: Any = "dask", address: str | None = None, client: Any = None,
                spark: Any = None, work_dir: str | None = None,
@@ -99,8 +103,17 @@ def svd_update(state: SVDState | str | os.PathLike[str], rows: Any = None, *,
         driver), never forming an n-wide dense matrix. ``auto``: ``sparse`` for
         sparse C or n > 8192, else ``gram``.
     batch : int
-        Rows per batch of the sparse path. Each batch costs an SVD of a
-        (k + batch)² matrix and an n·k² update of V: 256–1024 balances the two.
+        Rows per batch of the sparse path (consecutive rows, whatever C's row
+        blocks). A batch of p rows with nnz nonzeros costs O(nnz·k + (k + p)³),
+        independent of n and of the rows already absorbed; the call adds one
+        O(n·k²) re-orthonormalization of V. Smaller batches are cheaper in all but
+        truncate to rank k more often: with data of rank > k the result depends
+        (slightly) on the batch size, as any sequence of Zha–Simon updates does.
+    max_terms : int
+        U's budget of stored terms: when an update leaves more, U is materialized
+        as one basis (:meth:`SVDState.materialize_u`: one pass over the bases,
+        O(m·k)), so opening the state and forming U stay O(m·k) and the commit
+        stays small. 1 materializes after every update.
     extras : mapping of str to array-like, optional
         Small arrays committed with the new version (default: keep the current ones).
     row_gram : ndarray (n, n), optional
@@ -135,9 +148,10 @@ def svd_update(state: SVDState | str | os.PathLike[str], rows: Any = None, *,
 
     Notes
     -----
-    Row appends cost a pass or two over C plus O(n³ + T·k³) on the driver
-    (T terms; sparse path: O(p·((k + batch)² + n·k²/batch) + nnz·(batch + k)));
-    nothing proportional to the old rows. Column and low-rank updates run one plan:
+    Row appends cost a pass or two over C plus O(n³ + k³) on the driver (gram and
+    qr paths; sparse path: O(Σ_b (nnz_b·k + (k + p_b)³) + n·k²), reading C's
+    nonzeros on the driver); nothing proportional to the old rows or terms, and a
+    commit of s, Vt, K_u and the new term's factor (O(n·k) written). Column and low-rank updates run one plan:
     a pass over U's bases writing U (m × k, an intermediate), then TSQR of
     ``[U X]``: its R pass and its Q pass (writing P) each read U and X once,
     ~4m(k + r)² flops; driver work O((k + r)³ + n·(k + r)²).
@@ -169,17 +183,32 @@ def svd_update(state: SVDState | str | os.PathLike[str], rows: Any = None, *,
     >>> state = svd_update("svd.zarr", columns=D)         # after a restart
     """
     with operation("svd_update", progress):
-        return _update(state, rows, columns, low_rank, method, batch, extras, row_gram,
-                       _run_options(executor, address, client, spark, work_dir,
-                                    max_task_memory, num_workers, device, security,
-                                    connect_timeout, worker_timeout), stats)
+        return _update(state, rows, columns, low_rank, method, batch, max_terms, extras,
+                       row_gram, _run_options(executor, address, client, spark, work_dir,
+                                              max_task_memory, num_workers, device, security,
+                                              connect_timeout, worker_timeout), stats)
 
 
 def _update(state: SVDState | str | os.PathLike[str], rows: Any, columns: Any,
-            low_rank: tuple[Any, Any] | None, method: str, batch: int,
+            low_rank: tuple[Any, Any] | None, method: str, batch: int, max_terms: int,
             extras: Mapping[str, Any] | None, row_gram: np.ndarray | None,
             opts: dict[str, Any], stats: RunStats | None) -> SVDState:
     """The body of :func:`svd_update` (its arguments checked here, before any pass)."""
+    if isinstance(max_terms, bool) or not isinstance(max_terms, int | np.integer) \
+            or max_terms < 1:
+        raise InputValueError(f"max_terms must be a positive int; got {max_terms!r}")
+    new = _one_update(state, rows, columns, low_rank, method, batch, extras, row_gram, opts,
+                      stats)
+    if len(new.terms) > max_terms:
+        run = _runner(opts, stats)
+        new = new.materialize_u(lambda lazy: run(lazy))
+    return new
+
+
+def _one_update(state: SVDState | str | os.PathLike[str], rows: Any, columns: Any,
+                low_rank: tuple[Any, Any] | None, method: str, batch: int,
+                extras: Mapping[str, Any] | None, row_gram: np.ndarray | None,
+                opts: dict[str, Any], stats: RunStats | None) -> SVDState:
     st = state if isinstance(state, SVDState) else SVDState.open(state)
     given = [name for name, v in (("rows", rows), ("columns", columns),
                                   ("low_rank", low_rank)) if v is not None]
