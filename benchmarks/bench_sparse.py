@@ -19,7 +19,8 @@ Contenders, each timed per batch (one b-row update) in this process:
 * ``IncSVD isvd1``: ``EvolvingMatrix(sparse=True, method="ZhaSimon")`` (Deng et al.'s
   exact sparse update) and ``IncSVD ZhaSimon``: ``sparse=False`` (the dense
   Zha–Simon update, the rows given dense, converted outside the timer). A run whose
-  projected time passes ``--peer-budget`` seconds is skipped and says so
+  projected time passes ``--peer-budget`` seconds is stopped once its first updates
+  show it (its time per update is reported, without accuracy), or skipped
   (projection: the previous batch size's time per row scaled by b/b_prev: isvd1's
   Gram–Schmidt loop and Zha–Simon's n × b QR are quadratic in b per update).
 
@@ -102,16 +103,23 @@ def blocklin_once(init: Svd, new: sp.csr_matrix, b: int, sub: int, tmp: Path) ->
     return time.perf_counter() - t0, state.s
 
 
-def blocklin_calls(init: Svd, new: sp.csr_matrix, b: int, sub: int, tmp: Path) -> tuple[float, np.ndarray]:
-    """One svd_update call (and commit) per batch; returns (seconds in all, s)."""
+def blocklin_calls(init: Svd, new: sp.csr_matrix, b: int, sub: int, tmp: Path,
+                   budget: float) -> tuple[float, int, np.ndarray | None]:
+    """One svd_update call (and commit) per batch: (seconds, updates made, s or None
+    when stopped by the budget)."""
     from blocklin.ops import SVDState, svd_update
 
     u, s, vt = init
     state = SVDState.create(tmp / "calls", u, s, vt, overwrite=True)
-    t0 = time.perf_counter()
-    for a in range(0, new.shape[0], b):
+    nb = -(-new.shape[0] // b)
+    spent = 0.0
+    for i, a in enumerate(range(0, new.shape[0], b), 1):
+        t0 = time.perf_counter()
         state = svd_update(state, rows=new[a:a + b], method="sparse", batch=min(b, sub))
-    return time.perf_counter() - t0, state.s
+        spent += time.perf_counter() - t0
+        if i < nb and spent / i * nb > budget:
+            return spent, i, None
+    return spent, nb, state.s
 
 
 def _evolving(init: Svd, sparse: bool) -> Any:
@@ -133,26 +141,31 @@ def _evolving(init: Svd, sparse: bool) -> Any:
     return em
 
 
-def incsvd(init: Svd, new: sp.csr_matrix, b: int, sparse: bool) -> tuple[float, np.ndarray]:
+def incsvd(init: Svd, new: sp.csr_matrix, b: int, sparse: bool,
+           budget: float) -> tuple[float, int, np.ndarray | None]:
+    """IncSVD's updates, one per batch: as :func:`blocklin_calls`."""
     em = _evolving(init, sparse)
     batches = [new[a:a + b] for a in range(0, new.shape[0], b)]
-    if not sparse:
-        batches = [np.asarray(x.toarray()) for x in batches]  # Zha–Simon's input is dense
     spent = 0.0
-    for x in batches:
+    for i, x in enumerate(batches, 1):
+        if not sparse:
+            x = np.asarray(x.toarray())  # Zha–Simon's input is dense (outside the timer)
         t0 = time.perf_counter()
         em.add_row(x)
         spent += time.perf_counter() - t0
-    return spent, np.asarray(em.Sigmak)
+        if i < len(batches) and spent / i * len(batches) > budget:
+            return spent, i, None
+    return spent, len(batches), np.asarray(em.Sigmak)
 
 
-def contender(who: str, init: Svd, new: sp.csr_matrix, b: int, sub: int,
-              tmp: Path) -> tuple[float, np.ndarray]:
+def contender(who: str, init: Svd, new: sp.csr_matrix, b: int, sub: int, tmp: Path,
+              budget: float) -> tuple[float, int, np.ndarray | None]:
     if who == "blocklin":
-        return blocklin_once(init, new, b, sub, tmp)
+        seconds, s = blocklin_once(init, new, b, sub, tmp)
+        return seconds, -(-new.shape[0] // b), s
     if who == "blocklin/call":
-        return blocklin_calls(init, new, b, sub, tmp)
-    return incsvd(init, new, b, sparse=who == "IncSVD isvd1")
+        return blocklin_calls(init, new, b, sub, tmp, budget)
+    return incsvd(init, new, b, who == "IncSVD isvd1", budget)
 
 
 # -- one matrix --------------------------------------------------------------------------------
@@ -190,10 +203,13 @@ def run_matrix(name: str, x: sp.csr_matrix, k: int, append: int, sizes: list[int
                         rows.append(row)
                         print(_line(row), flush=True)
                         continue
-                seconds, s = contender(who, init, new, b, sub, tmp)
-                last[who] = (b, seconds / p)
-                e10, ek = errors(s, refs[p])
-                row |= {"per_update": seconds / nb, "err10": e10, "errk": ek}
+                seconds, done, s = contender(who, init, new, b, sub, tmp, budget)
+                last[who] = (b, seconds / (done * b))
+                row["per_update"] = seconds / done
+                if s is None:
+                    row["stopped"] = f"stopped after {done} updates ({seconds:.0f} s)"
+                else:
+                    row["err10"], row["errk"] = errors(s, refs[p])
                 rows.append(row)
                 print(_line(row), flush=True)
     finally:
@@ -205,6 +221,8 @@ def _line(r: dict[str, Any]) -> str:
     head = f"  b={r['b']:>5} x{r['updates']:<4} {r['who']:<16}"
     if "note" in r:
         return f"{head} {r['note']}"
+    if "stopped" in r:
+        return f"{head} {r['per_update']:.4f} s/update  ({r['stopped']}: no accuracy)"
     return f"{head} {r['per_update']:.4f} s/update  top-10 err {r['err10']:.1e}  top-k err {r['errk']:.1e}"
 
 
@@ -214,6 +232,9 @@ def table(rows: list[dict[str, Any]], k: int) -> str:
     for r in rows:
         if "note" in r:
             out.append(f"| {r['matrix']} | {r['b']} | {r['updates']} | {r['who']} | {r['note']} | | |")
+        elif "stopped" in r:
+            out.append(f"| {r['matrix']} | {r['b']} | {r['updates']} | {r['who']} | "
+                       f"{r['per_update']:.4f} ({r['stopped']}) | – | – |")
         else:
             out.append(f"| {r['matrix']} | {r['b']} | {r['updates']} | {r['who']} | "
                        f"{r['per_update']:.4f} | {r['err10']:.1e} | {r['errk']:.1e} |")
@@ -269,6 +290,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--peer-budget", type=float, default=300.0)
     ap.add_argument("--no-peers", action="store_true")
     ap.add_argument("--no-siblings", action="store_true")
+    ap.add_argument("--siblings-only", action="store_true")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--quick", action="store_true", help="small sizes, for a smoke run")
@@ -276,6 +298,9 @@ def main(argv: list[str] | None = None) -> None:
     if a.quick:
         a.rows, a.cols, a.big_rows, a.big_cols, a.k, a.append = 3_000, 2_000, 0, 0, 16, 500
         a.sizes, a.density = "10,50,500", 5e-3
+    if a.siblings_only:
+        siblings()
+        return
     sizes = [int(v) for v in a.sizes.split(",")]
     peers = not a.no_peers and importlib.util.find_spec("IncSVD") is not None
     if not peers and not a.no_peers:
