@@ -155,7 +155,9 @@ class TruncatedSVD(SaveMixin, ClassNamePrefixFeaturesOutMixin, TransformerMixin,
     ``fit`` reads X n_iter + 1 times (``gram``: once); column statistics for the
     explained variance ride along the first pass. ``partial_fit(X_new)`` after a fit
     is a Zha–Simon/Brand row-append update: it reads only the new rows (once) and
-    costs O(p·n² + n³) — the earlier rows are never read again. Updates are exact
+    costs O(p·n² + n³) — the earlier rows are never read again. CSR rows (in memory
+    or stored) take Deng et al.'s sparse update instead, in batches of 512 rows:
+    O(nnz·k + Σ_b (k + p_b)³ + n·k²), never densifying a row. Updates are exact
     when X has rank ≤ k and otherwise drift by the discarded tail.
     With ``state_path``, ``partial_fit`` reads X for its column statistics and
     then as :func:`blocklin.ops.svd_update` does (``gram``: twice more).
@@ -284,7 +286,11 @@ class TruncatedSVD(SaveMixin, ClassNamePrefixFeaturesOutMixin, TransformerMixin,
 
         Reads only X: XᵀX and its column statistics in one pass for stored X (a
         TSQR pass more when the Gram is too ill-conditioned for k's singular values;
-        LAPACK QR in memory), then a Rayleigh–Ritz step on the driver.
+        LAPACK QR in memory), then a Rayleigh–Ritz step on the driver. CSR rows (in
+        memory or stored) are read once, on the driver, in batches of 512 rows:
+        their column statistics and Deng et al.'s update from their nonzeros (no
+        n-wide dense row is formed; with more than 512 rows of rank > k the result
+        differs from the one-batch update by the extra truncations).
         With ``state_path`` the persisted state is updated instead (and an existing
         state is resumed when the estimator is not fitted yet): for stored dense X,
         XᵀX and the column statistics in one pass, then one more writing the new rows'
