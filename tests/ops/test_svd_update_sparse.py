@@ -163,3 +163,38 @@ def test_shared_u_factor_folds_when_ill_conditioned(tmp_path: Path) -> None:
     u = reopened.u_to_numpy()
     assert np.abs(u.T @ u - np.eye(K)).max() <= 1e-11
     assert np.abs((u * reopened.s) @ reopened.Vt - x).max() <= 1e-10 * np.abs(x).max()
+
+
+def test_format_2_state_opens_and_updates(tmp_path: Path) -> None:
+    # A state written by the previous format (G_t stacked in the version, no K_u, no
+    # stored factors) opens with the same U and is rewritten as format 3 by its next
+    # update.
+    import json
+
+    import zarr
+
+    x = _data(300, 40, seed=11).toarray()
+    state = SVDState.create(tmp_path / "state", *_exact(x[:150], K))
+    state = svd_update(state, rows=x[150:220], method="gram")
+    u_before = state.u_to_numpy()
+    root = tmp_path / "state"
+    meta = json.loads((root / "zarr.json").read_text())
+    doc = meta["attributes"]["blocklin_svd_state"]
+    doc["format"] = 2
+    for t in doc["terms"]:
+        del t["factor"]
+    group = zarr.open_group(str(root / f"v{state.version}"), mode="a")
+    group.create_array("G", data=np.vstack(state.G))
+    (root / "zarr.json").write_text(json.dumps(meta))
+    old = SVDState.open(root)
+    np.testing.assert_allclose(old.u_to_numpy(), u_before, atol=1e-14)
+    new = svd_update(old, rows=x[220:], method="sparse")
+    reopened = SVDState.open(root)
+    assert json.loads((root / "zarr.json").read_text())["attributes"][
+        "blocklin_svd_state"]["format"] == 3
+    # The same two updates by the numpy reference.
+    u_ref, s_ref, vt_ref = _zha_simon(*_zha_simon(*_exact(x[:150], K), x[150:220]), x[220:])
+    assert np.abs(reopened.s - s_ref).max() <= 1e-10 * s_ref[0]
+    d = _signs(vt_ref)
+    np.testing.assert_allclose(reopened.u_to_numpy(), u_ref * d, atol=1e-10)
+    np.testing.assert_allclose(reopened.u_to_numpy(), new.u_to_numpy(), atol=1e-14)
