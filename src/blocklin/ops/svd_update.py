@@ -166,7 +166,16 @@ def svd_update(state: SVDState | str | os.PathLike[str], rows: Any = None, *,
     where s'ₖ ~ 0 and ``1/s'`` would blow up) it falls back to the qr path, at two
     more passes over C. Column and low-rank updates orthogonalize by Householder
     reflections, so U' stays orthonormal to rounding even when X lies (nearly)
-    inside span(U).
+    inside span(U). Every path is exact: Deng et al.'s approximate modes (a
+    Golub–Kahan–Lanczos or randomized power-iteration basis of the residual) are not
+    offered, as measured through IncSVD they did not improve the top directions'
+    accuracy against the time they save (issue 17).
+
+    Costs in the paper's terms (p new rows or q new columns, r the rank of a
+    low-rank change, nnz the new data's nonzeros): sparse row append
+    O(nnz·k + Σ_b (k + p_b)³) per call plus O(n·k²) once; column append and
+    low-rank change O(m·(k + q)²) in two passes over U's bases and the new data,
+    plus O((k + q)³ + n·(k + q)²) on the driver; U's side of any update O(k³).
 
     References
     ----------
