@@ -54,7 +54,8 @@ def data() -> sp.csr_matrix:
 @pytest.mark.parametrize("panel_items", [90, 32])
 def test_fit_matches_numpy_reference(data: sp.csr_matrix, tmp_path: Path, fmt: str,
                                      monkeypatch: pytest.MonkeyPatch, panel_items: int) -> None:
-    # 32 columns per Gram panel: three passes, each a column panel of XᵀX.
+    # 32 columns per Gram panel: three passes, each a column panel of XᵀX summed over
+    # groups of row blocks (dense: six groups of one; CSR: a few blocks each).
     monkeypatch.setattr(ease_mod, "_GRAM_PANEL_BYTES", 8 * 90 * panel_items)
     x = data.toarray()
     stored = bl.from_array(x if fmt == "dense" else data, str(tmp_path / "X.zarr"),

@@ -154,36 +154,50 @@ def _merge_top(blocks: Sequence[np.ndarray], n: int) -> np.ndarray:
 
 @dataclass(frozen=True)
 class GramPanel:
-    """Xᵢᵀ·Xᵢ[:, j0:j1] of one row panel: a column panel of its Gram, sparse kept sparse."""
+    """Σᵢ Xᵢᵀ·Xᵢ[:, j0:j1] over a group of row panels (in index order): a column panel of
+    their Gram. CSR panels are stacked and multiplied once, sparse kept sparse."""
 
     j0: int
     j1: int
+    nx: int
 
     def __call__(self, ctx: TaskContext, blocks: Sequence[Any]) -> Any:
-        x = hstack_panel(blocks)
-        if sp.issparse(x):
-            x = sp.csr_matrix(x, dtype=np.float64)
+        panels = [hstack_panel(blocks[r:r + self.nx]) for r in range(0, len(blocks), self.nx)]
+        if sp.issparse(panels[0]):
+            x = sp.csr_matrix(sp.vstack(panels, format="csr"), dtype=np.float64)
             return np.asarray((x.T @ x[:, self.j0:self.j1]).toarray())[None, ...]
-        x = np.asarray(x, dtype=np.float64)
-        return (x.T @ x[:, self.j0:self.j1])[None, ...]
+        x = np.asarray(panels[0], dtype=np.float64)
+        acc = x.T @ x[:, self.j0:self.j1]
+        for panel in panels[1:]:
+            x = np.asarray(panel, dtype=np.float64)
+            acc += x.T @ x[:, self.j0:self.j1]
+        return acc[None, ...]
 
 
 def gram_panels(X: MatrixInput, width: int) -> list[tuple[int, int, Lazy]]:
     """XᵀX as column panels of ``width`` columns, each its own pass and fixed-order tree
     sum: a task holds items × width floats (not items²), so wide interaction matrices
-    fit in a task's memory."""
+    fit in a task's memory. A task reads a group of row blocks (about _GRAM_PANEL_BYTES
+    of stored blocks): each dense partial costs items × width floats written, however
+    few rows (sparse blocks hold few bytes) it sums."""
     n = X.shape[1]
+    stored = X.node.block_nbytes or X.node.chunk_nbytes * X.grid[1]
+    group = max(1, _GRAM_PANEL_BYTES // max(stored, 1))
+    ngroups = -(-X.grid[0] // group)
+    tasks = [Task(out=(g, 0, 0), reads=tuple(r for i in range(g * group,
+                                                              min((g + 1) * group, X.grid[0]))
+                                             for r in row_panel_reads(X, 0, i)))
+             for g in range(ngroups)]
     out = []
     for j0 in range(0, n, width):
         j1 = min(n, j0 + width)
-        extra = 8 * n * (j1 - j0) + 8 * X.node.chunks[0] * (j1 - j0)
-        stage = make_stage("ease/gram", GramPanel(j0, j1), [X.input],
-                           RowPanelTasks(X.grid[0], ((0, X.grid[1]),)),
-                           shape=(X.grid[0], n, j1 - j0), chunks=(1, n, j1 - j0),
-                           dtype="float64", params={"cols": [j0, j1]}, extra_memory=extra,
-                           keeps_sparse=True)
+        extra = 8 * n * (j1 - j0) * 2 + 8 * X.node.chunks[0] * (j1 - j0)
+        stage = make_stage("ease/gram", GramPanel(j0, j1, X.grid[1]), [X.input], tasks,
+                           shape=(ngroups, n, j1 - j0), chunks=(1, n, j1 - j0),
+                           dtype="float64", params={"cols": [j0, j1], "group": group},
+                           extra_memory=extra, keeps_sparse=True)
         plan, part = tree_reduce(X.plan.add(stage), stage.output, SumParts(), op="ease/gram",
-                                 params={"cols": [j0, j1]})
+                                 params={"cols": [j0, j1], "group": group})
         out.append((j0, j1, Lazy(plan, part, "small", lambda p: p[0], label="ease.gram")))
     return out
 
