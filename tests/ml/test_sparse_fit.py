@@ -134,3 +134,26 @@ def test_diagonal_moments_hold_no_feature_by_feature_matrix() -> None:
     mom = Moments.from_packed(packed, d)
     assert not mom.full and mom.C.size == 0
     np.testing.assert_allclose(mom.std() ** 2, np.arange(d) * 3.0 / 3.0)
+
+
+@pytest.mark.parametrize("model", ["linear", "logistic"])
+def test_wide_in_memory_csr_fit_holds_no_dense_temporaries(model: str) -> None:
+    # 3,000 × 6,000 at 0.3%: X dense is 144 MB, a feature × feature matrix 288 MB; the
+    # iterative fit holds the CSR chunks, O(p) vectors and L-BFGS's pairs (30 × 2 × p).
+    import tracemalloc
+
+    rng = np.random.default_rng(7)
+    x = sp.random(3000, 6000, density=3e-3, format="csr", random_state=7,
+                  data_rvs=rng.standard_normal)
+    y = np.asarray(x @ rng.normal(size=6000)).reshape(-1)
+    est: Any = (LinearRegression(reg_param=1e-3, max_iter=20) if model == "linear"
+                else LogisticRegression(reg_param=1e-3, max_iter=20))
+    target = y if model == "linear" else (y > 0).astype(float)
+    tracemalloc.start()
+    try:
+        est.fit(x, target)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert est.solver_ == "lbfgs"
+    assert peak < 50e6, f"peak {peak / 1e6:.0f} MB"
