@@ -40,14 +40,14 @@ def got(m: Any) -> np.ndarray:
 
 
 @pytest.mark.parametrize("stored", [False, True])
-@pytest.mark.parametrize("solver", ["auto", "normal", "lbfgs", "sketch"])
+@pytest.mark.parametrize("solver", ["auto", "normal", "qr", "lbfgs", "sketch"])
 def test_ols_on_csr_every_solver(solver: str, stored: bool, tmp_path: Path) -> None:
     x, y = sparse_data()
     m = LinearRegression(solver=solver, tol=1e-12, max_iter=500,  # type: ignore[arg-type]
                          work_dir=str(tmp_path / "w")).fit(as_input(x, stored, tmp_path), y)
     ref = ols(x, y)
     # Direct solvers: rounding of a well-conditioned solve; lbfgs: tol·κ; LSQR: its tol.
-    tol = {"auto": 1e-11, "normal": 1e-11, "lbfgs": 1e-7, "sketch": 1e-9}[solver]
+    tol = {"auto": 1e-11, "normal": 1e-11, "qr": 1e-11, "lbfgs": 1e-7, "sketch": 1e-9}[solver]
     np.testing.assert_allclose(got(m), ref, rtol=0, atol=tol * np.abs(ref).max())
     if solver == "auto":
         assert m.solver_ == "normal"  # not TSQR, whose Householder QR densifies panels

@@ -121,8 +121,25 @@ def test_sparse_partials_equal_dense_ones_without_densifying(case: int) -> None:
     assert np.array_equal(run_local(spec, x, t, w, 256), got), name
 
 
-def test_tsqr_pass_is_the_one_that_densifies() -> None:
+@pytest.mark.parametrize("intercept", [True, False])
+def test_tsqr_of_a_well_conditioned_csr_panel_comes_from_its_sparse_gram(intercept: bool) -> None:
     x, y, _, _ = data()
+    x = sp.csr_matrix(x[:, [j for j in range(x.shape[1]) if j != 3]])  # full column rank
+    spec = qr_spec(x.shape[1], 1, intercept, False, 1)
+    got = spec.kernel(None, [guard(x), y[:, None]])[0]  # type: ignore[arg-type]
+    dense = spec.kernel(None, [x.toarray(), y[:, None]])[0]  # type: ignore[arg-type]
+    c = x.shape[1] + int(intercept) + 1
+    # R is unique up to the signs of its rows: compare RᵀR, and |R| to rounding.
+    np.testing.assert_allclose(got[:c].T @ got[:c], dense[:c].T @ dense[:c], rtol=1e-10,
+                               atol=1e-10 * np.abs(dense[:c]).max() ** 2)
+    np.testing.assert_allclose(np.abs(got[:c]), np.abs(dense[:c]), rtol=1e-8,
+                               atol=1e-10 * np.abs(dense[:c]).max())
+
+
+def test_tsqr_densifies_only_panels_its_gram_cannot_serve() -> None:
+    # An ill-conditioned panel (two nearly equal columns) takes Householder: densified.
+    x, y, _, _ = data()
+    x = sp.csr_matrix(sp.hstack([x, x[:, :1] * (1 + 1e-9)]))
     spec = qr_spec(x.shape[1], 1, True, False, 1)
     assert not spec.keeps_sparse
     with pytest.raises(AssertionError, match="densified"):

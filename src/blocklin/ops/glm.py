@@ -38,6 +38,7 @@ from typing import Any, ClassVar, Literal, NamedTuple, cast
 
 import numpy as np
 import scipy.linalg
+import scipy.sparse as sp
 
 from blocklin.errors import ShapeMismatchError
 from blocklin.executors.lazy import Lazy
@@ -565,12 +566,21 @@ def _gram_r(x: Any, intercept: bool, y: np.ndarray) -> np.ndarray | None:
     order). The route costs one BLAS-3 product of the panel (no copy when the column
     means are small against their spread) against Householder's two to three.
 
-    None (Householder instead) for a sparse, non-float64 or non-contiguous block, a
+    A scipy CSR panel takes the same route without being densified: its moments and
+    Gram are sparse products (:mod:`blocklin.ops._glm_sparse`), its residual a sparse
+    product; only the Householder fallback densifies it.
+
+    None (Householder instead) for a non-float64 or non-contiguous dense block, a
     panel with fewer than 2c rows, several labels, a non-positive-definite Gram or a
     condition estimate above :data:`GRAM_R_BELOW`.
     """
-    if not (isinstance(x, np.ndarray) and x.dtype == np.float64 and x.ndim == 2
-            and x.flags.c_contiguous and y.shape[1] == 1):
+    if y.shape[1] != 1:
+        return None
+    if sp.issparse(x):
+        if not (isinstance(x, sp.csr_matrix) and x.dtype == np.float64):
+            return None
+    elif not (isinstance(x, np.ndarray) and x.dtype == np.float64 and x.ndim == 2
+              and x.flags.c_contiguous):
         return None
     rows, p = x.shape
     c = p + int(intercept) + 1
@@ -593,10 +603,11 @@ def _gram_r(x: Any, intercept: bool, y: np.ndarray) -> np.ndarray | None:
         first[1:p + 1, 1:p + 1], first[1:p + 1, p + 1] = t, qty
         first[p + 1, p + 1] = np.linalg.norm(resid)
         return householder_r(first[:, [*range(1, p + 1), 0, p + 1]])
-    t = _unit_cholesky(x.T @ x)
+    t = _unit_cholesky(weighted_gram(x, None, False) if sp.issparse(x) else x.T @ x)
     if t is None:
         return None
-    qty = scipy.linalg.solve_triangular(t, yv @ x, trans="T", check_finite=False)
+    xty = np.asarray(x.T @ yv).reshape(-1)
+    qty = scipy.linalg.solve_triangular(t, xty, trans="T", check_finite=False)
     beta = scipy.linalg.solve_triangular(t, qty, check_finite=False)
     r = np.zeros((c, c))
     r[:p, :p], r[:p, p], r[p, p] = t, qty, np.linalg.norm(yv - x @ beta)
