@@ -95,7 +95,7 @@ def auto_solver(n_features: int, l1: bool, sparse: bool) -> tuple[str, str]:
         Whether the penalty has an L1 part (λα > 0).
     sparse : bool
         Whether X is CSR (stored or in memory): its passes keep the panels sparse,
-        except TSQR's, whose Householder QR densifies each panel.
+        except TSQR's Householder fallback (ill-conditioned panels), which densifies.
 
     Returns
     -------
@@ -117,7 +117,7 @@ def auto_solver(n_features: int, l1: bool, sparse: bool) -> tuple[str, str]:
         return "qr", (f"{p} features: one TSQR pass, as accurate as Householder "
                       "(statistics in the same pass)")
     why = (f"{p} features, CSR X: the statistics are a sparse weighted Gram (TSQR would "
-           "densify each panel)") if sparse else f"{p} features"
+           "densify ill-conditioned panels)") if sparse else f"{p} features"
     return "normal", (why + "; one pass of normal-equation statistics, refined when "
                       "ill-conditioned")
 
@@ -194,16 +194,19 @@ class LinearRegression(SaveMixin, RegressorMixin, BaseEstimator):  # type: ignor
         iteration, no n-vector kept between passes) to ``tol``, the error halving at each
         iteration whatever κ(X); ridge as stacked rows, no L1. ``auto``
         (:func:`auto_solver`): with at most 64 features ``qr`` (its statistics computed
-        in the same pass; ``normal`` for CSR X, whose TSQR would densify each panel); up
+        in the same pass; ``normal`` for CSR X, whose TSQR densifies ill-conditioned
+        panels); up
         to 4096 features (MLlib's limit) ``normal``; when the equilibrated normal
         equations are too ill-conditioned (reciprocal condition below 1e-3) to match
         QR's accuracy, one or two passes of seminormal iterative refinement (exact
         residuals, the Cholesky factor of the centred statistics), or ``qr`` when
         κ(XᵀWX) (centred, equilibrated) > 10¹²; with more features ``owlqn`` or
         ``lbfgs``, whose memory is O(p) where the statistics are (p + 2)² (20 GB at
-        50,000 features). CSR X stays sparse in every pass but TSQR's: moments and
-        refinement are sparse products and a sparse weighted Gram, L-BFGS/OWL-QN and
-        LSQR sparse products (no dense m_b × p panel, no densified ``X − 1μᵀ``).
+        50,000 features). CSR X stays sparse in every pass: moments and refinement are
+        sparse products and a sparse weighted Gram, L-BFGS/OWL-QN and LSQR sparse
+        products, TSQR the sparse Gram's R of well-conditioned panels (its Householder
+        fallback alone densifies a panel); no dense m_b × p panel, no densified
+        ``X − 1μᵀ``.
     max_iter : int
         Iterations of ``lbfgs``/``owlqn``/``sketch`` (each costs about one pass).
     tol : float

@@ -19,11 +19,12 @@ The passes behind every solver of :mod:`blocklin.ml`:
   in the same pass (a symmetric rank-k update per block), for Newton/IRLS.
 * :func:`eval_pass` -- the sums of the training summaries.
 
-CSR row panels stay sparse in every pass but the TSQR one (a Householder QR is
-dense by nature): margins and gradients are sparse products, the moments and the
-Newton Hessian sparse weighted Grams with the centring done implicitly
-(:mod:`blocklin.ops._glm_sparse`), so a pass over a CSR X costs O(nnz) per panel and
-never the dense m_b × p panel.
+CSR row panels stay sparse in every pass: margins and gradients are sparse products,
+the moments and the Newton Hessian sparse weighted Grams with the centring done
+implicitly (:mod:`blocklin.ops._glm_sparse`), so a pass over a CSR X costs O(nnz) per
+panel and never the dense m_b × p panel. The TSQR pass too takes a well-conditioned
+panel's R from its sparse Gram; only its Householder fallback (ill-conditioned, short
+or weighted panels) densifies a panel, as a Householder QR must.
 
 Every pass is a fixed-order tree over row-block index, so results are bitwise
 identical on every executor. Each kernel is a pure function of its blocks, so the
