@@ -6,9 +6,11 @@ in chunks of 50,000 rows: v2 Blosc-LZ4 with byte shuffle, v3 Zstd (level 1), v3
 sharded (shards of 100,000 rows, Zstd inner chunks of 25,000) and v3 uncompressed,
 plus a label column (blocklin-written) for the regressions. On each copy, in the same
 run: gram (``XᵀX``), a right Gaussian sketch (``XG``, k=100), randomized SVD (k=50,
-2 power iterations) and ``LinearRegression`` (``normal`` and ``qr``) in blocklin; in
-dask (``dask.array.from_zarr``): ``X.T @ X``, ``X @ G`` and
-``da.linalg.svd_compressed(X, k=50, n_power_iter=2)`` (no linear regression in dask).
+2 power iterations, with the error of its values against the exact ones) and
+``LinearRegression`` (``normal`` and ``qr``) in blocklin; in dask
+(``dask.array.from_zarr``): ``X.T @ X``, ``X @ G`` and
+``da.linalg.svd_compressed(X, k=50, n_power_iter=2)`` computing s and V, as blocklin
+does (no linear regression in dask).
 
 Each measurement runs in its own process (its peak RSS is its own: process and
 children), after an untimed warm-up on a tiny array (imports, thread pools). The
@@ -117,6 +119,22 @@ def write_copies(d: Path, rows: int, codecs: tuple[str, ...] = CODECS) -> dict[s
         bl.from_array(y, paths["y-sharded"], chunks=(CHUNK // 2, None), overwrite=True)
         (d / "y.done").touch()
     return paths
+
+
+def exact_singular_values(d: Path, rows: int) -> np.ndarray:
+    """The top K_SVD singular values of X, from its Gram regenerated block by block (the
+    copies' seeds; once per data folder): the reference for the SVDs' errors."""
+    path = d / "singular_values.npy"
+    if path.exists():
+        return np.asarray(np.load(path))
+    g = np.zeros((COLS, COLS))
+    for start in range(0, rows, 2 * CHUNK):
+        x = np.random.default_rng([0, start]).standard_normal(
+            (min(rows, start + 2 * CHUNK) - start, COLS))
+        g += x.T @ x
+    sv = np.sqrt(np.clip(np.linalg.eigvalsh(g)[::-1][:K_SVD], 0.0, None))
+    np.save(path, sv)
+    return sv
 
 
 # -- the machine limit ----------------------------------------------------------------------
@@ -238,8 +256,9 @@ def limits(rows: int, t_decode: float, per_row: dict[str, float],
     return {
         "gram": t_decode + rows * per_row["syrk"],
         "sketch": t_decode + rows * per_row["sketch"],
-        # Each pass of the SVD is one side of a power iteration: half the two gemms.
-        "rsvd": power * (t_decode + rows * per_row["svd"] / 2),
+        # Each of blocklin's passes runs both products (AX, then AᵀY; the finish AX and
+        # AᵀQ): a power iteration's two gemms per pass.
+        "rsvd": power * (t_decode + rows * per_row["svd"]),
         "lr-normal": passes.get("lr-normal", 1) * (t_decode + rows * per_row["syrk"]),
         "lr-qr": passes.get("lr-qr", 1) * (t_decode + rows * per_row["geqrf"]),
     }
@@ -284,6 +303,7 @@ def w_blocklin(a: argparse.Namespace) -> dict[str, Any]:
             X, K_SVD, oversample=OVERSAMPLE, n_iter=N_ITER, seed=0, work_dir=a.work,
             num_workers=a.cores), a.repeat, warm_up)
         info["passes"] = res.passes
+        info["s"] = [float(v) for v in res.s]
     else:
         y = bl.open(a.y)
         solver = a.op.split("-", 1)[1]
@@ -306,13 +326,16 @@ def w_dask(a: argparse.Namespace) -> dict[str, Any]:
             g = da.random.default_rng(0).standard_normal((X.shape[1], K_SKETCH))
             r = X @ g
         else:
-            r = da.linalg.svd_compressed(X, min(K_SVD, min(X.shape)), n_power_iter=N_ITER,
-                                         seed=0)
+            # s and V, as blocklin returns (U is formed on demand there; here it would
+            # be one more m × k product).
+            _, s, v = da.linalg.svd_compressed(X, min(K_SVD, min(X.shape)),
+                                               n_power_iter=N_ITER, seed=0)
+            r = (s, v)
         with dask.config.set(scheduler="threads", num_workers=a.cores):
-            return dask.compute(r)
+            return dask.compute(r)[0]
 
-    secs, _ = _timed(run, a.repeat, lambda: run(da.ones((64, 4), chunks=(16, 4))))
-    return {"seconds": secs}
+    secs, out = _timed(run, a.repeat, lambda: run(da.ones((64, 4), chunks=(16, 4))))
+    return {"seconds": secs, **({"s": [float(v) for v in out[0]]} if a.op == "rsvd" else {})}
 
 
 def w_limit(a: argparse.Namespace) -> dict[str, Any]:
@@ -390,6 +413,7 @@ def main() -> None:
     data = Path(a.data or Path(tempfile.gettempdir()) / f"blocklin-bench-foreign-{a.rows}")
     t0 = time.perf_counter()
     paths = write_copies(data, a.rows, tuple(a.codecs.split(",")))
+    a.s_exact = exact_singular_values(data, a.rows) if "rsvd" in a.ops.split(",") else None
     print(f"data in {data} ({time.perf_counter() - t0:.0f} s)", flush=True)
     a.work = tempfile.mkdtemp(prefix="bench-foreign-work-")
     rates = spawn(_worker_cmd(a, "blas"), "blas")["per_row"]
@@ -418,6 +442,13 @@ def main() -> None:
     text = report(a, rates, lines)
     print(text)
     Path(a.out).write_text(text)
+
+
+def _sv_error(r: dict[str, Any], exact: np.ndarray) -> str:
+    if "s" not in r:
+        return "—"
+    s = np.asarray(r["s"])[: exact.size]
+    return f"{float(np.max(np.abs(s - exact[: s.size]) / exact[: s.size])):.2e}"
 
 
 def _secs(r: dict[str, Any]) -> float | None:
@@ -464,6 +495,14 @@ def report(a: argparse.Namespace, rates: dict[str, float], lines: list[Any]) -> 
     for codec, dec, read_path, _, _ in lines:
         out.append(f"- {codec}: numcodecs decode {dec:.2f} s ({gb / dec:.2f} GB/s); blocklin "
                    f"reads it by {read_path}")
+    if a.s_exact is not None:
+        out += ["", f"Randomized SVD accuracy (k={K_SVD}, {N_ITER} power iterations each, "
+                "the same subspace's degree): largest relative error of the k singular "
+                "values against the exact ones (eigenvalues of the Gram):", ""]
+        for codec, _, _, results, _ in lines:
+            errs = {w: _sv_error(results.get(f"{w}:rsvd", {}), a.s_exact)
+                    for w in ("blocklin", "dask")}
+            out.append(f"- {codec}: " + ", ".join(f"{w} {e}" for w, e in errs.items()))
     errors = [(c, k, r["error"]) for c, _, _, res, _ in lines for k, r in res.items()
               if "error" in r]
     if errors:
