@@ -170,7 +170,8 @@ def contender(who: str, init: Svd, new: sp.csr_matrix, b: int, sub: int, tmp: Pa
 
 # -- one matrix --------------------------------------------------------------------------------
 def run_matrix(name: str, x: sp.csr_matrix, k: int, append: int, sizes: list[int], max_updates: int,
-               sub: int, budget: float, peers: bool) -> list[dict[str, Any]]:
+               sub: int, budget: float, peers: bool,
+               peer_memory: float = 4e9) -> list[dict[str, Any]]:
     m = x.shape[0]
     m0 = m - append
     t0 = time.perf_counter()
@@ -195,6 +196,12 @@ def run_matrix(name: str, x: sp.csr_matrix, k: int, append: int, sizes: list[int
                 runs += ["IncSVD isvd1", "IncSVD ZhaSimon"]
             for who in runs:
                 row: dict[str, Any] = {"matrix": name, "b": b, "updates": nb, "who": who}
+                need = (m + b) * (k + b) * 8  # Zha–Simon's dense block_diag(U, I_b)
+                if who == "IncSVD ZhaSimon" and need > peer_memory:
+                    row["note"] = f"skipped: its dense (m+b) x (k+b) needs {need / 2**30:.1f} GiB"
+                    rows.append(row)
+                    print(_line(row), flush=True)
+                    continue
                 if who in last and who.startswith("IncSVD"):
                     b0, per_row = last[who]
                     projected = per_row * p * (b / b0)
@@ -288,6 +295,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--sub-batch", type=int, default=500,
                     help="blocklin's rows per internal batch for larger b")
     ap.add_argument("--peer-budget", type=float, default=300.0)
+    ap.add_argument("--peer-memory", type=float, default=4e9,
+                    help="skip Zha-Simon when its dense block_diag(U, I_b) passes this (bytes)")
     ap.add_argument("--no-peers", action="store_true")
     ap.add_argument("--no-siblings", action="store_true")
     ap.add_argument("--siblings-only", action="store_true")
@@ -309,11 +318,12 @@ def main(argv: list[str] | None = None) -> None:
     with threadpool_limits(a.threads):
         x = zipf_matrix(a.rows, a.cols, a.density, a.seed)
         rows += run_matrix(f"zipf {a.rows:,}x{a.cols:,}", x, a.k, a.append, sizes,
-                           a.max_updates, a.sub_batch, a.peer_budget, peers)
+                           a.max_updates, a.sub_batch, a.peer_budget, peers, a.peer_memory)
         if a.big_rows:
             x = zipf_matrix(a.big_rows, a.big_cols, a.big_density, a.seed + 1)
             rows += run_matrix(f"zipf {a.big_rows:,}x{a.big_cols:,}", x, a.k, a.append, sizes,
-                               a.max_updates, a.sub_batch, a.peer_budget, peers)
+                               a.max_updates, a.sub_batch, a.peer_budget, peers,
+                               a.peer_memory)
     print(f"\n## Row updates (k = {a.k}, BLAS threads {a.threads})\n")
     print(table(rows, a.k))
     if not a.no_siblings:
