@@ -27,6 +27,7 @@ import pytest
 
 import blocklin as bl
 from blocklin.executors import RunStats
+from blocklin.ops.glm import normal_stats
 from blocklin.storage.stores import StorageOptions, store_for
 from blocklin.testing.helpers import free_ports
 
@@ -156,7 +157,7 @@ def test_every_operator_family(s3: S3, tmp_path: Path) -> None:
     P, stats, qr, svd, S, N = bl.compute(
         ops.matmul(A, W, out=f"{bucket}/out/P.zarr"), ops.column_stats(A),
         ops.tsqr(A, out=f"{bucket}/out/Q.zarr").R, ops.svd(A).s,
-        ops.sketch(A, 8, seed=3), ops.normal_stats(A, Y),
+        ops.sketch(A, 8, seed=3), normal_stats(A, Y),
         work_dir=f"{bucket}/work", storage_options=s3.options)
     assert P.url == f"{bucket}/out/P.zarr"
     np.testing.assert_allclose(bl.open(P.url).to_numpy(), x @ W, rtol=1e-12)

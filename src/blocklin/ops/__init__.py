@@ -1,6 +1,18 @@
-"""Block operators. Each returns a lazy result; nothing runs until ``compute``."""
+"""Block operators, of two kinds.
 
-from blocklin.ops.glm import eval_pass, loss_grad, newton_pass, normal_stats
+Lazy (nothing runs until :func:`blocklin.compute`, which fuses what shares a read):
+``gram``, ``matmul``, ``column_stats``, ``sketch``, ``sketched_matmul``, ``tsqr``,
+``tsqr_r``, ``svd`` and the views ``center``, ``scale``, ``standardize``.
+
+Eager (an iterative method: each call runs its own passes at once, as many as its
+docstring states, and returns numbers): ``randomized_svd``, ``pca`` and ``svd_update``.
+They take the run options themselves (``executor``, ``work_dir``...); a pipeline step
+naming one is listed as ``eager`` by ``explain``.
+
+The GLM pass kernels (``blocklin.ops.glm``) are internal to the estimators of
+:mod:`blocklin.ml`, which unpack their results.
+"""
+
 from blocklin.ops.products import gram, matmul
 from blocklin.ops.sketch import sketch
 from blocklin.ops.sketched_matmul import SketchedProduct, sketched_matmul
@@ -20,12 +32,8 @@ __all__ = [
            "TruncatedSVDResult",
            "center",
            "column_stats",
-           "eval_pass",
            "gram",
-           "loss_grad",
            "matmul",
-           "newton_pass",
-           "normal_stats",
            "pca",
            "randomized_svd",
            "scale",

@@ -30,7 +30,7 @@ import numpy as np
 from blocklin.config import chunk_rows_for, default_chunk_rows
 from blocklin.errors import InputDtypeError, InputValueError, NonFiniteError
 from blocklin.storage import ArrayMeta, BlockMatrix, Store, provenance_attrs, write_meta
-from blocklin.storage.blockmatrix import _prepare_target
+from blocklin.storage.blockmatrix import prepare_target
 from blocklin.storage.chunkio import read_block, write_block
 from blocklin.storage.codecs import choose_codec
 from blocklin.storage.dataset import LABEL_DIMS, label_path_for, write_coordinates
@@ -373,7 +373,7 @@ class IngestResult:
 
 
 def _target(path: str, overwrite: bool) -> Store:
-    return _prepare_target(path, overwrite, how="pass --overwrite")
+    return prepare_target(path, overwrite, how="pass --overwrite")
 
 
 def ingest(src: str, dest: str, *, label: str | None = None, label_dest: str | None = None,

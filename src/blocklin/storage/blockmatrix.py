@@ -29,7 +29,8 @@ from blocklin.types import BlockIndex
 if TYPE_CHECKING:
     import dask.array as da
 
-__all__ = ["BlockMatrix", "Transposed", "from_array", "open_matrix", "provenance_attrs"]
+__all__ = ["BlockMatrix", "Transposed", "from_array", "open_matrix", "prepare_target",
+           "provenance_attrs"]
 
 
 def _version() -> str:
@@ -216,7 +217,7 @@ def _check_shape(shape: tuple[int, ...]) -> tuple[int, int]:
     return (int(shape[0]), int(shape[1]))
 
 
-def _prepare_target(path: str | os.PathLike[str], overwrite: bool,
+def prepare_target(path: str | os.PathLike[str], overwrite: bool,
                     how: str = "pass overwrite=True") -> Store:
     """The empty store to write a new array to; an existing one is an error unless replaced."""
     store = store_for(path)
@@ -301,7 +302,7 @@ def from_array(x: Any, path: str | os.PathLike[str], chunks: Any = None, *,
     dtype = check_numeric_dtype(x.dtype)
     shape = _check_shape(tuple(x.shape))
     chunk_shape = _parse_chunks(chunks, shape, dtype.itemsize)
-    store = _prepare_target(path, overwrite)
+    store = prepare_target(path, overwrite)
     sample = np.asarray(x[: chunk_shape[0], : chunk_shape[1]])
     meta = ArrayMeta(url=store.url, shape=shape, chunks=chunk_shape, dtype=dtype.name,
                      codec=choose_codec(codec, sample))

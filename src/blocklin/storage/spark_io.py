@@ -19,8 +19,8 @@ from blocklin.errors import InputDtypeError, InputValueError
 from blocklin.storage.blockmatrix import (
     BlockMatrix,
     _parse_chunks,
-    _prepare_target,
     open_matrix,
+    prepare_target,
     provenance_attrs,
 )
 from blocklin.storage.chunkio import read_region, write_block
@@ -275,7 +275,7 @@ def _ingest(selected: DataFrame, cols: list[str], path: str | os.PathLike[str],
     step = _parse_chunks(chunks, (nrows, len(cols)), np_dtype.itemsize)[0]
     sample = np.array(selected.take(min(step, 1000)), dtype=np_dtype)[:, : len(cols)]
     targets = [(path, len(cols))] + ([(label_path or label_path_for(path), 1)] if label else [])
-    stores = [_prepare_target(p, overwrite) for p, _ in targets]
+    stores = [prepare_target(p, overwrite) for p, _ in targets]
     metas = [ArrayMeta(url=s.url, shape=(nrows, k), chunks=(step, k), dtype=np_dtype.name,
                        codec=choose_codec(codec, sample if k > 1 else sample[:, :1]),
                        dims=None if i == 0 else LABEL_DIMS)

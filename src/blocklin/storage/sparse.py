@@ -160,7 +160,7 @@ def from_sparse(x: Any, path: str | os.PathLike[str], chunks: Any = None, *,
     -----
     One pass over ``x``; memory per write is one CSR row block.
     """
-    from blocklin.storage.blockmatrix import BlockMatrix, _prepare_target, provenance_attrs
+    from blocklin.storage.blockmatrix import BlockMatrix, prepare_target, provenance_attrs
 
     dtype = check_numeric_dtype(x.dtype)
     if len(x.shape) != 2 or 0 in x.shape:
@@ -171,7 +171,7 @@ def from_sparse(x: Any, path: str | os.PathLike[str], chunks: Any = None, *,
         _refuse_nonfinite(csr, rows, store_for(path).url)
     m, n = csr.shape
     index_dtype = _index_dtype(n)
-    store = _prepare_target(path, overwrite)
+    store = prepare_target(path, overwrite)
     meta = ArrayMeta(url=store.url, shape=(m, n), chunks=(rows, n), dtype=dtype.name,
                      format=CSR)
     try:
