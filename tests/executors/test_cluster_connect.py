@@ -111,3 +111,18 @@ def test_cli_port_out_of_range_exits_2(tmp_path: Path, x: bl.BlockMatrix) -> Non
     assert res.returncode == 2, res.stderr
     assert "tcp://127.0.0.1:99999" in res.stderr and "1..65535" in res.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_one_client_per_compute_at_an_address(x: bl.BlockMatrix, tmp_path: Path) -> None:
+    """The check, the cache budget and the run share one connection, closed after."""
+    from distributed import Client, LocalCluster
+
+    with LocalCluster(n_workers=1, processes=False, dashboard_address=":0") as cluster, \
+            Client(cluster) as watcher:
+        (g,) = bl.compute(bl.ops.gram(x), address=cluster.scheduler_address,
+                          cache_bytes="auto", work_dir=str(tmp_path / "w"))
+        events = [e for _, e in watcher.get_events("all")
+                  if isinstance(e, dict) and e.get("client") != watcher.id]
+        assert [e["action"] for e in events].count("add-client") == 1
+        assert "remove-client" in [e["action"] for e in events]
+    np.testing.assert_allclose(g, np.ones((100, 4)).T @ np.ones((100, 4)))

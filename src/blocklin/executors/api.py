@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from blocklin.config import (
@@ -202,8 +203,19 @@ def compute(*results: Lazy, executor: str | Executor = "dask", address: str | No
                           num_workers=num_workers, device=device,
                           connect_timeout=connect_timeout, worker_timeout=worker_timeout,
                           security=security)
-    work = work_dir or default_work_dir()
-    wanted = parse_cache_bytes(cache_bytes)
+    try:
+        return _run(results, final, engine, work_dir or default_work_dir(),
+                    parse_cache_bytes(cache_bytes), resume, device, device_tasks,
+                    keep_intermediates, stats, progress)
+    finally:
+        engine.close()
+
+
+def _run(results: Sequence[Lazy], final: FinalPlan, engine: Executor, work: str,
+         wanted: int | None, resume: bool, device: str, device_tasks: int,
+         keep_intermediates: bool | None, stats: RunStats | None,
+         progress: Any) -> tuple[Any, ...]:
+    """Run a finalized plan on an engine: the part of :func:`compute` that writes."""
     budget = engine.cache_budget(final, wanted) if wanted != 0 else 0
     # A lease on the work-dir arrays before any record is read; they are removed once
     # the results are sealed and read (kept on failure, for resume).

@@ -268,6 +268,10 @@ class Executor(Protocol):
     def execute(self, xplan: ExecutionPlan, on_task_done: TaskCallback) -> None:
         """Run every job, calling ``on_task_done`` on the driver as each finishes."""
 
+    def close(self) -> None:
+        """Release what the executor opened for this compute (a cluster connection);
+        handles the caller gave stay open."""
+
     def cache_budget(self, final: FinalPlan, wanted: int | None) -> int:
         """Block-cache bytes for each process running the plan's tasks.
 

@@ -199,35 +199,32 @@ class DaskExecutor:
                               f"{window_jobs}")
         self.batch_jobs = batch_jobs
         self.window_jobs = window_jobs
+        self._opened: Client | None = None  # the client this executor opened (address=)
 
     def check(self, xplan: ExecutionPlan) -> None:
         if self.client is None and self.address is None:
             return
         need = max((g.memory for g in xplan.final.groups), default=0)
-        client, owned = self._client()
-        try:
+        client = self._client()
+        info = client.scheduler_info()
+        workers = info.get("workers", {})
+        if not workers:
+            self._wait_for_workers(client, str(info.get("address")))
             info = client.scheduler_info()
             workers = info.get("workers", {})
-            if not workers:
-                self._wait_for_workers(client, str(info.get("address")))
-                info = client.scheduler_info()
-                workers = info.get("workers", {})
-            if self.device == "gpu":
-                self._check_gpus(client, xplan, workers)
-            # The block cache shares the worker's memory with its threads' tasks.
-            cache = max((rt.cache_bytes for rt in xplan.runtimes), default=0)
-            for addr, w in workers.items():
-                limit = w.get("memory_limit") or 0
-                threads = max(1, int(w.get("nthreads", 1)))
-                if limit and (limit - cache) // threads < need:
-                    raise PlanMemoryError(
-                        f"{xplan.final.groups[0].label} (on worker {addr})", need,
-                        (limit - cache) // threads,
-                        hint="each worker thread may run one task at a time; give workers more "
-                             "memory or fewer threads")
-        finally:
-            if owned:
-                client.close()
+        if self.device == "gpu":
+            self._check_gpus(client, xplan, workers)
+        # The block cache shares the worker's memory with its threads' tasks.
+        cache = max((rt.cache_bytes for rt in xplan.runtimes), default=0)
+        for addr, w in workers.items():
+            limit = w.get("memory_limit") or 0
+            threads = max(1, int(w.get("nthreads", 1)))
+            if limit and (limit - cache) // threads < need:
+                raise PlanMemoryError(
+                    f"{xplan.final.groups[0].label} (on worker {addr})", need,
+                    (limit - cache) // threads,
+                    hint="each worker thread may run one task at a time; give workers more "
+                         "memory or fewer threads")
 
     def _check_gpus(self, client: Client, xplan: ExecutionPlan, workers: dict[str, Any]) -> None:
         """Refuse a GPU run the cluster's GPU workers cannot take: none declares a GPU
@@ -253,12 +250,7 @@ class DaskExecutor:
             memory = machine_memory()
             return fit_cache_budget(default_block_cache_bytes(memory) if wanted is None
                                     else wanted, memory, self.num_workers, need)
-        client, owned = self._client()
-        try:
-            workers = client.scheduler_info(n_workers=-1).get("workers", {})
-        finally:
-            if owned:
-                client.close()
+        workers = self._client().scheduler_info(n_workers=-1).get("workers", {})
         budgets = []
         for w in workers.values():
             # A worker without a memory limit is bounded by its machine: take this one's.
@@ -279,15 +271,28 @@ class DaskExecutor:
                 f"{self.worker_timeout:g} s; start workers (dask worker {address}) or wait "
                 "longer with worker_timeout= (--worker-timeout)") from None
 
-    def _client(self) -> tuple[Client, bool]:
+    def _client(self) -> Client:
+        """The given client, or one opened on first use and kept until :meth:`close`,
+        so a compute's check, cache budget and run share one connection."""
         if self.client is not None:
-            return self.client, False
+            return self.client
+        if self._opened is None:
+            self._opened = self._connect()
+        return self._opened
+
+    def close(self) -> None:
+        """Close the client this executor opened (a given one stays open)."""
+        if self._opened is not None:
+            opened, self._opened = self._opened, None
+            opened.close()
+
+    def _connect(self) -> Client:
         from distributed import Client
 
         kwargs: dict[str, Any] = {"security": self.security} if self.security else {}
         try:
             return Client(self.address, set_as_default=False, timeout=self.connect_timeout,
-                          **kwargs), True
+                          **kwargs)
         except (OSError, TimeoutError) as exc:
             raise ExecutorError(
                 f"cannot reach the dask scheduler at {self.address} within "
@@ -310,13 +315,9 @@ class DaskExecutor:
             self._run_threaded(xplan, run, on_task_done,
                                max((rt.blas_threads for rt in xplan.runtimes), default=1))
             return
-        client, owned = self._client()
-        try:
-            _announce(client)
-            self._stream(client, xplan, run, on_task_done)
-        finally:
-            if owned:
-                client.close()
+        client = self._client()
+        _announce(client)
+        self._stream(client, xplan, run, on_task_done)
 
     def _stream(self, client: Client, xplan: ExecutionPlan, run: str,
                 on_task_done: TaskCallback) -> None:

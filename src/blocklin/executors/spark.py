@@ -289,6 +289,9 @@ class SparkExecutor:
             return self.master
         return f"local[*,{self.max_failures}]"
 
+    def close(self) -> None:
+        """Nothing to release: the session is the caller's (or the shared local one)."""
+
     def check(self, xplan: ExecutionPlan) -> None:
         if self.spark is None:
             return
