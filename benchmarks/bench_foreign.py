@@ -251,14 +251,21 @@ def block_kernels(cores: int, repeat: int) -> dict[str, float]:
 
 def limits(rows: int, t_decode: float, per_row: dict[str, float],
            passes: dict[str, float]) -> dict[str, float]:
-    """Seconds each operation needs at least: its passes of decoding plus its kernels."""
+    """Seconds each operation needs at least: its passes of decoding plus its kernels.
+
+    The SVD decodes A once when its block cache holds all of A (``cache_bytes="auto"``:
+    A fits the default budget), else once per pass.
+    """
+    from blocklin.config import default_block_cache_bytes, machine_memory
+
     power = passes.get("rsvd", 2 * N_ITER + 2)
+    cached = rows * COLS * 8 <= default_block_cache_bytes(machine_memory())
     return {
         "gram": t_decode + rows * per_row["syrk"],
         "sketch": t_decode + rows * per_row["sketch"],
         # Each of blocklin's passes runs both products (AX, then AᵀY; the finish AX and
         # AᵀQ): a power iteration's two gemms per pass.
-        "rsvd": power * (t_decode + rows * per_row["svd"]),
+        "rsvd": (1 if cached else power) * t_decode + power * rows * per_row["svd"],
         "lr-normal": passes.get("lr-normal", 1) * (t_decode + rows * per_row["syrk"]),
         "lr-qr": passes.get("lr-qr", 1) * (t_decode + rows * per_row["geqrf"]),
     }
