@@ -36,8 +36,8 @@ from blocklin.types import parse_option
 if TYPE_CHECKING:
     from blocklin.storage.blockmatrix import BlockMatrix
 
-__all__ = ["SVD_METHODS", "PCAResult", "SVDMethod", "TruncatedSVDResult", "pca",
-           "randomized_svd"]
+__all__ = ["SVD_METHODS", "PCAResult", "SVDMethod", "TruncatedSVDResult", "check_svd_args",
+           "normal_product", "pca", "randomized_svd", "svd_passes"]
 
 SVDMethod = Literal["power", "krylov", "gram"]
 SVD_METHODS: tuple[str, ...] = get_args(SVDMethod)
@@ -195,7 +195,9 @@ def _orth(z: np.ndarray) -> np.ndarray:
     return q
 
 
-def _check_args(m: MatrixInput, k: int, oversample: int, n_iter: int, method: str) -> int:
+def check_svd_args(m: MatrixInput, k: int, oversample: int, n_iter: int, method: str) -> int:
+    """Refuse bad k, oversample, n_iter or method (before any pass); the sketch width
+    l = min(k + oversample, rows, cols)."""
     for name, v in (("k", k), ("oversample", oversample), ("n_iter", n_iter)):
         if isinstance(v, bool) or not isinstance(v, int | np.integer):
             raise InputDtypeError(f"{name} must be an int; got {v!r}")
@@ -356,7 +358,7 @@ def _truncated(A: Any, k: int, oversample: int, n_iter: int, seed: int, method: 
     """The engine of randomized_svd and pca; ``with_stats`` adds column statistics
     (computed in the first pass, at no extra pass)."""
     m = as_matrix(A)
-    width = _check_args(m, k, oversample, n_iter, method)
+    width = check_svd_args(m, k, oversample, n_iter, method)
     # U's pass runs later, alone: it gains nothing from a cache.
     u_opts = {key: v for key, v in opts.items() if key != "cache_bytes"}
     if method == "gram":

@@ -83,7 +83,7 @@ def _svd_plan(A: Any, k: int, oversample: int, n_iter: int, method: str, centere
               param: str = "k") -> StepPlan:
     from blocklin.ops import column_stats, gram
     from blocklin.ops._inputs import as_matrix
-    from blocklin.ops.svd import _check_args, normal_product, svd_passes
+    from blocklin.ops.svd import check_svd_args, normal_product, svd_passes
     from blocklin.ops.tsqr import plan_finish, plan_tree
 
     m = as_matrix(A)
@@ -91,7 +91,7 @@ def _svd_plan(A: Any, k: int, oversample: int, n_iter: int, method: str, centere
     if not 1 <= k <= min(rows, cols):
         raise ParamError(param, f"{param} = {k} but the matrix is {rows} x {cols}: it has at "
                                 f"most min({rows}, {cols}) = {min(rows, cols)} singular values")
-    width = _check_args(m, k, oversample, n_iter, method)
+    width = check_svd_args(m, k, oversample, n_iter, method)
     stats = column_stats(A).plan
     if method == "gram":
         if centered:  # U = (A − 1μᵀ)V/s is planned with the result: a view cannot be centered
@@ -210,7 +210,11 @@ def _check_estimator_params(family: str, p: Any) -> None:
 
 def _regression_plan(family: str, p: Any, X: Any, y: Any, nfeat: int) -> StepPlan:
     from blocklin.ops._inputs import as_matrix
-    from blocklin.ops.glm import build_pass, loss_grad_spec, moments_spec, newton_spec, qr_spec
+    from blocklin.ops.glm.gradient import loss_grad_spec
+    from blocklin.ops.glm.moments import moments_spec
+    from blocklin.ops.glm.newton import newton_spec
+    from blocklin.ops.glm.passes import build_pass
+    from blocklin.ops.glm.qr import qr_spec
 
     xm = as_matrix(X, "X")
     nx = int(xm.grid[1])
