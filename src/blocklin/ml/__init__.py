@@ -2,6 +2,7 @@
 
 __all__: list[str] = []
 
+from blocklin.ml.als import ALS
 from blocklin.ml.ease import EASE
 from blocklin.ml.linear import LinearRegression
 from blocklin.ml.logistic import LogisticRegression
@@ -9,4 +10,4 @@ from blocklin.ml.pca import PCA
 from blocklin.ml.persist import load
 from blocklin.ml.truncated_svd import TruncatedSVD
 
-__all__ += ["EASE", "PCA", "LinearRegression", "LogisticRegression", "TruncatedSVD", "load"]
+__all__ += ["ALS", "EASE", "PCA", "LinearRegression", "LogisticRegression", "TruncatedSVD", "load"]

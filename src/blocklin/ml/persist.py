@@ -39,13 +39,14 @@ from blocklin.errors import InputValueError, ModelFormatError
 if TYPE_CHECKING:
     from typing import TypeAlias
 
+    from blocklin.ml.als import ALS
     from blocklin.ml.ease import EASE
     from blocklin.ml.linear import LinearRegression
     from blocklin.ml.logistic import LogisticRegression
     from blocklin.ml.pca import PCA
     from blocklin.ml.truncated_svd import TruncatedSVD
 
-    Estimator: TypeAlias = LinearRegression | LogisticRegression | TruncatedSVD | EASE | PCA
+    Estimator: TypeAlias = LinearRegression | LogisticRegression | TruncatedSVD | EASE | PCA | ALS
 
 __all__ = ["ARRAYS_FILE", "FORMAT", "FORMAT_VERSION", "MODEL_FILE", "RUNTIME_PARAMS",
            "SaveMixin", "estimator_classes", "load", "restore", "save"]
@@ -60,7 +61,7 @@ ARRAYS_FILE = "arrays.npz"
 MAX_MODEL_JSON_BYTES = 4 * 2**20
 #: Constructor parameters that configure the run, not the model: never saved.
 RUNTIME_PARAMS = frozenset({"executor", "work_dir", "compute_options", "storage_options",
-                            "state_path", "progress"})
+                            "state_path", "progress", "checkpoint_dir"})
 #: Private fitted state an estimator needs after loading (public fitted attributes,
 #: ending in ``_``, are all saved): TruncatedSVD's column summary, which ``partial_fit``
 #: merges new rows into.
@@ -70,13 +71,15 @@ _SCALARS = (bool, int, float, str)
 
 def estimator_classes() -> dict[str, type]:
     """The estimators :func:`load` builds, by the name ``model.json`` records."""
+    from blocklin.ml.als import ALS
     from blocklin.ml.ease import EASE
     from blocklin.ml.linear import LinearRegression
     from blocklin.ml.logistic import LogisticRegression
     from blocklin.ml.pca import PCA
     from blocklin.ml.truncated_svd import TruncatedSVD
 
-    classes: tuple[type, ...] = (LinearRegression, LogisticRegression, TruncatedSVD, EASE, PCA)
+    classes: tuple[type, ...] = (LinearRegression, LogisticRegression, TruncatedSVD, EASE, PCA,
+                                 ALS)
     return {f"blocklin.ml.{c.__name__}": c for c in classes}
 
 
