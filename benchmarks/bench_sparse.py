@@ -19,8 +19,9 @@ Contenders, each timed per batch (one b-row update) in this process:
 * ``IncSVD isvd1``: ``EvolvingMatrix(sparse=True, method="ZhaSimon")`` (Deng et al.'s
   exact sparse update) and ``IncSVD ZhaSimon``: ``sparse=False`` (the dense
   Zha–Simon update, the rows given dense, converted outside the timer). A run whose
-  projected time passes ``--peer-budget`` seconds is stopped once its first updates
-  show it (its time per update is reported, without accuracy), or skipped
+  projected time passes ``--peer-budget`` seconds is stopped after its first three
+  updates (its time per update is reported, without accuracy), or, when it is
+  three updates or fewer, skipped
   (projection: the previous batch size's time per row scaled by b/b_prev: isvd1's
   Gram–Schmidt loop and Zha–Simon's n × b QR are quadratic in b per update).
 
@@ -117,7 +118,7 @@ def blocklin_calls(init: Svd, new: sp.csr_matrix, b: int, sub: int, tmp: Path,
         t0 = time.perf_counter()
         state = svd_update(state, rows=new[a:a + b], method="sparse", batch=min(b, sub))
         spent += time.perf_counter() - t0
-        if i < nb and spent / i * nb > budget:
+        if 3 <= i < nb and spent / i * nb > budget:
             return spent, i, None
     return spent, nb, state.s
 
@@ -153,7 +154,7 @@ def incsvd(init: Svd, new: sp.csr_matrix, b: int, sparse: bool,
         t0 = time.perf_counter()
         em.add_row(x)
         spent += time.perf_counter() - t0
-        if i < len(batches) and spent / i * len(batches) > budget:
+        if 3 <= i < len(batches) and spent / i * len(batches) > budget:
             return spent, i, None
     return spent, len(batches), np.asarray(em.Sigmak)
 
@@ -202,7 +203,8 @@ def run_matrix(name: str, x: sp.csr_matrix, k: int, append: int, sizes: list[int
                     rows.append(row)
                     print(_line(row), flush=True)
                     continue
-                if who in last and who.startswith("IncSVD"):
+                # A single update cannot be stopped midway: projected from the last size.
+                if who in last and who.startswith("IncSVD") and nb <= 3:
                     b0, per_row = last[who]
                     projected = per_row * p * (b / b0)
                     if projected > budget:
@@ -316,9 +318,11 @@ def main(argv: list[str] | None = None) -> None:
         print("IncSVD not installed (pip install 'blocklin[bench]'): blocklin only")
     rows: list[dict[str, Any]] = []
     with threadpool_limits(a.threads):
-        x = zipf_matrix(a.rows, a.cols, a.density, a.seed)
-        rows += run_matrix(f"zipf {a.rows:,}x{a.cols:,}", x, a.k, a.append, sizes,
-                           a.max_updates, a.sub_batch, a.peer_budget, peers, a.peer_memory)
+        if a.rows:  # 0 skips the term-document matrix
+            x = zipf_matrix(a.rows, a.cols, a.density, a.seed)
+            rows += run_matrix(f"zipf {a.rows:,}x{a.cols:,}", x, a.k, a.append, sizes,
+                               a.max_updates, a.sub_batch, a.peer_budget, peers,
+                               a.peer_memory)
         if a.big_rows:
             x = zipf_matrix(a.big_rows, a.big_cols, a.big_density, a.seed + 1)
             rows += run_matrix(f"zipf {a.big_rows:,}x{a.big_cols:,}", x, a.k, a.append, sizes,
