@@ -322,6 +322,9 @@ class ALS(SaveMixin, BaseEstimator):  # type: ignore[misc]
                 state = {"key": key, "done": 0}
                 store.put(_STATE, json.dumps(state).encode())
             done = int(state["done"])
+            # A kill between a commit and its removal leaves factors no longer read.
+            for j in range(-1, done - 2):
+                store_for(self._factor_url(ckpt, j)).delete_prefix("")
             for h in range(done, 2 * int(self.max_iter)):
                 self._half_iteration(ckpt, h)
                 store.put(_STATE, json.dumps({"key": key, "done": h + 1}).encode())
