@@ -47,7 +47,7 @@ from blocklin.config import DEFAULT_BLOCK_BYTES
 from blocklin.ml import LinearRegression
 from blocklin.ops._inputs import source_node
 from blocklin.ops._random import SketchSpec
-from blocklin.ops.glm import MomentsPartial
+from blocklin.ops.glm.moments import MomentsPartial
 from blocklin.ops.products import GramPartial
 from blocklin.ops.sketch import LeftSketchPartial
 from blocklin.plan.device import gpu_module, to_device

@@ -43,7 +43,8 @@ def plan_case(case: str, blocks: int, where: str) -> dict[str, Any]:
     import blocklin as bl
     from blocklin.errors import PlanMemoryError
     from blocklin.ml import LinearRegression
-    from blocklin.ops.glm import build_pass, moments_spec
+    from blocklin.ops.glm.moments import moments_spec
+    from blocklin.ops.glm.passes import build_pass
     from blocklin.ops.svd import normal_product
     from blocklin.testing.plans import metadata_only_matrix
 

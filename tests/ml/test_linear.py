@@ -197,7 +197,7 @@ def test_qr_solves_ill_conditioned_design_exactly_in_one_pass(tmp_path: Path) ->
     its single pass from the panels' double-double Grams, to the exact solution of the
     stored data (far closer than a double-precision QR solve); ``auto`` refines instead."""
     from blocklin.ml.linear import QR_REFINE_COND
-    from blocklin.ops.glm import ls_condition
+    from blocklin.ops.glm.conditioning import ls_condition
 
     x = np.linspace(0.0, 20.0, 400)
     X = np.column_stack([x**k for k in range(1, 7)])
@@ -371,7 +371,7 @@ def test_sparse_blockmatrix_never_densified_in_storage(solver: str, tmp_path: Pa
 def test_qr_pass_partials_carry_gram_rows_only_when_panels_may_form_them() -> None:
     """``auto``'s TSQR pass (no exact Gram) keeps c + 2 rows per partial; ``qr``'s adds
     the 2c rows of the double-double Gram (persisted per panel, so the size matters)."""
-    from blocklin.ops.glm import qr_spec
+    from blocklin.ops.glm.qr import qr_spec
 
     assert qr_spec(500, 1, True, False, 1).part_shape == (504, 502)
     assert qr_spec(500, 1, True, False, 1, extend_above=100.0).part_shape == (3 * 502 + 2, 502)

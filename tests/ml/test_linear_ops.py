@@ -12,15 +12,10 @@ from scipy.special import expit
 import blocklin as bl
 from blocklin.errors import ShapeMismatchError
 from blocklin.ml import LinearRegression, LogisticRegression
-from blocklin.ops.glm import (
-    _moments_in_place,
-    loss_grad,
-    moments_spec,
-    newton_pass,
-    normal_stats,
-    run_local,
-    unpack_grad,
-)
+from blocklin.ops.glm import loss_grad, newton_pass, normal_stats
+from blocklin.ops.glm.gradient import unpack_grad
+from blocklin.ops.glm.moments import _moments_in_place, moments_spec
+from blocklin.ops.glm.passes import run_local
 
 ROWS = 64
 

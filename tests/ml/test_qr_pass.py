@@ -16,7 +16,9 @@ import pytest
 
 import blocklin as bl
 from blocklin.ml import LinearRegression
-from blocklin.ops.glm import conditioning, ls_condition, qr_spec, run_local
+from blocklin.ops.glm.conditioning import conditioning, ls_condition
+from blocklin.ops.glm.passes import run_local
+from blocklin.ops.glm.qr import qr_spec
 
 tsqr_module = importlib.import_module("blocklin.ops.tsqr")
 
@@ -200,7 +202,7 @@ def test_well_conditioned_panel_takes_r_from_its_gram(intercept: bool) -> None:
     panel's Gram, and R agrees with Householder's (up to row signs) to near machine
     precision -- including its last entry, the residual norm, at R² = 1 − 1e-16 where
     the Gram's yᵀy − ‖q‖² keeps hardly a correct digit."""
-    glm = importlib.import_module("blocklin.ops.glm")
+    glm = importlib.import_module("blocklin.ops.glm.qr")
     x, y = _panel(2000, 30, offset=50.0 if intercept else 0.0, noise=1e-7,
                   const=2.0 if intercept else 0.0)
     r = glm._gram_r(x, intercept, y)
@@ -245,7 +247,7 @@ def scipy_solve_t(t: np.ndarray, b: np.ndarray) -> np.ndarray:
 def test_ill_conditioned_panel_keeps_householder() -> None:
     """A centred design with κ₂ above the bound (two nearly equal columns) is factored by
     Householder: the leaf's R is LAPACK's, bit for bit."""
-    glm = importlib.import_module("blocklin.ops.glm")
+    glm = importlib.import_module("blocklin.ops.glm.qr")
     x, y = _panel(2000, 8, offset=0.0, noise=0.1)
     x[:, 1] = x[:, 0] + 1e-3 * x[:, 1]
     assert glm._gram_r(x, True, y) is None

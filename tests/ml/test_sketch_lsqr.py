@@ -19,7 +19,8 @@ from scipy.sparse.linalg import lsqr
 import blocklin as bl
 from blocklin.ml import LinearRegression
 from blocklin.ml._glm import _lsqr
-from blocklin.ops.glm import lsqr_spec, run_local
+from blocklin.ops.glm.lsqr import lsqr_spec
+from blocklin.ops.glm.passes import run_local
 
 
 def rel(a: np.ndarray, b: np.ndarray) -> float:

@@ -25,6 +25,8 @@ from blocklin.executors.lazy import Lazy
 from blocklin.ml import LinearRegression
 from blocklin.ops import glm
 from blocklin.ops._inputs import as_matrix, row_panel_tasks
+from blocklin.ops.glm.lsqr import lsqr_spec
+from blocklin.ops.glm.passes import build_pass
 from blocklin.ops.stats import ColumnStats
 from blocklin.ops.svd import normal_product
 from blocklin.plan.device import (
@@ -96,8 +98,8 @@ COEF = np.linspace(-0.2, 0.3, COLS + 1)[:, None]
 COEF3 = np.linspace(-0.2, 0.3, 3 * (COLS + 1)).reshape(COLS + 1, 3)
 
 def _lsqr(X: Any, y: Any, w: Any) -> Lazy:
-    spec = glm.lsqr_spec(COEF[:, 0], 0.7, True, w is not None, as_matrix(X).grid[1])
-    return glm.build_pass(spec, X, y, w)
+    spec = lsqr_spec(COEF[:, 0], 0.7, True, w is not None, as_matrix(X).grid[1])
+    return build_pass(spec, X, y, w)
 
 
 def _sketch_case(kind: str) -> Callable[[Data], list[Lazy]]:

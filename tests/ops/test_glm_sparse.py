@@ -12,18 +12,14 @@ import scipy.sparse as sp
 
 import blocklin as bl
 from blocklin.errors import PlanMemoryError
-from blocklin.ops.glm import (
-    PassSpec,
-    build_pass,
-    eval_spec,
-    loss_grad_spec,
-    lsqr_spec,
-    moments_spec,
-    newton_spec,
-    qr_spec,
-    refine_spec,
-    run_local,
-)
+from blocklin.ops.glm.evaluation import eval_spec
+from blocklin.ops.glm.gradient import loss_grad_spec
+from blocklin.ops.glm.lsqr import lsqr_spec
+from blocklin.ops.glm.moments import moments_spec
+from blocklin.ops.glm.newton import newton_spec
+from blocklin.ops.glm.passes import PassSpec, build_pass, run_local
+from blocklin.ops.glm.qr import qr_spec
+from blocklin.ops.glm.refine import refine_spec
 from blocklin.plan.graph import Kernel, TaskContext
 from blocklin.plan.memory import project_task_memory
 from blocklin.storage.sparse import CSRBlock

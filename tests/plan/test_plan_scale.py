@@ -21,6 +21,8 @@ from blocklin.errors import PlanMemoryError
 from blocklin.executors.base import prepare
 from blocklin.executors.dask import DaskExecutor
 from blocklin.ml import LinearRegression
+from blocklin.ops.glm.moments import moments_spec
+from blocklin.ops.glm.passes import build_pass
 from blocklin.plan import finalize
 from blocklin.plan.finalize import FinalPlan, PlanReport
 from blocklin.plan.graph import RowPanelTasks, Task, TaskList, TreeTasks
@@ -95,8 +97,8 @@ def test_huge_randomized_svd_and_regression_refuse_without_listing_tasks(
     for case in (svd, regression):
         _, peak = _peak(case)
         assert peak < BOUND, case.__name__
-    report, peak = _peak(lambda: bl.ops.glm.build_pass(
-        bl.ops.glm.moments_spec(HUGE[1], 1, False, 1, True), huge, y).explain("4GiB"))
+    report, peak = _peak(lambda: build_pass(
+        moments_spec(HUGE[1], 1, False, 1, True), huge, y).explain("4GiB"))
     assert peak < BOUND and report.rows[0][1] == 10**6
     assert report.source_passes() == {huge.url: 1.0, y.url: 1.0}
 
@@ -186,10 +188,9 @@ def test_explain_equals_listing_on_small_plans(tmp_path: Path) -> None:
         "matmul 2-D": bl.ops.matmul(A, B).plan,
         "A.T y": bl.ops.matmul(A.T, y).plan,
         "standardized gram": bl.ops.gram(bl.ops.standardize(A)).plan,
-        "glm pass": bl.ops.glm.build_pass(bl.ops.glm.moments_spec(12, 1, False, 3, True),
-                                          A, y).plan,
-        "tsqr + moments": plan_finish(tree, "svd")[0].merge(bl.ops.glm.build_pass(
-            bl.ops.glm.moments_spec(12, 1, False, 3, True), A, y).plan),
+        "glm pass": build_pass(moments_spec(12, 1, False, 3, True), A, y).plan,
+        "tsqr + moments": plan_finish(tree, "svd")[0].merge(build_pass(
+            moments_spec(12, 1, False, 3, True), A, y).plan),
     }
     for name, plan in plans.items():
         final = finalize(plan, 2**32)
@@ -207,7 +208,7 @@ def test_rule_and_listed_stages_still_fuse(tmp_path: Path) -> None:
     from blocklin.ops.tsqr import plan_tree
 
     tree = plan_tree([X, y], with_q=False)
-    moments = bl.ops.glm.build_pass(bl.ops.glm.moments_spec(6, 1, False, 1, True), X, y)
+    moments = build_pass(moments_spec(6, 1, False, 1, True), X, y)
     final = finalize(tree.plan.merge(moments.plan), 2**32)
     assert len(final.groups[0].members) == 2
     assert PlanReport.build(final).source_passes() == {X.url: 1.0, y.url: 1.0}

@@ -22,12 +22,9 @@ from blocklin.ml._validation import (
     stored_matrix,
     validate_features,
 )
-from blocklin.ops.glm import (
-    Conditioning,
-    conditioning,
-    lsqr_spec,
-    moments_spec,
-)
+from blocklin.ops.glm.conditioning import Conditioning, conditioning
+from blocklin.ops.glm.lsqr import lsqr_spec
+from blocklin.ops.glm.moments import moments_spec
 
 __all__ = [
     "Moments",
@@ -454,7 +451,7 @@ def sketch_solve(est: Any, data: TrainData) -> SketchResult:
     because the data part of ``KP⁻¹v_i − α_i·u_i`` is ``A·ẑ − ĉ·ỹ`` with
     ``ẑ = P⁻¹v_i − α_i·z_i``, ``ĉ = −α_i·γ_i``; then ``z_{i+1} = ẑ/β_{i+1}``,
     ``γ_{i+1} = ĉ/β_{i+1}``. So each iteration is one pass
-    (:func:`blocklin.ops.glm.lsqr_spec`) forming, block by block,
+    (:func:`blocklin.ops.glm.lsqr.lsqr_spec`) forming, block by block,
     ``t = A·ẑ − ĉ·ỹ = √w∘(Z·coef − ĉ·y)`` (Z = [X 1], coef = (ẑ, ĉȳ − μᵀẑ)) and summing
     ``tᵀt`` and ``Zᵀ(√w∘t)`` in a fixed-order tree: ``β_{i+1}² = tᵀt + ‖ridge part‖²``
     and ``Aᵀt = Xᵀ(√w∘t) − μ·1ᵀ(√w∘t)`` give the next v. In exact arithmetic this is

@@ -14,7 +14,7 @@ from blocklin.executors.progress import step as progress_step
 from blocklin.ml._glm import Moments, column_moments
 from blocklin.ml._quasi_newton import Move, lbfgs, owlqn
 from blocklin.ml._solvers import TrainData
-from blocklin.ops.glm import loss_grad_spec, unpack_grad
+from blocklin.ops.glm.gradient import loss_grad_spec, unpack_grad
 
 __all__ = ["IterResult", "class_shift", "iterative_fit"]
 

@@ -27,7 +27,7 @@ from blocklin.errors import InputValueError, NonFiniteError, ShapeMismatchError
 from blocklin.executors.lazy import Lazy
 from blocklin.executors.progress import local_pass
 from blocklin.ml._validation import _is_dask, is_stored, stored_matrix
-from blocklin.ops.glm import PassSpec, build_pass, run_local
+from blocklin.ops.glm.passes import PassSpec, build_pass, run_local
 from blocklin.storage.finite import all_finite
 
 __all__ = [

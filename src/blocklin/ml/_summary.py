@@ -11,7 +11,7 @@ import scipy.stats
 
 from blocklin.errors import InputValueError
 from blocklin.ml._solvers import TrainData
-from blocklin.ops.glm import AUC_BINS, eval_spec
+from blocklin.ops.glm.evaluation import AUC_BINS, eval_spec
 
 __all__ = ["LinearRegressionSummary", "LogisticRegressionSummary", "linear_summary",
            "logistic_summary"]

@@ -36,18 +36,12 @@ from blocklin.ml._solvers import (
 )
 from blocklin.ml._summary import LinearRegressionSummary, linear_summary
 from blocklin.ml.persist import SaveMixin
-from blocklin.ops.glm import (
-    PassSpec,
-    loss_grad_spec,
-    ls_condition,
-    merge_moments,
-    moments_spec,
-    qr_spec,
-    refine_spec,
-    unpack_grad,
-    unpack_qr,
-    unpack_refine,
-)
+from blocklin.ops.glm.conditioning import ls_condition
+from blocklin.ops.glm.gradient import loss_grad_spec, unpack_grad
+from blocklin.ops.glm.moments import merge_moments, moments_spec
+from blocklin.ops.glm.passes import PassSpec
+from blocklin.ops.glm.qr import qr_spec, unpack_qr
+from blocklin.ops.glm.refine import refine_spec, unpack_refine
 from blocklin.storage.stores import hide_options
 from blocklin.types import LABEL_SCALINGS, SOLVERS, LabelScaling, Solver, parse_option
 
@@ -75,7 +69,7 @@ AUTO_QR_MAX_FEATURES = 64
 #: refinement pass.
 QR_REFINE_COND = 1e3
 #: The ``qr`` solver has a panel form its exact Gram when the panel's own κ_LS estimate
-#: (2-norm, by power and inverse iteration: :func:`blocklin.ops.glm.conditioning`)
+#: (2-norm, by power and inverse iteration: :func:`blocklin.ops.glm.conditioning.conditioning`)
 #: exceeds QR_REFINE_COND / QR_PANEL_MARGIN: a panel's κ_LS is about the whole problem's
 #: or larger (fewer rows), and the margin absorbs the estimate's spread (it reads at
 #: least 0.8 of κ₂), so an ill-conditioned problem almost always finds every panel's

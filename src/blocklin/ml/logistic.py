@@ -32,7 +32,9 @@ from blocklin.ml._solvers import (
 from blocklin.ml._summary import LogisticRegressionSummary, logistic_summary
 from blocklin.ml._validation import is_stored, open_stored
 from blocklin.ml.persist import SaveMixin
-from blocklin.ops.glm import loss_grad_spec, moments_spec, newton_spec, unpack_grad
+from blocklin.ops.glm.gradient import loss_grad_spec, unpack_grad
+from blocklin.ops.glm.moments import moments_spec
+from blocklin.ops.glm.newton import newton_spec
 from blocklin.types import (
     LOGISTIC_FAMILIES,
     LOGISTIC_SOLVERS,

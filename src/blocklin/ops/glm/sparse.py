@@ -76,7 +76,7 @@ def _weighted_variances(x: sp.csr_matrix, w: np.ndarray | None, mu: np.ndarray,
 
 def sparse_moments(x: sp.csr_matrix, y: np.ndarray, w: np.ndarray | None,
                    full: bool, out: np.ndarray) -> np.ndarray:
-    """Fill a packed moments partial (see :class:`blocklin.ops.glm.MomentsPartial`) of
+    """Fill a packed moments partial (see :class:`blocklin.ops.glm.moments.MomentsPartial`) of
     ``[X y]`` from a CSR panel, X never densified.
 
     ``full``: the co-moments ``XᵀWX − W·μμᵀ`` (a sparse product; the d × d result is

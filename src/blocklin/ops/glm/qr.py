@@ -1,0 +1,240 @@
+"""The TSQR pass of ``√w·[X 1 y]``: per-panel R (from the Gram where well conditioned,
+Householder otherwise), with the exact (double-double) Gram of the panels that need it."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+import scipy.linalg
+import scipy.sparse as sp
+
+from blocklin.ops._extended import dd_sum_parts, exact_gram, kappa_limit, slices_for
+from blocklin.ops.glm.conditioning import conditioning, ls_condition
+from blocklin.ops.glm.moments import MomentsPartial
+from blocklin.ops.glm.panels import design, label_weight
+from blocklin.ops.glm.passes import PassSpec
+from blocklin.ops.glm.sparse import weighted_gram
+from blocklin.ops.tsqr import householder_r
+from blocklin.plan.graph import TaskContext
+
+
+@dataclass(frozen=True)
+class QRLeaf:
+    """Householder R of ``√w·[X 1 y]`` for one row panel, with its exact Gram when needed.
+
+    The intercept column and the weights are applied inside the task, so no augmented
+    or weighted copy of X is ever written. A well-conditioned unweighted panel takes R
+    from its Gram (:func:`_gram_r`); any other is copied once, column-major, into the
+    buffer LAPACK's ``dgeqrt`` factors in place (:func:`blocklin.ops.tsqr.householder_r`).
+    Short panels (fewer rows than c) give a trapezoidal R padded with zero rows, which
+    leaves ``RᵀR`` unchanged.
+
+    When the panel's own least-squares condition estimate (:func:`ls_condition` of its
+    R) exceeds ``extend_above``, or it has fewer rows than columns, the task also forms
+    the Gram of the same ``√w·[X 1 y]`` (copied again from the blocks: the first copy
+    holds the factorization) in double-double (:func:`exact_gram`) with as many exact
+    slices as the panel's condition number asks (:func:`slices_for`), so that an
+    ill-conditioned problem can be solved to better than Householder accuracy without
+    another pass. Output ``(1, c + 2, c)``: R, a row (panels with an exact Gram,
+    panels) and a row (fewest slices among them); with a finite ``extend_above``, 2c
+    more rows for the Gram's high then low parts (zero when the panel skipped it).
+    """
+
+    nx: int
+    has_w: bool
+    fit_intercept: bool
+    extend_above: float = np.inf
+
+    def __call__(self, ctx: TaskContext | None, blocks: Sequence[Any]) -> Any:
+        y, w = label_weight(blocks, self.nx, self.has_w)
+        rows = y.shape[0]
+        c = sum(b.shape[1] for b in blocks[:self.nx]) + int(self.fit_intercept) + y.shape[1]
+        out = np.zeros((1, _qr_rows(c, self.extend_above), c))
+        out[0, c, 1] = 1.0
+        out[0, c + 1, 0] = SLICES_NONE
+        r = _gram_r(blocks[0], self.fit_intercept, y) if self.nx == 1 and w is None else None
+        if r is not None:
+            out[0, :c] = r
+        elif rows:
+            z = self._weighted(blocks, y, w, "F")
+            out[0, : min(rows, c)] = householder_r(z, overwrite=True)
+            del z  # factored in place: only R is kept
+        if not (rows and y.shape[1] == 1 and np.isfinite(self.extend_above)):
+            return out
+        kappa, kappa_ls = _panel_condition(out[0, :c], rows)
+        if kappa_ls > self.extend_above:
+            slices = slices_for(kappa)
+            gram = exact_gram(self._weighted(blocks, y, w, "C"), slices)
+            out[0, c + 2:] = gram.reshape(2 * c, c)
+            out[0, c, 0] = 1.0
+            out[0, c + 1, 0] = slices
+        return out
+
+    def _weighted(self, blocks: Sequence[Any], y: np.ndarray, w: np.ndarray | None,
+                  order: Literal["C", "F"]) -> np.ndarray:
+        z = design(blocks, self.nx, self.fit_intercept, y, order)
+        if w is not None:
+            z *= np.sqrt(w)[:, None]
+        return z
+
+
+#: Largest 2-norm condition estimate (unit columns) of a panel's design for which the
+#: panel's R is taken from its Gram (:func:`_gram_r`). Cholesky of the Gram loses a
+#: factor κ against Householder (error ~κ²·u instead of κ·u): at most 10 here, while
+#: the Gram route saves two thirds of the panel's flops. With an intercept the bound
+#: applies to the centred columns, whose conditioning is the problem's own.
+GRAM_R_BELOW = 10.0
+
+
+def _unit_cholesky(g: np.ndarray) -> np.ndarray | None:
+    """Upper Cholesky factor of a Gram ``g`` when its unit-diagonal scaling has a 2-norm
+    condition estimate of at most :data:`GRAM_R_BELOW`; else None."""
+    scale = np.sqrt(np.diag(g))
+    if not (np.all(scale > 0) and np.all(np.isfinite(g))):
+        return None
+    try:
+        t_unit = scipy.linalg.cholesky(g / np.outer(scale, scale), lower=False,
+                                       check_finite=False)
+    except np.linalg.LinAlgError:
+        return None
+    if not conditioning(t_unit).kappa <= GRAM_R_BELOW:
+        return None
+    out: np.ndarray = t_unit * scale  # R of the columns = R of their unit scaling · diag
+    return out
+
+
+def _gram_r(x: Any, intercept: bool, y: np.ndarray) -> np.ndarray | None:
+    """R of a well-conditioned unweighted panel ``[X 1 y]`` from its Gram, else None.
+
+    With an intercept, ``[1 X y] = [1 Xc yc]·M`` (centred columns, M unit upper
+    triangular holding the means), and 1 is orthogonal to Xc and yc, so the R of
+    ``[1 X y]`` is ``[[√m, √m·μᵀ, √m·ȳ], [0, T, q], [0, 0, r]]``: T is the Cholesky
+    factor of the centred ``XcᵀXc`` (:class:`MomentsPartial`'s statistics, as the
+    ``normal`` solver forms them), ``q = T⁻ᵀXcᵀyc`` and r the panel's residual norm.
+    A Householder QR of that small triangle with the ones column moved after X gives
+    the R of ``[X 1 y]``, the column order of the pass. Without an intercept T factors
+    ``XᵀX`` itself.
+
+    r is ``‖y − Xβ − b‖`` for the panel's own solution, formed explicitly from the read
+    buffer: the Gram's ``yᵀy − ‖q‖²`` would cancel all digits of a small residual,
+    while the explicit one is off only by ``‖Z·δβ‖²`` for the error δβ in β (second
+    order). The route costs one BLAS-3 product of the panel (no copy when the column
+    means are small against their spread) against Householder's two to three.
+
+    A scipy CSR panel takes the same route without being densified: its moments and
+    Gram are sparse products (:mod:`blocklin.ops.glm.sparse`), its residual a sparse
+    product; only the Householder fallback densifies it.
+
+    None (Householder instead) for a non-float64 or non-contiguous dense block, a
+    panel with fewer than 2c rows, several labels, a non-positive-definite Gram or a
+    condition estimate above :data:`GRAM_R_BELOW`.
+    """
+    if y.shape[1] != 1:
+        return None
+    if sp.issparse(x):
+        if not (isinstance(x, sp.csr_matrix) and x.dtype == np.float64):
+            return None
+    elif not (isinstance(x, np.ndarray) and x.dtype == np.float64 and x.ndim == 2
+              and x.flags.c_contiguous):
+        return None
+    rows, p = x.shape
+    c = p + int(intercept) + 1
+    if rows < 2 * c:
+        return None
+    yv = y[:, 0]
+    if intercept:
+        mom = MomentsPartial(1, False, True)(None, [x, y])[0]
+        mu, ybar = mom[1, :p], float(mom[1, p])
+        t = _unit_cholesky(mom[2:2 + p, :p])
+        if t is None:
+            return None
+        qty = scipy.linalg.solve_triangular(t, mom[2:2 + p, p], trans="T", check_finite=False)
+        beta = scipy.linalg.solve_triangular(t, qty, check_finite=False)
+        resid = yv - x @ beta
+        resid -= ybar - mu @ beta
+        first = np.zeros((c, c))  # R of [1 X y]
+        root = np.sqrt(rows)
+        first[0, 0], first[0, 1:p + 1], first[0, p + 1] = root, root * mu, root * ybar
+        first[1:p + 1, 1:p + 1], first[1:p + 1, p + 1] = t, qty
+        first[p + 1, p + 1] = np.linalg.norm(resid)
+        return householder_r(first[:, [*range(1, p + 1), 0, p + 1]])
+    t = _unit_cholesky(weighted_gram(x, None, False) if sp.issparse(x) else x.T @ x)
+    if t is None:
+        return None
+    xty = np.asarray(x.T @ yv).reshape(-1)
+    qty = scipy.linalg.solve_triangular(t, xty, trans="T", check_finite=False)
+    beta = scipy.linalg.solve_triangular(t, qty, check_finite=False)
+    r = np.zeros((c, c))
+    r[:p, :p], r[:p, p], r[p, p] = t, qty, np.linalg.norm(yv - x @ beta)
+    return r
+
+
+def _qr_rows(c: int, extend_above: float) -> int:
+    """Rows of a QR pass partial: R and two rows of counts, then the Gram if any."""
+    return c + 2 + (2 * c if np.isfinite(extend_above) else 0)
+
+
+#: Slice count recorded by a panel without an exact Gram (above any real count).
+SLICES_NONE = 99.0
+
+
+def _panel_condition(R: np.ndarray, rows: int) -> tuple[float, float]:
+    """(κ, κ_LS) of one panel's R of [Z y] (∞ when it has too few rows), estimated
+    (:func:`conditioning`): O(k²), against the panel QR's O(rows·k²)."""
+    k = R.shape[0] - 1
+    T = R[:k, :k]
+    if rows <= k or np.any(np.diag(T) == 0):
+        return np.inf, np.inf
+    beta = scipy.linalg.solve_triangular(T, R[:k, k], check_finite=False)
+    cond = conditioning(T)
+    return cond.kappa, ls_condition(T, beta, abs(float(R[k, k])), cond)
+
+
+
+@dataclass(frozen=True)
+class QRCombine:
+    """Combine kernel of the QR pass: R of the stacked R parts (as :class:`TreeQR`), the
+    double-double sum of the exact Grams, the panel counts and the fewest slices, in
+    index order. The Grams are summed only when every panel below supplied one (else
+    the sum could never be used, see :func:`unpack_qr`, and stays zero)."""
+
+    c: int
+
+    def __call__(self, ctx: TaskContext | None, blocks: Sequence[Any]) -> Any:
+        from blocklin.ops.tsqr import TreeQR
+
+        c = self.c
+        out = np.zeros((1, blocks[0].shape[1], c))
+        out[0, :c] = TreeQR(c, False)(ctx, blocks)[0]  # type: ignore[arg-type]
+        out[0, c] = np.sum([b[0, c] for b in blocks], axis=0)
+        out[0, c + 1, 0] = min(float(b[0, c + 1, 0]) for b in blocks)
+        if out.shape[1] > c + 2 and out[0, c, 0] == out[0, c, 1]:
+            grams = [b[0, c + 2:].reshape(2, c, c) for b in blocks]
+            out[0, c + 2:] = dd_sum_parts(grams).reshape(2 * c, c)
+        return out
+
+
+def qr_spec(p: int, q: int, fit_intercept: bool, has_w: bool, nx: int,
+            extend_above: float = np.inf) -> PassSpec:
+    """TSQR of √w·[X 1 y]; panels less well conditioned than ``extend_above`` (an
+    :func:`ls_condition` figure) also give their exact Gram (see :class:`QRLeaf`)."""
+    c = p + int(fit_intercept) + q
+    return PassSpec("glm/tsqr_r", QRLeaf(nx, has_w, fit_intercept, extend_above), QRCombine(c),
+                    (_qr_rows(c, extend_above), c),
+                    {"intercept": fit_intercept, "has_w": has_w, "extend_above": extend_above},
+                    row_floats=2 * c if extend_above == np.inf else 4 * c, keeps_sparse=False)
+
+
+def unpack_qr(part: np.ndarray) -> tuple[np.ndarray, np.ndarray | None, float]:
+    """R, the exact (2, c, c) Gram when every panel supplied one (else None), and the
+    largest condition number that Gram serves (:func:`kappa_limit`) of a QR pass."""
+    c = part.shape[1]
+    R = np.triu(part[:c])
+    extended, panels = part[c, 0], part[c, 1]
+    if not (part.shape[0] > c + 2 and panels > 0 and extended == panels):
+        return R, None, 0.0
+    return R, part[c + 2:].reshape(2, c, c), kappa_limit(int(part[c + 1, 0]))
+
