@@ -278,7 +278,12 @@ def siblings() -> None:
         if not hasattr(mod, fn):
             print(f"\n## {module}: skipped (no {fn})")
             continue
-        print_dict_table(f"{module}.{fn}()", getattr(mod, fn)())
+        try:
+            result = getattr(mod, fn)()
+        except Exception as exc:  # a sibling's failure is reported, not fatal to this table
+            print(f"\n## {module}.{fn}(): failed ({type(exc).__name__}: {str(exc)[-500:]})")
+            continue
+        print_dict_table(f"{module}.{fn}()", result)
 
 
 def main(argv: list[str] | None = None) -> None:
