@@ -1,9 +1,10 @@
 """``EASE``: the closed-form item–item recommender of Steck (2019) from one pass's Gram.
 
 EASE fits the item–item weights B (zero diagonal) minimizing ‖X − XB‖²_F + λ‖B‖²_F,
-whose solution is B = I − P·diag(1/diag P) with P = (XᵀX + λI)⁻¹. blocklin's exact
-:func:`~blocklin.ops.gram` gives XᵀX in one pass over a stored interaction matrix
-(dense or CSR row blocks); the n_items × n_items inverse is taken on the driver.
+whose solution is B = I − P·diag(1/diag P) with P = (XᵀX + λI)⁻¹. XᵀX is exact,
+computed by block tasks over a stored interaction matrix (dense or CSR row blocks) in
+column panels (:func:`gram_panels`: one pass up to 5,792 items); the n_items × n_items
+inverse is taken on the driver.
 Recommending reads user rows as block tasks, keeping the top n items of each row
 block: no users × items matrix is ever formed on the driver.
 """
@@ -36,10 +37,10 @@ from blocklin.storage.leases import scratch_folder
 
 __all__ = ["EASE", "EASE_MAX_ITEMS", "ease_weights", "top_n"]
 
-#: Most items whose weights the driver computes: the Gram and B are n × n float64 (3.2 GB
-#: each at 20,000 items), and the Gram's result and its symmetrization briefly hold
-#: three such arrays (≈ 24·n² bytes at the peak: 9.6 GB at 20,000). Beyond it a blocked
-#: or distributed inverse is needed, which blocklin does not have yet.
+#: Most items whose weights the driver computes: the Gram (kept for partial_fit) and B
+#: are n × n float64, 3.2 GB each at 20,000 items (≈ 16·n² bytes on the driver; 5.1 GB
+#: peak RSS measured at 15,000 items). Beyond it a blocked or distributed inverse is
+#: needed, which blocklin does not have yet.
 EASE_MAX_ITEMS = 20_000
 #: Bytes of B read by one recommend task: B is cut into column panels of this size.
 _PANEL_BYTES = 128 * 2**20
@@ -51,7 +52,7 @@ _GRAM_PANEL_BYTES = 256 * 2**20
 
 def _check_items(n: int) -> None:
     if n > EASE_MAX_ITEMS:
-        gib = 24 * n * n / 2**30
+        gib = 16 * n * n / 2**30
         raise InputValueError(
             f"EASE computes its {n} × {n} item weights on the driver, up to "
             f"EASE_MAX_ITEMS = {EASE_MAX_ITEMS} items (about {gib:.0f} GiB for {n}); reduce "
@@ -317,11 +318,11 @@ class EASE(SaveMixin, BaseEstimator):  # type: ignore[misc]
     -----
     ``fit`` computes XᵀX by column panels of at most 256 MiB (items × panel columns):
     one pass over X for up to 5,792 items, ⌈8n²/256 MiB⌉ passes beyond (12 at
-    20,000), each task holding a row block and one panel, sparse blocks kept sparse;
-    then a Cholesky inverse on the driver: n³ flops and about 24·n² bytes at the peak (the
-    Gram as computed and symmetrized, then the Gram kept and B formed in place; 9.6 GB
-    at the limit). Up to :data:`EASE_MAX_ITEMS` items (20,000);
-    more is refused before any pass. ``partial_fit(X_new)`` reads only the new rows
+    20,000), each task summing a group of row blocks (about 256 MiB stored; CSR kept
+    sparse) into one panel; then a Cholesky inverse on the driver: n³ flops and about
+    16·n² bytes (the Gram, kept, and B formed in place of its copy; 6.4 GB at the
+    limit). Up to :data:`EASE_MAX_ITEMS` items (20,000); more is refused before any
+    pass. ``partial_fit(X_new)`` reads only the new rows
     and refactors: the earlier rows are never read again.
 
     References
