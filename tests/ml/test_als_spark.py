@@ -57,7 +57,7 @@ def split(r: sp.csr_matrix, seed: int) -> tuple[sp.csr_matrix, np.ndarray, np.nd
 
 def spark_factors(spark: Any, train: sp.csr_matrix, implicit: bool, alpha: float,
                   checkpoints: Path) -> tuple[np.ndarray, np.ndarray]:
-    from pyspark.ml.recommendation import ALS as SparkALS  # noqa: TID251
+    from pyspark.ml.recommendation import ALS as SparkALS  # noqa: N811, TID251
 
     # Without checkpoints, 20 iterations' lineage overflows the JVM stack on serialization.
     spark.sparkContext.setCheckpointDir(str(checkpoints))
