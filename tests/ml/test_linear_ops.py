@@ -13,7 +13,7 @@ import blocklin as bl
 from blocklin.errors import ShapeMismatchError
 from blocklin.ml import LinearRegression, LogisticRegression
 from blocklin.ops.glm import loss_grad, newton_pass, normal_stats
-from blocklin.ops.glm.gradient import unpack_grad
+from blocklin.ops.glm.gradient import LossGradLayout
 from blocklin.ops.glm.moments import _moments_in_place, moments_spec
 from blocklin.ops.glm.passes import run_local
 
@@ -92,7 +92,7 @@ def test_loss_grad_every_executor(executor: Any, tmp_path: Path) -> None:
     outs = executor.compute(*(loss_grad(d["A"], Y, c, family=f, sample_weight=d["W"])  # type: ignore[arg-type]
                               for (f, Y, _, _), c in zip(cases, coefs, strict=True)))
     for (family, _, yv, _), coef, out in zip(cases, coefs, outs, strict=True):
-        loss, W, g = unpack_grad(out, coef.shape)
+        loss, W, g = LossGradLayout(coef.shape).unpack(out)
         ref_loss, ref_g = _reference(family, d["X"], yv, d["w"], coef)
         assert abs(W - d["w"].sum()) <= 1e-14 * d["w"].sum()
         assert loss == pytest.approx(ref_loss, rel=1e-11)

@@ -18,7 +18,7 @@ from scipy.sparse.linalg import lsqr
 
 import blocklin as bl
 from blocklin.ml import LinearRegression
-from blocklin.ml._glm import _lsqr
+from blocklin.ml._lsqr import _lsqr
 from blocklin.ops.glm.lsqr import lsqr_spec
 from blocklin.ops.glm.passes import run_local
 

@@ -125,7 +125,7 @@ def test_wide_stored_csr_fits_under_a_small_task_budget(tmp_path: Path) -> None:
 def test_diagonal_moments_hold_no_feature_by_feature_matrix() -> None:
     # The iterative solvers' moments pass keeps the diagonal only; a d × d matrix of it
     # (what Moments once built) is 20 GB at 50,000 features.
-    from blocklin.ml._glm import Moments
+    from blocklin.ops.glm.moments import Moments
 
     d = 5_001
     packed = np.zeros((3, d))

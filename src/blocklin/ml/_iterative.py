@@ -5,16 +5,16 @@ the exact penalty-minimizing shift over classes after every step."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 
 from blocklin.errors import NonFiniteError
 from blocklin.executors.progress import step as progress_step
-from blocklin.ml._glm import Moments, column_moments
+from blocklin.ml._params import FitParams, column_moments
 from blocklin.ml._quasi_newton import Move, lbfgs, owlqn
 from blocklin.ml._solvers import TrainData
-from blocklin.ops.glm.gradient import loss_grad_spec, unpack_grad
+from blocklin.ops.glm.gradient import LossGradLayout, loss_grad_spec
+from blocklin.ops.glm.moments import Moments
 
 __all__ = ["IterResult", "class_shift", "iterative_fit"]
 
@@ -37,7 +37,7 @@ def _initial(family: str, mom: Moments, p: int, k: int, fit_intercept: bool) -> 
     return theta
 
 
-def iterative_fit(est: Any, data: TrainData, family: str, solver: str, k: int,
+def iterative_fit(params: FitParams, data: TrainData, family: str, solver: str, k: int,
                   start: np.ndarray | None = None,
                   grad_scale: float | None = None) -> IterResult:
     """L-BFGS or OWL-QN over passes, in standardized coordinates with a centred intercept.
@@ -57,8 +57,8 @@ def iterative_fit(est: Any, data: TrainData, family: str, solver: str, k: int,
     one more evaluation, at the cold start, measures it.
     """
     p = data.n_features
-    fi = bool(est.fit_intercept)
-    mom, sd, l1, l2 = column_moments(est, data)
+    fi = params.fit_intercept
+    mom, sd, l1, l2 = column_moments(params, data)
     sx = sd[:p]
     curv = sx**2 + l2
     scale = np.where(curv > 0, 1.0 / np.sqrt(np.where(curv > 0, curv, 1.0)), 1.0)[:, None]
@@ -80,7 +80,7 @@ def iterative_fit(est: Any, data: TrainData, family: str, solver: str, k: int,
         with progress_step(f"{solver} evaluation {evaluations[0]}"):
             packed = data.run(loss_grad_spec(family, c, fi, data.has_weights,
                                              data.x_col_blocks))
-        loss, W, g = unpack_grad(packed, shape)
+        loss, W, g = LossGradLayout(shape).unpack(packed)
         f = loss / W + 0.5 * float(np.sum(l2[:, None] * c[:p] ** 2))
         g = g / W
         g[:p] += l2[:, None] * c[:p]
@@ -100,9 +100,9 @@ def iterative_fit(est: Any, data: TrainData, family: str, solver: str, k: int,
     a, c = l1[:, None] * scale, l2[:, None] * scale**2  # penalty weights in θ
     move = _shift_move(shape, p, a[:, 0], c[:, 0]) if k > 1 else None
     res = (owlqn(fun, theta0.ravel(), np.vstack([a, np.zeros((int(fi), 1))]).repeat(k, 1).ravel(),
-                 int(est.max_iter), float(est.tol), move=move, scale=grad_scale)
+                 params.max_iter, params.tol, move=move, scale=grad_scale)
            if solver == "owlqn" else
-           lbfgs(fun, theta0.ravel(), int(est.max_iter), float(est.tol), move=move,
+           lbfgs(fun, theta0.ravel(), params.max_iter, params.tol, move=move,
                  scale=grad_scale))
     _check_solution(solver, res.x, res.history)
     return IterResult(to_coef(res.x), res.history, mom, res.scale)

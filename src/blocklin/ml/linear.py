@@ -13,20 +13,18 @@ from sklearn.utils.validation import check_is_fitted
 
 from blocklin.errors import InputValueError, format_bytes
 from blocklin.executors.progress import step as progress_step
-from blocklin.ml._glm import (
-    Moments,
+from blocklin.ml._estimator import (
     check_common_params,
     compute_options,
-    exact_solve,
     features,
     labels_1d,
-    penalties,
     predict_margin,
-    qr_solve,
-    sketch_solve,
 )
 from blocklin.ml._iterative import iterative_fit
+from blocklin.ml._lsqr import sketch_solve
+from blocklin.ml._params import FitParams, penalties
 from blocklin.ml._progress import reports
+from blocklin.ml._qr_solve import exact_solve, qr_solve
 from blocklin.ml._solvers import (
     QuadSolution,
     TrainData,
@@ -37,11 +35,11 @@ from blocklin.ml._solvers import (
 from blocklin.ml._summary import LinearRegressionSummary, linear_summary
 from blocklin.ml.persist import SaveMixin
 from blocklin.ops.glm.conditioning import ls_condition
-from blocklin.ops.glm.gradient import loss_grad_spec, unpack_grad
-from blocklin.ops.glm.moments import merge_moments, moments_spec
+from blocklin.ops.glm.gradient import LossGradLayout, loss_grad_spec
+from blocklin.ops.glm.moments import Moments, merge_moments, moments_spec
 from blocklin.ops.glm.passes import PassSpec
-from blocklin.ops.glm.qr import qr_spec, unpack_qr
-from blocklin.ops.glm.refine import refine_spec, unpack_refine
+from blocklin.ops.glm.qr import QRLayout, qr_spec
+from blocklin.ops.glm.refine import RefineLayout, refine_spec
 from blocklin.storage.stores import hide_options
 from blocklin.types import LABEL_SCALINGS, SOLVERS, LabelScaling, Solver, parse_option
 
@@ -76,6 +74,14 @@ QR_REFINE_COND = 1e3
 #: Gram at hand, and a well-conditioned one (a Gaussian design with a noisy label:
 #: κ_LS of a few units per panel) never pays for one.
 QR_PANEL_MARGIN = 10.0
+#: Largest condition number of the equilibrated Hessian (κ(H) = κ(X)², centred) for
+#: which ``auto``'s seminormal refinement of a normal-equation fit takes one pass: each
+#: step multiplies the error by about u·κ(H), so one step from the normal equations'
+#: u·κ(H) leaves (u·κ(H))² ≈ u at 10⁸.
+REFINE_ONE_STEP_MAX_KAPPA = 1e8
+#: Largest κ(H) at which refinement is tried at all, with two passes: (u·κ(H))³ ≈ 10⁻¹²
+#: at 10¹², within QR's u·κ(X) = 10⁻¹⁰; beyond it ``auto`` solves by TSQR instead.
+REFINE_MAX_KAPPA = 1e12
 
 
 def auto_solver(n_features: int, l1: bool, sparse: bool) -> tuple[str, str]:
@@ -410,8 +416,7 @@ class LinearRegression(SaveMixin, RegressorMixin, BaseEstimator):  # type: ignor
             # Few features: TSQR costs little more than the Gram (the pass is memory-bound)
             # and is as accurate as a Householder solve; the statistics ride along.
             spec = moments_spec(p, 1, data.has_weights, data.x_col_blocks, True)
-            fit = self._fit_qr(data, spec)
-            return fit, self._qr_stats
+            return self._fit_qr(data, spec)
         if solver == "normal":
             with progress_step("normal equations"):
                 stats = data.run(moments_spec(p, 1, data.has_weights, data.x_col_blocks, True))
@@ -419,19 +424,19 @@ class LinearRegression(SaveMixin, RegressorMixin, BaseEstimator):  # type: ignor
             if auto and fit.rcond < AUTO_QR_RCOND:
                 mom = Moments.from_packed(stats, p + 1)
                 refined = self._refine_normal(data, fit, mom)
-                fit = refined if refined is not None else self._fit_qr(data, None, mom)
+                fit = refined if refined is not None else self._fit_qr(data, None, mom)[0]
             return fit, stats
         if solver == "qr":
-            return self._fit_qr(data, None, exact=True), None
+            return self._fit_qr(data, None, exact=True)
         if solver == "sketch":
             with data.cached():  # moments, sketch, LSQR's start, one pass per iteration
-                sk = sketch_solve(self, data)
+                sk = sketch_solve(FitParams.of(self), data)
             return _Fit(sk.coef[:p], float(sk.coef[p]) if self.fit_intercept else 0.0,
                         sk.history, sk.iterations, "sketch",
                         y_center=float(sk.moments.mean[p])), None
         family_solver = "owlqn" if (solver == "owlqn" or l1) else "lbfgs"
         with data.cached():  # one pass per function evaluation
-            res = iterative_fit(self, data, "squared", family_solver, 1)
+            res = iterative_fit(FitParams.of(self), data, "squared", family_solver, 1)
         return _Fit(res.coef[:p, 0], float(res.coef[p, 0]) if self.fit_intercept else 0.0,
                     res.history, len(res.history) - 1, family_solver,
                     y_center=float(res.moments.mean[p])), None
@@ -448,7 +453,8 @@ class LinearRegression(SaveMixin, RegressorMixin, BaseEstimator):  # type: ignor
             A = A + np.outer(mu[:p], mu[:p])
             b = b + mu[:p] * mu[p]
             yy = yy + mu[p] ** 2
-        l1, l2 = penalties(self, mom.std()[:p], float(mom.std()[p]), abs(float(mu[p])))
+        l1, l2 = penalties(FitParams.of(self), mom.std()[:p], float(mom.std()[p]),
+                           abs(float(mu[p])))
         return A, b, float(yy), l1, l2
 
     def _solve_stats(self, stats: np.ndarray, solver: str, coordinate: bool) -> _Fit:
@@ -464,8 +470,9 @@ class LinearRegression(SaveMixin, RegressorMixin, BaseEstimator):  # type: ignor
                     mom.inverse_design(self.fit_intercept), sol.rcond, float(mom.mean[p]))
 
     def _fit_qr(self, data: TrainData, extra: PassSpec | None, mom: Moments | None = None,
-                exact: bool = False) -> _Fit:
-        """TSQR of √w·[X 1 y] in one pass (with ``extra`` or the moments fused into it).
+                exact: bool = False) -> tuple[_Fit, np.ndarray | None]:
+        """TSQR of √w·[X 1 y] in one pass (with ``extra`` or the moments fused into it);
+        returns the fit and the full moments statistics when ``extra`` computed them.
 
         With ``exact`` (the ``qr`` solver) ill-conditioned panels also give their
         double-double Gram in the same pass, and an ill-conditioned problem is solved
@@ -482,18 +489,20 @@ class LinearRegression(SaveMixin, RegressorMixin, BaseEstimator):  # type: ignor
             specs.append(moments_spec(p, 1, data.has_weights, data.x_col_blocks, False))
         with progress_step("TSQR"):
             out = data.run_many(specs)
-        R, gram, serves = unpack_qr(out[0])
+        R, gram, serves = QRLayout(p + int(self.fit_intercept) + 1,
+                                   bool(np.isfinite(extend))).factor(out[0])
+        stats = None
         if len(out) > 1:
             mom = Moments.from_packed(out[1], p + 1)
             if mom.full:
-                self._qr_stats = out[1]
+                stats = out[1]
         k = p + int(self.fit_intercept)
         W = _total_weight(data)
         if mom is not None:
             sx, sy, ym = mom.std()[:p], float(mom.std()[p]), abs(float(mom.mean[p]))
         else:
             sx, sy, ym = np.ones(p), 1.0, 1.0
-        _, l2 = penalties(self, sx, sy, ym)
+        _, l2 = penalties(FitParams.of(self), sx, sy, ym)
         # The objective comes from R alone (‖R₁₁β − r₁₂‖² + r₂₂², r₂₂ = R[-1, -1]): the
         # one-pass fit needs no residual pass for its history or summary sums.
         sol = qr_solve(R, k, l2, W)
@@ -506,7 +515,7 @@ class LinearRegression(SaveMixin, RegressorMixin, BaseEstimator):  # type: ignor
             solved = exact_solve(gram, k, l2, W) \
                 if gram is not None and sol.cond.kappa <= serves else None
             if solved is not None:
-                beta, history = solved[0], [solved[1]]
+                beta, history = solved.beta, [solved.objective]
             else:
                 beta, refined = self._refine(data, beta, sol.T, l2, W)
                 history.append(refined)
@@ -516,7 +525,8 @@ class LinearRegression(SaveMixin, RegressorMixin, BaseEstimator):  # type: ignor
         ones = R[:, p] @ R[:, p] if self.fit_intercept else 0.0
         center = float(R[:, p] @ R[:, p + 1] / ones) if ones > 0 else 0.0
         # n_iter_ counts the solves (scikit-learn wants at least one): 1, or 2 when refined.
-        return _Fit(beta[:p], intercept, history, len(history), "qr", sol.cov, y_center=center)
+        fit = _Fit(beta[:p], intercept, history, len(history), "qr", sol.cov, y_center=center)
+        return fit, stats
 
     def _refine_normal(self, data: TrainData, fit: _Fit, mom: Moments) -> _Fit | None:
         """Seminormal iterative refinement of an ill-conditioned normal-equation fit.
@@ -526,15 +536,17 @@ class LinearRegression(SaveMixin, RegressorMixin, BaseEstimator):  # type: ignor
         hand, in centred coordinates (β, b + μᵀβ) when there is an intercept: there H is
         block diagonal, ``C + W·diag(l2)`` (the centred co-moments) beside W, so its
         conditioning is X's centred one, not that of [X 1]. Each step shrinks the error
-        by about u·κ(H): one pass below κ(H) = 10⁸ (equilibrated), two below 10¹²;
-        beyond that (or when Cholesky fails) None, and the caller solves by TSQR.
+        by about u·κ(H): one pass up to κ(H) = ``REFINE_ONE_STEP_MAX_KAPPA``
+        (equilibrated), two up to ``REFINE_MAX_KAPPA``; beyond that (or when Cholesky
+        fails) None, and the caller solves by TSQR.
         Costs one or two passes (from the block cache when X fits).
         """
         p = mom.d - 1
         fi = self.fit_intercept
         W = mom.W
         mx = mom.mean[:p]
-        _, l2 = penalties(self, mom.std()[:p], float(mom.std()[p]), abs(float(mom.mean[p])))
+        _, l2 = penalties(FitParams.of(self), mom.std()[:p], float(mom.std()[p]),
+                          abs(float(mom.mean[p])))
         H = mom.C[:p, :p] + W * np.diag(l2)
         if not fi:
             H = H + W * np.outer(mx, mx)
@@ -544,7 +556,7 @@ class LinearRegression(SaveMixin, RegressorMixin, BaseEstimator):  # type: ignor
         # The normal solve's rcond is LAPACK's 1-norm estimate for this same matrix
         # (equilibrated H/W): κ(H) itself, which κ(T)² would overstate ~p-fold.
         kappa = 1.0 / max(fit.rcond, np.finfo(float).tiny)
-        if not kappa <= 1e12:
+        if not kappa <= REFINE_MAX_KAPPA:
             return None
         s = 1.0 / np.sqrt(dg)
         try:
@@ -559,7 +571,7 @@ class LinearRegression(SaveMixin, RegressorMixin, BaseEstimator):  # type: ignor
 
         beta = np.append(fit.coef, fit.intercept) if fi else fit.coef.copy()
         history = list(fit.history)
-        for _ in range(1 if kappa <= 1e8 else 2):
+        for _ in range(1 if kappa <= REFINE_ONE_STEP_MAX_KAPPA else 2):
             # Residuals in working precision suffice here (fixed-precision refinement of
             # the seminormal equations converges to QR's accuracy while u·κ(X)² < 1):
             # the pass is the BLAS loss/gradient kernel, not the extended-precision one.
@@ -599,12 +611,12 @@ class LinearRegression(SaveMixin, RegressorMixin, BaseEstimator):  # type: ignor
         p = l2.shape[0]
         with progress_step("refinement"):
             if extended:
-                sse, g = unpack_refine(data.run(refine_spec(
+                sse, g = RefineLayout(beta.size).unpack(data.run(refine_spec(
                     beta, self.fit_intercept, data.has_weights, data.x_col_blocks)))
             else:
-                loss, _, grad = unpack_grad(data.run(loss_grad_spec(
+                loss, _, grad = LossGradLayout((beta.size, 1)).unpack(data.run(loss_grad_spec(
                     "squared", beta[:, None], self.fit_intercept, data.has_weights,
-                    data.x_col_blocks)), (beta.size, 1))
+                    data.x_col_blocks)))
                 sse, g = 2.0 * loss, -grad[:, 0]
         g[:p] -= W * l2 * beta[:p]
         obj = 0.5 * sse / W + 0.5 * float(l2 @ beta[:p] ** 2)

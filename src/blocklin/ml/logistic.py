@@ -12,15 +12,9 @@ from sklearn.utils.validation import check_is_fitted
 
 from blocklin.errors import InputValueError
 from blocklin.executors.progress import step as progress_step
-from blocklin.ml._glm import (
-    Moments,
-    check_common_params,
-    compute_options,
-    features,
-    penalties,
-    predict_margin,
-)
+from blocklin.ml._estimator import check_common_params, compute_options, features, predict_margin
 from blocklin.ml._iterative import iterative_fit
+from blocklin.ml._params import FitParams, penalties
 from blocklin.ml._progress import reports
 from blocklin.ml._solvers import (
     TrainData,
@@ -32,9 +26,9 @@ from blocklin.ml._solvers import (
 from blocklin.ml._summary import LogisticRegressionSummary, logistic_summary
 from blocklin.ml._validation import is_stored, open_stored
 from blocklin.ml.persist import SaveMixin
-from blocklin.ops.glm.gradient import loss_grad_spec, unpack_grad
-from blocklin.ops.glm.moments import moments_spec
-from blocklin.ops.glm.newton import newton_spec
+from blocklin.ops.glm.gradient import LossGradLayout, loss_grad_spec
+from blocklin.ops.glm.moments import Moments, moments_spec
+from blocklin.ops.glm.newton import NewtonLayout, newton_spec
 from blocklin.types import (
     LOGISTIC_FAMILIES,
     LOGISTIC_SOLVERS,
@@ -253,7 +247,7 @@ class LogisticRegression(SaveMixin, ClassifierMixin, BaseEstimator):  # type: ig
             else:
                 used = "owlqn" if (solver == "owlqn" or l1) else "lbfgs"
                 warm = None if start is None else getattr(self, "grad_scale_", None)
-                res = iterative_fit(self, data, family, used, k, start, warm)
+                res = iterative_fit(FitParams.of(self), data, family, used, k, start, warm)
                 self.grad_scale_ = res.grad_scale
                 coef, hist, iters = res.coef, res.history, len(res.history) - 1
         if family == "multinomial":
@@ -274,7 +268,7 @@ class LogisticRegression(SaveMixin, ClassifierMixin, BaseEstimator):  # type: ig
             mom = Moments.from_packed(data.run(moments_spec(p, 1, data.has_weights,
                                                             data.x_col_blocks, False)), p + 1)
             sx = mom.std()[:p]
-        l1p, l2p = penalties(self, sx, 1.0, 1.0)
+        l1p, l2p = penalties(FitParams.of(self), sx, 1.0, 1.0)
         l1m = np.zeros((size, k))
         l2m = np.zeros((size, k))
         l1m[:p], l2m[:p] = l1p[:, None], l2p[:, None]
@@ -290,14 +284,13 @@ class LogisticRegression(SaveMixin, ClassifierMixin, BaseEstimator):  # type: ig
         for _ in range(max(int(self.max_iter), 1)):
             with progress_step(f"newton iteration {iters + 1}"):
                 if H_keep is None:
-                    out = data.run(newton_spec(beta.reshape(size, k), fi, data.has_weights,
-                                               data.x_col_blocks))
-                    W = out[0, 1]
-                    loss, grad = out[0, 0], out[1, :q]
+                    terms = NewtonLayout(q).unpack(data.run(newton_spec(
+                        beta.reshape(size, k), fi, data.has_weights, data.x_col_blocks)))
+                    loss, W, grad = terms.loss, terms.total_weight, terms.grad
                 else:
-                    loss, W, gm = unpack_grad(data.run(loss_grad_spec(
+                    loss, W, gm = LossGradLayout((size, k)).unpack(data.run(loss_grad_spec(
                         family, beta.reshape(size, k), fi, data.has_weights,
-                        data.x_col_blocks)), (size, k))
+                        data.x_col_blocks)))
                     grad = gm.ravel()
             F = loss / W + 0.5 * float(l2 @ beta**2) + float(l1 @ np.abs(beta))
             if prev is not None and prev[1] + 1e-12 * max(abs(prev[1]), 1.0) < F:
@@ -307,7 +300,7 @@ class LogisticRegression(SaveMixin, ClassifierMixin, BaseEstimator):  # type: ig
                 continue
             history.append(F)
             g = grad / W + l2 * beta
-            H = out[2:2 + q, :q] / W + np.diag(l2) if H_keep is None else H_keep
+            H = terms.hessian / W + np.diag(l2) if H_keep is None else H_keep
             if l1.any():
                 new = coordinate_descent(H, H @ beta - g, l1, np.zeros(q), x0=beta).x
             else:

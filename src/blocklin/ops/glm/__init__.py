@@ -91,7 +91,7 @@ def loss_grad(X: Any, y: Any, coef: np.ndarray, *, family: Family = "squared",
     Notes
     -----
     One pass; per-task memory a panel plus its margins (m_b × k). Computes to a row
-    ``[loss, Σw, gradient...]`` (see :func:`unpack_grad`).
+    ``[loss, Σw, gradient...]`` (see :class:`.gradient.LossGradLayout`).
     """
     xm = as_matrix(X, "X")
     spec = loss_grad_spec(family, np.asarray(coef, dtype=np.float64), fit_intercept,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, NamedTuple
 
 import numpy as np
 
@@ -20,6 +20,42 @@ from blocklin.plan.device import like, namespace
 from blocklin.plan.graph import TaskContext
 from blocklin.plan.reduce import SumParts
 
+__all__ = ["NewtonLayout", "NewtonPartial", "NewtonTerms", "newton_spec"]
+
+
+class NewtonTerms(NamedTuple):
+    """Summed loss, total weight, gradient (Q,) and Hessian (Q, Q) of a Newton pass."""
+
+    loss: float
+    total_weight: float
+    grad: np.ndarray
+    hessian: np.ndarray
+
+
+@dataclass(frozen=True)
+class NewtonLayout:
+    """``(Q + 2, max(Q, 2))`` for Q coefficients: row 0 (loss, Σw), row 1 the gradient,
+    rows 2.. the Hessian."""
+
+    q: int
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return (self.q + 2, max(self.q, 2))
+
+    def pack(self, loss: float, total: float, grad: Any, hessian: Any, xp: Any = np) -> Any:
+        q = self.q
+        out = xp.zeros(self.shape, dtype=xp.float64)
+        out[0, :2] = xp.asarray([loss, total], dtype=xp.float64)
+        out[1, :q] = grad
+        out[2:, :q] = hessian
+        return out
+
+    def unpack(self, packed: np.ndarray) -> NewtonTerms:
+        q = self.q
+        return NewtonTerms(float(packed[0, 0]), float(packed[0, 1]), packed[1, :q],
+                           packed[2:2 + q, :q])
+
 
 @dataclass(frozen=True, eq=False)
 class NewtonPartial:
@@ -28,8 +64,7 @@ class NewtonPartial:
     Binomial (``coef`` of shape (P, 1)): the Hessian ``ZᵀDZ`` by one symmetric rank-k
     update of √D·Z. Multinomial (``coef`` (P, K)): the Hessian of the coefficients
     flattened row-major (index j·K + a), blocks ``Zᵀ diag(w(p_a δ_ab − p_a p_b)) Z``.
-    Output ``(1, Q + 2, max(Q, 2))`` with Q = P·K: row 0 (loss, Σw), row 1 the
-    gradient, rows 2.. the Hessian.
+    Output ``(1, Q + 2, max(Q, 2))`` with Q = P·K (:class:`NewtonLayout`).
     """
 
     nx: int
@@ -51,16 +86,15 @@ class NewtonPartial:
         family = "binomial" if k == 1 else "multinomial"
         loss, r = loss_and_residual(family, m, y, w)
         q = size * k
-        out = xp.zeros((1, q + 2, max(q, 2)), dtype=xp.float64)
-        out[0, 0, :2] = xp.asarray([loss, (rows if w is None else float(xp.sum(w)))],
-                                   dtype=xp.float64)
-        out[0, 1, :q] = xp.reshape(z.T @ r, (-1,))
+        layout = NewtonLayout(q)
+        total = rows if w is None else float(xp.sum(w))
+        grad = xp.reshape(z.T @ r, (-1,))
         wt = 1.0 if w is None else w
         if k == 1:
             prob = expit(m[:, 0])
             z *= xp.sqrt(prob * (1.0 - prob) * wt)[:, None]
-            out[0, 2:, :size] = z.T @ z  # syrk, GIL released
-            return out
+            hess = z.T @ z  # syrk, GIL released
+            return layout.pack(loss, total, grad, hess, xp)[None, ...]
         prob = xp.exp(m - logsumexp_rows(m)[:, None])
         h4 = xp.zeros((size, k, size, k), dtype=xp.float64)
         for a in range(k):
@@ -69,8 +103,7 @@ class NewtonPartial:
                 hab = (z * d[:, None]).T @ z
                 h4[:, a, :, b] = hab
                 h4[:, b, :, a] = hab.T
-        out[0, 2:, :q] = xp.reshape(h4, (q, q))
-        return out
+        return layout.pack(loss, total, grad, xp.reshape(h4, (q, q)), xp)[None, ...]
 
     def _sparse(self, x: Any, y: np.ndarray, w: np.ndarray | None) -> np.ndarray:
         """The same partial from a CSR panel: margins and gradient by sparse products,
@@ -81,17 +114,17 @@ class NewtonPartial:
         m = margins(x, self.coef, fi)
         loss, r = loss_and_residual("binomial" if k == 1 else "multinomial", m, y, w)
         q = size * k
-        out = np.zeros((1, q + 2, max(q, 2)))
-        out[0, 0, :2] = loss, (rows if w is None else float(w.sum()))
+        layout = NewtonLayout(q)
+        total = rows if w is None else float(w.sum())
         grad = np.empty((size, k))
         grad[:x.shape[1]] = x.T @ r
         if fi:
             grad[-1] = r.sum(axis=0)
-        out[0, 1, :q] = grad.reshape(-1)
         wt = np.ones(rows) if w is None else w
         if k == 1:
             prob = expit(m[:, 0])
-            out[0, 2:, :size] = weighted_gram(x, prob * (1.0 - prob) * wt, fi)
+            hess = weighted_gram(x, prob * (1.0 - prob) * wt, fi)
+            out: np.ndarray = layout.pack(loss, total, grad.reshape(-1), hess)[None]
             return out
         prob = np.exp(m - logsumexp_rows(m)[:, None])
         h4 = np.zeros((size, k, size, k))
@@ -100,7 +133,7 @@ class NewtonPartial:
                 hab = weighted_gram(x, wt * prob[:, a] * (float(a == b) - prob[:, b]), fi)
                 h4[:, a, :, b] = hab
                 h4[:, b, :, a] = hab.T
-        out[0, 2:, :q] = h4.reshape(q, q)
+        out = layout.pack(loss, total, grad.reshape(-1), h4.reshape(q, q))[None]
         return out
 
 
@@ -108,7 +141,7 @@ class NewtonPartial:
 def newton_spec(coef: np.ndarray, fit_intercept: bool, has_w: bool, nx: int) -> PassSpec:
     q = coef.size
     return PassSpec("glm/newton", NewtonPartial(nx, has_w, fit_intercept, coef),
-                    SumParts(), (q + 2, max(q, 2)),
+                    SumParts(), NewtonLayout(q).shape,
                     {"coef": coef, "intercept": fit_intercept, "has_w": has_w},
                     row_floats=coef.shape[0] + 3 * coef.shape[1] + 4)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import numpy as np
 import scipy.linalg
@@ -19,6 +19,9 @@ from blocklin.ops.glm.passes import PassSpec
 from blocklin.ops.glm.sparse import weighted_gram
 from blocklin.ops.tsqr import householder_r
 from blocklin.plan.graph import TaskContext
+
+__all__ = ["GRAM_R_BELOW", "QRCombine", "QRFactor", "QRLayout", "QRLeaf", "QRPartial",
+           "qr_spec"]
 
 
 @dataclass(frozen=True)
@@ -38,9 +41,8 @@ class QRLeaf:
     holds the factorization) in double-double (:func:`exact_gram`) with as many exact
     slices as the panel's condition number asks (:func:`slices_for`), so that an
     ill-conditioned problem can be solved to better than Householder accuracy without
-    another pass. Output ``(1, c + 2, c)``: R, a row (panels with an exact Gram,
-    panels) and a row (fewest slices among them); with a finite ``extend_above``, 2c
-    more rows for the Gram's high then low parts (zero when the panel skipped it).
+    another pass. Output ``(1, *QRLayout.shape)`` (:class:`QRLayout`), extended (room
+    for the Gram) when ``extend_above`` is finite.
     """
 
     nx: int
@@ -52,26 +54,23 @@ class QRLeaf:
         y, w = label_weight(blocks, self.nx, self.has_w)
         rows = y.shape[0]
         c = sum(b.shape[1] for b in blocks[:self.nx]) + int(self.fit_intercept) + y.shape[1]
-        out = np.zeros((1, _qr_rows(c, self.extend_above), c))
-        out[0, c, 1] = 1.0
-        out[0, c + 1, 0] = SLICES_NONE
+        layout = QRLayout(c, bool(np.isfinite(self.extend_above)))
+        R = np.zeros((c, c))
         r = _gram_r(blocks[0], self.fit_intercept, y) if self.nx == 1 and w is None else None
         if r is not None:
-            out[0, :c] = r
+            R[:] = r
         elif rows:
             z = self._weighted(blocks, y, w, "F")
-            out[0, : min(rows, c)] = householder_r(z, overwrite=True)
+            R[: min(rows, c)] = householder_r(z, overwrite=True)
             del z  # factored in place: only R is kept
-        if not (rows and y.shape[1] == 1 and np.isfinite(self.extend_above)):
-            return out
-        kappa, kappa_ls = _panel_condition(out[0, :c], rows)
+        if not (rows and y.shape[1] == 1 and layout.extended):
+            return layout.pack(R)[None]
+        kappa, kappa_ls = _panel_condition(R, rows)
         if kappa_ls > self.extend_above:
             slices = slices_for(kappa)
             gram = exact_gram(self._weighted(blocks, y, w, "C"), slices)
-            out[0, c + 2:] = gram.reshape(2 * c, c)
-            out[0, c, 0] = 1.0
-            out[0, c + 1, 0] = slices
-        return out
+            return layout.pack(R, gram_panels=1, slices=slices, gram=gram)[None]
+        return layout.pack(R)[None]
 
     def _weighted(self, blocks: Sequence[Any], y: np.ndarray, w: np.ndarray | None,
                   order: Literal["C", "F"]) -> np.ndarray:
@@ -172,15 +171,6 @@ def _gram_r(x: Any, intercept: bool, y: np.ndarray) -> np.ndarray | None:
     return r
 
 
-def _qr_rows(c: int, extend_above: float) -> int:
-    """Rows of a QR pass partial: R and two rows of counts, then the Gram if any."""
-    return c + 2 + (2 * c if np.isfinite(extend_above) else 0)
-
-
-#: Slice count recorded by a panel without an exact Gram (above any real count).
-SLICES_NONE = 99.0
-
-
 def _panel_condition(R: np.ndarray, rows: int) -> tuple[float, float]:
     """(κ, κ_LS) of one panel's R of [Z y] (∞ when it has too few rows), estimated
     (:func:`conditioning`): O(k²), against the panel QR's O(rows·k²)."""
@@ -194,27 +184,91 @@ def _panel_condition(R: np.ndarray, rows: int) -> tuple[float, float]:
 
 
 
+class QRPartial(NamedTuple):
+    """The fields of a QR pass partial (:class:`QRLayout`)."""
+
+    R: np.ndarray  # (c, c) R of the panels below (zero rows under a short panel's)
+    gram_panels: int  # panels below that formed their exact Gram
+    panels: int  # panels below
+    slices: int  # fewest exact slices among those Grams; 0 when none formed one
+    gram: np.ndarray | None  # (2, c, c) double-double sum of the Grams; None unless extended
+
+
+class QRFactor(NamedTuple):
+    """What the solver takes from a reduced QR pass."""
+
+    R: np.ndarray  # (c, c) upper triangular
+    gram: np.ndarray | None  # the exact (2, c, c) Gram when every panel formed one
+    serves: float  # the largest condition number that Gram serves (:func:`kappa_limit`)
+
+
+@dataclass(frozen=True)
+class QRLayout:
+    """Where a QR pass partial of ``c`` columns keeps each field of :class:`QRPartial`.
+
+    Rows ``[0, c)`` R; row c (panels with an exact Gram, panels); row c + 1 (fewest
+    exact slices among those Grams, 0 for none); with ``extended``, 2c more rows for the
+    Gram's high then low parts (zero when no Gram, or not every panel's, was summed).
+    The counts travel as floats (exact below 2⁵³) and are read back as integers.
+    """
+
+    c: int
+    extended: bool
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return (self.c + 2 + (2 * self.c if self.extended else 0), self.c)
+
+    def pack(self, R: np.ndarray, gram_panels: int = 0, panels: int = 1, slices: int = 0,
+             gram: np.ndarray | None = None) -> np.ndarray:
+        c = self.c
+        out = np.zeros(self.shape)
+        out[:c] = R
+        out[c, :2] = gram_panels, panels
+        out[c + 1, 0] = slices
+        if gram is not None:
+            out[c + 2:] = gram.reshape(2 * c, c)
+        return out
+
+    def unpack(self, packed: np.ndarray) -> QRPartial:
+        c = self.c
+        gram = packed[c + 2:].reshape(2, c, c) if self.extended else None
+        return QRPartial(packed[:c], int(packed[c, 0]), int(packed[c, 1]),
+                         int(packed[c + 1, 0]), gram)
+
+    def factor(self, packed: np.ndarray) -> QRFactor:
+        """R, and the exact Gram with the condition number it serves when every panel
+        formed one (else None and 0)."""
+        part = self.unpack(packed)
+        R = np.triu(part.R)
+        if part.gram is None or not (part.panels > 0 and part.gram_panels == part.panels):
+            return QRFactor(R, None, 0.0)
+        return QRFactor(R, part.gram, kappa_limit(part.slices))
+
+
 @dataclass(frozen=True)
 class QRCombine:
     """Combine kernel of the QR pass: R of the stacked R parts (as :class:`TreeQR`), the
     double-double sum of the exact Grams, the panel counts and the fewest slices, in
     index order. The Grams are summed only when every panel below supplied one (else
-    the sum could never be used, see :func:`unpack_qr`, and stays zero)."""
+    the sum could never be used, see :meth:`QRLayout.factor`, and stays zero)."""
 
     c: int
+    extended: bool = False
 
     def __call__(self, ctx: TaskContext | None, blocks: Sequence[Any]) -> Any:
         from blocklin.ops.tsqr import TreeQR
 
-        c = self.c
-        out = np.zeros((1, blocks[0].shape[1], c))
-        out[0, :c] = TreeQR(c, False)(ctx, blocks)[0]  # type: ignore[arg-type]
-        out[0, c] = np.sum([b[0, c] for b in blocks], axis=0)
-        out[0, c + 1, 0] = min(float(b[0, c + 1, 0]) for b in blocks)
-        if out.shape[1] > c + 2 and out[0, c, 0] == out[0, c, 1]:
-            grams = [b[0, c + 2:].reshape(2, c, c) for b in blocks]
-            out[0, c + 2:] = dd_sum_parts(grams).reshape(2 * c, c)
-        return out
+        layout = QRLayout(self.c, self.extended)
+        parts = [layout.unpack(b[0]) for b in blocks]
+        R = TreeQR(self.c, False)(ctx, blocks)[0]  # type: ignore[arg-type]
+        gram_panels = sum(p.gram_panels for p in parts)
+        panels = sum(p.panels for p in parts)
+        slices = min((p.slices for p in parts if p.slices > 0), default=0)
+        gram = None
+        if self.extended and gram_panels == panels:
+            gram = dd_sum_parts([p.gram for p in parts if p.gram is not None])
+        return layout.pack(R, gram_panels, panels, slices, gram)[None]
 
 
 def qr_spec(p: int, q: int, fit_intercept: bool, has_w: bool, nx: int,
@@ -222,19 +276,8 @@ def qr_spec(p: int, q: int, fit_intercept: bool, has_w: bool, nx: int,
     """TSQR of √w·[X 1 y]; panels less well conditioned than ``extend_above`` (an
     :func:`ls_condition` figure) also give their exact Gram (see :class:`QRLeaf`)."""
     c = p + int(fit_intercept) + q
-    return PassSpec("glm/tsqr_r", QRLeaf(nx, has_w, fit_intercept, extend_above), QRCombine(c),
-                    (_qr_rows(c, extend_above), c),
+    layout = QRLayout(c, bool(np.isfinite(extend_above)))
+    return PassSpec("glm/tsqr_r", QRLeaf(nx, has_w, fit_intercept, extend_above),
+                    QRCombine(c, layout.extended), layout.shape,
                     {"intercept": fit_intercept, "has_w": has_w, "extend_above": extend_above},
                     row_floats=2 * c if extend_above == np.inf else 4 * c, keeps_sparse=False)
-
-
-def unpack_qr(part: np.ndarray) -> tuple[np.ndarray, np.ndarray | None, float]:
-    """R, the exact (2, c, c) Gram when every panel supplied one (else None), and the
-    largest condition number that Gram serves (:func:`kappa_limit`) of a QR pass."""
-    c = part.shape[1]
-    R = np.triu(part[:c])
-    extended, panels = part[c, 0], part[c, 1]
-    if not (part.shape[0] > c + 2 and panels > 0 and extended == panels):
-        return R, None, 0.0
-    return R, part[c + 2:].reshape(2, c, c), kappa_limit(int(part[c + 1, 0]))
-

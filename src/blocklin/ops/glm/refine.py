@@ -4,13 +4,45 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
 from blocklin.ops.glm.panels import read_panel
 from blocklin.ops.glm.passes import PassSpec
 from blocklin.plan.graph import TaskContext
+
+__all__ = ["DoubleDoubleSum", "RefineLayout", "RefinePartial", "Refinement", "refine_spec"]
+
+
+class Refinement(NamedTuple):
+    """Σw r² and the gradient ``Zᵀw r`` (r = y − Zβ) of a refinement pass, in double."""
+
+    sse: float
+    grad: np.ndarray
+
+
+@dataclass(frozen=True)
+class RefineLayout:
+    """``(2, c + 1)`` for c coefficients: row 0 the high parts of (Σw r², Zᵀw r), row 1
+    the low parts (a double-double number per column)."""
+
+    c: int
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return (2, self.c + 1)
+
+    def pack(self, sse: tuple[Any, Any], grad: tuple[Any, Any]) -> np.ndarray:
+        out = np.empty(self.shape)
+        out[0, :1], out[1, :1] = sse[0], sse[1]
+        out[0, 1:], out[1, 1:] = grad[0], grad[1]
+        return out
+
+    def unpack(self, packed: np.ndarray) -> Refinement:
+        """Each double-double value rounded to double."""
+        v = packed[0].astype(np.longdouble) + packed[1].astype(np.longdouble)
+        return Refinement(float(v[0]), v[1:].astype(np.float64))
 
 
 @dataclass(frozen=True, eq=False)
@@ -19,8 +51,7 @@ class RefinePartial:
 
     The residual and products are formed in ``np.longdouble`` and each partial is
     stored as a double-double (hi, lo) pair, so the tree sum keeps the cancellation
-    between blocks exact to far below double rounding. Output ``(1, 2, c + 1)``: row 0
-    the high parts of (Σw r², gradient), row 1 the low parts.
+    between blocks exact to far below double rounding (:class:`RefineLayout`).
     """
 
     nx: int
@@ -42,7 +73,9 @@ class RefinePartial:
         vals[1:p + 1] = np.asarray(xl.T @ wr).reshape(-1)
         if self.fit_intercept:
             vals[p + 1] = wr.sum()
-        return _double_double(vals)[None]
+        dd = _double_double(vals)
+        return RefineLayout(self.coef.shape[0]).pack((dd[0, :1], dd[1, :1]),
+                                                     (dd[0, 1:], dd[1, 1:]))[None]
 
 
 def _double_double(v: np.ndarray) -> np.ndarray:
@@ -70,13 +103,6 @@ class DoubleDoubleSum:
 def refine_spec(coef: np.ndarray, fit_intercept: bool, has_w: bool, nx: int) -> PassSpec:
     c = coef.shape[0]
     return PassSpec("glm/refine", RefinePartial(nx, has_w, fit_intercept, coef),
-                    DoubleDoubleSum(), (2, c + 1),
+                    DoubleDoubleSum(), RefineLayout(c).shape,
                     {"coef": coef, "intercept": fit_intercept, "has_w": has_w},
                     row_floats=2 * (c + 2))
-
-
-def unpack_refine(packed: np.ndarray) -> tuple[float, np.ndarray]:
-    """(Σw r², gradient) from a reduced refinement pass, rounded to double."""
-    v = packed[0].astype(np.longdouble) + packed[1].astype(np.longdouble)
-    return float(v[0]), v[1:].astype(np.float64)
-

@@ -75,14 +75,14 @@ def _weighted_variances(x: sp.csr_matrix, w: np.ndarray | None, mu: np.ndarray,
 
 
 def sparse_moments(x: sp.csr_matrix, y: np.ndarray, w: np.ndarray | None,
-                   full: bool, out: np.ndarray) -> np.ndarray:
-    """Fill a packed moments partial (see :class:`blocklin.ops.glm.moments.MomentsPartial`) of
-    ``[X y]`` from a CSR panel, X never densified.
+                   full: bool) -> tuple[np.ndarray, np.ndarray]:
+    """The weighted means of ``[X y]`` and its centred co-moments (``full``: d × d) or
+    their diagonal, from a CSR panel, X never densified (see
+    :class:`blocklin.ops.glm.moments.MomentsLayout`).
 
     ``full``: the co-moments ``XᵀWX − W·μμᵀ`` (a sparse product; the d × d result is
     the normal equations' own memory), ``Xᵀ(w∘(y − ȳ))`` (the centred label carries the
     centring) and ``Σw(y − ȳ)²``. Otherwise only the diagonal, entry by entry.
-    Row 0 of ``out`` (total weight, Σw², rows) must be filled by the caller.
     """
     rows, p = x.shape
     q = y.shape[1]
@@ -93,19 +93,17 @@ def sparse_moments(x: sp.csr_matrix, y: np.ndarray, w: np.ndarray | None,
     mu_y = (wt @ y) / total
     yc = y - mu_y
     wyc = yc * wt[:, None]
-    out[0, 1, :p], out[0, 1, p:d] = mu_x, mu_y
+    mean = np.concatenate([mu_x, mu_y])
     if not full:
-        out[0, 2, :p] = _weighted_variances(x, w, mu_x, total)
-        out[0, 2, p:d] = np.sum(wyc * yc, axis=0)
-        return out
-    C = weighted_gram(x, w, False)
-    C -= total * np.outer(mu_x, mu_x)
+        diag = np.concatenate([_weighted_variances(x, w, mu_x, total),
+                               np.sum(wyc * yc, axis=0)])
+        return mean, diag
+    C = np.empty((d, d))
+    gram = weighted_gram(x, w, False)
+    gram -= total * np.outer(mu_x, mu_x)
     # Rounding may leave a variance a hair below 0 where the subtraction cancels; the
     # diagonal is taken entry by entry instead.
-    C[np.diag_indices(p)] = _weighted_variances(x, w, mu_x, total)
-    out[0, 2:2 + p, :p] = C
+    gram[np.diag_indices(p)] = _weighted_variances(x, w, mu_x, total)
     xy = np.asarray(x.T @ wyc)
-    out[0, 2:2 + p, p:d] = xy
-    out[0, 2 + p:, :p] = xy.T
-    out[0, 2 + p:, p:d] = yc.T @ wyc
-    return out
+    C[:p, :p], C[:p, p:], C[p:, :p], C[p:, p:] = gram, xy, xy.T, yc.T @ wyc
+    return mean, C

@@ -1,0 +1,112 @@
+"""What the linear and logistic estimators share around a fit: parameter and input
+validation, the run options of their passes, and prediction."""
+
+from __future__ import annotations
+
+import numbers
+from typing import Any
+
+import numpy as np
+
+from blocklin.errors import InputDtypeError, InputValueError, ShapeMismatchError
+from blocklin.ml._validation import (
+    _is_dask,
+    is_stored,
+    open_stored,
+    stored_matrix,
+    validate_features,
+)
+
+__all__ = ["check_common_params", "compute_options", "features", "labels_1d", "predict_margin"]
+
+
+def _number(name: str, value: Any, lo: float, hi: float = np.inf) -> None:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise InputDtypeError(f"{name} must be a real number; got {value!r}")
+    if not (lo <= float(value) <= hi):
+        raise InputValueError(f"{name} must be in [{lo}, {hi}]; got {value!r}")
+
+
+def check_common_params(est: Any) -> None:
+    """Validate the parameters both estimators share (before any pass)."""
+    _number("reg_param", est.reg_param, 0.0)
+    _number("elastic_net_param", est.elastic_net_param, 0.0, 1.0)
+    _number("tol", est.tol, 0.0)
+    if isinstance(est.max_iter, bool) or not isinstance(est.max_iter, numbers.Integral):
+        raise InputDtypeError(f"max_iter must be an integer; got {est.max_iter!r}")
+    if est.max_iter < 0:
+        raise InputValueError(f"max_iter must be >= 0; got {est.max_iter}")
+    for name in ("fit_intercept", "standardization"):
+        if not isinstance(getattr(est, name), bool | np.bool_):
+            raise InputDtypeError(f"{name} must be a bool; got {getattr(est, name)!r}")
+    if est.compute_options is not None and not isinstance(est.compute_options, dict):
+        raise InputDtypeError("compute_options must be a dict of blocklin.compute keywords")
+
+
+def compute_options(est: Any) -> dict[str, Any]:
+    opts: dict[str, Any] = {"executor": est.executor}
+    if est.work_dir is not None:
+        opts["work_dir"] = est.work_dir
+    opts.update(est.compute_options or {})
+    from blocklin.storage.stores import StorageOptions
+
+    stored = getattr(est, "storage_options", None)
+    if stored:
+        # The work dir's (and out= targets') options, unless compute_options names some.
+        opts.setdefault("storage_options", StorageOptions(stored).as_dict())
+    return opts
+
+
+def features(est: Any, X: Any, *, reset: bool) -> Any:
+    """Validate X (see :func:`blocklin.ml._validation.validate_features`); scipy sparse
+    matrices are accepted in memory as CSR (the kernels keep each chunk sparse)."""
+    if hasattr(X, "tocsr") and hasattr(X, "nnz"):
+        from sklearn.utils.validation import validate_data
+
+        return validate_data(est, X, reset=reset, accept_sparse=["csr", "csc"],
+                             dtype=[np.float64, np.float32]).tocsr()
+    return validate_features(est, X, reset=reset)
+
+
+def labels_1d(y: Any, X: Any) -> Any:
+    """Validate labels: a finite numeric n-vector (or a stored column when X is stored)."""
+    n = int(X.shape[0])
+    if is_stored(y):
+        Y = open_stored(y)
+        if Y.shape != (n, 1):
+            raise ShapeMismatchError(f"y must be an {n} x 1 column; got {Y.shape}")
+        if is_stored(X):
+            return Y
+        y = Y.to_numpy()
+    from sklearn.utils import check_array
+
+    if y is None:
+        raise InputValueError("requires y to be passed, but the target y is None")
+    arr = check_array(y, ensure_2d=False, dtype=np.float64, input_name="y")
+    if arr.ndim == 2 and arr.shape[1] == 1:
+        from sklearn.utils import column_or_1d
+
+        arr = column_or_1d(arr, warn=True)  # scikit-learn's DataConversionWarning
+    if arr.ndim != 1:
+        raise InputValueError(f"y must be one column; got shape {arr.shape}")
+    if arr.shape[0] != n:
+        raise ShapeMismatchError(f"X has {n} rows but y has {arr.shape[0]}")
+    return arr
+
+
+
+def predict_margin(X: Any, coef: np.ndarray, intercept: np.ndarray | float, est: Any) -> np.ndarray:
+    """X @ coef + intercept for in-memory or stored X (one pass over stored X)."""
+    if not (is_stored(X) or _is_dask(X)):
+        out: np.ndarray = np.asarray(X @ coef, dtype=np.float64) + intercept
+        return out
+    from blocklin.executors.api import compute
+    from blocklin.executors.intermediates import intermediates_scope
+    from blocklin.ops.products import matmul
+
+    opts = compute_options(est)
+    # The margins' BlockMatrix lives in the work dir: read, then removed with the scope.
+    with stored_matrix(X, work_dir=opts.get("work_dir"), name="X") as A, intermediates_scope():
+        M = compute(matmul(A, np.ascontiguousarray(coef, dtype=np.float64)), **opts)[0]
+        return np.asarray(M.to_numpy(), dtype=np.float64) + intercept
+
