@@ -99,8 +99,9 @@ def svd_update(state: SVDState | str | os.PathLike[str], rows: Any = None, *,
         eigendecomposition, then the new rows' U segment ``C·V'·diag(1/s')`` in a
         second pass; about p·n² + 2pnk flops. ``qr``: Householder TSQR of C (two
         passes, ~4pn² flops), accurate whatever C's conditioning. ``sparse``:
-        Brand's update in batches of ``batch`` rows from C's nonzeros (on the
-        driver), never forming an n-wide dense matrix. ``auto``: ``sparse`` for
+        Deng et al.'s update in batches of ``batch`` rows from C's nonzeros (on
+        the driver; V kept as base × k × k factor between batches), never forming
+        an n-wide dense matrix. ``auto``: ``sparse`` for
         sparse C or n > 8192, else ``gram``.
     batch : int
         Rows per batch of the sparse path (consecutive rows, whatever C's row
