@@ -45,6 +45,8 @@ COLD_START_STRATEGIES: tuple[str, ...] = get_args(ColdStartStrategy)
 #: Bytes of one recommend task's rows × items scores.
 _SCORE_BYTES = 64 * 2**20
 _STATE = "state.json"
+#: Ratings per stored block (each side) unless ``block_rows`` is given.
+_BLOCK_RATINGS = 500_000
 
 
 def als_objective(R: Any, user_factors: np.ndarray, item_factors: np.ndarray, reg_param: float,
@@ -162,7 +164,8 @@ class ALS(SaveMixin, BaseEstimator):  # type: ignore[misc]
     cg_steps : int
         CG steps per solve with ``robust``.
     block_rows : int, optional
-        Rows per stored ratings block, on both sides (default: blocklin's panel rule).
+        Rows per stored ratings block, on both sides (default: blocks of about 500,000
+        ratings, so that a half-iteration has ⌈nnz / 500,000⌉ tasks).
     executor, work_dir, compute_options, progress
         As for :class:`~blocklin.ml.EASE`.
     checkpoint_dir : str, optional
@@ -184,9 +187,10 @@ class ALS(SaveMixin, BaseEstimator):  # type: ignore[misc]
     Notes
     -----
     A half-iteration is one stage, one task per ratings row block; a task holds its
-    CSR block, the broadcast factor (n_other × k floats), the rows' normal equations
-    (rows × k² floats) and at most 32 MiB of per-rating outer products. Exact solves
-    cost O(nnz·k² + rows·k³) per half-iteration; robust ones O(cg_steps·nnz·k) (the
+    CSR block, the broadcast factor (n_other × k floats) and the other side's outer
+    products yᵢyᵢᵀ (n_other × k(k+1)/2 floats), and the rows' normal equations (rows ×
+    k² floats). Exact solves cost O(nnz·k² + rows·k³) per half-iteration (the sums of
+    outer products are one sparse × dense product); robust ones O(cg_steps·nnz·k) (the
     normal equations are never formed). The driver holds the ratings in memory once
     (O(nnz)) to write their transpose, and the factors at the end.
 
@@ -291,6 +295,8 @@ class ALS(SaveMixin, BaseEstimator):  # type: ignore[misc]
         opts.setdefault("executor", self.executor)
         opts["work_dir"] = wd
         opts["resume"] = True  # completion records bind blocks to their inputs
+        # Every task reads every block of the broadcast factor: decoded once per process.
+        opts.setdefault("cache_bytes", "auto")
         return compute(lazy, **opts)[0]
 
     @reports("fit")
@@ -346,9 +352,14 @@ class ALS(SaveMixin, BaseEstimator):  # type: ignore[misc]
     def _prepare(self, r: sp.csr_matrix, ckpt: str) -> None:
         """Write the ratings, their transpose and the initial user factor."""
         base = ckpt.rstrip("/")
-        rows = None if self.block_rows is None else (int(self.block_rows), None)
-        users = from_sparse(r, f"{base}/ratings.zarr", chunks=rows, overwrite=True)
-        from_sparse(r.T.tocsr(), f"{base}/ratings_t.zarr", chunks=rows, overwrite=True)
+        # By ratings, not dense-equivalent bytes: about _BLOCK_RATINGS per block, so
+        # that the broadcast factor's blocks read by each task stay few.
+        blocks = -(-r.nnz // _BLOCK_RATINGS)
+        rows = self.block_rows or -(-r.shape[0] // blocks)
+        cols = self.block_rows or -(-r.shape[1] // blocks)
+        users = from_sparse(r, f"{base}/ratings.zarr", chunks=(int(rows), None), overwrite=True)
+        from_sparse(r.T.tocsr(), f"{base}/ratings_t.zarr", chunks=(int(cols), None),
+                    overwrite=True)
         x0 = init_factor(r.shape[0], int(self.rank), int(self.seed), bool(self.nonnegative))
         from_array(x0, self._factor_url(ckpt, -1), chunks=(users.chunks[0], int(self.rank)),
                    overwrite=True)
@@ -366,7 +377,9 @@ class ALS(SaveMixin, BaseEstimator):  # type: ignore[misc]
         kernel = SolveRows(float(self.reg_param), bool(self.implicit_prefs), float(self.alpha),
                            bool(self.nonnegative), src.grid[0],
                            int(self.cg_steps) if own else 0)
-        extra = 8 * rows * k * (4 * k + 8) + 3 * 32 * 2**20
+        other = src.shape[0]
+        extra = 8 * rows * k * (4 * k + 8) + 16 * other * k + min(256 * 2**20,
+                                                                   4 * other * k * (k + 1))
         stage = make_stage("als/solve", kernel, inputs,
                            BroadcastTasks(ratings.grid[0], src.grid[0], own),
                            shape=(ratings.shape[0], k), chunks=(rows, k), dtype="float64",
