@@ -9,17 +9,17 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 from sklearn.base import BaseEstimator, ClassNamePrefixFeaturesOutMixin, TransformerMixin
-from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_array, check_is_fitted
 
 from blocklin.config import default_work_dir
 from blocklin.errors import InputDtypeError, InputValueError
 from blocklin.executors.api import compute
+from blocklin.ml._decomposition import seed_of, transformer_tags
 from blocklin.ml._progress import reports
 from blocklin.ml._validation import is_stored, stored_matrix, validate_features
 from blocklin.ml.persist import SaveMixin
 from blocklin.ops.products import matmul
-from blocklin.ops.svd import SVD_METHODS, _truncated
+from blocklin.ops.svd import SVD_METHODS, truncated_svd
 from blocklin.ops.transforms import center
 from blocklin.storage.leases import scratch_folder
 from blocklin.types import parse_option
@@ -106,12 +106,6 @@ class PCA(SaveMixin, ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEsti
         """Fit, then project X (one more pass for stored X)."""
         return self._project(self._fit(X))
 
-    def _seed(self) -> int:
-        rs = self.random_state
-        if isinstance(rs, int | np.integer) and not isinstance(rs, bool):
-            return int(rs)
-        return int(check_random_state(rs).randint(0, 2**31 - 1))
-
     def _check_params(self, m: int, n: int) -> None:
         k = self.n_components
         if isinstance(k, bool) or not isinstance(k, int | np.integer):
@@ -137,8 +131,8 @@ class PCA(SaveMixin, ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEsti
         k = int(self.n_components)
         with self._scratch() as wd, stored_matrix(Xv, work_dir=wd) as A:
             opts = {"executor": self.executor, "work_dir": wd}
-            res = _truncated(A, k, self.oversample, self.n_iter, self._seed(), self.method,
-                             True, opts, with_stats=True)
+            res = truncated_svd(A, k, self.oversample, self.n_iter, seed_of(self.random_state),
+                                self.method, True, opts, with_stats=True)
         st = res.column_stats
         if st is None or res.mean is None:  # pragma: no cover - with_stats guarantees them
             raise RuntimeError("column statistics missing from the fit")
@@ -193,7 +187,4 @@ class PCA(SaveMixin, ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEsti
         return int(self.components_.shape[0])
 
     def __sklearn_tags__(self) -> Any:
-        tags = super().__sklearn_tags__()
-        tags.transformer_tags.preserves_dtype = ["float64"]
-        tags.input_tags.sparse = True
-        return tags
+        return transformer_tags(super().__sklearn_tags__())

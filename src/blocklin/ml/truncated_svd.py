@@ -9,13 +9,13 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 from sklearn.base import BaseEstimator, ClassNamePrefixFeaturesOutMixin, TransformerMixin
-from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_is_fitted
 
 from blocklin.config import default_work_dir
 from blocklin.errors import InputDtypeError, InputValueError
 from blocklin.executors.api import compute
 from blocklin.executors.base import RunStats
+from blocklin.ml._decomposition import seed_of, transformer_tags
 from blocklin.ml._progress import reports
 from blocklin.ml._validation import is_stored, open_stored, stored_matrix, validate_features
 from blocklin.ml.persist import SaveMixin
@@ -29,7 +29,7 @@ from blocklin.ops._svd_rows import (
 )
 from blocklin.ops.products import gram, matmul
 from blocklin.ops.stats import column_stats
-from blocklin.ops.svd import SVD_METHODS, _truncated
+from blocklin.ops.svd import SVD_METHODS, truncated_svd
 from blocklin.ops.svd_state import SVDState
 from blocklin.ops.svd_update import svd_update, update_factors
 from blocklin.ops.tsqr import row_signs, tsqr_r
@@ -199,12 +199,6 @@ class TruncatedSVD(SaveMixin, ClassNamePrefixFeaturesOutMixin, TransformerMixin,
         Xv = self._fit(X)
         return self._project(Xv)
 
-    def _seed(self) -> int:
-        if isinstance(self.random_state, int | np.integer) and not isinstance(self.random_state,
-                                                                              bool):
-            return int(self.random_state)
-        return int(check_random_state(self.random_state).randint(0, 2**31 - 1))
-
     def _check_params(self, m: int, n: int) -> None:
         k = self.n_components
         if isinstance(k, bool) or not isinstance(k, int | np.integer):
@@ -224,8 +218,9 @@ class TruncatedSVD(SaveMixin, ClassNamePrefixFeaturesOutMixin, TransformerMixin,
         self._check_params(m, n)
         with self._scratch() as wd, stored_matrix(Xv, work_dir=wd) as A:
             opts = {"executor": self.executor, "work_dir": wd}
-            res = _truncated(A, int(self.n_components), self.oversample, self.n_iter,
-                             self._seed(), self.method, False, opts, with_stats=True)
+            res = truncated_svd(A, int(self.n_components), self.oversample, self.n_iter,
+                                seed_of(self.random_state), self.method, False, opts,
+                                with_stats=True)
             if res.column_stats is None:  # pragma: no cover - with_stats guarantees it
                 raise RuntimeError("column statistics missing from the fit")
             self.components_ = res.Vt
@@ -417,7 +412,4 @@ class TruncatedSVD(SaveMixin, ClassNamePrefixFeaturesOutMixin, TransformerMixin,
         return int(self.components_.shape[0])
 
     def __sklearn_tags__(self) -> Any:
-        tags = super().__sklearn_tags__()
-        tags.transformer_tags.preserves_dtype = ["float64"]
-        tags.input_tags.sparse = True
-        return tags
+        return transformer_tags(super().__sklearn_tags__())

@@ -37,7 +37,7 @@ if TYPE_CHECKING:
     from blocklin.storage.blockmatrix import BlockMatrix
 
 __all__ = ["SVD_METHODS", "PCAResult", "SVDMethod", "TruncatedSVDResult", "check_svd_args",
-           "normal_product", "pca", "randomized_svd", "svd_passes"]
+           "normal_product", "pca", "randomized_svd", "svd_passes", "truncated_svd"]
 
 SVDMethod = Literal["power", "krylov", "gram"]
 SVD_METHODS: tuple[str, ...] = get_args(SVDMethod)
@@ -352,7 +352,7 @@ def _gram_svd(A: Any, m: MatrixInput, k: int, centered: bool, opts: dict[str, An
     return s, v[:, order].T, mean, st
 
 
-def _truncated(A: Any, k: int, oversample: int, n_iter: int, seed: int, method: str,
+def truncated_svd(A: Any, k: int, oversample: int, n_iter: int, seed: int, method: str,
                centered: bool, opts: dict[str, Any],
                with_stats: bool = False) -> TruncatedSVDResult:
     """The engine of randomized_svd and pca; ``with_stats`` adds column statistics
@@ -481,7 +481,7 @@ def randomized_svd(A: Any, k: int, *, oversample: int = 10, n_iter: int = 3, see
                         num_workers, device, security, connect_timeout, worker_timeout,
                         0 if cache_bytes is None else cache_bytes)
     with operation("randomized_svd", progress):
-        res = _truncated(A, k, oversample, n_iter, seed, method, False, opts, with_stats)
+        res = truncated_svd(A, k, oversample, n_iter, seed, method, False, opts, with_stats)
     res.progress = progress
     return res
 
@@ -517,7 +517,7 @@ def pca(A: Any, k: int, *, oversample: int = 10, n_iter: int = 3, seed: int = 0,
                         num_workers, device, security, connect_timeout, worker_timeout,
                         0 if cache_bytes is None else cache_bytes)
     with operation("pca", progress):
-        res = _truncated(A, k, oversample, n_iter, seed, method, True, opts, with_stats)
+        res = truncated_svd(A, k, oversample, n_iter, seed, method, True, opts, with_stats)
     return PCAResult(res.s, res.Vt, res.method, res.passes, res.u_passes, res.u_lazy, res.mean,
                      opts, column_stats=res.column_stats, progress=progress,
                      n_samples=as_matrix(A).shape[0])
