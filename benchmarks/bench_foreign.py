@@ -6,11 +6,11 @@ in chunks of 50,000 rows: v2 Blosc-LZ4 with byte shuffle, v3 Zstd (level 1), v3
 sharded (shards of 100,000 rows, Zstd inner chunks of 25,000) and v3 uncompressed,
 plus a label column (blocklin-written) for the regressions. On each copy, in the same
 run: gram (``XᵀX``), a right Gaussian sketch (``XG``, k=100), randomized SVD (k=50,
-2 power iterations, with the error of its values against the exact ones) and
-``LinearRegression`` (``normal`` and ``qr``) in blocklin; in dask
-(``dask.array.from_zarr``): ``X.T @ X``, ``X @ G`` and
-``da.linalg.svd_compressed(X, k=50, n_power_iter=2)`` computing s and V, as blocklin
-does (no linear regression in dask).
+2 power iterations, ``rsvd``, and 0, dask's default, ``rsvd0``; with the error of its
+values against the exact ones) and ``LinearRegression`` (``normal`` and ``qr``) in
+blocklin; in dask (``dask.array.from_zarr``): ``X.T @ X``, ``X @ G`` and
+``da.linalg.svd_compressed(X, k=50, n_power_iter=2 or 0)`` computing s and V, as
+blocklin does (no linear regression in dask).
 
 Each measurement runs in its own process (its peak RSS is its own: process and
 children), after an untimed warm-up on a tiny array (imports, thread pools). The
@@ -56,9 +56,11 @@ HERE = Path(__file__).resolve()
 COLS = 500
 CHUNK = 50_000
 CODECS = ("v2-blosc-lz4", "v3-zstd", "v3-sharded-zstd", "v3-none")
-OPS = ("gram", "sketch", "rsvd", "lr-normal", "lr-qr")
-DASK_OPS = ("gram", "sketch", "rsvd")
+OPS = ("gram", "sketch", "rsvd", "rsvd0", "lr-normal", "lr-qr")
+DASK_OPS = ("gram", "sketch", "rsvd", "rsvd0")
 K_SKETCH, K_SVD, OVERSAMPLE, N_ITER = 100, 50, 10, 2
+#: Power iterations of each SVD row: ``rsvd`` the issue's 2, ``rsvd0`` dask's default (0).
+POWER = {"rsvd": N_ITER, "rsvd0": 0}
 
 
 # -- data ---------------------------------------------------------------------------------
@@ -258,14 +260,19 @@ def limits(rows: int, t_decode: float, per_row: dict[str, float],
     """
     from blocklin.config import default_block_cache_bytes, machine_memory
 
-    power = passes.get("rsvd", 2 * N_ITER + 2)
     cached = rows * COLS * 8 <= default_block_cache_bytes(machine_memory())
+
+    def svd(op: str) -> float:
+        power = passes.get(op, POWER[op] + 1)
+        return (1 if cached else power) * t_decode + power * rows * per_row["svd"]
+
     return {
         "gram": t_decode + rows * per_row["syrk"],
         "sketch": t_decode + rows * per_row["sketch"],
         # Each of blocklin's passes runs both products (AX, then AᵀY; the finish AX and
         # AᵀQ): a power iteration's two gemms per pass.
-        "rsvd": (1 if cached else power) * t_decode + power * rows * per_row["svd"],
+        "rsvd": svd("rsvd"),
+        "rsvd0": svd("rsvd0"),
         "lr-normal": passes.get("lr-normal", 1) * (t_decode + rows * per_row["syrk"]),
         "lr-qr": passes.get("lr-qr", 1) * (t_decode + rows * per_row["geqrf"]),
     }
@@ -305,9 +312,9 @@ def w_blocklin(a: argparse.Namespace) -> dict[str, Any]:
     elif a.op == "sketch":
         secs, _ = _timed(lambda: bl.ops.sketch(X, K_SKETCH, side="right", seed=0)
                          .compute(work_dir=a.work, **opts), a.repeat, warm_up)
-    elif a.op == "rsvd":
+    elif a.op in POWER:
         secs, res = _timed(lambda: bl.ops.randomized_svd(
-            X, K_SVD, oversample=OVERSAMPLE, n_iter=N_ITER, seed=0, work_dir=a.work,
+            X, K_SVD, oversample=OVERSAMPLE, n_iter=POWER[a.op], seed=0, work_dir=a.work,
             num_workers=a.cores), a.repeat, warm_up)
         info["passes"] = res.passes
         info["s"] = [float(v) for v in res.s]
@@ -336,13 +343,13 @@ def w_dask(a: argparse.Namespace) -> dict[str, Any]:
             # s and V, as blocklin returns (U is formed on demand there; here it would
             # be one more m × k product).
             _, s, v = da.linalg.svd_compressed(X, min(K_SVD, min(X.shape)),
-                                               n_power_iter=N_ITER, seed=0)
+                                               n_power_iter=POWER[a.op], seed=0)
             r = (s, v)
         with dask.config.set(scheduler="threads", num_workers=a.cores):
             return dask.compute(r)[0]
 
     secs, out = _timed(run, a.repeat, lambda: run(da.ones((64, 4), chunks=(16, 4))))
-    return {"seconds": secs, **({"s": [float(v) for v in out[0]]} if a.op == "rsvd" else {})}
+    return {"seconds": secs, **({"s": [float(v) for v in out[0]]} if a.op in POWER else {})}
 
 
 def w_limit(a: argparse.Namespace) -> dict[str, Any]:
@@ -420,7 +427,8 @@ def main() -> None:
     data = Path(a.data or Path(tempfile.gettempdir()) / f"blocklin-bench-foreign-{a.rows}")
     t0 = time.perf_counter()
     paths = write_copies(data, a.rows, tuple(a.codecs.split(",")))
-    a.s_exact = exact_singular_values(data, a.rows) if "rsvd" in a.ops.split(",") else None
+    a.s_exact = exact_singular_values(data, a.rows) \
+        if set(POWER) & set(a.ops.split(",")) else None
     print(f"data in {data} ({time.perf_counter() - t0:.0f} s)", flush=True)
     a.work = tempfile.mkdtemp(prefix="bench-foreign-work-")
     rates = spawn(_worker_cmd(a, "blas"), "blas")["per_row"]
@@ -440,7 +448,7 @@ def main() -> None:
                 results[f"{w}:{op}"] = r
                 print(f"  {w:8s} {op:10s} {json.dumps(r)[:220]}", flush=True)
         passes = {op: float(str(results.get(f"blocklin:{op}", {}).get("passes", "nan")).split()[0])
-                  for op in ("rsvd", "lr-normal", "lr-qr")
+                  for op in ("rsvd", "rsvd0", "lr-normal", "lr-qr")
                   if "passes" in results.get(f"blocklin:{op}", {})}
         lim = limits(a.rows, dec, rates, passes)
         read_path = next((r["read_path"] for r in results.values() if "read_path" in r), "?")
@@ -503,13 +511,16 @@ def report(a: argparse.Namespace, rates: dict[str, float], lines: list[Any]) -> 
         out.append(f"- {codec}: numcodecs decode {dec:.2f} s ({gb / dec:.2f} GB/s); blocklin "
                    f"reads it by {read_path}")
     if a.s_exact is not None:
-        out += ["", f"Randomized SVD accuracy (k={K_SVD}, {N_ITER} power iterations each, "
-                "the same subspace's degree): largest relative error of the k singular "
-                "values against the exact ones (eigenvalues of the Gram):", ""]
+        out += ["", f"Randomized SVD accuracy (k={K_SVD}; the same number of power "
+                "iterations on both sides, so the same subspace's degree): largest relative "
+                "error of the k singular values against the exact ones (eigenvalues of the "
+                "Gram):", ""]
         for codec, _, _, results, _ in lines:
-            errs = {w: _sv_error(results.get(f"{w}:rsvd", {}), a.s_exact)
-                    for w in ("blocklin", "dask")}
-            out.append(f"- {codec}: " + ", ".join(f"{w} {e}" for w, e in errs.items()))
+            for op in (o for o in POWER if o in a.ops.split(",")):
+                errs = {w: _sv_error(results.get(f"{w}:{op}", {}), a.s_exact)
+                        for w in ("blocklin", "dask")}
+                out.append(f"- {codec}, {op} ({POWER[op]} power iterations): "
+                           + ", ".join(f"{w} {e}" for w, e in errs.items()))
     errors = [(c, k, r["error"]) for c, _, _, res, _ in lines for k, r in res.items()
               if "error" in r]
     if errors:
