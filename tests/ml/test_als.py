@@ -193,6 +193,9 @@ def test_bad_ratings_and_other_checkpoint_are_refused(tmp_path: Path) -> None:
     ALS(rank=2, max_iter=1, checkpoint_dir=ck, work_dir=str(tmp_path)).fit(r)
     with pytest.raises(InputValueError, match="another ALS fit"):
         ALS(rank=3, max_iter=1, checkpoint_dir=ck, work_dir=str(tmp_path)).fit(r)
+    (Path(ck) / "state.json").write_text("{not json")
+    with pytest.raises(InputValueError, match="not an ALS checkpoint"):
+        ALS(rank=2, max_iter=1, checkpoint_dir=ck, work_dir=str(tmp_path)).fit(r)
     est = ALS(rank=2, max_iter=1, work_dir=str(tmp_path)).fit(r)
     with pytest.raises(InputValueError):
         est.predict(np.array([[-1, 0]]))

@@ -133,6 +133,20 @@ def _ratings(X: Any) -> tuple[sp.csr_matrix, str]:
     return r, fp
 
 
+def _read_state(raw: bytes | None, ckpt: str) -> dict[str, Any] | None:
+    """The checkpoint's state (its fit's key, half-iterations done), None if absent."""
+    if raw is None:
+        return None
+    try:
+        state = json.loads(raw)
+        if isinstance(state, dict) and isinstance(state.get("done"), int):
+            return state
+    except ValueError:
+        pass
+    raise InputValueError(f"{ckpt}/{_STATE} is not an ALS checkpoint state; give a new "
+                          "checkpoint_dir or remove it")
+
+
 class ALS(SaveMixin, BaseEstimator):  # type: ignore[misc]
     """Alternating least squares matrix factorization with Spark MLlib's parameters.
 
@@ -317,8 +331,7 @@ class ALS(SaveMixin, BaseEstimator):  # type: ignore[misc]
         key = self._key(fp, r.shape)
         with self._checkpoint() as ckpt:
             store = store_for(ckpt)
-            raw = store.get(_STATE)
-            state = json.loads(raw) if raw is not None else None
+            state = _read_state(store.get(_STATE), ckpt)
             if state is not None and state.get("key") != key:
                 raise InputValueError(
                     f"checkpoint_dir {ckpt} holds the state of another ALS fit (other ratings "
