@@ -153,3 +153,17 @@ def test_weights_past_one_mirror_panel() -> None:
     ref = _reference(x, L2)
     b = ease_mod.ease_weights(x.T @ x, L2)
     assert np.abs(b - ref).max() <= 1e-10 * np.abs(ref).max()
+
+
+@pytest.mark.parametrize("cholesky_max", [4096, 50])
+def test_weights_cholesky_and_lu_paths(data: sp.csr_matrix, monkeypatch: pytest.MonkeyPatch,
+                                       cholesky_max: int) -> None:
+    # Above _CHOLESKY_MAX_ITEMS the inverse goes through LU (threaded OpenBLAS dpotrf
+    # crashes on large systems): same B to 1e-10 either way.
+    monkeypatch.setattr(ease_mod, "_CHOLESKY_MAX_ITEMS", cholesky_max)
+    x = data.toarray()
+    ref = _reference(x, L2)
+    b = ease_mod.ease_weights(x.T @ x, L2)
+    assert np.abs(b - ref).max() <= 1e-10 * np.abs(ref).max()
+    with pytest.raises(InputValueError, match="positive definite"):
+        ease_mod.ease_weights(np.zeros((90, 90)), 0.0)

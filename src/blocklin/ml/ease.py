@@ -38,7 +38,8 @@ from blocklin.storage.leases import scratch_folder
 __all__ = ["EASE", "EASE_MAX_ITEMS", "ease_weights", "top_n"]
 
 #: Most items whose weights the driver computes: the Gram (kept for partial_fit) and B
-#: are n × n float64, 3.2 GB each at 20,000 items (≈ 16·n² bytes on the driver; 5.1 GB
+#: are n × n float64, 3.2 GB each at 20,000 items; the LU inverse used above 8,192
+#: items holds four n × n arrays at its peak (≈ 32·n² bytes: 12.8 GB at 20,000; 5.1 GB
 #: peak RSS measured at 15,000 items). Beyond it a blocked or distributed inverse is
 #: needed, which blocklin does not have yet.
 EASE_MAX_ITEMS = 20_000
@@ -48,11 +49,17 @@ _PANEL_BYTES = 128 * 2**20
 _MEMORY_ROWS = 2048
 #: Bytes of one column panel of the Gram (items × panel columns), per task and part.
 _GRAM_PANEL_BYTES = 256 * 2**20
+#: Largest n inverted by Cholesky (dpotrf/dpotri). Threaded OpenBLAS dpotrf segfaults
+#: from n = 16,000 on 2 threads with both the scipy and numpy wheels' OpenBLAS (measured
+#: here; OpenBLAS issues #2562 and #2821: its parallel syrk inside potrf); larger
+#: systems go through LU (numpy.linalg.inv: 2n³ flops, two more n × n arrays), which
+#: ran at 16,000.
+_CHOLESKY_MAX_ITEMS = 8192
 
 
 def _check_items(n: int) -> None:
     if n > EASE_MAX_ITEMS:
-        gib = 16 * n * n / 2**30
+        gib = 32 * n * n / 2**30
         raise InputValueError(
             f"EASE computes its {n} × {n} item weights on the driver, up to "
             f"EASE_MAX_ITEMS = {EASE_MAX_ITEMS} items (about {gib:.0f} GiB for {n}); reduce "
@@ -81,10 +88,14 @@ def ease_weights(g: np.ndarray, l2: float) -> np.ndarray:
 
     Notes
     -----
-    Cholesky factorization and inverse (LAPACK ``dpotrf``/``dpotri``, n³ flops), in
-    place on one n × n copy of G, which becomes B: 8n² bytes beside G.
+    Up to 8,192 items: Cholesky factorization and inverse (LAPACK ``dpotrf``/``dpotri``,
+    n³ flops), in place on one n × n copy of G, which becomes B: 8n² bytes beside G.
+    Beyond: LU inverse (2n³ flops, 24n² bytes beside G at the peak), because threaded
+    OpenBLAS ``dpotrf`` crashes on large systems.
     """
     n = g.shape[0]
+    if n > _CHOLESKY_MAX_ITEMS:
+        return _weights_lu(g, l2)
     a = np.array(g, dtype=np.float64, order="F", copy=True)
     a[np.diag_indices(n)] += l2
     c, info = lapack.dpotrf(a, lower=False, overwrite_a=True, clean=False)
@@ -107,6 +118,25 @@ def ease_weights(g: np.ndarray, l2: float) -> np.ndarray:
     b /= -d[None, :]
     b[np.diag_indices(n)] = 0.0
     return b
+
+
+def _weights_lu(g: np.ndarray, l2: float) -> np.ndarray:
+    """:func:`ease_weights` through numpy's LU inverse (for large n)."""
+    n = g.shape[0]
+    a = np.array(g, dtype=np.float64, copy=True)
+    a[np.diag_indices(n)] += l2
+    try:
+        p: np.ndarray = np.linalg.inv(a)
+    except np.linalg.LinAlgError:
+        raise InputValueError("XᵀX + l2·I is singular (not positive definite); use l2 > 0") \
+            from None
+    del a
+    d = np.diagonal(p).copy()
+    if not np.all(d > 0):
+        raise InputValueError("XᵀX + l2·I is not positive definite; use l2 > 0")
+    p /= -d[None, :]
+    p[np.diag_indices(n)] = 0.0
+    return p
 
 
 def top_n(scores: np.ndarray, seen: Any, n: int, offset: int = 0) -> np.ndarray:
@@ -319,11 +349,12 @@ class EASE(SaveMixin, BaseEstimator):  # type: ignore[misc]
     ``fit`` computes XᵀX by column panels of at most 256 MiB (items × panel columns):
     one pass over X for up to 5,792 items, ⌈8n²/256 MiB⌉ passes beyond (12 at
     20,000), each task summing a group of row blocks (about 256 MiB stored; CSR kept
-    sparse) into one panel; then a Cholesky inverse on the driver: n³ flops and about
-    16·n² bytes (the Gram, kept, and B formed in place of its copy; 6.4 GB at the
-    limit). Up to :data:`EASE_MAX_ITEMS` items (20,000); more is refused before any
-    pass. ``partial_fit(X_new)`` reads only the new rows
-    and refactors: the earlier rows are never read again.
+    sparse) into one panel; then the inverse on the driver: Cholesky up to 8,192 items
+    (n³ flops, 16·n² bytes: the Gram, kept, and B formed in place of its copy), LU
+    beyond (2n³ flops, about 32·n² bytes at the peak: 12.8 GB at the limit; threaded
+    OpenBLAS Cholesky crashes on large systems). Up to :data:`EASE_MAX_ITEMS` items
+    (20,000); more is refused before any pass. ``partial_fit(X_new)`` reads only the
+    new rows and refactors: the earlier rows are never read again.
 
     References
     ----------
