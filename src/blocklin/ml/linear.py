@@ -186,7 +186,7 @@ class LinearRegression(SaveMixin, RegressorMixin, BaseEstimator):  # type: ignor
         Householder solve's κ(X)·10⁻¹⁶ (NIST StRD's hardest sets to their data's
         rounding) without another pass. Only when some panels were well conditioned
         on their own does an ill-conditioned problem take a second pass, one step of
-        iterative refinement with an extended-precision residual. Ridge by stacking
+        iterative refinement with a double-double residual. Ridge by stacking
         (by the Gram's diagonal in the exact solve), no L1. ``lbfgs``: L-BFGS, one
         pass per evaluation (OWL-QN when α·λ > 0, as MLlib). ``owlqn``: OWL-QN.
         ``sketch``: the QR of a sparse-sign sketch of the centered X (4p rows) as
@@ -586,7 +586,7 @@ class LinearRegression(SaveMixin, RegressorMixin, BaseEstimator):  # type: ignor
 
     def _refine(self, data: TrainData, beta: np.ndarray, T: np.ndarray, l2: np.ndarray,
                 W: float) -> tuple[np.ndarray, float]:
-        """One step of iterative refinement (one pass) with an extended-precision residual.
+        """One step of iterative refinement (one pass) with a double-double residual.
 
         The gradient is exact to far below double rounding, which restores the digits a
         blocked QR loses against a single Householder solve (and adds some on

@@ -15,14 +15,28 @@ then added in double-double; one to three slices (:func:`slices_for`) leave a re
 error of 2⁻⁶⁵ to 2⁻¹⁰⁵. :func:`dd_cholesky` and the triangular solves solve the
 resulting normal equations with a relative error about κ(ZᵀZ) times that, which beats
 a double-precision Householder solve (κ(Z)·2⁻⁵³) for the κ the slices were chosen for.
+
+:func:`dd_sum` and :func:`dd_sum_segments` sum many float64 terms (exact products from
+:func:`dd_mul_exact`, say) to double-double accuracy by Rump, Ogita and Oishi's
+error-free extraction: every extracted part is summed exactly, in whatever order numpy
+or BLAS adds, so a residual ``y − Xβ`` or a gradient ``Xᵀr`` comes out the same on
+every platform, with or without an extended hardware type.
+
+References
+----------
+S. M. Rump, T. Ogita, S. Oishi. Accurate floating-point summation part I: faithful
+rounding. SIAM J. Sci. Comput. 31(1), 2008.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 
 __all__ = ["dd_add", "dd_back_substitute", "dd_cholesky", "dd_dot", "dd_forward_substitute",
-           "dd_sum_parts", "exact_gram", "kappa_limit", "slices_for"]
+           "dd_mul_exact", "dd_sum", "dd_sum_parts", "dd_sum_segments", "exact_gram",
+           "kappa_limit", "slices_for"]
 
 #: Rows per exact product: slice products summed over 2¹² rows stay below 2⁵² (13 bits
 #: would give the same slice width and twice the buffers).
@@ -58,6 +72,94 @@ def _two_prod(a: np.ndarray, b: np.ndarray) -> Pair:
     bh = cb - (cb - b)
     bl = b - bh
     return p, ((ah * bh - p) + ah * bl + al * bh) + al * bl
+
+
+def dd_mul_exact(a: np.ndarray, b: np.ndarray) -> Pair:
+    """``a·b`` elementwise as the exact (hi, lo) pair (TwoProduct; barring underflow)."""
+    return _two_prod(a, b)
+
+
+#: Extraction levels of :func:`dd_sum`: each level's parts sum exactly. What is left
+#: after three is below about 8·n³·2⁻¹⁵⁹ of the largest of n terms, far under a
+#: double-double's 2⁻¹⁰⁶ of their sum, and is dropped: every sum taken is then exact, so
+#: the result does not depend on the order in which numpy adds.
+_EXTRACT_LEVELS = 3
+
+
+def _extract_unit(big: np.ndarray, count: np.ndarray | int) -> np.ndarray:
+    """σ = 2^(M + e) with 2^M > count + 1 and 2^e > ``big``: adding σ to a term of
+    magnitude at most ``big`` and subtracting it back leaves its high part q exactly, the
+    rest ``term − q`` is exact and below 2⁻⁵³σ, and any sum of ``count`` such q is exact
+    (Rump, Ogita and Oishi 2008, Lemma 3.3)."""
+    m = np.ceil(np.log2(np.asarray(count, dtype=np.float64) + 2.0)).astype(np.int32)
+    out: np.ndarray = np.ldexp(1.0, m + np.frexp(big)[1])
+    return out
+
+
+def dd_sum(v: np.ndarray | Sequence[np.ndarray], axis: int) -> Pair:
+    """Σ along ``axis`` of ``v`` (2-D), or of several 2-D arrays as if joined along it,
+    in double-double: the same bits whatever order numpy adds in (every sum it takes is
+    exact).
+
+    The error is about 2⁻¹⁰⁶ of Σ|v| (against float64's 2⁻⁵³·n), so a sum that cancels
+    to a small fraction of its terms keeps its digits: the residual of a nearly exact
+    fit, the gradient at an optimum. Costs three extractions (about ten sweeps over v,
+    which is copied once).
+    """
+    parts = [np.array(a, dtype=np.float64) for a in ([v] if isinstance(v, np.ndarray) else v)]
+    count = sum(a.shape[axis] for a in parts)
+    taus = []
+    for _ in range(_EXTRACT_LEVELS):
+        big = parts[0].max(axis=axis, initial=0.0)
+        for a in parts:
+            big = np.maximum(big, a.max(axis=axis, initial=0.0))
+            big = np.maximum(big, -a.min(axis=axis, initial=0.0))
+        sigma = np.expand_dims(_extract_unit(big, count), axis)
+        tau = np.zeros_like(big)
+        for a in parts:
+            q = a + sigma
+            q -= sigma
+            a -= q
+            tau += q.sum(axis=axis)
+        taus.append(tau)
+    return _dd_total(taus)
+
+
+def dd_sum_segments(v: np.ndarray, indptr: np.ndarray) -> Pair:
+    """Σ of ``v``'s rows ``indptr[s]:indptr[s + 1]`` (all columns) per segment s, in
+    double-double (as :func:`dd_sum`); empty segments sum to 0. CSR and CSC index
+    pointers are such segments."""
+    counts = np.diff(indptr)
+    nonempty = counts > 0
+    starts = indptr[:-1][nonempty]
+    size = counts[nonempty] * v.shape[1]
+    zeros = np.zeros(counts.shape[0])
+    if not starts.size:
+        return zeros, zeros.copy()
+
+    def segment(values: np.ndarray, ufunc: np.ufunc) -> np.ndarray:
+        # Only non-empty segments: reduceat would give an empty one the next entry.
+        return np.asarray(ufunc.reduceat(values, starts))
+
+    taus = []
+    for _ in range(_EXTRACT_LEVELS):
+        big = segment(np.max(np.abs(v), axis=1, initial=0.0), np.maximum)
+        sigma = np.repeat(_extract_unit(big, size), counts[nonempty])[:, None]
+        q = (sigma + v) - sigma
+        v = v - q
+        taus.append(segment(np.sum(q, axis=1), np.add))
+    hi, lo = _dd_total(taus)
+    out_hi, out_lo = zeros, zeros.copy()
+    out_hi[nonempty], out_lo[nonempty] = hi, lo
+    return out_hi, out_lo
+
+
+def _dd_total(taus: list[np.ndarray]) -> Pair:
+    """The exact level sums, added in double-double (largest first)."""
+    acc: Pair = (taus[0], np.zeros_like(taus[0]))
+    for t in taus[1:]:
+        acc = dd_add(acc, (t, np.zeros_like(t)))
+    return acc
 
 
 def dd_add(a: Pair, b: Pair) -> Pair:

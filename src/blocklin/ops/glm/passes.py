@@ -36,6 +36,8 @@ class PassSpec:
     #: Per-row working floats on a CSR panel when they differ from ``row_floats`` (the
     #: moments' dense copies of ``[X y]`` do not exist there).
     sparse_row_floats: int | None = None
+    #: Working bytes per task that do not grow with the panel (chunked temporaries).
+    fixed_bytes: int = 0
 
 
 
@@ -72,9 +74,10 @@ def build_pass(spec: PassSpec, X: Any, y: Any, w: Any = None) -> Lazy:
         # most the partial's size, counted twice), never the dense m_b × p panel.
         panel = 3 * int(xm.node.block_nbytes or 0)
         per_row = spec.row_floats if spec.sparse_row_floats is None else spec.sparse_row_floats
-        extra = panel + 8 * (2 * rows * cols + xm.node.chunks[0] * per_row)
+        extra = panel + 8 * (2 * rows * cols + xm.node.chunks[0] * per_row) + spec.fixed_bytes
     else:
-        extra = 8 * (rows * cols + xm.node.chunks[0] * (xm.shape[1] + spec.row_floats))
+        extra = 8 * (rows * cols + xm.node.chunks[0] * (xm.shape[1] + spec.row_floats)) \
+            + spec.fixed_bytes
     stage = make_stage(f"{spec.op}/partial", spec.kernel, inputs, tasks,
                        shape=(xm.grid[0], rows, cols), chunks=(1, rows, cols), dtype="float64",
                        params=spec.params, extra_memory=extra, keeps_sparse=sparse)
