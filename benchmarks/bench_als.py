@@ -19,6 +19,8 @@ Peak RSS: blocklin's process; Spark's Python driver plus its JVM (``VmHWM``).
 Both report the RMSE on the held-out ratings whose user and item were seen in
 training (MLlib's ``coldStartStrategy="drop"``).
 
+``--robust S`` adds blocklin's ``robust=True`` mode (S CG steps per row, warm-started).
+
 Run: ``python benchmarks/bench_als.py [--users 100000 --items 10000 --ratings 2000000]``
 """
 
@@ -64,7 +66,7 @@ def _rmse(u: np.ndarray, v: np.ndarray, test: np.ndarray) -> float:
     return float(np.sqrt(np.mean((s - test[:, 2]) ** 2)))
 
 
-def run_blocklin(data: Path, iters: int) -> dict[str, float]:
+def run_blocklin(data: Path, iters: int, cg_steps: int = 0) -> dict[str, float]:
     from blocklin.ml import ALS
 
     marks: list[float] = []
@@ -75,6 +77,7 @@ def run_blocklin(data: Path, iters: int) -> dict[str, float]:
 
     t0 = time.perf_counter()
     model = ALS(rank=RANK, max_iter=iters, reg_param=LAM, work_dir=str(data / "work"),
+                robust=cg_steps > 0, cg_steps=max(cg_steps, 1),
                 progress=progress).fit(str(data / "train.zarr"))
     t1 = time.perf_counter()
     load = (marks[0] if marks else t1) - t0
@@ -164,9 +167,14 @@ def main() -> None:
     ap.add_argument("--ratings", type=int, default=2_000_000)
     ap.add_argument("--iters", type=int, default=10)
     ap.add_argument("--data", type=Path, default=Path(tempfile.gettempdir()) / "blocklin-bench")
-    ap.add_argument("--one", choices=["blocklin", "spark"], help=argparse.SUPPRESS)
+    ap.add_argument("--robust", type=int, default=0, metavar="CG_STEPS",
+                    help="also run blocklin's robust mode with this many CG steps per row")
+    ap.add_argument("--one", choices=["blocklin", "robust", "spark"], help=argparse.SUPPRESS)
     args = ap.parse_args()
     data = args.data / f"als_{args.users}x{args.items}_{args.ratings}"
+    if args.one == "robust":
+        print(json.dumps(run_blocklin(data, args.iters, args.robust)))
+        return
     if args.one:
         fn = run_blocklin if args.one == "blocklin" else run_spark
         print(json.dumps(fn(data, args.iters)))
@@ -178,17 +186,21 @@ def main() -> None:
           f"{meta['test']:,} held out; rank {RANK}, reg_param {LAM}, {args.iters} "
           f"iterations, {os.cpu_count()} cores\n")
     res = {}
-    for name in ("blocklin", "spark"):
+    for name in ("blocklin", "robust", "spark"):
+        if name == "robust" and not args.robust:
+            continue
         proc = subprocess.run([sys.executable, __file__, "--users", str(args.users),
                                "--items", str(args.items), "--ratings", str(args.ratings),
                                "--iters", str(args.iters), "--data", str(args.data),
-                               "--one", name], check=True, capture_output=True, text=True)
+                               "--robust", str(args.robust), "--one", name],
+                              check=True, capture_output=True, text=True)
         res[name] = json.loads(proc.stdout.strip().splitlines()[-1])
     print("| contender | load (s) | fit (s) | per iteration (s) | load + fit (s) | "
           "held-out RMSE | peak RSS (GiB) |")
     print("|---|---|---|---|---|---|---|")
     for name, r in res.items():
-        print(f"| {name} | {r['load_s']:.2f} | {r['fit_s']:.2f} | "
+        label = f"blocklin robust ({args.robust} CG steps)" if name == "robust" else name
+        print(f"| {label} | {r['load_s']:.2f} | {r['fit_s']:.2f} | "
               f"{r['fit_s'] / args.iters:.2f} | {r['total_s']:.2f} | {r['rmse']:.5f} | "
               f"{r['peak_gib']:.2f} |")
     print(f"\nSpark session start (not counted): {res['spark']['session_s']:.1f} s")
