@@ -7,6 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from blocklin.ops.glm.evaluation import AUC_BINS, EvalLayout, eval_spec
 from blocklin.ops.glm.gradient import LossGradLayout, loss_grad_spec
 from blocklin.ops.glm.lsqr import LsqrLayout, lsqr_spec
 from blocklin.ops.glm.moments import MomentsLayout, moments_spec
@@ -147,3 +148,40 @@ def test_refine_layout_round_trip() -> None:
     out = layout.unpack(layout.pack((hi[:1], lo[:1]), (hi[1:], lo[1:])))
     assert out.sse == float(hi[0] + lo[0])
     np.testing.assert_array_equal(out.grad, hi[1:] + lo[1:])
+
+
+@pytest.mark.parametrize("family", ["squared", "binomial", "multinomial"])
+def test_eval_layout_round_trip(family: str) -> None:
+    layout = EvalLayout(family)
+    if family == "squared":
+        sums = list(RNG.standard_normal(7))
+        packed = layout.pack(4.5, 9, sums)
+        assert packed.shape == (1, layout.width)
+        res = layout.unpack_residuals(packed)
+        assert (res.total_weight, res.rows) == (4.5, 9) and isinstance(res.rows, int)
+        assert list(res[2:]) == sums
+        return
+    hist = (RNG.uniform(size=AUC_BINS), RNG.uniform(size=AUC_BINS)) \
+        if family == "binomial" else None
+    packed = layout.pack(4.5, 9, [0.25, 3.0], hist)
+    assert packed.shape == (1, layout.width)
+    got = layout.unpack_classifier(packed)
+    assert (got.total_weight, got.rows, got.loss, got.correct) == (4.5, 9, 0.25, 3.0)
+    if hist is None:
+        assert got.positives is None and got.negatives is None
+    else:
+        assert got.positives is not None and got.negatives is not None
+        np.testing.assert_array_equal(got.positives, hist[0])
+        np.testing.assert_array_equal(got.negatives, hist[1])
+
+
+def test_eval_partial_unpacks_to_numpy_sums() -> None:
+    x, y = RNG.standard_normal((300, 3)), RNG.standard_normal((300, 1))
+    coef = RNG.standard_normal((4, 1))
+    res = EvalLayout("squared").unpack_residuals(
+        run_local(eval_spec("squared", coef, True, False, 1, 0.5), x, y, None, 64))
+    r = np.hstack([x, np.ones((300, 1))]) @ coef[:, 0] - y[:, 0]
+    assert res.rows == 300 and res.total_weight == 300.0
+    assert res.sse == pytest.approx(float(r @ r), rel=1e-13)
+    assert res.sae == pytest.approx(float(np.abs(r).sum()), rel=1e-13)
+    assert res.sy == pytest.approx(float((y[:, 0] - 0.5).sum()), rel=1e-12)

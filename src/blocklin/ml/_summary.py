@@ -11,7 +11,7 @@ import scipy.stats
 
 from blocklin.errors import InputValueError
 from blocklin.ml._solvers import TrainData
-from blocklin.ops.glm.evaluation import AUC_BINS, eval_spec
+from blocklin.ops.glm.evaluation import EvalLayout, eval_spec
 
 __all__ = ["LinearRegressionSummary", "LogisticRegressionSummary", "linear_summary",
            "logistic_summary"]
@@ -75,15 +75,14 @@ def linear_summary(est: Any, data: TrainData) -> LinearRegressionSummary:
     coef = np.concatenate([est.coef_, [est.intercept_]])[:, None] if est.fit_intercept \
         else est.coef_[:, None]
     c = float(getattr(est, "_y_center", 0.0))
-    v = data.run(eval_spec("squared", coef, est.fit_intercept, data.has_weights,
-                           data.x_col_blocks, c)).reshape(-1)
-    W, n, sse, sae, _, syy, smm, sy, sm = (float(t) for t in v[:9])
+    W, n, sse, sae, _, syy, smm, sy, sm = EvalLayout("squared").unpack_residuals(data.run(
+        eval_spec("squared", coef, est.fit_intercept, data.has_weights, data.x_col_blocks, c)))
     ybar = c + sy / W
     sstot = syy - sy ** 2 / W if est.fit_intercept else syy + 2 * c * sy + W * c ** 2
     ssreg = smm - 2 * (ybar - c) * sm + W * (ybar - c) ** 2
     k = int(est.fit_intercept)
     p = est.coef_.shape[0]
-    dof = int(n) - p - k
+    dof = n - p - k
     r2 = 1.0 - sse / sstot if sstot > 0 else np.nan
     r2adj = 1.0 - (1.0 - r2) * (n - k) / dof if dof > 0 else np.nan
     se = tv = pv = None
@@ -95,7 +94,7 @@ def linear_summary(est: Any, data: TrainData) -> LinearRegressionSummary:
             tv = np.concatenate([est.coef_, [est.intercept_]] if k else [est.coef_]) / se
         pv = 2.0 * scipy.stats.t.sf(np.abs(tv), dof)
     return LinearRegressionSummary(
-        num_instances=int(n), degrees_of_freedom=dof, mean_squared_error=sse / W,
+        num_instances=n, degrees_of_freedom=dof, mean_squared_error=sse / W,
         root_mean_squared_error=float(np.sqrt(sse / W)), mean_absolute_error=sae / W, r2=r2,
         r2adj=r2adj, explained_variance=ssreg / W,
         objective_history=list(est.objective_history_), total_iterations=int(est.n_iter_),
@@ -125,14 +124,10 @@ class LogisticRegressionSummary(_MllibNames):
 
 def logistic_summary(est: Any, data: TrainData, family: str, coef: np.ndarray) -> \
         LogisticRegressionSummary:
-    v = data.run(eval_spec(family, coef, est.fit_intercept, data.has_weights,
-                           data.x_col_blocks)).reshape(-1)
-    W, n, loss, correct = (float(t) for t in v[:4])
-    auc = None
-    if family == "binomial":
-        pos, neg = v[4:4 + AUC_BINS], v[4 + AUC_BINS:4 + 2 * AUC_BINS]
-        auc = _auc(pos, neg)
-    return LogisticRegressionSummary(int(n), list(est.objective_history_), int(est.n_iter_),
+    W, n, loss, correct, pos, neg = EvalLayout(family).unpack_classifier(data.run(
+        eval_spec(family, coef, est.fit_intercept, data.has_weights, data.x_col_blocks)))
+    auc = None if pos is None or neg is None else _auc(pos, neg)
+    return LogisticRegressionSummary(n, list(est.objective_history_), int(est.n_iter_),
                                      correct / W, loss / W, auc)
 
 
