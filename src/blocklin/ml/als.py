@@ -289,7 +289,8 @@ class ALS(SaveMixin, BaseEstimator):  # type: ignore[misc]
                "max_iter": int(self.max_iter), "reg_param": float(self.reg_param),
                "implicit_prefs": bool(self.implicit_prefs), "alpha": float(self.alpha),
                "nonnegative": bool(self.nonnegative), "seed": int(self.seed),
-               "robust": bool(self.robust), "cg_steps": int(self.cg_steps),
+               "robust": bool(self.robust),
+               "cg_steps": int(self.cg_steps) if self.robust else None,
                "block_rows": self.block_rows}
         return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()[:32]
 
