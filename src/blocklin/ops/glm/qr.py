@@ -248,7 +248,7 @@ class QRLayout:
 
 @dataclass(frozen=True)
 class QRCombine:
-    """Combine kernel of the QR pass: R of the stacked R parts (as :class:`TreeQR`), the
+    """Combine kernel of the QR pass: R of the stacked R parts (as TSQR's ``TreeQR``), the
     double-double sum of the exact Grams, the panel counts and the fewest slices, in
     index order. The Grams are summed only when every panel below supplied one (else
     the sum could never be used, see :meth:`QRLayout.factor`, and stays zero)."""
@@ -257,11 +257,10 @@ class QRCombine:
     extended: bool = False
 
     def __call__(self, ctx: TaskContext | None, blocks: Sequence[Any]) -> Any:
-        from blocklin.ops.tsqr import TreeQR
-
         layout = QRLayout(self.c, self.extended)
         parts = [layout.unpack(b[0]) for b in blocks]
-        R = TreeQR(self.c, False)(ctx, blocks)[0]  # type: ignore[arg-type]
+        # The R parts stacked in index order and factored again, as TSQR's TreeQR does.
+        R = householder_r(np.vstack([part.R for part in parts]))
         gram_panels = sum(p.gram_panels for p in parts)
         panels = sum(p.panels for p in parts)
         slices = min((p.slices for p in parts if p.slices > 0), default=0)
