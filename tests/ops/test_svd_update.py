@@ -144,8 +144,14 @@ def test_sparse_rows_wider_than_the_gram_limit(tmp_path: Path) -> None:
     stored = bl.from_array(x[300:], tmp_path / "rows.zarr", chunks=(64, None))
     state = svd_update(state, x[150:300], batch=100)
     state = svd_update(state, stored, batch=100)
-    assert [t.rows for t in state.terms] == [150, 150, 150]
+    # Each call changes few of V's 9,000 base rows: both are log records over the
+    # first version, their U rows pending (in memory and in the records).
+    assert [t.rows for t in state.terms] == [150]
+    assert [p.shape[0] for p in state.pending] == [150, 150] and len(state.log) == 2
     _assert_exact(state, dense_x, vt=False)
+    reopened = SVDState.open(tmp_path / "state")
+    assert reopened.version == 2 and reopened.log == state.log
+    _assert_exact(reopened, dense_x, vt=False)
 
 
 # -- columns and low-rank changes ------------------------------------------------------------

@@ -191,7 +191,7 @@ def test_format_2_state_opens_and_updates(tmp_path: Path) -> None:
     new = svd_update(old, rows=x[220:], method="sparse")
     reopened = SVDState.open(root)
     assert json.loads((root / "zarr.json").read_text())["attributes"][
-        "blocklin_svd_state"]["format"] == 3
+        "blocklin_svd_state"]["format"] == 4
     # The same two updates by the numpy reference.
     u_ref, s_ref, vt_ref = _zha_simon(*_zha_simon(*_exact(x[:150], K), x[150:220]), x[220:])
     assert np.abs(reopened.s - s_ref).max() <= 1e-10 * s_ref[0]

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -21,11 +21,12 @@ from blocklin.errors import InputDtypeError, InputValueError, ShapeMismatchError
 from blocklin.executors.lazy import Lazy
 from blocklin.ops.products import gram, matmul
 from blocklin.ops.sketch import dense
+from blocklin.ops.svd_state import _NO_IDS, VFactor
 from blocklin.ops.tsqr import plan_form_q, plan_tree, row_signs
 from blocklin.plan.graph import Task, TaskContext, make_stage
 from blocklin.storage.blockmatrix import BlockMatrix, from_array, open_matrix
 
-__all__ = ["GRAM_MAX_COLUMNS", "NewRows", "RowStep", "SparseRun", "brand_rows", "parse_rows",
+__all__ = ["GRAM_MAX_COLUMNS", "NewRows", "RowStep", "SparseRun", "SparseStep", "brand_rows", "parse_rows",
            "row_batches", "rows_gram", "rows_qr", "rows_sparse", "update_factors"]
 
 #: Widest n for which ``method="auto"`` takes the gram path (an n × n Gram on the driver).
@@ -256,18 +257,36 @@ class FactoredV:
     O(nnz(C)·k + p·k² + k³) per batch, whatever n. The factor is folded into the base
     (O(n·k²)) only when its condition number passes ``fold_cond``
     (:data:`FOLD_COND`; 1 folds after every batch).
+
+    Started from a :class:`VFactor` (a state's V), the base is either copied once
+    (``dense=True``: many batches, O(n·k) once) or left shared, the changed rows kept
+    as a sorted delta (``dense=False``: a call of one or a few small batches, O(delta·k)
+    per batch). :meth:`result` gives the next VFactor and the rows this call changed.
     """
 
-    def __init__(self, V: np.ndarray, fold_cond: float = FOLD_COND) -> None:
-        self.base = np.array(V, dtype=np.float64, order="C")
-        self.K = np.eye(V.shape[1])
+    def __init__(self, V: np.ndarray | VFactor, fold_cond: float = FOLD_COND, *,
+                 dense: bool = True) -> None:
+        self.start = V if isinstance(V, VFactor) else VFactor.of(V)
+        self.K = self.start.K.copy()
         self.fold_cond = fold_cond
         self.folds = 0
+        self.whole = False  # every base row changed (a fold, or dense rows)
+        self.touched: list[np.ndarray] = []
+        self.delta = self.start
+        self.base: np.ndarray | None = self.start.full() if dense else None
+
+    def _densify(self) -> np.ndarray:
+        if self.base is None:
+            self.base = self.delta.full()
+        return self.base
+
+    def _gather(self, uid: np.ndarray) -> np.ndarray:
+        return self.base[uid] if self.base is not None else self.delta.gather(uid)
 
     def rows_times(self, c: Any) -> tuple[np.ndarray, Any, np.ndarray | None]:
         """``L = C·V`` (p × k), C restricted to its nonzero columns, and those columns."""
         if not sp.issparse(c):
-            return (c @ self.base) @ self.K, c, None
+            return (c @ self._densify()) @ self.K, c, None
         uid, local = np.unique(c.indices, return_inverse=True)
         p, u = c.shape[0], uid.size
         if p * u <= COMPACT_DENSE:
@@ -277,7 +296,7 @@ class FactoredV:
             np.add.at(cu, (np.repeat(np.arange(p), np.diff(c.indptr)), local.ravel()), c.data)
         else:
             cu = sp.csr_matrix((c.data, local.ravel(), c.indptr), shape=(p, u))
-        return np.asarray(cu @ self.base[uid]) @ self.K, cu, uid
+        return np.asarray(cu @ self._gather(uid)) @ self.K, cu, uid
 
     def update(self, M: np.ndarray, cu: Any, uid: np.ndarray | None, t: np.ndarray) -> None:
         """V ← V·M + Cᵀ·T, with ``cu``/``uid`` from :meth:`rows_times`."""
@@ -287,40 +306,51 @@ class FactoredV:
         rcond = scipy.linalg.lapack.dgecon(lu[0], np.abs(k_new).sum(axis=0).max())[0]
         if not rcond > 1.0 / self.fold_cond:
             # Ill-conditioned (or singular) factor: form V once and restart from K = I.
-            self.base = self.base @ k_new
+            self.base = self._densify() @ k_new
             self.K = np.eye(k_new.shape[0])
             delta = t
             self.folds += 1
+            self.whole = True
         else:
             self.K = k_new
             delta = scipy.linalg.lu_solve(lu, t.T, trans=1, check_finite=False).T  # T·(K·M)⁻¹
         if uid is None:
+            self._densify()
+            self.whole = True
+            assert self.base is not None
             self.base += cu.T @ delta
-        else:
+            return
+        self.touched.append(uid)
+        if self.base is not None:
             self.base[uid] += np.asarray(cu.T @ delta)
+        else:
+            rows = self.delta.gather(uid) + np.asarray(cu.T @ delta)
+            self.delta = self.delta.merged(uid, rows, self.K)
+
+    def result(self) -> tuple[VFactor, np.ndarray, np.ndarray]:
+        """The next V, and the base rows this call changed (sorted ids, their rows).
+
+        After a fold or dense rows (:attr:`whole`) the next V has a new base: the
+        changed rows are then every row (and a checkpoint must store the base).
+        """
+        if self.whole:
+            assert self.base is not None
+            vf = VFactor(self.base, self.K, _NO_IDS, np.zeros((0, self.K.shape[0])))
+            return vf, np.arange(self.base.shape[0]), self.base
+        ids = np.unique(np.concatenate(self.touched)) if self.touched else _NO_IDS
+        rows = self._gather(ids)
+        if self.base is not None:
+            return self.start.merged(ids, rows, self.K), ids, rows
+        return replace(self.delta, K=self.K), ids, rows
 
     def orthonormal(self, s: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Rayleigh–Ritz on V's rounding: ``(a, s', Vt')`` with U rotating by a.
-
-        V = Q·R by Cholesky QR (R from VᵀV = Kᵀ·baseᵀbase·K; V is orthonormal to
-        rounding, so squaring its conditioning costs nothing), the SVD of diag(s)·Rᵀ
-        re-diagonalizes: V' = V·R⁻¹·B. Two n × k × k products (BLAS 3), O(n·k²).
-        """
-        g = self.K.T @ (self.base.T @ self.base) @ self.K
-        try:
-            r = scipy.linalg.cholesky((g + g.T) / 2, lower=False)
-        except np.linalg.LinAlgError:  # V lost rank: Householder QR instead
-            q, r = np.linalg.qr(self.matrix())
-            a, s2, bt = np.linalg.svd(s[:, None] * r.T)
-            return a, s2, bt @ q.T
-        a, s2, bt = np.linalg.svd(s[:, None] * r.T)
-        w = self.K @ scipy.linalg.solve_triangular(r, bt.T)
-        vt: np.ndarray = (self.base @ w).T
-        return a, s2, vt
+        """Rayleigh–Ritz on V's rounding (:meth:`VFactor.orthonormal`), O(n·k²)."""
+        vf = self.result()[0]
+        return vf.orthonormal(s)
 
     def matrix(self) -> np.ndarray:
         """V formed (n × k): O(n·k²)."""
-        out: np.ndarray = self.base @ self.K
+        out: np.ndarray = self._densify() @ self.K
         return out
 
 
@@ -386,15 +416,38 @@ def brand_rows(s: np.ndarray, Vt: np.ndarray, batches: Iterable[Any],
     return SparseRun(parts, rots, a, s, vt, V.folds)
 
 
-def rows_sparse(s: np.ndarray, Vt: np.ndarray, c: NewRows, url: str, batch: int) -> RowStep:
-    """:func:`brand_rows` over C in batches of at most ``batch`` rows; writes U's new rows."""
-    run = brand_rows(s, Vt, row_batches(c, batch))
-    parts = run.parts
+@dataclass(frozen=True)
+class SparseStep:
+    """A sparse row append before its commit: U's rotation and new rows, the next V."""
+
+    rotation: np.ndarray        # of the old rows of U (raw, k × k)
+    seg: np.ndarray             # the new rows of U (p × k)
+    s: np.ndarray
+    V: VFactor
+    ids: np.ndarray             # V's base rows this call changed, sorted
+    rows: np.ndarray            # their values
+    whole: bool                 # V's base replaced (a fold or dense rows): checkpoint it
+
+
+def rows_sparse(s: np.ndarray, V: VFactor, c: NewRows, batch: int) -> SparseStep:
+    """Deng et al.'s update over C in batches of at most ``batch`` rows, V kept factored.
+
+    Nothing is formed n-wide or written: a call of one batch costs O(nnz·k + (k + p)³
+    + delta·k) (delta: V's base rows changed since the last checkpoint); a call of
+    several batches copies V's base once (O(n·k)).
+    """
+    k = s.size
+    fv = FactoredV(V, dense=c.shape[0] > batch)
+    parts: list[np.ndarray] = []
+    rots: list[np.ndarray] = []
+    for cb in row_batches(c, batch):
+        um, s = _brand_batch(s, fv, cb)
+        parts.append(um[k:])
+        rots.append(um[:k])
     # Part b is later rotated by every later batch's Um[:k]: apply suffix products once.
-    acc = run.last
+    acc = np.eye(k)
     for b in range(len(parts) - 1, -1, -1):
         parts[b] = parts[b] @ acc
-        acc = run.rots[b] @ acc
-    d = row_signs(run.Vt)
-    from_array(np.vstack(parts) * d, url)
-    return RowStep(acc * d, run.s, run.Vt * d[:, None], c.shape[0])
+        acc = rots[b] @ acc
+    vf, ids, rows = fv.result()
+    return SparseStep(acc, np.vstack(parts), s, vf, ids, rows, fv.whole)

@@ -27,40 +27,57 @@ Layout of the zarr group at ``path``::
     v<version>/Ku      (k, k)       the shared factor K_u
     v<version>/x_<name>             small arrays the owner keeps with the state
 
-An update writes the new basis, its F and ``v<version+1>/`` first, then replaces
-``zarr.json`` atomically (the commit), then removes ``v<version>/`` and whatever
-the new version no longer names (folded factors, materialized bases). A crash at any
+    log_v00012.npz     one small row update (format 4; see below)
+
+V is kept the same way (Deng et al.'s ``V = V'·V''``): ``V = overlay(base, delta)·K_v``,
+the base the ``Vt`` of the last *checkpoint* version ``v<c>/``, the delta the base
+rows that later updates changed (row ids and rows), K_v a k × k factor.
+
+A *checkpoint* writes the new basis, its F and ``v<version>/`` first, then replaces
+``zarr.json`` atomically (the commit), then removes the previous checkpoint's
+``v<c>/``, the log records and whatever the new version no longer names (folded
+factors, materialized bases). A sparse row update of b rows whose changes fit the
+budgets instead writes one *log record* ``log_v<version>.npz`` (numpy's non-pickled
+format, every member CRC-32 checked by zip on read): s, K_u, K_v, the base rows
+it changed, the new rows of U (b × k, kept in memory as a *pending* segment until
+the next checkpoint writes them as a basis) and extras when given; then the commit
+names it. Its cost is O(b·k + changed rows·k) written, whatever n and the rows
+before it. Opening a state replays its records over the checkpoint. A crash at any
 point before the commit leaves the previous version readable; the leftovers of a
 failed attempt are overwritten by the next one.
 """
 
 from __future__ import annotations
 
+import io
 import itertools
 import json
 import os
+import zipfile
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from functools import cached_property
 from typing import Any
 
 import numpy as np
 import scipy.linalg
 import scipy.linalg.lapack
 
-from blocklin.errors import InputValueError, ShapeMismatchError
+from blocklin.errors import CorruptChunkError, InputValueError, ShapeMismatchError
 from blocklin.executors.lazy import Lazy
 from blocklin.ops._inputs import MatrixInput, as_matrix, hstack_panel, row_panel_reads, source_node
 from blocklin.ops.sketch import left_apply
+from blocklin.ops.tsqr import row_signs
 from blocklin.plan.graph import Plan, StageInput, Task, TaskContext, make_stage
 from blocklin.plan.reduce import SumParts, tree_reduce
 from blocklin.storage.blockmatrix import BlockMatrix, from_array, open_matrix
 from blocklin.storage.meta import METADATA_KEY
 from blocklin.storage.stores import join_url, store_for
 
-__all__ = ["SVDState", "Term"]
+__all__ = ["SVDState", "Term", "VFactor"]
 
 _ATTR = "blocklin_svd_state"
-_FORMAT = 3
+_FORMAT = 4
 #: K_u is folded into the terms' factors when its condition number passes this (the
 #: new terms' ``G·K_u⁻¹`` would carry a relative rounding of about eps times it).
 FOLD_COND = 1e4
@@ -77,6 +94,87 @@ class Term:
     factor: str = ""  # the stored F_t ("" until the first commit of a format-2 state)
 
 
+_NO_IDS = np.zeros(0, dtype=np.int64)
+
+
+@dataclass(frozen=True, eq=False)
+class VFactor:
+    """Right singular vectors as ``V = overlay(base, ids → rows)·K`` (never mutated).
+
+    ``base`` (n × k) is shared between the versions of a state; the rows ``ids``
+    (sorted) of it are replaced by ``rows``. An update changes K (k × k) and a few
+    rows, so the next version shares the base and copies only the delta.
+    """
+
+    base: np.ndarray
+    K: np.ndarray
+    ids: np.ndarray = field(default_factory=lambda: _NO_IDS)
+    rows: np.ndarray = field(default_factory=lambda: np.zeros((0, 0)))
+
+    @classmethod
+    def of(cls, V: np.ndarray) -> VFactor:
+        """V (n × k) itself, K = I."""
+        base = np.ascontiguousarray(V, dtype=np.float64)
+        return cls(base, np.eye(base.shape[1]), _NO_IDS, np.zeros((0, base.shape[1])))
+
+    @property
+    def delta_rows(self) -> int:
+        return int(self.ids.size)
+
+    def gather(self, uid: np.ndarray) -> np.ndarray:
+        """Rows ``uid`` of the overlaid base (a copy)."""
+        out: np.ndarray = self.base[uid]
+        if self.ids.size:
+            pos = np.minimum(np.searchsorted(self.ids, uid), self.ids.size - 1)
+            hit = self.ids[pos] == uid
+            out[hit] = self.rows[pos[hit]]
+        return out
+
+    def full(self) -> np.ndarray:
+        """The overlaid base (n × k, a copy): O(n·k)."""
+        out = np.array(self.base, dtype=np.float64, order="C")
+        if self.ids.size:
+            out[self.ids] = self.rows
+        return out
+
+    def merged(self, ids: np.ndarray, rows: np.ndarray, K: np.ndarray) -> VFactor:
+        """The next version: base rows ``ids`` (sorted, unique) replaced by ``rows``."""
+        if not self.ids.size:
+            return VFactor(self.base, K, ids, rows)
+        every = np.union1d(self.ids, ids)
+        out = np.empty((every.size, self.base.shape[1]))
+        out[np.searchsorted(every, self.ids)] = self.rows
+        out[np.searchsorted(every, ids)] = rows
+        return VFactor(self.base, K, every, out)
+
+    @cached_property
+    def matrix(self) -> np.ndarray:
+        """V formed (n × k): O(n·k²), once per VFactor."""
+        out: np.ndarray = self.full() @ self.K if self.ids.size or \
+            not np.array_equal(self.K, np.eye(self.K.shape[0])) else self.base
+        return out
+
+    def orthonormal(self, s: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Rayleigh–Ritz on V's rounding: ``(a, s', Vt')`` with U rotating by a.
+
+        V = Q·R by Cholesky QR (R from VᵀV = Kᵀ·baseᵀbase·K; V is orthonormal to
+        rounding, so squaring its conditioning costs nothing), the SVD of diag(s)·Rᵀ
+        re-diagonalizes: V' = V·R⁻¹·B. Two n × k × k products (BLAS 3), O(n·k²).
+        """
+        base = self.full() if self.ids.size else self.base
+        g = self.K.T @ (base.T @ base) @ self.K
+        try:
+            r = scipy.linalg.cholesky((g + g.T) / 2, lower=False)
+        except np.linalg.LinAlgError:  # V lost rank: Householder QR instead
+            q, r = np.linalg.qr(base @ self.K)
+            a, s2, bt = np.linalg.svd(s[:, None] * r.T)
+            return a, s2, bt @ q.T
+        a, s2, bt = np.linalg.svd(s[:, None] * r.T)
+        w = self.K @ scipy.linalg.solve_triangular(r, bt.T)
+        vt: np.ndarray = (base @ w).T
+        return a, s2, vt
+
+
 @dataclass(frozen=True, eq=False)
 class SVDState:
     """A persisted truncated SVD ``A ≈ U diag(s) Vt`` (see the module docstring).
@@ -90,8 +188,8 @@ class SVDState:
         The zarr group holding the state.
     s : ndarray (k,)
         Singular values, descending.
-    Vt : ndarray (k, n)
-        Right singular vectors (rows).
+    V : VFactor
+        The right singular vectors, factored (``Vt`` forms them).
     terms : tuple of Term
         U's stored bases and where they sit.
     F : tuple of ndarray
@@ -106,11 +204,20 @@ class SVDState:
         Small arrays committed with the state (e.g. an estimator's column statistics).
     fresh : frozenset of int
         Terms whose F is not stored yet (written by :meth:`commit`).
+    pending : tuple of ndarray
+        U's rows appended since the last checkpoint, ``P_i`` (p_i × k, rows
+        ``P_i·Ku``), after the terms' rows; written as one basis by the next checkpoint.
+    log : tuple of str
+        The log records committed since the last checkpoint, in order.
+    checkpoint : int
+        The version whose ``v<c>/`` holds V's base (and K_u's stored start).
+    pending_row : int
+        The row of U where the pending rows start.
     """
 
     path: str
     s: np.ndarray
-    Vt: np.ndarray
+    V: VFactor
     terms: tuple[Term, ...]
     F: tuple[np.ndarray, ...]
     Ku: np.ndarray
@@ -118,11 +225,39 @@ class SVDState:
     version: int
     extras: Mapping[str, np.ndarray] = field(default_factory=dict)
     fresh: frozenset[int] = frozenset()
+    pending: tuple[np.ndarray, ...] = ()
+    log: tuple[str, ...] = ()
+    checkpoint: int = -1
+    pending_row: int = 0
+
+    @cached_property
+    def _raw_vt(self) -> np.ndarray:
+        return self.V.matrix.T
+
+    @cached_property
+    def signs(self) -> np.ndarray:
+        """Signs (k,) presenting V with scikit-learn's ``svd_flip`` convention.
+
+        A checkpoint stores V sign-fixed; a logged update leaves its rotation's signs
+        as they fall (fixing them needs V formed, O(n·k)). ``Vt`` and U are presented
+        times these signs, which leaves ``U diag(s) Vt`` unchanged.
+        """
+        return row_signs(self._raw_vt)
+
+    @property
+    def Vt(self) -> np.ndarray:
+        """Right singular vectors (k × n), formed from :attr:`V` (O(n·k²), cached)."""
+        d = self.signs
+        if (d == 1).all():
+            return self._raw_vt
+        out: np.ndarray = self._raw_vt * d[:, None]
+        return out
 
     @property
     def G(self) -> tuple[np.ndarray, ...]:
         """``G[t] = F[t]·Ku`` (``terms[t].width`` × k): term t's part of U is ``B_t·G_t``."""
-        return tuple(f @ self.Ku for f in self.F)
+        ku = self.Ku * self.signs
+        return tuple(f @ ku for f in self.F)
 
     @property
     def k(self) -> int:
@@ -130,7 +265,20 @@ class SVDState:
 
     @property
     def shape(self) -> tuple[int, int]:
-        return (self.n_rows, int(self.Vt.shape[1]))
+        return (self.n_rows, int(self.V.base.shape[0]))
+
+    @property
+    def pending_rows(self) -> int:
+        """Rows of U not yet in a stored basis (:attr:`pending`)."""
+        return sum(int(p.shape[0]) for p in self.pending)
+
+    def tail(self) -> np.ndarray:
+        """The pending rows of U (``n_rows − stored_rows`` × k), presented."""
+        k = self.k
+        if not self.pending:
+            return np.zeros((0, k))
+        out: np.ndarray = np.vstack(self.pending) @ (self.Ku * self.signs)
+        return out
 
     def basis(self, t: int) -> BlockMatrix:
         """The stored basis of term ``t``."""
@@ -144,6 +292,7 @@ class SVDState:
         u = np.zeros((self.n_rows, self.k))
         for t, (term, g) in enumerate(zip(self.terms, self.G, strict=True)):
             u[term.row:term.row + term.rows] += self.basis(t).to_numpy() @ g
+        u[self.pending_row:self.pending_row + self.pending_rows] = self.tail()
         return u
 
     def u_lazy(self, *, out: str | None = None, chunk_rows: int | None = None) -> Lazy:
@@ -219,10 +368,11 @@ class SVDState:
         from_array(src, join_url(store.url, name), chunks=chunks)
         m = int(U.shape[0])
         k = s.size
-        state = cls(store.url, s, Vt, (Term(name, 0, m, k, factor_name(0, 0)),), (np.eye(k),),
-                    np.eye(k), m, 0, _as_extras(extras or {}), frozenset({0}))
+        state = cls(store.url, s, VFactor.of(Vt.T), (Term(name, 0, m, k, factor_name(0, 0)),),
+                    (np.eye(k),), np.eye(k), m, 0, _as_extras(extras or {}), frozenset({0}),
+                    checkpoint=0)
         state.commit(previous=None)
-        return state
+        return replace(state, fresh=frozenset())
 
     @classmethod
     def open(cls, path: str | os.PathLike[str]) -> SVDState:
@@ -232,6 +382,8 @@ class SVDState:
         ------
         FileNotFoundError
             If no state (of this format) is at ``path``.
+        CorruptChunkError
+            If a log record fails its checksum.
         """
         store = store_for(os.fspath(path))
         raw = store.get(METADATA_KEY)
@@ -239,25 +391,55 @@ class SVDState:
         if not isinstance(doc, dict):
             raise FileNotFoundError(f"no blocklin SVD state at {store.url}")
         fmt = doc.get("format")
-        if fmt not in (2, _FORMAT):
+        if fmt not in (2, 3, _FORMAT):
             raise FileNotFoundError(f"the SVD state at {store.url} was written by an older "
                                     "blocklin (format without terms); recreate it with "
                                     "SVDState.create")
         v = int(doc["version"])
-        vdir = join_url(store.url, f"v{v}")
+        c = int(doc.get("checkpoint", v))
+        vdir = join_url(store.url, f"v{c}")
         terms = tuple(Term(str(t["basis"]), int(t["row"]), int(t["rows"]), int(t["width"]),
                            str(t.get("factor", ""))) for t in doc["terms"])
-        extras = {name: _read(vdir, f"x_{name}") for name in doc.get("extras", [])}
-        s, Vt = _read(vdir, "s"), _read(vdir, "Vt")
+        # Extras a log record replaced may be absent from the checkpoint.
+        extras = {name: _read(vdir, f"x_{name}") for name in doc.get("extras", [])
+                  if fmt != _FORMAT or store.exists(f"v{c}/x_{name}/{METADATA_KEY}")}
+        s, V = _read(vdir, "s"), VFactor.of(_read(vdir, "Vt").T)
         if fmt == 2:  # the G_t stacked in the version: they become F_t, stored at next commit
             stacked = _read(vdir, "G")
             bounds = np.cumsum([0] + [t.width for t in terms])
             F = tuple(np.array(stacked[a:b]) for a, b in itertools.pairwise(bounds))
             terms = tuple(replace(t, factor=factor_name(v + 1, i)) for i, t in enumerate(terms))
-            return cls(store.url, s, Vt, terms, F, np.eye(s.size), int(doc["n_rows"]), v,
-                       extras, frozenset(range(len(terms))))
+            return cls(store.url, s, V, terms, F, np.eye(s.size), int(doc["n_rows"]), v,
+                       extras, frozenset(range(len(terms))), checkpoint=v)
         F = tuple(_read(store.url, t.factor) for t in terms)
-        return cls(store.url, s, Vt, terms, F, _read(vdir, "Ku"), int(doc["n_rows"]), v, extras)
+        n0 = int(doc["n_rows"]) - int(doc.get("pending_rows", 0))
+        state = cls(store.url, s, V, terms, F, _read(vdir, "Ku"), n0, c, extras,
+                    checkpoint=c, pending_row=n0)
+        for name in doc.get("log", []):
+            state = state._replay(name)
+        if state.version != v or state.n_rows != int(doc["n_rows"]):
+            raise CorruptChunkError(store.url, (v,), "the log records do not add up to the "
+                                    "committed version")
+        return state
+
+    def _replay(self, name: str) -> SVDState:
+        """This state with the log record ``name`` applied (as its update made it)."""
+        raw = store_for(self.path).get(name)
+        if raw is None:
+            raise CorruptChunkError(join_url(self.path, name), (0,), "log record missing")
+        try:
+            with np.load(io.BytesIO(raw), allow_pickle=False) as z:
+                rec = {key: np.array(z[key]) for key in z.files}
+        except (zipfile.BadZipFile, ValueError, OSError, KeyError) as exc:
+            raise CorruptChunkError(join_url(self.path, name), (0,), str(exc)) from exc
+        ex = dict(self.extras)
+        if bool(rec["extras_given"]):  # the record holds the whole set
+            ex = {key[2:]: value for key, value in rec.items() if key.startswith("x_")}
+        seg = rec["seg"]
+        return replace(self, s=rec["s"], V=self.V.merged(rec["ids"], rec["rows"], rec["Kv"]),
+                       Ku=rec["Ku"], n_rows=self.n_rows + int(seg.shape[0]),
+                       version=int(rec["version"]), extras=ex,
+                       pending=(*self.pending, seg), log=(*self.log, name), fresh=frozenset())
 
     def next_basis_url(self) -> str:
         """Where the next update writes its basis (cleared first: a failed attempt's leftover)."""
@@ -265,8 +447,36 @@ class SVDState:
         store_for(url).delete_prefix("")
         return url
 
+    def _doc(self, **more: Any) -> dict[str, Any]:
+        return {"format": _FORMAT, "version": self.version, "n_rows": self.n_rows,
+                "k": self.k, "n": self.shape[1], "extras": sorted(self.extras),
+                "checkpoint": self.checkpoint,
+                "terms": [{"basis": t.basis, "row": t.row, "rows": t.rows, "width": t.width,
+                           "factor": t.factor} for t in self.terms]} | more
+
+    def _put_doc(self, doc: dict[str, Any]) -> None:
+        meta = {"zarr_format": 3, "node_type": "group", "attributes": {_ATTR: doc}}
+        store_for(self.path).put(METADATA_KEY, json.dumps(meta, indent=1).encode())
+
+    def flushed(self) -> SVDState:
+        """This version with its pending rows written as one basis (a new term, F = I)."""
+        if not self.pending:
+            return self
+        name = rows_basis_name(self.version)
+        url = join_url(self.path, name)
+        store_for(url).delete_prefix("")
+        from_array(np.vstack(self.pending), url)
+        term = Term(name, self.pending_row, self.pending_rows, self.k,
+                    factor_name(self.version, len(self.terms)))
+        return replace(self, terms=(*self.terms, term), F=(*self.F, np.eye(self.k)),
+                       fresh=self.fresh | {len(self.terms)}, pending=())
+
     def commit(self, previous: SVDState | None) -> None:
-        """Write this version's small arrays, then the commit record, then drop ``previous``'s."""
+        """Checkpoint: write this version's small arrays and V, then the commit record,
+        then drop ``previous``'s checkpoint, log records and unnamed arrays.
+
+        Pending rows must have been written first (:meth:`flushed`).
+        """
         import zarr
         from zarr.codecs import Crc32cCodec
 
@@ -275,51 +485,92 @@ class SVDState:
         vdir = join_url(self.path, f"v{self.version}")
         # Through blocklin's store: it carries the location's storage options.
         group = zarr.open_group(store_for(vdir).zarr_store(), mode="w")  # clears a leftover
-        arrays = {"s": self.s, "Vt": self.Vt, "Ku": self.Ku}
+        arrays = {"s": self.s, "Vt": self._raw_vt, "Ku": self.Ku}
         arrays |= {f"x_{name}": value for name, value in self.extras.items()}
         for name, value in arrays.items():
             group.create_array(name, data=np.ascontiguousarray(value),
                                compressors=[Crc32cCodec()])
-        doc = {"format": _FORMAT, "version": self.version, "n_rows": self.n_rows,
-               "k": self.k, "n": int(self.Vt.shape[1]), "extras": sorted(self.extras),
-               "terms": [{"basis": t.basis, "row": t.row, "rows": t.rows, "width": t.width,
-                          "factor": t.factor} for t in self.terms]}
-        meta = {"zarr_format": 3, "node_type": "group", "attributes": {_ATTR: doc}}
+        self._put_doc(self._doc(checkpoint=self.version, log=[]))  # atomic: the commit
         store = store_for(self.path)
-        store.put(METADATA_KEY, json.dumps(meta, indent=1).encode())  # atomic: the commit
         if previous is not None and previous.version != self.version:
-            store.delete_prefix(f"v{previous.version}")
+            store.delete_prefix(f"v{previous.checkpoint}")
+            for name in (*previous.log, log_name(self.version)):
+                store.delete_prefix(name)
             named = {t.basis for t in self.terms} | {t.factor for t in self.terms}
             for old in {t.basis for t in previous.terms} | {t.factor for t in previous.terms}:
                 if old and old not in named:  # folded factors, materialized bases
                     store.delete_prefix(old)
 
-    def updated(self, rotation: np.ndarray, s: np.ndarray, Vt: np.ndarray,
+    def commit_log(self, ids: np.ndarray, rows: np.ndarray,
+                   extras_given: bool) -> None:
+        """Commit this version as a log record over the last checkpoint: s, K_u, K_v,
+        the base rows ``ids`` changed by this update (``rows``), its pending segment
+        (the last of :attr:`pending`) and, when ``extras_given``, the extras. One
+        small file written, then the commit record: O(b·k + |ids|·k)."""
+        name = log_name(self.version)
+        arrays = {"version": np.asarray(self.version), "s": self.s, "Ku": self.Ku,
+                  "Kv": self.V.K, "ids": ids, "rows": rows, "seg": self.pending[-1]}
+        arrays["extras_given"] = np.asarray(extras_given)
+        if extras_given:
+            arrays |= {f"x_{key}": value for key, value in self.extras.items()}
+        buf = io.BytesIO()
+        np.savez(buf, **arrays)  # type: ignore[arg-type]
+        store_for(self.path).put(name, buf.getbuffer())  # atomic (temporary file, rename)
+        self._put_doc(self._doc(log=list(self.log),  # atomic: the commit
+                                pending_rows=self.pending_rows))
+
+    def updated(self, rotation: np.ndarray, s: np.ndarray, V: np.ndarray | VFactor,
                 new_term: Term | None, new_g: np.ndarray | None,
-                extras: Mapping[str, Any] | None, n_rows: int) -> SVDState:
-        """The next version: every G_t times ``rotation`` (k × k), plus an optional new term
-        with ``G = new_g``. O(k³ + w·k²) (w the new term's width); O(T·k³) more when
-        K_u is folded into the T factors (condition number past :data:`FOLD_COND`)."""
+                extras: Mapping[str, Any] | None, n_rows: int,
+                new_rows: np.ndarray | None = None) -> SVDState:
+        """The next version: every G_t times ``rotation`` (k × k, relative to the raw,
+        unsigned U), plus an optional new term with ``G = new_g`` or new pending rows
+        ``new_rows`` (actual rows of U, p × k). O(k³ + w·k²) (w the new term's width);
+        O(T·k³) more when K_u is folded into the T factors (condition number past
+        :data:`FOLD_COND`), which leaves fresh factors to write (a checkpoint)."""
         v = self.version + 1
         ku = self.Ku @ rotation
         F, terms, fresh = list(self.F), list(self.terms), set(self.fresh)
+        pending = list(self.pending)
         lu = scipy.linalg.lu_factor(ku, check_finite=False)
         # LAPACK's 1-norm condition estimate from the LU: O(k²).
         rcond = scipy.linalg.lapack.dgecon(lu[0], np.abs(ku).sum(axis=0).max())[0]
         folded = not rcond > 1.0 / FOLD_COND
         if folded:  # new names: the committed version keeps reading its own factors
             F = [f @ ku for f in F]
+            pending = [p @ ku for p in pending]
             terms = [replace(t, factor=factor_name(v, i)) for i, t in enumerate(terms)]
             fresh = set(range(len(terms)))
             ku = np.eye(ku.shape[0])
+
+        def relative(g: np.ndarray) -> np.ndarray:
+            out: np.ndarray = g if folded else scipy.linalg.lu_solve(lu, g.T, trans=1).T
+            return out
+
         if new_term is not None and new_g is not None:
-            f_new = new_g if folded else scipy.linalg.lu_solve(lu, new_g.T, trans=1).T
-            F.append(f_new)
+            F.append(relative(new_g))
             terms.append(replace(new_term, factor=factor_name(v, len(terms))))
             fresh.add(len(terms) - 1)
+        row = self.pending_row if self.pending else self.n_rows
+        if new_rows is not None:
+            pending.append(relative(new_rows))
         ex = self.extras if extras is None else _as_extras(extras)
-        return SVDState(self.path, s, Vt, tuple(terms), tuple(F), ku, n_rows, v, ex,
-                        frozenset(fresh))
+        vf = V if isinstance(V, VFactor) else VFactor.of(V.T)
+        return SVDState(self.path, s, vf, tuple(terms), tuple(F), ku, n_rows, v, ex,
+                        frozenset(fresh), tuple(pending), self.log, self.checkpoint, row)
+
+    def closed(self) -> SVDState:
+        """This version as a checkpoint stores it: V re-orthonormalized (Rayleigh–Ritz,
+        O(n·k²)) and sign-fixed, U rotated alike through K_u, pending rows flushed."""
+        a, s2, vt = self.V.orthonormal(self.s)
+        d = row_signs(vt)
+        out = replace(self, s=s2, V=VFactor.of((vt * d[:, None]).T), Ku=self.Ku @ (a * d),
+                      log=(), checkpoint=self.version)
+        return out.flushed()
+
+    def as_checkpoint(self) -> SVDState:
+        """This version, pending rows flushed, to be committed as a checkpoint."""
+        return replace(self, log=(), checkpoint=self.version).flushed()
 
     def materialize_u(self, run: Callable[[Lazy], Any], *,
                       chunk_rows: int | None = None) -> SVDState:
@@ -334,11 +585,21 @@ class SVDState:
         store_for(url).delete_prefix("")
         run(self.u_lazy(out=url, chunk_rows=chunk_rows))
         k = self.k
-        new = SVDState(self.path, self.s, self.Vt,
+        new = SVDState(self.path, self.s, VFactor.of(self.Vt.T),
                        (Term(basis_name(v), 0, self.n_rows, k, factor_name(v, 0)),),
-                       (np.eye(k),), np.eye(k), self.n_rows, v, self.extras, frozenset({0}))
+                       (np.eye(k),), np.eye(k), self.n_rows, v, self.extras, frozenset({0}),
+                       checkpoint=v)
         new.commit(previous=self)
-        return new
+        return replace(new, fresh=frozenset())
+
+
+def rows_basis_name(version: int) -> str:
+    """The basis a checkpoint writes for the pending rows (beside a new term's)."""
+    return f"U_v{version:05d}_rows.zarr"
+
+
+def log_name(version: int) -> str:
+    return f"log_v{version:05d}.npz"
 
 
 def basis_name(version: int) -> str:
@@ -405,10 +666,17 @@ class TermRows:
     G: tuple[np.ndarray, ...]
     rows: tuple[int, ...]
     nd: int
+    tail: np.ndarray  # the state's pending rows of U (presented), from row tail_row
+    tail_row: int
+    chunk: int
 
     def __call__(self, ctx: TaskContext, blocks: Sequence[Any]) -> Any:
         i = ctx.task.out[0]
         u = np.zeros((self.rows[i], self.G[0].shape[1]))
+        a = i * self.chunk
+        lo, hi = max(a, self.tail_row), min(a + self.rows[i], self.tail_row + len(self.tail))
+        if lo < hi:
+            u[lo - a:hi - a] = self.tail[lo - self.tail_row:hi - self.tail_row]
         pos = self.nd
         for p in self.layout[i]:
             own = blocks[pos:pos + p.nread]
@@ -454,10 +722,11 @@ def _term_rows(state: SVDState, d: MatrixInput | None, mode: str, chunk_rows: in
     nblocks = len(layout)
     rows = tuple(min(c, state.n_rows - i * c) for i in range(nblocks))
     inputs = ([d.input] if d is not None else []) + [StageInput(source_node(B)) for B in bases]
-    kernel = TermRows(mode, tuple(layout), state.G, rows, nd)
+    tail = state.tail()
+    kernel = TermRows(mode, tuple(layout), state.G, rows, nd, tail, state.pending_row, c)
     k = state.k
     q = d.shape[1] if d is not None else k
-    params = {"mode": mode, "G": list(state.G), "chunk_rows": c,
+    params = {"mode": mode, "G": list(state.G), "chunk_rows": c, "tail": tail,
               "terms": [[t.row, t.rows, t.width] for t in state.terms]}
     # U's row block and the term slabs (at most a block more than c rows each).
     extra = 3 * c * k * 8

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Mapping
+from dataclasses import replace
 from typing import Any, Literal, get_args
 
 import numpy as np
@@ -54,7 +55,7 @@ from blocklin.ops._svd_rows import (
     update_factors,
 )
 from blocklin.ops.svd import _run_options
-from blocklin.ops.svd_state import SVDState, Term, _as_extras, basis_name
+from blocklin.ops.svd_state import SVDState, Term, _as_extras, basis_name, log_name
 from blocklin.ops.tsqr import plan_form_q, plan_tree, row_signs
 from blocklin.plan.graph import Task, make_stage
 from blocklin.storage.blockmatrix import BlockMatrix, from_array, open_matrix
@@ -67,12 +68,19 @@ UpdateMethod = Literal["auto", "gram", "qr", "sparse"]
 UPDATE_METHODS: tuple[str, ...] = get_args(UpdateMethod)
 
 _INCOMING = "incoming.zarr"  # in-memory X or D, stored for the pass over U's bases
+#: Sparse row updates logged since the last checkpoint before the next one is taken
+#: (opening a state replays them: one small file read each).
+MAX_LOG = 1024
+#: U's rows held in the log (in memory, p × k each) before a checkpoint writes them
+#: as one basis.
+MAX_PENDING_ROWS = 1 << 14
 
 
 def svd_update(state: SVDState | str | os.PathLike[str], rows: Any = None, *,
                columns: Any = None, low_rank: tuple[Any, Any] | None = None,
                method: UpdateMethod = "auto", batch: int = 512, max_terms: int = 64,
-               extras: Mapping[str, Any] | None = None, row_gram: np.ndarray | None = None,
+               max_delta: int | None = None, extras: Mapping[str, Any] | None = None,
+               row_gram: np.ndarray | None = None,
                executor: Any = "dask", address: str | None = None, client: Any = None,
                spark: Any = None, work_dir: str | None = None,
                max_task_memory: int | str | None = None, num_workers: int | None = None,
@@ -115,6 +123,15 @@ def svd_update(state: SVDState | str | os.PathLike[str], rows: Any = None, *,
         as one basis (:meth:`SVDState.materialize_u`: one pass over the bases,
         O(m·k)), so opening the state and forming U stay O(m·k) and the commit
         stays small. 1 materializes after every update.
+    max_delta : int, optional
+        V's budget on the sparse path (default n // 8): V is kept as the stored base
+        of the last checkpoint, the base rows later updates changed (the *delta*)
+        and a k × k factor, and an update whose delta stays within this many rows
+        commits a log record (its changed rows, the new rows of U, the small
+        factors: O((b + changed rows)·k) written) instead of V. Past it, or when the
+        factors need folding, the update is a checkpoint: V formed and
+        re-orthonormalized (O(n·k²)) and stored (n·k written), the logged rows of U
+        written as one basis. 0 checkpoints every update.
     extras : mapping of str to array-like, optional
         Small arrays committed with the new version (default: keep the current ones).
     row_gram : ndarray (n, n), optional
@@ -193,7 +210,8 @@ def svd_update(state: SVDState | str | os.PathLike[str], rows: Any = None, *,
     >>> state = svd_update("svd.zarr", columns=D)         # after a restart
     """
     with operation("svd_update", progress):
-        return _update(state, rows, columns, low_rank, method, batch, max_terms, extras,
+        return _update(state, rows, columns, low_rank, method, batch, max_terms, max_delta,
+                       extras,
                        row_gram, _run_options(executor, address, client, spark, work_dir,
                                               max_task_memory, num_workers, device, security,
                                               connect_timeout, worker_timeout), stats)
@@ -201,14 +219,19 @@ def svd_update(state: SVDState | str | os.PathLike[str], rows: Any = None, *,
 
 def _update(state: SVDState | str | os.PathLike[str], rows: Any, columns: Any,
             low_rank: tuple[Any, Any] | None, method: str, batch: int, max_terms: int,
-            extras: Mapping[str, Any] | None, row_gram: np.ndarray | None,
-            opts: dict[str, Any], stats: RunStats | None) -> SVDState:
+            max_delta: int | None, extras: Mapping[str, Any] | None,
+            row_gram: np.ndarray | None, opts: dict[str, Any],
+            stats: RunStats | None) -> SVDState:
     """The body of :func:`svd_update` (its arguments checked here, before any pass)."""
     if isinstance(max_terms, bool) or not isinstance(max_terms, int | np.integer) \
             or max_terms < 1:
         raise InputValueError(f"max_terms must be a positive int; got {max_terms!r}")
+    if max_delta is not None and (isinstance(max_delta, bool) or not isinstance(
+            max_delta, int | np.integer) or max_delta < 0):
+        raise InputValueError(f"max_delta must be a non-negative int or None; got "
+                              f"{max_delta!r}")
     new = _one_update(state, rows, columns, low_rank, method, batch, extras, row_gram, opts,
-                      stats)
+                      stats, max_delta)
     if len(new.terms) > max_terms:
         run = _runner(opts, stats)
         new = new.materialize_u(lambda lazy: run(lazy))
@@ -218,7 +241,8 @@ def _update(state: SVDState | str | os.PathLike[str], rows: Any, columns: Any,
 def _one_update(state: SVDState | str | os.PathLike[str], rows: Any, columns: Any,
                 low_rank: tuple[Any, Any] | None, method: str, batch: int,
                 extras: Mapping[str, Any] | None, row_gram: np.ndarray | None,
-                opts: dict[str, Any], stats: RunStats | None) -> SVDState:
+                opts: dict[str, Any], stats: RunStats | None,
+                max_delta: int | None = None) -> SVDState:
     st = state if isinstance(state, SVDState) else SVDState.open(state)
     given = [name for name, v in (("rows", rows), ("columns", columns),
                                   ("low_rank", low_rank)) if v is not None]
@@ -238,7 +262,7 @@ def _one_update(state: SVDState | str | os.PathLike[str], rows: Any, columns: An
         if row_gram is not None and np.shape(row_gram) != (st.shape[1], st.shape[1]):
             raise ShapeMismatchError(f"row_gram must be {st.shape[1]} x {st.shape[1]}; "
                                      f"got {np.shape(row_gram)}")
-        return _append_rows(st, c, chosen, int(batch), ex, run, row_gram)
+        return _append_rows(st, c, chosen, int(batch), ex, run, row_gram, max_delta)
     if row_gram is not None:
         raise InputValueError("row_gram applies to row appends (rows=)")
     if columns is not None:
@@ -271,21 +295,48 @@ def _choose(method: str, c: NewRows) -> str:
 
 def _append_rows(st: SVDState, c: NewRows, method: str, batch: int,
                  extras: Mapping[str, Any] | None, run: Runner,
-                 row_gram: np.ndarray | None = None) -> SVDState:
-    url = st.next_basis_url()
+                 row_gram: np.ndarray | None = None, max_delta: int | None = None,
+                 max_log: int = MAX_LOG) -> SVDState:
     chosen = _choose(method, c)
+    if chosen == "sparse":
+        return _append_sparse(st, c, batch, extras, max_delta, max_log)
+    url = st.next_basis_url()
     step: RowStep | None = None
     if chosen == "gram":
         step = rows_gram(st.s, st.Vt, c, url, run, row_gram)
-    if chosen == "sparse":
-        step = rows_sparse(st.s, st.Vt, c, url, batch)
     if step is None:  # qr, or gram refused for the data's conditioning
         step = rows_qr(st.s, st.Vt, c, url, run)
     k = st.k
     term = Term(basis_name(st.version + 1), st.n_rows, step.rows, k)
-    new = st.updated(step.rotation, step.s, step.Vt, term, np.eye(k), extras,
-                     st.n_rows + step.rows)
+    # The step rotates the presented U (signs applied); K_u holds the raw one.
+    new = st.updated(st.signs[:, None] * step.rotation, step.s, step.Vt, term, np.eye(k),
+                     extras, st.n_rows + step.rows).as_checkpoint()
     new.commit(previous=st)
+    return replace(new, fresh=frozenset())
+
+
+def _append_sparse(st: SVDState, c: NewRows, batch: int, extras: Mapping[str, Any] | None,
+                   max_delta: int | None, max_log: int) -> SVDState:
+    """Deng et al.'s update, committed as a log record while it fits the budgets.
+
+    A checkpoint (V formed, re-orthonormalized and stored; the pending rows of U
+    written as a basis) is taken when V's base was replaced, its delta passes
+    ``max_delta`` rows, the pending rows of U pass :data:`MAX_PENDING_ROWS`, the log
+    passes ``max_log`` records, or K_u was folded (its factors rewritten).
+    """
+    step = rows_sparse(st.s, st.V, c, batch)
+    p = int(step.seg.shape[0])
+    new = st.updated(step.rotation, step.s, step.V, None, None, extras, st.n_rows + p,
+                     new_rows=step.seg)
+    n = st.shape[1]
+    budget = max(1, n // 8) if max_delta is None else max_delta
+    if (step.whole or new.fresh or new.V.delta_rows > budget or len(st.log) >= max_log
+            or new.pending_rows > MAX_PENDING_ROWS):
+        new = new.closed()
+        new.commit(previous=st)
+        return replace(new, fresh=frozenset())
+    new = replace(new, log=(*st.log, log_name(new.version)))
+    new.commit_log(step.ids, step.rows, extras is not None)
     return new
 
 
@@ -414,6 +465,8 @@ def _brand(st: SVDState, x: Any, my: np.ndarray, ry: np.ndarray,
     vt = right(w).T
     d = row_signs(vt)
     term = Term(basis_name(st.version + 1), 0, st.n_rows, r)
-    new = st.updated(uk[:k] * d, sk, vt * d[:, None], term, uk[k:] * d, extras, st.n_rows)
+    # The middle rotates the presented U (signs applied); K_u holds the raw one.
+    new = st.updated(st.signs[:, None] * (uk[:k] * d), sk, vt * d[:, None], term, uk[k:] * d,
+                     extras, st.n_rows).as_checkpoint()
     new.commit(previous=st)
-    return new
+    return replace(new, fresh=frozenset())
