@@ -208,7 +208,10 @@ def compute(*results: Lazy, executor: str | Executor = "dask", address: str | No
                     parse_cache_bytes(cache_bytes), resume, device, device_tasks,
                     keep_intermediates, stats, progress)
     finally:
-        engine.close()
+        # An executor given as an object may predate close() (it is optional).
+        close = getattr(engine, "close", None)
+        if close is not None:
+            close()
 
 
 def _run(results: Sequence[Lazy], final: FinalPlan, engine: Executor, work: str,

@@ -270,7 +270,7 @@ class Executor(Protocol):
 
     def close(self) -> None:
         """Release what the executor opened for this compute (a cluster connection);
-        handles the caller gave stay open."""
+        handles the caller gave stay open. Optional: compute calls it where defined."""
 
     def cache_budget(self, final: FinalPlan, wanted: int | None) -> int:
         """Block-cache bytes for each process running the plan's tasks.
