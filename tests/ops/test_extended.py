@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from tests.rational import solve_rational
 
-from blocklin.ops._extended import (
+from blocklin.ops.extended import (
     CHUNK_BITS,
     dd_back_substitute,
     dd_cholesky,

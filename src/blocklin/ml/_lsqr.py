@@ -218,7 +218,7 @@ def _preconditioner(SA: np.ndarray, scale: float, pen: np.ndarray,
 
 def _r_factor(M: np.ndarray) -> np.ndarray:
     """TSQR's Householder R of M (k × q, k ≥ q), also for no columns at all."""
-    from blocklin.ops.tsqr import _r_factor as householder_r
+    from blocklin.ops.tsqr import householder_r
 
     return np.zeros((0, 0)) if M.shape[1] == 0 else householder_r(M)
 

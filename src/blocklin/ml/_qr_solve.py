@@ -101,7 +101,7 @@ def exact_solve(gram: np.ndarray, k: int, l2: np.ndarray, W: float) -> ExactSolu
     yᵀWy − r₁₂ᵀr₁₂ with R₁₁ᵀr₁₂ = ZᵀWy, in double-double. None when ZᵀWZ is singular to
     that precision.
     """
-    from blocklin.ops._extended import (
+    from blocklin.ops.extended import (
         dd_add,
         dd_back_substitute,
         dd_cholesky,

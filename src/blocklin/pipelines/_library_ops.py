@@ -21,7 +21,7 @@ from blocklin.executors.api import compute
 from blocklin.executors.lazy import Lazy
 from blocklin.ml import LinearRegression, LogisticRegression, TruncatedSVD
 from blocklin.ops import SVDState, pca, randomized_svd, sketch, sketched_matmul, svd_update, tsqr_r
-from blocklin.ops._random import SketchKind
+from blocklin.ops.sketch import SketchKind
 from blocklin.ops.sketched_matmul import ProductKind
 from blocklin.ops.svd import PCAResult, SVDMethod, TruncatedSVDResult
 from blocklin.pipelines import checks

@@ -12,7 +12,7 @@ array whose fields the layout names):
   follow from them without cancellation-prone subtractions.
 * :mod:`.qr` -- TSQR of ``√w·[X 1 y]`` (R from the Gram where the panel's centred
   design is well conditioned, Householder otherwise), with the exact (double-double)
-  Gram of the panels whose conditioning needs it (:mod:`blocklin.ops._extended`);
+  Gram of the panels whose conditioning needs it (:mod:`blocklin.ops.extended`);
   :mod:`.conditioning` estimates the condition numbers that decide it.
 * :mod:`.refine` -- loss and gradient in double-double, for iterative refinement.
 * :mod:`.gradient` -- :func:`loss_grad`: loss and gradient of squared, logistic or

@@ -11,7 +11,7 @@ import numpy as np
 import scipy.linalg
 import scipy.sparse as sp
 
-from blocklin.ops._extended import dd_sum_parts, exact_gram, kappa_limit, slices_for
+from blocklin.ops.extended import dd_sum_parts, exact_gram, kappa_limit, slices_for
 from blocklin.ops.glm.conditioning import conditioning, ls_condition
 from blocklin.ops.glm.moments import MomentsPartial
 from blocklin.ops.glm.panels import design, label_weight

@@ -1,7 +1,7 @@
 """The refinement pass: loss and gradient of least squares in double-double.
 
 The residual ``y − Zβ`` and the products ``Zᵀw r`` and ``Σw r²`` are formed from exact
-products (TwoProduct) summed by error-free extraction (:mod:`blocklin.ops._extended`),
+products (TwoProduct) summed by error-free extraction (:mod:`blocklin.ops.extended`),
 never in ``np.longdouble`` (plain float64 on Windows and arm64 macOS): the pass gives
 the same bits on every platform, to about 2⁻¹⁰⁶ relative to the terms it sums.
 """
@@ -15,7 +15,7 @@ from typing import Any, NamedTuple
 import numpy as np
 import scipy.sparse as sp
 
-from blocklin.ops._extended import (
+from blocklin.ops.extended import (
     Pair,
     dd_add,
     dd_mul_exact,
