@@ -127,8 +127,10 @@ def _cg(x: sp.csr_matrix, y: np.ndarray, reg: float, implicit: bool, alpha: floa
     g = (yty if yty is not None else y.T @ y) if implicit else None
 
     def matvec(v: np.ndarray) -> np.ndarray:
+        # Σᵢ wᵤᵢ·yᵢ(yᵢ·vᵤ): the per-rating dots, then one CSR × dense product.
         t = np.einsum("nk,nk->n", p_all, v[owner]) * w
-        out: np.ndarray = _segment_sum(p_all * t[:, None], indptr) + reg * n[:, None] * v
+        out: np.ndarray = np.asarray(sp.csr_matrix((t, x.indices, indptr), shape=x.shape) @ y)
+        out += reg * n[:, None] * v
         return out + v @ g if g is not None else out
 
     sol = x0.copy()
