@@ -128,7 +128,9 @@ def main() -> None:
         proc = subprocess.run([sys.executable, __file__, "--users", str(args.users),
                                "--items", str(args.items), "--per-user", str(args.per_user),
                                "--data", str(args.data), "--one", name],
-                              check=True, capture_output=True, text=True)
+                              capture_output=True, text=True)
+        if proc.returncode:
+            sys.exit(f"{name} failed ({proc.returncode}):\n{proc.stderr[-4000:]}")
         res[name] = json.loads(proc.stdout.strip().splitlines()[-1])
     b1, b2 = np.load(out / "blocklin_B.npy"), np.load(out / "scipy_B.npy")
     agree = float(np.abs(b1 - b2).max() / np.abs(b2).max())

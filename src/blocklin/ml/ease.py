@@ -291,7 +291,8 @@ def recommend_plan(X: MatrixInput, B: MatrixInput, n: int) -> Lazy:
     # A task scores a group of row blocks: B's panel is read once per group, not once
     # per (possibly small: sparse) row block. Groups keep the rows × panel scores (and
     # a dense group of X) near _PANEL_BYTES.
-    per_row = 8 * (cb + (0 if X.node.block_nbytes is not None else items))
+    dense = X.node.block_nbytes is None  # CSR groups stay sparse in the task
+    per_row = 8 * (cb + (items if dense else 0))
     group = max(1, _PANEL_BYTES // (per_row * X.node.chunks[0]))
     rows = group * X.node.chunks[0]
     ngroups = -(-X.grid[0] // group)
@@ -303,7 +304,8 @@ def recommend_plan(X: MatrixInput, B: MatrixInput, n: int) -> Lazy:
     stage = make_stage("ease/score", ScoreTopN(n, nx), [X.input, B.input], tasks,
                        shape=(m, nb * width), chunks=(rows, width), dtype="float64",
                        params={"n": n},
-                       extra_memory=8 * (3 * rows * cb + rows * items))
+                       extra_memory=8 * rows * (3 * cb + (items if dense else 0)),
+                       keeps_sparse=True)
     plan = X.plan.merge(B.plan).add(stage)
     if nb == 1:
         return Lazy(plan, stage.output, "matrix", label="ease.recommend")
