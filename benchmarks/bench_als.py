@@ -22,6 +22,22 @@ training (MLlib's ``coldStartStrategy="drop"``).
 ``--robust S`` adds blocklin's ``robust=True`` mode (S CG steps per row, warm-started).
 
 Run: ``python benchmarks/bench_als.py [--users 100000 --items 10000 --ratings 2000000]``
+
+Measured on the shared 2-core box (other jobs running: load average 7-12), default
+sizes (1,750,876 training ratings), ``--robust 3``:
+
+| iterations | contender | load (s) | fit (s) | per iteration (s) | held-out RMSE | peak RSS (GiB) |
+|---|---|---|---|---|---|---|
+| 10 | blocklin | 1.13 | 19.7 | 1.97 | 0.7581 | 0.76 |
+| 10 | blocklin robust | 0.64 | 20.3 | 2.03 | 0.8092 | 0.78 |
+| 10 | Spark MLlib | 15.2 | 49.0 | 4.90 | 0.8315 | 2.05 |
+| 20 | blocklin | 1.51 | 67.6 | 3.38 | 0.4378 | 0.82 |
+| 20 | blocklin robust | 1.82 | 122.8 | 6.14 | 0.4364 | 0.84 |
+| 20 | Spark MLlib | 19.5 | 92.5 | 4.63 | 0.4402 | 1.89 |
+
+(The 20-iteration run had the busier box, and its robust run predates the CG
+product's sparse form.) Neither side has converged at 10 iterations from its own
+initial factors; at 20 the three agree within 0.9%.
 """
 
 from __future__ import annotations
