@@ -13,6 +13,7 @@ from scipy.optimize import nnls
 import blocklin as bl
 from blocklin.errors import InputDtypeError, InputValueError
 from blocklin.ml import ALS, load
+from blocklin.ml import als as als_mod
 from blocklin.ml.als import als_objective, init_factor
 
 
@@ -156,6 +157,18 @@ def test_predict_cold_start_and_recommend(tmp_path: Path) -> None:
     su = v[j] @ u.T
     su[est.user_counts_ == 0] = -np.inf
     np.testing.assert_array_equal(users[j], np.argsort(-su, kind="stable")[:5])
+
+
+def test_recommend_tasks_split_users_by_score_memory(tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    r = _ratings(40, 25, 2, 0.3, seed=8)
+    est = ALS(rank=3, max_iter=2, work_dir=str(tmp_path)).fit(r)
+    whole = est.recommend_for_all_users(3)
+    # Scores of at most 6 users × 25 items per task: 7 tasks, the same lists.
+    monkeypatch.setattr(als_mod, "_SCORE_BYTES", 6 * 25 * 8)
+    split = est.recommend_for_all_users(3)
+    np.testing.assert_array_equal(split[0], whole[0])
+    np.testing.assert_array_equal(split[1], whole[1])
 
 
 def test_save_and_load(tmp_path: Path) -> None:

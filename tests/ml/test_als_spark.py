@@ -99,3 +99,16 @@ def test_als_matches_mllib(spark_session: Any, tmp_path: Path, implicit: bool) -
     assert abs(rmse_ours / rmse_spark - 1) < 0.01
     if not implicit:
         assert rmse_ours < 0.6  # the planted signal is learned (mean-only RMSE is ~1)
+
+
+def test_als_on_the_spark_executor_equals_dask(spark_session: Any, tmp_path: Path) -> None:
+    r = planted_ratings(300, 120, 4_000, seed=12, implicit=False)
+    common = dict(rank=4, max_iter=3, reg_param=LAM, block_rows=64, work_dir=str(tmp_path))
+    on_dask = ALS(**common).fit(r)
+    on_spark = ALS(executor="spark", compute_options={"spark": spark_session},
+                   **common).fit(r)
+    # The same kernels on other worker processes: equal up to BLAS rounding at most.
+    np.testing.assert_allclose(on_spark.user_factors_, on_dask.user_factors_, rtol=0,
+                               atol=1e-12)
+    np.testing.assert_allclose(on_spark.item_factors_, on_dask.item_factors_, rtol=0,
+                               atol=1e-12)
