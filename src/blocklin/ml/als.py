@@ -206,11 +206,11 @@ class ALS(SaveMixin, BaseEstimator):  # type: ignore[misc]
     products yᵢyᵢᵀ (n_other × k(k+1)/2 floats, at most 256 MiB of them at a time) and
     the rows' normal equations (rows × k² floats). Exact solves cost O(nnz·k² +
     rows·k³) per half-iteration (the sums of outer products are one sparse × dense
-    product); robust ones O(cg_steps·nnz·k) (the
-    normal equations are never formed): measured on one block of 461,964 ratings
-    against a 100,000-row factor, rank 10: exact 0.18 s, 3 CG steps 0.17 s; rank 50:
-    exact 2.8 s, 3 CG steps 0.43 s. The driver holds the ratings in memory once
-    (O(nnz)) to write their transpose, and the factors at the end.
+    product); robust ones O(cg_steps·nnz·k) (the normal equations are never formed).
+    Measured on one block of 461,964 ratings against a 100,000-row factor, rank 10:
+    exact 0.18 s, 3 CG steps 0.17 s; rank 50: exact 2.8 s, 3 CG steps 0.43 s. The
+    driver holds the ratings in memory once (O(nnz)) to write their transpose, and the
+    factors at the end.
 
     The robust mode follows Gu, Song, Yin and Zhang: alternating minimization whose
     regressions are solved only approximately still converges at the rate of exact
