@@ -37,14 +37,17 @@ A *checkpoint* writes the new basis, its F and ``v<version>/`` first, then repla
 ``zarr.json`` atomically (the commit), then removes the previous checkpoint's
 ``v<c>/``, the log records and whatever the new version no longer names (folded
 factors, materialized bases). A sparse row update of b rows whose changes fit the
-budgets instead writes one *log record* ``log_v<version>.npz`` (numpy's non-pickled
-format, every member CRC-32 checked by zip on read): s, K_u, K_v, the base rows
-it changed, the new rows of U (b × k, kept in memory as a *pending* segment until
-the next checkpoint writes them as a basis) and extras when given; then the commit
-names it. Its cost is O(b·k + changed rows·k) written, whatever n and the rows
-before it. Opening a state replays its records over the checkpoint. A crash at any
-point before the commit leaves the previous version readable; the leftovers of a
-failed attempt are overwritten by the next one.
+budgets instead writes one *log record*
+``log_v<version>.npz`` (numpy's non-pickled format, every member CRC-32 checked by
+zip on read): s, K_u, K_v, the base rows it changed, the new rows of U (b × k, kept
+in memory as a *pending* segment until the next checkpoint writes them as a basis),
+the checkpoint it follows and extras when given. The record's file whole is the
+commit: ``zarr.json`` is not rewritten, and opening a state replays the records
+``v<c+1>``, ``v<c+2>``, … after its checkpoint. Its cost is O(b·k + changed rows·k)
+written, whatever n and the rows before it. A crash at any point before a commit
+leaves the previous version readable (a torn last record is an unfinished update;
+a bad record followed by another is corruption); the leftovers of a failed attempt
+are overwritten by the next one.
 """
 
 from __future__ import annotations
@@ -67,12 +70,11 @@ from blocklin.errors import CorruptChunkError, InputValueError, ShapeMismatchErr
 from blocklin.executors.lazy import Lazy
 from blocklin.ops._inputs import MatrixInput, as_matrix, hstack_panel, row_panel_reads, source_node
 from blocklin.ops.sketch import left_apply
-from blocklin.ops.tsqr import row_signs
 from blocklin.plan.graph import Plan, StageInput, Task, TaskContext, make_stage
 from blocklin.plan.reduce import SumParts, tree_reduce
 from blocklin.storage.blockmatrix import BlockMatrix, from_array, open_matrix
 from blocklin.storage.meta import METADATA_KEY
-from blocklin.storage.stores import join_url, store_for
+from blocklin.storage.stores import LocalStore, join_url, store_for
 
 __all__ = ["SVDState", "Term", "VFactor"]
 
@@ -95,21 +97,26 @@ class Term:
 
 
 _NO_IDS = np.zeros(0, dtype=np.int64)
+#: Recent delta layers of V kept unmerged (see :class:`VFactor`).
+RECENT_LAYERS = 16
 
 
 @dataclass(frozen=True, eq=False)
 class VFactor:
-    """Right singular vectors as ``V = overlay(base, ids → rows)·K`` (never mutated).
+    """Right singular vectors as ``V = overlay(base, delta)·K`` (never mutated).
 
-    ``base`` (n × k) is shared between the versions of a state; the rows ``ids``
-    (sorted) of it are replaced by ``rows``. An update changes K (k × k) and a few
-    rows, so the next version shares the base and copies only the delta.
+    ``base`` (n × k) is shared between the versions of a state; the delta replaces
+    some of its rows: a merged layer (``ids`` sorted, ``rows``) and up to
+    :data:`RECENT_LAYERS` recent layers on top (newest last), so an update that
+    changes r rows costs O(r·k) and a merge of the layers O(delta·k) every
+    :data:`RECENT_LAYERS` updates (a log-structured merge).
     """
 
     base: np.ndarray
     K: np.ndarray
     ids: np.ndarray = field(default_factory=lambda: _NO_IDS)
     rows: np.ndarray = field(default_factory=lambda: np.zeros((0, 0)))
+    recent: tuple[tuple[np.ndarray, np.ndarray], ...] = ()
 
     @classmethod
     def of(cls, V: np.ndarray) -> VFactor:
@@ -119,38 +126,45 @@ class VFactor:
 
     @property
     def delta_rows(self) -> int:
-        return int(self.ids.size)
+        """Base rows replaced (an upper bound while recent layers overlap)."""
+        return int(self.ids.size) + sum(int(i.size) for i, _ in self.recent)
+
+    def _layers(self) -> list[tuple[np.ndarray, np.ndarray]]:
+        return [(self.ids, self.rows), *self.recent]
 
     def gather(self, uid: np.ndarray) -> np.ndarray:
         """Rows ``uid`` of the overlaid base (a copy)."""
         out: np.ndarray = self.base[uid]
-        if self.ids.size:
-            pos = np.minimum(np.searchsorted(self.ids, uid), self.ids.size - 1)
-            hit = self.ids[pos] == uid
-            out[hit] = self.rows[pos[hit]]
+        for ids, rows in self._layers():
+            if ids.size:
+                pos = np.minimum(np.searchsorted(ids, uid), ids.size - 1)
+                hit = ids[pos] == uid
+                out[hit] = rows[pos[hit]]
         return out
 
     def full(self) -> np.ndarray:
         """The overlaid base (n × k, a copy): O(n·k)."""
         out = np.array(self.base, dtype=np.float64, order="C")
-        if self.ids.size:
-            out[self.ids] = self.rows
+        for ids, rows in self._layers():
+            if ids.size:
+                out[ids] = rows
         return out
 
     def merged(self, ids: np.ndarray, rows: np.ndarray, K: np.ndarray) -> VFactor:
         """The next version: base rows ``ids`` (sorted, unique) replaced by ``rows``."""
-        if not self.ids.size:
-            return VFactor(self.base, K, ids, rows)
-        every = np.union1d(self.ids, ids)
+        recent = (*self.recent, (ids, rows))
+        if len(recent) <= RECENT_LAYERS:
+            return VFactor(self.base, K, self.ids, self.rows, recent)
+        every = np.unique(np.concatenate([self.ids, *(i for i, _ in recent)]))
         out = np.empty((every.size, self.base.shape[1]))
-        out[np.searchsorted(every, self.ids)] = self.rows
-        out[np.searchsorted(every, ids)] = rows
+        for i, r in ((self.ids, self.rows), *recent):
+            out[np.searchsorted(every, i)] = r
         return VFactor(self.base, K, every, out)
 
     @cached_property
     def matrix(self) -> np.ndarray:
         """V formed (n × k): O(n·k²), once per VFactor."""
-        out: np.ndarray = self.full() @ self.K if self.ids.size or \
+        out: np.ndarray = self.full() @ self.K if self.delta_rows or \
             not np.array_equal(self.K, np.eye(self.K.shape[0])) else self.base
         return out
 
@@ -161,7 +175,7 @@ class VFactor:
         rounding, so squaring its conditioning costs nothing), the SVD of diag(s)·Rᵀ
         re-diagonalizes: V' = V·R⁻¹·B. Two n × k × k products (BLAS 3), O(n·k²).
         """
-        base = self.full() if self.ids.size else self.base
+        base = self.full() if self.delta_rows else self.base
         g = self.K.T @ (base.T @ base) @ self.K
         try:
             r = scipy.linalg.cholesky((g + g.T) / 2, lower=False)
@@ -242,7 +256,7 @@ class SVDState:
         as they fall (fixing them needs V formed, O(n·k)). ``Vt`` and U are presented
         times these signs, which leaves ``U diag(s) Vt`` unchanged.
         """
-        return row_signs(self._raw_vt)
+        return column_signs(self.V.matrix)
 
     @property
     def Vt(self) -> np.ndarray:
@@ -412,26 +426,39 @@ class SVDState:
             return cls(store.url, s, V, terms, F, np.eye(s.size), int(doc["n_rows"]), v,
                        extras, frozenset(range(len(terms))), checkpoint=v)
         F = tuple(_read(store.url, t.factor) for t in terms)
-        n0 = int(doc["n_rows"]) - int(doc.get("pending_rows", 0))
+        n0 = int(doc["n_rows"])
         state = cls(store.url, s, V, terms, F, _read(vdir, "Ku"), n0, c, extras,
                     checkpoint=c, pending_row=n0)
-        for name in doc.get("log", []):
-            state = state._replay(name)
-        if state.version != v or state.n_rows != int(doc["n_rows"]):
-            raise CorruptChunkError(store.url, (v,), "the log records do not add up to the "
-                                    "committed version")
+        while (rec := state._record(store)) is not None:
+            state = state._replay(rec)
         return state
 
-    def _replay(self, name: str) -> SVDState:
-        """This state with the log record ``name`` applied (as its update made it)."""
-        raw = store_for(self.path).get(name)
+    def _record(self, store: Any) -> dict[str, np.ndarray] | None:
+        """The next version's log record, or None where there is none (committed).
+
+        A record is committed once its file is whole: a torn or absent last record
+        is an update that did not finish (its retry overwrites it); a bad record
+        followed by another is corruption.
+        """
+        name = log_name(self.version + 1)
+        raw = store.get(name)
         if raw is None:
-            raise CorruptChunkError(join_url(self.path, name), (0,), "log record missing")
+            return None
         try:
             with np.load(io.BytesIO(raw), allow_pickle=False) as z:
                 rec = {key: np.array(z[key]) for key in z.files}
-        except (zipfile.BadZipFile, ValueError, OSError, KeyError) as exc:
+        except (zipfile.BadZipFile, ValueError, OSError, KeyError, EOFError) as exc:
+            if store.get(log_name(self.version + 2)) is None:
+                return None
             raise CorruptChunkError(join_url(self.path, name), (0,), str(exc)) from exc
+        if int(rec.get("checkpoint", -1)) != self.checkpoint:
+            return None  # a leftover of an older checkpoint's log
+        rec["name"] = np.asarray(name)
+        return rec
+
+    def _replay(self, rec: dict[str, np.ndarray]) -> SVDState:
+        """This state with the log record ``rec`` applied (as its update made it)."""
+        name = str(rec.pop("name"))
         ex = dict(self.extras)
         if bool(rec["extras_given"]):  # the record holds the whole set
             ex = {key[2:]: value for key, value in rec.items() if key.startswith("x_")}
@@ -490,7 +517,7 @@ class SVDState:
         for name, value in arrays.items():
             group.create_array(name, data=np.ascontiguousarray(value),
                                compressors=[Crc32cCodec()])
-        self._put_doc(self._doc(checkpoint=self.version, log=[]))  # atomic: the commit
+        self._put_doc(self._doc(checkpoint=self.version))  # atomic: the commit
         store = store_for(self.path)
         if previous is not None and previous.version != self.version:
             store.delete_prefix(f"v{previous.checkpoint}")
@@ -506,18 +533,26 @@ class SVDState:
         """Commit this version as a log record over the last checkpoint: s, K_u, K_v,
         the base rows ``ids`` changed by this update (``rows``), its pending segment
         (the last of :attr:`pending`) and, when ``extras_given``, the extras. One
-        small file written, then the commit record: O(b·k + |ids|·k)."""
+        small file written, O(b·k + |ids|·k); the file whole is the commit (the
+        group's ``zarr.json`` names the checkpoint, and opening reads the records
+        after it, version by version)."""
         name = log_name(self.version)
-        arrays = {"version": np.asarray(self.version), "s": self.s, "Ku": self.Ku,
+        arrays = {"version": np.asarray(self.version), "checkpoint": np.asarray(self.checkpoint),
+                  "s": self.s, "Ku": self.Ku,
                   "Kv": self.V.K, "ids": ids, "rows": rows, "seg": self.pending[-1]}
         arrays["extras_given"] = np.asarray(extras_given)
         if extras_given:
             arrays |= {f"x_{key}": value for key, value in self.extras.items()}
         buf = io.BytesIO()
         np.savez(buf, **arrays)  # type: ignore[arg-type]
-        store_for(self.path).put(name, buf.getbuffer())  # atomic (temporary file, rename)
-        self._put_doc(self._doc(log=list(self.log),  # atomic: the commit
-                                pending_rows=self.pending_rows))
+        store = store_for(self.path)
+        if isinstance(store, LocalStore):
+            # Written in place, not renamed: a torn file is an unfinished update
+            # (zip's directory and CRC-32s find it), so no rename is needed.
+            with open(store.root / name, "wb") as fh:
+                fh.write(buf.getbuffer())
+        else:  # object stores: a put is whole or absent
+            store.put(name, buf.getbuffer())
 
     def updated(self, rotation: np.ndarray, s: np.ndarray, V: np.ndarray | VFactor,
                 new_term: Term | None, new_g: np.ndarray | None,
@@ -563,8 +598,9 @@ class SVDState:
         """This version as a checkpoint stores it: V re-orthonormalized (Rayleigh–Ritz,
         O(n·k²)) and sign-fixed, U rotated alike through K_u, pending rows flushed."""
         a, s2, vt = self.V.orthonormal(self.s)
-        d = row_signs(vt)
-        out = replace(self, s=s2, V=VFactor.of((vt * d[:, None]).T), Ku=self.Ku @ (a * d),
+        v = np.ascontiguousarray(vt.T)
+        d = column_signs(v)
+        out = replace(self, s=s2, V=VFactor.of(v * d), Ku=self.Ku @ (a * d),
                       log=(), checkpoint=self.version)
         return out.flushed()
 
@@ -591,6 +627,13 @@ class SVDState:
                        checkpoint=v)
         new.commit(previous=self)
         return replace(new, fresh=frozenset())
+
+
+def column_signs(v: np.ndarray) -> np.ndarray:
+    """:func:`~blocklin.ops.tsqr.row_signs` of ``v.T``, read down V's (n × k) columns."""
+    d: np.ndarray = np.sign(v[np.argmax(np.abs(v), axis=0), np.arange(v.shape[1])])
+    d[d == 0] = 1.0
+    return d
 
 
 def rows_basis_name(version: int) -> str:

@@ -124,7 +124,7 @@ def svd_update(state: SVDState | str | os.PathLike[str], rows: Any = None, *,
         O(m·k)), so opening the state and forming U stay O(m·k) and the commit
         stays small. 1 materializes after every update.
     max_delta : int, optional
-        V's budget on the sparse path (default n // 8): V is kept as the stored base
+        V's budget on the sparse path (default n // 2): V is kept as the stored base
         of the last checkpoint, the base rows later updates changed (the *delta*)
         and a k × k factor, and an update whose delta stays within this many rows
         commits a log record (its changed rows, the new rows of U, the small
@@ -329,7 +329,7 @@ def _append_sparse(st: SVDState, c: NewRows, batch: int, extras: Mapping[str, An
     new = st.updated(step.rotation, step.s, step.V, None, None, extras, st.n_rows + p,
                      new_rows=step.seg)
     n = st.shape[1]
-    budget = max(1, n // 8) if max_delta is None else max_delta
+    budget = max(1, n // 2) if max_delta is None else max_delta
     if (step.whole or new.fresh or new.V.delta_rows > budget or len(st.log) >= max_log
             or new.pending_rows > MAX_PENDING_ROWS):
         new = new.closed()
