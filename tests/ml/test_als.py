@@ -132,6 +132,17 @@ def test_robust_cg_tracks_exact_als(tmp_path: Path) -> None:
     assert not np.allclose(few.user_factors_, exact.user_factors_, atol=1e-6)
 
 
+def test_robust_cg_with_rank_steps_is_exact_implicit(tmp_path: Path) -> None:
+    r = _ratings(120, 60, 3, 0.2, seed=9)
+    r.data[::7] *= -0.5  # some non-positive feedback
+    common = dict(rank=4, max_iter=3, reg_param=0.05, implicit_prefs=True, alpha=2.0,
+                  block_rows=32, work_dir=str(tmp_path))
+    exact = ALS(**common).fit(r)
+    cg = ALS(robust=True, cg_steps=4, **common).fit(r)
+    np.testing.assert_allclose(cg.user_factors_, exact.user_factors_, rtol=0, atol=1e-8)
+    np.testing.assert_allclose(cg.item_factors_, exact.item_factors_, rtol=0, atol=1e-8)
+
+
 def test_predict_cold_start_and_recommend(tmp_path: Path) -> None:
     r = sp.csr_matrix(_ratings(40, 25, 2, 0.2, seed=5).toarray() * (np.arange(25) != 3))
     r.eliminate_zeros()
