@@ -45,9 +45,9 @@ import blocklin as bl
 from _common import median_time, read_all_blocks
 from blocklin.config import DEFAULT_BLOCK_BYTES
 from blocklin.ml import LinearRegression
-from blocklin.ops._inputs import source_node
 from blocklin.ops._random import SketchSpec
 from blocklin.ops.glm.moments import MomentsPartial
+from blocklin.ops.inputs import source_node
 from blocklin.ops.products import GramPartial
 from blocklin.ops.sketch import LeftSketchPartial
 from blocklin.plan.device import gpu_module, to_device

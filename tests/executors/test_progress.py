@@ -17,7 +17,7 @@ from blocklin.errors import InputDtypeError
 from blocklin.executors.lazy import Lazy
 from blocklin.executors.progress import PassEnd, PassStart, progress_to, step
 from blocklin.ml import LinearRegression, TruncatedSVD
-from blocklin.ops._inputs import as_matrix, row_panel_reads
+from blocklin.ops.inputs import as_matrix, row_panel_reads
 from blocklin.plan.graph import Task, TaskContext, make_stage
 from blocklin.testing.faults import slow_down
 

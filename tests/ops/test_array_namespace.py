@@ -24,9 +24,9 @@ from blocklin.errors import ConfigError, PlanMemoryError
 from blocklin.executors.lazy import Lazy
 from blocklin.ml import LinearRegression
 from blocklin.ops import glm
-from blocklin.ops._inputs import as_matrix, row_panel_tasks
 from blocklin.ops.glm.lsqr import lsqr_spec
 from blocklin.ops.glm.passes import build_pass
+from blocklin.ops.inputs import as_matrix, row_panel_tasks
 from blocklin.ops.stats import ColumnStats
 from blocklin.ops.svd import normal_product
 from blocklin.plan.device import (

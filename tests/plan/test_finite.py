@@ -16,7 +16,7 @@ import scipy.sparse as sp
 import blocklin as bl
 from blocklin.errors import InputValueError, NonFiniteError
 from blocklin.executors.lazy import Lazy
-from blocklin.ops._inputs import as_matrix, row_panel_reads
+from blocklin.ops.inputs import as_matrix, row_panel_reads
 from blocklin.plan.graph import Task, TaskContext, make_stage
 from blocklin.testing.fixtures import ExecutorCase
 

@@ -31,7 +31,7 @@ from blocklin.ml._progress import reports
 from blocklin.ml._validation import is_stored, open_stored
 from blocklin.ml.ease import top_n
 from blocklin.ml.persist import SaveMixin
-from blocklin.ops._inputs import as_matrix
+from blocklin.ops.inputs import as_matrix
 from blocklin.plan.graph import StageInput, TaskContext, make_stage
 from blocklin.storage.blockmatrix import BlockMatrix, from_array, open_matrix
 from blocklin.storage.leases import scratch_folder

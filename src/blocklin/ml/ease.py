@@ -29,7 +29,7 @@ from blocklin.executors.lazy import Lazy
 from blocklin.ml._progress import reports
 from blocklin.ml._validation import is_stored, stored_matrix, validate_features
 from blocklin.ml.persist import SaveMixin
-from blocklin.ops._inputs import MatrixInput, as_matrix, hstack_panel, row_panel_reads
+from blocklin.ops.inputs import MatrixInput, as_matrix, hstack_panel, row_panel_reads
 from blocklin.plan.graph import RowPanelTasks, StageInput, Task, TaskContext, make_stage
 from blocklin.plan.reduce import SumParts, tree_reduce
 from blocklin.storage.blockmatrix import from_array

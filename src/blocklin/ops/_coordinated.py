@@ -35,8 +35,8 @@ from blocklin.errors import (
     ShapeMismatchError,
 )
 from blocklin.executors.lazy import Lazy
-from blocklin.ops._inputs import MatrixInput, as_matrix, hstack_panel, reads_csr, row_panel_tasks
 from blocklin.ops._random import uniform_priorities
+from blocklin.ops.inputs import MatrixInput, as_matrix, hstack_panel, reads_csr, row_panel_tasks
 from blocklin.plan.graph import ArrayNode, Plan, StageInput, TaskContext, TreeTasks, make_stage
 from blocklin.plan.reduce import DEFAULT_FAN_IN
 from blocklin.storage.chunkio import read_block, write_block

@@ -62,8 +62,8 @@ import scipy.sparse as sp
 
 from blocklin.errors import InputValueError, ShapeMismatchError
 from blocklin.executors.lazy import Lazy
-from blocklin.ops._inputs import as_matrix, hstack_panel, row_panel_tasks
 from blocklin.ops._random import granule_rng
+from blocklin.ops.inputs import as_matrix, hstack_panel, row_panel_tasks
 from blocklin.ops.sketch import left_apply, parse_sketch_args
 from blocklin.plan.graph import StageInput, Task, TaskContext, make_stage
 from blocklin.plan.reduce import SumParts, tree_reduce

@@ -10,14 +10,14 @@ import numpy as np
 
 from blocklin.errors import InputDtypeError, ShapeMismatchError
 from blocklin.executors.lazy import Lazy
-from blocklin.ops._inputs import (
+from blocklin.ops._xp import as_dtype, concat, to_dense
+from blocklin.ops.inputs import (
     MatrixInput,
     as_matrix,
     hstack_panel,
     row_panel_reads,
     row_panel_tasks,
 )
-from blocklin.ops._xp import as_dtype, concat, to_dense
 from blocklin.plan.device import is_sparse, like
 from blocklin.plan.graph import Task, TaskContext, make_stage
 from blocklin.plan.reduce import SumParts, tree_reduce

@@ -10,7 +10,6 @@ import numpy as np
 
 from blocklin.errors import InputDtypeError, InputValueError
 from blocklin.executors.lazy import Lazy
-from blocklin.ops._inputs import MatrixInput, as_matrix, hstack_panel, row_panel_tasks
 from blocklin.ops._random import (
     GRANULE_ROWS,
     SIDES,
@@ -20,6 +19,7 @@ from blocklin.ops._random import (
     sketch_rows,
 )
 from blocklin.ops._xp import as_dtype, to_dense
+from blocklin.ops.inputs import MatrixInput, as_matrix, hstack_panel, row_panel_tasks
 from blocklin.plan.device import is_sparse, like
 from blocklin.plan.graph import TaskContext, make_stage
 from blocklin.plan.reduce import SumParts, tree_reduce

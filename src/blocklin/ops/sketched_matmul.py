@@ -39,9 +39,9 @@ from blocklin.ops._coordinated import (
     coordinated_node,
     load_coordinated_sketch,
 )
-from blocklin.ops._inputs import as_matrix
 from blocklin.ops._mlmc import mlmc_estimate, mlmc_matmul, mlmc_sketch
 from blocklin.ops._random import SketchKind
+from blocklin.ops.inputs import as_matrix
 from blocklin.ops.sketch import left_sketch_node, parse_sketch_args
 from blocklin.plan.graph import StageInput, Task, TaskContext, make_stage
 from blocklin.types import parse_option

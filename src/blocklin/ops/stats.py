@@ -9,8 +9,8 @@ from typing import Any, ClassVar
 import numpy as np
 
 from blocklin.executors.lazy import Lazy
-from blocklin.ops._inputs import as_matrix, hstack_panel, reads_csr, row_panel_tasks
 from blocklin.ops._xp import as_dtype, col_sumsq
+from blocklin.ops.inputs import as_matrix, hstack_panel, reads_csr, row_panel_tasks
 from blocklin.plan.device import is_sparse, namespace, to_host
 from blocklin.plan.graph import TaskContext, make_stage
 from blocklin.plan.reduce import tree_reduce

@@ -22,7 +22,7 @@ from blocklin.executors.api import compute
 from blocklin.executors.lazy import Lazy
 from blocklin.executors.progress import Progress, operation
 from blocklin.executors.progress import step as progress_step
-from blocklin.ops._inputs import MatrixInput, as_matrix, hstack_panel, row_panel_tasks
+from blocklin.ops.inputs import MatrixInput, as_matrix, hstack_panel, row_panel_tasks
 from blocklin.ops.products import gram, matmul
 from blocklin.ops.sketch import as_float64, left_apply, right_apply
 from blocklin.ops.stats import ColumnStats, column_stats

@@ -68,7 +68,7 @@ import scipy.linalg.lapack
 
 from blocklin.errors import CorruptChunkError, InputValueError, ShapeMismatchError
 from blocklin.executors.lazy import Lazy
-from blocklin.ops._inputs import MatrixInput, as_matrix, hstack_panel, row_panel_reads, source_node
+from blocklin.ops.inputs import MatrixInput, as_matrix, hstack_panel, row_panel_reads, source_node
 from blocklin.ops.sketch import left_apply
 from blocklin.plan.graph import Plan, StageInput, Task, TaskContext, make_stage
 from blocklin.plan.reduce import SumParts, tree_reduce

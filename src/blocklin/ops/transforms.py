@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from blocklin.errors import InputValueError, ShapeMismatchError
-from blocklin.ops._inputs import MatrixView, as_matrix
+from blocklin.ops.inputs import MatrixView, as_matrix
 from blocklin.ops.stats import COUNT, M2, MEAN, column_stats_node
 from blocklin.plan.graph import Affine, StageInput, Task, TaskContext, make_stage
 

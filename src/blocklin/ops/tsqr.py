@@ -20,13 +20,13 @@ from array_api_compat import is_cupy_namespace
 from blocklin.errors import InputValueError, ShapeMismatchError
 from blocklin.executors.lazy import Lazy
 from blocklin.ops import _lapack as lapack
-from blocklin.ops._inputs import (
+from blocklin.ops._xp import as_dtype, concat, triu
+from blocklin.ops.inputs import (
     MatrixInput,
     as_matrix,
     hstack_panel,
     reads_csr,
 )
-from blocklin.ops._xp import as_dtype, concat, triu
 from blocklin.ops.sketch import dense, right_apply
 from blocklin.plan.device import is_sparse, like, namespace, sparse_module
 from blocklin.plan.graph import (

@@ -82,7 +82,7 @@ Checker = Callable[[Mapping[str, Any], Any, BuildContext], StepPlan]
 def _svd_plan(A: Any, k: int, oversample: int, n_iter: int, method: str, centered: bool,
               param: str = "k") -> StepPlan:
     from blocklin.ops import column_stats, gram
-    from blocklin.ops._inputs import as_matrix
+    from blocklin.ops.inputs import as_matrix
     from blocklin.ops.svd import check_svd_args, normal_product, svd_passes
     from blocklin.ops.tsqr import plan_finish, plan_tree
 
@@ -122,7 +122,7 @@ def check_svd(centered: bool) -> Checker:
 def _no_view(value: Any, arg: str) -> None:
     """Estimators take stored matrices (inputs, matrix steps), not lazy views."""
     from blocklin.errors import InputDtypeError
-    from blocklin.ops._inputs import MatrixView
+    from blocklin.ops.inputs import MatrixView
 
     if isinstance(value, MatrixView):
         raise InputDtypeError(f"the estimator fits stored matrices but {arg} is a lazy view "
@@ -139,7 +139,7 @@ def check_tsvd(inputs: Mapping[str, Any], p: Any, ctx: BuildContext) -> StepPlan
 
 # -- regression -----------------------------------------------------------------------------
 def _xy(inputs: Mapping[str, Any]) -> tuple[Any, Any, tuple[int, int], tuple[int, int]]:
-    from blocklin.ops._inputs import as_matrix
+    from blocklin.ops.inputs import as_matrix
 
     X, y = inputs["X"], inputs["y"]
     xs, ys = as_matrix(X, "X").shape, as_matrix(y, "y").shape
@@ -157,7 +157,7 @@ def _xy(inputs: Mapping[str, Any]) -> tuple[Any, Any, tuple[int, int], tuple[int
 def _aligned_label(X: Any, y: Any) -> Iterator[Any]:
     """y, or (when its row blocks differ from X's) a metadata-only stand-in with X's row
     blocks in memory: the copy a fit stores before its passes."""
-    from blocklin.ops._inputs import as_matrix
+    from blocklin.ops.inputs import as_matrix
 
     xm, ym = as_matrix(X, "X"), as_matrix(y, "y")
     if xm.node.chunks[0] == ym.node.chunks[0] and ym.grid[1] == 1:
@@ -209,12 +209,12 @@ def _check_estimator_params(family: str, p: Any) -> None:
 
 
 def _regression_plan(family: str, p: Any, X: Any, y: Any, nfeat: int) -> StepPlan:
-    from blocklin.ops._inputs import as_matrix
     from blocklin.ops.glm.gradient import loss_grad_spec
     from blocklin.ops.glm.moments import moments_spec
     from blocklin.ops.glm.newton import newton_spec
     from blocklin.ops.glm.passes import build_pass
     from blocklin.ops.glm.qr import qr_spec
+    from blocklin.ops.inputs import as_matrix
 
     xm = as_matrix(X, "X")
     nx = int(xm.grid[1])
@@ -270,7 +270,7 @@ def _regression_plan(family: str, p: Any, X: Any, y: Any, nfeat: int) -> StepPla
 def check_crossprod(inputs: Mapping[str, Any], p: Any, ctx: BuildContext) -> StepPlan:
     """``sketched_crossprod``: A and B row-aligned; one pass over each."""
     from blocklin.ops import sketch
-    from blocklin.ops._inputs import as_matrix
+    from blocklin.ops.inputs import as_matrix
 
     a, b = as_matrix(inputs["A"]).shape, as_matrix(inputs["B"], "B").shape
     if a[0] != b[0]:

@@ -44,13 +44,13 @@ from typing import Any
 import numpy as np
 
 from blocklin.executors.lazy import Lazy
-from blocklin.ops._inputs import as_matrix
 from blocklin.ops.glm.evaluation import eval_spec
 from blocklin.ops.glm.gradient import loss_grad_spec
 from blocklin.ops.glm.losses import Family
 from blocklin.ops.glm.moments import moments_spec
 from blocklin.ops.glm.newton import newton_spec
 from blocklin.ops.glm.passes import build_pass
+from blocklin.ops.inputs import as_matrix
 
 __all__ = ["Family", "eval_pass", "loss_grad", "newton_pass", "normal_stats"]
 

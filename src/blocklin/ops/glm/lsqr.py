@@ -8,12 +8,12 @@ from typing import Any, ClassVar, NamedTuple
 
 import numpy as np
 
-from blocklin.ops._inputs import (
-    hstack_panel,
-)
 from blocklin.ops.glm.losses import margins
 from blocklin.ops.glm.panels import dense, label_weight
 from blocklin.ops.glm.passes import PassSpec
+from blocklin.ops.inputs import (
+    hstack_panel,
+)
 from blocklin.plan.device import is_sparse, namespace
 from blocklin.plan.graph import TaskContext
 from blocklin.plan.reduce import SumParts

@@ -8,15 +8,15 @@ from typing import Any, Literal
 
 import numpy as np
 
-from blocklin.ops._inputs import (
-    hstack_panel,
-)
 from blocklin.ops._xp import (
     as_dtype,
     empty,
     to_dense,
 )
 from blocklin.ops.glm.sparse import csr_panel
+from blocklin.ops.inputs import (
+    hstack_panel,
+)
 from blocklin.plan.device import namespace
 
 

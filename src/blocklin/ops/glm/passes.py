@@ -9,7 +9,7 @@ import numpy as np
 
 from blocklin.errors import ShapeMismatchError
 from blocklin.executors.lazy import Lazy
-from blocklin.ops._inputs import (
+from blocklin.ops.inputs import (
     MatrixInput,
     as_matrix,
     reads_csr,

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
-from blocklin.ops._inputs import hstack_panel
+from blocklin.ops.inputs import hstack_panel
 
 __all__ = ["csr_panel", "sparse_moments", "weighted_gram"]
 
