@@ -19,7 +19,7 @@ from pydantic import Field
 from blocklin.errors import InputValueError
 from blocklin.executors.api import compute
 from blocklin.executors.lazy import Lazy
-from blocklin.ml import LinearRegression, LogisticRegression, TruncatedSVD
+from blocklin.ml import ALS, EASE, LinearRegression, LogisticRegression, TruncatedSVD
 from blocklin.ops import SVDState, pca, randomized_svd, sketch, sketched_matmul, svd_update, tsqr_r
 from blocklin.ops.sketch import SketchKind
 from blocklin.ops.sketched_matmul import ProductKind
@@ -172,6 +172,52 @@ class NoParams(Params):
     pass
 
 
+# -- recommenders ------------------------------------------------------------------------------
+class EASEParams(Params):
+    l2: float = Field(500.0, gt=0, description="L2 penalty λ of (XᵀX + λI)⁻¹")
+
+
+def _ease_fit(inputs: Mapping[str, Any], p: EASEParams, ctx: BuildContext) -> EASE:
+    return _estimator(EASE, p, ctx.compute).fit(inputs["A"])
+
+
+def _ease_arrays(est: EASE) -> Arrays:
+    return {"coef": np.asarray(est.coef_), "gram": np.asarray(est.gram_),
+            "n_samples_seen": np.asarray(est.n_samples_seen_),
+            "n_features_in": np.asarray(est.n_features_in_)}
+
+
+def _ease_update(ctx: UpdateContext, p: EASEParams) -> Arrays:
+    """New users' rows: their Gram joins the stored one (old rows are not read)."""
+    prev = ctx.previous
+    est = _estimator(EASE, p, ctx.compute)
+    est.gram_, est.coef_ = prev["gram"], prev["coef"]
+    est.n_samples_seen_ = int(prev["n_samples_seen"])
+    est.n_features_in_ = int(prev["n_features_in"])
+    return _ease_arrays(est.partial_fit(ctx.batch["A"]))
+
+
+class ALSParams(Params):
+    rank: int = Field(10, ge=1)
+    max_iter: int = Field(10, ge=1)
+    reg_param: float = Field(0.1, ge=0)
+    implicit_prefs: bool = False
+    alpha: float = Field(1.0, ge=0)
+    nonnegative: bool = False
+    seed: int = Field(0, ge=0)
+
+
+def _als_fit(inputs: Mapping[str, Any], p: ALSParams, ctx: BuildContext) -> ALS:
+    return _estimator(ALS, p, ctx.compute).fit(inputs["A"])
+
+
+def _als_arrays(est: ALS) -> Arrays:
+    return {"user_factors": np.asarray(est.user_factors_),
+            "item_factors": np.asarray(est.item_factors_),
+            "user_counts": np.asarray(est.user_counts_),
+            "item_counts": np.asarray(est.item_counts_)}
+
+
 # -- regression --------------------------------------------------------------------------------
 class _PenaltyParams(Params):
     """The MLlib objective's intercept and penalty, shared by both regressions."""
@@ -197,11 +243,10 @@ class LogisticParams(_PenaltyParams):
 
 _RESIDUAL_ROWS = 200_000  # residuals are kept for the report only up to this many rows
 Regression = LinearRegression | LogisticRegression
-Estimator = TypeVar("Estimator", LinearRegression, LogisticRegression)
+Estimator = TypeVar("Estimator", LinearRegression, LogisticRegression, EASE, ALS)
 
 
-def _estimator(cls: type[Estimator], p: LinearParams | LogisticParams,
-               comp: Mapping[str, Any]) -> Estimator:
+def _estimator(cls: type[Estimator], p: Params, comp: Mapping[str, Any]) -> Estimator:
     extra = {k: comp[k] for k in ("address", "max_task_memory", "num_workers", "connect_timeout",
                                   "worker_timeout", "security") if comp.get(k)}
     if comp.get("device", "cpu") != "cpu":
@@ -289,6 +334,12 @@ def library_operators() -> Iterator[Operator]:
                    update=_tsvd_update, check=checks.check_tsvd)
     yield Operator("tsqr", "R of the tall-skinny QR of A (one pass)", ("A",), NoParams,
                    "small", _tsqr_r)
+    yield Operator("ease", "EASE item-item recommender from the exact Gram of a user x item "
+                   "matrix (refresh: new users' Gram added, B recomputed)", ("A",), EASEParams,
+                   "eager", _ease_fit, extract=_ease_arrays, update=_ease_update)
+    yield Operator("als", "alternating least squares factors of a user x item ratings matrix "
+                   "(MLlib's ALS; refresh: recompute)", ("A",), ALSParams, "eager", _als_fit,
+                   extract=_als_arrays)
     yield Operator("linear_regression", "least squares / ridge / elastic net (MLlib "
                    "objective); refresh merges sufficient statistics", ("X", "y"),
                    LinearParams, "eager", _fit(LinearRegression), extract=_regression_arrays,

@@ -235,6 +235,11 @@ MODEL_SUFFIX = ".model"
 #: the estimator's fitted attributes, so that its saved model follows the refresh:
 #: op -> (estimator, {array: (attribute, conversion)}, fixed attributes).
 _REFRESHED_MODELS: dict[str, tuple[str, dict[str, tuple[str, Any]], dict[str, Any]]] = {
+    # The refresh's partial_fit added the new rows' Gram and recomputed B.
+    "ease": ("blocklin.ml.EASE", {
+        "coef": ("coef_", np.asarray), "gram": ("gram_", np.asarray),
+        "n_samples_seen": ("n_samples_seen_", int),
+        "n_features_in": ("n_features_in_", int)}, {}),
     # The refresh's partial_fit solves the merged normal equations.
     "linear_regression": ("blocklin.ml.LinearRegression", {
         "coef": ("coef_", np.asarray), "intercept": ("intercept_", float),
