@@ -445,7 +445,6 @@ def _ingest_sparse(src: str, dest: str, chunk_rows: int | None, dtype: str | Non
     """A ``scipy.sparse.save_npz`` file into sparse (CSR row panel) storage."""
     import scipy.sparse as sp
 
-    from blocklin.storage import from_array
 
     if table_opts:
         raise InputValueError("--label and --columns apply to CSV and Parquet sources, not npz")
@@ -458,7 +457,17 @@ def _ingest_sparse(src: str, dest: str, chunk_rows: int | None, dtype: str | Non
     if dtype is not None:
         x = x.astype(check_numeric_dtype(dtype, what=src))
     _target(dest, overwrite)
-    attrs: dict[str, Any] = {"columns": [f"c{i}" for i in range(x.shape[1])]}
+    return _write_csr(x, src, dest, chunk_rows, allow_nonfinite, "npz", {})
+
+
+def _write_csr(x: Any, src: Any, dest: Any, chunk_rows: int | None, allow_nonfinite: bool,
+               kind: str, attrs: dict[str, Any]) -> IngestResult:
+    """Store a scipy CSR matrix read from ``src`` as a blocklin CSR array with columns
+    c0, c1..."""
+    from blocklin.storage import from_array
+
+    columns = [f"c{i}" for i in range(x.shape[1])]
+    attrs = {"columns": columns, **attrs}
     if allow_nonfinite:
         attrs["allow_nonfinite"] = True
     try:
@@ -466,7 +475,7 @@ def _ingest_sparse(src: str, dest: str, chunk_rows: int | None, dtype: str | Non
                        check_finite=not allow_nonfinite, attrs=attrs)
     except NonFiniteError as exc:
         raise NonFiniteError(src, None, exc.row, exc.col, detail=_ALLOW) from None
-    return IngestResult(m, None, "npz", tuple(f"c{i}" for i in range(x.shape[1])))
+    return IngestResult(m, None, kind, tuple(columns))
 
 
 #: Columns of the sparse (coordinate) Parquet layout.
@@ -503,7 +512,6 @@ def _ingest_coo(src: str, dest: str, chunk_rows: int | None, dtype: str | None,
     import pyarrow.parquet as pq
     import scipy.sparse as sp
 
-    from blocklin.storage import from_array
 
     if not os.path.isfile(src):
         raise FileNotFoundError(f"no such file: {src}")
@@ -525,16 +533,8 @@ def _ingest_coo(src: str, dest: str, chunk_rows: int | None, dtype: str | None,
     shape = _coo_shape(schema.metadata, rmax, cmax, ncols, src)
     x = sp.coo_matrix((v.astype(out_dtype), (r, c)), shape=shape).tocsr()
     _target(dest, overwrite)
-    attrs: dict[str, Any] = {"columns": [f"c{i}" for i in range(shape[1])],
-                             "source_layout": "coo"}
-    if allow_nonfinite:
-        attrs["allow_nonfinite"] = True
-    try:
-        m = from_array(x, dest, chunks=(chunk_rows, None), overwrite=True,
-                       check_finite=not allow_nonfinite, attrs=attrs)
-    except NonFiniteError as exc:
-        raise NonFiniteError(src, None, exc.row, exc.col, detail=_ALLOW) from None
-    return IngestResult(m, None, "parquet-coo", tuple(attrs["columns"]))
+    return _write_csr(x, src, dest, chunk_rows, allow_nonfinite, "parquet-coo",
+                      {"source_layout": "coo"})
 
 
 def _label_path(dest: str) -> str:
