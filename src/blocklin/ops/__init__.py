@@ -5,7 +5,9 @@ Lazy (nothing runs until :func:`blocklin.compute`, which fuses what shares a rea
 ``tsqr_r``, ``svd`` and the views ``center``, ``scale``, ``standardize``.
 
 Eager (an iterative method: each call runs its own passes at once, as many as its
-docstring states, and returns numbers): ``randomized_svd``, ``pca`` and ``svd_update``.
+docstring states, and returns numbers): ``randomized_svd``, ``pca`` and ``svd_update``;
+and the co-occurrence family ``cooccurrence``, ``ppmi``, ``embed`` (one driver-side
+pass each, writing a sparse block matrix).
 They take the run options themselves (``executor``, ``work_dir``...); a pipeline step
 naming one is listed as ``eager`` by ``explain``.
 
@@ -13,6 +15,7 @@ The GLM pass kernels (``blocklin.ops.glm``) are internal to the estimators of
 :mod:`blocklin.ml`, which unpack their results.
 """
 
+from blocklin.ops.cooccurrence import cooccurrence, embed, nearest, ppmi
 from blocklin.ops.products import gram, matmul
 from blocklin.ops.sketch import sketch
 from blocklin.ops.sketched_matmul import SketchedProduct, sketched_matmul
@@ -32,9 +35,13 @@ __all__ = [
            "TruncatedSVDResult",
            "center",
            "column_stats",
+           "cooccurrence",
+           "embed",
            "gram",
            "matmul",
+           "nearest",
            "pca",
+           "ppmi",
            "randomized_svd",
            "scale",
            "sketch",
