@@ -16,7 +16,10 @@ Contenders, each timed per batch (one b-row update) in this process:
   on all the appended rows with ``batch=b`` (sub-batches of at most ``--sub-batch``
   rows for larger b). Per batch = the call's wall time (the zarr commit, the final
   V formation and the U basis write included) / number of batches.
-* ``blocklin/call``: one ``svd_update`` call (and zarr commit) per batch.
+* ``blocklin/call``: one ``svd_update`` call per batch, each durable: a log record
+  (s, the small factors, V's changed base rows, the batch's U rows) per call, and a
+  checkpoint (V formed, re-orthonormalized and stored, the logged U rows written as a
+  basis) whenever V's delta passes its budget (n // 2 rows by default).
 * ``IncSVD isvd1``: ``EvolvingMatrix(sparse=True, method="ZhaSimon")`` (Deng et al.'s
   exact sparse update) and ``IncSVD ZhaSimon``: ``sparse=False`` (the dense
   Zha–Simon update, the rows given dense, converted outside the timer). A run whose
