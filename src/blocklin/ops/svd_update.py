@@ -152,7 +152,9 @@ def svd_update(state: SVDState | str | os.PathLike[str], rows: Any = None, *,
     SVDState
         The new state, committed to the same zarr group: every G_t rotated by a
         k × k matrix, one new stored term (the new rows' segment, p × k, or the
-        orthonormal basis P of the new column space, m × q or m × r).
+        orthonormal basis P of the new column space, m × q or m × r), or on the
+        sparse path within ``max_delta`` one log record (the new rows of U pending
+        until the next checkpoint writes them as a basis).
 
     Raises
     ------
@@ -169,7 +171,12 @@ def svd_update(state: SVDState | str | os.PathLike[str], rows: Any = None, *,
     Row appends cost a pass or two over C plus O(n³ + k³) on the driver (gram and
     qr paths; sparse path: O(Σ_b (nnz_b·k + (k + p_b)³) + n·k²), reading C's
     nonzeros on the driver); nothing proportional to the old rows or terms, and a
-    commit of s, Vt, K_u and the new term's factor (O(n·k) written). Column and low-rank updates run one plan:
+    commit of s, Vt, K_u and the new term's factor (O(n·k) written). A sparse call
+    of one batch within ``max_delta`` costs O(nnz·k + (k + p)³ + changed rows·k)
+    and writes one log record of O((p + changed rows)·k): independent of n and of
+    the rows absorbed; a checkpoint (past the budget) adds O(n·k²) and n·k written,
+    once per about ``max_delta`` / (columns a call touches) calls. Column and
+    low-rank updates run one plan:
     a pass over U's bases writing U (m × k, an intermediate), then TSQR of
     ``[U X]``: its R pass and its Q pass (writing P) each read U and X once,
     ~4m(k + r)² flops; driver work O((k + r)³ + n·(k + r)²).
