@@ -366,7 +366,8 @@ def truncated_svd(A: Any, k: int, oversample: int, n_iter: int, seed: int, metho
         d = row_signs(vt)
         vt = vt * d[:, None]
         u = _gram_u(A, vt, s, mean)
-        return TruncatedSVDResult(s, vt, method, 1, 1, u, mean, u_opts, st)
+        return TruncatedSVDResult(s, vt, method, svd_passes(method, n_iter, centered), 1, u, mean,
+                                  u_opts, st)
     with _cached_passes(m, opts) as run:
         basis, mean, stats = _power_basis(A, m, width, n_iter, seed, method == "krylov",
                                           centered, run, with_stats)
