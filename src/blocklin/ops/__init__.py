@@ -6,8 +6,9 @@ Lazy (nothing runs until :func:`blocklin.compute`, which fuses what shares a rea
 
 Eager (an iterative method: each call runs its own passes at once, as many as its
 docstring states, and returns numbers): ``randomized_svd``, ``pca`` and ``svd_update``;
-and the co-occurrence family ``cooccurrence``, ``ppmi``, ``embed`` (one driver-side
-pass each, writing a sparse block matrix).
+and the co-occurrence family: ``cooccurrence`` and ``cooccurrence_counts`` (a block
+pass of sparse partial counts and a tree sum), ``ppmi`` and ``embed`` (driver-side),
+``swivel`` (sharded fit, one graph per epoch).
 They take the run options themselves (``executor``, ``work_dir``...); a pipeline step
 naming one is listed as ``eager`` by ``explain``.
 
@@ -15,7 +16,7 @@ The GLM pass kernels (``blocklin.ops.glm``) are internal to the estimators of
 :mod:`blocklin.ml`, which unpack their results.
 """
 
-from blocklin.ops.cooccurrence import cooccurrence, embed, nearest, ppmi
+from blocklin.ops.cooccurrence import cooccurrence, cooccurrence_counts, embed, nearest, ppmi
 from blocklin.ops.products import gram, matmul
 from blocklin.ops.sketch import sketch
 from blocklin.ops.sketched_matmul import SketchedProduct, sketched_matmul
@@ -36,6 +37,7 @@ __all__ = [
            "center",
            "column_stats",
            "cooccurrence",
+           "cooccurrence_counts",
            "embed",
            "gram",
            "matmul",

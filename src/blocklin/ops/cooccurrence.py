@@ -29,9 +29,18 @@ import scipy.sparse as sp
 
 from blocklin.errors import InputDtypeError, InputValueError
 from blocklin.executors.progress import step as progress_step
+from blocklin.ops._cooccurrence_pass import (
+    PANEL_CELLS,
+    Weighting,
+    pair_counts,
+    partial_plan,
+    weight_scale,
+)
+from blocklin.ops.inputs import as_matrix
 from blocklin.storage.blockmatrix import BlockMatrix, from_array, open_matrix
 
-__all__ = ["SWIVEL_MAX_ITEMS", "Unobserved", "cooccurrence", "embed", "nearest", "ppmi"]
+__all__ = ["SWIVEL_MAX_ITEMS", "Unobserved", "Weighting", "cooccurrence", "cooccurrence_counts",
+           "embed", "nearest", "ppmi", "write_counts"]
 
 #: What :func:`ppmi` does with a pair never seen together: ``"zero"`` leaves it out
 #: (PPMI's convention: log 0 clipped to 0); ``"swivel"`` gives it Swivel's smoothed
@@ -60,55 +69,167 @@ def _row_block(M: BlockMatrix, i: int) -> sp.csr_matrix:
     return sp.csr_matrix(np.hstack([np.asarray(p) for p in parts]), dtype=np.float64)
 
 
-def cooccurrence(A: Any, out: str | os.PathLike[str], *, binary: bool = True,
-                 diagonal: bool = False, overwrite: bool = False,
-                 block_rows: int | None = None) -> BlockMatrix:
-    """Item co-occurrence counts ``C = BᵀB`` of a stored matrix, as a CSR block matrix.
+def _check_window(M: BlockMatrix, window: int, weighting: str,
+                  vocab_size: int | None) -> None:
+    if isinstance(window, bool) or not isinstance(window, int | np.integer) or window < 1:
+        raise InputValueError(f"window must be a positive integer; got {window!r}")
+    if weighting not in ("uniform", "harmonic", "linear"):
+        raise InputValueError(f"weighting must be 'uniform', 'harmonic' or 'linear'; "
+                              f"got {weighting!r}")
+    if M.shape[1] != 1:
+        raise InputValueError(f"window co-occurrence reads a token stream: a 1-column matrix "
+                              f"of token ids; got {M.shape[1]} columns")
+    if M.meta.format != "dense":
+        raise InputValueError("window co-occurrence reads a dense token column, not CSR")
+    if window > M.chunks[0]:
+        raise InputValueError(f"window {window} is longer than a row block "
+                              f"({M.chunks[0]} tokens); store the tokens in larger blocks")
+    if vocab_size is not None and (isinstance(vocab_size, bool) or vocab_size < 1):
+        raise InputValueError(f"vocab_size must be a positive integer; got {vocab_size!r}")
+
+
+def _vocab(M: BlockMatrix, vocab_size: int | None, options: dict[str, Any]) -> int:
+    """vocab_size, or one more than the largest id (a column-statistics pass)."""
+    if vocab_size is not None:
+        return int(vocab_size)
+    from blocklin.executors.api import compute
+    from blocklin.ops.stats import column_stats
+
+    (stats,) = compute(column_stats(M), **options)
+    return max(1, int(np.asarray(stats.max).max()) + 1)
+
+
+def cooccurrence_counts(A: Any, *, window: int | None = None,
+                        weighting: Weighting = "harmonic", vocab_size: int | None = None,
+                        boundary: int | None = None, binary: bool = True,
+                        diagonal: bool = False, panel_rows: int | None = None,
+                        **options: Any) -> tuple[sp.csr_matrix, int]:
+    """The block pass of :func:`cooccurrence`: integer-scaled counts and their scale.
+
+    Returns ``(S, scale)`` with ``C = S / scale``; S's entries are integers (for
+    ``binary`` item sets and every window weighting), so sums of S over disjoint row
+    ranges are exact: a refresh adds the new rows' S to the stored one. Arguments as
+    :func:`cooccurrence`.
+    """
+    from blocklin.executors.api import compute
+
+    M = _stored(A, "cooccurrence")
+    if window is not None:
+        _check_window(M, window, weighting, vocab_size)
+    n = _vocab(M, vocab_size, options) if window is not None else M.shape[1]
+    rows = panel_rows or max(1, PANEL_CELLS // max(n, 1))
+    if rows < 1:
+        raise InputValueError(f"panel_rows must be at least 1; got {panel_rows}")
+    panels = partial_plan(as_matrix(M), n, window=window, weighting=weighting,
+                          boundary=boundary, binary=binary, diagonal=diagonal,
+                          panel_rows=rows)
+    with progress_step("co-occurrence pass"):
+        roots = compute(*(lz for _, _, lz in panels), **options)
+    counts = pair_counts([(r0, r1, part) for (r0, r1, _), part in
+                          zip(panels, roots, strict=True)], n)
+    return counts, weight_scale(window, weighting)
+
+
+def cooccurrence(A: Any, out: str | os.PathLike[str], *, window: int | None = None,
+                 weighting: Weighting = "harmonic", vocab_size: int | None = None,
+                 boundary: int | None = None, binary: bool = True, diagonal: bool = False,
+                 overwrite: bool = False, block_rows: int | None = None,
+                 panel_rows: int | None = None, **options: Any) -> BlockMatrix:
+    """Co-occurrence counts of item sets or of tokens within a window, as CSR blocks.
 
     Parameters
     ----------
     A : BlockMatrix or path
-        Stored m × n matrix, dense or CSR; its rows are the item sets (users' items,
-        documents' terms).
+        Item sets (``window=None``): a stored m × n matrix, dense or CSR, whose rows
+        are the sets (users' items, documents' terms); ``C = BᵀB``.
+        Token stream (``window=w``): a stored ``tokens × 1`` integer matrix of token
+        ids in corpus order (a tokenized corpus's flat id array, as nanoGPT or
+        Megatron store it; ingest a Parquet ``token`` column or write one with
+        ``bl.from_array(ids[:, None], ...)``). Negative ids, and ``boundary`` if
+        given, separate documents.
     out : path
         Where C (n × n, CSR row blocks) is written.
+    window : int, optional
+        Count token pairs at distance 1..w within one document (both orders: C is
+        symmetric). Must not exceed A's block rows.
+    weighting : {"harmonic", "uniform", "linear"}
+        Window pairs at distance d weigh 1/d (default, as GloVe and Swivel's
+        ``fastprep``), 1, or (w − d + 1)/w (word2vec's dynamic window in expectation).
+    vocab_size : int, optional
+        n for a token stream; default one more than the largest id (an extra pass).
+    boundary : int, optional
+        A token id that separates documents (an end-of-text token); never counted.
     binary : bool
-        Count each row's items once (B = A ≠ 0); False weights by A's values
-        (``C = AᵀA``, e.g. term counts).
+        Item sets: count each row's items once (B = A ≠ 0); False weights by A's
+        values (``C = AᵀA``, e.g. term counts). Ignored for windows.
     diagonal : bool
-        Keep ``C_ii`` (how many rows hold item i); the default leaves self pairs out.
+        Keep ``C_ii`` (item sets: how many rows hold i; windows: a token repeated
+        within the window); the default leaves self pairs out.
     overwrite : bool
         Replace an existing array at ``out``.
     block_rows : int, optional
         Rows per block of C (default: blocklin's byte-target chunking).
+    panel_rows : int, optional
+        Rows of C per panel of the pass (default ``2²² // n``): a part holds at most
+        ``panel_rows × n`` entries.
+    **options
+        How and where the pass runs (``executor``, ``client``, ``work_dir``, ...), as
+        :func:`blocklin.compute`.
 
     Returns
     -------
     BlockMatrix
         C, symmetric, float64, in CSR row blocks.
 
+    Raises
+    ------
+    InputDtypeError
+        A is not a stored matrix.
+    InputValueError
+        A bad window, weighting or vocabulary size, a token stream that is not one
+        column, or a window longer than a block (before any compute); a token id at
+        or over ``vocab_size`` (in the pass).
+
     Notes
     -----
-    One pass over A, on the driver: memory is C's nonzeros (three numbers each) plus one
-    block of A; nothing dense of size n × n is formed. Exact (integer counts) whatever
-    the block order.
+    One pass over A as block tasks (two with ``vocab_size`` unknown): task i reads
+    row block i (for windows also the next block's first w tokens, so pairs across
+    block boundaries are counted once, by the block holding the left token) and
+    writes its sparse partial counts per panel of C's rows as a key/value block;
+    a fixed fan-in tree sums them. Memory per leaf task: one block of A, its pairs
+    (windows: ``2·w·block_rows`` entries of ~48 bytes, generated once per task and
+    shared by the panels) and one part of ``min(2·w·block_rows, panel_rows·n)``
+    entries of 16 bytes; per tree task ``9 × `` a part of up to ``panel_rows·n``
+    entries. The driver gathers the roots (C's nonzeros) and writes C.
+    Weights are integers (scaled by ``lcm(1..w)`` for harmonic, w for linear), so
+    partial sums are exact: the counts are the same to the bit whatever the
+    executor, the block order or the tree (``C = S / scale`` divides once at the end).
+
+    Examples
+    --------
+    >>> T = bl.from_array(ids[:, None], "tokens.zarr", chunks=(1_000_000, None))
+    >>> C = bl.ops.cooccurrence(T, "C.zarr", window=5, vocab_size=50_000, boundary=0)
     """
-    M = _stored(A, "cooccurrence")
-    n = M.shape[1]
-    acc = sp.csr_matrix((n, n), dtype=np.float64)
-    with progress_step("co-occurrence pass"):
-        for i in range(M.nblocks[0]):
-            b = _row_block(M, i)
-            if binary:
-                b.data = np.ones_like(b.data)
-                b.eliminate_zeros()
-            acc = acc + (b.T @ b).tocsr()
-    if not diagonal:
-        acc.setdiag(0.0)
-    acc.eliminate_zeros()
-    acc.sort_indices()
-    return from_array(acc, out, chunks=(block_rows, None), overwrite=overwrite,
-                      attrs={"blocklin_op": "cooccurrence", "binary": bool(binary)})
+    counts, scale = cooccurrence_counts(A, window=window, weighting=weighting,
+                                        vocab_size=vocab_size, boundary=boundary,
+                                        binary=binary, diagonal=diagonal,
+                                        panel_rows=panel_rows, **options)
+    return write_counts(counts, scale, out, overwrite=overwrite, block_rows=block_rows,
+                        attrs={"window": window, "weighting": weighting if window else None,
+                               "binary": bool(binary), "diagonal": bool(diagonal)})
+
+
+def write_counts(counts: sp.csr_matrix, scale: int, out: str | os.PathLike[str], *,
+                 overwrite: bool = False, block_rows: int | None = None,
+                 attrs: dict[str, Any] | None = None) -> BlockMatrix:
+    """Store ``counts / scale`` (one division, so equal counts give equal bits)."""
+    c = sp.csr_matrix(counts, dtype=np.float64, copy=True)
+    if scale != 1:
+        c.data /= float(scale)
+    c.eliminate_zeros()
+    c.sort_indices()
+    return from_array(c, out, chunks=(block_rows, None), overwrite=overwrite,
+                      attrs={"blocklin_op": "cooccurrence", **(attrs or {})})
 
 
 def ppmi(C: Any, out: str | os.PathLike[str], *, positive: bool = True,
