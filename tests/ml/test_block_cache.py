@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 import blocklin as bl
-from blocklin.executors.base import RunStats
+from blocklin.executors.base import RunStats, collect_stats
 from blocklin.ml import LinearRegression, LogisticRegression
 from blocklin.testing.fixtures import ExecutorCase
 
@@ -33,14 +33,17 @@ def data(tmp_path: Path, seed: int = 0) -> tuple[bl.BlockMatrix, bl.BlockMatrix]
 def fit(executor: ExecutorCase, A: Any, Y: Any, cache: int | str | None,
         solver: str = "lbfgs") -> tuple[LogisticRegression, RunStats]:
     """Fit with ``cache_bytes=cache`` (None: the estimator's default, "auto")."""
-    stats = RunStats()
-    options = {**executor.kwargs, "stats": stats}
+    options = dict(executor.kwargs)
     if cache is not None:
         options["cache_bytes"] = cache
     # A few iterations are enough passes to count reads (and keep Spark's jobs few).
     model = LogisticRegression(solver=solver, max_iter=4,  # type: ignore[arg-type]
                                work_dir=str(executor.work_dir), compute_options=options)
-    model.fit(A, Y)
+    stats = RunStats()
+    with collect_stats() as runs:
+        model.fit(A, Y)
+    for run in runs:
+        stats.merge(run)
     return model, stats
 
 
@@ -112,6 +115,8 @@ def test_linear_and_newton_solvers_cache(solver: str, tmp_path: Path, work_dir: 
     model, st = fit(case, A, Y, None, solver=solver)
     assert st.array_reads[A.url] == A.nblocks[0] < model.n_passes_ * A.nblocks[0]
     lin = RunStats()
-    LinearRegression(solver="lbfgs", work_dir=str(work_dir),
-                     compute_options={"stats": lin}).fit(A, Y)
+    with collect_stats() as runs:
+        LinearRegression(solver="lbfgs", work_dir=str(work_dir)).fit(A, Y)
+    for run in runs:
+        lin.merge(run)
     assert lin.array_reads[A.url] == A.nblocks[0]

@@ -80,8 +80,7 @@ def test_every_executor_bitwise_and_u(executor, tmp_path: Path) -> None:
     A = bl.from_array(x, tmp_path / "A.zarr", chunks=(100, None))
     # Fixed-order reductions and a driver-side Ω: bitwise the threaded result.
     ref = bl.ops.randomized_svd(A, 4, n_iter=1, work_dir=str(tmp_path / "ref"))
-    opts = executor.kwargs | {"work_dir": str(executor.work_dir)}
-    res = bl.ops.randomized_svd(A, 4, n_iter=1, **opts)
+    res = bl.ops.randomized_svd(A, 4, n_iter=1, compute_options=executor.options)
     np.testing.assert_array_equal(res.s, ref.s)
     np.testing.assert_array_equal(res.Vt, ref.Vt)
     u_ref, s_ref, vt_ref = np.linalg.svd(x, full_matrices=False)
@@ -188,7 +187,7 @@ def test_passes_read_storage_once_when_a_fits_the_cache(method: str, tmp_path: P
     cached_reads = sum(r.blocks_read for r in runs)
     runs.clear()
     ref = bl.ops.randomized_svd(A, K, method=method, work_dir=str(tmp_path / "r"),
-                                cache_bytes=None)
+                                cache_bytes=0)
     assert sum(r.cache_hits for r in runs) == 0
     assert sum(r.blocks_read for r in runs) - cached_reads == 3 * blocks
     np.testing.assert_array_equal(res.s, ref.s)

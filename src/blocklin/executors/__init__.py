@@ -3,5 +3,7 @@
 from blocklin.executors.api import compute, get_executor
 from blocklin.executors.base import ExecutionPlan, Executor, RunStats, prepare
 from blocklin.executors.lazy import Lazy
+from blocklin.executors.options import ComputeOptions
 
-__all__ = ["ExecutionPlan", "Executor", "Lazy", "RunStats", "compute", "get_executor", "prepare"]
+__all__ = ["ComputeOptions", "ExecutionPlan", "Executor", "Lazy", "RunStats", "compute",
+           "get_executor", "prepare"]

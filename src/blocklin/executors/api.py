@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from blocklin.config import (
@@ -24,7 +24,8 @@ from blocklin.executors.base import (
 )
 from blocklin.executors.intermediates import ComputeIntermediates
 from blocklin.executors.lazy import Lazy
-from blocklin.executors.progress import Progress, ProgressHook, tracking
+from blocklin.executors.options import ComputeOptions, OptionsLike
+from blocklin.executors.progress import ProgressHook, tracking
 from blocklin.plan.device import GPU_TASKS, device_free_memory
 from blocklin.plan.finalize import FinalPlan, finalize
 from blocklin.plan.graph import Plan, jsonable
@@ -35,7 +36,7 @@ from blocklin.storage.locations import check_no_alias
 from blocklin.storage.meta import ensure_group, write_meta
 from blocklin.storage.records import done_blocks, fingerprint_from_crcs
 from blocklin.storage.stores import register_storage_options, storage_options_for, store_for
-from blocklin.types import DEVICES, EXECUTORS, parse_option
+from blocklin.types import EXECUTORS, parse_option
 
 if TYPE_CHECKING:
     from distributed import Client, Security
@@ -90,87 +91,22 @@ def get_executor(executor: str | Executor = "dask", *, address: str | None = Non
     return SparkExecutor(spark=spark, master=address, device=device)
 
 
-def compute(*results: Lazy, executor: str | Executor = "dask", address: str | None = None,
-            client: Client | None = None, spark: Any = None, resume: bool = False,
-            work_dir: str | None = None, max_task_memory: int | str | None = None,
-            num_workers: int | None = None, device: str = "cpu", stats: RunStats | None = None,
-            progress: Progress = None, max_device_memory: int | str | None = None,
-            cache_bytes: int | str | None = None,
-            storage_options: dict[str, Any] | None = None,
-            connect_timeout: float | None = None, worker_timeout: float | None = None,
-            security: Security | None = None,
-            keep_intermediates: bool | None = None) -> tuple[Any, ...]:
+def compute(*results: Lazy, compute_options: OptionsLike = None, stats: RunStats | None = None,
+            **options: Any) -> tuple[Any, ...]:
     """Compute several lazy results as one plan, sharing passes over common inputs.
 
     Parameters
     ----------
     *results : Lazy
         Results of blocklin operators.
-    executor : {"dask", "spark"} or Executor
-        Engine. ``dask`` runs on local threads unless ``address`` or ``client`` is
-        given; ``spark`` runs in local mode unless ``address`` (a master URL) or
-        ``spark`` (a SparkSession) is given.
-    resume : bool
-        Skip blocks recorded complete by an earlier run of the same plan.
-    work_dir : str, optional
-        Directory or URL for intermediate arrays (default ``BLOCKLIN_WORK_DIR``).
-        Must be reachable from every worker.
-    max_task_memory : int or str, optional
-        Per-task memory limit; a plan over it is refused before anything runs.
-    device : {"cpu", "gpu"}
-        Where tasks compute: ``gpu`` requests one GPU per task (dask worker resource
-        ``GPU``, Spark ``spark.task.resource.gpu.amount``; the local threaded
-        scheduler uses this machine's GPU) and runs the block kernels there with CuPy
-        (see ``docs/gpu.md``); reductions of partial results stay on the host, in
-        their fixed order. Needs CuPy and a CUDA device on every worker running them
-        (``ConfigError`` otherwise).
-    max_device_memory : int or str, optional
-        Device memory the GPU tasks may use (``"16GiB"``); default: the free memory
-        of this process's GPU when it has one (a dask cluster's GPU workers are asked
-        too). A plan whose task does not fit is refused before anything runs.
+    compute_options : ComputeOptions or dict, optional
+        How and where to run: engine, cluster, work directory, memory limits, block
+        cache, resume, progress (see :class:`~blocklin.executors.options.ComputeOptions`).
     stats : RunStats, optional
         Filled with task counts, blocks read and per-stage timings.
-    progress : bool, callable or ProgressSink, optional
-        Where this pass's progress goes (see :mod:`blocklin.executors.progress`): a
-        ``progress(stage_label, done, total)`` callable is called on the driver once per
-        stage group before running (``done`` counting blocks skipped by ``resume``) and
-        as tasks finish; a sink receives the pass, its stage groups and their tasks;
-        ``True`` reports to the enclosing sink, else to stderr (a bar on a terminal,
-        plain lines otherwise). None or False (default): the enclosing
-        :func:`~blocklin.executors.progress.progress_to` block's sink, if any.
-    cache_bytes : int, str or None
-        Keep the decoded blocks of source arrays in each worker process's memory, for
-        later computes over the same data (iterative solvers pass ``"auto"`` for their
-        passes): at most this many bytes per process (``"2GiB"`` works too; ``"auto"``:
-        ``BLOCKLIN_BLOCK_CACHE_BYTES``, else a quarter of the process's memory bound).
-        The executor lowers it so that the cache plus the plan's per-task memory for
-        each of a process's threads fits the process's memory (the machine, a dask
-        worker's ``memory_limit``, Spark's ``spark.executor.pyspark.memory`` per core);
-        blocks beyond it are read again. Results are identical with or without it.
-        None or 0 (default): no cache, and blocks cached by earlier computes are freed
-        as this compute's tasks start.
-    storage_options : dict, optional
-        fsspec options (credentials, ``endpoint_url``...) for ``work_dir`` and for
-        every ``out=`` target that has none of its own yet (see
-        :func:`blocklin.storage.stores.register_storage_options`). They reach every
-        worker and are never written or printed. Inputs keep the options they were
-        opened with.
-    connect_timeout : float, optional
-        Seconds to wait for the dask scheduler at ``address`` (default 10).
-    worker_timeout : float, optional
-        Seconds to wait for a first worker when the dask cluster has none (default 60).
-    security : distributed.Security, optional
-        TLS settings for a ``tls://`` dask scheduler (``Security(tls_ca_file=...,
-        tls_client_cert=..., tls_client_key=...)``); without it a ``tls://`` address
-        uses dask's configuration (``distributed.comm.tls``).
-    keep_intermediates : bool, optional
-        Keep the intermediate arrays in ``work_dir`` after a successful compute (a
-        later ``resume=True`` of the same plan then skips them). Default (None): they
-        are removed once the results are sealed, unless an enclosing
-        :func:`~blocklin.executors.intermediates.intermediates_scope` keeps them. A
-        failed compute always keeps them for ``resume``; matrix results without
-        ``out=`` stay in ``work_dir`` (the returned BlockMatrix lives there);
-        ``blocklin gc`` frees what is left.
+    **options
+        Fields of :class:`~blocklin.executors.options.ComputeOptions`, replacing those
+        of ``compute_options``: ``bl.compute(G, executor="spark", resume=True)``.
 
     Returns
     -------
@@ -182,31 +118,28 @@ def compute(*results: Lazy, executor: str | Executor = "dask", address: str | No
     PlanMemoryError
         A stage's projected per-task memory is over the limit.
     ConfigError
-        Unknown executor or conflicting engine handles.
+        Unknown executor or option, or conflicting engine handles.
     """
     for r in results:
         if not isinstance(r, Lazy):
             raise InputDtypeError(f"compute takes results of blocklin operators; got "
                                   f"{type(r).__name__}")
-    limit = parse_memory(max_task_memory) if max_task_memory is not None \
+    o = ComputeOptions.of(compute_options, **options)
+    work = o.work_dir or default_work_dir()
+    limit = parse_memory(o.max_task_memory) if o.max_task_memory is not None \
         else default_max_task_memory()
     plan = Plan().merge(*(r.plan for r in results))
-    _register_options(plan, work_dir or default_work_dir(), storage_options)
-    check_plan_locations(plan, work_dir or default_work_dir())
+    _register_options(plan, work, o.storage_options)
+    check_plan_locations(plan, work)
     final = finalize(plan, limit)
+    device_tasks = _device_tasks(final, o.device, o.max_device_memory)  # over the GPU: refused
+    engine = get_executor(o.executor, address=o.address, client=o.client, spark=o.spark,
+                          num_workers=o.num_workers, device=o.device,
+                          connect_timeout=o.connect_timeout, worker_timeout=o.worker_timeout,
+                          security=o.security)
     try:
-        device = parse_option("device", device, DEVICES)
-    except ValueError as exc:
-        raise ConfigError(str(exc)) from None
-    device_tasks = _device_tasks(final, device, max_device_memory)  # a plan over the GPU: refused
-    engine = get_executor(executor, address=address, client=client, spark=spark,
-                          num_workers=num_workers, device=device,
-                          connect_timeout=connect_timeout, worker_timeout=worker_timeout,
-                          security=security)
-    try:
-        return _run(results, final, engine, work_dir or default_work_dir(),
-                    parse_cache_bytes(cache_bytes), resume, device, device_tasks,
-                    keep_intermediates, stats, progress)
+        return _run(results, final, engine, work, parse_cache_bytes(o.cache_bytes), o.resume,
+                    o.device, device_tasks, o.keep_intermediates, stats, o.progress)
     finally:
         # An executor given as an object may predate close() (it is optional).
         close = getattr(engine, "close", None)
@@ -261,7 +194,7 @@ def _device_tasks(final: FinalPlan, device: str, option: int | str | None) -> in
     return plan_device_tasks([g.members for g in final.groups], limit)
 
 
-def _register_options(plan: Plan, work_dir: str, options: dict[str, Any] | None) -> None:
+def _register_options(plan: Plan, work_dir: str, options: Mapping[str, Any] | None) -> None:
     if not options:
         return
     register_storage_options(work_dir, options)

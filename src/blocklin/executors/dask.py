@@ -377,7 +377,7 @@ class DaskExecutor:
 
         wanted: set[Any] = set()
 
-        class _Done(Callback):  # type: ignore[misc]
+        class _Done(Callback):
             def _posttask(self, key: Any, result: Any, dsk: Any, state: Any, id: Any) -> None:
                 if key in wanted:
                     on_task_done(result)

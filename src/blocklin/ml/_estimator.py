@@ -4,11 +4,13 @@ validation, the run options of their passes, and prediction."""
 from __future__ import annotations
 
 import numbers
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 
-from blocklin.errors import InputDtypeError, InputValueError, ShapeMismatchError
+from blocklin.errors import ConfigError, InputDtypeError, InputValueError, ShapeMismatchError
+from blocklin.executors.options import ComputeOptions
 from blocklin.ml._validation import (
     _is_dask,
     is_stored,
@@ -17,7 +19,7 @@ from blocklin.ml._validation import (
     validate_features,
 )
 
-__all__ = ["check_common_params", "compute_options", "features", "labels_1d", "predict_margin"]
+__all__ = ["check_common_params", "estimator_options", "features", "labels_1d", "predict_margin"]
 
 
 def _number(name: str, value: Any, lo: float, hi: float = np.inf) -> None:
@@ -39,22 +41,33 @@ def check_common_params(est: Any) -> None:
     for name in ("fit_intercept", "standardization"):
         if not isinstance(getattr(est, name), bool | np.bool_):
             raise InputDtypeError(f"{name} must be a bool; got {getattr(est, name)!r}")
-    if est.compute_options is not None and not isinstance(est.compute_options, dict):
-        raise InputDtypeError("compute_options must be a dict of blocklin.compute keywords")
+    estimator_options(est)  # a bad option is refused before any pass
 
 
-def compute_options(est: Any) -> dict[str, Any]:
-    opts: dict[str, Any] = {"executor": est.executor}
-    if est.work_dir is not None:
-        opts["work_dir"] = est.work_dir
-    opts.update(est.compute_options or {})
+def estimator_options(est: Any) -> ComputeOptions:
+    """The options an estimator's passes run with: its ``compute_options`` (a
+    :class:`ComputeOptions` or a dict of its fields), where ``executor``, ``work_dir``
+    and ``storage_options`` (the estimator's own parameters) fill what it leaves unset;
+    a dict's fields take precedence over them.
+
+    Raises
+    ------
+    ConfigError
+        For a ``compute_options`` of another type or with an unknown field.
+    """
     from blocklin.storage.stores import StorageOptions
 
+    given = est.compute_options
     stored = getattr(est, "storage_options", None)
-    if stored:
-        # The work dir's (and out= targets') options, unless compute_options names some.
-        opts.setdefault("storage_options", StorageOptions(stored).as_dict())
-    return opts
+    own = {"executor": est.executor, "work_dir": est.work_dir,
+           # The work dir's (and out= targets') options, unless compute_options names some.
+           "storage_options": StorageOptions(stored).as_dict() if stored else None}
+    if isinstance(given, ComputeOptions):
+        return given.updated(**own)
+    if given is not None and not isinstance(given, Mapping):
+        raise ConfigError(f"compute_options must be a ComputeOptions or a dict of its fields; "
+                          f"got {type(given).__name__}")
+    return ComputeOptions.of({**own, **(given or {})})
 
 
 def features(est: Any, X: Any, *, reset: bool) -> Any:
@@ -104,9 +117,10 @@ def predict_margin(X: Any, coef: np.ndarray, intercept: np.ndarray | float, est:
     from blocklin.executors.intermediates import intermediates_scope
     from blocklin.ops.products import matmul
 
-    opts = compute_options(est)
+    opts = estimator_options(est)
     # The margins' BlockMatrix lives in the work dir: read, then removed with the scope.
-    with stored_matrix(X, work_dir=opts.get("work_dir"), name="X") as A, intermediates_scope():
-        M = compute(matmul(A, np.ascontiguousarray(coef, dtype=np.float64)), **opts)[0]
+    with stored_matrix(X, work_dir=opts.work_dir, name="X") as A, intermediates_scope():
+        M = compute(matmul(A, np.ascontiguousarray(coef, dtype=np.float64)),
+                    compute_options=opts)[0]
         return np.asarray(M.to_numpy(), dtype=np.float64) + intercept
 

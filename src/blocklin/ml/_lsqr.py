@@ -47,13 +47,13 @@ def _sketch_centered(data: TrainData, mu: np.ndarray, k: int, seed: int = 0) -> 
         from blocklin.storage.blockmatrix import from_array
         from blocklin.storage.stores import join_url
 
-        work = data.compute_options.get("work_dir") or default_work_dir()
+        work = data.compute_options.work_dir or default_work_dir()
         ones = from_array(np.ones((A.shape[0], 1)), join_url(work, f"ones-{A.shape[0]}-"
                                                                   f"{A.chunks[0]}.zarr"),
                           chunks=(A.chunks[0], None), overwrite=True)
         data.passes += 1
         sx, s1 = compute(sketch(A, k, "sparse_sign", seed), sketch(ones, k, "sparse_sign", seed),
-                         **data.compute_options)
+                         compute_options=data.compute_options)
         centered: np.ndarray = np.asarray(sx) - np.asarray(s1) @ mu[None, :]
         return centered
     x = data.local[0]

@@ -25,6 +25,7 @@ import scipy.sparse as sp
 
 from blocklin.errors import InputValueError, NonFiniteError, ShapeMismatchError
 from blocklin.executors.lazy import Lazy
+from blocklin.executors.options import ComputeOptions
 from blocklin.executors.progress import local_pass
 from blocklin.ml._validation import _is_dask, is_stored, stored_matrix
 from blocklin.ops.glm.passes import PassSpec, build_pass, run_local
@@ -198,7 +199,7 @@ class TrainData:
     n_features: int
     local: tuple[Any, np.ndarray, np.ndarray | None] | None = None
     stored: tuple[Any, Any, Any] | None = None
-    compute_options: dict[str, Any] = field(default_factory=dict)
+    compute_options: ComputeOptions = field(default_factory=ComputeOptions)
     chunk_rows: int = 65_536
     passes: int = 0
     cache: bool = False  # passes keep decoded blocks in worker memory (see ``cached``)
@@ -225,9 +226,9 @@ class TrainData:
                 process_cache().clear()
 
     @property
-    def _options(self) -> dict[str, Any]:
-        if self.cache and "cache_bytes" not in self.compute_options:
-            return {**self.compute_options, "cache_bytes": "auto"}
+    def _options(self) -> ComputeOptions:
+        if self.cache and self.compute_options.cache_bytes is None:
+            return self.compute_options.replace(cache_bytes="auto")
         return self.compute_options
 
     @property
@@ -259,7 +260,7 @@ class TrainData:
         from blocklin.executors.api import compute
 
         X, Y, W = self.stored
-        value = compute(build_pass(spec, X, Y, W), **self._options)[0]
+        value = compute(build_pass(spec, X, Y, W), compute_options=self._options)[0]
         return np.asarray(value)
 
     def run_many(self, specs: list[PassSpec]) -> list[np.ndarray]:
@@ -272,7 +273,7 @@ class TrainData:
         from blocklin.executors.api import compute
 
         X, Y, W = self.stored
-        return list(compute(*(build_pass(s, X, Y, W) for s in specs), **self._options))
+        return list(compute(*(build_pass(s, X, Y, W) for s in specs), compute_options=self._options))
 
     def _run_local(self, spec: PassSpec) -> np.ndarray:
         """A pass over the in-memory data, refused when it overflows.
@@ -297,12 +298,12 @@ class TrainData:
         from blocklin.executors.api import compute
 
         self.passes += 1
-        return compute(lazy, **self._options)[0]
+        return compute(lazy, compute_options=self._options)[0]
 
 
 @contextmanager
 def training_data(X: Any, y: np.ndarray | Any, sample_weight: Any,
-                  compute_options: dict[str, Any]) -> Iterator[TrainData]:
+                  compute_options: ComputeOptions) -> Iterator[TrainData]:
     """Yield :class:`TrainData` for validated X (in memory or BlockMatrix/dask) and labels.
 
     ``y`` is a numpy array (already encoded for classifiers) or a stored column. For
@@ -315,7 +316,7 @@ def training_data(X: Any, y: np.ndarray | Any, sample_weight: Any,
         yield TrainData(X.shape[0], X.shape[1], local=(X, yy, w),
                         compute_options=compute_options)
         return
-    work = compute_options.get("work_dir")
+    work = compute_options.work_dir
     with ExitStack() as stack:
         A = stack.enter_context(stored_matrix(X, work_dir=work, name="X"))
         rows = (A.chunks[0], None)

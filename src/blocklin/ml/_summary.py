@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
 import numpy as np
 import scipy.stats
@@ -27,7 +27,7 @@ class _MllibNames:
     _MLLIB: ClassVar[dict[str, str]] = {}
 
     def __getattr__(self, name: str) -> Any:
-        for f in fields(self):  # type: ignore[arg-type]
+        for f in fields(cast(Any, self)):  # a mixin of dataclasses
             if name in (self._MLLIB.get(f.name), _camel(f.name)) and name != f.name:
                 return getattr(self, f.name)
         raise AttributeError(f"{type(self).__name__} has no attribute {name!r}")
@@ -35,7 +35,7 @@ class _MllibNames:
     def as_arrays(self) -> dict[str, np.ndarray]:
         """Every available statistic as a named array (what pipeline outputs store)."""
         return {f.name: np.asarray(getattr(self, f.name), dtype=np.float64)
-                for f in fields(self)  # type: ignore[arg-type]
+                for f in fields(cast(Any, self))
                 if getattr(self, f.name) is not None}
 
 

@@ -12,10 +12,11 @@ from sklearn.base import BaseEstimator, RegressorMixin
 from sklearn.utils.validation import check_is_fitted
 
 from blocklin.errors import InputValueError, format_bytes
+from blocklin.executors.options import OptionsLike
 from blocklin.executors.progress import step as progress_step
 from blocklin.ml._estimator import (
     check_common_params,
-    compute_options,
+    estimator_options,
     features,
     labels_1d,
     predict_margin,
@@ -234,12 +235,14 @@ class LinearRegression(SaveMixin, RegressorMixin, BaseEstimator):  # type: ignor
         runs the same kernels in process.
     work_dir : str, optional
         Directory for intermediate arrays (default ``BLOCKLIN_WORK_DIR``).
-    compute_options : dict, optional
-        More keywords for :func:`blocklin.compute` (``client``, ``spark``, ``address``,
-        ``max_task_memory``, ``cache_bytes``). Solvers that pass over the data many
-        times (``lbfgs``, ``owlqn``, ``sketch``) run their passes with ``cache_bytes``
-        (default ``"auto"``): workers keep the decoded blocks of X, y and w in memory
-        and later passes read only what did not fit; ``0`` re-reads zarr every pass.
+    compute_options : ComputeOptions or dict, optional
+        How and where the passes run (:class:`blocklin.ComputeOptions`, or a dict of its
+        fields: ``client``, ``spark``, ``address``, ``max_task_memory``,
+        ``cache_bytes``...); ``executor``, ``work_dir`` and ``storage_options`` fill the
+        fields it leaves unset. Solvers that pass over the data many times (``lbfgs``,
+        ``owlqn``, ``sketch``) run their passes with ``cache_bytes`` (unset: ``"auto"``):
+        workers keep the decoded blocks of X, y and w in memory and later passes read
+        only what did not fit; ``0`` re-reads zarr every pass.
     storage_options : dict, optional
         fsspec options (credentials, ``endpoint_url``...) for ``state_path`` and
         ``work_dir`` when they are URLs; never written or printed (``repr`` names the
@@ -290,7 +293,7 @@ class LinearRegression(SaveMixin, RegressorMixin, BaseEstimator):  # type: ignor
                  solver: Solver = "auto", max_iter: int = 100, tol: float = 1e-6,
                  label_scaling: LabelScaling = "none", state_path: str | None = None,
                  executor: Any = "dask", work_dir: str | None = None,
-                 compute_options: dict[str, Any] | None = None,
+                 compute_options: OptionsLike = None,
                  storage_options: Mapping[str, Any] | None = None,
                  progress: Any = False) -> None:
         self.fit_intercept = fit_intercept
@@ -323,7 +326,7 @@ class LinearRegression(SaveMixin, RegressorMixin, BaseEstimator):  # type: ignor
         solver = self._check_params()
         Xv = features(self, X, reset=True)
         yv = labels_1d(y, Xv)
-        with training_data(Xv, yv, sample_weight, compute_options(self)) as data:
+        with training_data(Xv, yv, sample_weight, estimator_options(self)) as data:
             fit, stats = self._fit_data(data, solver)
             self.n_passes_ = data.passes
         self._set_fit(fit)
@@ -355,7 +358,7 @@ class LinearRegression(SaveMixin, RegressorMixin, BaseEstimator):  # type: ignor
         old = self._load_state()
         Xv = features(self, X, reset=old is None)
         yv = labels_1d(y, Xv)
-        with training_data(Xv, yv, sample_weight, compute_options(self)) as data:
+        with training_data(Xv, yv, sample_weight, estimator_options(self)) as data:
             new = data.run(moments_spec(data.n_features, 1, data.has_weights,
                                         data.x_col_blocks, True))
             self.n_passes_ = data.passes
@@ -387,7 +390,7 @@ class LinearRegression(SaveMixin, RegressorMixin, BaseEstimator):  # type: ignor
                 raise InputValueError("no training summary after partial_fit; call fit")
             X, y, w = train
             Xv = features(self, X, reset=False)
-            with training_data(Xv, labels_1d(y, Xv), w, compute_options(self)) as data:
+            with training_data(Xv, labels_1d(y, Xv), w, estimator_options(self)) as data:
                 self._summary = linear_summary(self, data)
         assert self._summary is not None
         return self._summary

@@ -11,8 +11,9 @@ from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted
 
 from blocklin.errors import InputValueError
+from blocklin.executors.options import OptionsLike
 from blocklin.executors.progress import step as progress_step
-from blocklin.ml._estimator import check_common_params, compute_options, features, predict_margin
+from blocklin.ml._estimator import check_common_params, estimator_options, features, predict_margin
 from blocklin.ml._iterative import iterative_fit
 from blocklin.ml._params import FitParams, penalties
 from blocklin.ml._progress import reports
@@ -123,7 +124,7 @@ class LogisticRegression(SaveMixin, ClassifierMixin, BaseEstimator):  # type: ig
                  solver: LogisticSolver = "auto", max_iter: int = 100, tol: float = 1e-6,
                  family: LogisticFamily = "auto", executor: Any = "dask",
                  work_dir: str | None = None,
-                 compute_options: dict[str, Any] | None = None, progress: Any = False) -> None:
+                 compute_options: OptionsLike = None, progress: Any = False) -> None:
         self.fit_intercept = fit_intercept
         self.reg_param = reg_param
         self.elastic_net_param = elastic_net_param
@@ -181,7 +182,7 @@ class LogisticRegression(SaveMixin, ClassifierMixin, BaseEstimator):  # type: ig
         if start is not None and family != fitted:
             raise InputValueError(f"partial_fit continues a {fitted} fit; family "
                                   f"{family!r} differs")
-        with training_data(Xv, codes, sample_weight, compute_options(self)) as data:
+        with training_data(Xv, codes, sample_weight, estimator_options(self)) as data:
             coef, hist, iters, used = self._fit_data(data, family, solver, start)
             self.n_passes_ = data.passes
         p = data.n_features
@@ -367,7 +368,7 @@ class LogisticRegression(SaveMixin, ClassifierMixin, BaseEstimator):  # type: ig
             X, y, w = train
             Xv = features(self, X, reset=False)
             codes = np.searchsorted(self.classes_, _as_1d(y)).astype(np.float64)
-            with training_data(Xv, codes, w, compute_options(self)) as data:
+            with training_data(Xv, codes, w, estimator_options(self)) as data:
                 self._summary = logistic_summary(self, data, self._family, self._coef_full)
         assert self._summary is not None
         return self._summary

@@ -14,7 +14,9 @@ from sklearn.utils.validation import check_array, check_is_fitted
 from blocklin.config import default_work_dir
 from blocklin.errors import InputDtypeError, InputValueError
 from blocklin.executors.api import compute
+from blocklin.executors.options import OptionsLike
 from blocklin.ml._decomposition import seed_of, transformer_tags
+from blocklin.ml._estimator import estimator_options
 from blocklin.ml._progress import reports
 from blocklin.ml._validation import is_stored, stored_matrix, validate_features
 from blocklin.ml.persist import SaveMixin
@@ -55,6 +57,8 @@ class PCA(SaveMixin, ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEsti
     work_dir : str, optional
         Directory for temporary arrays (in-memory X is written there block by block);
         removed after each fit. Must be reachable by the workers.
+    compute_options : ComputeOptions or dict, optional
+        How and where the passes run, as :class:`TruncatedSVD`.
     progress : bool, callable or ProgressSink
         Report every pass over the data (off by default), as :class:`TruncatedSVD`.
 
@@ -83,7 +87,7 @@ class PCA(SaveMixin, ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEsti
     def __init__(self, n_components: int = 2, *, whiten: bool = False, oversample: int = 10,
                  n_iter: int = 3, random_state: Any = 0, method: str = "power",
                  executor: str = "dask", work_dir: str | None = None,
-                 progress: Any = False) -> None:
+                 compute_options: OptionsLike = None, progress: Any = False) -> None:
         self.n_components = n_components
         self.whiten = whiten
         self.oversample = oversample
@@ -92,6 +96,7 @@ class PCA(SaveMixin, ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEsti
         self.method = method
         self.executor = executor
         self.work_dir = work_dir
+        self.compute_options = compute_options
         self.progress = progress
 
     # -- fitting -----------------------------------------------------------------------
@@ -121,7 +126,8 @@ class PCA(SaveMixin, ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEsti
 
     @contextmanager
     def _scratch(self) -> Iterator[str]:
-        with scratch_folder(self.work_dir or default_work_dir(), "pca-") as wd:
+        with scratch_folder(estimator_options(self).work_dir or default_work_dir(),
+                            "pca-") as wd:
             yield wd
 
     def _fit(self, X: Any) -> Any:
@@ -130,7 +136,7 @@ class PCA(SaveMixin, ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEsti
         self._check_params(m, n)
         k = int(self.n_components)
         with self._scratch() as wd, stored_matrix(Xv, work_dir=wd) as A:
-            opts = {"executor": self.executor, "work_dir": wd}
+            opts = estimator_options(self).replace(work_dir=wd)
             res = truncated_svd(A, k, self.oversample, self.n_iter, seed_of(self.random_state),
                                 self.method, True, opts, with_stats=True)
         st = res.column_stats
@@ -171,7 +177,7 @@ class PCA(SaveMixin, ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEsti
         if isinstance(Xv, np.ndarray) or not is_stored(Xv):
             return (Xv - self.mean_) @ w
         return compute(matmul(center(Xv, self.mean_), np.ascontiguousarray(w)),
-                       executor=self.executor, work_dir=self.work_dir)[0]
+                       compute_options=estimator_options(self))[0]
 
     def inverse_transform(self, X: Any) -> np.ndarray:
         """Map scores back to feature space: ``X·diag(1/scale)·components_ + mean_``."""

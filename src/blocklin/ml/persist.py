@@ -26,7 +26,6 @@ loaded estimator has their defaults; ``set_params`` changes them.
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import os
 from collections.abc import Mapping
@@ -35,6 +34,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from blocklin.errors import InputValueError, ModelFormatError
+from blocklin.storage.npz import npz_arrays, npz_bytes
 
 if TYPE_CHECKING:
     from typing import TypeAlias
@@ -130,9 +130,7 @@ def save(est: Any, path: str | os.PathLike[str], *, overwrite: bool = False,
     params, skipped = _params(est)
     arrays: dict[str, np.ndarray] = {}
     fitted = {attr: _encode(attr, value, arrays) for attr, value in _fitted(est, name).items()}
-    buf = io.BytesIO()
-    np.savez(buf, **arrays)  # type: ignore[arg-type]
-    data = buf.getvalue()
+    data = npz_bytes(arrays)
     doc = {"format": FORMAT, "format_version": FORMAT_VERSION, "estimator": name,
            "blocklin_version": __version__, "numpy_version": np.__version__,
            "params": params, "params_not_saved": skipped, "fitted": fitted,
@@ -333,8 +331,7 @@ def _read_arrays(store: Any, doc: Mapping[str, Any]) -> dict[str, np.ndarray]:
         raise ModelFormatError(f"{store.url}: {ARRAYS_FILE} does not match the digest in "
                                f"{MODEL_FILE} (changed or damaged since it was saved)")
     try:
-        with np.load(io.BytesIO(data), allow_pickle=False) as z:
-            return {k: z[k] for k in z.files}
+        return npz_arrays(data)
     except (ValueError, OSError) as exc:
         raise ModelFormatError(f"{store.url}: {ARRAYS_FILE} cannot be read ({exc})") from None
 

@@ -15,7 +15,9 @@ from blocklin.config import default_work_dir
 from blocklin.errors import InputDtypeError, InputValueError
 from blocklin.executors.api import compute
 from blocklin.executors.base import RunStats
+from blocklin.executors.options import ComputeOptions, OptionsLike
 from blocklin.ml._decomposition import seed_of, transformer_tags
+from blocklin.ml._estimator import estimator_options
 from blocklin.ml._progress import reports
 from blocklin.ml._validation import is_stored, open_stored, stored_matrix, validate_features
 from blocklin.ml.persist import SaveMixin
@@ -119,6 +121,10 @@ class TruncatedSVD(SaveMixin, ClassNamePrefixFeaturesOutMixin, TransformerMixin,
     work_dir : str, optional
         Directory for temporary arrays (in-memory X is written there block by
         block); removed after each fit. Must be reachable by the workers.
+    compute_options : ComputeOptions or dict, optional
+        How and where the passes run (:class:`blocklin.ComputeOptions`);
+        ``executor``, ``work_dir`` and ``storage_options`` fill the fields it leaves
+        unset.
     state_path : str, optional
         A zarr group keeping the decomposition (U included) as an
         :class:`~blocklin.ops.SVDState`. ``None`` (default): components and
@@ -128,8 +134,9 @@ class TruncatedSVD(SaveMixin, ClassNamePrefixFeaturesOutMixin, TransformerMixin,
         and an unfitted estimator's ``partial_fit`` resumes from an existing state
         (e.g. after a restart).
     storage_options : dict, optional
-        fsspec options (credentials, ``endpoint_url``...) for ``state_path`` when it
-        is a URL; never written or printed (``repr`` names the keys only).
+        fsspec options (credentials, ``endpoint_url``...) for ``state_path`` and
+        ``work_dir`` when they are URLs; never written or printed (``repr`` names the
+        keys only).
     progress : bool, callable or ProgressSink
         Report every pass over the data, as scikit-learn's ``verbose`` (off by default):
         ``True`` prints each pass on stderr (a bar on a terminal, plain lines otherwise),
@@ -168,7 +175,7 @@ class TruncatedSVD(SaveMixin, ClassNamePrefixFeaturesOutMixin, TransformerMixin,
                  random_state: Any = 0, method: str = "power", executor: str = "dask",
                  work_dir: str | None = None, state_path: str | None = None,
                  storage_options: Mapping[str, Any] | None = None,
-                 progress: Any = False) -> None:
+                 compute_options: OptionsLike = None, progress: Any = False) -> None:
         self.n_components = n_components
         self.oversample = oversample
         self.n_iter = n_iter
@@ -180,6 +187,7 @@ class TruncatedSVD(SaveMixin, ClassNamePrefixFeaturesOutMixin, TransformerMixin,
         # Wrapped so the estimator's repr names the option keys, never their values
         # (anything else is kept as given and refused when used: __init__ never raises).
         self.storage_options = hide_options(storage_options)
+        self.compute_options = compute_options
         self.progress = progress
 
     def _register_state(self) -> None:
@@ -217,7 +225,7 @@ class TruncatedSVD(SaveMixin, ClassNamePrefixFeaturesOutMixin, TransformerMixin,
         m, n = int(Xv.shape[0]), int(Xv.shape[1])
         self._check_params(m, n)
         with self._scratch() as wd, stored_matrix(Xv, work_dir=wd) as A:
-            opts = {"executor": self.executor, "work_dir": wd}
+            opts = self._options(wd)
             res = truncated_svd(A, int(self.n_components), self.oversample, self.n_iter,
                                 seed_of(self.random_state), self.method, False, opts,
                                 with_stats=True)
@@ -272,8 +280,12 @@ class TruncatedSVD(SaveMixin, ClassNamePrefixFeaturesOutMixin, TransformerMixin,
 
     def _scratch(self) -> AbstractContextManager[str]:
         """A leased scratch work dir for one fit: gc leaves it alone between passes."""
-        return scratch_folder(self.work_dir if self.work_dir is not None
-                              else default_work_dir(), "truncated-svd-")
+        return scratch_folder(estimator_options(self).work_dir or default_work_dir(),
+                              "truncated-svd-")
+
+    def _options(self, work_dir: str) -> ComputeOptions:
+        """The passes' options, with intermediates in this fit's scratch ``work_dir``."""
+        return estimator_options(self).replace(work_dir=work_dir)
 
     @reports("partial_fit")
     def partial_fit(self, X: Any, y: Any = None) -> TruncatedSVD:
@@ -317,7 +329,7 @@ class TruncatedSVD(SaveMixin, ClassNamePrefixFeaturesOutMixin, TransformerMixin,
                 step = gram_step(s, vt, g)
                 self.n_passes_ = 1
                 if step is None:
-                    r = compute(tsqr_r(A), executor=self.executor, work_dir=wd)[0]
+                    r = compute(tsqr_r(A), compute_options=self._options(wd))[0]
                     step = update_factors(s, vt, r)
                     self.n_passes_ = 2
         else:
@@ -369,7 +381,7 @@ class TruncatedSVD(SaveMixin, ClassNamePrefixFeaturesOutMixin, TransformerMixin,
         """One pass over stored rows: their (count, mean, M2), and their Gram XᵀX when
         ``with_gram`` (computed in the same pass; else None)."""
         out = compute(column_stats(A), *([gram(A)] if with_gram else []),
-                      executor=self.executor, work_dir=wd, stats=stats)
+                      compute_options=self._options(wd), stats=stats)
         st = out[0]
         moments = (st.count, st.mean, st.variance * max(st.count - 1, 0))
         return moments, np.asarray(out[1], dtype=np.float64) if with_gram else None
@@ -396,8 +408,8 @@ class TruncatedSVD(SaveMixin, ClassNamePrefixFeaturesOutMixin, TransformerMixin,
             return np.asarray(Xv @ vt.T)
         if isinstance(Xv, np.ndarray) or not is_stored(Xv):
             return Xv @ vt.T
-        return compute(matmul(Xv, np.ascontiguousarray(vt.T)), executor=self.executor,
-                       work_dir=self.work_dir)[0]
+        return compute(matmul(Xv, np.ascontiguousarray(vt.T)),
+                       compute_options=estimator_options(self))[0]
 
     def inverse_transform(self, X: Any) -> np.ndarray:
         """Map projected data back to feature space: ``X @ components_``."""

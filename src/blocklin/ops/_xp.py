@@ -10,7 +10,7 @@ numpy keeps it: the namespace dispatch never changes a CPU result.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import scipy.special
@@ -71,10 +71,10 @@ def sumsq(x: Any, axis: int) -> Any:
     return xp.sum(x * x, axis=axis)
 
 
-def empty(xp: Any, shape: tuple[int, ...], order: str = "C") -> Any:
+def empty(xp: Any, shape: tuple[int, ...], order: Literal["C", "F"] = "C") -> Any:
     """An uninitialised float64 array; ``order`` (numpy only: LAPACK's column-major)."""
     if is_numpy(xp):
-        return np.empty(shape, order=order)  # type: ignore[call-overload]
+        return np.empty(shape, order=order)
     return xp.empty(shape, dtype=xp.float64)
 
 

@@ -20,6 +20,7 @@ from blocklin.config import default_block_cache_bytes, machine_memory
 from blocklin.errors import InputDtypeError, InputValueError
 from blocklin.executors.api import compute
 from blocklin.executors.lazy import Lazy
+from blocklin.executors.options import ComputeOptions, OptionsLike, eager_options
 from blocklin.executors.progress import Progress, operation
 from blocklin.executors.progress import step as progress_step
 from blocklin.ops.inputs import MatrixInput, as_matrix, hstack_panel, row_panel_tasks
@@ -70,7 +71,7 @@ class TruncatedSVDResult:
     u_passes: int
     u_lazy: Lazy
     mean: np.ndarray | None = None
-    options: dict[str, Any] = field(default_factory=dict, repr=False)
+    options: ComputeOptions = field(default_factory=ComputeOptions, repr=False)
     column_stats: ColumnStats | None = field(default=None, repr=False)
     _u: BlockMatrix | None = field(default=None, repr=False)
     #: Where forming U reports its pass (the ``progress`` the result was computed with).
@@ -82,7 +83,7 @@ class TruncatedSVDResult:
         if self._u is None:
             # resume: the small stages of the last pass are already recorded complete.
             with operation("forming U", self.progress):
-                self._u = compute(self.u_lazy, resume=True, **self.options)[0]
+                self._u = compute(self.u_lazy, compute_options=self.options, resume=True)[0]
         return self._u
 
     def __iter__(self) -> Any:
@@ -235,23 +236,23 @@ def _decoded_nbytes(m: MatrixInput) -> int:
     return int(np.prod(node.shape)) * np.dtype(node.dtype).itemsize
 
 
-def _pass_cache(m: MatrixInput, opts: dict[str, Any]) -> dict[str, Any]:
-    """``opts`` with the block cache the passes use: ``"auto"`` caches A only when all of
-    it fits this machine's default budget.
+def _pass_cache(m: MatrixInput, opts: ComputeOptions) -> ComputeOptions:
+    """``opts`` with the block cache the passes use: unset (None) or ``"auto"`` caches A
+    only when all of it fits this machine's default budget.
 
     A few passes gain from a cache only when it holds all of A (a partial resident set
     saves a fraction of the reads, at the full budget's memory), so a larger A streams
     at the plan's per-task memory; an explicit size is passed on as given.
     """
-    wanted = opts.get("cache_bytes", "auto")
-    if not (isinstance(wanted, str) and wanted.strip().lower() == "auto"):
+    wanted = opts.cache_bytes
+    if not (wanted is None or (isinstance(wanted, str) and wanted.strip().lower() == "auto")):
         return opts
     fits = _decoded_nbytes(m) <= default_block_cache_bytes(machine_memory())
-    return {**opts, "cache_bytes": "auto" if fits else 0}
+    return opts.replace(cache_bytes="auto" if fits else 0)
 
 
 @contextmanager
-def _cached_passes(m: MatrixInput, opts: dict[str, Any]) -> Iterator[dict[str, Any]]:
+def _cached_passes(m: MatrixInput, opts: ComputeOptions) -> Iterator[ComputeOptions]:
     """The options for a method's passes (see :func:`_pass_cache`); on exit this
     process's block cache (the threaded scheduler's) is emptied, so the decoded copy of
     A does not outlive the call. Worker processes free theirs at their next compute
@@ -260,7 +261,7 @@ def _cached_passes(m: MatrixInput, opts: dict[str, Any]) -> Iterator[dict[str, A
     try:
         yield run
     finally:
-        if run.get("cache_bytes"):
+        if run.cache_bytes:
             process_cache().clear()
 
 
@@ -274,7 +275,7 @@ def svd_passes(method: str, n_iter: int, centered: bool) -> int:
 
 
 def _power_basis(A: Any, m: MatrixInput, width: int, n_iter: int, seed: int, krylov: bool,
-                 centered: bool, opts: dict[str, Any],
+                 centered: bool, opts: ComputeOptions,
                  with_stats: bool) -> tuple[np.ndarray, np.ndarray | None, ColumnStats | None]:
     """n_iter fused passes of ``AᵀA``; the orthonormal basis (and the column means).
 
@@ -288,7 +289,7 @@ def _power_basis(A: Any, m: MatrixInput, width: int, n_iter: int, seed: int, kry
     stats = None
     if n_iter == 0 and centered:
         with progress_step("column means"):
-            stats = compute(column_stats(A), **opts)[0]
+            stats = compute(column_stats(A), compute_options=opts)[0]
         mean = stats.mean
     basis = [x]
     for t in range(n_iter):
@@ -298,12 +299,13 @@ def _power_basis(A: Any, m: MatrixInput, width: int, n_iter: int, seed: int, kry
             # The means arrive with the first pass: fold them into the small product
             # (CᵀCX = AᵀAX − m·μμᵀX); later passes center each block exactly.
             with progress_step(label):
-                zs, *got = compute(normal_product(A, x, with_sums=True), *extra, **opts)
+                zs, *got = compute(normal_product(A, x, with_sums=True), *extra,
+                                   compute_options=opts)
             mean = zs[:, -1] / rows
             z = zs[:, :-1] - rows * np.outer(mean, mean @ x)
         else:
             with progress_step(label):
-                z, *got = compute(normal_product(A, x, shift=mean), *extra, **opts)
+                z, *got = compute(normal_product(A, x, shift=mean), *extra, compute_options=opts)
         stats = got[0] if got else stats
         x = _orth(z)
         basis.append(x)
@@ -313,7 +315,7 @@ def _power_basis(A: Any, m: MatrixInput, width: int, n_iter: int, seed: int, kry
 
 
 def _range_finish(A: Any, basis: np.ndarray, mean: np.ndarray | None, k: int,
-                  opts: dict[str, Any], with_stats: bool = False
+                  opts: ComputeOptions, with_stats: bool = False
                   ) -> tuple[np.ndarray, np.ndarray, Lazy, ColumnStats | None]:
     """One TSQR pass over ``Y = (A − 1μᵀ)·basis`` that also carries ``B = QᵀA`` up the
     tree (Q from Y's TSQR): s and Vt from the SVD of B, the lazy U = Q·U_B (and A's
@@ -330,19 +332,19 @@ def _range_finish(A: Any, basis: np.ndarray, mean: np.ndarray | None, k: int,
     with progress_step("range finish (TSQR)"):
         f, *got = compute(Lazy(plan, finish, "small", label="rsvd.finish"),
                           *((column_stats(A),) if with_stats else ()),
-                          keep_intermediates=True, **opts)
+                          compute_options=opts, keep_intermediates=True)
     s = np.array(f[c, :k])
     vt = np.ascontiguousarray(f[c + 1:, :k].T)
     return s, vt, plan_form_q(tree, plan, finish, op="rsvd", k=k), (got[0] if got else None)
 
 
-def _gram_svd(A: Any, m: MatrixInput, k: int, centered: bool, opts: dict[str, Any]
+def _gram_svd(A: Any, m: MatrixInput, k: int, centered: bool, opts: ComputeOptions
               ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, ColumnStats]:
     """One pass: AᵀA and column statistics, eigendecomposed on the driver."""
     rows = m.shape[0]
     mean = None
     with progress_step("Gram pass"):
-        g, st = compute(gram(A), column_stats(A), **opts)
+        g, st = compute(gram(A), column_stats(A), compute_options=opts)
     if centered:
         mean = st.mean
         g = g - rows * np.outer(mean, mean)
@@ -353,14 +355,15 @@ def _gram_svd(A: Any, m: MatrixInput, k: int, centered: bool, opts: dict[str, An
 
 
 def truncated_svd(A: Any, k: int, oversample: int, n_iter: int, seed: int, method: str,
-               centered: bool, opts: dict[str, Any],
+               centered: bool, options: OptionsLike,
                with_stats: bool = False) -> TruncatedSVDResult:
     """The engine of randomized_svd and pca; ``with_stats`` adds column statistics
     (computed in the first pass, at no extra pass)."""
     m = as_matrix(A)
     width = check_svd_args(m, k, oversample, n_iter, method)
+    opts = ComputeOptions.of(options)
     # U's pass runs later, alone: it gains nothing from a cache.
-    u_opts = {key: v for key, v in opts.items() if key != "cache_bytes"}
+    u_opts = opts.replace(cache_bytes=0)
     if method == "gram":
         s, vt, mean, st = _gram_svd(A, m, k, centered, opts)
         d = row_signs(vt)
@@ -385,14 +388,8 @@ def _gram_u(A: Any, vt: np.ndarray, s: np.ndarray, mean: np.ndarray | None) -> L
 
 
 def randomized_svd(A: Any, k: int, *, oversample: int = 10, n_iter: int = 3, seed: int = 0,
-                   method: SVDMethod = "power", executor: Any = "dask",
-                   address: str | None = None, client: Any = None, spark: Any = None,
-                   work_dir: str | None = None, max_task_memory: int | str | None = None,
-                   num_workers: int | None = None, device: str = "cpu", security: Any = None,
-                   connect_timeout: float | None = None,
-                   worker_timeout: float | None = None,
-                   cache_bytes: int | str | None = "auto",
-                   with_stats: bool = False, progress: Progress = False) -> TruncatedSVDResult:
+                   method: SVDMethod = "power", with_stats: bool = False,
+                   compute_options: OptionsLike = None, **options: Any) -> TruncatedSVDResult:
     """Top-k singular triplets of A by randomized subspace iteration, pass-efficiently.
 
     Parameters
@@ -421,28 +418,24 @@ def randomized_svd(A: Any, k: int, *, oversample: int = 10, n_iter: int = 3, see
         driver) and its eigendecomposition; exact up to squaring the condition
         number: singular values below ``sqrt(eps)·σ₁`` (≈1.5e-8·σ₁) lose all
         accuracy, and relative error grows as ``eps·(σ₁/σⱼ)²``.
-    executor, address, client, spark, work_dir, max_task_memory, num_workers, device
-        Where and how each pass runs, as :func:`blocklin.compute`.
-    security, connect_timeout, worker_timeout
-        A dask cluster's TLS settings and timeouts, as :func:`blocklin.compute`.
-    cache_bytes : int, str or None
-        Block cache of the passes, as :func:`blocklin.compute`. ``"auto"`` (default)
-        keeps A's decoded blocks in memory between passes only when all of A fits the
-        default budget (a quarter of the memory, ``BLOCKLIN_BLOCK_CACHE_BYTES``): then
-        one pass reads storage and the others read memory. A larger A streams from
-        storage every pass at the plan's per-task memory. None or 0: no cache; a size:
-        that budget, a fixed resident set re-reading the rest each pass.
+    compute_options : ComputeOptions or dict, optional
+        Where and how each pass runs (:class:`~blocklin.executors.options.ComputeOptions`).
+        Its block cache, unset (None) or ``"auto"``, keeps A's decoded blocks in memory
+        between passes only when all of A fits the default budget (a quarter of the
+        memory, ``BLOCKLIN_BLOCK_CACHE_BYTES``): then one pass reads storage and the
+        others read memory. A larger A streams from storage every pass at the plan's
+        per-task memory. 0: no cache; a size: that budget, a fixed resident set
+        re-reading the rest each pass. Its ``progress`` reports each pass (power
+        iterations, the TSQR finish, forming U later): ``True`` prints to stderr (a
+        bar on a terminal, plain lines otherwise) unless an enclosing
+        :func:`blocklin.executors.progress.progress_to` block listens.
+    **options
+        Fields of ComputeOptions replacing those of ``compute_options``
+        (``executor="spark"``, ``work_dir=...``, ``progress=True``...).
     with_stats : bool
         Also compute A's column statistics, in the first pass (no extra pass):
         ``column_stats``, ``total_variance`` (‖A‖_F²) and ``explained_variance_ratio``
         (``s²/‖A‖_F²``, each component's share of all of A). ``gram`` always has them.
-    progress : bool, callable or ProgressSink
-        Report each pass (power iterations, the TSQR finish, forming U later): ``True``
-        prints to stderr (a bar on a terminal, plain lines otherwise) unless an
-        enclosing :func:`blocklin.executors.progress.progress_to` block listens; see
-        :mod:`blocklin.executors.progress`. False (default): silent, unless such a block
-        encloses the call.
-
     Returns
     -------
     TruncatedSVDResult
@@ -478,9 +471,7 @@ def randomized_svd(A: Any, k: int, *, oversample: int = 10, n_iter: int = 3, see
     >>> res.s, res.Vt, res.passes
     >>> U = res.U          # one more pass, only now
     """
-    opts = _run_options(executor, address, client, spark, work_dir, max_task_memory,
-                        num_workers, device, security, connect_timeout, worker_timeout,
-                        0 if cache_bytes is None else cache_bytes)
+    opts, progress = eager_options(compute_options, options)
     with operation("randomized_svd", progress):
         res = truncated_svd(A, k, oversample, n_iter, seed, method, False, opts, with_stats)
     res.progress = progress
@@ -488,12 +479,8 @@ def randomized_svd(A: Any, k: int, *, oversample: int = 10, n_iter: int = 3, see
 
 
 def pca(A: Any, k: int, *, oversample: int = 10, n_iter: int = 3, seed: int = 0,
-        method: SVDMethod = "power", executor: Any = "dask", address: str | None = None,
-        client: Any = None, spark: Any = None, work_dir: str | None = None,
-        max_task_memory: int | str | None = None, num_workers: int | None = None,
-        device: str = "cpu", security: Any = None, connect_timeout: float | None = None,
-        worker_timeout: float | None = None, cache_bytes: int | str | None = "auto",
-        with_stats: bool = False, progress: Progress = False) -> PCAResult:
+        method: SVDMethod = "power", with_stats: bool = False,
+        compute_options: OptionsLike = None, **options: Any) -> PCAResult:
     """Principal components of the rows of A, without writing a centered copy.
 
     Parameters are those of :func:`randomized_svd`; with ``with_stats``,
@@ -514,9 +501,7 @@ def pca(A: Any, k: int, *, oversample: int = 10, n_iter: int = 3, seed: int = 0,
     so a moments pass precedes the finish (2 passes). ``gram`` computes AᵀA and the means in one fused pass
     and uses ``AᵀA − m·μμᵀ``, which cancels digits when ‖μ‖ dominates the spread.
     """
-    opts = _run_options(executor, address, client, spark, work_dir, max_task_memory,
-                        num_workers, device, security, connect_timeout, worker_timeout,
-                        0 if cache_bytes is None else cache_bytes)
+    opts, progress = eager_options(compute_options, options)
     with operation("pca", progress):
         res = truncated_svd(A, k, oversample, n_iter, seed, method, True, opts, with_stats)
     return PCAResult(res.s, res.Vt, res.method, res.passes, res.u_passes, res.u_lazy, res.mean,

@@ -20,6 +20,7 @@ import numpy as np
 
 from blocklin.executors.api import ProgressHook
 from blocklin.executors.base import RunStats
+from blocklin.executors.options import ComputeOptions
 from blocklin.executors.progress import progress_to
 from blocklin.executors.progress import step as progress_step
 from blocklin.pipelines.lock import OutputLock
@@ -78,7 +79,7 @@ def execute(pipe: Pipeline, opts: RunOptions, progress: ProgressHook | None) -> 
     return manifest
 
 
-def check_reachable(comp: Mapping[str, Any], timeout: float = 5.0) -> None:
+def check_reachable(comp: ComputeOptions, timeout: float = 5.0) -> None:
     """Fail fast, before locking anything, when a dask scheduler address does not answer.
 
     Raises
@@ -94,8 +95,8 @@ def check_reachable(comp: Mapping[str, Any], timeout: float = 5.0) -> None:
     from blocklin.errors import ExecutorError
     from blocklin.executors.dask import parse_address
 
-    address = comp.get("address")
-    if comp.get("executor") != "dask" or not address:
+    address = comp.address
+    if comp.executor != "dask" or not address:
         return
     address = parse_address(str(address))  # urlparse's port raises a bare ValueError
     if not address.startswith("tcp://"):
@@ -109,7 +110,7 @@ def check_reachable(comp: Mapping[str, Any], timeout: float = 5.0) -> None:
 
 
 def compute_steps(pipe: Pipeline, inputs: Mapping[str, Any], staging: str,
-                  comp: Mapping[str, Any], resume: bool, progress: ProgressHook | None,
+                  comp: ComputeOptions, resume: bool, progress: ProgressHook | None,
                   log: RunLog | None = None) -> tuple[dict[str, Any], RunStats]:
     """One shared compute for every lazy step, then the eager steps in order; matrix
     outputs are written under ``staging`` (a path or URL).
@@ -125,8 +126,8 @@ def compute_steps(pipe: Pipeline, inputs: Mapping[str, Any], staging: str,
     steps = lazy_steps(pipe)
     if steps:
         with log.step("plan", ", ".join(sorted({s.op.name for s in steps})), "plan"):
-            computed = compute(*(values[s.name] for s in steps), resume=resume,
-                               progress=progress, **comp)
+            computed = compute(*(values[s.name] for s in steps), compute_options=comp,
+                               resume=resume, progress=progress)
         for s, v in zip(steps, computed, strict=True):
             values[s.name] = v
     for step in pipe.steps:
@@ -138,7 +139,7 @@ def compute_steps(pipe: Pipeline, inputs: Mapping[str, Any], staging: str,
 
 
 def run_eager(pipe: Pipeline, name: str, values: Mapping[str, Any],
-              comp: Mapping[str, Any]) -> Any:
+              comp: ComputeOptions) -> Any:
     step = pipe.step(name)
     args = {arg: values[ref] for arg, ref in step.spec.inputs.items()}
     logger.info("step %s (%s): iterative, runs its own passes", name, step.op.name)
@@ -149,17 +150,17 @@ def run_eager(pipe: Pipeline, name: str, values: Mapping[str, Any],
     return value
 
 
-def _log_start(pipe: Pipeline, comp: Mapping[str, Any]) -> None:
+def _log_start(pipe: Pipeline, comp: ComputeOptions) -> None:
     """INFO: where the run goes and what it runs."""
     if not logger.isEnabledFor(logging.INFO):
         return
-    where = comp.get("executor") or "dask"
-    if comp.get("address"):
-        where += f" at {comp['address']}"
+    where = str(comp.executor)
+    if comp.address:
+        where += f" at {comp.address}"
     lazy = [s.name for s in lazy_steps(pipe)]
     eager = [s.name for s in pipe.steps if s.op.kind == "eager"]
     logger.info("pipeline %s on %s, work dir %s: %d steps in one plan%s", pipe.spec.name,
-                where, comp.get("work_dir"), len(lazy),
+                where, comp.work_dir, len(lazy),
                 f", then iterative steps {', '.join(eager)}" if eager else "")
 
 
@@ -240,6 +241,14 @@ _REFRESHED_MODELS: dict[str, tuple[str, dict[str, tuple[str, Any]], dict[str, An
         "coef": ("coef_", np.asarray), "gram": ("gram_", np.asarray),
         "n_samples_seen": ("n_samples_seen_", int),
         "n_features_in": ("n_features_in_", int)}, {}),
+    # The refresh's fit of the whole input, warm-started from the stored factors.
+    "als": ("blocklin.ml.ALS", {
+        "user_factors": ("user_factors_", np.asarray),
+        "item_factors": ("item_factors_", np.asarray),
+        "user_counts": ("user_counts_", np.asarray), "item_counts": ("item_counts_", np.asarray),
+        "n_features_in": ("n_features_in_", int),
+        "objective_history": ("objective_history_", np.asarray), "n_iter": ("n_iter_", int),
+        "warm_started": ("warm_started_", bool)}, {}),
     # The refresh's partial_fit solves the merged normal equations.
     "linear_regression": ("blocklin.ml.LinearRegression", {
         "coef": ("coef_", np.asarray), "intercept": ("intercept_", float),
@@ -306,7 +315,7 @@ def _group_doc(pipeline: str, matrices: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def finish_run(pipe: Pipeline, inputs: Mapping[str, Any], results: Mapping[str, Any],
-               stats: RunStats, comp: Mapping[str, Any], plan_info: Mapping[str, Any],
+               stats: RunStats, comp: ComputeOptions, plan_info: Mapping[str, Any],
                started: str, t0: float, mode: str, extra: Mapping[str, Any],
                area: str, log: RunLog | None = None) -> dict[str, Any]:
     """Store outputs, then write the manifest (the commit point) and the report.
@@ -327,8 +336,8 @@ def finish_run(pipe: Pipeline, inputs: Mapping[str, Any], results: Mapping[str, 
         "started": started,
         "finished": utc_now(),
         "seconds": round(time.perf_counter() - t0, 6),
-        "executor": {k: comp.get(k) for k in ("executor", "address", "work_dir", "num_workers",
-                                              "device")},
+        "executor": {k: getattr(comp, k) for k in ("executor", "address", "work_dir",
+                                                   "num_workers", "device")},
         "resources": pipe.spec.resources.model_dump(mode="json"),
         "inputs": {name: _input_record(m) for name, m in inputs.items()},
         "steps": {s.name: {"op": s.op.name, "kind": s.op.kind, "inputs": dict(s.spec.inputs),

@@ -60,12 +60,12 @@ def run_lifecycle(pipe: Pipeline, opts: RunOptions) -> Iterator[None]:
     ``keep_intermediates``. Entries another live compute leases are never removed.
     """
     from blocklin.executors.intermediates import intermediates_scope
-    from blocklin.pipelines.runner import compute_options, spec_keeps
+    from blocklin.pipelines.runner import run_work_dir, spec_keeps
 
     keep = opts.keep_intermediates or spec_keeps(pipe)
     with intermediates_scope(keep=keep):
         yield
-    work = compute_options(pipe, opts)["work_dir"]
+    work = run_work_dir(pipe, opts)
     if not keep and _owned(work, pipe.output_dir):
         # Also what no compute of this run left: a crashed run's scratch folders, arrays
         # estimators wrote themselves. Live leases protect what a new run already uses.

@@ -38,7 +38,6 @@ follow that rule, and check each output against the identity its record holds.
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import platform
 import resource
@@ -51,6 +50,7 @@ from typing import Any
 import numpy as np
 
 from blocklin.pipelines.outdir import OutputDir, output_dir_for
+from blocklin.storage.npz import npz_arrays, npz_bytes
 
 __all__ = ["MANIFEST_NAME", "arrays_digest", "load_manifest", "load_output", "load_small",
            "peak_rss_bytes", "save_small", "verify_outputs", "versions", "write_json_atomic"]
@@ -87,9 +87,7 @@ def load_manifest(output_dir: Where) -> dict[str, Any] | None:
 
 def save_small(where: OutputDir, rel: str, arrays: Mapping[str, np.ndarray]) -> None:
     """Save named arrays as ``.npz`` (no pickles), atomically."""
-    buf = io.BytesIO()
-    np.savez(buf, **arrays)  # type: ignore[arg-type]
-    where.write_bytes(rel, buf.getvalue())
+    where.write_bytes(rel, npz_bytes(arrays))
 
 
 def load_small(where: Where, rel: str | None = None) -> dict[str, np.ndarray]:
@@ -109,8 +107,7 @@ def load_small(where: Where, rel: str | None = None) -> dict[str, np.ndarray]:
     data = out.read_bytes(rel)
     if data is None:
         raise FileNotFoundError(f"no such file: {out.url(rel)}")
-    with np.load(io.BytesIO(data), allow_pickle=False) as z:
-        return {k: z[k] for k in z.files}
+    return npz_arrays(data)
 
 
 def arrays_digest(arrays: Mapping[str, np.ndarray]) -> str:

@@ -43,6 +43,7 @@ from typing import Any
 
 from blocklin.errors import InputValueError
 from blocklin.executors.api import ProgressHook
+from blocklin.executors.options import ComputeOptions
 from blocklin.pipelines.append import (
     append_batch,
     append_rows,
@@ -301,7 +302,8 @@ def _update(pipe: Pipeline, inputs: dict[str, Any], manifest: Mapping[str, Any],
     area = out.start_run(True, manifest)
     results: dict[str, Any] = {}
     for b, rec in zip(batches, pending, strict=True):
-        prev = _apply_batch(pipe, inc, prev, b, tuple(rec["rows"]), comp, log, progress)
+        prev = _apply_batch(pipe, inc, prev, b, tuple(rec["rows"]), comp, log, progress,
+                            inputs)
     modes = dict.fromkeys(inc, "incremental")
     results.update(prev)
     rest = [n for n in outs if n not in results]
@@ -361,8 +363,9 @@ def _copy_from_inputs(pipe: Pipeline, inputs: Mapping[str, BlockMatrix], out: Ou
 
 
 def _apply_batch(pipe: Pipeline, names: list[str], prev: dict[str, Arrays], b: StagedBatch,
-                 rows: tuple[int, ...], comp: Mapping[str, Any], log: RunLog,
-                 progress: ProgressHook | None) -> dict[str, Arrays]:
+                 rows: tuple[int, ...], comp: ComputeOptions, log: RunLog,
+                 progress: ProgressHook | None,
+                 inputs: Mapping[str, Any] | None = None) -> dict[str, Arrays]:
     """Merge one batch into each incremental output: one shared compute for the lazy ones."""
     from blocklin.executors.api import compute
 
@@ -375,7 +378,7 @@ def _apply_batch(pipe: Pipeline, names: list[str], prev: dict[str, Arrays], b: S
     if built:
         with log.step(f"batch {b.fingerprint[:12]}", "merge rows: " + ", ".join(
                 sorted({steps[n].op.name for n in lazy})), "plan"):
-            values = compute(*built, progress=progress, **comp)
+            values = compute(*built, compute_options=comp, progress=progress)
     new = dict(prev)
     for n, v in zip(lazy, values, strict=True):
         merge = steps[n].op.merge_rows
@@ -384,8 +387,10 @@ def _apply_batch(pipe: Pipeline, names: list[str], prev: dict[str, Arrays], b: S
     for n in names:
         update = steps[n].op.update
         if n not in lazy and update is not None:
+            whole = {arg: (inputs or {}).get(ref) for arg, ref in steps[n].spec.inputs.items()}
             ctx = UpdateContext(prev[n], _batch_args(pipe, steps[n], b), (rows[0], rows[1]),
-                                persist_dir(pipe.output_store(), n), comp)
-            with log.step(steps[n].name, f"{steps[n].op.name} update", "update"):
+                                persist_dir(pipe.output_store(), n), comp, whole)
+            with log.step(steps[n].name, f"{steps[n].op.name} update", "update") as run:
                 new[n] = update(ctx, steps[n].params)
+                run.details.update(ctx.record)
     return new

@@ -23,6 +23,8 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
+from blocklin.executors.options import ComputeOptions
+
 __all__ = ["BuildContext", "Operator", "Params", "UpdateContext", "operator_names", "register",
            "registry", "to_arrays"]
 
@@ -41,12 +43,12 @@ class BuildContext:
     """What a step's builder may use besides its inputs and parameters.
 
     ``out`` is where a ``matrix`` result must be stored when it is a pipeline
-    output; ``compute`` holds the run's compute options (executor, address,
-    work_dir, max_task_memory) for ``eager`` operators.
+    output; ``compute`` holds the run's compute options (built once from the spec
+    and the command line) for ``eager`` operators.
     """
 
     out: str | None = None
-    compute: Mapping[str, Any] = field(default_factory=dict)
+    compute: ComputeOptions = field(default_factory=ComputeOptions)
 
 
 Builder = Callable[[Mapping[str, Any], Any, BuildContext], Any]
@@ -61,13 +63,21 @@ Checker = Callable[[Mapping[str, Any], Any, BuildContext], Any]
 
 @dataclass(frozen=True)
 class UpdateContext:
-    """What an eager operator's ``update`` gets for one appended batch."""
+    """What an eager operator's ``update`` gets for one appended batch.
+
+    ``inputs`` are the step's whole inputs, every pending batch appended (an update
+    that revisits old rows, such as ALS's warm start, reads their first
+    ``rows[1]``); ``record`` takes facts the update adds to its step's run record
+    (the manifest's ``step_runs``), such as iterations run.
+    """
 
     previous: Arrays
     batch: Mapping[str, Any]
     rows: tuple[int, int]
     state_dir: str
-    compute: Mapping[str, Any]
+    compute: ComputeOptions
+    inputs: Mapping[str, Any] = field(default_factory=dict)
+    record: dict[str, Any] = field(default_factory=dict)
 
 
 Updater = Callable[[UpdateContext, Any], Arrays]

@@ -21,6 +21,7 @@ from pydantic import ValidationError
 
 from blocklin.errors import BlocklinError, PlanMemoryError
 from blocklin.executors.api import ProgressHook
+from blocklin.executors.options import ComputeOptions
 from blocklin.pipelines.registry import BuildContext, Operator, Params, registry
 from blocklin.pipelines.spec import (
     PipelineSpec,
@@ -134,7 +135,7 @@ def register_storage(pipe: Pipeline, opts: RunOptions) -> None:
               for inp in pipe.spec.inputs.values()]
     out, out_own = pipe.output_dir, pipe.spec.output_dir_storage_options
     places.append((out, out_own))
-    work = compute_options(pipe, opts)["work_dir"]
+    work = run_work_dir(pipe, opts)
     work_own = pipe.spec.executor.work_dir_storage_options
     # A work dir inside the output dir (the default, ``.work``) without options of its
     # own takes the output dir's: registered alone, the CLI's would shadow them.
@@ -292,7 +293,7 @@ def _join(base: str, name: str) -> str:
 
 
 def build_steps(pipe: Pipeline, inputs: Mapping[str, Any], matrix_out: Mapping[str, str],
-                compute: Mapping[str, Any]) -> dict[str, Any]:
+                compute: ComputeOptions) -> dict[str, Any]:
     """Call each step's builder in order: lazy results, views, or deferred eager steps."""
     values: dict[str, Any] = dict(inputs)
     for step in pipe.steps:
@@ -308,19 +309,26 @@ def build_steps(pipe: Pipeline, inputs: Mapping[str, Any], matrix_out: Mapping[s
     return values
 
 
-def compute_options(pipe: Pipeline, opts: RunOptions) -> dict[str, Any]:
+def run_work_dir(pipe: Pipeline, opts: RunOptions) -> str:
+    """The run's work directory: the command line's, the spec's, else ``<output>/.work``."""
+    work = opts.work_dir or pipe.spec.executor.work_dir
+    return pipe.resolve(work) if work else _join(pipe.output_dir, ".work")
+
+
+def compute_options(pipe: Pipeline, opts: RunOptions) -> ComputeOptions:
+    """The run's compute options, built once from the spec and the command line (which
+    wins); every step's passes run with them."""
     spec = pipe.spec
-    work = opts.work_dir or spec.executor.work_dir
-    return {
-        "executor": opts.executor or spec.executor.executor,
-        "address": opts.address if opts.address is not None else spec.executor.address,
-        "work_dir": pipe.resolve(work) if work else _join(pipe.output_dir, ".work"),
-        "max_task_memory": opts.max_task_memory or spec.resources.max_task_memory,
-        "num_workers": opts.num_workers or spec.executor.num_workers,
-        "device": spec.resources.device,
+    return ComputeOptions(
+        executor=opts.executor or spec.executor.executor,
+        address=opts.address if opts.address is not None else spec.executor.address,
+        work_dir=run_work_dir(pipe, opts),
+        max_task_memory=opts.max_task_memory or spec.resources.max_task_memory,
+        num_workers=opts.num_workers or spec.executor.num_workers,
+        device=spec.resources.device,
         # dask cluster timeouts and TLS (CLI flags in opts.extra override the spec)
         **cluster_settings(spec.executor, opts.extra, pipe.resolve),
-    }
+    )
 
 
 def written_paths(pipe: Pipeline) -> list[tuple[str, str]]:
@@ -355,7 +363,7 @@ def check_locations(pipe: Pipeline, opts: RunOptions | None = None) -> None:
     from blocklin.storage.locations import check_no_alias
 
     inputs = [(f"input {name!r}", pipe.resolve(inp.path)) for name, inp in pipe.spec.inputs.items()]
-    work = compute_options(pipe, opts or RunOptions())["work_dir"]
+    work = run_work_dir(pipe, opts or RunOptions())
     try:
         check_no_alias(written_paths(pipe), inputs, work)
     except OutputAliasError as exc:
@@ -388,7 +396,7 @@ def explain_pipeline(pipe: Pipeline, opts: RunOptions | None = None) -> dict[str
 
     values = build_steps(pipe, inputs, output_paths(pipe, _join(pipe.output_dir, STAGING)), comp)
     lazies = [values[s.name] for s in lazy_steps(pipe)]
-    limit = comp["max_task_memory"]
+    limit = comp.max_task_memory
     limit = parse_memory(limit) if limit else default_max_task_memory()
     try:
         report = finalize(Plan().merge(*(v.plan for v in lazies)), limit).report()
@@ -402,7 +410,7 @@ def explain_pipeline(pipe: Pipeline, opts: RunOptions | None = None) -> dict[str
     stages += [row for e in eager for row in e["stages"]]
     return {
         "pipeline": pipe.spec.name,
-        "executor": {k: comp[k] for k in ("executor", "address", "work_dir")},
+        "executor": {k: getattr(comp, k) for k in ("executor", "address", "work_dir")},
         "stages": stages,
         "passes": report.source_passes(),
         "max_task_memory": report.max_task_memory,
@@ -417,7 +425,7 @@ def explain_pipeline(pipe: Pipeline, opts: RunOptions | None = None) -> dict[str
     }
 
 
-def eager_projection(pipe: Pipeline, values: Mapping[str, Any], comp: Mapping[str, Any],
+def eager_projection(pipe: Pipeline, values: Mapping[str, Any], comp: ComputeOptions,
                      limit: int) -> list[dict[str, Any]]:
     """Check each eager step without its data's values and project its passes.
 

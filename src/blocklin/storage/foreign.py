@@ -471,7 +471,8 @@ def _fetch(store: Any, layout: ForeignLayout, unit: BlockIndex, bufs: _Buffers,
     if shards is None:
         # Compressed data may come out slightly larger than raw (incompressible input).
         buf = into if into is not None else bufs.encoded_buf(nbytes + nbytes // 64 + 4096)
-        return store.read_into(key, buf)  # type: ignore[no-any-return]
+        raw: memoryview | None = store.read_into(key, buf)
+        return raw
     entries = shards.entries(key, obj)
     if entries is None:
         return None
@@ -479,11 +480,11 @@ def _fetch(store: Any, layout: ForeignLayout, unit: BlockIndex, bufs: _Buffers,
     if offset == _EMPTY and length == _EMPTY:
         return None
     buf = into if into is not None and len(into) == length else bufs.encoded_buf(length)
-    got = store.read_range_into(key, offset, length, buf)
+    got: memoryview | None = store.read_range_into(key, offset, length, buf)
     if got is None or len(got) != length:
         raise CorruptChunkError(url, unit, f"shard {key} ends before inner chunk {pos} "
                                            f"(bytes {offset}..{offset + length})")
-    return got  # type: ignore[no-any-return]
+    return got
 
 
 def read_region_into(store: Any, layout: ForeignLayout, region: Sequence[slice],

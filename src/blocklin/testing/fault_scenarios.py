@@ -45,6 +45,7 @@ from blocklin import errors
 from blocklin.executors.base import RunStats
 from blocklin.executors.lazy import Lazy
 from blocklin.plan.graph import Plan
+from blocklin.storage.npz import npz_bytes
 from blocklin.testing.faults import FailAfter, InjectedFault, slow_down
 
 __all__ = [
@@ -247,8 +248,7 @@ def _chain_data(rows: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
 
 def _save(path: Path, res: Results) -> None:
     tmp = path.with_name(path.name + ".tmp.npz")
-    with open(tmp, "wb") as f:
-        np.savez(f, **res)  # type: ignore[arg-type]  # numpy's stub misreads **arrays
+    tmp.write_bytes(npz_bytes(res))
     os.replace(tmp, path)
 
 

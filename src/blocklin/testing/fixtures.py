@@ -17,6 +17,7 @@ import pytest
 
 from blocklin.executors.api import compute
 from blocklin.executors.base import RunStats
+from blocklin.executors.options import ComputeOptions
 
 __all__ = ["EXECUTOR_CASES", "ExecutorCase"]
 
@@ -31,9 +32,14 @@ class ExecutorCase:
     work_dir: Path
     kwargs: dict[str, Any] = field(default_factory=dict)
 
+    @property
+    def options(self) -> ComputeOptions:
+        """This case's engine and work directory, for an estimator's ``compute_options``
+        or an eager operator's."""
+        return ComputeOptions.of({"work_dir": str(self.work_dir), **self.kwargs})
+
     def compute(self, *results: Any, **extra: Any) -> tuple[Any, ...]:
-        kw = {"work_dir": str(self.work_dir), **self.kwargs, **extra}
-        return compute(*results, **kw)
+        return compute(*results, compute_options=self.options, **extra)
 
     def compute_one(self, result: Any, **extra: Any) -> Any:
         return self.compute(result, **extra)[0]
