@@ -4,7 +4,9 @@ EASE fits the item–item weights B (zero diagonal) minimizing ‖X − XB‖²_
 whose solution is B = I − P·diag(1/diag P) with P = (XᵀX + λI)⁻¹. XᵀX is exact,
 computed by block tasks over a stored interaction matrix (dense or CSR row blocks) in
 column panels (:func:`gram_panels`: one pass up to 5,792 items); the n_items × n_items
-inverse is taken on the driver.
+inverse is taken on the driver, in place: the driver holds two n × n float64 arrays
+(the Gram and B), 6.4 GB at 20,000 items, and refuses larger catalogues than its
+memory allows before any pass.
 Recommending reads user rows as block tasks, keeping the top n items of each row
 block: no users × items matrix is ever formed on the driver.
 """
@@ -22,8 +24,8 @@ from scipy.linalg import lapack
 from sklearn.base import BaseEstimator
 from sklearn.utils.validation import check_is_fitted
 
-from blocklin.config import default_work_dir
-from blocklin.errors import InputDtypeError, InputValueError
+from blocklin.config import default_work_dir, machine_memory, parse_memory
+from blocklin.errors import InputDtypeError, InputValueError, PlanMemoryError
 from blocklin.executors.api import compute
 from blocklin.executors.lazy import Lazy
 from blocklin.ml._progress import reports
@@ -35,14 +37,18 @@ from blocklin.plan.reduce import SumParts, tree_reduce
 from blocklin.storage.blockmatrix import from_array
 from blocklin.storage.leases import scratch_folder
 
-__all__ = ["EASE", "EASE_MAX_ITEMS", "ease_weights", "top_n"]
+__all__ = ["EASE", "FIT_COPIES", "PARTIAL_FIT_COPIES", "driver_bytes", "ease_weights", "top_n"]
 
-#: Most items whose weights the driver computes: the Gram (kept for partial_fit) and B
-#: are n × n float64, 3.2 GB each at 20,000 items; the LU inverse used above 8,192
-#: items holds four n × n arrays at its peak (≈ 32·n² bytes: 12.8 GB at 20,000; 5.1 GB
-#: peak RSS measured at 15,000 items). Beyond it a blocked or distributed inverse is
-#: needed, which blocklin does not have yet.
-EASE_MAX_ITEMS = 20_000
+#: Copies of an n × n float64 matrix the driver holds at the peak of ``fit``: the Gram
+#: (kept for partial_fit) and B, computed in place of a copy of it (LAPACK's in-place
+#: factorization and inverse). ``partial_fit`` holds one more: the new Gram beside the
+#: kept one while B is recomputed (in the old B's buffer).
+FIT_COPIES = 2
+PARTIAL_FIT_COPIES = 3
+#: Share of the machine's memory (:func:`blocklin.config.machine_memory`, a container's
+#: limit where lower) the driver's n × n arrays may take when ``driver_memory`` is not
+#: given: the rest is for the interpreter, the executor's threads and the OS.
+_DRIVER_FRACTION = 0.8
 #: Bytes of B read by one recommend task: B is cut into column panels of this size.
 _PANEL_BYTES = 128 * 2**20
 #: Rows of an in-memory user matrix scored at once (bounds the rows × items scores).
@@ -52,29 +58,52 @@ _GRAM_PANEL_BYTES = 256 * 2**20
 #: Largest n inverted by Cholesky (dpotrf/dpotri). Threaded OpenBLAS dpotrf segfaults
 #: from n = 16,000 on 2 threads with both the scipy and numpy wheels' OpenBLAS (measured
 #: here; OpenBLAS issues #2562 and #2821: its parallel syrk inside potrf); larger
-#: systems go through LU (numpy.linalg.inv: 2n³ flops, two more n × n arrays), which
-#: ran at 16,000.
+#: systems go through LU (dgetrf/dgetri: 2n³ flops instead of n³), in place too.
 _CHOLESKY_MAX_ITEMS = 8192
 
 
-def _check_items(n: int) -> None:
-    if n > EASE_MAX_ITEMS:
-        gib = 32 * n * n / 2**30
-        raise InputValueError(
-            f"EASE computes its {n} × {n} item weights on the driver, up to "
-            f"EASE_MAX_ITEMS = {EASE_MAX_ITEMS} items (about {gib:.0f} GiB for {n}); reduce "
-            "the catalogue (e.g. drop items with few interactions) before fitting")
+def driver_bytes(n_items: int, copies: int = FIT_COPIES) -> int:
+    """Driver memory of an EASE fit over ``n_items`` items: ``copies`` n × n float64
+    arrays, one Gram column panel (at most 256 MiB) and LAPACK's inverse workspace."""
+    n = int(n_items)
+    return copies * 8 * n * n + min(8 * n * n, _GRAM_PANEL_BYTES) + 8 * 64 * n
 
 
-def ease_weights(g: np.ndarray, l2: float) -> np.ndarray:
+def _driver_budget(driver_memory: int | str | None) -> int:
+    if driver_memory is None:
+        return int(_DRIVER_FRACTION * machine_memory())
+    return parse_memory(driver_memory)
+
+
+def _check_items(n: int, budget: int, copies: int) -> None:
+    need = driver_bytes(n, copies)
+    if need > budget:
+        # Largest n within the budget, to name it in the message.
+        top = int(np.sqrt(max(budget - _GRAM_PANEL_BYTES, 0) / (8 * copies)))
+        while top > 0 and driver_bytes(top, copies) > budget:
+            top -= 1
+        raise PlanMemoryError(
+            "ease/inverse", need, budget, limit="driver_memory",
+            hint=(f"EASE holds {copies} {n} × {n} float64 arrays on the driver (the Gram "
+                  f"and B{', and the new rows Gram' if copies > FIT_COPIES else ''}); "
+                  f"{top} items fit in this budget. Reduce the catalogue (e.g. drop items "
+                  "with few interactions) or raise driver_memory on a larger driver: "
+                  "blocklin has no blocked inverse"))
+
+
+def ease_weights(g: np.ndarray, l2: float, *, overwrite_g: bool = False) -> np.ndarray:
     """B = I − P·diag(1/diag P), P = (G + λI)⁻¹, with a zero diagonal.
 
     Parameters
     ----------
     g : ndarray (n, n)
-        The Gram matrix XᵀX (symmetric positive semidefinite); not modified.
+        The Gram matrix XᵀX (symmetric positive semidefinite).
     l2 : float
         λ > 0 (or 0 when G is positive definite).
+    overwrite_g : bool
+        Compute B in g's own buffer (float64, C- or Fortran-contiguous, writeable;
+        else a copy is made) and return it: no n × n array is allocated. g's contents
+        are then lost, also when an error is raised.
 
     Returns
     -------
@@ -88,55 +117,71 @@ def ease_weights(g: np.ndarray, l2: float) -> np.ndarray:
 
     Notes
     -----
-    Up to 8,192 items: Cholesky factorization and inverse (LAPACK ``dpotrf``/``dpotri``,
-    n³ flops), in place on one n × n copy of G, which becomes B: 8n² bytes beside G.
-    Beyond: LU inverse (2n³ flops, 24n² bytes beside G at the peak), because threaded
-    OpenBLAS ``dpotrf`` crashes on large systems.
+    Memory: one n × n array (g's copy, or g itself with ``overwrite_g``) and LAPACK's
+    workspace (64·n floats): the factorization, the inverse and B are formed in place.
+    Up to 8,192 items: Cholesky (``dpotrf``/``dpotri``, n³ flops); beyond, LU
+    (``dgetrf``/``dgetri``, 2n³ flops), because threaded OpenBLAS ``dpotrf`` crashes on
+    large systems.
     """
     n = g.shape[0]
-    if n > _CHOLESKY_MAX_ITEMS:
-        return _weights_lu(g, l2)
-    a = np.array(g, dtype=np.float64, order="F", copy=True)
-    a[np.diag_indices(n)] += l2
-    c, info = lapack.dpotrf(a, lower=False, overwrite_a=True, clean=False)
+    own = (overwrite_g and g.dtype == np.float64 and g.flags.writeable
+           and (g.flags.c_contiguous or g.flags.f_contiguous))
+    m = g if own else np.array(g, dtype=np.float64, order="F", copy=True)
+    # LAPACK works in place on a Fortran-ordered array; a C-ordered m is its transpose,
+    # so LAPACK inverts mᵀ there, and m ends up holding (mᵀ)⁻¹ᵀ = m⁻¹.
+    f = m if m.flags.f_contiguous else m.T
+    f[np.diag_indices(n)] += l2
+    if n <= _CHOLESKY_MAX_ITEMS:
+        _inverse_cholesky(f)
+    else:
+        _inverse_lu(f)
+    d = np.diagonal(m).copy()
+    if not np.all(d > 0):
+        raise InputValueError("XᵀX + l2·I is not positive definite; use l2 > 0")
+    m /= -d[None, :]
+    m[np.diag_indices(n)] = 0.0
+    return m
+
+
+def _inverse_cholesky(f: np.ndarray) -> None:
+    """Invert the symmetric positive definite Fortran-ordered f in place (its upper
+    triangle read)."""
+    n = f.shape[0]
+    c, info = lapack.dpotrf(f, lower=False, overwrite_a=True, clean=False)
     if info > 0:
         raise InputValueError(
             f"XᵀX + l2·I is not positive definite (leading minor {info} of {n}); use l2 > 0")
     p, info = lapack.dpotri(c, lower=False, overwrite_c=True)
     if info != 0:  # pragma: no cover - dpotrf succeeded, so the factor is invertible
         raise InputValueError(f"the inverse of XᵀX + l2·I failed (LAPACK info {info})")
-    # dpotri fills the upper triangle: mirror it by column panels (small temporaries).
-    step = 1024
+    _same_buffer(p, f)
+    # dpotri fills the upper triangle: mirror it by column panels (temporaries of
+    # 256 × 256 floats).
+    step = 256
     for j in range(0, n, step):
-        p[j:j + step, :j] = p[:j, j:j + step].T
-        blk = p[j:j + step, j:j + step]
+        f[j:j + step, :j] = f[:j, j:j + step].T
+        blk = f[j:j + step, j:j + step]
         blk[...] = np.triu(blk) + np.triu(blk, 1).T
-    # p is Fortran-ordered and now symmetric: its transpose is the same matrix in C
-    # order, so B is formed in place, without a copy.
-    b: np.ndarray = p.T
-    d = np.diagonal(b).copy()
-    b /= -d[None, :]
-    b[np.diag_indices(n)] = 0.0
-    return b
 
 
-def _weights_lu(g: np.ndarray, l2: float) -> np.ndarray:
-    """:func:`ease_weights` through numpy's LU inverse (for large n)."""
-    n = g.shape[0]
-    a = np.array(g, dtype=np.float64, copy=True)
-    a[np.diag_indices(n)] += l2
-    try:
-        p: np.ndarray = np.linalg.inv(a)
-    except np.linalg.LinAlgError:
-        raise InputValueError("XᵀX + l2·I is singular (not positive definite); use l2 > 0") \
-            from None
-    del a
-    d = np.diagonal(p).copy()
-    if not np.all(d > 0):
-        raise InputValueError("XᵀX + l2·I is not positive definite; use l2 > 0")
-    p /= -d[None, :]
-    p[np.diag_indices(n)] = 0.0
-    return p
+def _inverse_lu(f: np.ndarray) -> None:
+    """Invert the Fortran-ordered f in place by LU with partial pivoting."""
+    n = f.shape[0]
+    lu, piv, info = lapack.dgetrf(f, overwrite_a=True)
+    if info > 0:
+        raise InputValueError("XᵀX + l2·I is singular (not positive definite); use l2 > 0")
+    lwork, _ = lapack.dgetri_lwork(n)
+    p, info = lapack.dgetri(lu, piv, lwork=int(lwork), overwrite_lu=True)
+    if info != 0:  # pragma: no cover - dgetrf succeeded, so U is invertible
+        raise InputValueError(f"the inverse of XᵀX + l2·I failed (LAPACK info {info})")
+    _same_buffer(p, f)
+
+
+def _same_buffer(out: np.ndarray, f: np.ndarray) -> None:
+    """LAPACK's wrappers copy silently when they cannot work in place: a copy here
+    would double the driver's memory and leave f unchanged, so refuse it."""
+    if not np.shares_memory(out, f):  # pragma: no cover - f is Fortran float64
+        raise RuntimeError("LAPACK did not work in place on the EASE matrix")
 
 
 def top_n(scores: np.ndarray, seen: Any, n: int, offset: int = 0) -> np.ndarray:
@@ -334,6 +379,10 @@ class EASE(SaveMixin, BaseEstimator):  # type: ignore[misc]
         ``max_task_memory``...).
     progress : bool, callable or ProgressSink
         Report each pass (see :class:`~blocklin.ml.TruncatedSVD`).
+    driver_memory : int or str, optional
+        Memory the driver's n × n arrays may take (``"16GiB"``); by default 80 % of
+        this machine's (or container's) memory. A catalogue whose arrays would not fit
+        is refused before any pass (:func:`driver_bytes`).
 
     Attributes
     ----------
@@ -351,12 +400,26 @@ class EASE(SaveMixin, BaseEstimator):  # type: ignore[misc]
     ``fit`` computes XᵀX by column panels of at most 256 MiB (items × panel columns):
     one pass over X for up to 5,792 items, ⌈8n²/256 MiB⌉ passes beyond (12 at
     20,000), each task summing a group of row blocks (about 256 MiB stored; CSR kept
-    sparse) into one panel; then the inverse on the driver: Cholesky up to 8,192 items
-    (n³ flops, 16·n² bytes: the Gram, kept, and B formed in place of its copy), LU
-    beyond (2n³ flops, about 32·n² bytes at the peak: 12.8 GB at the limit; threaded
-    OpenBLAS Cholesky crashes on large systems). Up to :data:`EASE_MAX_ITEMS` items
-    (20,000); more is refused before any pass. ``partial_fit(X_new)`` reads only the
-    new rows and refactors: the earlier rows are never read again.
+    sparse) into one panel (in-memory CSR: by column panels of the same size); then
+    the inverse on the driver, in place (:func:`ease_weights`): Cholesky up to 8,192
+    items (n³ flops), LU beyond (2n³ flops; threaded OpenBLAS Cholesky crashes on large
+    systems).
+
+    Driver memory at the peak of ``fit``: :data:`FIT_COPIES` = 2 n × n float64 arrays,
+    16·n² bytes (the Gram, kept for ``partial_fit``, and B formed in place of its
+    copy: 6.4 GB at 20,000 items, 1.6 GB at 10,000), plus one Gram column panel
+    (≤ 256 MiB) and LAPACK's 64·n-float workspace. A refit first drops the previous
+    fit's arrays. ``partial_fit(X_new)`` reads only the new rows (the earlier rows are
+    never read again) and holds :data:`PARTIAL_FIT_COPIES` = 3 (the kept Gram, the new
+    one and B, recomputed in the old B's buffer): 9.6 GB at 20,000 items. The largest
+    catalogue is the n with :func:`driver_bytes` within ``driver_memory``: about
+    37,000 items for ``fit`` on a 23 GB machine's default 18.4 GB (an LU inverse of
+    2n³ flops); more is refused before any pass with :class:`PlanMemoryError` naming
+    the bytes needed. blocklin has no blocked or distributed inverse.
+
+    ``recommend`` holds on the driver the model (its two n × n arrays) and, per block
+    task, one column panel of B (≤ 128 MiB) and the scores of a group of user rows
+    against it (≤ 128 MiB; see :meth:`recommend`).
 
     References
     ----------
@@ -370,12 +433,13 @@ class EASE(SaveMixin, BaseEstimator):  # type: ignore[misc]
 
     def __init__(self, l2: float = 500.0, *, executor: str = "dask",
                  work_dir: str | None = None, compute_options: dict[str, Any] | None = None,
-                 progress: Any = False) -> None:
+                 progress: Any = False, driver_memory: int | str | None = None) -> None:
         self.l2 = l2
         self.executor = executor
         self.work_dir = work_dir
         self.compute_options = compute_options
         self.progress = progress
+        self.driver_memory = driver_memory
 
     def _compute(self, lazy: Lazy, wd: str) -> Any:
         opts = dict(self.compute_options or {})
@@ -399,13 +463,19 @@ class EASE(SaveMixin, BaseEstimator):  # type: ignore[misc]
 
     def _gram(self, Xv: Any) -> np.ndarray:
         """XᵀX: in memory for numpy/CSR rows, else one pass over the stored matrix."""
-        if sp.issparse(Xv):
-            return np.asarray((Xv.T @ Xv).toarray(), dtype=np.float64)
         if isinstance(Xv, np.ndarray):
             return np.asarray(Xv.T @ Xv, dtype=np.float64)
         n = int(Xv.shape[1])
         g = np.empty((n, n))
         width = max(1, min(n, _GRAM_PANEL_BYTES // (8 * n)))
+        if sp.issparse(Xv):
+            # By column panels (≤ 256 MiB and ≤ 1/16 of the Gram): a sparse XᵀX whole
+            # can hold n² entries at 12 bytes each beside its dense copy, 2.5 Grams.
+            xc = sp.csc_matrix(Xv, dtype=np.float64)
+            width = max(1, min(width, -(-n // 16)))
+            for j0 in range(0, n, width):
+                g[:, j0:j0 + width] = (xc.T @ xc[:, j0:j0 + width]).toarray()
+            return g
         with self._scratch("ease-") as wd, stored_matrix(Xv, work_dir=wd) as A:
             # One pass per column panel (one in all up to 5,792 items): X is sparse and
             # read again cheaply, where an items × items partial per task would not fit.
@@ -421,27 +491,57 @@ class EASE(SaveMixin, BaseEstimator):  # type: ignore[misc]
         Raises
         ------
         InputValueError
-            For l2 < 0, more than :data:`EASE_MAX_ITEMS` items, or a singular XᵀX
-            with l2 = 0 (before writing anything but the Gram).
+            For l2 < 0, or a singular XᵀX with l2 = 0 (before writing anything but
+            the Gram).
+        PlanMemoryError
+            Before any pass, when the driver's arrays (:func:`driver_bytes`) exceed
+            ``driver_memory``.
         """
         l2 = self._check_l2()
+        budget = _driver_budget(self.driver_memory)
         Xv = validate_features(self, X, reset=True, accept_sparse=True)
-        _check_items(int(Xv.shape[1]))
-        self.gram_ = self._gram(Xv)
+        _check_items(int(Xv.shape[1]), budget, FIT_COPIES)
+        # A refit's previous arrays would double the driver's peak.
+        for name in ("coef_", "gram_"):
+            self.__dict__.pop(name, None)
+        gram = self._gram(Xv)
+        coef = ease_weights(gram, l2)
+        self.gram_, self.coef_ = gram, coef
         self.n_samples_seen_ = int(Xv.shape[0])
-        self.coef_ = ease_weights(self.gram_, l2)
         return self
 
     @reports("partial_fit")
     def partial_fit(self, X: Any, y: Any = None) -> EASE:
         """Add new users' rows: their Gram (one pass over X only) joins ``gram_`` and B
-        is recomputed; fits from scratch when not fitted yet."""
+        is recomputed; fits from scratch when not fitted yet.
+
+        The driver holds :data:`PARTIAL_FIT_COPIES` n × n arrays at the peak: the kept
+        Gram, the updated one and B (recomputed in the old B's buffer). If the inverse
+        fails (l2 set to 0 since the fit, on a singular Gram), ``gram_`` and
+        ``n_samples_seen_`` are left as they were and ``coef_`` is removed (its buffer
+        was overwritten): set l2 > 0 and call ``partial_fit`` again.
+        """
         if not hasattr(self, "gram_"):
             return self.fit(X)
         l2 = self._check_l2()
+        budget = _driver_budget(self.driver_memory)
         Xv = validate_features(self, X, reset=False, accept_sparse=True)
-        g = self.gram_ + self._gram(Xv)
-        self.coef_ = ease_weights(g, l2)
+        _check_items(int(self.gram_.shape[0]), budget, PARTIAL_FIT_COPIES)
+        g = self._gram(Xv)
+        g += self.gram_
+        coef = getattr(self, "coef_", None)
+        reuse = (isinstance(coef, np.ndarray) and coef.dtype == np.float64
+                 and coef.shape == g.shape and coef.flags.writeable
+                 and (coef.flags.c_contiguous or coef.flags.f_contiguous))
+        out: np.ndarray = coef if reuse and isinstance(coef, np.ndarray) else np.empty_like(g)
+        np.copyto(out, g)
+        try:
+            self.coef_ = ease_weights(out, l2, overwrite_g=True)
+        except InputValueError:
+            # The Gram only grows with rows, so this fails only for an l2 set since the
+            # fit that the kept Gram fails too: no B is left to restore.
+            del self.coef_
+            raise
         self.gram_ = g
         self.n_samples_seen_ += int(Xv.shape[0])
         return self
