@@ -135,7 +135,7 @@ class _Fit:
     y_center: float = 0.0  # a label-mean estimate for the summary's sums
 
 
-class LinearRegression(SaveMixin, RegressorMixin, BaseEstimator):  # type: ignore[misc]
+class LinearRegression(SaveMixin, RegressorMixin, BaseEstimator):
     """Linear least squares with elastic-net penalty, as Spark MLlib's ``LinearRegression``.
 
     Minimizes MLlib's documented objective

@@ -48,7 +48,7 @@ MAX_NEWTON_COEFFICIENTS = 4096
 CHORD_SWITCH = 1e-3
 
 
-class LogisticRegression(SaveMixin, ClassifierMixin, BaseEstimator):  # type: ignore[misc]
+class LogisticRegression(SaveMixin, ClassifierMixin, BaseEstimator):
     """Logistic regression with elastic-net penalty, as Spark MLlib's ``LogisticRegression``.
 
     Minimizes MLlib's objective

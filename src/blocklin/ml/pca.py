@@ -29,7 +29,7 @@ from blocklin.types import parse_option
 __all__ = ["PCA"]
 
 
-class PCA(SaveMixin, ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):  # type: ignore[misc]
+class PCA(SaveMixin, ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
     """Principal component analysis, as scikit-learn's ``PCA`` with its randomized solver.
 
     X is centred implicitly (each pass subtracts the column means as it reads a block;

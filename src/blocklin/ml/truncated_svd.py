@@ -100,7 +100,7 @@ def _sparse_step(s: np.ndarray, vt: np.ndarray,
     return (None, run.s, run.Vt * d[:, None]), moments
 
 
-class TruncatedSVD(SaveMixin, ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):  # type: ignore[misc]
+class TruncatedSVD(SaveMixin, ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
     """Dimensionality reduction by truncated SVD (no centering), as scikit-learn's.
 
     Parameters

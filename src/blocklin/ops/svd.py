@@ -212,22 +212,6 @@ def check_svd_args(m: MatrixInput, k: int, oversample: int, n_iter: int, method:
     return int(min(k + oversample, cols, rows))
 
 
-def _run_options(executor: Any, address: str | None, client: Any, spark: Any,
-                 work_dir: str | None, max_task_memory: int | str | None,
-                 num_workers: int | None, device: str = "cpu", security: Any = None,
-                 connect_timeout: float | None = None,
-                 worker_timeout: float | None = None,
-                 cache_bytes: int | str | None = None) -> dict[str, Any]:
-    """The options every pass hands to :func:`blocklin.compute` (cluster settings and the
-    block cache only where given, as compute's own defaults apply otherwise)."""
-    given = {k: v for k, v in (("security", security), ("connect_timeout", connect_timeout),
-                               ("worker_timeout", worker_timeout),
-                               ("cache_bytes", cache_bytes)) if v is not None}
-    return {"executor": executor, "address": address, "client": client, "spark": spark,
-            "work_dir": work_dir, "max_task_memory": max_task_memory,
-            "num_workers": num_workers, "device": device, **given}
-
-
 def _decoded_nbytes(m: MatrixInput) -> int:
     """Bytes of A's blocks once read: dense rows × cols, CSR at their stored size."""
     node = m.node

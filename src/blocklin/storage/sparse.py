@@ -73,7 +73,7 @@ _COMPONENTS = ("data", "indices", "indptr")
 _RAW = ChunkCodec("none")
 
 
-class CSRBlock(sp.csr_matrix):  # type: ignore[misc]
+class CSRBlock(sp.csr_matrix):
     """A CSR row block as read from storage; ``nbytes`` counts its three components."""
 
     @property
