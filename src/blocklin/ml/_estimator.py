@@ -4,8 +4,8 @@ validation, the run options of their passes, and prediction."""
 from __future__ import annotations
 
 import numbers
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 
@@ -19,7 +19,13 @@ from blocklin.ml._validation import (
     validate_features,
 )
 
-__all__ = ["check_common_params", "estimator_options", "features", "labels_1d", "predict_margin"]
+if TYPE_CHECKING:
+    from blocklin.ml._solvers import TrainData
+
+__all__ = ["check_common_params", "estimator_options", "features", "labels_1d", "predict_margin",
+           "training_summary"]
+
+S = TypeVar("S")
 
 
 def _number(name: str, value: Any, lo: float, hi: float = np.inf) -> None:
@@ -124,3 +130,28 @@ def predict_margin(X: Any, coef: np.ndarray, intercept: np.ndarray | float, est:
                     compute_options=opts)[0]
         return np.asarray(M.to_numpy(), dtype=np.float64) + intercept
 
+
+
+def training_summary(est: Any, missing: str, labels: Callable[[Any, Any], Any],
+                     build: Callable[[TrainData], S]) -> S:
+    """The training summary of a fitted estimator, built on first access from one more
+    pass over its training data (kept as ``est._train``) and cached on ``est``.
+
+    ``labels(y, Xv)`` encodes the stored labels as the fit did; ``build(data)`` makes
+    the summary. Raises InputValueError(``missing``) when the training data are gone.
+    """
+    from sklearn.utils.validation import check_is_fitted
+
+    from blocklin.ml._solvers import training_data
+
+    check_is_fitted(est, "coef_")
+    if getattr(est, "_summary", None) is None:
+        train = getattr(est, "_train", None)
+        if train is None:
+            raise InputValueError(missing)
+        X, y, w = train
+        Xv = features(est, X, reset=False)
+        with training_data(Xv, labels(y, Xv), w, estimator_options(est)) as data:
+            est._summary = build(data)
+    summary: S = est._summary
+    return summary

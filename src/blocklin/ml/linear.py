@@ -20,6 +20,7 @@ from blocklin.ml._estimator import (
     features,
     labels_1d,
     predict_margin,
+    training_summary,
 )
 from blocklin.ml._iterative import iterative_fit
 from blocklin.ml._lsqr import sketch_solve
@@ -383,17 +384,8 @@ class LinearRegression(SaveMixin, RegressorMixin, BaseEstimator):
     @reports("summary")
     def summary(self) -> LinearRegressionSummary:
         """Training summary (one more pass over the training data, on first access)."""
-        check_is_fitted(self, "coef_")
-        if getattr(self, "_summary", None) is None:
-            train = getattr(self, "_train", None)
-            if train is None:
-                raise InputValueError("no training summary after partial_fit; call fit")
-            X, y, w = train
-            Xv = features(self, X, reset=False)
-            with training_data(Xv, labels_1d(y, Xv), w, estimator_options(self)) as data:
-                self._summary = linear_summary(self, data)
-        assert self._summary is not None
-        return self._summary
+        return training_summary(self, "no training summary after partial_fit; call fit",
+                                labels_1d, lambda data: linear_summary(self, data))
 
     # ------------------------------------------------------------------ fitting
     def _check_params(self) -> str:

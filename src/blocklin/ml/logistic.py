@@ -13,7 +13,13 @@ from sklearn.utils.validation import check_is_fitted
 from blocklin.errors import InputValueError
 from blocklin.executors.options import OptionsLike
 from blocklin.executors.progress import step as progress_step
-from blocklin.ml._estimator import check_common_params, estimator_options, features, predict_margin
+from blocklin.ml._estimator import (
+    check_common_params,
+    estimator_options,
+    features,
+    predict_margin,
+    training_summary,
+)
 from blocklin.ml._iterative import iterative_fit
 from blocklin.ml._params import FitParams, penalties
 from blocklin.ml._progress import reports
@@ -360,18 +366,10 @@ class LogisticRegression(SaveMixin, ClassifierMixin, BaseEstimator):
     @reports("summary")
     def summary(self) -> LogisticRegressionSummary:
         """Objective history, accuracy, log-loss and (binomial) AUC; one pass on first access."""
-        check_is_fitted(self, "coef_")
-        if getattr(self, "_summary", None) is None:
-            train = getattr(self, "_train", None)
-            if train is None:
-                raise InputValueError("the training data of this model are not available")
-            X, y, w = train
-            Xv = features(self, X, reset=False)
-            codes = np.searchsorted(self.classes_, _as_1d(y)).astype(np.float64)
-            with training_data(Xv, codes, w, estimator_options(self)) as data:
-                self._summary = logistic_summary(self, data, self._family, self._coef_full)
-        assert self._summary is not None
-        return self._summary
+        return training_summary(
+            self, "the training data of this model are not available",
+            lambda y, _: np.searchsorted(self.classes_, _as_1d(y)).astype(np.float64),
+            lambda data: logistic_summary(self, data, self._family, self._coef_full))
 
 
 def _newton_step(H: np.ndarray, g: np.ndarray, basis: np.ndarray | None) -> np.ndarray:
