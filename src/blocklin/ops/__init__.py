@@ -23,6 +23,7 @@ from blocklin.ops.sketched_matmul import SketchedProduct, sketched_matmul
 from blocklin.ops.stats import ColumnStats, column_stats
 from blocklin.ops.svd import PCAResult, TruncatedSVDResult, pca, randomized_svd
 from blocklin.ops.svd_update import SVDState, svd_update
+from blocklin.ops.swivel import SwivelResult, swivel
 from blocklin.ops.transforms import center, scale, standardize
 from blocklin.ops.tsqr import QR, SVDFactors, svd, tsqr, tsqr_r
 
@@ -33,6 +34,7 @@ __all__ = [
            "SVDFactors",
            "SVDState",
            "SketchedProduct",
+           "SwivelResult",
            "TruncatedSVDResult",
            "center",
            "column_stats",
@@ -51,6 +53,7 @@ __all__ = [
            "standardize",
            "svd",
            "svd_update",
+           "swivel",
            "tsqr",
            "tsqr_r",
 ]
