@@ -28,6 +28,8 @@ import numpy as np
 import scipy.sparse as sp
 
 from blocklin.errors import InputDtypeError, InputValueError
+from blocklin.executors.options import ComputeOptions, OptionsLike, eager_options
+from blocklin.executors.progress import operation
 from blocklin.executors.progress import step as progress_step
 from blocklin.ops._cooccurrence_pass import (
     PANEL_CELLS,
@@ -38,6 +40,7 @@ from blocklin.ops._cooccurrence_pass import (
 )
 from blocklin.ops.inputs import as_matrix
 from blocklin.storage.blockmatrix import BlockMatrix, from_array, open_matrix
+from blocklin.storage.stores import store_for
 
 __all__ = ["SWIVEL_MAX_ITEMS", "Unobserved", "Weighting", "cooccurrence", "cooccurrence_counts",
            "embed", "nearest", "ppmi", "write_counts"]
@@ -88,14 +91,14 @@ def _check_window(M: BlockMatrix, window: int, weighting: str,
         raise InputValueError(f"vocab_size must be a positive integer; got {vocab_size!r}")
 
 
-def _vocab(M: BlockMatrix, vocab_size: int | None, options: dict[str, Any]) -> int:
+def _vocab(M: BlockMatrix, vocab_size: int | None, options: ComputeOptions) -> int:
     """vocab_size, or one more than the largest id (a column-statistics pass)."""
     if vocab_size is not None:
         return int(vocab_size)
     from blocklin.executors.api import compute
     from blocklin.ops.stats import column_stats
 
-    (stats,) = compute(column_stats(M), **options)
+    (stats,) = compute(column_stats(M), compute_options=options)
     return max(1, int(np.asarray(stats.max).max()) + 1)
 
 
@@ -103,6 +106,7 @@ def cooccurrence_counts(A: Any, *, window: int | None = None,
                         weighting: Weighting = "harmonic", vocab_size: int | None = None,
                         boundary: int | None = None, binary: bool = True,
                         diagonal: bool = False, panel_rows: int | None = None,
+                        compute_options: OptionsLike = None,
                         **options: Any) -> tuple[sp.csr_matrix, int]:
     """The block pass of :func:`cooccurrence`: integer-scaled counts and their scale.
 
@@ -111,30 +115,40 @@ def cooccurrence_counts(A: Any, *, window: int | None = None,
     ranges are exact: a refresh adds the new rows' S to the stored one. Arguments as
     :func:`cooccurrence`.
     """
-    from blocklin.executors.api import compute
-
     M = _stored(A, "cooccurrence")
     if window is not None:
         _check_window(M, window, weighting, vocab_size)
-    n = _vocab(M, vocab_size, options) if window is not None else M.shape[1]
+    if panel_rows is not None and (isinstance(panel_rows, bool) or panel_rows < 1):
+        raise InputValueError(f"panel_rows must be a positive integer; got {panel_rows!r}")
+    opts, progress = eager_options(compute_options, options)
+    with operation("cooccurrence", progress):
+        n = _vocab(M, vocab_size, opts) if window is not None else M.shape[1]
+        counts = _count_pass(M, n, window, weighting, boundary, binary, diagonal, panel_rows,
+                             opts)
+    return counts, weight_scale(window, weighting)
+
+
+def _count_pass(M: BlockMatrix, n: int, window: int | None, weighting: Weighting,
+                boundary: int | None, binary: bool, diagonal: bool, panel_rows: int | None,
+                opts: ComputeOptions) -> sp.csr_matrix:
+    from blocklin.executors.api import compute
+
     rows = panel_rows or max(1, PANEL_CELLS // max(n, 1))
-    if rows < 1:
-        raise InputValueError(f"panel_rows must be at least 1; got {panel_rows}")
     panels = partial_plan(as_matrix(M), n, window=window, weighting=weighting,
                           boundary=boundary, binary=binary, diagonal=diagonal,
                           panel_rows=rows)
     with progress_step("co-occurrence pass"):
-        roots = compute(*(lz for _, _, lz in panels), **options)
-    counts = pair_counts([(r0, r1, part) for (r0, r1, _), part in
-                          zip(panels, roots, strict=True)], n)
-    return counts, weight_scale(window, weighting)
+        roots = compute(*(lz for _, _, lz in panels), compute_options=opts)
+    return pair_counts([(r0, r1, part) for (r0, r1, _), part in
+                        zip(panels, roots, strict=True)], n)
 
 
 def cooccurrence(A: Any, out: str | os.PathLike[str], *, window: int | None = None,
                  weighting: Weighting = "harmonic", vocab_size: int | None = None,
                  boundary: int | None = None, binary: bool = True, diagonal: bool = False,
                  overwrite: bool = False, block_rows: int | None = None,
-                 panel_rows: int | None = None, **options: Any) -> BlockMatrix:
+                 panel_rows: int | None = None, compute_options: OptionsLike = None,
+                 **options: Any) -> BlockMatrix:
     """Co-occurrence counts of item sets or of tokens within a window, as CSR blocks.
 
     Parameters
@@ -172,9 +186,10 @@ def cooccurrence(A: Any, out: str | os.PathLike[str], *, window: int | None = No
     panel_rows : int, optional
         Rows of C per panel of the pass (default ``2²² // n``): a part holds at most
         ``panel_rows × n`` entries.
+    compute_options : ComputeOptions or dict, optional
+        How and where the pass runs (executor, cluster, work directory, ...).
     **options
-        How and where the pass runs (``executor``, ``client``, ``work_dir``, ...), as
-        :func:`blocklin.compute`.
+        Fields of ComputeOptions replacing those of ``compute_options``.
 
     Returns
     -------
@@ -210,10 +225,14 @@ def cooccurrence(A: Any, out: str | os.PathLike[str], *, window: int | None = No
     >>> T = bl.from_array(ids[:, None], "tokens.zarr", chunks=(1_000_000, None))
     >>> C = bl.ops.cooccurrence(T, "C.zarr", window=5, vocab_size=50_000, boundary=0)
     """
+    target = store_for(out)
+    if not overwrite and (target.exists("zarr.json") or target.list("")):
+        raise InputValueError(f"{target.url} already exists; pass overwrite=True to replace it")
     counts, scale = cooccurrence_counts(A, window=window, weighting=weighting,
                                         vocab_size=vocab_size, boundary=boundary,
                                         binary=binary, diagonal=diagonal,
-                                        panel_rows=panel_rows, **options)
+                                        panel_rows=panel_rows,
+                                        compute_options=compute_options, **options)
     return write_counts(counts, scale, out, overwrite=overwrite, block_rows=block_rows,
                         attrs={"window": window, "weighting": weighting if window else None,
                                "binary": bool(binary), "diagonal": bool(diagonal)})

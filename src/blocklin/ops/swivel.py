@@ -37,6 +37,9 @@ from scipy.special import expit
 
 from blocklin.errors import InputValueError
 from blocklin.executors.lazy import Lazy
+from blocklin.executors.options import OptionsLike, eager_options
+from blocklin.executors.progress import operation
+from blocklin.executors.progress import step as step_label
 from blocklin.ops.inputs import MatrixInput, as_matrix, hstack_panel, row_panel_tasks
 from blocklin.plan.graph import Plan, StageInput, Task, TaskContext, make_stage
 from blocklin.plan.reduce import SumParts, tree_reduce
@@ -251,7 +254,7 @@ def swivel(C: Any, d: int, *, epochs: int = 20, learning_rate: float = 0.05,
            confidence: tuple[float, float, float] = (0.1, 0.25, 0.5),
            init_scale: float = 0.1, seed: int = 0,
            checkpoint_dir: str | os.PathLike[str] | None = None,
-           **options: Any) -> SwivelResult:
+           compute_options: OptionsLike = None, **options: Any) -> SwivelResult:
     """Row and column embeddings of co-occurrence counts by Swivel's sharded fit.
 
     Parameters
@@ -281,9 +284,10 @@ def swivel(C: Any, d: int, *, epochs: int = 20, learning_rate: float = 0.05,
     checkpoint_dir : path, optional
         Where the margins and the state between epochs are kept (default: a scratch
         folder in the work directory, removed afterwards).
+    compute_options : ComputeOptions or dict, optional
+        How and where the passes run (executor, cluster, work directory, ...).
     **options
-        How and where the passes run (``executor``, ``client``, ``work_dir``, ...), as
-        :func:`blocklin.compute`.
+        Fields of ComputeOptions replacing those of ``compute_options``.
 
     Returns
     -------
@@ -333,17 +337,20 @@ def swivel(C: Any, d: int, *, epochs: int = 20, learning_rate: float = 0.05,
             "conf": tuple(float(c) for c in confidence), "seed": int(seed),
             "init_scale": float(init_scale)}
     m = as_matrix(M, "C")
-    with _folder(checkpoint_dir, options) as ckpt:
+    base, progress = eager_options(compute_options, options)
+    with operation("swivel", progress), _folder(checkpoint_dir, base.work_dir) as ckpt:
         # The passes' intermediates go to a work directory inside the folder: the
         # epochs' states are outputs, which may not live in a work directory.
-        opts = {**options, "work_dir": f"{ckpt}/work"}
-        (marg,) = compute(_margins(m), **opts)
+        opts = base.replace(work_dir=f"{ckpt}/work")
+        (marg,) = compute(_margins(m), compute_options=opts)
         margins = as_matrix(from_array(np.asarray(marg), f"{ckpt}/margins.zarr",
                                        chunks=(2, n), overwrite=True), "margins")
         prev: MatrixInput | None = None
         for e in range(int(epochs)):
             url = f"{ckpt}/epoch{e:05d}.zarr"
-            (res,) = compute(_epoch(m, margins, prev, lay, e, step, url), **opts)
+            with step_label(f"epoch {e + 1}/{epochs}"):
+                (res,) = compute(_epoch(m, margins, prev, lay, e, step, url),
+                                 compute_options=opts)
             if prev is not None:
                 store_for(f"{ckpt}/epoch{e - 1:05d}.zarr").delete_prefix("")
             prev = as_matrix(res, "state")
@@ -365,7 +372,7 @@ def _unpack(state: np.ndarray, lay: _Layout) -> SwivelResult:
 
 
 @contextmanager
-def _folder(given: str | os.PathLike[str] | None, options: dict[str, Any]) -> Iterator[str]:
+def _folder(given: str | os.PathLike[str] | None, work_dir: str | None) -> Iterator[str]:
     """The checkpoint folder: the one given, or a scratch folder of the work directory
     (leased while the fit runs, removed after it)."""
     if given is not None:
@@ -374,5 +381,5 @@ def _folder(given: str | os.PathLike[str] | None, options: dict[str, Any]) -> It
     from blocklin.config import default_work_dir
     from blocklin.storage.leases import scratch_folder
 
-    with scratch_folder(options.get("work_dir") or default_work_dir(), "swivel-") as path:
+    with scratch_folder(work_dir or default_work_dir(), "swivel-") as path:
         yield path
