@@ -1,15 +1,25 @@
 """Co-occurrence counts, their (positive) pointwise mutual information, and embeddings.
 
-The item-set view of a stored matrix A (users × items, documents × terms): items i and
-j co-occur once in every row holding both, so the co-occurrence matrix is ``C = BᵀB``
-with B the indicator of A's nonzeros (``binary``) or A itself (weighted counts).
+Two views of a stored matrix A give co-occurrence counts C (n × n, symmetric):
 
-:func:`cooccurrence` reads A once, block by block, on the driver, summing each block's
-sparse ``BᵢᵀBᵢ``: its memory is C's nonzeros plus one block, whatever the number of
-rows, and it never forms a dense items × items array. :func:`ppmi` turns counts into
-(positive) PMI on C's nonzeros, where the logarithm is defined; :func:`embed` takes a
-truncated SVD of that matrix (Levy & Goldberg's factorization view of word2vec);
-:func:`nearest` ranks rows of an embedding by cosine similarity.
+* **item sets** (``window=None``): the rows of A (users × items, documents × terms)
+  are sets; items i and j co-occur once in every row holding both, ``C = BᵀB`` with
+  B the indicator of A's nonzeros (``binary``) or A itself (weighted counts);
+* **token windows** (``window=w``): A is a token stream, a ``tokens × 1`` column of
+  integer ids in corpus order (the flat id array a tokenized corpus is kept in),
+  documents separated by negative ids or a ``boundary`` id; tokens at distance
+  d ≤ w in one document co-occur with weight 1/d (default), 1 or (w − d + 1)/w.
+
+:func:`cooccurrence` counts either as one block pass (:mod:`._cooccurrence_pass`):
+each row block's sparse partial counts are a block task, summed by a fixed-order
+tree, in integer-scaled arithmetic so the result is bitwise the same on every
+executor and a refresh adding rows (:func:`cooccurrence_counts`) equals a recompute.
+:func:`ppmi` turns counts into (positive) PMI on C's nonzeros, where the logarithm
+is defined; :func:`embed` takes a truncated SVD of that matrix (Levy & Goldberg's
+factorization view of word2vec); :func:`blocklin.ops.swivel` fits Swivel's sharded
+objective, unobserved pairs included; :func:`nearest` ranks rows of an embedding by
+cosine similarity, and :mod:`blocklin.ops.embedding_eval` scores embeddings against
+human similarity judgements and analogies.
 
 References
 ----------
@@ -275,7 +285,9 @@ def ppmi(C: Any, out: str | os.PathLike[str], *, positive: bool = True,
         gets Swivel's estimate ``log(D / (r_i·c_j))`` (PMI as if counted once), which is
         > 0 only when ``r_i·c_j < D``; with ``positive`` the others clip to 0, so only
         pairs of rare items gain an entry. Its values are dense, so this option is
-        refused above ``SWIVEL_MAX_ITEMS`` (5,000) items.
+        refused above ``SWIVEL_MAX_ITEMS`` (5,000) items; Swivel's own fit
+        (:func:`blocklin.ops.swivel`) treats unobserved pairs shard by shard, with no
+        such limit.
     overwrite : bool
         Replace an existing array at ``out``.
 
