@@ -15,6 +15,9 @@ row blocks. Each contender runs in its own process, so its peak resident memory
 The two models are compared (max |ΔB| / max |B|) and their top-10 lists.
 
 Run: ``python benchmarks/bench_recommend.py [--users 200000 --items 20000 --per-user 40]``
+
+``python benchmarks/bench_recommend.py als [--users 1000000 --items 50000 --ratings
+50000000 --iters 5]`` runs ALS against Spark MLlib instead (``bench_recommend_als.py``).
 """
 
 from __future__ import annotations
@@ -146,4 +149,9 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    if sys.argv[1:2] == ["als"]:
+        from bench_recommend_als import als_main
+
+        als_main(sys.argv[2:])
+    else:
+        main()

@@ -11,6 +11,7 @@ there (and inside a half-iteration, at its last finished blocks).
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -26,7 +27,7 @@ from blocklin.config import default_work_dir
 from blocklin.errors import InputDtypeError, InputValueError, NonFiniteError
 from blocklin.executors.api import compute
 from blocklin.executors.lazy import Lazy
-from blocklin.ml._als import BroadcastTasks, SolveRows, init_factor
+from blocklin.ml._als import BroadcastTasks, SolveRows, init_factor, solve_block
 from blocklin.ml._progress import reports
 from blocklin.ml._validation import is_stored, open_stored
 from blocklin.ml.ease import top_n
@@ -47,6 +48,10 @@ _SCORE_BYTES = 64 * 2**20
 _STATE = "state.json"
 #: Ratings per stored block (each side) unless ``block_rows`` is given.
 _BLOCK_RATINGS = 500_000
+#: Ratings per group when the driver evaluates the objective.
+_OBJECTIVE_RATINGS = 2_000_000
+#: Rows per group when the driver solves new users' factors for a warm start.
+_WARM_ROWS = 100_000
 
 
 def als_objective(R: Any, user_factors: np.ndarray, item_factors: np.ndarray, reg_param: float,
@@ -66,20 +71,33 @@ def als_objective(R: Any, user_factors: np.ndarray, item_factors: np.ndarray, re
     r = sp.csr_matrix(R, dtype=np.float64)
     r.sum_duplicates()
     u, v = np.asarray(user_factors, float), np.asarray(item_factors, float)
-    coo = r.tocoo()
-    s = np.einsum("nk,nk->n", u[coo.row], v[coo.col])
+    loss = 0.0
+    nu = np.zeros(r.shape[0])
+    ni = np.zeros(r.shape[1])
+    # By row groups of about _OBJECTIVE_RATINGS ratings: the per-rating temporaries
+    # (two ratings × k gathers) stay bounded however many ratings there are.
+    starts = np.searchsorted(r.indptr, np.arange(0, r.nnz, _OBJECTIVE_RATINGS), side="right") - 1
+    bounds = [*sorted(set(starts.tolist()) | {0}), r.shape[0]]
+    for a, b in itertools.pairwise(bounds):
+        if b <= a:
+            continue
+        part = r[a:b]
+        rows = np.repeat(np.arange(a, b), np.diff(part.indptr))
+        cols, data = part.indices, part.data
+        s = np.einsum("nk,nk->n", u[rows], v[cols])
+        if implicit_prefs:
+            p = (data > 0).astype(float)
+            c1 = alpha * np.abs(data)
+            # Σ_all (p − s)² = Σ_rated (p² − 2ps) + Σ_all s² (the last added below).
+            loss += float(np.sum(p * p - 2 * p * s) + np.sum(c1 * (p - s) ** 2))
+            nu[a:b] = np.bincount(rows - a, weights=p, minlength=b - a)
+            ni += np.bincount(cols, weights=p, minlength=r.shape[1])
+        else:
+            loss += float(np.sum((data - s) ** 2))
+            nu[a:b] = np.diff(r.indptr[a:b + 1])
+            ni += np.bincount(cols, minlength=r.shape[1])
     if implicit_prefs:
-        p = (coo.data > 0).astype(float)
-        c1 = alpha * np.abs(coo.data)
-        # Σ_all (p − s)² = Σ_rated (p² − 2ps) + Σ_all s², Σ_all s² = tr(UᵀU·VᵀV).
-        loss = float(np.sum(p * p - 2 * p * s) + np.sum((u.T @ u) * (v.T @ v))
-                     + np.sum(c1 * (p - s) ** 2))
-        nu = np.bincount(coo.row, weights=p, minlength=r.shape[0])
-        ni = np.bincount(coo.col, weights=p, minlength=r.shape[1])
-    else:
-        loss = float(np.sum((coo.data - s) ** 2))
-        nu = np.diff(r.indptr).astype(float)
-        ni = np.bincount(coo.col, minlength=r.shape[1]).astype(float)
+        loss += float(np.sum((u.T @ u) * (v.T @ v)))  # Σ_all s² = tr(UᵀU·VᵀV)
     pen = float(nu @ np.sum(u * u, axis=1) + ni @ np.sum(v * v, axis=1))
     return loss + reg_param * pen
 
@@ -177,6 +195,15 @@ class ALS(SaveMixin, BaseEstimator):  # type: ignore[misc]
         solve, with nothing to start from, is exact). Not with ``nonnegative``.
     cg_steps : int
         CG steps per solve with ``robust``.
+    warm_start : bool
+        With True, a fit of an already fitted model starts from its factors instead of
+        the seeded ones: users it has factors for keep them, further users (appended
+        rows) are first solved from its item factors, then ``max_iter`` iterations run
+        (a refresh with new users' ratings converges in fewer iterations than a cold
+        fit). The item count must be the model's. Without factors, a cold fit.
+    track_objective : bool
+        Evaluate the objective after every iteration (``objective_history_``): on the
+        driver, O(nnz·k) per iteration (about 0.3 s per million ratings at rank 10).
     block_rows : int, optional
         Rows per stored ratings block, on both sides (default: blocks of about 500,000
         ratings, so that a half-iteration has ⌈nnz / 500,000⌉ tasks).
@@ -198,6 +225,14 @@ class ALS(SaveMixin, BaseEstimator):  # type: ignore[misc]
         Training ratings per user and per item (0: cold start).
     n_features_in_ : int
         Number of items.
+    objective_history_ : ndarray (n_iter_,)
+        The objective (:func:`als_objective`) after each iteration, evaluated on the
+        driver from the ratings it holds (by groups of 2 million ratings); empty
+        with ``track_objective=False``.
+    n_iter_ : int
+        Iterations run (``max_iter``).
+    warm_started_ : bool
+        Whether the fit started from a previous fit's factors (``warm_start``).
 
     Notes
     -----
@@ -237,7 +272,8 @@ class ALS(SaveMixin, BaseEstimator):  # type: ignore[misc]
     def __init__(self, rank: int = 10, max_iter: int = 10, reg_param: float = 0.1,
                  implicit_prefs: bool = False, alpha: float = 1.0, nonnegative: bool = False,
                  cold_start_strategy: str = "nan", seed: int = 0, robust: bool = False,
-                 cg_steps: int = 3, block_rows: int | None = None, *, executor: str = "dask",
+                 cg_steps: int = 3, block_rows: int | None = None, warm_start: bool = False,
+                 track_objective: bool = True, *, executor: str = "dask",
                  work_dir: str | None = None, checkpoint_dir: str | None = None,
                  compute_options: dict[str, Any] | None = None, progress: Any = False) -> None:
         self.rank = rank
@@ -251,6 +287,8 @@ class ALS(SaveMixin, BaseEstimator):  # type: ignore[misc]
         self.robust = robust
         self.cg_steps = cg_steps
         self.block_rows = block_rows
+        self.warm_start = warm_start
+        self.track_objective = track_objective
         self.executor = executor
         self.work_dir = work_dir
         self.checkpoint_dir = checkpoint_dir
@@ -276,7 +314,8 @@ class ALS(SaveMixin, BaseEstimator):  # type: ignore[misc]
                 raise InputDtypeError(f"{name} must be a number; got {v!r}")
             if not np.isfinite(v) or v < 0:
                 raise InputValueError(f"{name} must be finite and >= 0; got {v}")
-        for name in ("implicit_prefs", "nonnegative", "robust"):
+        for name in ("implicit_prefs", "nonnegative", "robust", "warm_start",
+                     "track_objective"):
             if not isinstance(getattr(self, name), bool | np.bool_):
                 raise InputDtypeError(f"{name} must be a bool; got {getattr(self, name)!r}")
         if self.cold_start_strategy not in COLD_START_STRATEGIES:
@@ -288,8 +327,8 @@ class ALS(SaveMixin, BaseEstimator):  # type: ignore[misc]
         if self.compute_options is not None and not isinstance(self.compute_options, dict):
             raise InputDtypeError("compute_options must be a dict of blocklin.compute keywords")
 
-    def _key(self, fingerprint: str, shape: tuple[int, int]) -> str:
-        doc = {"ratings": fingerprint, "shape": list(shape), "rank": int(self.rank),
+    def _key(self, fingerprint: str, shape: tuple[int, int], init: str = "") -> str:
+        doc = {"init": init or None, "ratings": fingerprint, "shape": list(shape), "rank": int(self.rank),
                "max_iter": int(self.max_iter), "reg_param": float(self.reg_param),
                "implicit_prefs": bool(self.implicit_prefs), "alpha": float(self.alpha),
                "nonnegative": bool(self.nonnegative), "seed": int(self.seed),
@@ -333,7 +372,9 @@ class ALS(SaveMixin, BaseEstimator):  # type: ignore[misc]
         """
         self._check_params()
         r, fp = _ratings(X)
-        key = self._key(fp, r.shape)
+        warm = self._warm_factor(r)
+        init = "" if warm is None else hashlib.sha256(warm.tobytes()).hexdigest()[:32]
+        key = self._key(fp, r.shape, init)
         with self._checkpoint() as ckpt:
             store = store_for(ckpt)
             state = _read_state(store.get(_STATE), ckpt)
@@ -342,21 +383,28 @@ class ALS(SaveMixin, BaseEstimator):  # type: ignore[misc]
                     f"checkpoint_dir {ckpt} holds the state of another ALS fit (other ratings "
                     "or parameters); give a new directory or remove it")
             if state is None:
-                self._prepare(r, ckpt)
+                self._prepare(r, ckpt, warm)
                 state = {"key": key, "done": 0}
                 store.put(_STATE, json.dumps(state).encode())
             done = int(state["done"])
+            history = [float(v) for v in state.get("history", [])][:done // 2]
             # A kill between a commit and its removal leaves factors no longer read.
             for j in range(-1, done - 2):
                 store_for(self._factor_url(ckpt, j)).delete_prefix("")
             for h in range(done, 2 * int(self.max_iter)):
                 self._half_iteration(ckpt, h)
-                store.put(_STATE, json.dumps({"key": key, "done": h + 1}).encode())
+                if h % 2 == 1 and self.track_objective:  # an iteration is complete
+                    history.append(self._objective(r, ckpt, h))
+                store.put(_STATE, json.dumps({"key": key, "done": h + 1,
+                                              "history": history}).encode())
                 if h >= 1:  # the factor h − 2 (−1: the initial one) is no longer read
                     store_for(self._factor_url(ckpt, h - 2)).delete_prefix("")
             last = 2 * int(self.max_iter) - 1
             self.user_factors_ = open_matrix(self._factor_url(ckpt, last)).to_numpy()
             self.item_factors_ = open_matrix(self._factor_url(ckpt, last - 1)).to_numpy()
+        self.objective_history_ = np.asarray(history, dtype=np.float64)
+        self.n_iter_ = int(self.max_iter)
+        self.warm_started_ = warm is not None
         self.user_counts_ = np.diff(r.indptr).astype(np.int64)
         self.item_counts_ = np.bincount(r.indices, minlength=r.shape[1]).astype(np.int64)
         self.n_features_in_ = int(r.shape[1])
@@ -367,8 +415,37 @@ class ALS(SaveMixin, BaseEstimator):  # type: ignore[misc]
         """Half-iteration h's factor (h even: items, odd: users); −1 the initial users."""
         return f"{ckpt.rstrip('/')}/factors/" + ("init.zarr" if h < 0 else f"f{h:05d}.zarr")
 
-    def _prepare(self, r: sp.csr_matrix, ckpt: str) -> None:
-        """Write the ratings, their transpose and the initial user factor."""
+    def _objective(self, r: sp.csr_matrix, ckpt: str, h: int) -> float:
+        """The objective at half-iteration h's users and h − 1's items."""
+        u = open_matrix(self._factor_url(ckpt, h)).to_numpy()
+        v = open_matrix(self._factor_url(ckpt, h - 1)).to_numpy()
+        return als_objective(r, u, v, float(self.reg_param), bool(self.implicit_prefs),
+                             float(self.alpha))
+
+    def _warm_factor(self, r: sp.csr_matrix) -> np.ndarray | None:
+        """The initial user factor of a warm start (None for a cold one): the model's
+        users' factors, then those of further users solved from its item factors."""
+        if not self.warm_start or not hasattr(self, "user_factors_"):
+            return None
+        u = np.asarray(self.user_factors_, dtype=np.float64)
+        v = np.asarray(self.item_factors_, dtype=np.float64)
+        k = int(self.rank)
+        if v.shape != (r.shape[1], k) or u.ndim != 2 or u.shape[1] != k \
+                or u.shape[0] > r.shape[0]:
+            raise InputValueError(
+                f"warm_start needs the model's factors to fit the ratings: items "
+                f"{v.shape} for {r.shape[1]} items at rank {k}, users {u.shape} for at most "
+                f"{r.shape[0]} users; fit with warm_start=False for other shapes or ranks")
+        parts = [u]
+        for a in range(u.shape[0], r.shape[0], _WARM_ROWS):
+            parts.append(solve_block(r[a:a + _WARM_ROWS], v, float(self.reg_param),
+                                     bool(self.implicit_prefs), float(self.alpha),
+                                     bool(self.nonnegative)))
+        return np.ascontiguousarray(np.vstack(parts))
+
+    def _prepare(self, r: sp.csr_matrix, ckpt: str, warm: np.ndarray | None = None) -> None:
+        """Write the ratings, their transpose and the initial user factor (``warm``, or
+        the seeded one)."""
         base = ckpt.rstrip("/")
         # By ratings, not dense-equivalent bytes: about _BLOCK_RATINGS per block, so
         # that the broadcast factor's blocks read by each task stay few.
@@ -378,7 +455,8 @@ class ALS(SaveMixin, BaseEstimator):  # type: ignore[misc]
         users = from_sparse(r, f"{base}/ratings.zarr", chunks=(int(rows), None), overwrite=True)
         from_sparse(r.T.tocsr(), f"{base}/ratings_t.zarr", chunks=(int(cols), None),
                     overwrite=True)
-        x0 = init_factor(r.shape[0], int(self.rank), int(self.seed), bool(self.nonnegative))
+        x0 = warm if warm is not None else init_factor(r.shape[0], int(self.rank),
+                                                       int(self.seed), bool(self.nonnegative))
         from_array(x0, self._factor_url(ckpt, -1), chunks=(users.chunks[0], int(self.rank)),
                    overwrite=True)
 

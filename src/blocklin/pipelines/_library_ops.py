@@ -25,6 +25,13 @@ from blocklin.ops.sketch import SketchKind
 from blocklin.ops.sketched_matmul import ProductKind
 from blocklin.ops.svd import PCAResult, SVDMethod, TruncatedSVDResult
 from blocklin.pipelines import checks
+from blocklin.pipelines.holdout import (
+    als_recall,
+    ease_recall,
+    holdout_split,
+    ratings_csr,
+    recall_arrays,
+)
 from blocklin.pipelines.registry import (
     Arrays,
     BuildContext,
@@ -173,31 +180,60 @@ class NoParams(Params):
 
 
 # -- recommenders ------------------------------------------------------------------------------
-class EASEParams(Params):
+class _HoldoutParams(Params):
+    """The held-out split of the report's recall@k (see :mod:`~blocklin.pipelines.holdout`).
+
+    Not estimator parameters (``exclude``: left out of the estimator's and the saved
+    model's parameters).
+    """
+
+    holdout: float = Field(0.0, ge=0, lt=1, exclude=True,
+                           description="fraction of each user's interactions held out; the "
+                                       "model is fitted on the rest (0: no split)")
+    holdout_seed: int = Field(0, ge=0, exclude=True)
+    recall_k: int = Field(10, ge=1, exclude=True, description="k of the reported recall@k")
+
+
+class EASEParams(_HoldoutParams):
     l2: float = Field(500.0, gt=0, description="L2 penalty λ of (XᵀX + λI)⁻¹")
 
 
 def _ease_fit(inputs: Mapping[str, Any], p: EASEParams, ctx: BuildContext) -> EASE:
-    return _estimator(EASE, p, ctx.compute).fit(inputs["A"])
+    est = _estimator(EASE, p, ctx.compute)
+    if not p.holdout:
+        return est.fit(inputs["A"])
+    train, held = holdout_split(ratings_csr(inputs["A"]), p.holdout, p.holdout_seed)
+    est.fit(train)
+    est._pipeline_recall = ease_recall(est.coef_, train, held, p.recall_k)
+    return est
 
 
 def _ease_arrays(est: EASE) -> Arrays:
     return {"coef": np.asarray(est.coef_), "gram": np.asarray(est.gram_),
             "n_samples_seen": np.asarray(est.n_samples_seen_),
-            "n_features_in": np.asarray(est.n_features_in_)}
+            "n_features_in": np.asarray(est.n_features_in_),
+            **recall_arrays(getattr(est, "_pipeline_recall", None))}
 
 
 def _ease_update(ctx: UpdateContext, p: EASEParams) -> Arrays:
-    """New users' rows: their Gram joins the stored one (old rows are not read)."""
+    """New users' rows: their Gram joins the stored one (old rows are not read). With a
+    holdout, the batch is split alike and recall@k is measured on its users."""
     prev = ctx.previous
     est = _estimator(EASE, p, ctx.compute)
     est.gram_, est.coef_ = prev["gram"], prev["coef"]
     est.n_samples_seen_ = int(prev["n_samples_seen"])
     est.n_features_in_ = int(prev["n_features_in"])
-    return _ease_arrays(est.partial_fit(ctx.batch["A"]))
+    if not p.holdout:
+        return _ease_arrays(est.partial_fit(ctx.batch["A"]))
+    train, held = holdout_split(ratings_csr(ctx.batch["A"]), p.holdout, p.holdout_seed,
+                                row_offset=ctx.rows[0])
+    est.partial_fit(train)
+    est._pipeline_recall = ease_recall(est.coef_, train, held, p.recall_k)
+    ctx.record.update(recall_users="batch")
+    return _ease_arrays(est)
 
 
-class ALSParams(Params):
+class ALSParams(_HoldoutParams):
     rank: int = Field(10, ge=1)
     max_iter: int = Field(10, ge=1)
     reg_param: float = Field(0.1, ge=0)
@@ -208,14 +244,45 @@ class ALSParams(Params):
 
 
 def _als_fit(inputs: Mapping[str, Any], p: ALSParams, ctx: BuildContext) -> ALS:
-    return _estimator(ALS, p, ctx.compute).fit(inputs["A"])
+    return _als_run(_estimator(ALS, p, ctx.compute), inputs["A"], p)
+
+
+def _als_run(est: ALS, ratings: Any, p: ALSParams) -> ALS:
+    """Fit (on the training part when the spec holds some out; recall@k on the rest)."""
+    if not p.holdout:
+        return est.fit(ratings)
+    train, held = holdout_split(ratings_csr(ratings), p.holdout, p.holdout_seed)
+    est.fit(train)
+    est._pipeline_recall = als_recall(est.user_factors_, est.item_factors_,
+                                      est.item_counts_, train, held, p.recall_k)
+    return est
 
 
 def _als_arrays(est: ALS) -> Arrays:
     return {"user_factors": np.asarray(est.user_factors_),
             "item_factors": np.asarray(est.item_factors_),
             "user_counts": np.asarray(est.user_counts_),
-            "item_counts": np.asarray(est.item_counts_)}
+            "item_counts": np.asarray(est.item_counts_),
+            "n_features_in": np.asarray(est.n_features_in_),
+            "objective_history": np.asarray(est.objective_history_),
+            "n_iter": np.asarray(est.n_iter_), "warm_started": np.asarray(est.warm_started_),
+            **recall_arrays(getattr(est, "_pipeline_recall", None))}
+
+
+def _als_update(ctx: UpdateContext, p: ALSParams) -> Arrays:
+    """Appended users: a fit of the whole input so far warm-started from the stored
+    factors (the new users' solved from the stored item factors first)."""
+    prev = ctx.previous
+    est = _estimator(ALS, p, ctx.compute)
+    est.set_params(warm_start=True)
+    est.user_factors_, est.item_factors_ = prev["user_factors"], prev["item_factors"]
+    ratings = ratings_csr(ctx.inputs["A"])[:ctx.rows[1]]
+    _als_run(est, ratings, p)
+    ctx.record.update(warm_started=bool(est.warm_started_), iterations=int(est.n_iter_),
+                      users_before=int(prev["user_factors"].shape[0]),
+                      users=int(ratings.shape[0]),
+                      objective=float(est.objective_history_[-1]))
+    return _als_arrays(est)
 
 
 # -- regression --------------------------------------------------------------------------------
@@ -338,8 +405,8 @@ def library_operators() -> Iterator[Operator]:
                    "matrix (refresh: new users' Gram added, B recomputed)", ("A",), EASEParams,
                    "eager", _ease_fit, extract=_ease_arrays, update=_ease_update)
     yield Operator("als", "alternating least squares factors of a user x item ratings matrix "
-                   "(MLlib's ALS; refresh: recompute)", ("A",), ALSParams, "eager", _als_fit,
-                   extract=_als_arrays)
+                   "(MLlib's ALS; refresh: warm-started from the stored factors)", ("A",),
+                   ALSParams, "eager", _als_fit, extract=_als_arrays, update=_als_update)
     yield Operator("linear_regression", "least squares / ridge / elastic net (MLlib "
                    "objective); refresh merges sufficient statistics", ("X", "y"),
                    LinearParams, "eager", _fit(LinearRegression), extract=_regression_arrays,

@@ -328,6 +328,7 @@ def _output_plots(out: _Plots, name: str, arrays: Mapping[str, np.ndarray], op: 
         fig["objective_history"] = h.ravel().tolist()
         out.add(f"{name}: objective",
                 _plot_history(plt, name, h, folder / f"{name}-objective.png"))
+    _recall_plot(out, name, arrays)
     if {"mean", "variance"} <= set(arrays) and 1 < arrays["mean"].size <= 500:
         names = column_names(manifest, step, arrays["mean"].size)
         fig["columns"] = names
@@ -336,6 +337,29 @@ def _output_plots(out: _Plots, name: str, arrays: Mapping[str, np.ndarray], op: 
                                                   folder / f"{name}-columns.png"))
     if not fig:
         out.figures.pop(name)
+
+
+def _recall_plot(out: _Plots, name: str, arrays: Mapping[str, np.ndarray]) -> None:
+    """recall@k on a recommender step's held-out split (``recall_ks``, ``recall``)."""
+    ks, rec = arrays.get("recall_ks"), arrays.get("recall")
+    if ks is None or rec is None or ks.size != rec.size or ks.size == 0:
+        return
+    users = int(arrays.get("recall_users", np.asarray(0)))
+    k = int(arrays.get("recall_k", ks[-1]))
+    curve = {int(a): float(b) for a, b in zip(ks.ravel(), rec.ravel(), strict=True)}
+    out.figures[name].update(recall_at_k=curve, recall_users=users, recall_k=k)
+    plt = out.plt
+    fig, ax = plt.subplots(figsize=(5.5, 3.6), layout="constrained")
+    ax.plot(list(curve), list(curve.values()), "o-", ms=4)
+    ax.set_xscale("log")
+    ax.set_xticks(list(curve), [str(v) for v in curve])
+    ax.set_ylim(0, 1.02)
+    ax.set_xlabel("k")
+    ax.set_ylabel("recall@k (held out)")
+    main = f"recall@{k} = {curve[k]:.4f}" if k in curve else ""
+    ax.set_title(f"{name}: {main} over {users:,} users")
+    out.add(f"{name}: recall@k on the held-out split ({main})",
+            _save(plt, fig, out.folder / f"{name}-recall.png"))
 
 
 def _regression_plots(out: _Plots, name: str, arrays: Mapping[str, np.ndarray],

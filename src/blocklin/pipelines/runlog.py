@@ -40,6 +40,9 @@ class StepRun:
         Computes it ran (an iterative step runs one per pass or more).
     stats : RunStats
         Its computes' counters merged: tasks, passes over each source, task seconds.
+    details : dict
+        What the step reports of itself (JSON values), e.g. a warm-started fit's
+        iterations; recorded under ``details`` when not empty.
     """
 
     name: str
@@ -48,16 +51,20 @@ class StepRun:
     seconds: float = 0.0
     computes: int = 0
     stats: RunStats = field(default_factory=RunStats)
+    details: dict[str, Any] = field(default_factory=dict)
 
     def record(self) -> dict[str, Any]:
         """The JSON record of the manifest's ``step_runs``."""
         s = self.stats
-        return {"name": self.name, "op": self.op, "kind": self.kind,
-                "seconds": round(self.seconds, 6), "computes": self.computes,
-                "tasks_run": s.tasks_run, "tasks_skipped": s.tasks_skipped,
-                "blocks_read": s.blocks_read, "bytes_read": s.bytes_read,
-                "task_seconds": round(sum(s.stage_seconds.values()), 6),
-                "passes": {k: round(v, 6) for k, v in s.passes.items()}}
+        out = {"name": self.name, "op": self.op, "kind": self.kind,
+               "seconds": round(self.seconds, 6), "computes": self.computes,
+               "tasks_run": s.tasks_run, "tasks_skipped": s.tasks_skipped,
+               "blocks_read": s.blocks_read, "bytes_read": s.bytes_read,
+               "task_seconds": round(sum(s.stage_seconds.values()), 6),
+               "passes": {k: round(v, 6) for k, v in s.passes.items()}}
+        if self.details:
+            out["details"] = dict(self.details)
+        return out
 
 
 @dataclass
