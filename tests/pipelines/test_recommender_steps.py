@@ -201,3 +201,29 @@ def test_recall_at_k_of_als_and_ease_steps(tmp_path: Path, write_spec: Any) -> N
     assert figures["als"]["recall_at_k"]["5"] > 1.5 * chance
     assert (tmp_path / "out" / "report" / "als-recall.png").stat().st_size > 1000
     assert len(figures["als"]["objective_history"]) == 6
+
+
+def test_ease_refresh_with_a_holdout_splits_the_batch_alike(tmp_path: Path,
+                                                            write_spec: Any) -> None:
+    x0, x1 = _planted(150, 30, 6), _planted(60, 30, 7)
+    bl.from_array(x0, tmp_path / "X.zarr", chunks=(50, None))
+    sp.save_npz(tmp_path / "b.npz", x1)
+    spec = base_spec(steps=[{"name": "ease", "op": "ease", "inputs": {"A": "X"},
+                             "params": {"l2": 20.0, "holdout": 0.2, "holdout_seed": 1}}],
+                     outputs={"ease": {"step": "ease"}})
+    pipe = load_pipeline(write_spec(spec))
+    run_pipeline(pipe)
+    m = refresh_pipeline(pipe, str(tmp_path / "b.npz"))
+    assert m["refresh"]["outputs"] == {"ease": "incremental"}
+    full = sp.csr_matrix(sp.vstack([x0, x1]))
+    train, held = holdout_split(full, 0.2, seed=1)  # the batch's rows split alike
+    got = load_small(tmp_path / "out" / "ease.npz")
+    np.testing.assert_allclose(got["coef"], _ease_reference(train.toarray(), 20.0), atol=1e-10)
+    # recall@k of the refreshed model, measured on the batch's users.
+    scores = train[150:].toarray() @ got["coef"]
+    want, users = _recall_reference(scores, train[150:], held[150:], 10)
+    assert int(got["recall_users"]) == users > 40
+    assert float(got["recall"][list(got["recall_ks"]).index(10)]) == pytest.approx(want,
+                                                                                  rel=1e-12)
+    run = next(r for r in m["step_runs"] if r["kind"] == "update")
+    assert run["details"] == {"recall_users": "batch"}
