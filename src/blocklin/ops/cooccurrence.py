@@ -53,7 +53,7 @@ from blocklin.storage.blockmatrix import BlockMatrix, from_array, open_matrix
 from blocklin.storage.stores import store_for
 
 __all__ = ["SWIVEL_MAX_ITEMS", "Unobserved", "Weighting", "cooccurrence", "cooccurrence_counts",
-           "embed", "nearest", "ppmi", "write_counts"]
+           "embed", "nearest", "pmi_values", "ppmi", "write_counts"]
 
 #: What :func:`ppmi` does with a pair never seen together: ``"zero"`` leaves it out
 #: (PPMI's convention: log 0 clipped to 0); ``"swivel"`` gives it Swivel's smoothed
@@ -94,7 +94,9 @@ def _check_window(M: BlockMatrix, window: int, weighting: str,
                               f"of token ids; got {M.shape[1]} columns")
     if M.meta.format != "dense":
         raise InputValueError("window co-occurrence reads a dense token column, not CSR")
-    if window > M.chunks[0]:
+    # A task sees its block and the next one's first w tokens: enough unless a window
+    # could reach past that next block into a third.
+    if window > M.chunks[0] and M.nblocks[0] > 2:
         raise InputValueError(f"window {window} is longer than a row block "
                               f"({M.chunks[0]} tokens); store the tokens in larger blocks")
     if vocab_size is not None and (isinstance(vocab_size, bool) or vocab_size < 1):
@@ -307,6 +309,18 @@ def ppmi(C: Any, out: str | os.PathLike[str], *, positive: bool = True,
         raise InputValueError(f"unobserved='swivel' fills every pair: {n} items is over the "
                               f"{SWIVEL_MAX_ITEMS:,} this dense-valued result allows")
     c = sp.vstack([_row_block(M, i) for i in range(M.nblocks[0])]).tocsr()
+    values = pmi_values(c, positive=positive, context_smoothing=context_smoothing,
+                        unobserved=unobserved)
+    return from_array(values, out, chunks=(M.chunks[0], None), overwrite=overwrite,
+                      attrs={"blocklin_op": "ppmi" if positive else "pmi",
+                             "context_smoothing": float(context_smoothing),
+                             "unobserved": unobserved})
+
+
+def pmi_values(c: sp.csr_matrix, *, positive: bool = True, context_smoothing: float = 1.0,
+               unobserved: Unobserved = "zero") -> sp.csr_matrix:
+    """:func:`ppmi` of in-memory counts (a scipy sparse matrix), as CSR."""
+    c = sp.csr_matrix(c)
     if c.nnz and float(c.data.min()) < 0:
         raise InputValueError("co-occurrence counts must be nonnegative")
     rows = np.asarray(c.sum(axis=1)).ravel()
@@ -330,10 +344,7 @@ def ppmi(C: Any, out: str | os.PathLike[str], *, positive: bool = True,
         values.data = np.maximum(values.data, 0.0)
     values.eliminate_zeros()
     values.sort_indices()
-    return from_array(values, out, chunks=(M.chunks[0], None), overwrite=overwrite,
-                      attrs={"blocklin_op": "ppmi" if positive else "pmi",
-                             "context_smoothing": float(context_smoothing),
-                             "unobserved": unobserved})
+    return values
 
 
 def embed(P: Any, k: int, *, n_iter: int = 3, seed: int = 0,

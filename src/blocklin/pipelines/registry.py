@@ -247,8 +247,10 @@ def _load_library() -> None:
         return
     # Imported here, not at the top: that module imports this one (Operator, Params),
     # and loads the estimators (scikit-learn), which most imports of this module never use.
-    from blocklin.pipelines import _library_ops
+    from blocklin.pipelines import _cooccurrence_ops, _library_ops
 
     for op in _library_ops.library_operators():
+        register(op)
+    for op in _cooccurrence_ops.cooccurrence_operators():
         register(op)
     _LOADED = True
