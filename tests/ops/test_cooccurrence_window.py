@@ -118,3 +118,26 @@ def test_window_inputs_refused_before_compute(tmp_path: Path) -> None:
     with pytest.raises(InputValueError, match="vocab_size"):
         bl.ops.cooccurrence(T, out, window=2, vocab_size=10, work_dir=str(tmp_path / "w"))
     assert not out.exists()
+
+
+def test_one_read_of_each_block_whatever_the_panels(tmp_path: Path) -> None:
+    """The panels' leaf stages fuse (one read of each row block of A per pass) and pairs
+    across block seams come from the parts' edge tokens, not from re-reading blocks."""
+    from blocklin.executors.base import RunStats
+    from blocklin.ops._cooccurrence_pass import pair_counts, partial_plan
+    from blocklin.ops.inputs import as_matrix
+
+    ids = _corpus(ntok=1_000, seed=5)
+    T = bl.from_array(ids[:, None], tmp_path / "T.zarr", chunks=(50, None))  # 20 blocks
+    panels = partial_plan(as_matrix(T), 40, window=5, weighting="uniform", boundary=7,
+                          binary=True, diagonal=False, panel_rows=10)
+    assert len(panels) == 4
+    stats = RunStats()
+    roots = bl.compute(*(lz for _, _, lz in panels), stats=stats, work_dir=str(tmp_path / "w"))
+    assert stats.array_reads[T.url] == 20
+    counts = pair_counts([(r0, r1, p) for (r0, r1, _), p in zip(panels, roots, strict=True)],
+                         40, 5)
+    np.testing.assert_array_equal(counts.toarray(),
+                                  _reference(ids, 40, 5, "uniform", 7, diagonal=False))
+    report = panels[0][2].explain()
+    assert "cooccurrence/pairs" in str(report)

@@ -12,6 +12,15 @@ the corpus. The leaf stages of all panels read the same row blocks, so
 pairs generated once (kept for the next panel kernel of the same task by a one-slot
 per-thread memo), and each panel keeps its key range.
 
+Token windows cross block boundaries. A leaf counts the pairs inside its block and
+keeps the block's first and last w tokens in ``2w`` leading rows of its part (token,
+present); a tree task adds, for each seam between consecutive children, the pairs
+with one token in the left child's tail and one in the right child's head
+(:func:`seam_pairs`), and passes its first child's head and last child's tail up. So
+A is read once, and a pair is counted once, by the node joining its two blocks. This
+needs every block but the last to hold at least w tokens when there are more than
+two blocks (a pair then spans at most one seam).
+
 Weights are integers (window weights are scaled by ``lcm(1..w)`` for ``harmonic``,
 by ``w`` for ``linear``), so every partial sum is an exact integer in float64: the
 result is bitwise the same whatever the tree, the executor or the order rows were
@@ -20,6 +29,7 @@ counted in (a refresh adding new rows equals a recompute).
 
 from __future__ import annotations
 
+import itertools
 import math
 import threading
 from collections.abc import Sequence
@@ -31,14 +41,13 @@ import scipy.sparse as sp
 
 from blocklin.errors import InputValueError
 from blocklin.executors.lazy import Lazy
-from blocklin.ops.inputs import MatrixInput, hstack_panel
-from blocklin.plan.graph import ArrayNode, Plan, StageInput, Task, TaskContext, TaskSet, TreeTasks, make_stage
+from blocklin.ops.inputs import MatrixInput, hstack_panel, row_panel_tasks
+from blocklin.plan.graph import ArrayNode, Plan, StageInput, TaskContext, TreeTasks, make_stage
 from blocklin.plan.reduce import DEFAULT_FAN_IN
 from blocklin.storage.codecs import ChunkCodec
-from blocklin.types import BlockIndex
 
-__all__ = ["PANEL_CELLS", "Weighting", "pair_counts", "partial_plan", "weight_scale",
-           "window_pairs"]
+__all__ = ["PANEL_CELLS", "Weighting", "pair_counts", "partial_plan", "seam_pairs",
+           "weight_scale", "window_pairs"]
 
 #: How window pairs are weighted by their distance d ≤ w: ``uniform`` 1, ``harmonic``
 #: 1/d (GloVe, Swivel's ``fastprep``), ``linear`` (w − d + 1)/w (word2vec's dynamic
@@ -120,29 +129,26 @@ def _sum_keys(keys: np.ndarray, vals: np.ndarray, n: int,
     return uniq, np.bincount(inv.reshape(-1), weights=vals, minlength=uniq.size)
 
 
-def _pack(keys: np.ndarray, vals: np.ndarray, cap: int) -> np.ndarray:
-    if keys.size > cap:  # the capacities are bounds; reaching this is a planning bug
-        raise RuntimeError(f"co-occurrence part of {keys.size} entries over its capacity {cap}")
-    out = np.zeros((1, cap, 2))
-    out[0, :, 0] = -1.0
-    out[0, : keys.size, 0] = keys
-    out[0, : keys.size, 1] = vals
-    return out
-
-
-def _unpack(part: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    p = np.asarray(part).reshape(-1, 2)
-    live = p[:, 0] >= 0
-    return p[live, 0].astype(np.int64), p[live, 1]
-
-
-_MEMO = threading.local()
+def seam_pairs(tail: np.ndarray, head: np.ndarray, n: int, window: int,
+               weighting: Weighting, boundary: int | None,
+               diagonal: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Keys and weights of the pairs with one token in ``tail`` (the last w tokens
+    before a seam) and the other in ``head`` (the first w after it): the pairs whose
+    left token is in the tail, minus those wholly inside it. Exact: integer weights."""
+    t = np.asarray(tail, dtype=np.int64)
+    k1, v1 = window_pairs(np.concatenate([t, np.asarray(head, dtype=np.int64)]), t.size, n,
+                          window, weighting, boundary, diagonal)
+    k0, v0 = window_pairs(t, t.size, n, window, weighting, boundary, diagonal)
+    keys, inv = np.unique(np.concatenate([k1, k0]), return_inverse=True)
+    vals = np.bincount(inv.reshape(-1), weights=np.concatenate([v1, -v0]),
+                       minlength=keys.size)
+    live = vals != 0
+    return keys[live], vals[live]
 
 
 @dataclass(frozen=True)
-class PairPartial:
-    """Leaf kernel: the pairs of one row block (window: plus the next block's first
-    ``window`` tokens) whose C row lies in ``[r0, r1)``, as a key/value block."""
+class _Count:
+    """What a part counts: n items; for a token window, w, weighting and separators."""
 
     n: int
     window: int | None
@@ -150,79 +156,119 @@ class PairPartial:
     boundary: int | None
     binary: bool
     diagonal: bool
-    ncol_blocks: int
+
+    @property
+    def edge(self) -> int:
+        """Rows a part reserves for the first and the last w tokens of its range."""
+        return 2 * (self.window or 0)
+
+
+def _pack(spec: _Count, keys: np.ndarray, vals: np.ndarray, cap: int,
+          head: np.ndarray | None = None, tail: np.ndarray | None = None) -> np.ndarray:
+    """A part: ``edge`` rows of (token, present) for the head then the tail of the
+    range (window counts), then ``cap`` rows of (key, value), keys padded with −1."""
+    if keys.size > cap:  # the capacities are bounds; reaching this is a planning bug
+        raise RuntimeError(f"co-occurrence part of {keys.size} entries over its capacity {cap}")
+    e = spec.edge
+    out = np.zeros((1, e + cap, 2))
+    w = e // 2
+    for off, toks in ((0, head), (w, tail)):
+        if toks is not None and toks.size:
+            out[0, off: off + toks.size, 0] = toks
+            out[0, off: off + toks.size, 1] = 1.0
+    out[0, e:, 0] = -1.0
+    out[0, e: e + keys.size, 0] = keys
+    out[0, e: e + keys.size, 1] = vals
+    return out
+
+
+def _edges(spec: _Count, part: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    p = np.asarray(part).reshape(-1, 2)
+    w = spec.edge // 2
+    head, tail = p[:w], p[w: 2 * w]
+    return (head[head[:, 1] > 0, 0].astype(np.int64), tail[tail[:, 1] > 0, 0].astype(np.int64))
+
+
+def _unpack(part: np.ndarray, edge: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    p = np.asarray(part).reshape(-1, 2)[edge:]
+    live = p[:, 0] >= 0
+    return p[live, 0].astype(np.int64), p[live, 1]
+
+
+def _in_rows(keys: np.ndarray, vals: np.ndarray, n: int, r0: int,
+             r1: int) -> tuple[np.ndarray, np.ndarray]:
+    lo, hi = np.searchsorted(keys, [r0 * n, r1 * n])
+    return keys[lo:hi], vals[lo:hi]
+
+
+_MEMO = threading.local()
+
+
+@dataclass(frozen=True)
+class PairPartial:
+    """Leaf kernel: the pairs of one row block whose C row lies in ``[r0, r1)``, as a
+    part (for a token window also the block's first and last w tokens, so the tree
+    counts the pairs across block seams)."""
+
+    spec: _Count
     r0: int
     r1: int
     cap: int
 
-    def _pairs(self, blocks: Sequence[Any]) -> tuple[np.ndarray, np.ndarray]:
-        # The panel kernels of one fused task see the same block objects: pair them once.
-        sig = (self.n, self.window, self.weighting, self.boundary, self.binary, self.diagonal)
+    def _window_pairs(self, block: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        # The panel kernels of one fused task see the same block object: pair it once.
         held = getattr(_MEMO, "slot", None)
-        if held is not None and held[0] == sig and len(held[1]) == len(blocks) \
-                and all(a is b for a, b in zip(held[1], blocks, strict=True)):
-            return held[2], held[3]
-        assert self.window is not None
-        main = np.asarray(blocks[0]).reshape(-1)
-        halo = [np.asarray(b).reshape(-1)[: self.window] for b in blocks[1:]]
-        keys, vals = window_pairs(np.concatenate([main, *halo]), main.size, self.n,
-                                  self.window, self.weighting, self.boundary, self.diagonal)
-        _MEMO.slot = (sig, tuple(blocks), keys, vals)
-        return keys, vals
+        if held is not None and held[0] == self.spec and held[1] is block:
+            return held[2], held[3], held[4]
+        spec = self.spec
+        assert spec.window is not None
+        toks = np.asarray(block).reshape(-1)
+        keys, vals = window_pairs(toks, toks.size, spec.n, spec.window, spec.weighting,
+                                  spec.boundary, spec.diagonal)
+        _MEMO.slot = (spec, block, keys, vals, toks)
+        return keys, vals, toks
 
     def __call__(self, ctx: TaskContext, blocks: Sequence[Any]) -> Any:
-        if self.window is None:  # item sets: this panel's rows of BᵀB only
-            keys, vals = _set_pairs(hstack_panel(blocks), self.n, self.binary, self.diagonal,
+        spec = self.spec
+        if spec.window is None:  # item sets: this panel's rows of BᵀB only
+            keys, vals = _set_pairs(hstack_panel(blocks), spec.n, spec.binary, spec.diagonal,
                                     self.r0, self.r1)
-            return _pack(keys, vals, self.cap)
-        keys, vals = self._pairs(blocks)
-        lo, hi = np.searchsorted(keys, [self.r0 * self.n, self.r1 * self.n])
-        return _pack(keys[lo:hi], vals[lo:hi], self.cap)
+            return _pack(spec, keys, vals, self.cap)
+        keys, vals, toks = self._window_pairs(blocks[0])
+        keys, vals = _in_rows(keys, vals, spec.n, self.r0, self.r1)
+        w = spec.window
+        return _pack(spec, keys, vals, self.cap,
+                     toks[:w].astype(np.int64), toks[-w:].astype(np.int64))
 
 
 @dataclass(frozen=True)
 class MergeParts:
-    """Tree kernel: the key-wise sum of its children's key/value parts (integer-valued
-    weights: exact, so the order of the sum does not change a bit)."""
+    """Tree kernel: the key-wise sum of its children's parts, plus (token windows) the
+    pairs across each seam between consecutive children; its head is its first
+    child's, its tail its last child's. Integer-valued weights: exact, so the order of
+    the sum does not change a bit."""
 
+    spec: _Count
+    r0: int
+    r1: int
     cap: int
 
     def __call__(self, ctx: TaskContext, blocks: Sequence[Any]) -> Any:
-        pairs = [_unpack(b) for b in blocks]
+        spec = self.spec
+        pairs = [_unpack(b, spec.edge) for b in blocks]
+        head = tail = None
+        if spec.window is not None:
+            edges = [_edges(spec, b) for b in blocks]
+            for (_, left), (right, _) in itertools.pairwise(edges):
+                k, v = seam_pairs(left, right, spec.n, spec.window, spec.weighting,
+                                  spec.boundary, spec.diagonal)
+                pairs.append(_in_rows(k, v, spec.n, self.r0, self.r1))
+            head, tail = edges[0][0], edges[-1][1]
         keys = np.concatenate([k for k, _ in pairs])
         vals = np.concatenate([v for _, v in pairs])
         uniq, inv = np.unique(keys, return_inverse=True)
-        return _pack(uniq, np.bincount(inv.reshape(-1), weights=vals, minlength=uniq.size),
-                     self.cap)
-
-
-@dataclass(frozen=True, eq=True)
-class HaloTasks(TaskSet):
-    """Task ``i`` reads row block ``i`` (all ``ncol`` column blocks) and, with ``halo``,
-    row block ``i + 1``'s first column block (the window's next tokens)."""
-
-    nrows: int
-    ncol: int
-    halo: bool
-
-    def __len__(self) -> int:
-        return self.nrows
-
-    def task(self, pos: int) -> Task:
-        reads = [(0, (pos, j)) for j in range(self.ncol)]
-        if self.halo and pos + 1 < self.nrows:
-            reads.append((0, (pos + 1, 0)))
-        return Task(out=(pos, 0, 0), reads=tuple(reads))
-
-    def position(self, out: BlockIndex) -> int | None:
-        ok = len(out) == 3 and 0 <= out[0] < self.nrows and not any(out[1:])
-        return int(out[0]) if ok else None
-
-    def read_counts(self, names: Sequence[str]) -> dict[str, int]:
-        return {names[0]: self.nrows * self.ncol} if self.nrows else {}
-
-    def every_task_reads(self) -> bool:
-        return True
+        sums = np.bincount(inv.reshape(-1), weights=vals, minlength=uniq.size)
+        return _pack(spec, uniq, sums, self.cap, head, tail)
 
 
 _CODEC = ChunkCodec("zstd", 1)  # padding (-1, 0) compresses to almost nothing
@@ -231,14 +277,16 @@ _CODEC = ChunkCodec("zstd", 1)  # padding (-1, 0) compresses to almost nothing
 def partial_plan(m: MatrixInput, n: int, *, window: int | None, weighting: Weighting,
                  boundary: int | None, binary: bool, diagonal: bool,
                  panel_rows: int) -> list[tuple[int, int, Lazy]]:
-    """Per panel ``[r0, r1)`` of C's rows, the lazy root key/value part of its counts."""
+    """Per panel ``[r0, r1)`` of C's rows, the lazy root part of its counts."""
     if n * n >= _MAX_KEY:
         raise InputValueError(f"{n:,} items: keys row·n + col would exceed 2**53")
+    spec = _Count(n, window, weighting, boundary, binary, diagonal)
     rows = m.node.chunks[0]
     # Window: each token pairs with at most w followers, both orders counted. Item
     # sets: only the panel's cells bound a block's BᵀB rows.
     pair_bound = 2 * window * rows if window is not None else n * n
-    tasks = HaloTasks(m.grid[0], m.grid[1], window is not None)
+    seam_bound = 2 * window * window if window is not None else 0
+    tasks = row_panel_tasks([m])
     out = []
     for r0 in range(0, n, panel_rows):
         r1 = min(n, r0 + panel_rows)
@@ -247,32 +295,33 @@ def partial_plan(m: MatrixInput, n: int, *, window: int | None, weighting: Weigh
         # Window: the block's pairs (keys, weights, unique's inverse, sort buffers) once
         # per task, shared by the panels. Item sets: the panel's rows of BᵀB. Plus the
         # packed part.
-        work = 48 * (pair_bound if window is not None else cap) + 16 * cap
-        kernel = PairPartial(n, window, weighting, boundary, binary, diagonal, m.grid[1],
-                             r0, r1, cap)
-        stage = make_stage("cooccurrence/pairs", kernel, [m.input], tasks,
-                           shape=(m.grid[0], cap, 2), chunks=(1, cap, 2), dtype="float64",
+        work = 48 * (pair_bound if window is not None else cap) + 16 * (cap + spec.edge)
+        stage = make_stage("cooccurrence/pairs", PairPartial(spec, r0, r1, cap), [m.input],
+                           tasks, shape=(m.grid[0], spec.edge + cap, 2),
+                           chunks=(1, spec.edge + cap, 2), dtype="float64",
                            params={"n": n, "window": window, "weighting": weighting,
                                    "boundary": boundary, "binary": binary,
                                    "diagonal": diagonal, "rows": [r0, r1]},
                            extra_memory=work, codec=_CODEC, keeps_sparse=True)
-        plan, root = _merge_levels(m.plan.add(stage), stage.output, cap, cells, [r0, r1])
+        plan, root = _merge_levels(m.plan.add(stage), stage.output, spec, cap, cells,
+                                   seam_bound, (r0, r1))
         out.append((r0, r1, Lazy(plan, root, "small", label="cooccurrence")))
     return out
 
 
-def _merge_levels(plan: Plan, parts: ArrayNode, cap: int, cells: int,
-                  rows: list[int]) -> tuple[Plan, ArrayNode]:
-    """Fixed fan-in tree over block index; a level's capacity is its children's total,
-    bounded by the panel's cells."""
+def _merge_levels(plan: Plan, parts: ArrayNode, spec: _Count, cap: int, cells: int,
+                  seam_bound: int, rows: tuple[int, int]) -> tuple[Plan, ArrayNode]:
+    """Fixed fan-in tree over block index; a level's capacity is its children's total
+    (and their seams' pairs), bounded by the panel's cells."""
     level = 0
     while parts.shape[0] > 1:
         nparts = parts.shape[0]
-        cap = min(cells, cap * DEFAULT_FAN_IN)
-        stage = make_stage(f"cooccurrence/reduce{level}", MergeParts(cap), [StageInput(parts)],
-                           TreeTasks(nparts, DEFAULT_FAN_IN, 3),
-                           shape=(-(-nparts // DEFAULT_FAN_IN), cap, 2), chunks=(1, cap, 2),
-                           dtype="float64", params={"rows": rows, "level": level},
+        cap = min(cells, cap * DEFAULT_FAN_IN + seam_bound * (DEFAULT_FAN_IN - 1))
+        stage = make_stage(f"cooccurrence/reduce{level}", MergeParts(spec, *rows, cap),
+                           [StageInput(parts)], TreeTasks(nparts, DEFAULT_FAN_IN, 3),
+                           shape=(-(-nparts // DEFAULT_FAN_IN), spec.edge + cap, 2),
+                           chunks=(1, spec.edge + cap, 2), dtype="float64",
+                           params={"rows": list(rows), "level": level},
                            extra_memory=48 * cap * (DEFAULT_FAN_IN + 1), codec=_CODEC)
         plan = plan.add(stage)
         parts = stage.output
@@ -280,12 +329,14 @@ def _merge_levels(plan: Plan, parts: ArrayNode, cap: int, cells: int,
     return plan, parts
 
 
-def pair_counts(roots: Sequence[tuple[int, int, np.ndarray]], n: int) -> sp.csr_matrix:
+def pair_counts(roots: Sequence[tuple[int, int, np.ndarray]], n: int,
+                window: int | None) -> sp.csr_matrix:
     """The n × n CSR of summed weights from each panel's root part."""
+    edge = 2 * (window or 0)
     keys: list[np.ndarray] = []
     vals: list[np.ndarray] = []
     for _, _, part in roots:
-        k, v = _unpack(part)
+        k, v = _unpack(part, edge)
         keys.append(k)
         vals.append(v)
     k = np.concatenate(keys) if keys else np.zeros(0, np.int64)

@@ -152,7 +152,7 @@ def _count_pass(M: BlockMatrix, n: int, window: int | None, weighting: Weighting
     with progress_step("co-occurrence pass"):
         roots = compute(*(lz for _, _, lz in panels), compute_options=opts)
     return pair_counts([(r0, r1, part) for (r0, r1, _), part in
-                        zip(panels, roots, strict=True)], n)
+                        zip(panels, roots, strict=True)], n, window)
 
 
 def cooccurrence(A: Any, out: str | os.PathLike[str], *, window: int | None = None,
@@ -177,7 +177,7 @@ def cooccurrence(A: Any, out: str | os.PathLike[str], *, window: int | None = No
         Where C (n × n, CSR row blocks) is written.
     window : int, optional
         Count token pairs at distance 1..w within one document (both orders: C is
-        symmetric). Must not exceed A's block rows.
+        symmetric). Must not exceed A's block rows when A has more than two blocks.
     weighting : {"harmonic", "uniform", "linear"}
         Window pairs at distance d weigh 1/d (default, as GloVe and Swivel's
         ``fastprep``), 1, or (w − d + 1)/w (word2vec's dynamic window in expectation).
@@ -220,14 +220,15 @@ def cooccurrence(A: Any, out: str | os.PathLike[str], *, window: int | None = No
     Notes
     -----
     One pass over A as block tasks (two with ``vocab_size`` unknown): task i reads
-    row block i (for windows also the next block's first w tokens, so pairs across
-    block boundaries are counted once, by the block holding the left token) and
-    writes its sparse partial counts per panel of C's rows as a key/value block;
-    a fixed fan-in tree sums them. Memory per leaf task: one block of A, its pairs
-    (windows: ``2·w·block_rows`` entries of ~48 bytes, generated once per task and
-    shared by the panels) and one part of ``min(2·w·block_rows, panel_rows·n)``
-    entries of 16 bytes; per tree task ``9 × `` a part of up to ``panel_rows·n``
-    entries. The driver gathers the roots (C's nonzeros) and writes C.
+    row block i and writes its sparse partial counts, per panel of C's rows, as a
+    key/value block; a fixed fan-in tree sums them, adding for windows the pairs
+    across each block seam from the first and last w tokens every part carries.
+    Memory per leaf task: one block of A, its pairs (windows: ``2·w·block_rows``
+    entries of ~48 bytes, generated once per task and shared by the panels) and one
+    part of ``min(2·w·block_rows, panel_rows·n)`` entries of 16 bytes; per tree task
+    ``9 ×`` a part of up to ``panel_rows·n`` entries (the projection refuses a plan
+    over ``max_task_memory`` before it runs). The driver gathers the roots (C's
+    nonzeros) and writes C.
     Weights are integers (scaled by ``lcm(1..w)`` for harmonic, w for linear), so
     partial sums are exact: the counts are the same to the bit whatever the
     executor, the block order or the tree (``C = S / scale`` divides once at the end).

@@ -25,7 +25,7 @@ import scipy.sparse as sp
 from pydantic import Field
 
 from blocklin.errors import InputValueError
-from blocklin.ops._cooccurrence_pass import Weighting, window_pairs
+from blocklin.ops._cooccurrence_pass import Weighting, seam_pairs, weight_scale
 from blocklin.ops.cooccurrence import cooccurrence_counts, pmi_values
 from blocklin.pipelines.registry import Arrays, BuildContext, Operator, Params, UpdateContext
 from blocklin.storage.blockmatrix import BlockMatrix
@@ -75,8 +75,6 @@ def _canonical(s: sp.csr_matrix) -> sp.csr_matrix:
 
 
 def _arrays(counts: sp.csr_matrix, tail: np.ndarray | None, p: CooccurrenceParams) -> Arrays:
-    from blocklin.ops._cooccurrence_pass import weight_scale
-
     s = _canonical(counts)
     scale = weight_scale(p.window, p.weighting)
     c = sp.csr_matrix((s.data / float(scale), s.indices, s.indptr), shape=s.shape)
@@ -141,12 +139,7 @@ def _update(ctx: UpdateContext, p: CooccurrenceParams) -> Arrays:
         head = np.concatenate([np.asarray(batch.block(i, 0)).reshape(-1)
                                for i in range(min(batch.nblocks[0], w))])[:w].astype(np.int64)
         old = np.asarray(prev["tail"], dtype=np.int64)
-        both = np.concatenate([old, head])
-        # Pairs whose left token is in the old tail, minus those wholly inside it
-        # (counted before): exact, the weights being integers.
-        k1, v1 = window_pairs(both, old.size, n, w, p.weighting, p.boundary, p.diagonal)
-        k0, v0 = window_pairs(old, old.size, n, w, p.weighting, p.boundary, p.diagonal)
-        keys, vals = np.concatenate([k1, k0]), np.concatenate([v1, -v0])
+        keys, vals = seam_pairs(old, head, n, w, p.weighting, p.boundary, p.diagonal)
         new = new + sp.csr_matrix((vals, (keys // n, keys % n)), shape=(n, n))
         tail = np.concatenate([old, _tail(batch, w)])[-w:]
     return _arrays(new, tail, p)
