@@ -175,3 +175,13 @@ def test_bad_inputs_refused(tmp_path: Path) -> None:
         swivel(C, 2, unobserved="zero")  # type: ignore[arg-type]
     with pytest.raises(InputValueError, match="learning_rate"):
         swivel(C, 2, learning_rate=0.0)
+
+
+def test_shard_memory_is_projected_and_refused(tmp_path: Path) -> None:
+    """A round's task holds its s × s shard densely (about eight arrays of it): a limit
+    under that refuses the round's stage by name before it runs."""
+    from blocklin.errors import PlanMemoryError
+
+    C = _stored(_planted(), tmp_path)
+    with pytest.raises(PlanMemoryError, match="swivel/round"):
+        swivel(C, D, epochs=1, max_task_memory="32KiB", work_dir=str(tmp_path / "w"))

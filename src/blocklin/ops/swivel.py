@@ -302,14 +302,17 @@ def swivel(C: Any, d: int, *, epochs: int = 20, learning_rate: float = 0.05,
     Notes
     -----
     One pass over C for the margins, then per epoch one graph of k rounds, each
-    reading C once more (each task one row block of C; column shards are its column
-    slices). Memory per task: the shard, densely, ``s × s`` cells (about eight
-    arrays of them: counts, PMI, bound, confidence, prediction, gradient), plus C's
-    row block and two state blocks of ``s × 4d``; no task holds anything n × n, so
-    there is no limit on n beyond the 2 × n margins every task reads. Shards are
-    contiguous id ranges (the paper deals items to shards by frequency rank; ids
-    ordered by frequency give the same balance). Results are deterministic for a
-    seed: every task's arithmetic is fixed and the rounds run in a fixed order.
+    reading every row block of C once (each task one row block; column shards are
+    its column slices): k reads of C per epoch, served from the block cache
+    (``cache_bytes="auto"`` unless set) when C's blocks fit in it.
+
+    Memory per task: the shard, densely, ``s × s`` cells (about eight arrays of
+    them: counts, PMI, bound, confidence, prediction, gradient), plus C's row block
+    and two state blocks of ``s × 4d``. No task holds anything n × n, so n is bounded
+    only by the 2 × n margins every task reads. Shards are contiguous id ranges (the
+    paper deals items to shards by frequency rank; ids ordered by frequency give the
+    same balance). Results are deterministic for a seed: every task's arithmetic is
+    fixed and the rounds run in a fixed order.
 
     References
     ----------
@@ -342,6 +345,8 @@ def swivel(C: Any, d: int, *, epochs: int = 20, learning_rate: float = 0.05,
         # The passes' intermediates go to a work directory inside the folder: the
         # epochs' states are outputs, which may not live in a work directory.
         opts = base.replace(work_dir=f"{ckpt}/work")
+        # Every round reads each row block of C again: decoded once per process.
+        opts = opts.updated(cache_bytes="auto")
         (marg,) = compute(_margins(m), compute_options=opts)
         margins = as_matrix(from_array(np.asarray(marg), f"{ckpt}/margins.zarr",
                                        chunks=(2, n), overwrite=True), "margins")
