@@ -372,7 +372,7 @@ class TruncatedSVD(SaveMixin, ClassNamePrefixFeaturesOutMixin, TransformerMixin,
     def _update_state(self, rows: Any, wd: str, stats: RunStats,
                       row_gram: np.ndarray | None = None) -> None:
         st = svd_update(str(self.state_path), rows=rows, extras=self._extras(),
-                        row_gram=row_gram, executor=self.executor, work_dir=wd, stats=stats)
+                        row_gram=row_gram, stats=stats, compute_options=self._options(wd))
         self.components_, self.singular_values_ = st.Vt, st.s
         self._set_stats(self.n_samples_seen_, self._mean, self._m2)
 
