@@ -120,24 +120,41 @@ def test_window_inputs_refused_before_compute(tmp_path: Path) -> None:
     assert not out.exists()
 
 
-def test_one_read_of_each_block_whatever_the_panels(tmp_path: Path) -> None:
-    """The panels' leaf stages fuse (one read of each row block of A per pass) and pairs
-    across block seams come from the parts' edge tokens, not from re-reading blocks."""
+def test_parts_sized_from_the_data_and_one_read_per_pass(tmp_path: Path) -> None:
+    """A sizing pass measures each block's distinct pairs per fine panel of C's rows;
+    panels join fine ones up to a budget, and each part's capacity comes from those
+    counts, not from the panel's cells. Each pass reads each row block of A once (the
+    panels' leaf stages fuse), and window pairs across block seams come from the
+    parts' edge tokens."""
     from blocklin.executors.base import RunStats
-    from blocklin.ops._cooccurrence_pass import pair_counts, partial_plan
+    from blocklin.ops._cooccurrence_pass import (
+        count_spec,
+        pair_counts,
+        partial_plan,
+        plan_panels,
+        sizing_plan,
+    )
     from blocklin.ops.inputs import as_matrix
 
     ids = _corpus(ntok=1_000, seed=5)
     T = bl.from_array(ids[:, None], tmp_path / "T.zarr", chunks=(50, None))  # 20 blocks
-    panels = partial_plan(as_matrix(T), 40, window=5, weighting="uniform", boundary=7,
-                          binary=True, diagonal=False, panel_rows=10)
-    assert len(panels) == 4
-    stats = RunStats()
-    roots = bl.compute(*(lz for _, _, lz in panels), stats=stats, work_dir=str(tmp_path / "w"))
-    assert stats.array_reads[T.url] == 20
-    counts = pair_counts([(r0, r1, p) for (r0, r1, _), p in zip(panels, roots, strict=True)],
+    ref = _reference(ids, 40, 5, "uniform", 7, diagonal=False)
+    m, spec = as_matrix(T), count_spec(40, 5, "uniform", 7, True, False)
+    wd = str(tmp_path / "w")
+    sizing = RunStats()
+    (sizes,) = bl.compute(sizing_plan(m, spec, 4), stats=sizing, work_dir=wd)
+    assert sizing.array_reads[T.url] == 20
+    # Totals per fine panel of 4 rows bound the distinct pairs those rows hold.
+    nnz_rows = (ref != 0).sum(axis=1)
+    assert (sizes[0] >= np.add.reduceat(nnz_rows, np.arange(0, 40, 4))).all()
+    panels = plan_panels(sizes, 40, 4, grouped=True, budget=300)
+    assert 2 < len(panels) < 10
+    assert all(p.total <= 300 for p in panels if p.r1 - p.r0 > 4)
+    assert all(p.leaf < (p.r1 - p.r0) * 40 for p in panels)  # below the cells bound
+    lazies = partial_plan(m, spec, panels)
+    counting = RunStats()
+    roots = bl.compute(*(lz for _, _, lz in lazies), stats=counting, work_dir=wd)
+    assert counting.array_reads[T.url] == 20
+    counts = pair_counts([(r0, r1, p) for (r0, r1, _), p in zip(lazies, roots, strict=True)],
                          40, 5)
-    np.testing.assert_array_equal(counts.toarray(),
-                                  _reference(ids, 40, 5, "uniform", 7, diagonal=False))
-    report = panels[0][2].explain()
-    assert "cooccurrence/pairs" in str(report)
+    np.testing.assert_array_equal(counts.toarray(), ref)

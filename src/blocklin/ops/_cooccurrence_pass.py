@@ -5,12 +5,18 @@ planning time. A partial is therefore a *key/value block*: a ``(cap, 2)`` float6
 array whose first column holds ``row·n + col`` of C (sorted, padded with −1) and whose
 second holds the summed weight. Keys are exact in float64 while ``n² < 2⁵³``.
 
-C's rows are split into *panels* of ``panel_rows`` rows, each its own leaf stage and
-tree: a part's capacity is bounded by its panel's ``panel_rows × n`` cells, whatever
-the corpus. The leaf stages of all panels read the same row blocks, so
-:func:`~blocklin.plan.finalize.finalize` fuses them: each row block is read once, its
-pairs generated once (kept for the next panel kernel of the same task by a one-slot
-per-thread memo), and each panel keeps its key range.
+C's rows are split into *panels*, each its own leaf stage and tree. A part's
+capacity must be fixed when the plan is built, so it comes from the data: when C
+does not fit one part (``n² > PANEL_CELLS``), a *sizing pass* first counts each row
+block's distinct pairs per fine panel of ``PANEL_CELLS // n`` rows (sums and maxima
+over blocks, a ``2 × F`` small result); consecutive fine panels are joined while
+their total stays within ``PANEL_CELLS`` entries, a leaf part holds the largest
+block's count for its panel, and a tree level the least of its children's total,
+the panel's measured total and its cells. The leaf stages of all panels read the
+same row blocks, so :func:`~blocklin.plan.finalize.finalize` fuses them: each row
+block is read once per pass, its pairs generated once (kept for the next panel
+kernel of the same task by a one-slot per-thread memo), and each panel keeps its
+key range.
 
 Token windows cross block boundaries. A leaf counts the pairs inside its block and
 keeps the block's first and last w tokens in ``2w`` leading rows of its part (token,
@@ -46,8 +52,9 @@ from blocklin.plan.graph import ArrayNode, Plan, StageInput, TaskContext, TreeTa
 from blocklin.plan.reduce import DEFAULT_FAN_IN
 from blocklin.storage.codecs import ChunkCodec
 
-__all__ = ["PANEL_CELLS", "Weighting", "pair_counts", "partial_plan", "seam_pairs",
-           "weight_scale", "window_pairs"]
+__all__ = ["PANEL_CELLS", "Panel", "Weighting", "count_spec", "pair_counts", "partial_plan",
+           "plan_panels", "seam_pairs", "sizing_plan", "static_panels", "weight_scale",
+           "window_pairs"]
 
 #: How window pairs are weighted by their distance d ≤ w: ``uniform`` 1, ``harmonic``
 #: 1/d (GloVe, Swivel's ``fastprep``), ``linear`` (w − d + 1)/w (word2vec's dynamic
@@ -274,54 +281,154 @@ class MergeParts:
 _CODEC = ChunkCodec("zstd", 1)  # padding (-1, 0) compresses to almost nothing
 
 
-def partial_plan(m: MatrixInput, n: int, *, window: int | None, weighting: Weighting,
-                 boundary: int | None, binary: bool, diagonal: bool,
-                 panel_rows: int) -> list[tuple[int, int, Lazy]]:
-    """Per panel ``[r0, r1)`` of C's rows, the lazy root part of its counts."""
+@dataclass(frozen=True)
+class Panel:
+    """Rows ``[r0, r1)`` of C, a bound on the entries of one leaf part of them
+    (``leaf``) and on the entries of all of them (``total``)."""
+
+    r0: int
+    r1: int
+    leaf: int
+    total: int
+
+
+@dataclass(frozen=True)
+class SizePart:
+    """Sizing kernel: per fine panel of ``rows`` rows of C, how many distinct pairs one
+    row block holds, as a (1, 2, F) part (row 0 summed over blocks, row 1 their max)."""
+
+    spec: _Count
+    rows: int
+
+    def __call__(self, ctx: TaskContext, blocks: Sequence[Any]) -> Any:
+        spec = self.spec
+        nf = -(-spec.n // self.rows)
+        counts = np.zeros(nf)
+        if spec.window is None:
+            b = hstack_panel(blocks)
+            # BᵀB a slab of rows at a time: never more than ~PANEL_CELLS entries held.
+            step = max(1, PANEL_CELLS // max(spec.n, 1))
+            for r0 in range(0, spec.n, step):
+                keys, _ = _set_pairs(b, spec.n, spec.binary, spec.diagonal, r0,
+                                     min(spec.n, r0 + step))
+                counts += np.bincount(keys // spec.n // self.rows, minlength=nf)
+        else:
+            toks = np.asarray(blocks[0]).reshape(-1)
+            keys, _ = window_pairs(toks, toks.size, spec.n, spec.window, spec.weighting,
+                                   spec.boundary, spec.diagonal)
+            counts += np.bincount(keys // spec.n // self.rows, minlength=nf)
+        return np.stack([counts, counts])[None]
+
+
+@dataclass(frozen=True)
+class SizeMerge:
+    """Tree kernel of the sizes: sums of row 0, maxima of row 1 (exact integers)."""
+
+    def __call__(self, ctx: TaskContext, blocks: Sequence[Any]) -> Any:
+        parts = np.concatenate([np.asarray(b) for b in blocks])
+        return np.stack([parts[:, 0].sum(axis=0), parts[:, 1].max(axis=0)])[None]
+
+
+def sizing_plan(m: MatrixInput, spec: _Count, rows: int) -> Lazy:
+    """The pass measuring, per fine panel of ``rows`` rows of C, the distinct pairs per
+    block (sum and max over blocks): the counting pass sizes its parts from it."""
+    from blocklin.plan.reduce import tree_reduce
+
+    nf = -(-spec.n // rows)
+    # A block's window pairs at once; item sets a slab of BᵀB of ~PANEL_CELLS entries.
+    pairs = 2 * spec.window * m.node.chunks[0] if spec.window is not None else PANEL_CELLS
+    work = 56 * pairs
+    stage = make_stage("cooccurrence/sizes", SizePart(spec, rows), [m.input],
+                       row_panel_tasks([m]), shape=(m.grid[0], 2, nf), chunks=(1, 2, nf),
+                       dtype="float64", params={**_params(spec), "rows": rows},
+                       extra_memory=work + 16 * nf, keeps_sparse=True)
+    plan, out = tree_reduce(m.plan.add(stage), stage.output, SizeMerge(),
+                            op="cooccurrence/sizes")
+    return Lazy(plan, out, "small", lambda p: p[0], label="cooccurrence.sizes")
+
+
+def plan_panels(sizes: np.ndarray, n: int, rows: int, grouped: bool,
+                budget: int = PANEL_CELLS) -> list[Panel]:
+    """Panels from a sizing pass: fine panels of ``rows`` rows, joined (``grouped``)
+    while their total stays within ``budget`` entries."""
+    total, peak = np.asarray(sizes[0]), np.asarray(sizes[1])
+    out: list[Panel] = []
+    f, nf = 0, total.size
+    while f < nf:
+        g = f + 1
+        if grouped:
+            while g < nf and total[f:g + 1].sum() <= budget:
+                g += 1
+        r0, r1 = f * rows, min(n, g * rows)
+        out.append(Panel(r0, r1, int(peak[f:g].sum()), int(total[f:g].sum())))
+        f = g
+    return out
+
+
+def static_panels(m: MatrixInput, n: int, window: int | None, rows: int) -> list[Panel]:
+    """Panels sized from shapes alone (a pass fewer): bounded by the panel's cells and,
+    for a window, by a block's 2·w·rows pairs."""
+    block = 2 * window * m.node.chunks[0] if window is not None else n * n
+    out = []
+    for r0 in range(0, n, rows):
+        r1 = min(n, r0 + rows)
+        out.append(Panel(r0, r1, min(block, (r1 - r0) * n), (r1 - r0) * n))
+    return out
+
+
+def _params(spec: _Count) -> dict[str, Any]:
+    return {"n": spec.n, "window": spec.window, "weighting": spec.weighting,
+            "boundary": spec.boundary, "binary": spec.binary, "diagonal": spec.diagonal}
+
+
+def count_spec(n: int, window: int | None, weighting: Weighting, boundary: int | None,
+               binary: bool, diagonal: bool) -> _Count:
     if n * n >= _MAX_KEY:
         raise InputValueError(f"{n:,} items: keys row·n + col would exceed 2**53")
-    spec = _Count(n, window, weighting, boundary, binary, diagonal)
+    return _Count(n, window, weighting, boundary, binary, diagonal)
+
+
+def partial_plan(m: MatrixInput, spec: _Count, panels: Sequence[Panel]) -> list[tuple[int, int, Lazy]]:
+    """Per panel, the lazy root part of its counts."""
+    window = spec.window
     rows = m.node.chunks[0]
-    # Window: each token pairs with at most w followers, both orders counted. Item
-    # sets: only the panel's cells bound a block's BᵀB rows.
-    pair_bound = 2 * window * rows if window is not None else n * n
-    seam_bound = 2 * window * window if window is not None else 0
+    pair_bound = 2 * window * rows if window is not None else 0
+    seam = 2 * window * window if window is not None else 0
     tasks = row_panel_tasks([m])
     out = []
-    for r0 in range(0, n, panel_rows):
-        r1 = min(n, r0 + panel_rows)
-        cells = (r1 - r0) * n
-        cap = max(1, min(pair_bound, cells))
+    for pan in panels:
+        cells = (pan.r1 - pan.r0) * spec.n
+        cap = max(1, min(pan.leaf, cells))
         # Window: the block's pairs (keys, weights, unique's inverse, sort buffers) once
         # per task, shared by the panels. Item sets: the panel's rows of BᵀB. Plus the
         # packed part.
         work = 48 * (pair_bound if window is not None else cap) + 16 * (cap + spec.edge)
-        stage = make_stage("cooccurrence/pairs", PairPartial(spec, r0, r1, cap), [m.input],
-                           tasks, shape=(m.grid[0], spec.edge + cap, 2),
+        stage = make_stage("cooccurrence/pairs", PairPartial(spec, pan.r0, pan.r1, cap),
+                           [m.input], tasks, shape=(m.grid[0], spec.edge + cap, 2),
                            chunks=(1, spec.edge + cap, 2), dtype="float64",
-                           params={"n": n, "window": window, "weighting": weighting,
-                                   "boundary": boundary, "binary": binary,
-                                   "diagonal": diagonal, "rows": [r0, r1]},
+                           params={**_params(spec), "rows": [pan.r0, pan.r1], "cap": cap},
                            extra_memory=work, codec=_CODEC, keeps_sparse=True)
-        plan, root = _merge_levels(m.plan.add(stage), stage.output, spec, cap, cells,
-                                   seam_bound, (r0, r1))
-        out.append((r0, r1, Lazy(plan, root, "small", label="cooccurrence")))
+        limit = max(1, min(cells, pan.total + seam * (m.grid[0] - 1)))
+        plan, root = _merge_levels(m.plan.add(stage), stage.output, spec, cap, limit,
+                                   seam, (pan.r0, pan.r1))
+        out.append((pan.r0, pan.r1, Lazy(plan, root, "small", label="cooccurrence")))
     return out
 
 
-def _merge_levels(plan: Plan, parts: ArrayNode, spec: _Count, cap: int, cells: int,
+def _merge_levels(plan: Plan, parts: ArrayNode, spec: _Count, cap: int, limit: int,
                   seam_bound: int, rows: tuple[int, int]) -> tuple[Plan, ArrayNode]:
     """Fixed fan-in tree over block index; a level's capacity is its children's total
-    (and their seams' pairs), bounded by the panel's cells."""
+    (and their seams' pairs), bounded by ``limit`` (the panel's cells or its measured
+    total)."""
     level = 0
     while parts.shape[0] > 1:
         nparts = parts.shape[0]
-        cap = min(cells, cap * DEFAULT_FAN_IN + seam_bound * (DEFAULT_FAN_IN - 1))
+        cap = min(limit, cap * DEFAULT_FAN_IN + seam_bound * (DEFAULT_FAN_IN - 1))
         stage = make_stage(f"cooccurrence/reduce{level}", MergeParts(spec, *rows, cap),
                            [StageInput(parts)], TreeTasks(nparts, DEFAULT_FAN_IN, 3),
                            shape=(-(-nparts // DEFAULT_FAN_IN), spec.edge + cap, 2),
                            chunks=(1, spec.edge + cap, 2), dtype="float64",
-                           params={"rows": list(rows), "level": level},
+                           params={"rows": list(rows), "level": level, "cap": cap},
                            extra_memory=48 * cap * (DEFAULT_FAN_IN + 1), codec=_CODEC)
         plan = plan.add(stage)
         parts = stage.output

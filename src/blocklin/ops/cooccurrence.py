@@ -44,8 +44,12 @@ from blocklin.executors.progress import step as progress_step
 from blocklin.ops._cooccurrence_pass import (
     PANEL_CELLS,
     Weighting,
+    count_spec,
     pair_counts,
     partial_plan,
+    plan_panels,
+    sizing_plan,
+    static_panels,
     weight_scale,
 )
 from blocklin.ops.inputs import as_matrix
@@ -145,14 +149,23 @@ def _count_pass(M: BlockMatrix, n: int, window: int | None, weighting: Weighting
                 opts: ComputeOptions) -> sp.csr_matrix:
     from blocklin.executors.api import compute
 
-    rows = panel_rows or max(1, PANEL_CELLS // max(n, 1))
-    panels = partial_plan(as_matrix(M), n, window=window, weighting=weighting,
-                          boundary=boundary, binary=binary, diagonal=diagonal,
-                          panel_rows=rows)
+    spec = count_spec(n, window, weighting, boundary, binary, diagonal)
+    m = as_matrix(M)
+    if panel_rows is None and n * n <= PANEL_CELLS:
+        # C fits one part: sized from shapes, one pass.
+        panels = static_panels(m, n, window, n)
+    else:
+        # Parts sized from the data: a sizing pass counts each block's distinct pairs
+        # per fine panel, then panels are joined up to PANEL_CELLS entries each.
+        rows = panel_rows or max(1, PANEL_CELLS // n)
+        with progress_step("co-occurrence sizing pass"):
+            (sizes,) = compute(sizing_plan(m, spec, rows), compute_options=opts)
+        panels = plan_panels(sizes, n, rows, grouped=panel_rows is None)
+    lazies = partial_plan(m, spec, panels)
     with progress_step("co-occurrence pass"):
-        roots = compute(*(lz for _, _, lz in panels), compute_options=opts)
+        roots = compute(*(lz for _, _, lz in lazies), compute_options=opts)
     return pair_counts([(r0, r1, part) for (r0, r1, _), part in
-                        zip(panels, roots, strict=True)], n, window)
+                        zip(lazies, roots, strict=True)], n, window)
 
 
 def cooccurrence(A: Any, out: str | os.PathLike[str], *, window: int | None = None,
@@ -219,16 +232,18 @@ def cooccurrence(A: Any, out: str | os.PathLike[str], *, window: int | None = No
 
     Notes
     -----
-    One pass over A as block tasks (two with ``vocab_size`` unknown): task i reads
-    row block i and writes its sparse partial counts, per panel of C's rows, as a
-    key/value block; a fixed fan-in tree sums them, adding for windows the pairs
-    across each block seam from the first and last w tokens every part carries.
-    Memory per leaf task: one block of A, its pairs (windows: ``2·w·block_rows``
-    entries of ~48 bytes, generated once per task and shared by the panels) and one
-    part of ``min(2·w·block_rows, panel_rows·n)`` entries of 16 bytes; per tree task
-    ``9 ×`` a part of up to ``panel_rows·n`` entries (the projection refuses a plan
-    over ``max_task_memory`` before it runs). The driver gathers the roots (C's
-    nonzeros) and writes C.
+    One pass over A as block tasks when C fits one part (``n² ≤ 2²²``); otherwise a
+    sizing pass first (each block's distinct pairs per fine panel of C's rows, so
+    that every part is sized from the data), then the counting pass; one more with
+    ``vocab_size`` unknown. In the counting pass task i reads row block i and writes
+    its sparse partial counts, per panel of C's rows, as a key/value block; a fixed
+    fan-in tree sums them, adding for windows the pairs across each block seam from
+    the first and last w tokens every part carries. Memory per leaf task: one block
+    of A, its pairs (windows: ``2·w·block_rows`` entries of ~48 bytes, generated once
+    per task and shared by the panels) and one part per panel of the largest block's
+    count there, 16 bytes an entry; per tree task ``9 ×`` a part, at most 2²²
+    entries (64 MiB) each. The projection refuses a plan over ``max_task_memory``
+    before it runs. The driver gathers the roots (C's nonzeros) and writes C.
     Weights are integers (scaled by ``lcm(1..w)`` for harmonic, w for linear), so
     partial sums are exact: the counts are the same to the bit whatever the
     executor, the block order or the tree (``C = S / scale`` divides once at the end).
