@@ -16,6 +16,8 @@ import blocklin as bl
 from blocklin.errors import InputValueError, PlanMemoryError
 from blocklin.ml import EASE
 from blocklin.ml import ease as ease_mod
+from blocklin.ops.inputs import as_matrix
+from blocklin.plan.finalize import finalize
 
 L2 = 25.0
 
@@ -128,3 +130,50 @@ def test_items_beyond_driver_memory_refused_before_any_pass(tmp_path: Path) -> N
         EASE(l2=1.0, work_dir=str(work)).fit(big)
     with pytest.raises(InputValueError):
         EASE(l2=1.0, driver_memory="lots").fit(x)
+
+
+def test_recommend_tasks_within_their_projection(tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    # The stated bound at a moderate size: 6,000 users × 1,500 items (CSR blocks of 500
+    # rows), B in 2 MiB column panels (174 items: 9 panels), groups of 3 blocks. Each
+    # score task is projected at ≤ 5 panels (B decoded and encoded, 3 rows × panel
+    # arrays) + its CSR group twice + its output twice; and the recommend's real numpy
+    # peak on one worker (tracemalloc, 18.1 MB here) stays within the largest projection
+    # plus the writing of B, the candidates and the results (27 MB): a task densifying
+    # its rows (1,500 × 1,500 floats, 18 MB more) would not.
+    panel = 2 * 2**20
+    monkeypatch.setattr(ease_mod, "_PANEL_BYTES", panel)
+    n_items, users, top = 1500, 6000, 10
+    x = _sparse(users, n_items, 0.02, seed=3)
+    model = EASE(l2=L2, work_dir=str(tmp_path / "work"),
+                 compute_options={"num_workers": 1, "cache_bytes": 0}).fit(x)
+    stored = bl.from_array(x, str(tmp_path / "X.zarr"), chunks=(500, None))
+    cb = panel // (8 * n_items)
+    b = bl.from_array(model.coef_, str(tmp_path / "B.zarr"), chunks=(n_items, cb))
+    xm = as_matrix(stored, "X")
+    lazy = ease_mod.recommend_plan(xm, as_matrix(b, "B"), top)
+    groups = finalize(lazy.plan, 2**40).groups
+    memory = {g.members[0].op: g.memory for g in groups}
+    assert set(memory) == {"ease/score", "ease/merge"}
+    rows = 3 * 500
+    csr_group = 2 * 3 * int(xm.node.block_nbytes or 0)
+    bound = 5 * panel + csr_group + 2 * 8 * rows * 2 * top
+    assert memory["ease/score"] <= bound, (memory, bound)
+    assert memory["ease/merge"] <= 5 * 8 * rows * 9 * 2 * top + 2 * 8 * rows * 2 * top
+
+    EASE(l2=L2).fit(x[:50, :40]).recommend(x[:50, :40], 2)  # lazy imports off the peak
+    results = 3 * 8 * users * 2 * top
+    tracemalloc.start()
+    try:
+        tracemalloc.reset_peak()
+        items, _ = model.recommend(stored, top)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    # Besides the largest task: a panel of B being written (and its encoded copy), the
+    # score stage's (users, 9 panels × 2n) candidates (held until merged) and the results.
+    candidates = 8 * users * 9 * 2 * top
+    assert peak <= max(memory.values()) + 2 * panel + candidates + results, (peak, memory)
+    ref_items = np.argsort(-np.where(x.toarray() != 0, -np.inf, x @ model.coef_), axis=1,
+                           kind="stable")[:, :top]
+    np.testing.assert_array_equal(items, ref_items)

@@ -361,7 +361,7 @@ def recommend_plan(X: MatrixInput, B: MatrixInput, n: int) -> Lazy:
     return Lazy(plan.add(merge), merge.output, "matrix", label="ease.recommend")
 
 
-class EASE(SaveMixin, BaseEstimator):  # type: ignore[misc]
+class EASE(SaveMixin, BaseEstimator):
     """Embarrassingly Shallow Autoencoder: closed-form item–item recommendations.
 
     Parameters
@@ -579,12 +579,20 @@ class EASE(SaveMixin, BaseEstimator):  # type: ignore[misc]
 
         Notes
         -----
-        Stored X: block tasks, one per (user row block, column panel of B), each
-        scoring its rows against one panel and keeping its top n, then one merge task
-        per row block. B is written once to the work directory in column panels of
-        about 128 MiB; each task holds a row block, one panel of B and the rows ×
-        panel scores. X is read once per panel of B. In-memory X is scored by slices
-        of 2,048 rows.
+        Stored X: block tasks, one per (group of user row blocks, column panel of B),
+        each scoring its rows against one panel and keeping its top n, then one merge
+        task per group. B is written once to the work directory in column panels of
+        about 128 MiB (cb = 128 MiB / 8n columns); a group holds about 128 MiB of
+        rows × cb scores. A score task's projected memory (what ``max_task_memory``,
+        4 GiB by default, is checked against before any task runs) is: the panel of
+        B decoded and encoded (≤ 256 MiB), the group's row blocks (CSR: twice their
+        stored size), three rows × cb float64 arrays (the scores, their copy with the
+        seen items masked, the top-n selection: ≤ 384 MiB) and its (rows, 2n) output;
+        a merge task its group's candidates read and merged, 5 × rows × panels × 2n floats.
+        At 100,000 users × 20,000 items (239 CSR blocks): 120 score tasks of 689 MB
+        and 6 merge tasks of 384 MB. X is read once per panel of B. The driver holds
+        the model (2 n × n arrays) meanwhile. In-memory X is scored by slices of
+        2,048 rows (2,048 × n scores).
         """
         check_is_fitted(self)
         if isinstance(n, bool) or not isinstance(n, int | np.integer):
