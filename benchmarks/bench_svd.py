@@ -288,7 +288,7 @@ def w_update(a: argparse.Namespace) -> dict[str, Any]:
     """A 5% row append: svd_update of a persisted state (U stored) vs nothing else."""
     import blocklin as bl
     from blocklin.ops import SVDState, svd_update
-    from blocklin.ops._svd_rows import gram_step
+    from blocklin.ops.svd_rows import gram_step
     from blocklin.ops.svd_update import update_factors
 
     A = bl.open(a.url)

@@ -162,9 +162,11 @@ def test_column_appends_exact_for_low_rank(tmp_path: Path) -> None:
     D = bl.from_array(x[:, 40:50], tmp_path / "D.zarr", chunks=(70, None))
     state = svd_update(str(tmp_path / "state"), columns=D,              # stored, reopened
                        work_dir=str(tmp_path / "w"))
-    state = svd_update(state, columns=sp.csr_matrix(x[:, 50:60]))       # sparse
+    state = svd_update(state, columns=sp.csr_matrix(x[:, 50:60]))       # sparse: Deng et al.
     state = SVDState.open(tmp_path / "state")
-    assert [t.width for t in state.terms] == [K, 10, 10, 10]
+    # The sparse columns lie inside span(U) (rank <= k): Deng et al.'s path adds no term.
+    assert [t.width for t in state.terms] == [K, 10, 10]
+    assert len(state.log) == 1
     assert all(t.rows == 600 and t.row == 0 for t in state.terms)
     _assert_exact(state, x)
 
@@ -357,7 +359,7 @@ def test_bad_updates_are_refused_before_any_write(tmp_path: Path) -> None:
         (ValueError, "exactly one", {}),
         (ValueError, "method", {"rows": np.ones((10, N)), "method": "householder"}),
         (ValueError, "batch", {"rows": np.ones((10, N)), "batch": 0}),
-        (ValueError, "row appends", {"columns": np.ones((300, 2)), "method": "qr"}),
+        (ValueError, "row appends", {"columns": np.ones((300, 2)), "method": "gram"}),
         (ShapeMismatchError, "300", {"columns": np.ones((299, 2))}),
         (ValueError, "at most", {"columns": np.ones((300, 301))}),
         (ShapeMismatchError, "Y", {"low_rank": (np.ones((300, 2)), np.ones((N + 1, 2)))}),

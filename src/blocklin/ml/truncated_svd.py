@@ -21,7 +21,7 @@ from blocklin.ml._estimator import estimator_options
 from blocklin.ml._progress import reports
 from blocklin.ml._validation import is_stored, open_stored, stored_matrix, validate_features
 from blocklin.ml.persist import SaveMixin
-from blocklin.ops._svd_rows import (
+from blocklin.ops.svd_rows import (
     GRAM_MAX_COLUMNS,
     NewRows,
     brand_rows,

@@ -7,20 +7,23 @@ offset times a small stored factor, all times one shared k × k factor (Deng et 
     U = Σ_t place(B_t at rows [r_t, r_t + m_t)) · F_t · K_u,   B_t: m_t × w_t,  F_t: w_t × k
 
 Row appends add a term at the bottom; column appends and low-rank changes add a
-term spanning all rows. An update right-multiplies K_u by a k × k matrix (the
-Rayleigh–Ritz rotation) and stores the new term's ``F = G_new·K_u⁻¹``: O(k³) and
-two small arrays written, whatever the number of terms or rows already seen. Each
-F_t is written once. When K_u's condition number passes :data:`FOLD_COND` it is
-folded into the F_t (rewritten under new names, O(T·k³)); when the terms pass a
-budget, :meth:`SVDState.materialize_u` writes U as one basis (a pass over the
-bases, O(m·k)). Bases stay narrow (k, or the width of the appended columns /
-low-rank factor), so reading all of U costs O(m·Σw_t).
+term spanning all rows (Householder: the orthonormal P; sparse, Deng et al.: the new
+data X itself, kind ``csr``, placed over its first to last nonzero row). An update
+right-multiplies K_u by a k × k matrix (the Rayleigh–Ritz rotation) and stores the
+new term's ``F = G_new·K_u⁻¹``: O(k³) and two small arrays written, whatever the
+number of terms or rows already seen. Each F_t is written once. When K_u's
+condition number passes :data:`FOLD_COND` it is folded into the F_t (rewritten
+under new names, O(T·k³)); when the terms pass a budget,
+:meth:`SVDState.materialize_u` writes U as one basis (a pass over the bases,
+O(m·k)). Bases stay narrow (k, or the width of the appended columns / low-rank
+factor), so reading all of U costs O(m·Σw_t).
 
 Layout of the zarr group at ``path``::
 
     zarr.json          group metadata; attributes["blocklin_svd_state"] names the
                        committed version, its terms and sizes (the commit record)
-    U_v00000.zarr ...  the bases (BlockMatrix, dense), named by the version adding them
+    U_v00000.zarr ...  the bases (BlockMatrix, dense, or CSR for a ``csr`` term; format
+                       5), named by the version adding them
     F_v00000_00000 ... F_t (w_t × k), named by the version writing it and the term
     v<version>/s       (k,)         singular values
     v<version>/Vt      (k, n)       right singular vectors
@@ -31,7 +34,9 @@ Layout of the zarr group at ``path``::
 
 V is kept the same way (Deng et al.'s ``V = V'·V''``): ``V = overlay(base, delta)·K_v``,
 the base the ``Vt`` of the last *checkpoint* version ``v<c>/``, the delta the base
-rows that later updates changed (row ids and rows), K_v a k × k factor.
+rows that later updates changed (row ids and rows), K_v a k × k factor. Appended
+columns append zero rows to V past its base (:meth:`VFactor.padded`), held in the
+delta once an update sets them.
 
 A *checkpoint* writes the new basis, its F and ``v<version>/`` first, then replaces
 ``zarr.json`` atomically (the commit), then removes the previous checkpoint's
@@ -41,7 +46,9 @@ budgets instead writes one *log record*
 ``log_v<version>.npz`` (numpy's non-pickled format, every member CRC-32 checked by
 zip on read): s, K_u, K_v, the base rows it changed, the new rows of U (b × k, kept
 in memory as a *pending* segment until the next checkpoint writes them as a basis),
-the checkpoint it follows and extras when given. The record's file whole is the
+the checkpoint it follows and extras when given. A sparse column or low-rank update
+(format 5) writes its csr basis first and then a record naming that term with its
+factor F (in place of the U rows) and V's new row count. The record's file whole is the
 commit: ``zarr.json`` is not rewritten, and opening a state replays the records
 ``v<c+1>``, ``v<c+2>``, … after its checkpoint. Its cost is O(b·k + changed rows·k)
 written, whatever n and the rows before it. A crash at any point before a commit
@@ -52,6 +59,7 @@ are overwritten by the next one.
 
 from __future__ import annotations
 
+import functools
 import io
 import itertools
 import json
@@ -65,6 +73,7 @@ from typing import Any
 import numpy as np
 import scipy.linalg
 import scipy.linalg.lapack
+import scipy.sparse as sp
 
 from blocklin.errors import CorruptChunkError, InputValueError, ShapeMismatchError
 from blocklin.executors.lazy import Lazy
@@ -74,12 +83,13 @@ from blocklin.plan.graph import Plan, StageInput, Task, TaskContext, make_stage
 from blocklin.plan.reduce import SumParts, tree_reduce
 from blocklin.storage.blockmatrix import BlockMatrix, from_array, open_matrix
 from blocklin.storage.meta import METADATA_KEY
+from blocklin.storage.sparse import CSR, to_scipy
 from blocklin.storage.stores import LocalStore, join_url, store_for
 
 __all__ = ["SVDState", "Term", "VFactor"]
 
 _ATTR = "blocklin_svd_state"
-_FORMAT = 4
+_FORMAT = 5
 #: K_u is folded into the terms' factors when its condition number passes this (the
 #: new terms' ``G·K_u⁻¹`` would carry a relative rounding of about eps times it).
 FOLD_COND = 1e4
@@ -94,6 +104,7 @@ class Term:
     rows: int
     width: int
     factor: str = ""  # the stored F_t ("" until the first commit of a format-2 state)
+    kind: str = "dense"  # "csr": the basis is new data kept sparse (format 5)
 
 
 _NO_IDS = np.zeros(0, dtype=np.int64)
@@ -117,12 +128,22 @@ class VFactor:
     ids: np.ndarray = field(default_factory=lambda: _NO_IDS)
     rows: np.ndarray = field(default_factory=lambda: np.zeros((0, 0)))
     recent: tuple[tuple[np.ndarray, np.ndarray], ...] = ()
+    extra: int = 0  # rows of V past the base (appended columns): zero unless in the delta
 
     @classmethod
     def of(cls, V: np.ndarray) -> VFactor:
         """V (n × k) itself, K = I."""
         base = np.ascontiguousarray(V, dtype=np.float64)
         return cls(base, np.eye(base.shape[1]), _NO_IDS, np.zeros((0, base.shape[1])))
+
+    @property
+    def n(self) -> int:
+        """Rows of V (the base's and the appended ones)."""
+        return int(self.base.shape[0]) + self.extra
+
+    def padded(self, q: int) -> VFactor:
+        """V with ``q`` zero rows appended (the right vectors of appended columns): O(1)."""
+        return replace(self, extra=self.extra + q)
 
     @property
     def delta_rows(self) -> int:
@@ -134,7 +155,13 @@ class VFactor:
 
     def gather(self, uid: np.ndarray) -> np.ndarray:
         """Rows ``uid`` of the overlaid base (a copy)."""
-        out: np.ndarray = self.base[uid]
+        nb = self.base.shape[0]
+        if self.extra and uid.size and int(uid.max()) >= nb:  # appended rows start at 0
+            out: np.ndarray = np.zeros((uid.size, self.base.shape[1]))
+            inside = uid < nb
+            out[inside] = self.base[uid[inside]]
+        else:
+            out = self.base[uid]
         for ids, rows in self._layers():
             if ids.size:
                 pos = np.minimum(np.searchsorted(ids, uid), ids.size - 1)
@@ -145,6 +172,8 @@ class VFactor:
     def full(self) -> np.ndarray:
         """The overlaid base (n × k, a copy): O(n·k)."""
         out = np.array(self.base, dtype=np.float64, order="C")
+        if self.extra:
+            out = np.vstack([out, np.zeros((self.extra, out.shape[1]))])
         for ids, rows in self._layers():
             if ids.size:
                 out[ids] = rows
@@ -154,17 +183,17 @@ class VFactor:
         """The next version: base rows ``ids`` (sorted, unique) replaced by ``rows``."""
         recent = (*self.recent, (ids, rows))
         if len(recent) <= RECENT_LAYERS:
-            return VFactor(self.base, K, self.ids, self.rows, recent)
+            return VFactor(self.base, K, self.ids, self.rows, recent, self.extra)
         every = np.unique(np.concatenate([self.ids, *(i for i, _ in recent)]))
         out = np.empty((every.size, self.base.shape[1]))
         for i, r in ((self.ids, self.rows), *recent):
             out[np.searchsorted(every, i)] = r
-        return VFactor(self.base, K, every, out)
+        return VFactor(self.base, K, every, out, (), self.extra)
 
     @cached_property
     def matrix(self) -> np.ndarray:
         """V formed (n × k): O(n·k²), once per VFactor."""
-        out: np.ndarray = self.full() @ self.K if self.delta_rows or \
+        out: np.ndarray = self.full() @ self.K if self.delta_rows or self.extra or \
             not np.array_equal(self.K, np.eye(self.K.shape[0])) else self.base
         return out
 
@@ -175,7 +204,7 @@ class VFactor:
         rounding, so squaring its conditioning costs nothing), the SVD of diag(s)·Rᵀ
         re-diagonalizes: V' = V·R⁻¹·B. Two n × k × k products (BLAS 3), O(n·k²).
         """
-        base = self.full() if self.delta_rows else self.base
+        base = self.full() if self.delta_rows or self.extra else self.base
         g = self.K.T @ (base.T @ base) @ self.K
         try:
             r = scipy.linalg.cholesky((g + g.T) / 2, lower=False)
@@ -227,6 +256,9 @@ class SVDState:
         The version whose ``v<c>/`` holds V's base (and K_u's stored start).
     pending_row : int
         The row of U where the pending rows start.
+    log_terms : frozenset of int
+        Terms added by log records since the last checkpoint (their F is in the
+        record; the next checkpoint stores it).
     """
 
     path: str
@@ -243,6 +275,10 @@ class SVDState:
     log: tuple[str, ...] = ()
     checkpoint: int = -1
     pending_row: int = 0
+    log_terms: frozenset[int] = frozenset()
+    # Decoded blocks of the bases (never rewritten under their names), shared by the
+    # versions of one chain of updates: what u_rows reads again is not decoded again.
+    cache: _BlockCache = field(default_factory=lambda: _BlockCache(), repr=False)
 
     @cached_property
     def _raw_vt(self) -> np.ndarray:
@@ -279,7 +315,7 @@ class SVDState:
 
     @property
     def shape(self) -> tuple[int, int]:
-        return (self.n_rows, int(self.V.base.shape[0]))
+        return (self.n_rows, self.V.n)
 
     @property
     def pending_rows(self) -> int:
@@ -305,9 +341,47 @@ class SVDState:
         """U as one in-memory array (m × k): for tests and small problems."""
         u = np.zeros((self.n_rows, self.k))
         for t, (term, g) in enumerate(zip(self.terms, self.G, strict=True)):
-            u[term.row:term.row + term.rows] += self.basis(t).to_numpy() @ g
-        u[self.pending_row:self.pending_row + self.pending_rows] = self.tail()
+            b = self.basis(t)
+            rows = to_scipy(b) if b.meta.format == CSR else b.to_numpy()
+            u[term.row:term.row + term.rows] += rows @ g
+        # += : a sparse term spanning the pending rows adds to them
+        u[self.pending_row:self.pending_row + self.pending_rows] += self.tail()
         return u
+
+    def u_rows(self, ids: np.ndarray) -> np.ndarray:
+        """Rows ``ids`` (sorted, unique) of the raw U (before :attr:`signs`): O(|ids|·k·T).
+
+        Reads only the bases' row blocks holding those rows (kept decoded in
+        :attr:`cache` for the next version's calls) and the pending rows in memory.
+        """
+        k = self.k
+        ids = np.asarray(ids, dtype=np.int64)
+        out = np.zeros((ids.size, k))
+        for t, term in enumerate(self.terms):
+            lo, hi = np.searchsorted(ids, [term.row, term.row + term.rows])
+            if lo < hi:
+                out[lo:hi] += self._basis_rows(t, ids[lo:hi] - term.row) @ self.F[t]
+        row = self.pending_row
+        for seg in self.pending:
+            lo, hi = np.searchsorted(ids, [row, row + seg.shape[0]])
+            out[lo:hi] += seg[ids[lo:hi] - row]
+            row += seg.shape[0]
+        res: np.ndarray = out @ self.Ku
+        return res
+
+    def _basis_rows(self, t: int, local: np.ndarray) -> np.ndarray:
+        """Rows ``local`` (sorted) of basis ``t``, dense (|local| × width)."""
+        name = self.terms[t].basis
+        B = self.cache.matrix(name, lambda: self.basis(t))
+        c = B.chunks[0]
+        out = np.empty((local.size, self.terms[t].width))
+        blocks = local // c
+        for i in (int(v) for v in np.unique(blocks)):
+            block = self.cache.get((name, i), functools.partial(_whole_block, B, i))
+            sel = np.flatnonzero(blocks == i)
+            want = local[sel] - i * c
+            out[sel] = _csr_rows(block, want) if sp.issparse(block) else block[want]
+        return out
 
     def u_lazy(self, *, out: str | None = None, chunk_rows: int | None = None) -> Lazy:
         """U as a lazy m × k BlockMatrix: one pass over the bases, ``Σ_t B_t·G_t`` per block.
@@ -405,18 +479,17 @@ class SVDState:
         if not isinstance(doc, dict):
             raise FileNotFoundError(f"no blocklin SVD state at {store.url}")
         fmt = doc.get("format")
-        if fmt not in (2, 3, _FORMAT):
+        if fmt not in (2, 3, 4, _FORMAT):
             raise FileNotFoundError(f"the SVD state at {store.url} was written by an older "
                                     "blocklin (format without terms); recreate it with "
                                     "SVDState.create")
         v = int(doc["version"])
         c = int(doc.get("checkpoint", v))
         vdir = join_url(store.url, f"v{c}")
-        terms = tuple(Term(str(t["basis"]), int(t["row"]), int(t["rows"]), int(t["width"]),
-                           str(t.get("factor", ""))) for t in doc["terms"])
+        terms = tuple(_term_of(t) for t in doc["terms"])
         # Extras a log record replaced may be absent from the checkpoint.
         extras = {name: _read(vdir, f"x_{name}") for name in doc.get("extras", [])
-                  if fmt != _FORMAT or store.exists(f"v{c}/x_{name}/{METADATA_KEY}")}
+                  if fmt < 4 or store.exists(f"v{c}/x_{name}/{METADATA_KEY}")}
         s, V = _read(vdir, "s"), VFactor.of(_read(vdir, "Vt").T)
         if fmt == 2:  # the G_t stacked in the version: they become F_t, stored at next commit
             stacked = _read(vdir, "G")
@@ -462,11 +535,21 @@ class SVDState:
         ex = dict(self.extras)
         if bool(rec["extras_given"]):  # the record holds the whole set
             ex = {key[2:]: value for key, value in rec.items() if key.startswith("x_")}
+        V = self.V
+        if "n" in rec and int(rec["n"]) > V.n:  # appended columns: V's new rows
+            V = V.padded(int(rec["n"]) - V.n)
+        V = V.merged(rec["ids"], rec["rows"], rec["Kv"])
+        base = replace(self, s=rec["s"], V=V, Ku=rec["Ku"], version=int(rec["version"]),
+                       extras=ex, log=(*self.log, name))
+        if "term" in rec:  # a column or low-rank update: one more term, F in the record
+            t = len(self.terms)
+            return replace(base, terms=(*self.terms, _term_of(json.loads(str(rec["term"])))),
+                           F=(*self.F, rec["F"]), fresh=self.fresh | {t},
+                           log_terms=self.log_terms | {t})
+        if "seg" not in rec:  # V, s and the factors only
+            return base
         seg = rec["seg"]
-        return replace(self, s=rec["s"], V=self.V.merged(rec["ids"], rec["rows"], rec["Kv"]),
-                       Ku=rec["Ku"], n_rows=self.n_rows + int(seg.shape[0]),
-                       version=int(rec["version"]), extras=ex,
-                       pending=(*self.pending, seg), log=(*self.log, name), fresh=frozenset())
+        return replace(base, n_rows=self.n_rows + int(seg.shape[0]), pending=(*self.pending, seg))
 
     def next_basis_url(self) -> str:
         """Where the next update writes its basis (cleared first: a failed attempt's leftover)."""
@@ -478,8 +561,7 @@ class SVDState:
         return {"format": _FORMAT, "version": self.version, "n_rows": self.n_rows,
                 "k": self.k, "n": self.shape[1], "extras": sorted(self.extras),
                 "checkpoint": self.checkpoint,
-                "terms": [{"basis": t.basis, "row": t.row, "rows": t.rows, "width": t.width,
-                           "factor": t.factor} for t in self.terms]} | more
+                "terms": [_term_doc(t) for t in self.terms]} | more
 
     def _put_doc(self, doc: dict[str, Any]) -> None:
         meta = {"zarr_format": 3, "node_type": "group", "attributes": {_ATTR: doc}}
@@ -529,17 +611,24 @@ class SVDState:
                     store.delete_prefix(old)
 
     def commit_log(self, ids: np.ndarray, rows: np.ndarray,
-                   extras_given: bool) -> None:
+                   extras_given: bool, *, adds: str = "rows") -> None:
         """Commit this version as a log record over the last checkpoint: s, K_u, K_v,
-        the base rows ``ids`` changed by this update (``rows``), its pending segment
-        (the last of :attr:`pending`) and, when ``extras_given``, the extras. One
-        small file written, O(b·k + |ids|·k); the file whole is the commit (the
-        group's ``zarr.json`` names the checkpoint, and opening reads the records
-        after it, version by version)."""
+        V's rows ``ids`` changed by this update (``rows``), its pending segment (the
+        last of :attr:`pending`; ``adds="rows"``) or its new term (the last of
+        :attr:`terms`, its basis already written, and its F; ``adds="term"``; or
+        nothing, ``adds="none"``), and,
+        when ``extras_given``, the extras. One small file written, O(b·k + |ids|·k);
+        the file whole is the commit (the group's ``zarr.json`` names the checkpoint,
+        and opening reads the records after it, version by version)."""
         name = log_name(self.version)
         arrays = {"version": np.asarray(self.version), "checkpoint": np.asarray(self.checkpoint),
-                  "s": self.s, "Ku": self.Ku,
-                  "Kv": self.V.K, "ids": ids, "rows": rows, "seg": self.pending[-1]}
+                  "s": self.s, "Ku": self.Ku, "n": np.asarray(self.V.n),
+                  "Kv": self.V.K, "ids": ids, "rows": rows}
+        if adds == "term":
+            t = self.terms[-1]
+            arrays |= {"term": np.asarray(json.dumps(_term_doc(t))), "F": self.F[-1]}
+        elif adds == "rows":
+            arrays["seg"] = self.pending[-1]
         arrays["extras_given"] = np.asarray(extras_given)
         if extras_given:
             arrays |= {f"x_{key}": value for key, value in self.extras.items()}
@@ -592,7 +681,8 @@ class SVDState:
         ex = self.extras if extras is None else _as_extras(extras)
         vf = V if isinstance(V, VFactor) else VFactor.of(V.T)
         return SVDState(self.path, s, vf, tuple(terms), tuple(F), ku, n_rows, v, ex,
-                        frozenset(fresh), tuple(pending), self.log, self.checkpoint, row)
+                        frozenset(fresh), tuple(pending), self.log, self.checkpoint, row,
+                        self.log_terms, self.cache)
 
     def closed(self) -> SVDState:
         """This version as a checkpoint stores it: V re-orthonormalized (Rayleigh–Ritz,
@@ -601,12 +691,13 @@ class SVDState:
         v = np.ascontiguousarray(vt.T)
         d = column_signs(v)
         out = replace(self, s=s2, V=VFactor.of(v * d), Ku=self.Ku @ (a * d),
-                      log=(), checkpoint=self.version)
+                      log=(), checkpoint=self.version, log_terms=frozenset())
         return out.flushed()
 
     def as_checkpoint(self) -> SVDState:
         """This version, pending rows flushed, to be committed as a checkpoint."""
-        return replace(self, log=(), checkpoint=self.version).flushed()
+        return replace(self, log=(), checkpoint=self.version,
+                       log_terms=frozenset()).flushed()
 
     def materialize_u(self, run: Callable[[Lazy], Any], *,
                       chunk_rows: int | None = None) -> SVDState:
@@ -624,9 +715,82 @@ class SVDState:
         new = SVDState(self.path, self.s, VFactor.of(self.Vt.T),
                        (Term(basis_name(v), 0, self.n_rows, k, factor_name(v, 0)),),
                        (np.eye(k),), np.eye(k), self.n_rows, v, self.extras, frozenset({0}),
-                       checkpoint=v)
+                       checkpoint=v, cache=self.cache)
         new.commit(previous=self)
         return replace(new, fresh=frozenset())
+
+
+def _term_doc(t: Term) -> dict[str, Any]:
+    doc: dict[str, Any] = {"basis": t.basis, "row": t.row, "rows": t.rows, "width": t.width,
+                           "factor": t.factor}
+    if t.kind != "dense":
+        doc["kind"] = t.kind
+    return doc
+
+
+def _term_of(doc: Mapping[str, Any]) -> Term:
+    kind = str(doc.get("kind", "dense"))
+    if kind not in ("dense", CSR):
+        raise FileNotFoundError(f"an SVD state term of unknown kind {kind!r} (written by a "
+                                "newer blocklin)")
+    return Term(str(doc["basis"]), int(doc["row"]), int(doc["rows"]), int(doc["width"]),
+                str(doc.get("factor", "")), kind)
+
+
+def _whole_block(B: BlockMatrix, i: int) -> Any:
+    """Row block ``i`` of B: CSR as stored, dense with its column blocks joined."""
+    if B.meta.format == CSR:
+        return sp.csr_matrix(B.block(i, 0))
+    parts = [B.block(i, j) for j in range(B.nblocks[1])]
+    return parts[0] if len(parts) == 1 else np.hstack(parts)
+
+
+def _csr_rows(x: sp.csr_matrix, rows: np.ndarray) -> np.ndarray:
+    """Rows ``rows`` of CSR ``x`` as a dense array, from its arrays: O(their nnz + |rows|)
+    (scipy's row indexing costs more in overhead than the few rows it gathers)."""
+    starts, ends = x.indptr[rows], x.indptr[rows + 1]
+    counts = ends - starts
+    out = np.zeros((rows.size, x.shape[1]))
+    total = int(counts.sum())
+    if total:
+        first = np.cumsum(counts) - counts  # where each row's run starts in the gather
+        pos = np.arange(total) + np.repeat(starts - first, counts)
+        out[np.repeat(np.arange(rows.size), counts), x.indices[pos]] = x.data[pos]
+    return out
+
+
+#: Bytes of decoded basis blocks an SVD state chain keeps (:attr:`SVDState.cache`).
+BLOCK_CACHE_BYTES = 1 << 28
+
+
+class _BlockCache:
+    """Decoded blocks by key, oldest evicted first past :data:`BLOCK_CACHE_BYTES`."""
+
+    def __init__(self) -> None:
+        self._items: dict[Any, tuple[Any, int]] = {}
+        self._bytes = 0
+        self._open: dict[str, BlockMatrix] = {}
+
+    def matrix(self, name: str, load: Callable[[], BlockMatrix]) -> BlockMatrix:
+        """The opened basis ``name`` (its metadata read once)."""
+        if name not in self._open:
+            self._open[name] = load()
+        return self._open[name]
+
+    def get(self, key: Any, load: Callable[[], Any]) -> Any:
+        hit = self._items.get(key)
+        if hit is not None:
+            return hit[0]
+        value = load()
+        size = int(value.data.nbytes + value.indices.nbytes + value.indptr.nbytes
+                   if sp.issparse(value) else value.nbytes)
+        while self._items and self._bytes + size > BLOCK_CACHE_BYTES:
+            old = next(iter(self._items))
+            self._bytes -= self._items.pop(old)[1]
+        if size <= BLOCK_CACHE_BYTES:
+            self._items[key] = (value, size)
+            self._bytes += size
+        return value
 
 
 def column_signs(v: np.ndarray) -> np.ndarray:
@@ -724,8 +888,11 @@ class TermRows:
         for p in self.layout[i]:
             own = blocks[pos:pos + p.nread]
             pos += p.nread
-            slab = np.vstack([np.asarray(hstack_panel(own[j:j + p.col_blocks]))
-                              for j in range(0, p.nread, p.col_blocks)])
+            parts = [hstack_panel(own[j:j + p.col_blocks])
+                     for j in range(0, p.nread, p.col_blocks)]
+            # A csr term (new data kept sparse) stays sparse: its rows times G are dense.
+            slab: Any = sp.vstack(parts, format="csr") if any(sp.issparse(b) for b in parts) \
+                else np.vstack([np.asarray(b) for b in parts])
             u[p.out_lo:p.out_lo + p.hi - p.lo] += slab[p.lo:p.hi] @ self.G[p.term]
         if self.mode == "u":
             return u

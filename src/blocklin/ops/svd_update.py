@@ -18,12 +18,18 @@ new (Zha & Simon; Brand), followed by an SVD of a small middle matrix:
   ``X = U·M_X + P·R_X`` with P orthonormal and orthogonal to U (stored as a new
   all-rows term); Y is split alike against V in memory; the middle is
   ``[[S, 0], [0, 0]] + [M_X; R_X][M_Y; R_Y]ᵀ``. Appended columns are the change
-  ``[A 0] + D·[0 I]`` with V padded by zero rows.
+  ``[A 0] + D·[0 I]`` with V padded by zero rows. The *sparse* path (Deng et al.,
+  :mod:`blocklin.ops.svd_columns`) never forms U or the residual: ``L = UᵀX`` from
+  U's rows at X's nonzero rows, the residual's Gram ``XᵀX − LᵀL`` factored, the
+  middle's SVD, then ``U' = U·F + X·T_X`` (F into the shared factor, X kept as a
+  sparse term) and V changed at Y's nonzero rows only (appended columns: the q new
+  rows of V).
 
 Old rows are never read by a row append, and U's terms share one k × k factor
 K_u (:mod:`blocklin.ops.svd_state`), so an update's cost on the U side is O(k³)
-whatever the rows and terms before it. Column and low-rank updates read U's bases
-once (O(m·(k + q)), the new data's size when bases are narrow).
+whatever the rows and terms before it. Householder column and low-rank updates read
+U's bases once (O(m·(k + q)), the new data's size when bases are narrow); sparse
+ones read U's row blocks where the new data are nonzero.
 """
 
 from __future__ import annotations
@@ -41,8 +47,10 @@ from blocklin.errors import InputDtypeError, InputValueError, ShapeMismatchError
 from blocklin.executors.api import compute
 from blocklin.executors.base import RunStats
 from blocklin.executors.lazy import Lazy
-from blocklin.executors.progress import Progress, operation
-from blocklin.ops._svd_rows import (
+from blocklin.executors.options import ComputeOptions, OptionsLike, eager_options
+from blocklin.executors.progress import operation
+from blocklin.ops.svd_columns import as_csc, lowrank_sparse
+from blocklin.ops.svd_rows import (
     GRAM_MAX_COLUMNS,
     ConstantFactor,
     NewRows,
@@ -54,11 +62,11 @@ from blocklin.ops._svd_rows import (
     rows_sparse,
     update_factors,
 )
-from blocklin.ops.svd import _run_options
 from blocklin.ops.svd_state import SVDState, Term, _as_extras, basis_name, log_name
 from blocklin.ops.tsqr import plan_form_q, plan_tree, row_signs
 from blocklin.plan.graph import Task, make_stage
 from blocklin.storage.blockmatrix import BlockMatrix, from_array, open_matrix
+from blocklin.storage.sparse import CSR, to_scipy
 from blocklin.storage.stores import join_url, store_for
 from blocklin.types import parse_option
 
@@ -80,13 +88,8 @@ def svd_update(state: SVDState | str | os.PathLike[str], rows: Any = None, *,
                columns: Any = None, low_rank: tuple[Any, Any] | None = None,
                method: UpdateMethod = "auto", batch: int = 512, max_terms: int = 64,
                max_delta: int | None = None, extras: Mapping[str, Any] | None = None,
-               row_gram: np.ndarray | None = None,
-               executor: Any = "dask", address: str | None = None, client: Any = None,
-               spark: Any = None, work_dir: str | None = None,
-               max_task_memory: int | str | None = None, num_workers: int | None = None,
-               device: str = "cpu", stats: RunStats | None = None, security: Any = None,
-               connect_timeout: float | None = None,
-               worker_timeout: float | None = None, progress: Progress = False) -> SVDState:
+               row_gram: np.ndarray | None = None, stats: RunStats | None = None,
+               compute_options: OptionsLike = None, **options: Any) -> SVDState:
     """Update a persisted truncated SVD for appended rows or columns or a low-rank change.
 
     Parameters
@@ -98,19 +101,26 @@ def svd_update(state: SVDState | str | os.PathLike[str], rows: Any = None, *,
         Appended rows ``[A; C]``. The old rows and U's stored bases are not read.
     columns : ndarray, scipy.sparse matrix, BlockMatrix or zarr path, (m, q)
         Appended columns ``[A D]``, row-aligned with A (any row blocks); q <= m − k.
-        In-memory D is written next to the state for the pass (and removed).
+        In-memory D is written next to the state for the Householder pass (and
+        removed); the sparse path reads D's nonzeros on the driver (CSC is taken as
+        it is, so its nonzero rows cost O(nnz); CSR is converted).
     low_rank : (X, Y)
         The change ``A + X·Yᵀ``: X (m × r) as ``columns``; Y (n × r) in memory (or
-        a small BlockMatrix); r <= min(m, n) − k.
+        a small BlockMatrix; sparse kept sparse); r <= min(m, n) − k.
     method : {"auto", "gram", "qr", "sparse"}
-        Row appends only. ``gram``: CᵀC in one pass over C, R_C = Λ^½Qᵀ from its
+        Row appends: ``gram``: CᵀC in one pass over C, R_C = Λ^½Qᵀ from its
         eigendecomposition, then the new rows' U segment ``C·V'·diag(1/s')`` in a
         second pass; about p·n² + 2pnk flops. ``qr``: Householder TSQR of C (two
         passes, ~4pn² flops), accurate whatever C's conditioning. ``sparse``:
         Deng et al.'s update in batches of ``batch`` rows from C's nonzeros (on
         the driver; V kept as base × k × k factor between batches), never forming
         an n-wide dense matrix. ``auto``: ``sparse`` for
-        sparse C or n > 8192, else ``gram``.
+        sparse C or n > 8192, else ``gram``. Column appends and low-rank changes:
+        ``qr``: the Householder path (a pass over U's bases writing U, a TSQR of
+        ``[U X]``); ``sparse``: Deng et al.'s update from X's (and Y's) nonzeros,
+        committed as a log record like the sparse row path (see Notes); ``auto``:
+        ``sparse`` for sparse D / X (scipy.sparse or a CSR BlockMatrix), else ``qr``.
+        ``gram`` is refused for them.
     batch : int
         Rows per batch of the sparse path (consecutive rows, whatever C's row
         blocks). A batch of p rows with nnz nonzeros costs O(nnz·k + (k + p)³),
@@ -128,7 +138,9 @@ def svd_update(state: SVDState | str | os.PathLike[str], rows: Any = None, *,
         of the last checkpoint, the base rows later updates changed (the *delta*)
         and a k × k factor, and an update whose delta stays within this many rows
         commits a log record (its changed rows, the new rows of U, the small
-        factors: O((b + changed rows)·k) written) instead of V. Past it, or when the
+        factors: O((b + changed rows)·k) written) instead of V; so does a sparse
+        column or low-rank update (V's rows at Y's nonzero rows, or the q appended
+        rows, count as changed). Past it, or when the
         factors need folding, the update is a checkpoint: V formed and
         re-orthonormalized (O(n·k²)) and stored (n·k written), the logged rows of U
         written as one basis. 0 checkpoints every update.
@@ -137,24 +149,26 @@ def svd_update(state: SVDState | str | os.PathLike[str], rows: Any = None, *,
     row_gram : ndarray (n, n), optional
         CᵀC of the appended rows when the caller already has it (formed in a pass it
         shared with other statistics): the ``gram`` path then skips its own pass.
-    executor, address, client, spark, work_dir, max_task_memory, num_workers, device
-        As :func:`blocklin.compute` (used for passes over stored data).
-    security, connect_timeout, worker_timeout
-        A dask cluster's TLS settings and timeouts, as :func:`blocklin.compute`.
     stats : RunStats, optional
         Filled with the counters of every pass the update makes (blocks and arrays
         read), e.g. to check that the old bases were not read.
-    progress : bool, callable or ProgressSink
-        Report each pass, as :func:`blocklin.ops.randomized_svd`'s ``progress``.
+    compute_options : ComputeOptions or dict, optional
+        Where and how the passes over stored data run
+        (:class:`~blocklin.executors.options.ComputeOptions`); its ``progress`` reports
+        each pass, as :func:`blocklin.ops.randomized_svd`'s.
+    **options
+        Fields of ComputeOptions replacing those of ``compute_options``.
 
     Returns
     -------
     SVDState
         The new state, committed to the same zarr group: every G_t rotated by a
-        k × k matrix, one new stored term (the new rows' segment, p × k, or the
-        orthonormal basis P of the new column space, m × q or m × r), or on the
-        sparse path within ``max_delta`` one log record (the new rows of U pending
-        until the next checkpoint writes them as a basis).
+        k × k matrix, one new stored term (the new rows' segment, p × k, the
+        orthonormal basis P of the new column space, m × q or m × r, or on the
+        sparse column / low-rank path X itself as CSR), or on the sparse paths
+        within ``max_delta`` one log record (the new rows of U pending until the
+        next checkpoint writes them as a basis; a sparse column or low-rank
+        update's new term named in it).
 
     Raises
     ------
@@ -175,11 +189,22 @@ def svd_update(state: SVDState | str | os.PathLike[str], rows: Any = None, *,
     of one batch within ``max_delta`` costs O(nnz·k + (k + p)³ + changed rows·k)
     and writes one log record of O((p + changed rows)·k): independent of n and of
     the rows absorbed; a checkpoint (past the budget) adds O(n·k²) and n·k written,
-    once per about ``max_delta`` / (columns a call touches) calls. Column and
-    low-rank updates run one plan:
+    once per about ``max_delta`` / (columns a call touches) calls. Householder
+    (``qr``) column and low-rank updates run one plan:
     a pass over U's bases writing U (m × k, an intermediate), then TSQR of
     ``[U X]``: its R pass and its Q pass (writing P) each read U and X once,
     ~4m(k + r)² flops; driver work O((k + r)³ + n·(k + r)²).
+
+    Sparse column appends and low-rank changes (Deng et al.; all on the driver, no
+    plan run) cost O(nnz(X)·k + nnz(Y)·k + (k + r)³ + k³) (for appended columns
+    nnz(Y) = q), plus reading U's row blocks that hold X's nonzero rows (kept
+    decoded in the state's block cache, bounded, for the next calls), plus writing
+    X's rows from its first to its last nonzero row as CSR (O(nnz) values and an
+    8-byte row pointer per row of that span) and one log record of O((r + changed
+    rows of V)·k): nothing proportional to m or n is computed or formed. Each adds
+    a term to U (X, never multiplied out), so U's terms reach ``max_terms`` after
+    that many calls and are then materialized (one O(m·k) pass). Within a call
+    memory is O(nnz·k + (k + r)² + the blocks of U read).
 
     Accuracy: exact (to rounding) when the updated matrix has rank <= k; otherwise
     each update truncates to rank k, so the error relative to a recomputation grows
@@ -191,8 +216,14 @@ def svd_update(state: SVDState | str | os.PathLike[str], rows: Any = None, *,
     where s'ₖ ~ 0 and ``1/s'`` would blow up) it falls back to the qr path, at two
     more passes over C. Column and low-rank updates orthogonalize by Householder
     reflections, so U' stays orthonormal to rounding even when X lies (nearly)
-    inside span(U). Every path is exact: Deng et al.'s approximate modes (a
-    Golub–Kahan–Lanczos or randomized power-iteration basis of the residual) are not
+    inside span(U). The sparse column / low-rank path, like the sparse row path,
+    goes through the residual's Gram ``XᵀX − LᵀL``: it squares the residual, so
+    residual directions below about sqrt(eps)·‖X‖ are dropped (X inside span(U) to
+    that level adds no term) and U's orthogonality degrades to about
+    eps·(‖X‖/σ_min(residual))² per update (a checkpoint re-orthonormalizes V, not
+    U; measured 1e-13 on unit-scale data). Every path is exact: Deng et al.'s
+    approximate modes (a Golub–Kahan–Lanczos or randomized power-iteration basis of
+    the residual) are not
     offered, as measured through IncSVD they did not improve the top directions'
     accuracy against the time they save (issue 17).
 
@@ -200,7 +231,9 @@ def svd_update(state: SVDState | str | os.PathLike[str], rows: Any = None, *,
     low-rank change, nnz the new data's nonzeros): sparse row append
     O(nnz·k + Σ_b (k + p_b)³) per call plus O(n·k²) once; column append and
     low-rank change O(m·(k + q)²) in two passes over U's bases and the new data,
-    plus O((k + q)³ + n·(k + q)²) on the driver; U's side of any update O(k³).
+    plus O((k + q)³ + n·(k + q)²) on the driver (``qr``), or
+    O(nnz·k + (k + q)³ + k³) plus U's rows at the new data's nonzero rows
+    (``sparse``); U's side of any update O(k³).
 
     References
     ----------
@@ -215,19 +248,19 @@ def svd_update(state: SVDState | str | os.PathLike[str], rows: Any = None, *,
     >>> state = SVDState.create("svd.zarr", bl.ops.randomized_svd(A, 50))
     >>> state = svd_update(state, rows=B)                 # appended rows
     >>> state = svd_update("svd.zarr", columns=D)         # after a restart
+    >>> state = svd_update(state, columns=D_csc)          # sparse: Deng et al.
+    >>> state = svd_update(state, low_rank=(X_csc, Y_csc), method="sparse")
     """
+    opts, progress = eager_options(compute_options, options)
     with operation("svd_update", progress):
         return _update(state, rows, columns, low_rank, method, batch, max_terms, max_delta,
-                       extras,
-                       row_gram, _run_options(executor, address, client, spark, work_dir,
-                                              max_task_memory, num_workers, device, security,
-                                              connect_timeout, worker_timeout), stats)
+                       extras, row_gram, opts, stats)
 
 
 def _update(state: SVDState | str | os.PathLike[str], rows: Any, columns: Any,
             low_rank: tuple[Any, Any] | None, method: str, batch: int, max_terms: int,
             max_delta: int | None, extras: Mapping[str, Any] | None,
-            row_gram: np.ndarray | None, opts: dict[str, Any],
+            row_gram: np.ndarray | None, opts: ComputeOptions,
             stats: RunStats | None) -> SVDState:
     """The body of :func:`svd_update` (its arguments checked here, before any pass)."""
     if isinstance(max_terms, bool) or not isinstance(max_terms, int | np.integer) \
@@ -248,7 +281,7 @@ def _update(state: SVDState | str | os.PathLike[str], rows: Any, columns: Any,
 def _one_update(state: SVDState | str | os.PathLike[str], rows: Any, columns: Any,
                 low_rank: tuple[Any, Any] | None, method: str, batch: int,
                 extras: Mapping[str, Any] | None, row_gram: np.ndarray | None,
-                opts: dict[str, Any], stats: RunStats | None,
+                opts: ComputeOptions, stats: RunStats | None,
                 max_delta: int | None = None) -> SVDState:
     st = state if isinstance(state, SVDState) else SVDState.open(state)
     given = [name for name, v in (("rows", rows), ("columns", columns),
@@ -259,9 +292,9 @@ def _one_update(state: SVDState | str | os.PathLike[str], rows: Any, columns: An
     chosen = parse_option("method", method, UPDATE_METHODS)
     if isinstance(batch, bool) or not isinstance(batch, int | np.integer) or batch < 1:
         raise InputValueError(f"batch must be a positive int; got {batch!r}")
-    if chosen != "auto" and rows is None:
-        raise InputValueError(f"method={chosen!r} applies to row appends; column and "
-                              "low-rank updates always orthonormalize by TSQR")
+    if chosen == "gram" and rows is None:
+        raise InputValueError("method='gram' applies to row appends; column and low-rank "
+                              "updates take 'qr' (Householder TSQR), 'sparse' or 'auto'")
     ex = None if extras is None else _as_extras(extras)
     run = _runner(opts, stats)
     if rows is not None:
@@ -274,18 +307,24 @@ def _one_update(state: SVDState | str | os.PathLike[str], rows: Any, columns: An
         raise InputValueError("row_gram applies to row appends (rows=)")
     if columns is not None:
         D = _parse_side(columns, st.n_rows, st.k, None, "columns")
+        if _sparse_side(chosen, D):
+            return _lowrank_logged(st, as_csc(D, "columns"), None, ex, max_delta)
         return _append_columns(st, D, ex, run)
     if not isinstance(low_rank, tuple | list) or len(low_rank) != 2:
         raise InputValueError("low_rank must be a pair (X, Y) meaning A + X·Yᵀ")
     Y = _parse_y(low_rank[1], st.shape[1], st.k)
     X = _parse_side(low_rank[0], st.n_rows, st.k, Y.shape[1], "low_rank X")
-    return _change(st, X, Y, ex, run)
+    if _sparse_side(chosen, X):
+        return _lowrank_logged(st, as_csc(X, "low_rank X"), as_csc(Y, "low_rank Y"), ex,
+                               max_delta)
+    return _change(st, X, np.asarray(Y.toarray() if sp.issparse(Y) else Y), ex, run)
 
 
-def _runner(opts: dict[str, Any], stats: RunStats | None) -> Runner:
+def _runner(opts: ComputeOptions, stats: RunStats | None) -> Runner:
     def run(*results: Lazy, resume: bool = False, keep: bool | None = None) -> tuple[Any, ...]:
         one = RunStats()
-        out = compute(*results, resume=resume, stats=one, keep_intermediates=keep, **opts)
+        out = compute(*results, compute_options=opts, resume=resume, stats=one,
+                      keep_intermediates=keep)
         if stats is not None:
             stats.merge(one)
         return out
@@ -337,8 +376,9 @@ def _append_sparse(st: SVDState, c: NewRows, batch: int, extras: Mapping[str, An
                      new_rows=step.seg)
     n = st.shape[1]
     budget = max(1, n // 2) if max_delta is None else max_delta
-    if (step.whole or new.fresh or new.V.delta_rows > budget or len(st.log) >= max_log
-            or new.pending_rows > MAX_PENDING_ROWS):
+    # Fresh factors other than logged terms' (K_u folded): only a checkpoint stores them.
+    if (step.whole or new.fresh - new.log_terms or new.V.delta_rows > budget
+            or len(st.log) >= max_log or new.pending_rows > MAX_PENDING_ROWS):
         new = new.closed()
         new.commit(previous=st)
         return replace(new, fresh=frozenset())
@@ -348,6 +388,43 @@ def _append_sparse(st: SVDState, c: NewRows, batch: int, extras: Mapping[str, An
 
 
 # -- columns and low-rank changes -----------------------------------------------------------
+def _sparse_side(method: str, x: Any) -> bool:
+    """Whether a column or low-rank update takes the sparse path (``auto``: sparse X)."""
+    if method != "auto":
+        return method == "sparse"
+    return bool(sp.issparse(x) or (isinstance(x, BlockMatrix) and x.meta.format == CSR))
+
+
+def _lowrank_logged(st: SVDState, x: sp.csc_matrix, y: sp.csc_matrix | None,
+                    extras: Mapping[str, Any] | None, max_delta: int | None,
+                    max_log: int = MAX_LOG) -> SVDState:
+    """Deng et al.'s column (``y`` None) or low-rank update, committed as a log record
+    while it fits the budgets (as :func:`_append_sparse`): X's nonzero rows kept as a
+    new CSR term, then one small record; a checkpoint past the budgets."""
+    step = lowrank_sparse(st, x, y)
+    term = None
+    if step.basis is not None:
+        url = st.next_basis_url()
+        # CSR on disk, one row block, whole before the record names it.
+        from_array(step.basis, url, chunks=(int(step.basis.shape[0]), None))
+        term = Term(basis_name(st.version + 1), step.row0, int(step.basis.shape[0]),
+                    int(step.basis.shape[1]), kind=CSR)
+    new = st.updated(step.rotation, step.s, step.V, term, None if term is None else step.g,
+                     extras, st.n_rows)
+    t_new = frozenset({len(st.terms)}) if term is not None else frozenset()
+    n = new.shape[1]
+    budget = max(1, n // 2) if max_delta is None else max_delta
+    if (step.whole or new.fresh - new.log_terms - t_new or new.V.delta_rows > budget
+            or len(st.log) >= max_log):
+        new = new.closed()
+        new.commit(previous=st)
+        return replace(new, fresh=frozenset())
+    new = replace(new, log=(*st.log, log_name(new.version)), log_terms=new.log_terms | t_new)
+    new.commit_log(step.ids, step.rows, extras is not None,
+                   adds="term" if term is not None else "none")
+    return new
+
+
 def _parse_side(x: Any, m: int, k: int, r: int | None, what: str) -> Any:
     """A row-aligned X (m × r) or D (m × q): stored as given, or checked in memory."""
     if isinstance(x, str | os.PathLike):
@@ -355,7 +432,7 @@ def _parse_side(x: Any, m: int, k: int, r: int | None, what: str) -> Any:
     if isinstance(x, BlockMatrix):
         shape = x.shape
     else:
-        x = sp.csr_matrix(x) if sp.issparse(x) else np.asarray(x)
+        x = x if sp.issparse(x) else np.asarray(x)
         if x.dtype.kind not in "fiub":
             raise InputDtypeError(f"{what} must be real-valued; got dtype {x.dtype}")
         if x.ndim != 2:
@@ -374,25 +451,28 @@ def _parse_side(x: Any, m: int, k: int, r: int | None, what: str) -> Any:
     return x
 
 
-def _parse_y(y: Any, n: int, k: int) -> np.ndarray:
+def _parse_y(y: Any, n: int, k: int) -> Any:
+    """Y (n × r) in memory: sparse kept sparse (the sparse path reads its nonzeros)."""
     if isinstance(y, str | os.PathLike | BlockMatrix):
-        y = (open_matrix(y) if not isinstance(y, BlockMatrix) else y).to_numpy()
-    y = np.asarray(y.toarray() if sp.issparse(y) else y)
+        y = (open_matrix(y) if not isinstance(y, BlockMatrix) else y)
+        y = to_scipy(y) if y.meta.format == CSR else y.to_numpy()
+    y = y if sp.issparse(y) else np.asarray(y)
     if y.dtype.kind not in "fiub":
         raise InputDtypeError(f"low_rank Y must be real-valued; got dtype {y.dtype}")
     if y.ndim != 2 or y.shape[0] != n or y.shape[1] == 0 or y.shape[1] > n - k:
         raise ShapeMismatchError(f"low_rank Y must have shape ({n}, r) with 1 <= r <= n - k = "
                                  f"{n - k}; got {y.shape}")
-    if not np.isfinite(y).all():
+    if not np.isfinite(y.data if sp.issparse(y) else y).all():
         raise InputValueError("low_rank Y holds NaN or infinite values")
-    out: np.ndarray = y.astype(np.float64, copy=False)
-    return out
+    return y.astype(np.float64, copy=False)
 
 
 def _stored(st: SVDState, x: Any) -> tuple[BlockMatrix, str | None]:
     """X as a BlockMatrix: stored inputs as they are, in-memory ones written next to the state."""
     if isinstance(x, BlockMatrix):
         return x, None
+    if sp.issparse(x):
+        x = sp.csr_matrix(x)
     url = join_url(st.path, _INCOMING)
     return from_array(x, url, chunks=(st.basis(0).chunks[0], None), overwrite=True), url
 
