@@ -6,13 +6,17 @@ Data: seeded users × items binary interactions with power-law item popularity
 row blocks. Each contender runs in its own process, so its peak resident memory
 (``ru_maxrss``) is its own:
 
-* ``blocklin``: ``EASE(l2).fit(path)`` (the Gram pass over the stored matrix, then
-  LAPACK Cholesky inverse), then ``recommend(path, 10)`` (block tasks, top 10 per user).
+* ``blocklin``: ``EASE(l2).fit(path)`` (the Gram by column panels over the stored
+  matrix, then the inverse in place on the driver: LAPACK Cholesky up to 8,192 items, LU
+  beyond; two n × n arrays at the peak), then ``recommend(path, 10)`` (block tasks, top
+  10 per user).
 * ``scipy``: the CSR loaded in memory, ``(X.T @ X).toarray()``, ``numpy.linalg.inv``,
   B = I − P/diag(P), and top 10 per user by slices of 10,000 users (a users × items
   score matrix whole would not fit).
 
-The two models are compared (max |ΔB| / max |B|) and their top-10 lists.
+The two models are compared (max |ΔB| / max |B|) and their top-10 lists. A contender
+that fails (e.g. killed out of memory) is reported with its exit status and the peak
+RSS it reached (``os.wait4``'s rusage of that child), and the other still runs.
 
 Run: ``python benchmarks/bench_recommend.py [--users 200000 --items 20000 --per-user 40]``
 
@@ -26,6 +30,7 @@ import argparse
 import json
 import os
 import resource
+import signal
 import subprocess
 import sys
 import tempfile
@@ -124,28 +129,48 @@ def main() -> None:
         sp.save_npz(data / "X.npz", x)
         bl.from_array(x, str(data / "X.zarr"), overwrite=True)
     X = bl.open(str(data / "X.zarr"))
+    print(f"EASE on {args.items:,} items against a scipy in-memory build")
     print(f"interactions {X.shape}, {sp.load_npz(data / 'X.npz').nnz:,} nonzeros, "
           f"{X.nblocks[0]} CSR row blocks, {os.cpu_count()} cores, l2={L2}\n")
-    res = {}
-    for name in ("blocklin", "scipy"):
-        proc = subprocess.run([sys.executable, __file__, "--users", str(args.users),
-                               "--items", str(args.items), "--per-user", str(args.per_user),
-                               "--data", str(args.data), "--one", name],
-                              capture_output=True, text=True)
-        if proc.returncode:
-            sys.exit(f"{name} failed ({proc.returncode}):\n{proc.stderr[-4000:]}")
-        res[name] = json.loads(proc.stdout.strip().splitlines()[-1])
-    b1, b2 = np.load(out / "blocklin_B.npy"), np.load(out / "scipy_B.npy")
-    agree = float(np.abs(b1 - b2).max() / np.abs(b2).max())
-    same_top = float(np.mean(np.load(out / "blocklin_top.npy") == np.load(out / "scipy_top.npy")))
+    res = {name: _run_child(name, args) for name in ("blocklin", "scipy")}
     print("| contender | load (s) | fit (s) | recommend top-10 (s) | peak RSS (GiB) |")
     print("|---|---|---|---|---|")
     for name, r in res.items():
+        if "failed" in r:
+            print(f"| {name} | {r['failed']} | | | {r['peak_gib']:.2f} |")
+            continue
         load = f"{r['load_s']:.2f}" if "load_s" in r else "(in the fit's pass)"
         print(f"| {name} | {load} | {r['fit_s']:.2f} | {r['recommend_s']:.2f} | "
               f"{r['peak_gib']:.2f} |")
+    if any("failed" in r for r in res.values()):
+        return
+    b1, b2 = np.load(out / "blocklin_B.npy"), np.load(out / "scipy_B.npy")
+    agree = float(np.abs(b1 - b2).max() / np.abs(b2).max())
+    del b1, b2
+    same_top = float(np.mean(np.load(out / "blocklin_top.npy") == np.load(out / "scipy_top.npy")))
     print(f"\nmax |B_blocklin - B_scipy| / max |B_scipy| = {agree:.2e}; "
           f"top-10 entries equal: {same_top:.4%}")
+
+
+def _run_child(name: str, args: argparse.Namespace) -> dict[str, object]:
+    """One contender in its own process; its own peak RSS from wait4 even if it dies."""
+    cmd = [sys.executable, __file__, "--users", str(args.users), "--items", str(args.items),
+           "--per-user", str(args.per_user), "--data", str(args.data), "--one", name]
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=err, text=True)
+        _, status, usage = os.wait4(proc.pid, 0)
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        peak = usage.ru_maxrss / 2**20  # KiB on Linux
+        if proc.returncode:
+            err.seek(0)
+            why = (f"killed by {signal.Signals(-proc.returncode).name}" if proc.returncode < 0
+                   else f"exit status {proc.returncode}")
+            print(f"{name} failed ({why}), peak RSS {peak:.2f} GiB:\n{err.read()[-4000:]}",
+                  file=sys.stderr)
+            return {"failed": why, "peak_gib": peak}
+        out.seek(0)
+        result: dict[str, object] = json.loads(out.read().strip().splitlines()[-1])
+        return result
 
 
 if __name__ == "__main__":
