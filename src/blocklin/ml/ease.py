@@ -412,10 +412,13 @@ class EASE(SaveMixin, BaseEstimator):
     fit's arrays. ``partial_fit(X_new)`` reads only the new rows (the earlier rows are
     never read again) and holds :data:`PARTIAL_FIT_COPIES` = 3 (the kept Gram, the new
     one and B, recomputed in the old B's buffer): 9.6 GB at 20,000 items. The largest
-    catalogue is the n with :func:`driver_bytes` within ``driver_memory``: about
-    37,000 items for ``fit`` on a 23 GB machine's default 18.4 GB (an LU inverse of
-    2n³ flops); more is refused before any pass with :class:`PlanMemoryError` naming
-    the bytes needed. blocklin has no blocked or distributed inverse.
+    catalogue is the n with :func:`driver_bytes` within ``driver_memory``: 35,297
+    items for ``fit`` and 28,822 for ``partial_fit`` on a 23.5 GiB machine's default
+    18.8 GiB (an LU inverse of 2n³ flops: about 18 minutes on 2 cores at 35,000); more
+    is refused before any pass with :class:`PlanMemoryError` naming the bytes needed
+    and the largest n that fits. blocklin has no blocked or distributed inverse.
+    Measured at 20,000 items (100,000 users, ``benchmarks/bench_recommend.py``): fit
+    and recommend in 7.8 GiB peak RSS, against 12.1 GiB for numpy.linalg.inv.
 
     ``recommend`` holds on the driver the model (its two n × n arrays) and, per block
     task, one column panel of B (≤ 128 MiB) and the scores of a group of user rows
