@@ -1,7 +1,8 @@
 """EASE's driver memory: the fit's peak in n × n float64 copies (tracemalloc, which
 numpy reports its buffers to), the limit refused before any pass with the bytes it
-would need, partial_fit's peak and its unchanged model on failure; and the recommend
-plan's per-task memory at 20,000 items (projected, against max_task_memory)."""
+would need, partial_fit's peak and what a failed update keeps; and recommend's
+per-task memory: the plan's projection within the stated bound, the real peak within
+the projection."""
 
 from __future__ import annotations
 
