@@ -18,7 +18,7 @@ from tests.ml.test_als import _ratings
 from blocklin.errors import InputValueError
 from blocklin.ml import ALS
 from blocklin.ml import als as als_mod
-from blocklin.ml._als import normal_equations
+from blocklin.ml._als import _LONG_ROWS, normal_equations
 from blocklin.ml.als import als_objective
 from blocklin.testing.fault_scenarios import kill_when
 
@@ -174,15 +174,19 @@ def test_grouped_objective_equals_the_dense_formula(monkeypatch: pytest.MonkeyPa
 
 
 @pytest.mark.parametrize("implicit", [False, True])
-def test_normal_equations_of_a_sparse_block_against_many_rows(implicit: bool) -> None:
-    # 6 rows rating 9 of 1,000 factor rows: the outer products are formed for those 9.
+@pytest.mark.parametrize(("density", "path"), [(0.0015, "rated rows"), (0.1, "by row")])
+def test_normal_equations_of_a_sparse_block_against_many_rows(implicit: bool, density: float,
+                                                              path: str) -> None:
+    # 6 rows rating 9 of 1,000 factor rows: the outer products are formed for those 9;
+    # 6 rows of ~100 ratings each (≥ _LONG_ROWS per row): one product per row.
     rng = np.random.default_rng(1)
     y = rng.standard_normal((1000, 4))
-    x = sp.random(6, 1000, density=0.0015, format="csr", random_state=2,
+    x = sp.random(6, 1000, density=density, format="csr", random_state=2,
                   data_rvs=lambda n: rng.integers(1, 6, n).astype(float))
     x = sp.csr_matrix(x)
-    assert 0 < x.nnz < 50
+    assert (x.nnz >= 6 * _LONG_ROWS) == (path == "by row") and x.nnz > 0
     a, b, n = normal_equations(x, y, 0.1, implicit, 2.0)
+    np.testing.assert_array_equal(a, np.swapaxes(a, 1, 2))  # exactly symmetric
     for j in range(6):
         row = x[j]
         yr = y[row.indices]
@@ -192,6 +196,7 @@ def test_normal_equations_of_a_sparse_block_against_many_rows(implicit: bool) ->
             rhs = yr.T @ np.where(row.data > 0, 1 + 2.0 * row.data, 0.0)
         else:
             ref, cnt, rhs = yr.T @ yr, float(row.nnz), yr.T @ row.data
-        np.testing.assert_allclose(a[j], ref + 0.1 * cnt * np.eye(4), rtol=0, atol=1e-12)
+        # Sums of ≤ 100 products of O(1) terms in another order: ~1e-13 apart.
+        np.testing.assert_allclose(a[j], ref + 0.1 * cnt * np.eye(4), rtol=0, atol=1e-10)
         np.testing.assert_allclose(b[j], rhs, rtol=0, atol=1e-12)
         assert n[j] == cnt

@@ -31,6 +31,8 @@ __all__ = ["BroadcastTasks", "SolveRows", "init_factor", "normal_equations", "so
 
 #: Bytes of the broadcast factor's outer products (rows × triangle entries) formed at once.
 _OUTER_BYTES = 256 * 2**20
+#: Mean ratings per row from which a block's left-hand sides are formed row by row.
+_LONG_ROWS = 32
 
 
 def init_factor(n: int, rank: int, seed: int, nonnegative: bool = False) -> np.ndarray:
@@ -81,6 +83,27 @@ def _referenced(x: sp.csr_matrix, y: np.ndarray) -> tuple[sp.csr_matrix, np.ndar
     return sub, y[used]
 
 
+def _gram_by_row(x: sp.csr_matrix, y: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """Σᵢ wᵤᵢ·yᵢyᵢᵀ row by row: one (ratings × k)ᵀ(ratings × k) product per row.
+
+    For long rows (an item rated by many users): the gathered factor rows are
+    nnz × k floats, where the outer products of every rated row take nnz × k(k+1)/2,
+    and each row's product is one BLAS call, so the per-row loop costs little.
+    """
+    rows, k = x.shape[0], y.shape[1]
+    g = y[x.indices]
+    gw = g * w[:, None]
+    a = np.zeros((rows, k, k))
+    ip = x.indptr
+    for j in np.flatnonzero(np.diff(ip)).tolist():
+        s, e = ip[j], ip[j + 1]
+        a[j] = gw[s:e].T @ g[s:e]
+    # (wy)ᵀy is symmetric up to rounding: made exactly so, as the solvers expect.
+    a += np.swapaxes(a, 1, 2)
+    a *= 0.5
+    return a
+
+
 def normal_equations(x: sp.csr_matrix, y: np.ndarray, reg: float, implicit: bool,
                      alpha: float, yty: np.ndarray | None = None
                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -116,15 +139,18 @@ def normal_equations(x: sp.csr_matrix, y: np.ndarray, reg: float, implicit: bool
         w = sp.csr_matrix((np.ones_like(data), *pattern), shape=x.shape)
         t = sp.csr_matrix((data, *pattern), shape=x.shape)
         n = np.diff(x.indptr).astype(np.float64)
-    a = np.empty((rows, k, k))
-    # Groups of triangle entries keep the outer products under _OUTER_BYTES however
-    # many rows the broadcast factor has (one group up to 610,000 rows at rank 10).
-    group = max(1, _OUTER_BYTES // (8 * max(1, y.shape[0])))
-    for g in range(0, iu.size, group):
-        i, j = iu[g:g + group], ju[g:g + group]
-        tri = np.asarray(w @ (y[:, i] * y[:, j]))
-        a[:, i, j] = tri
-        a[:, j, i] = tri
+    if x.nnz >= _LONG_ROWS * rows:
+        a = _gram_by_row(x, y, w.data)
+    else:
+        a = np.empty((rows, k, k))
+        # Groups of triangle entries keep the outer products under _OUTER_BYTES however
+        # many rows the broadcast factor has (one group up to 610,000 rows at rank 10).
+        group = max(1, _OUTER_BYTES // (8 * max(1, y.shape[0])))
+        for g in range(0, iu.size, group):
+            i, j = iu[g:g + group], ju[g:g + group]
+            tri = np.asarray(w @ (y[:, i] * y[:, j]))
+            a[:, i, j] = tri
+            a[:, j, i] = tri
     b = np.asarray(t @ y)
     if implicit:
         a += yty
