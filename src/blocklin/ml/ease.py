@@ -28,6 +28,8 @@ from blocklin.config import default_work_dir, machine_memory, parse_memory
 from blocklin.errors import InputDtypeError, InputValueError, PlanMemoryError
 from blocklin.executors.api import compute
 from blocklin.executors.lazy import Lazy
+from blocklin.executors.options import OptionsLike
+from blocklin.ml._estimator import estimator_options
 from blocklin.ml._progress import reports
 from blocklin.ml._validation import is_stored, stored_matrix, validate_features
 from blocklin.ml.persist import SaveMixin
@@ -374,9 +376,9 @@ class EASE(SaveMixin, BaseEstimator):
     work_dir : str, optional
         Directory for temporary arrays (in-memory X, B's column panels while
         recommending); must be reachable by the workers.
-    compute_options : dict, optional
-        More keywords for :func:`blocklin.compute` (``client``, ``address``,
-        ``max_task_memory``...).
+    compute_options : ComputeOptions or dict, optional
+        How and where the passes run (:class:`blocklin.ComputeOptions`); ``executor``
+        and ``work_dir`` fill the fields it leaves unset.
     progress : bool, callable or ProgressSink
         Report each pass (see :class:`~blocklin.ml.TruncatedSVD`).
     driver_memory : int or str, optional
@@ -435,7 +437,7 @@ class EASE(SaveMixin, BaseEstimator):
     """
 
     def __init__(self, l2: float = 500.0, *, executor: str = "dask",
-                 work_dir: str | None = None, compute_options: dict[str, Any] | None = None,
+                 work_dir: str | None = None, compute_options: OptionsLike = None,
                  progress: Any = False, driver_memory: int | str | None = None) -> None:
         self.l2 = l2
         self.executor = executor
@@ -445,10 +447,7 @@ class EASE(SaveMixin, BaseEstimator):
         self.driver_memory = driver_memory
 
     def _compute(self, lazy: Lazy, wd: str) -> Any:
-        opts = dict(self.compute_options or {})
-        opts.setdefault("executor", self.executor)
-        opts["work_dir"] = wd
-        return compute(lazy, **opts)[0]
+        return compute(lazy, compute_options=estimator_options(self).replace(work_dir=wd))[0]
 
     def _check_l2(self) -> float:
         l2 = self.l2
@@ -456,13 +455,11 @@ class EASE(SaveMixin, BaseEstimator):
             raise InputDtypeError(f"l2 must be a number; got {l2!r}")
         if not np.isfinite(l2) or l2 < 0:
             raise InputValueError(f"l2 must be finite and >= 0; got {l2}")
-        if self.compute_options is not None and not isinstance(self.compute_options, dict):
-            raise InputDtypeError("compute_options must be a dict of blocklin.compute keywords")
+        estimator_options(self)  # a bad option is refused before any pass
         return float(l2)
 
     def _scratch(self, prefix: str) -> AbstractContextManager[str]:
-        return scratch_folder(self.work_dir if self.work_dir is not None
-                              else default_work_dir(), prefix)
+        return scratch_folder(estimator_options(self).work_dir or default_work_dir(), prefix)
 
     def _gram(self, Xv: Any) -> np.ndarray:
         """XᵀX: in memory for numpy/CSR rows, else one pass over the stored matrix."""
