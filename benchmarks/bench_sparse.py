@@ -35,6 +35,27 @@ The machine's BLAS threads apply to every contender alike (``--threads``, defaul
 on a shared 2-core box the small k × k products of all contenders run fastest
 single-threaded).
 
+With ``--columns``, two more tables on the first Zipf matrix instead (the row tables
+are not run): its columns in a seeded random order (so the appended ones are a
+sample of the vocabulary, not its rarest terms),
+
+* *column appends*: the exact rank-k SVD of the first ``n − --append-cols`` columns
+  (1,000 by default: 55,000 × 19,000), then the last columns appended in batches of
+  b (10, 50, 500), one durable ``svd_update(columns=D, method="sparse")`` call per
+  batch (``blocklin/call``: Deng et al.'s update, a log record per call) against
+  the Householder path (``blocklin qr/call``: a plan over U's bases and a TSQR per
+  call), IncSVD's ``add_column`` with isvd1 (Deng et al.) and dense Zha–Simon;
+* *weight updates*: the rank-k SVD of the whole matrix, then ``--edits`` (1,000)
+  documents edited, each gaining about 5 term counts drawn as the matrix's (``A[i] +=
+  y_i``), b documents per low-rank update ``A + X·Yᵀ`` (X the b documents'
+  indicator columns, Y their added counts): ``svd_update(low_rank=(X, Y),
+  method="sparse")`` against IncSVD's ``update_weight`` (isvd1, Zha–Simon).
+
+Errors as for rows: top-10 and top-k singular values against ``svds`` of the final
+matrix.
+
+    flock /tmp/blocklin-heavy.lock .venv/bin/python benchmarks/bench_sparse.py --columns
+
 Also runs, when present, ``_sparse_regression.run_sparse_regression()`` and
 ``_sparse_sketch.run_sparse_sketch()`` (benchmarks written alongside) and prints
 their dicts as tables.
@@ -254,6 +275,125 @@ def table(rows: list[dict[str, Any]], k: int) -> str:
     return "\n".join(out)
 
 
+# -- column appends and weight (low-rank) updates ------------------------------------------
+def _em_update(em: Any, kind: str, x: Any, y: Any) -> None:
+    if kind == "columns":
+        em.add_column(x)
+    else:
+        em.update_weight(x, y)
+
+
+def _blocklin_lowrank(init: Svd, batches: list[tuple[Any, Any]], kind: str, method: str,
+                      tmp: Path, budget: float) -> tuple[float, int, np.ndarray | None]:
+    """One durable svd_update call per batch: (seconds, updates made, s or None)."""
+    from blocklin.ops import SVDState, svd_update
+
+    u, s, vt = init
+    state = SVDState.create(tmp / f"{kind}-{method}", u, s, vt, overwrite=True)
+    spent = 0.0
+    work = str(tmp / "work")
+    for i, (x, y) in enumerate(batches, 1):
+        if method == "qr":
+            x, y = x.toarray(), (None if y is None else y.toarray())  # outside the timer
+        t0 = time.perf_counter()
+        if kind == "columns":
+            state = svd_update(state, columns=x, method=method, work_dir=work)
+        else:
+            state = svd_update(state, low_rank=(x, y), method=method, work_dir=work)
+        spent += time.perf_counter() - t0
+        if 3 <= i < len(batches) and spent / i * len(batches) > budget:
+            return spent, i, None
+    return spent, len(batches), state.s
+
+
+def _incsvd_lowrank(init: Svd, batches: list[tuple[Any, Any]], kind: str, sparse: bool,
+                    budget: float) -> tuple[float, int, np.ndarray | None]:
+    em = _evolving(init, sparse)
+    spent = 0.0
+    for i, (x, y) in enumerate(batches, 1):
+        if not sparse:  # Zha–Simon's input is dense (converted outside the timer)
+            x = np.asarray(x.toarray())  # add_column transposes D itself
+            y = None if y is None else np.asarray(y.toarray())
+        t0 = time.perf_counter()
+        _em_update(em, kind, x, y)
+        spent += time.perf_counter() - t0
+        if 3 <= i < len(batches) and spent / i * len(batches) > budget:
+            return spent, i, None
+    return spent, len(batches), np.asarray(em.Sigmak)
+
+
+def _edits(x: sp.csc_matrix, count: int, terms: int, seed: int) -> tuple[sp.csc_matrix,
+                                                                          sp.csc_matrix]:
+    """``count`` distinct documents (X: their indicator columns) each gaining about
+    ``terms`` counts of Zipf-drawn terms (Y, n × count)."""
+    rng = np.random.default_rng(seed + 7)
+    m, n = x.shape
+    docs = rng.choice(m, count, replace=False)
+    X = sp.csc_matrix((np.ones(count), (docs, np.arange(count))), shape=(m, count))
+    # The matrix's own term popularity (its column sums), so edits look like its rows.
+    pop = np.asarray(x.sum(axis=0)).ravel() + 1.0
+    cols = rng.choice(n, count * terms, p=pop / pop.sum())
+    Y = sp.csc_matrix((np.ones(cols.size), (cols, np.repeat(np.arange(count), terms))),
+                      shape=(n, count))
+    Y.sum_duplicates()
+    return X, Y
+
+
+def run_lowrank(x: sp.csr_matrix, k: int, append: int, edits: int, sizes: list[int],
+                max_updates: int, budget: float, peers: bool, seed: int) -> list[dict[str, Any]]:
+    """The column-append and weight-update tables (see the module docstring)."""
+    rng = np.random.default_rng(seed + 3)
+    xc = sp.csc_matrix(x)[:, rng.permutation(x.shape[1])]
+    n0 = x.shape[1] - append
+    rows: list[dict[str, Any]] = []
+    tmp = Path(tempfile.mkdtemp(prefix="bench-sparse-cols-"))
+    whos = ["blocklin/call", "blocklin qr/call"]
+    if peers:
+        whos += ["IncSVD isvd1", "IncSVD ZhaSimon"]
+    try:
+        t0 = time.perf_counter()
+        inits = {"columns": top_svd(sp.csr_matrix(xc[:, :n0]), k)}
+        inits["weights"] = top_svd(sp.csr_matrix(xc), k)
+        print(f"column appends: {x.shape[0]:,} x {n0:,} + {append:,} columns; weight "
+              f"updates: {edits:,} documents edited; initial svds "
+              f"{time.perf_counter() - t0:.1f} s", flush=True)
+        X, Y = _edits(xc, edits, 5, seed)
+        for kind in ("columns", "weights"):
+            total = append if kind == "columns" else edits
+            for b in sizes:
+                nb = max(1, min(total // b, max_updates))
+                p = nb * b
+                if p > total:
+                    continue
+                if kind == "columns":
+                    batches = [(sp.csc_matrix(xc[:, n0 + a:n0 + a + b]), None)
+                               for a in range(0, p, b)]
+                    final = xc[:, :n0 + p]
+                else:
+                    batches = [(X[:, a:a + b], Y[:, a:a + b]) for a in range(0, p, b)]
+                    final = xc + X[:, :p] @ Y[:, :p].T
+                ref = top_svd(sp.csr_matrix(final), k)[1]
+                for who in whos:
+                    row: dict[str, Any] = {"matrix": kind, "b": b, "updates": nb, "who": who}
+                    if who.startswith("blocklin"):
+                        method = "qr" if "qr" in who else "sparse"
+                        seconds, done, s = _blocklin_lowrank(inits[kind], batches, kind,
+                                                             method, tmp, budget)
+                    else:
+                        seconds, done, s = _incsvd_lowrank(inits[kind], batches, kind,
+                                                           who == "IncSVD isvd1", budget)
+                    row["per_update"] = seconds / done
+                    if s is None:
+                        row["stopped"] = f"stopped after {done} updates ({seconds:.0f} s)"
+                    else:
+                        row["err10"], row["errk"] = errors(s, ref)
+                    rows.append(row)
+                    print(_line(row), flush=True)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return rows
+
+
 # -- the sibling benchmarks --------------------------------------------------------------------
 def print_dict_table(title: str, result: Any) -> None:
     print(f"\n## {title}")
@@ -314,12 +454,30 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--quick", action="store_true", help="small sizes, for a smoke run")
+    ap.add_argument("--columns", action="store_true",
+                    help="the column-append and weight-update tables instead of the row ones")
+    ap.add_argument("--append-cols", type=int, default=1_000)
+    ap.add_argument("--edits", type=int, default=1_000)
+    ap.add_argument("--col-sizes", default="10,50,500")
     a = ap.parse_args(argv)
     if a.quick:
         a.rows, a.cols, a.big_rows, a.big_cols, a.k, a.append = 3_000, 2_000, 0, 0, 16, 500
         a.sizes, a.density = "10,50,500", 5e-3
     if a.siblings_only:
         siblings()
+        return
+    if a.columns:
+        if a.quick:
+            a.append_cols, a.edits, a.col_sizes = 200, 200, "10,50"
+        peers = not a.no_peers and importlib.util.find_spec("IncSVD") is not None
+        with threadpool_limits(a.threads):
+            x = zipf_matrix(a.rows, a.cols, a.density, a.seed)
+            rows = run_lowrank(x, a.k, a.append_cols, a.edits,
+                               [int(v) for v in a.col_sizes.split(",")], a.max_updates,
+                               a.peer_budget, peers, a.seed)
+        print(f"\n## Column appends and weight updates (zipf {a.rows:,}x{a.cols:,}, k = {a.k}, "
+              f"BLAS threads {a.threads})\n")
+        print(table(rows, a.k))
         return
     sizes = [int(v) for v in a.sizes.split(",")]
     peers = not a.no_peers and importlib.util.find_spec("IncSVD") is not None
