@@ -127,7 +127,9 @@ def normal_equations(x: sp.csr_matrix, y: np.ndarray, reg: float, implicit: bool
     iu, ju = np.triu_indices(k)
     if implicit and yty is None:
         yty = y.T @ y  # over every row of y, rated or not
-    x, y = _referenced(x, y)
+    long_rows = x.nnz >= _LONG_ROWS * rows
+    if not long_rows:
+        x, y = _referenced(x, y)
     data = np.asarray(x.data, dtype=np.float64)
     pattern = (x.indices, x.indptr)
     if implicit:
@@ -139,7 +141,7 @@ def normal_equations(x: sp.csr_matrix, y: np.ndarray, reg: float, implicit: bool
         w = sp.csr_matrix((np.ones_like(data), *pattern), shape=x.shape)
         t = sp.csr_matrix((data, *pattern), shape=x.shape)
         n = np.diff(x.indptr).astype(np.float64)
-    if x.nnz >= _LONG_ROWS * rows:
+    if long_rows:
         a = _gram_by_row(x, y, w.data)
     else:
         a = np.empty((rows, k, k))
