@@ -396,13 +396,17 @@ def partial_plan(m: MatrixInput, spec: _Count, panels: Sequence[Panel]) -> list[
     seam = 2 * window * window if window is not None else 0
     tasks = row_panel_tasks([m])
     out = []
-    for pan in panels:
+    for i, pan in enumerate(panels):
         cells = (pan.r1 - pan.r0) * spec.n
         cap = max(1, min(pan.leaf, cells))
-        # Window: the block's pairs (keys, weights, unique's inverse, sort buffers) once
-        # per task, shared by the panels. Item sets: the panel's rows of BᵀB. Plus the
-        # packed part.
-        work = 48 * (pair_bound if window is not None else cap) + 16 * (cap + spec.edge)
+        # Window: the block's pairs (keys, weights, unique's inverse, sort buffers),
+        # made once per task and shared by the panels' fused kernels, so declared by
+        # the first panel only (a fused group's projection sums its members). Item
+        # sets: the panel's rows of BᵀB. Plus the packed part.
+        if window is not None:
+            work = (48 * pair_bound if i == 0 else 0) + 16 * (cap + spec.edge)
+        else:
+            work = 48 * cap + 16 * cap
         stage = make_stage("cooccurrence/pairs", PairPartial(spec, pan.r0, pan.r1, cap),
                            [m.input], tasks, shape=(m.grid[0], spec.edge + cap, 2),
                            chunks=(1, spec.edge + cap, 2), dtype="float64",
