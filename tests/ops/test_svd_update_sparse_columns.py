@@ -152,6 +152,7 @@ def test_mixed_with_sparse_rows_stored_inputs_and_materialized_u(tmp_path: Path)
     b = SVDState.create(tmp_path / "b", *_exact(dense[:400, :260]))
     D = bl.from_array(x[:400, 260:290].tocsr(), tmp_path / "D.zarr", chunks=(64, None))
     a = svd_update(a, columns=D)  # a stored CSR D: auto reads its nonzeros
+    assert a.terms[-1].kind == "csr" and len(a.log) == 1
     b = svd_update(b, columns=dense[:400, 260:290], work_dir=str(tmp_path / "w"))
     a = svd_update(a, rows=rows[:20, :290], method="sparse")  # rows after the columns
     b = svd_update(b, rows=rows[:20, :290].toarray(), method="qr", work_dir=str(tmp_path / "w"))
@@ -167,6 +168,22 @@ def test_mixed_with_sparse_rows_stored_inputs_and_materialized_u(tmp_path: Path)
     assert len(a.terms) == 1 and a.terms[0].kind == "dense" and not a.log
     _assert_same(a, b, 1e-10)
     _reopened_equal(a)
+
+
+def test_zero_columns_and_zero_change(tmp_path: Path) -> None:
+    # Zero columns: s unchanged, their rows of V zero, no term; a zero X: nothing changes.
+    x = _general(200, 100, seed=13).toarray()
+    u, s, vt = _exact(x)
+    state = SVDState.create(tmp_path / "s", u, s, vt)
+    state = svd_update(state, columns=sp.csc_matrix((200, 3)), method="sparse")
+    assert state.shape == (200, 103) and len(state.terms) == 1
+    assert np.abs(state.s - s).max() <= 1e-13 * s[0]
+    assert np.abs(state.Vt[:, 100:]).max() == 0.0
+    state = svd_update(state, low_rank=(sp.csc_matrix((200, 2)),
+                                        sp.random(103, 2, density=0.3, random_state=1)))
+    assert np.abs(state.s - s).max() <= 1e-13 * s[0] and len(state.terms) == 1
+    _reopened_equal(state)
+    np.testing.assert_allclose(np.abs(state.u_to_numpy()), np.abs(u), atol=1e-13)
 
 
 # -- nothing m-sized on the sparse path -------------------------------------------------------
