@@ -322,3 +322,39 @@ def test_auto_takes_householder_for_dense_and_refuses_gram(tmp_path: Path) -> No
         svd_update(state, low_rank=(sp.csc_matrix(np.full((200, 1), np.nan)),
                                     sp.csc_matrix(np.ones((150, 1)))), method="sparse")
     assert SVDState.open(tmp_path / "s").version == state.version
+
+
+def test_format_4_state_with_log_records_opens_and_takes_columns(tmp_path: Path) -> None:
+    # Format 4 wrote row log records without V's row count ("n"); such a state opens
+    # to the same numbers and takes a sparse column update on top.
+    import io
+    import json
+    import shutil
+
+    x = _general(260, 200, seed=14).tocsr()
+    dense = x.toarray()
+    state = SVDState.create(tmp_path / "s", *_exact(dense[:200]))
+    for a in (200, 230):
+        state = svd_update(state, rows=x[a:a + 30], method="sparse", batch=30, max_delta=10_000)
+    assert len(state.log) == 2
+    meta_path = tmp_path / "s" / "zarr.json"
+    meta = json.loads(meta_path.read_text())
+    meta["attributes"]["blocklin_svd_state"]["format"] = 4
+    meta_path.write_text(json.dumps(meta))
+    for name in state.log:
+        with np.load(tmp_path / "s" / name) as z:
+            arrays = {key: z[key] for key in z.files if key != "n"}
+        buf = io.BytesIO()
+        np.savez(buf, **arrays)
+        (tmp_path / "s" / name).write_bytes(buf.getvalue())
+    old = SVDState.open(tmp_path / "s")
+    assert old.version == state.version and old.log == state.log
+    np.testing.assert_array_equal(old.s, state.s)
+    np.testing.assert_array_equal(old.u_to_numpy(), state.u_to_numpy())
+    shutil.copytree(tmp_path / "s", tmp_path / "t")  # the same format-4 state, for the reference
+    cols = sp.random(260, 4, density=0.05, random_state=15, format="csc")
+    new = svd_update(old, columns=cols)
+    ref = svd_update(tmp_path / "t", columns=cols.toarray(), method="qr",
+                     work_dir=str(tmp_path / "w"))
+    _assert_same(new, ref, 1e-10)
+    _reopened_equal(new)
