@@ -30,7 +30,7 @@ Layout of the zarr group at ``path``::
     v<version>/Ku      (k, k)       the shared factor K_u
     v<version>/x_<name>             small arrays the owner keeps with the state
 
-    log_v00012.npz     one small row update (format 4; see below)
+    log_v00012.npz     one small update (format 4: rows; 5: also columns, low-rank; see below)
 
 V is kept the same way (Deng et al.'s ``V = V'·V''``): ``V = overlay(base, delta)·K_v``,
 the base the ``Vt`` of the last *checkpoint* version ``v<c>/``, the delta the base
