@@ -60,7 +60,6 @@ are overwritten by the next one.
 from __future__ import annotations
 
 import functools
-import io
 import itertools
 import json
 import os
@@ -83,6 +82,7 @@ from blocklin.plan.graph import Plan, StageInput, Task, TaskContext, make_stage
 from blocklin.plan.reduce import SumParts, tree_reduce
 from blocklin.storage.blockmatrix import BlockMatrix, from_array, open_matrix
 from blocklin.storage.meta import METADATA_KEY
+from blocklin.storage.npz import npz_arrays, npz_bytes
 from blocklin.storage.sparse import CSR, to_scipy
 from blocklin.storage.stores import LocalStore, join_url, store_for
 
@@ -518,8 +518,7 @@ class SVDState:
         if raw is None:
             return None
         try:
-            with np.load(io.BytesIO(raw), allow_pickle=False) as z:
-                rec = {key: np.array(z[key]) for key in z.files}
+            rec = npz_arrays(raw)
         except (zipfile.BadZipFile, ValueError, OSError, KeyError, EOFError) as exc:
             if store.get(log_name(self.version + 2)) is None:
                 return None
@@ -632,16 +631,15 @@ class SVDState:
         arrays["extras_given"] = np.asarray(extras_given)
         if extras_given:
             arrays |= {f"x_{key}": value for key, value in self.extras.items()}
-        buf = io.BytesIO()
-        np.savez(buf, **arrays)  # type: ignore[arg-type]
+        data = npz_bytes(arrays)
         store = store_for(self.path)
         if isinstance(store, LocalStore):
             # Written in place, not renamed: a torn file is an unfinished update
             # (zip's directory and CRC-32s find it), so no rename is needed.
             with open(store.root / name, "wb") as fh:
-                fh.write(buf.getbuffer())
+                fh.write(data)
         else:  # object stores: a put is whole or absent
-            store.put(name, buf.getbuffer())
+            store.put(name, data)
 
     def updated(self, rotation: np.ndarray, s: np.ndarray, V: np.ndarray | VFactor,
                 new_term: Term | None, new_g: np.ndarray | None,
