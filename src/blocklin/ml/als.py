@@ -27,7 +27,9 @@ from blocklin.config import default_work_dir
 from blocklin.errors import InputDtypeError, InputValueError, NonFiniteError
 from blocklin.executors.api import compute
 from blocklin.executors.lazy import Lazy
+from blocklin.executors.options import OptionsLike
 from blocklin.ml._als import BroadcastTasks, SolveRows, init_factor, solve_block
+from blocklin.ml._estimator import estimator_options
 from blocklin.ml._progress import reports
 from blocklin.ml._validation import is_stored, open_stored
 from blocklin.ml.ease import top_n
@@ -165,7 +167,7 @@ def _read_state(raw: bytes | None, ckpt: str) -> dict[str, Any] | None:
                           "checkpoint_dir or remove it")
 
 
-class ALS(SaveMixin, BaseEstimator):  # type: ignore[misc]
+class ALS(SaveMixin, BaseEstimator):
     """Alternating least squares matrix factorization with Spark MLlib's parameters.
 
     Parameters
@@ -275,7 +277,7 @@ class ALS(SaveMixin, BaseEstimator):  # type: ignore[misc]
                  cg_steps: int = 3, block_rows: int | None = None, warm_start: bool = False,
                  track_objective: bool = True, *, executor: str = "dask",
                  work_dir: str | None = None, checkpoint_dir: str | None = None,
-                 compute_options: dict[str, Any] | None = None, progress: Any = False) -> None:
+                 compute_options: OptionsLike = None, progress: Any = False) -> None:
         self.rank = rank
         self.max_iter = max_iter
         self.reg_param = reg_param
@@ -324,8 +326,7 @@ class ALS(SaveMixin, BaseEstimator):  # type: ignore[misc]
         if self.robust and self.nonnegative:
             raise InputValueError("robust=True solves rows by unconstrained CG steps; it does "
                                   "not combine with nonnegative=True")
-        if self.compute_options is not None and not isinstance(self.compute_options, dict):
-            raise InputDtypeError("compute_options must be a dict of blocklin.compute keywords")
+        estimator_options(self)  # a bad option is refused before any pass
 
     def _key(self, fingerprint: str, shape: tuple[int, int], init: str = "") -> str:
         doc = {"init": init or None, "ratings": fingerprint, "shape": list(shape), "rank": int(self.rank),
@@ -344,18 +345,16 @@ class ALS(SaveMixin, BaseEstimator):  # type: ignore[misc]
         if self.checkpoint_dir is not None:
             yield str(self.checkpoint_dir)
             return
-        base = self.work_dir if self.work_dir is not None else default_work_dir()
+        base = estimator_options(self).work_dir or default_work_dir()
         with scratch_folder(base, "als-") as d:
             yield d
 
     def _compute(self, lazy: Lazy, wd: str) -> Any:
-        opts = dict(self.compute_options or {})
-        opts.setdefault("executor", self.executor)
-        opts["work_dir"] = wd
-        opts["resume"] = True  # completion records bind blocks to their inputs
+        opts = estimator_options(self)
         # Every task reads every block of the broadcast factor: decoded once per process.
-        opts.setdefault("cache_bytes", "auto")
-        return compute(lazy, **opts)[0]
+        opts = opts.updated(cache_bytes="auto").replace(
+            work_dir=wd, resume=True)  # completion records bind blocks to their inputs
+        return compute(lazy, compute_options=opts)[0]
 
     @reports("fit")
     def fit(self, X: Any, y: Any = None) -> ALS:
@@ -554,7 +553,7 @@ class ALS(SaveMixin, BaseEstimator):  # type: ignore[misc]
         keep = np.flatnonzero(yc > 0)  # cold columns have no factor in MLlib
         yk = y[keep]
         rows = max(1, min(x.shape[0], _SCORE_BYTES // (8 * max(1, yk.shape[0]))))
-        base = self.work_dir if self.work_dir is not None else default_work_dir()
+        base = estimator_options(self).work_dir or default_work_dir()
         with scratch_folder(base, "als-recommend-") as wd:
             X = as_matrix(from_array(x, f"{wd}/x.zarr", chunks=(rows, x.shape[1])), "factor")
             Y = as_matrix(from_array(yk, f"{wd}/y.zarr", chunks=(yk.shape[0], y.shape[1])),

@@ -19,6 +19,7 @@ from pydantic import Field
 from blocklin.errors import InputValueError
 from blocklin.executors.api import compute
 from blocklin.executors.lazy import Lazy
+from blocklin.executors.options import ComputeOptions
 from blocklin.ml import ALS, EASE, LinearRegression, LogisticRegression, TruncatedSVD
 from blocklin.ops import SVDState, pca, randomized_svd, sketch, sketched_matmul, svd_update, tsqr_r
 from blocklin.ops.sketch import SketchKind
@@ -68,7 +69,8 @@ def _sketched_crossprod(inputs: Mapping[str, Any], p: SketchParams,
     # The same seed draws the same S for both (one counter-based stream per row
     # granule), so (SA)ᵀ(SB) is an unbiased estimate of AᵀB.
     sa, sb = compute(sketch(inputs["A"], p.k, kind=p.kind, seed=p.seed),
-                     sketch(inputs["B"], p.k, kind=p.kind, seed=p.seed), **ctx.compute)
+                     sketch(inputs["B"], p.k, kind=p.kind, seed=p.seed),
+                     compute_options=ctx.compute)
     out: np.ndarray = np.asarray(sa).T @ np.asarray(sb)
     return out
 
@@ -95,7 +97,7 @@ def _svd(fn: Callable[..., TruncatedSVDResult | PCAResult]) -> Builder:
         # Column statistics ride in the first pass: the total variance the report's
         # explained variance ratio is taken over.
         return fn(inputs["A"], p.k, oversample=p.oversample, n_iter=p.n_iter, seed=p.seed,
-                  method=p.method, with_stats=True, **ctx.compute)
+                  method=p.method, with_stats=True, compute_options=ctx.compute)
 
     return build
 
@@ -121,7 +123,7 @@ def _svd_update(ctx: UpdateContext, p: SVDParams) -> Arrays:
     st = SVDState.open(ctx.state_dir)
     start, stop = ctx.rows
     if st.n_rows == start:  # not applied yet; after an interruption it may already be
-        st = svd_update(st, rows=ctx.batch["A"], **ctx.compute)
+        st = svd_update(st, rows=ctx.batch["A"], compute_options=ctx.compute)
     elif st.n_rows != stop:
         raise InputValueError(f"the SVD state in {ctx.state_dir} covers {st.n_rows} rows; "
                               f"cannot apply rows {start}..{stop}. Rerun the pipeline")
@@ -136,9 +138,8 @@ class TSVDParams(Params):
     method: SVDMethod = "power"
 
 
-def _tsvd_new(p: TSVDParams, comp: Mapping[str, Any]) -> TruncatedSVD:
-    return TruncatedSVD(**p.model_dump(), executor=comp.get("executor", "dask"),
-                        work_dir=comp.get("work_dir"))
+def _tsvd_new(p: TSVDParams, comp: ComputeOptions) -> TruncatedSVD:
+    return TruncatedSVD(**p.model_dump(), compute_options=comp)
 
 
 def _tsvd_fit(inputs: Mapping[str, Any], p: TSVDParams, ctx: BuildContext) -> TruncatedSVD:
@@ -313,13 +314,8 @@ Regression = LinearRegression | LogisticRegression
 Estimator = TypeVar("Estimator", LinearRegression, LogisticRegression, EASE, ALS)
 
 
-def _estimator(cls: type[Estimator], p: Params, comp: Mapping[str, Any]) -> Estimator:
-    extra = {k: comp[k] for k in ("address", "max_task_memory", "num_workers", "connect_timeout",
-                                  "worker_timeout", "security") if comp.get(k)}
-    if comp.get("device", "cpu") != "cpu":
-        extra["device"] = comp["device"]
-    return cls(**p.model_dump(), executor=comp.get("executor", "dask"),
-               work_dir=comp.get("work_dir"), compute_options=extra or None)
+def _estimator(cls: type[Estimator], p: Params, comp: ComputeOptions) -> Estimator:
+    return cls(**p.model_dump(), compute_options=comp)
 
 
 def _fit(cls: type[LinearRegression] | type[LogisticRegression]) -> Builder:
