@@ -9,8 +9,9 @@ docstring states, and returns numbers): ``randomized_svd``, ``pca`` and ``svd_up
 and the co-occurrence family: ``cooccurrence`` and ``cooccurrence_counts`` (a block
 pass of sparse partial counts and a tree sum), ``ppmi`` and ``embed`` (driver-side),
 ``swivel`` (sharded fit, one graph per epoch).
-They take the run options themselves (``executor``, ``work_dir``...); a pipeline step
-naming one is listed as ``eager`` by ``explain``.
+They take the run's options as :func:`blocklin.compute` does: ``compute_options`` (a
+:class:`~blocklin.ComputeOptions`) and its fields as keywords (``executor``,
+``work_dir``...); a pipeline step naming one is listed as ``eager`` by ``explain``.
 
 The GLM pass kernels (``blocklin.ops.glm``) are internal to the estimators of
 :mod:`blocklin.ml`, which unpack their results.

@@ -363,8 +363,8 @@ def pmi_values(c: sp.csr_matrix, *, positive: bool = True, context_smoothing: fl
     return values
 
 
-def embed(P: Any, k: int, *, n_iter: int = 3, seed: int = 0,
-          weight: float = 0.5, **options: Any) -> np.ndarray:
+def embed(P: Any, k: int, *, n_iter: int = 3, seed: int = 0, weight: float = 0.5,
+          compute_options: OptionsLike = None, **options: Any) -> np.ndarray:
     """Item embeddings ``U_k·diag(s_k)^weight`` from a truncated SVD of a (P)PMI matrix.
 
     ``weight`` 0.5 is Levy et al.'s symmetric split (their best on similarity tasks);
@@ -373,7 +373,8 @@ def embed(P: Any, k: int, *, n_iter: int = 3, seed: int = 0,
     """
     from blocklin.ops.svd import randomized_svd
 
-    res = randomized_svd(P, k, n_iter=n_iter, seed=seed, **options)
+    res = randomized_svd(P, k, n_iter=n_iter, seed=seed, compute_options=compute_options,
+                         **options)
     u = res.U.to_numpy()
     out: np.ndarray = u * res.s**weight
     return out
