@@ -86,21 +86,25 @@ def _blocklin(a: argparse.Namespace) -> dict[str, Any]:
 
     import blocklin as bl
     from blocklin.executors import RunStats
+    from blocklin.executors.base import collect_stats
     from blocklin.ml import LinearRegression, LogisticRegression
 
     X, y = bl.open(a.X), bl.open(a.yb if a.task == "logistic" else a.y)
-    stats = RunStats()
-    opts: dict[str, Any] = {"num_workers": a.cores, "stats": stats}
+    opts = bl.ComputeOptions(num_workers=a.cores, work_dir=a.work)
     t0 = time.perf_counter()
-    if a.task == "linear":
-        m: Any = LinearRegression(solver=a.solver, work_dir=a.work, compute_options=opts,
-                                  max_iter=100, tol=1e-6).fit(X, y)
-        coef = np.r_[m.coef_, m.intercept_]
-    else:
-        m = LogisticRegression(solver=a.solver, work_dir=a.work, compute_options=opts,
-                               max_iter=100, tol=1e-6).fit(X, y)
-        coef = np.r_[m.coef_[0], m.intercept_]
+    with collect_stats() as runs:
+        if a.task == "linear":
+            m: Any = LinearRegression(solver=a.solver, compute_options=opts,
+                                      max_iter=100, tol=1e-6).fit(X, y)
+            coef = np.r_[m.coef_, m.intercept_]
+        else:
+            m = LogisticRegression(solver=a.solver, compute_options=opts,
+                                   max_iter=100, tol=1e-6).fit(X, y)
+            coef = np.r_[m.coef_[0], m.intercept_]
     seconds = time.perf_counter() - t0
+    stats = RunStats()
+    for run in runs:
+        stats.merge(run)
     # Passes, and how often X was read from storage (the block cache serves the rest).
     reads = stats.array_reads.get(X.url, 0) / X.nblocks[0]
     return {"seconds": seconds, "coef": coef.tolist(), "passes": f"{m.n_passes_} ({reads:g}×X)"}
