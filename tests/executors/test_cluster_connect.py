@@ -14,6 +14,7 @@ from tests.pipelines.conftest import run_cli
 
 import blocklin as bl
 from blocklin.errors import ConfigError, ExecutorError
+from blocklin.executors.options import ComputeOptions
 
 
 @pytest.fixture
@@ -98,7 +99,7 @@ def test_pipeline_reachability_check_names_a_bad_port(address: str) -> None:
     from blocklin.pipelines.execute import check_reachable
 
     with pytest.raises(ConfigError, match=rf"{address!r}.*not a number in 1..65535"):
-        check_reachable({"executor": "dask", "address": address})
+        check_reachable(ComputeOptions(address=address))
 
 
 def test_cli_port_out_of_range_exits_2(tmp_path: Path, x: bl.BlockMatrix) -> None:
