@@ -31,7 +31,6 @@ import argparse
 import itertools
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -41,8 +40,8 @@ from pathlib import Path
 import numpy as np
 import scipy.sparse as sp
 
-RANK = 10
-LAM = 0.05
+from bench_als import LAM, RANK, _peak_gib, _rmse, run_spark  # the same contenders' setup
+
 _CHUNK = 4_000_000  # ratings per generation chunk (bounds the temporaries)
 
 
@@ -78,19 +77,6 @@ def planted_ratings(users: int, items: int, ratings: int,
         vals[sl] = (3.0 + np.einsum("nk,nk->n", x[u[sl]], y[i[sl]]) / np.sqrt(RANK - 1)
                     + 0.1 * rng.standard_normal(n))
     return u, i, vals
-
-
-def _peak_gib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
-
-
-def _rmse(u: np.ndarray, v: np.ndarray, test: np.ndarray) -> float:
-    sq = 0.0
-    for s in range(0, test.shape[0], _CHUNK):
-        t = test[s:s + _CHUNK]
-        p = np.einsum("nk,nk->n", u[t[:, 0].astype(np.int64)], v[t[:, 1].astype(np.int64)])
-        sq += float(np.sum((p - t[:, 2]) ** 2))
-    return float(np.sqrt(sq / max(1, test.shape[0])))
 
 
 def prepare(data: Path, users: int, items: int, ratings: int) -> None:
@@ -149,61 +135,6 @@ def run_blocklin(data: Path, iters: int) -> dict[str, object]:
             "peak_gib": _peak_gib()}
 
 
-def run_spark(data: Path, iters: int, driver_memory: str) -> dict[str, object]:
-    from pyspark.ml.recommendation import ALS as SparkALS  # noqa: N811, TID251
-    from pyspark.sql import SparkSession  # noqa: TID251
-
-    t0 = time.perf_counter()
-    spark = (SparkSession.builder.master(f"local[{os.cpu_count()}]")
-             .config("spark.driver.memory", driver_memory)
-             .config("spark.ui.enabled", "false")
-             .config("spark.sql.shuffle.partitions", str(4 * (os.cpu_count() or 1)))
-             .config("spark.local.dir", str(data / "spark-local"))
-             .config("spark.sql.execution.arrow.pyspark.enabled", "true")
-             .getOrCreate())
-    spark.sparkContext.setLogLevel("ERROR")
-    spark.sparkContext.setCheckpointDir(str(data / "spark-checkpoints"))
-    t_session = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    df = spark.read.parquet(str(data / "train.parquet")).cache()
-    df.count()
-    t_load = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    model = SparkALS(rank=RANK, maxIter=iters, regParam=LAM, seed=0, userCol="user",
-                     itemCol="item", ratingCol="rating", coldStartStrategy="drop",
-                     checkpointInterval=5).fit(df)
-    model.userFactors.count()
-    t_fit = time.perf_counter() - t0
-    meta = json.loads((data / "meta.json").read_text())
-    jvm_gib = _jvm_peak_gib(spark)
-
-    def dense(frame: object, n: int) -> np.ndarray:
-        pdf = frame.toPandas()  # type: ignore[attr-defined]
-        out = np.zeros((n, RANK))
-        out[pdf["id"].to_numpy()] = np.stack(pdf["features"].to_numpy())
-        return out
-
-    u = dense(model.userFactors, meta["users"])
-    v = dense(model.itemFactors, meta["items"])
-    spark.stop()
-    return {"session_s": t_session, "load_s": t_load, "fit_s": t_fit,
-            "total_s": t_load + t_fit, "iteration_s": [t_fit / iters],
-            "rmse": _rmse(u, v, np.load(data / "test.npy")),
-            "peak_gib": _peak_gib() + jvm_gib, "jvm_peak_gib": jvm_gib}
-
-
-def _jvm_peak_gib(spark: object) -> float:
-    """Peak RSS of the Spark JVM (the local-mode driver and executors), from /proc."""
-    proc = getattr(getattr(spark.sparkContext, "_gateway", None), "proc", None)  # type: ignore[attr-defined]
-    try:
-        for line in Path(f"/proc/{proc.pid}/status").read_text().splitlines():  # type: ignore[union-attr]
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 2**20
-    except (AttributeError, OSError):
-        pass
-    return float("nan")
-
-
 def als_main(argv: list[str]) -> None:
     """``bench_recommend.py als``: generate/store once, then each contender apart."""
     ap = argparse.ArgumentParser(prog="bench_recommend.py als",
@@ -221,7 +152,7 @@ def als_main(argv: list[str]) -> None:
     data = args.data / f"als_{args.users}x{args.items}_{args.ratings}"
     if args.one:
         res = (run_blocklin(data, args.iters) if args.one == "blocklin"
-               else run_spark(data, args.iters, args.driver_memory))
+               else run_spark(data, args.iters, args.driver_memory, large=True))
         print(json.dumps(res))
         return
     if not (data / "meta.json").exists():
