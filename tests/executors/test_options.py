@@ -41,7 +41,7 @@ def test_value_is_checked_when_built() -> None:
 
 
 def test_unknown_option_is_named_everywhere(A: bl.BlockMatrix, tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match="'max_memory'.*max_task_memory"):
+    with pytest.raises(ConfigError, match=r"'max_memory'.*max_task_memory"):
         bl.compute(bl.ops.gram(A), max_memory="1GiB")
     with pytest.raises(ConfigError, match="'max_memory'"):
         bl.ops.randomized_svd(A, 3, max_memory="1GiB")

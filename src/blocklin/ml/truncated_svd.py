@@ -21,6 +21,9 @@ from blocklin.ml._estimator import estimator_options
 from blocklin.ml._progress import reports
 from blocklin.ml._validation import is_stored, open_stored, stored_matrix, validate_features
 from blocklin.ml.persist import SaveMixin
+from blocklin.ops.products import gram, matmul
+from blocklin.ops.stats import column_stats
+from blocklin.ops.svd import SVD_METHODS, truncated_svd
 from blocklin.ops.svd_rows import (
     GRAM_MAX_COLUMNS,
     NewRows,
@@ -29,9 +32,6 @@ from blocklin.ops.svd_rows import (
     parse_rows,
     row_batches,
 )
-from blocklin.ops.products import gram, matmul
-from blocklin.ops.stats import column_stats
-from blocklin.ops.svd import SVD_METHODS, truncated_svd
 from blocklin.ops.svd_state import SVDState
 from blocklin.ops.svd_update import svd_update, update_factors
 from blocklin.ops.tsqr import row_signs, tsqr_r
