@@ -48,6 +48,7 @@ from blocklin.ops._cooccurrence_pass import (
     pair_counts,
     partial_plan,
     plan_panels,
+    seam_pairs,
     sizing_plan,
     static_panels,
     weight_scale,
@@ -57,7 +58,7 @@ from blocklin.storage.blockmatrix import BlockMatrix, from_array, open_matrix
 from blocklin.storage.stores import store_for
 
 __all__ = ["SWIVEL_MAX_ITEMS", "Unobserved", "Weighting", "cooccurrence", "cooccurrence_counts",
-           "embed", "nearest", "pmi_values", "ppmi", "write_counts"]
+           "embed", "nearest", "pmi_values", "ppmi", "seam_pairs", "weight_scale", "write_counts"]
 
 #: What :func:`ppmi` does with a pair never seen together: ``"zero"`` leaves it out
 #: (PPMI's convention: log 0 clipped to 0); ``"swivel"`` gives it Swivel's smoothed

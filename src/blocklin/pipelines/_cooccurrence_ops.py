@@ -25,8 +25,13 @@ import scipy.sparse as sp
 from pydantic import Field
 
 from blocklin.errors import InputValueError
-from blocklin.ops._cooccurrence_pass import Weighting, seam_pairs, weight_scale
-from blocklin.ops.cooccurrence import cooccurrence_counts, pmi_values
+from blocklin.ops.cooccurrence import (
+    Weighting,
+    cooccurrence_counts,
+    pmi_values,
+    seam_pairs,
+    weight_scale,
+)
 from blocklin.pipelines.registry import Arrays, BuildContext, Operator, Params, UpdateContext
 from blocklin.storage.blockmatrix import BlockMatrix
 
