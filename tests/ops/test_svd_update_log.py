@@ -198,25 +198,8 @@ def die(*a, **k):
 if where == "checkpoint":  # after V and the new basis are written, before zarr.json
     svd_state.SVDState._put_doc = die
 else:  # mid-record: half of its bytes on disk, then the kill
-    import builtins
-    real = svd_state.np.savez
-    def half(buf, **arrays):
-        real(buf, **arrays)
-        def opener(*a, **k):
-            fh = builtins.open(*a, **k)
-            class Torn:
-                def __enter__(self):
-                    return self
-                def __exit__(self, *exc):
-                    fh.close()
-                def write(self, data):
-                    data = bytes(data)
-                    fh.write(data[:len(data) // 2])
-                    fh.flush()
-                    die()
-            return Torn()
-        svd_state.open = opener  # the module's open: the record's write
-    svd_state.np.savez = half
+    from blocklin.testing.faults import tear_writes
+    tear_writes(svd_state, die)  # the module's open: the record's write
 svd_update(state, rows=x, method="sparse", batch=20, max_delta=0 if where == "checkpoint" else 10_000)
 """
 

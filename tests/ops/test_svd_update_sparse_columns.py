@@ -253,21 +253,8 @@ if where == "basis":  # the csr basis whole, before the record names it
         die()
     su.from_array = then_die
 elif where == "record":  # mid-record: half of its bytes on disk, then the kill
-    import builtins
-    def opener(*a, **k):
-        fh = builtins.open(*a, **k)
-        class Torn:
-            def __enter__(self):
-                return self
-            def __exit__(self, *exc):
-                fh.close()
-            def write(self, data):
-                data = bytes(data)
-                fh.write(data[:len(data) // 2])
-                fh.flush()
-                die()
-        return Torn()
-    svd_state.open = opener
+    from blocklin.testing.faults import tear_writes
+    tear_writes(svd_state, die)
 elif where == "raise":  # an error (not a kill) while the record is written
     def boom(*a, **k):
         raise OSError("disk full")

@@ -4,13 +4,15 @@ The call counter lives in files (one created atomically per call), so it counts
 across threads, worker processes and Spark executors alike. :func:`slow_down` makes
 every task of a plan take a little longer, so that a process killed from outside
 (see :mod:`blocklin.testing.fault_scenarios`) is caught in the middle of a run.
+:func:`tear_writes` leaves half a file on disk and then stops the process there.
 """
 
 from __future__ import annotations
 
+import builtins
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,7 +20,7 @@ from typing import Any
 from blocklin.executors.lazy import Lazy
 from blocklin.plan.graph import Kernel, Plan, TaskContext
 
-__all__ = ["FailAfter", "InjectedFault", "Slow", "inject_fault", "slow_down"]
+__all__ = ["FailAfter", "InjectedFault", "Slow", "inject_fault", "slow_down", "tear_writes"]
 
 
 class InjectedFault(RuntimeError):
@@ -91,3 +93,33 @@ def slow_down(*results: Lazy, seconds: float) -> tuple[Lazy, ...]:
     for stage in plan.stages:
         plan = plan.with_kernel(stage.name, lambda k: Slow(k, seconds))
     return tuple(Lazy(plan, r.output, r.kind, r.present, r.label) for r in results)
+
+
+class _TornFile:
+    """A file whose first write stores half its bytes, flushes them, then calls ``then``."""
+
+    def __init__(self, fh: Any, then: Callable[[], object]) -> None:
+        self.fh, self.then = fh, then
+
+    def __enter__(self) -> _TornFile:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.fh.close()
+
+    def write(self, data: Any) -> None:
+        data = bytes(data)
+        self.fh.write(data[:len(data) // 2])
+        self.fh.flush()
+        self.then()
+
+
+def tear_writes(module: Any, then: Callable[[], object]) -> None:
+    """Make the files ``module`` opens with the builtin ``open`` torn: the first write
+    of each stores half its bytes on disk, then ``then()`` runs (a SIGKILL of the
+    process, in the fault tests of a crash in the middle of a write)."""
+
+    def opener(*args: Any, **kwargs: Any) -> _TornFile:
+        return _TornFile(builtins.open(*args, **kwargs), then)
+
+    module.open = opener
